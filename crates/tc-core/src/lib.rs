@@ -1,0 +1,5 @@
+//! tc-core: everything of tcpcopy-rs that is not a binary.
+//!
+//! Modules follow the data: `packet` (decode, validate, rewrite), `session` (the sans-IO TCP
+//! replay machine), `control` (the tcpcopy <-> intercept wire protocol), `capture` and `send`
+//! (I/O backends behind small traits).
