@@ -1,1 +1,3 @@
-fn main() { println!("intercept: not built yet"); }
+fn main() {
+    println!("intercept: not built yet");
+}

@@ -3,3 +3,8 @@
 //! Modules follow the data: `packet` (decode, validate, rewrite), `session` (the sans-IO TCP
 //! replay machine), `control` (the tcpcopy <-> intercept wire protocol), `capture` and `send`
 //! (I/O backends behind small traits).
+
+pub mod capture;
+pub mod packet;
+pub mod send;
+pub mod session;

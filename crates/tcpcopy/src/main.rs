@@ -1,1 +1,3 @@
-fn main() { println!("tcpcopy: not built yet"); }
+fn main() {
+    println!("tcpcopy: not built yet");
+}

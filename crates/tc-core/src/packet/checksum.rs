@@ -1,0 +1,114 @@
+//! Internet checksums (RFC 1071) and their incremental update (RFC 1624).
+//!
+//! The send path changes a few header fields of every replayed packet (destination address,
+//! ack number, window, timestamps); updating the checksum from the old and new field values
+//! costs a handful of operations instead of a pass over the whole segment.
+
+/// One's-complement sum of `data` (odd trailing byte padded with zero), not yet folded.
+#[inline]
+pub fn sum_bytes(data: &[u8], mut acc: u64) -> u64 {
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Add the four 16-bit words; a u64 accumulator cannot overflow for any packet size.
+        acc += (v >> 48) + ((v >> 32) & 0xffff) + ((v >> 16) & 0xffff) + (v & 0xffff);
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = rest.remainder() {
+        acc += u64::from(*last) << 8;
+    }
+    acc
+}
+
+/// Folds a sum into 16 bits (end-around carry).
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The checksum (complement of the folded sum) of `data`.
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum_bytes(data, 0))
+}
+
+/// Sum of the TCP/UDP pseudo-header (source, destination, zero, protocol, length).
+#[inline]
+pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> u64 {
+    u64::from(u16::from_be_bytes([src[0], src[1]]))
+        + u64::from(u16::from_be_bytes([src[2], src[3]]))
+        + u64::from(u16::from_be_bytes([dst[0], dst[1]]))
+        + u64::from(u16::from_be_bytes([dst[2], dst[3]]))
+        + u64::from(protocol)
+        + u64::from(len)
+}
+
+/// RFC 1624 eqn. 3: the new checksum after a 16-bit field changed from `old` to `new`.
+#[inline]
+pub fn update_u16(csum: u16, old: u16, new: u16) -> u16 {
+    let acc = u64::from(!csum) + u64::from(!old) + u64::from(new);
+    !fold(acc)
+}
+
+/// The new checksum after a 32-bit field (two 16-bit words) changed.
+#[inline]
+pub fn update_u32(csum: u16, old: u32, new: u32) -> u16 {
+    let acc = u64::from(!csum)
+        + u64::from(!(old >> 16) as u16)
+        + u64::from(!(old as u16))
+        + u64::from((new >> 16) as u16)
+        + u64::from(new as u16);
+    !fold(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // The example words of RFC 1071 section 3: sum 0xddf2, checksum 0x220d.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum_bytes(&data, 0)), 0xddf2);
+        assert_eq!(checksum(&data), 0x220d);
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(
+            checksum(&[0x12, 0x34, 0x56]),
+            checksum(&[0x12, 0x34, 0x56, 0x00])
+        );
+    }
+
+    #[test]
+    fn incremental_matches_full() {
+        let mut data = [0u8; 40];
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(37).wrapping_add(11);
+        }
+        let c0 = checksum(&data);
+        let old = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        let new: u32 = 0xdead_beef;
+        data[8..12].copy_from_slice(&new.to_be_bytes());
+        assert_eq!(update_u32(c0, old, new), checksum(&data));
+        let old16 = u16::from_be_bytes([data[2], data[3]]);
+        data[2..4].copy_from_slice(&0xffffu16.to_be_bytes());
+        assert_eq!(
+            update_u16(checksum_before(&data, 2, old16), old16, 0xffff),
+            checksum(&data)
+        );
+    }
+
+    fn checksum_before(data: &[u8], at: usize, old: u16) -> u16 {
+        let mut copy = data.to_vec();
+        copy[at..at + 2].copy_from_slice(&old.to_be_bytes());
+        checksum(&copy)
+    }
+}

@@ -1,0 +1,590 @@
+//! A view of one IPv4 + TCP segment over a byte buffer, with in-place rewriting.
+//!
+//! Every read is bounded by the buffer (the captured bytes), never by what the headers claim.
+//! Setters keep both checksums valid by RFC 1624 incremental updates, so a forwarded segment
+//! is rewritten without a pass over its payload.
+
+use std::net::Ipv4Addr;
+
+use super::checksum;
+use super::DropReason;
+
+pub const IPV4_MIN_HEADER: usize = 20;
+pub const TCP_MIN_HEADER: usize = 20;
+pub const IPPROTO_TCP: u8 = 6;
+
+/// TCP flag bits (the low byte of the flags field).
+pub mod flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// IP flags/fragment field values.
+const IP_DF: u16 = 0x4000;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+/// How much of the segment the buffer must hold for [`TcpPacket::parse`] to accept it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completeness {
+    /// The whole datagram (IP total length) must be present: a client segment to replay.
+    /// Bytes beyond the total length (Ethernet padding) are ignored.
+    Whole,
+    /// Only the IP and TCP headers must be present; the payload length is taken from the IP
+    /// total length (response records from intercept carry headers only).
+    HeadersOnly,
+}
+
+/// TCP options of interest, parsed from a segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+    pub sack_permitted: bool,
+    /// (TSval, TSecr)
+    pub timestamps: Option<(u32, u32)>,
+    /// Offset of the TSval field from the start of the TCP header, for in-place rewriting.
+    pub timestamps_offset: Option<usize>,
+}
+
+/// Parses a TCP option area. NOP is skipped, EOL stops, any other option needs a length of at
+/// least 2 that fits in the area; a malformed option ends parsing (what was found is kept).
+pub fn parse_options(area: &[u8]) -> TcpOptions {
+    let mut opts = TcpOptions::default();
+    let mut i = 0;
+    while i < area.len() {
+        match area[i] {
+            0 => break,
+            1 => {
+                i += 1;
+                continue;
+            }
+            kind => {
+                let Some(&len) = area.get(i + 1) else { break };
+                let len = len as usize;
+                if len < 2 || i + len > area.len() {
+                    break;
+                }
+                let body = &area[i + 2..i + len];
+                match (kind, len) {
+                    (2, 4) => opts.mss = Some(u16::from_be_bytes([body[0], body[1]])),
+                    (3, 3) => opts.window_scale = Some(body[0].min(14)),
+                    (4, 2) => opts.sack_permitted = true,
+                    (8, 10) => {
+                        let val = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                        let ecr = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                        opts.timestamps = Some((val, ecr));
+                        opts.timestamps_offset = Some(TCP_MIN_HEADER + i + 2);
+                    }
+                    _ => {}
+                }
+                i += len;
+            }
+        }
+    }
+    opts
+}
+
+/// An IPv4 datagram carrying a TCP segment, validated by [`TcpPacket::parse`].
+///
+/// `T` is the buffer: `&[u8]` to read, `&mut [u8]` (or an owned buffer) to rewrite in place.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpPacket<T> {
+    buf: T,
+    ip_len: usize,
+    tcp_len: usize,
+    /// End of the payload within `buf` (≤ buf.len()).
+    payload_end: usize,
+    /// Payload length as declared by the IP total length.
+    declared_payload: usize,
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+impl<T: AsRef<[u8]>> TcpPacket<T> {
+    /// Validates the IPv4 and TCP headers of `buf` (which starts at the IP header).
+    ///
+    /// Rejects: not IPv4, not TCP, a header length below the minimum or beyond the buffer, an
+    /// IP fragment (MF set or non-zero offset: a fragment is never a whole segment), and with
+    /// [`Completeness::Whole`] a datagram whose total length exceeds the captured bytes.
+    pub fn parse(buf: T, completeness: Completeness) -> Result<Self, DropReason> {
+        let b = buf.as_ref();
+        if b.len() < IPV4_MIN_HEADER {
+            return Err(DropReason::Truncated);
+        }
+        if b[0] >> 4 != 4 {
+            return Err(DropReason::NotIpv4);
+        }
+        let ip_len = usize::from(b[0] & 0x0f) * 4;
+        if ip_len < IPV4_MIN_HEADER {
+            return Err(DropReason::BadIpHeader);
+        }
+        if b[9] != IPPROTO_TCP {
+            return Err(DropReason::NotTcp);
+        }
+        let frag = be16(b, 6);
+        if frag & IP_MF != 0 || frag & IP_OFFSET_MASK != 0 {
+            return Err(DropReason::Fragment);
+        }
+        if b.len() < ip_len + TCP_MIN_HEADER {
+            return Err(DropReason::Truncated);
+        }
+        let tcp_len = usize::from(b[ip_len + 12] >> 4) * 4;
+        if tcp_len < TCP_MIN_HEADER {
+            return Err(DropReason::BadTcpHeader);
+        }
+        if b.len() < ip_len + tcp_len {
+            return Err(DropReason::Truncated);
+        }
+        let tot_len = usize::from(be16(b, 2));
+        if tot_len < ip_len + tcp_len {
+            return Err(DropReason::BadIpHeader);
+        }
+        let declared_payload = tot_len - ip_len - tcp_len;
+        let payload_end = match completeness {
+            Completeness::Whole => {
+                if tot_len > b.len() {
+                    return Err(DropReason::Truncated);
+                }
+                tot_len
+            }
+            Completeness::HeadersOnly => tot_len.min(b.len()),
+        };
+        Ok(TcpPacket {
+            buf,
+            ip_len,
+            tcp_len,
+            payload_end,
+            declared_payload,
+        })
+    }
+
+    #[inline]
+    fn b(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+
+    /// The underlying buffer.
+    pub fn buffer(&self) -> &T {
+        &self.buf
+    }
+
+    /// The datagram bytes (IP header to end of captured payload; padding excluded).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.b()[..self.payload_end]
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buf
+    }
+
+    pub fn ip_header_len(&self) -> usize {
+        self.ip_len
+    }
+    pub fn tcp_header_len(&self) -> usize {
+        self.tcp_len
+    }
+    pub fn headers_len(&self) -> usize {
+        self.ip_len + self.tcp_len
+    }
+    pub fn total_len(&self) -> u16 {
+        be16(self.b(), 2)
+    }
+    pub fn ip_id(&self) -> u16 {
+        be16(self.b(), 4)
+    }
+    /// The raw flags/fragment-offset field.
+    pub fn ip_frag_field(&self) -> u16 {
+        be16(self.b(), 6)
+    }
+    /// True when the IP flags are exactly "DF, offset 0" (the original counts other values).
+    pub fn is_plain_df(&self) -> bool {
+        self.ip_frag_field() == IP_DF
+    }
+    pub fn ttl(&self) -> u8 {
+        self.b()[8]
+    }
+    pub fn src_ip(&self) -> Ipv4Addr {
+        let b = self.b();
+        Ipv4Addr::new(b[12], b[13], b[14], b[15])
+    }
+    pub fn dst_ip(&self) -> Ipv4Addr {
+        let b = self.b();
+        Ipv4Addr::new(b[16], b[17], b[18], b[19])
+    }
+    pub fn src_port(&self) -> u16 {
+        be16(self.b(), self.ip_len)
+    }
+    pub fn dst_port(&self) -> u16 {
+        be16(self.b(), self.ip_len + 2)
+    }
+    pub fn seq(&self) -> u32 {
+        be32(self.b(), self.ip_len + 4)
+    }
+    pub fn ack(&self) -> u32 {
+        be32(self.b(), self.ip_len + 8)
+    }
+    pub fn flags(&self) -> u8 {
+        self.b()[self.ip_len + 13]
+    }
+    pub fn has_flags(&self, f: u8) -> bool {
+        self.flags() & f == f
+    }
+    pub fn syn(&self) -> bool {
+        self.flags() & flags::SYN != 0
+    }
+    pub fn fin(&self) -> bool {
+        self.flags() & flags::FIN != 0
+    }
+    pub fn rst(&self) -> bool {
+        self.flags() & flags::RST != 0
+    }
+    pub fn ack_flag(&self) -> bool {
+        self.flags() & flags::ACK != 0
+    }
+    pub fn window(&self) -> u16 {
+        be16(self.b(), self.ip_len + 14)
+    }
+    pub fn tcp_checksum(&self) -> u16 {
+        be16(self.b(), self.ip_len + 16)
+    }
+    pub fn ip_checksum(&self) -> u16 {
+        be16(self.b(), 10)
+    }
+    /// Payload length from the IP total length (may exceed the bytes present in
+    /// [`Completeness::HeadersOnly`] views).
+    pub fn payload_len(&self) -> usize {
+        self.declared_payload
+    }
+    /// The payload bytes present in the buffer.
+    pub fn payload(&self) -> &[u8] {
+        &self.b()[self.ip_len + self.tcp_len..self.payload_end]
+    }
+    /// Sequence space the segment occupies: payload plus one for SYN and for FIN.
+    pub fn seq_len(&self) -> u32 {
+        self.declared_payload as u32 + u32::from(self.syn()) + u32::from(self.fin())
+    }
+    /// The TCP option bytes.
+    pub fn option_bytes(&self) -> &[u8] {
+        &self.b()[self.ip_len + TCP_MIN_HEADER..self.ip_len + self.tcp_len]
+    }
+    pub fn options(&self) -> TcpOptions {
+        parse_options(self.option_bytes())
+    }
+
+    /// Checks both checksums against a full recomputation (needs the whole payload).
+    pub fn checksums_valid(&self) -> bool {
+        let b = self.as_bytes();
+        if b.len() < self.ip_len + self.tcp_len + self.declared_payload {
+            return false;
+        }
+        checksum::checksum(&b[..self.ip_len]) == 0 && self.tcp_sum_over_segment() == 0
+    }
+
+    fn tcp_sum_over_segment(&self) -> u16 {
+        let b = self.as_bytes();
+        let seg = &b[self.ip_len..];
+        let src = [b[12], b[13], b[14], b[15]];
+        let dst = [b[16], b[17], b[18], b[19]];
+        let acc = checksum::pseudo_header_sum(src, dst, IPPROTO_TCP, seg.len() as u16);
+        !checksum::fold(checksum::sum_bytes(seg, acc))
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
+    #[inline]
+    fn bm(&mut self) -> &mut [u8] {
+        self.buf.as_mut()
+    }
+
+    #[inline]
+    fn put16(&mut self, at: usize, v: u16) {
+        self.bm()[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    }
+
+    #[inline]
+    fn put32(&mut self, at: usize, v: u32) {
+        self.bm()[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+
+    fn adjust_ip_csum32(&mut self, old: u32, new: u32) {
+        let c = checksum::update_u32(self.ip_checksum(), old, new);
+        self.put16(10, c);
+    }
+
+    fn adjust_ip_csum16(&mut self, old: u16, new: u16) {
+        let c = checksum::update_u16(self.ip_checksum(), old, new);
+        self.put16(10, c);
+    }
+
+    fn adjust_tcp_csum32(&mut self, old: u32, new: u32) {
+        let at = self.ip_len + 16;
+        let c = checksum::update_u32(self.tcp_checksum(), old, new);
+        self.put16(at, c);
+    }
+
+    fn adjust_tcp_csum16(&mut self, old: u16, new: u16) {
+        let at = self.ip_len + 16;
+        let c = checksum::update_u16(self.tcp_checksum(), old, new);
+        self.put16(at, c);
+    }
+
+    /// Source address (IP and TCP pseudo-header checksums updated).
+    pub fn set_src_ip(&mut self, ip: Ipv4Addr) {
+        let old = be32(self.b(), 12);
+        let new = u32::from(ip);
+        if old != new {
+            self.put32(12, new);
+            self.adjust_ip_csum32(old, new);
+            self.adjust_tcp_csum32(old, new);
+        }
+    }
+
+    pub fn set_dst_ip(&mut self, ip: Ipv4Addr) {
+        let old = be32(self.b(), 16);
+        let new = u32::from(ip);
+        if old != new {
+            self.put32(16, new);
+            self.adjust_ip_csum32(old, new);
+            self.adjust_tcp_csum32(old, new);
+        }
+    }
+
+    pub fn set_src_port(&mut self, port: u16) {
+        let at = self.ip_len;
+        let old = be16(self.b(), at);
+        self.put16(at, port);
+        self.adjust_tcp_csum16(old, port);
+    }
+
+    pub fn set_dst_port(&mut self, port: u16) {
+        let at = self.ip_len + 2;
+        let old = be16(self.b(), at);
+        self.put16(at, port);
+        self.adjust_tcp_csum16(old, port);
+    }
+
+    pub fn set_seq(&mut self, seq: u32) {
+        let at = self.ip_len + 4;
+        let old = be32(self.b(), at);
+        self.put32(at, seq);
+        self.adjust_tcp_csum32(old, seq);
+    }
+
+    pub fn set_ack(&mut self, ack: u32) {
+        let at = self.ip_len + 8;
+        let old = be32(self.b(), at);
+        self.put32(at, ack);
+        self.adjust_tcp_csum32(old, ack);
+    }
+
+    pub fn set_window(&mut self, win: u16) {
+        let at = self.ip_len + 14;
+        let old = be16(self.b(), at);
+        self.put16(at, win);
+        self.adjust_tcp_csum16(old, win);
+    }
+
+    /// Replaces the flags byte (the data-offset nibble is kept).
+    pub fn set_flags(&mut self, f: u8) {
+        let at = self.ip_len + 12;
+        let old = be16(self.b(), at);
+        self.bm()[at + 1] = f;
+        let new = be16(self.b(), at);
+        self.adjust_tcp_csum16(old, new);
+    }
+
+    pub fn set_ip_id(&mut self, id: u16) {
+        let old = self.ip_id();
+        self.put16(4, id);
+        self.adjust_ip_csum16(old, id);
+    }
+
+    pub fn set_ttl(&mut self, ttl: u8) {
+        let old = be16(self.b(), 8);
+        self.bm()[8] = ttl;
+        let new = be16(self.b(), 8);
+        self.adjust_ip_csum16(old, new);
+    }
+
+    /// Rewrites the timestamp option values at `offset` (from [`TcpOptions::timestamps_offset`]).
+    /// Does nothing when the offset does not lie inside the option area.
+    pub fn set_timestamps(&mut self, offset: usize, val: u32, ecr: u32) {
+        if offset < TCP_MIN_HEADER || offset + 8 > self.tcp_len {
+            return;
+        }
+        let at = self.ip_len + offset;
+        let old_val = be32(self.b(), at);
+        let old_ecr = be32(self.b(), at + 4);
+        self.put32(at, val);
+        self.put32(at + 4, ecr);
+        self.adjust_tcp_csum32(old_val, val);
+        self.adjust_tcp_csum32(old_ecr, ecr);
+    }
+
+    /// Recomputes both checksums from scratch (after a segment was rebuilt: trimmed, split).
+    pub fn fill_checksums(&mut self) {
+        let ip_len = self.ip_len;
+        self.put16(10, 0);
+        let c = checksum::checksum(&self.b()[..ip_len]);
+        self.put16(10, c);
+        self.put16(ip_len + 16, 0);
+        let c = self.tcp_sum_over_segment();
+        self.put16(ip_len + 16, c);
+    }
+
+    /// Mutable payload bytes.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let (start, end) = (self.ip_len + self.tcp_len, self.payload_end);
+        &mut self.bm()[start..end]
+    }
+
+    /// Drops the first `n` payload bytes (already sent): the rest moves down, the sequence
+    /// advances by `n` and the IP total length shrinks. Checksums are recomputed in full.
+    /// Only for views holding the whole payload; returns false (unchanged) otherwise.
+    pub fn trim_front(&mut self, n: usize) -> bool {
+        let hdr = self.ip_len + self.tcp_len;
+        if n == 0 || n > self.declared_payload || self.payload_end - hdr != self.declared_payload {
+            return n == 0;
+        }
+        let end = self.payload_end;
+        self.bm().copy_within(hdr + n..end, hdr);
+        let new_tot = (self.payload_end - n) as u16;
+        self.put16(2, new_tot);
+        let seq = self.seq().wrapping_add(n as u32);
+        let at = self.ip_len + 4;
+        self.put32(at, seq);
+        self.payload_end -= n;
+        self.declared_payload -= n;
+        self.fill_checksums();
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::build::{build_segment, SegmentSpec};
+
+    fn sample(payload: &[u8], ts: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 1600];
+        let spec = SegmentSpec {
+            src: Ipv4Addr::new(198, 18, 0, 10),
+            dst: Ipv4Addr::new(198, 18, 0, 20),
+            src_port: 40000,
+            dst_port: 80,
+            seq: 1000,
+            ack: 2000,
+            flags: flags::ACK | flags::PSH,
+            window: 502,
+            ip_id: 7,
+            mss: None,
+            timestamps: ts.then_some((11, 22)),
+            payload,
+        };
+        let n = build_segment(&spec, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn parse_reads_fields() {
+        let buf = sample(b"hello", true);
+        let p = TcpPacket::parse(&buf[..], Completeness::Whole).unwrap();
+        assert_eq!(p.src_ip(), Ipv4Addr::new(198, 18, 0, 10));
+        assert_eq!(p.dst_port(), 80);
+        assert_eq!(p.seq(), 1000);
+        assert_eq!(p.ack(), 2000);
+        assert_eq!(p.payload(), b"hello");
+        assert_eq!(p.tcp_header_len(), 32);
+        assert_eq!(p.options().timestamps, Some((11, 22)));
+        assert!(p.checksums_valid());
+    }
+
+    #[test]
+    fn rewrites_keep_checksums_valid() {
+        let mut buf = sample(b"some request bytes", true);
+        let mut p = TcpPacket::parse(&mut buf[..], Completeness::Whole).unwrap();
+        let ts_at = p.options().timestamps_offset.unwrap();
+        p.set_dst_ip(Ipv4Addr::new(198, 18, 0, 30));
+        p.set_src_ip(Ipv4Addr::new(203, 0, 113, 9));
+        p.set_dst_port(8080);
+        p.set_src_port(12345);
+        p.set_ack(0xfedc_ba98);
+        p.set_window(65535);
+        p.set_ip_id(0xbeef);
+        p.set_timestamps(ts_at, 777, 888);
+        p.set_flags(flags::ACK);
+        assert!(p.checksums_valid());
+        assert_eq!(p.options().timestamps, Some((777, 888)));
+    }
+
+    #[test]
+    fn trim_front_moves_payload() {
+        let mut buf = sample(b"0123456789", false);
+        let mut p = TcpPacket::parse(&mut buf[..], Completeness::Whole).unwrap();
+        assert!(p.trim_front(4));
+        assert_eq!(p.payload(), b"456789");
+        assert_eq!(p.seq(), 1004);
+        assert_eq!(usize::from(p.total_len()), 40 + 6);
+        assert!(p.checksums_valid());
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        let buf = sample(b"abc", false);
+        assert_eq!(
+            TcpPacket::parse(&buf[..30], Completeness::Whole).err(),
+            Some(DropReason::Truncated)
+        );
+        assert_eq!(
+            TcpPacket::parse(&buf[..41], Completeness::Whole).err(),
+            Some(DropReason::Truncated)
+        );
+        assert!(TcpPacket::parse(&buf[..41], Completeness::HeadersOnly).is_ok());
+        let mut frag = buf.clone();
+        frag[6] = 0x20; // MF
+        assert_eq!(
+            TcpPacket::parse(&frag[..], Completeness::Whole).err(),
+            Some(DropReason::Fragment)
+        );
+        let mut v6 = buf.clone();
+        v6[0] = 0x60;
+        assert_eq!(
+            TcpPacket::parse(&v6[..], Completeness::Whole).err(),
+            Some(DropReason::NotIpv4)
+        );
+        let mut udp = buf;
+        udp[9] = 17;
+        assert_eq!(
+            TcpPacket::parse(&udp[..], Completeness::Whole).err(),
+            Some(DropReason::NotTcp)
+        );
+    }
+
+    #[test]
+    fn options_parser_stops_on_malformed() {
+        // MSS, then a kind with length 1 (invalid): MSS kept, parsing stops.
+        let o = parse_options(&[2, 4, 0x05, 0xb4, 5, 1, 8, 10]);
+        assert_eq!(o.mss, Some(1460));
+        assert_eq!(o.timestamps, None);
+        // Window scale and SACK-permitted with NOPs.
+        let o = parse_options(&[1, 3, 3, 7, 4, 2, 0, 0]);
+        assert_eq!(o.window_scale, Some(7));
+        assert!(o.sack_permitted);
+    }
+}

@@ -1,0 +1,9 @@
+//! Send backends: how replayed packets leave for the target.
+
+use std::io;
+
+/// A way to put a ready IPv4 datagram (checksums valid) on the wire towards the target.
+pub trait Send {
+    /// Sends one IPv4 datagram. `next_hop` selects the transfer (its MACs in datalink mode).
+    fn send(&mut self, datagram: &[u8], transfer: usize) -> io::Result<()>;
+}
