@@ -1,3 +1,307 @@
-fn main() {
-    println!("tcpcopy: not built yet");
+//! tcpcopy: copies live TCP traffic captured on this host to a target server, with responses
+//! reported back by intercept. See ../../shared/spec/tcpcopy.md for the behaviour.
+
+mod cli;
+mod event_loop;
+mod logging;
+mod output;
+mod pcap_capture;
+mod tunnels;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tc_core::capture::raw_socket::RawSocketCapture;
+use tc_core::capture::Capture;
+use tc_core::send::pcap_inject::PcapInject;
+use tc_core::send::raw_socket::RawSocketSend;
+use tc_core::send::Send as SendBackend;
+use tc_core::session::Replayer;
+
+use cli::{Command, Input, Options, OutputKind};
+
+/// Blocking connect limit per tunnel at start-up.
+const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn main() -> ExitCode {
+    let options = match cli::parse(std::env::args_os()) {
+        Ok(Command::Help) => {
+            print!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("{}", cli::version_line());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run(options)) => options,
+        Err(e) => {
+            eprintln!("tcpcopy: {e}");
+            return ExitCode::from(cli::EXIT_USAGE as u8);
+        }
+    };
+    if let Err(e) = logging::init(options.log_file.as_deref()) {
+        eprintln!("tcpcopy: {e:#}");
+        return ExitCode::from(cli::EXIT_USAGE as u8);
+    }
+    match run(*options) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            log::error!("{e:#}");
+            eprintln!("tcpcopy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(options: Options) -> anyhow::Result<i32> {
+    log::info!("{}", cli::version_line());
+    log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);
+    log::info!("target:{}", options.transfers_text);
+    log::info!("s parameter:{}", options.intercepts_text);
+    if let Some(c) = &options.client_ips_text {
+        log::info!("raw_clt_tf_ip:{c}");
+    }
+    let r = &options.replay;
+    log::info!(
+        "session timeout:{},keepalive timeout:{}",
+        r.session_timeout.as_secs(),
+        r.keepalive_timeout.as_secs()
+    );
+    if r.replicas > 1 {
+        log::info!("repl num:{}", r.replicas);
+    }
+    if r.gradual {
+        log::info!("gradully replay");
+    }
+    log::info!(
+        "parallel connections per target:{}",
+        options.conns_per_intercept
+    );
+    log::info!(
+        "control channel: {} records{}{}",
+        if options.wire.combined {
+            "combined"
+        } else {
+            "bare"
+        },
+        if options.wire.payload {
+            ", with payload"
+        } else {
+            ""
+        },
+        if r.single { ", single mode" } else { "" }
+    );
+
+    let local_ips = local_ipv4_addresses().context("cannot list local addresses")?;
+    cli::check_self_capture(&options.replay.transfers, &options.input, &local_ips)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if options
+        .replay
+        .transfers
+        .iter()
+        .any(|t| t.dst_ip.is_loopback())
+    {
+        log::info!("target host is 127.0.0.1");
+    }
+
+    let poll = mio::Poll::new().context("cannot create the event loop")?;
+
+    // Start-up order of the original: intercepts, then output, then input.
+    let tunnels = tunnels::Tunnels::connect_all(
+        &options.intercepts,
+        options.conns_per_intercept,
+        options.wire,
+        poll.registry(),
+        STARTUP_CONNECT_TIMEOUT,
+    )?;
+
+    let sender: Box<dyn SendBackend> = match &options.output {
+        OutputKind::Raw => {
+            log::info!("send: raw socket");
+            Box::new(RawSocketSend::open().context("Create raw socket to output failed")?)
+        }
+        OutputKind::Pcap { device } => {
+            log::info!("send: pcap inject on {device}");
+            let macs = options
+                .replay
+                .transfers
+                .iter()
+                .map(|t| (t.src_mac.unwrap_or_default(), t.dst_mac.unwrap_or_default()))
+                .collect();
+            Box::new(PcapInject::open(device, options.replay.mtu, macs)?)
+        }
+    };
+
+    let captures: Vec<Box<dyn Capture>> = match &options.input {
+        Input::Raw => {
+            let c = RawSocketCapture::open().context("Create raw socket to input failed")?;
+            log::info!(
+                "capture: raw socket, receive buffer {} bytes",
+                c.receive_buffer().unwrap_or(0)
+            );
+            vec![Box::new(c)]
+        }
+        Input::Pcap {
+            devices,
+            filter,
+            user_filter,
+            buffer_bytes,
+            snaplen,
+        } => {
+            log::info!("pcap version:{}", pcap::Linktype::ETHERNET.0);
+            if *user_filter {
+                log::info!("user filter:{filter}");
+            } else {
+                log::info!("filter = {filter}");
+            }
+            let opened = pcap_capture::PcapDeviceCapture::open_all(
+                devices,
+                filter,
+                *snaplen,
+                *buffer_bytes,
+            )?;
+            for c in &opened {
+                log::info!("device:{}", c.device());
+            }
+            opened
+                .into_iter()
+                .map(|c| Box::new(c) as Box<dyn Capture>)
+                .collect()
+        }
+        Input::Offline { file, .. } => {
+            anyhow::bail!(
+                "offline replay (-i {}) is not yet supported by this build",
+                file.display()
+            );
+        }
+    };
+
+    let output = output::ReplayOutput::new(
+        sender,
+        &options.replay.transfers,
+        tunnels,
+        options.replay.single,
+    );
+    let record_len = if options.wire.payload {
+        tunnels::RECORD_LEN_PAYLOAD
+    } else {
+        tunnels::RECORD_LEN
+    };
+    let replayer = Replayer::new(options.replay.clone());
+
+    if options.daemon {
+        daemonize().context("cannot become a daemon")?;
+    }
+    let _pid_file = match &options.pid_file {
+        Some(path) => Some(PidFile::write(path)?),
+        None => None,
+    };
+
+    let mut event_loop = event_loop::EventLoop::new(
+        poll,
+        replayer,
+        output,
+        captures,
+        event_loop::LoopConfig {
+            lonely: options.lonely,
+            memory_limit_bytes: options.memory_limit_bytes,
+            ignore_sighup: options.daemon,
+        },
+        record_len,
+    )?;
+    let stop = event_loop.run();
+    let code = stop.exit_code();
+    match &stop {
+        event_loop::StopReason::NoIntercept => {
+            let msg = "every intercept is gone (use -L to keep running and reconnect)";
+            log::error!("{msg}");
+            eprintln!("tcpcopy: {msg}");
+        }
+        event_loop::StopReason::MemoryLimit { rss, limit } => {
+            let msg = format!("memory {rss} bytes exceeds the -m limit of {limit} bytes");
+            log::error!("{msg}");
+            eprintln!("tcpcopy: {msg}");
+        }
+        event_loop::StopReason::CaptureFailed(e) => {
+            log::error!("{e}");
+            eprintln!("tcpcopy: {e}");
+        }
+        event_loop::StopReason::Signal(_) => {}
+    }
+    Ok(code)
+}
+
+/// This host's IPv4 addresses (to refuse targets that tcpcopy would capture again).
+fn local_ipv4_addresses() -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, released below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family tells its real type.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                // SAFETY: AF_INET addresses are sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+/// Classic daemonization: fork (the parent exits 0), new session, stdio to /dev/null.
+fn daemonize() -> std::io::Result<()> {
+    // SAFETY: single-threaded at this point; the parent only calls _exit.
+    match unsafe { libc::fork() } {
+        -1 => return Err(std::io::Error::last_os_error()),
+        0 => {}
+        _ => unsafe { libc::_exit(0) },
+    }
+    // SAFETY: plain syscalls on our own process and descriptors.
+    unsafe {
+        if libc::setsid() == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        if null > 2 {
+            libc::close(null);
+        }
+    }
+    Ok(())
+}
+
+/// A pid file, removed when dropped.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> anyhow::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pid file {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

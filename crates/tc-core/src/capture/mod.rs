@@ -24,3 +24,5 @@ pub trait Capture {
         0
     }
 }
+
+pub mod raw_socket;

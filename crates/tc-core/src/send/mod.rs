@@ -7,3 +7,6 @@ pub trait Send {
     /// Sends one IPv4 datagram. `next_hop` selects the transfer (its MACs in datalink mode).
     fn send(&mut self, datagram: &[u8], transfer: usize) -> io::Result<()>;
 }
+
+pub mod pcap_inject;
+pub mod raw_socket;

@@ -1,0 +1,347 @@
+//! The single-threaded mio loop: capture sources, control tunnels, the replay machine's timers,
+//! periodic statistics / memory checks / reconnects, and signals.
+
+use std::time::{Duration, Instant};
+
+use mio::{Events, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use tc_core::capture::Capture;
+use tc_core::packet::{ipv4_payload, DropCounters};
+use tc_core::session::{ReplayStats, Replayer};
+
+use crate::output::ReplayOutput;
+use crate::tunnels::{TunnelEvent, Tunnels};
+
+const SIGNAL_TOKEN: Token = Token(60_000);
+/// Capture sources use tokens 0..MAX_CAPTURES.
+pub const MAX_CAPTURES: usize = 64;
+/// Frames read from one source per turn, so tunnels and timers are not starved.
+const CAPTURE_BUDGET: usize = 256;
+const STATS_PERIOD: Duration = Duration::from_secs(30);
+const MEMORY_PERIOD: Duration = Duration::from_secs(60);
+const RECONNECT_PERIOD: Duration = Duration::from_secs(12);
+
+/// Why the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Signal(i32),
+    /// Every intercept is gone and `-L` was not given.
+    NoIntercept,
+    MemoryLimit {
+        rss: u64,
+        limit: u64,
+    },
+    CaptureFailed(String),
+}
+
+impl StopReason {
+    /// Exit status: 0 for an operator's stop, non-zero for a failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StopReason::Signal(_) => 0,
+            StopReason::MemoryLimit { .. } => 1,
+            StopReason::NoIntercept => 1,
+            StopReason::CaptureFailed(_) => 1,
+        }
+    }
+}
+
+pub struct LoopConfig {
+    pub lonely: bool,
+    pub memory_limit_bytes: u64,
+    /// With `-d`, SIGHUP is ignored.
+    pub ignore_sighup: bool,
+}
+
+pub struct EventLoop {
+    poll: Poll,
+    replayer: Replayer,
+    output: ReplayOutput,
+    captures: Vec<Box<dyn Capture>>,
+    signals: Signals,
+    cfg: LoopConfig,
+    link_drops: DropCounters,
+    capture_errors: u64,
+    records: Vec<u8>,
+    record_len: usize,
+    started: Instant,
+}
+
+impl EventLoop {
+    pub fn new(
+        poll: Poll,
+        replayer: Replayer,
+        output: ReplayOutput,
+        mut captures: Vec<Box<dyn Capture>>,
+        cfg: LoopConfig,
+        record_len: usize,
+    ) -> anyhow::Result<EventLoop> {
+        anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
+        for (i, c) in captures.iter_mut().enumerate() {
+            c.register(poll.registry(), Token(i))?;
+        }
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGPIPE])?;
+        poll.registry()
+            .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
+        Ok(EventLoop {
+            poll,
+            replayer,
+            output,
+            captures,
+            signals,
+            cfg,
+            link_drops: DropCounters::default(),
+            capture_errors: 0,
+            records: Vec::with_capacity(64 * 1024),
+            record_len,
+            started: Instant::now(),
+        })
+    }
+
+    /// Runs until a stop condition, then shuts the sessions down and logs final statistics.
+    pub fn run(&mut self) -> StopReason {
+        let mut events = Events::with_capacity(1024);
+        let start = Instant::now();
+        let mut next_stats = start + STATS_PERIOD;
+        let mut next_memory = start + MEMORY_PERIOD;
+        let mut next_reconnect = start + RECONNECT_PERIOD;
+        // Sources that hit their budget and may hold more (mio is edge-triggered).
+        let mut pending = vec![false; self.captures.len()];
+        let stop = loop {
+            let now = Instant::now();
+            let mut deadline = next_stats.min(next_memory);
+            if self.cfg.lonely {
+                deadline = deadline.min(next_reconnect);
+            }
+            if let Some(d) = self.replayer.next_deadline() {
+                deadline = deadline.min(d);
+            }
+            let timeout = if pending.iter().any(|p| *p) {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(now)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    break StopReason::CaptureFailed(format!("poll: {e}"));
+                }
+            }
+            let mut stop = None;
+            for event in events.iter() {
+                let token = event.token();
+                if token == SIGNAL_TOKEN {
+                    for sig in self.signals.pending() {
+                        if sig == SIGPIPE || (sig == SIGHUP && self.cfg.ignore_sighup) {
+                            continue;
+                        }
+                        stop = Some(StopReason::Signal(sig));
+                    }
+                } else if token.0 < self.captures.len() {
+                    pending[token.0] = true;
+                } else if Tunnels::owns(token) {
+                    self.on_tunnel_event(token, event.is_readable(), event.is_writable());
+                }
+            }
+            for (i, more) in pending.iter_mut().enumerate() {
+                if *more {
+                    match self.drain_capture(i) {
+                        Ok(n) => *more = n >= CAPTURE_BUDGET,
+                        Err(e) => {
+                            *more = false;
+                            self.capture_errors += 1;
+                            log::error!("capture read error: {e}");
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if self.replayer.next_deadline().is_some_and(|d| d <= now) {
+                self.replayer.on_timer(now, &mut self.output);
+            }
+            if now >= next_stats {
+                next_stats = now + STATS_PERIOD;
+                self.log_stats();
+            }
+            if now >= next_memory {
+                next_memory = now + MEMORY_PERIOD;
+                if let Some(rss) = current_rss_bytes() {
+                    log::info!("memory size:{} KB", rss / 1024);
+                    if rss > self.cfg.memory_limit_bytes {
+                        log::warn!(
+                            "occupies too much memory, limit:{} KB",
+                            self.cfg.memory_limit_bytes / 1024
+                        );
+                        stop = stop.or(Some(StopReason::MemoryLimit {
+                            rss,
+                            limit: self.cfg.memory_limit_bytes,
+                        }));
+                    }
+                }
+            }
+            if self.cfg.lonely && now >= next_reconnect {
+                next_reconnect = now + RECONNECT_PERIOD;
+                if self.output.tunnels.active_intercepts() < self.output.tunnels.total_intercepts()
+                {
+                    self.output.tunnels.reconnect_inactive(now);
+                }
+            }
+            if !self.cfg.lonely && self.output.tunnels.active_intercepts() == 0 {
+                log::warn!("active num is zero");
+                stop = stop.or(Some(StopReason::NoIntercept));
+            }
+            if let Some(s) = stop {
+                break s;
+            }
+        };
+        match &stop {
+            StopReason::Signal(sig) => log::warn!("sig {sig} received"),
+            other => log::warn!("stopping: {other:?}"),
+        }
+        self.replayer.shutdown(Instant::now(), &mut self.output);
+        self.log_stats();
+        stop
+    }
+
+    fn drain_capture(&mut self, i: usize) -> std::io::Result<usize> {
+        let Self {
+            captures,
+            replayer,
+            output,
+            link_drops,
+            ..
+        } = self;
+        let capture = &mut captures[i];
+        capture.read_frames(
+            CAPTURE_BUDGET,
+            &mut |link, frame| match ipv4_payload(link, frame) {
+                Ok(datagram) => replayer.on_client_packet(Instant::now(), datagram, output),
+                Err(reason) => link_drops.count(reason),
+            },
+        )
+    }
+
+    fn on_tunnel_event(&mut self, token: Token, readable: bool, writable: bool) {
+        self.records.clear();
+        match self
+            .output
+            .tunnels
+            .on_event(token, readable, writable, &mut self.records)
+        {
+            TunnelEvent::InterceptUp(addr) => log::info!("intercept {addr} is active again"),
+            TunnelEvent::InterceptDown(addr) => log::warn!("intercept {addr} is gone"),
+            TunnelEvent::Nothing => {}
+        }
+        let now = Instant::now();
+        for record in self.records.chunks_exact(self.record_len) {
+            self.replayer.on_response(now, record, &mut self.output);
+        }
+    }
+
+    fn log_stats(&self) {
+        let s = self.replayer.stats();
+        for line in stats_lines(&s) {
+            log::info!("{line}");
+        }
+        let drops = self.replayer.drop_counts();
+        if !drops.is_empty() {
+            let text: Vec<String> = drops.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+            log::info!("session drops:{}", text.join(","));
+        }
+        let o = &self.output.stats;
+        let t = &self.output.tunnels.stats;
+        let capture_dropped: u64 = self.captures.iter().map(|c| c.dropped()).sum();
+        log::info!(
+            "sent packets:{},send errors:{},refused (not a target):{}",
+            o.sent,
+            o.send_errors,
+            o.refused_not_target
+        );
+        log::info!(
+            "capture drops:{},capture backend drops:{},capture errors:{}",
+            self.link_drops,
+            capture_dropped,
+            self.capture_errors
+        );
+        log::info!(
+            "intercepts active:{}/{},tunnels open:{},connects:{},disconnects:{},reconnect attempts:{},client add:{},client add failed:{},response records:{},broken frames:{}",
+            self.output.tunnels.active_intercepts(),
+            self.output.tunnels.total_intercepts(),
+            self.output.tunnels.open_connections(),
+            t.connects,
+            t.disconnects,
+            t.reconnect_attempts,
+            t.client_add_sent,
+            t.client_add_failed,
+            t.records,
+            t.broken_frames
+        );
+        log::debug!("running for {:?}", self.started.elapsed());
+    }
+}
+
+/// The statistics lines of spec 9.2.
+pub fn stats_lines(s: &ReplayStats) -> [String; 10] {
+    [
+        format!(
+            "active:{},rel:{},obs del:{},tw:{}",
+            s.active, s.released, s.obsolete_deleted, s.lingering
+        ),
+        format!(
+            "conns:{},resp:{},c-resp:{}",
+            s.conns, s.resp, s.resp_content
+        ),
+        format!("resp fin:{},resp rst:{}", s.resp_fin, s.resp_rst),
+        format!("send:{},send content:{}", s.send, s.send_content),
+        format!(
+            "send syn:{}, fin:{},reset:{}",
+            s.send_syn, s.send_fin, s.send_rst
+        ),
+        format!("reconnect:{},for no syn:{}", s.reconnect, s.for_no_syn),
+        format!("retransmit:{}", s.retransmit),
+        format!(
+            "recv packs after retransmission:{}",
+            s.recv_after_retransmit
+        ),
+        format!(
+            "syn cnt:{},all clt:{},clt cont:{}",
+            s.syn_cnt, s.all_clt, s.clt_cont
+        ),
+        format!(
+            "total cont retransmit:{}, frag:{}, total captured packets:{}",
+            s.clt_retransmit, s.frag, s.captured
+        ),
+    ]
+}
+
+/// Current resident set size from /proc/self/statm.
+pub fn current_rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_readable() {
+        let rss = current_rss_bytes().unwrap();
+        assert!(rss > 0);
+    }
+
+    #[test]
+    fn stats_line_names() {
+        let s = ReplayStats {
+            all_clt: 7,
+            captured: 9,
+            ..ReplayStats::default()
+        };
+        let lines = stats_lines(&s);
+        assert_eq!(lines[8], "syn cnt:0,all clt:7,clt cont:0");
+        assert!(lines[9].ends_with("total captured packets:9"));
+    }
+}

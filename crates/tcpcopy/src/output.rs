@@ -1,0 +1,211 @@
+//! The replay machine's [`Output`]: the send backend, the control tunnels, and the safety check
+//! that nothing is ever sent anywhere but a configured `-x` target.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use tc_core::send::Send as SendBackend;
+use tc_core::session::{Output, Transfer};
+
+use crate::tunnels::Tunnels;
+
+/// Logs at most one line per period for a repeating problem, saying how many were suppressed.
+pub struct RateLimitedLog {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    pub fn new(period: Duration) -> Self {
+        RateLimitedLog {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns `Some(suppressed count)` when a line may be written now.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SendStats {
+    pub sent: u64,
+    pub send_errors: u64,
+    /// Datagrams refused because their destination is not a `-x` target.
+    pub refused_not_target: u64,
+}
+
+pub struct ReplayOutput {
+    sender: Box<dyn SendBackend>,
+    targets: Vec<(Ipv4Addr, u16)>,
+    pub tunnels: Tunnels,
+    pub stats: SendStats,
+    single: bool,
+    error_log: RateLimitedLog,
+    refusal_log: RateLimitedLog,
+}
+
+impl ReplayOutput {
+    pub fn new(
+        sender: Box<dyn SendBackend>,
+        transfers: &[Transfer],
+        tunnels: Tunnels,
+        single: bool,
+    ) -> Self {
+        ReplayOutput {
+            sender,
+            targets: transfers.iter().map(|t| (t.dst_ip, t.dst_port)).collect(),
+            tunnels,
+            stats: SendStats::default(),
+            single,
+            error_log: RateLimitedLog::new(Duration::from_secs(1)),
+            refusal_log: RateLimitedLog::new(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Destination IP and TCP port of an IPv4/TCP datagram; `None` when it is not one.
+pub fn tcp_destination(datagram: &[u8]) -> Option<(Ipv4Addr, u16)> {
+    let first = *datagram.first()?;
+    if first >> 4 != 4 || datagram.get(9) != Some(&6) {
+        return None;
+    }
+    let ihl = usize::from(first & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let d = datagram.get(16..20)?;
+    let p = datagram.get(ihl + 2..ihl + 4)?;
+    Some((
+        Ipv4Addr::new(d[0], d[1], d[2], d[3]),
+        u16::from_be_bytes([p[0], p[1]]),
+    ))
+}
+
+/// The transfer whose target is `dst`: `hint` first, then the first one that matches.
+pub fn allowed_transfer(
+    targets: &[(Ipv4Addr, u16)],
+    hint: usize,
+    dst: (Ipv4Addr, u16),
+) -> Option<usize> {
+    if targets.get(hint) == Some(&dst) {
+        return Some(hint);
+    }
+    targets.iter().position(|t| *t == dst)
+}
+
+impl Output for ReplayOutput {
+    fn send_to_target(&mut self, datagram: &[u8], transfer: usize) {
+        let allowed = tcp_destination(datagram)
+            .and_then(|dst| allowed_transfer(&self.targets, transfer, dst));
+        let Some(index) = allowed else {
+            self.stats.refused_not_target += 1;
+            if let Some(suppressed) = self.refusal_log.allow(Instant::now()) {
+                log::error!(
+                    "refused to send a datagram to {:?} (not a -x target; transfer {transfer}; {suppressed} more suppressed)",
+                    tcp_destination(datagram)
+                );
+            }
+            return;
+        };
+        match self.sender.send(datagram, index) {
+            Ok(()) => self.stats.sent += 1,
+            Err(e) => {
+                self.stats.send_errors += 1;
+                if let Some(suppressed) = self.error_log.allow(Instant::now()) {
+                    log::error!(
+                        "send to back error,tot_len is:{}: {e} ({suppressed} more suppressed)",
+                        datagram.len()
+                    );
+                }
+            }
+        }
+    }
+
+    fn client_add(
+        &mut self,
+        client_ip: Ipv4Addr,
+        client_port: u16,
+        target_ip: Ipv4Addr,
+        target_port: u16,
+    ) -> bool {
+        if self.single {
+            // intercept --single forwards everything to its one tcpcopy.
+            return self.tunnels.active_intercepts() > 0;
+        }
+        self.tunnels
+            .client_add(client_ip, client_port, target_ip, target_port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(dst: [u8; 4], port: u16) -> Vec<u8> {
+        let mut d = vec![0u8; 40];
+        d[0] = 0x45;
+        d[9] = 6;
+        d[16..20].copy_from_slice(&dst);
+        d[22..24].copy_from_slice(&port.to_be_bytes());
+        d
+    }
+
+    #[test]
+    fn destination_parsing() {
+        assert_eq!(
+            tcp_destination(&datagram([198, 18, 0, 30], 8080)),
+            Some((Ipv4Addr::new(198, 18, 0, 30), 8080))
+        );
+        let mut udp = datagram([198, 18, 0, 30], 8080);
+        udp[9] = 17;
+        assert_eq!(tcp_destination(&udp), None);
+        assert_eq!(tcp_destination(&datagram([1, 2, 3, 4], 1)[..22]), None);
+        assert_eq!(tcp_destination(&[]), None);
+        let mut v6 = datagram([1, 2, 3, 4], 1);
+        v6[0] = 0x60;
+        assert_eq!(tcp_destination(&v6), None);
+    }
+
+    #[test]
+    fn only_targets_are_allowed() {
+        let t = [
+            (Ipv4Addr::new(198, 18, 0, 30), 8080),
+            (Ipv4Addr::new(198, 18, 0, 31), 80),
+        ];
+        assert_eq!(allowed_transfer(&t, 0, t[0]), Some(0));
+        assert_eq!(allowed_transfer(&t, 0, t[1]), Some(1));
+        assert_eq!(allowed_transfer(&t, 7, t[1]), Some(1));
+        assert_eq!(
+            allowed_transfer(&t, 0, (Ipv4Addr::new(198, 18, 0, 30), 80)),
+            None
+        );
+        assert_eq!(
+            allowed_transfer(&t, 1, (Ipv4Addr::new(198, 18, 0, 20), 80)),
+            None
+        );
+    }
+
+    #[test]
+    fn rate_limit() {
+        let mut l = RateLimitedLog::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(l.allow(t0), Some(0));
+        assert_eq!(l.allow(t0), None);
+        assert_eq!(l.allow(t0 + Duration::from_millis(10)), None);
+        assert_eq!(l.allow(t0 + Duration::from_secs(2)), Some(2));
+    }
+}

@@ -1,0 +1,116 @@
+//! The tcpcopy binary's command line, run as a process (no root, no network beyond loopback).
+
+use std::process::{Command, Output};
+
+fn tcpcopy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tcpcopy"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run tcpcopy")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const X: &str = "80-198.18.0.30:8080";
+const S: &str = "198.18.0.40";
+
+#[test]
+fn version() {
+    let o = tcpcopy(&["-v"]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "tcpcopy version:1.3.0"
+    );
+}
+
+#[test]
+fn help_is_grouped_with_defaults_and_examples() {
+    let o = tcpcopy(&["-h"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "Required:",
+        "Control channel:",
+        "Capture:",
+        "Send:",
+        "default 36524",
+        "default 1500",
+        "Example:",
+        "-x 80-198.18.0.30:8080",
+    ] {
+        assert!(text.contains(needle), "help lacks {needle:?}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_non_zero_with_a_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["-s", S], "no -x"),
+        (&["-x", X], "-s"),
+        (&["-x", X, "-s", S, "-q"], "-q"),
+        (&["-x", X, "-s", S, "--bogus"], "--bogus"),
+        (&["-x", X, "-s"], "-s"),
+        (&["-x", "80-198.18.0.300:8080", "-s", S], "not a valid IPv4"),
+        (&["-x", "80-198.18.0.30:99999", "-s", S], "not a valid port"),
+        (&["-x", "80-8080", "-s", S], "needs an IP"),
+        (
+            &["-x", "80@zz:00:00:00:00:00-198.18.0.30:8080", "-s", S],
+            "MAC",
+        ),
+        (&["-x", X, "-s", "198.18.0.40:70000"], "-s"),
+        (
+            &["-x", X, "-s", S, "-c", "203.0.113.*"],
+            "use x instead of *",
+        ),
+        (&["-x", X, "-s", S, "-c", "203.0.113.999"], "-c"),
+        (&["-x", X, "-s", S, "-C", "12"], "-C"),
+        (&["-x", X, "-s", S, "-n", "1024"], "-n"),
+        (&["-x", X, "-s", S, "-r", "150"], "-r"),
+        (&["-x", X, "-s", S, "-f", "256"], "-f"),
+        (&["-x", X, "-s", S, "-M", "70000"], "-M"),
+        (&["-x", X, "-s", S, "-p", "abc"], "-p"),
+        (&["-x", X, "-s", S, "--send", "pcap"], "-o"),
+        (&["-x", X, "-s", S, "-F", "tcp"], "--capture pcap"),
+    ];
+    for (args, needle) in cases {
+        let o = tcpcopy(args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr(&o);
+        assert!(
+            e.contains(needle),
+            "{args:?}: stderr {e:?} lacks {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn unreachable_intercept_fails_start_up() {
+    // A loopback port nobody listens on: bind, learn the port, close.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let o = tcpcopy(&["-x", X, "-s", &format!("127.0.0.1:{port}")]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("Can not connect to remote server"), "{e}");
+}
+
+#[test]
+fn offline_is_not_yet_supported() {
+    let dir = std::env::temp_dir().join(format!("tcpcopy-cli-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("in.pcap");
+    std::fs::write(&file, b"").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = listener.local_addr().unwrap().to_string();
+    let o = tcpcopy(&["-x", X, "-s", &s, "-i", file.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not yet supported"), "{}", stderr(&o));
+}
