@@ -151,7 +151,6 @@ fn run(options: Options) -> anyhow::Result<i32> {
             buffer_bytes,
             snaplen,
         } => {
-            log::info!("pcap version:{}", pcap::Linktype::ETHERNET.0);
             if *user_filter {
                 log::info!("user filter:{filter}");
             } else {
