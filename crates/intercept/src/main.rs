@@ -1,3 +1,11 @@
+use intercept::cli;
+
 fn main() {
-    println!("intercept: not built yet");
+    match cli::parse(std::env::args_os()) {
+        Ok(cfg) => println!("{cfg:?}"),
+        Err(e) => {
+            println!("{}", e.message);
+            std::process::exit(e.status);
+        }
+    }
 }

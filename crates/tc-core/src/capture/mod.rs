@@ -1,6 +1,8 @@
 //! Capture backends: where packets come in. Each is a small non-blocking source registered in
 //! the caller's mio loop; on readiness the caller drains it with [`Capture::read_frames`].
 
+pub mod pcap_live;
+
 use std::io;
 
 use crate::packet::LinkType;

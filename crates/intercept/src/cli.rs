@@ -1,0 +1,628 @@
+//! Command line: the single letters of the original intercept with their meanings, plus long
+//! options for what the original chose at compile time (`--single`, `--disable-combined`,
+//! `--payload`, `--dnat`) and an allow list of tcpcopy peers.
+//!
+//! [`parse`] turns the arguments into a validated [`Config`] or a [`CliExit`] telling `main` what
+//! to print and which status to return; nothing here touches the network.
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+
+pub const VERSION: &str = "1.0.0";
+pub const DEFAULT_PORT: u16 = 36524;
+pub const DEFAULT_DELAY_TABLE: usize = 65536;
+pub const DEFAULT_MAX_ROUTES: usize = 1 << 20;
+/// Idle route lifetime (the original's unused `DEFAULT_TIMEOUT`).
+pub const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 1200;
+/// Records per combined frame: 16, or 6 with payloads (the wire maximum tcpcopy accepts).
+pub const MAX_BATCH: usize = 16;
+pub const MAX_BATCH_PAYLOAD: usize = 6;
+/// The original's limits: 32 devices, filter shorter than 4096 bytes.
+pub const MAX_DEVICES: usize = 32;
+pub const MAX_FILTER_LEN: usize = 4095;
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_DEVICE_NAME: usize = 15;
+pub const MISSING_FILTER: &str = "please set filter (-F param) for capturing packets";
+
+/// Which interfaces to capture on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Devices {
+    /// No `-i`, or `-i any`: every device pcap lists, each opened separately.
+    All,
+    /// An explicit list (`any` inside a list is the Linux "any" pseudo-device).
+    List(Vec<String>),
+}
+
+/// An allowed tcpcopy peer: one address or a CIDR block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerNet {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl PeerNet {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub filter: String,
+    pub devices: Devices,
+    pub port: u16,
+    pub bind: Ipv4Addr,
+    /// Records per combined frame, 1..=16 (1..=6 with payloads).
+    pub batch: usize,
+    /// Delay table capacity (distinct connections waiting for their CLIENT_ADD).
+    pub delay_table: usize,
+    /// `-D A-B`: responses to A are rewritten and routed to B.
+    pub docker_rewrite: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub log_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub daemon: bool,
+    pub single: bool,
+    /// `-c` (single mode): refuse a new tcpcopy while the old one still has tunnels.
+    pub protect: bool,
+    pub combined: bool,
+    pub payload: bool,
+    pub dnat: bool,
+    /// Empty: everyone may connect.
+    pub allow: Vec<PeerNet>,
+    pub route_timeout: Duration,
+    pub max_routes: usize,
+}
+
+impl Config {
+    /// A config with the defaults and the given filter (tests and embedding).
+    pub fn with_filter(filter: &str) -> Config {
+        Config {
+            filter: filter.to_string(),
+            devices: Devices::All,
+            port: DEFAULT_PORT,
+            bind: Ipv4Addr::UNSPECIFIED,
+            batch: MAX_BATCH,
+            delay_table: DEFAULT_DELAY_TABLE,
+            docker_rewrite: None,
+            log_file: None,
+            pid_file: None,
+            daemon: false,
+            single: false,
+            protect: false,
+            combined: true,
+            payload: false,
+            dnat: false,
+            allow: Vec::new(),
+            route_timeout: Duration::from_secs(DEFAULT_ROUTE_TIMEOUT_SECS),
+            max_routes: DEFAULT_MAX_ROUTES,
+        }
+    }
+
+    pub fn max_batch(&self) -> usize {
+        if self.payload {
+            MAX_BATCH_PAYLOAD
+        } else {
+            MAX_BATCH
+        }
+    }
+
+    pub fn peer_allowed(&self, ip: Ipv4Addr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// Why parsing did not produce a config: `main` prints `message` (to stdout when `status` is
+/// 0, else to stderr) and exits with `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliExit {
+    pub message: String,
+    pub status: i32,
+}
+
+impl CliExit {
+    fn error(message: impl Into<String>) -> CliExit {
+        CliExit {
+            message: format!("intercept: {}", message.into()),
+            status: 1,
+        }
+    }
+}
+
+const H_CAPTURE: &str = "Capture";
+const H_CONTROL: &str = "Control channel (tcpcopy peers)";
+const H_ROUTING: &str = "Routing and batching";
+const H_VARIANTS: &str = "Wire variants (must match the tcpcopy side)";
+const H_PROCESS: &str = "Process";
+
+const EXAMPLES: &str = "\
+Examples:
+  intercept -F 'tcp and src port 8080' -i eth0
+      capture the answers of a test server on port 8080 arriving on eth0
+  intercept -F 'tcp and src host 10.0.0.2 and src port 80' -b 10.0.0.5 --allow 10.0.0.1 -d -P /run/intercept.pid -l /var/log/intercept.log
+      listen only on 10.0.0.5, accept only the tcpcopy at 10.0.0.1, run in the background
+
+Log level: RUST_LOG (error, warn, info, debug, trace; default info).
+Statistics are logged every 30 s and at exit. SIGINT/SIGTERM stop it.";
+
+fn command() -> Command {
+    Command::new("intercept")
+        .about(
+            "intercept 1.0.0 (tcpcopy-rs): captures the test server's responses and passes \
+             their headers back to the tcpcopy that announced each connection",
+        )
+        .override_usage("intercept -F <filter> [options]")
+        .disable_version_flag(true)
+        .disable_help_flag(true)
+        .after_help(EXAMPLES)
+        .arg(
+            Arg::new("filter")
+                .short('F')
+                .value_name("filter")
+                .help_heading(H_CAPTURE)
+                .help("pcap filter selecting the responses, e.g. 'tcp and src port 8080' (required)"),
+        )
+        .arg(
+            Arg::new("devices")
+                .short('i')
+                .value_name("dev[,dev...]")
+                .help_heading(H_CAPTURE)
+                .help("interfaces to capture on; 'any' alone = every interface [default: every interface]"),
+        )
+        .arg(
+            Arg::new("port")
+                .short('p')
+                .value_name("port")
+                .value_parser(clap::value_parser!(u16))
+                .default_value("36524")
+                .help_heading(H_CONTROL)
+                .help("TCP port to listen on for tcpcopy"),
+        )
+        .arg(
+            Arg::new("bind")
+                .short('b')
+                .value_name("ip")
+                .value_parser(clap::value_parser!(Ipv4Addr))
+                .default_value("0.0.0.0")
+                .help_heading(H_CONTROL)
+                .help("address to listen on"),
+        )
+        .arg(
+            Arg::new("allow")
+                .long("allow")
+                .value_name("ip[/len][,...]")
+                .help_heading(H_CONTROL)
+                .help("accept tcpcopy connections only from these peers (others are refused and logged) [default: anyone]"),
+        )
+        .arg(
+            Arg::new("batch")
+                .short('n')
+                .value_name("num")
+                .value_parser(clap::value_parser!(usize))
+                .help_heading(H_ROUTING)
+                .help("records per combined frame, 1..16 (1..6 with --payload) [default: 16, 6 with --payload]"),
+        )
+        .arg(
+            Arg::new("delay")
+                .short('s')
+                .value_name("num")
+                .value_parser(clap::value_parser!(usize))
+                .default_value("65536")
+                .help_heading(H_ROUTING)
+                .help("delay table size: connections whose SYN-ACK/RST may wait (30 s) for their CLIENT_ADD"),
+        )
+        .arg(
+            Arg::new("rewrite")
+                .short('D')
+                .value_name("A-B")
+                .help_heading(H_ROUTING)
+                .help("rewrite the destination A of responses to B (docker setups) before routing"),
+        )
+        .arg(
+            Arg::new("route_timeout")
+                .short('t')
+                .long("route-timeout")
+                .value_name("secs")
+                .value_parser(clap::value_parser!(u64).range(1..))
+                .default_value("1200")
+                .help_heading(H_ROUTING)
+                .help("forget routes idle this long"),
+        )
+        .arg(
+            Arg::new("max_routes")
+                .long("max-routes")
+                .value_name("num")
+                .value_parser(clap::value_parser!(usize))
+                .default_value("1048576")
+                .help_heading(H_ROUTING)
+                .help("route table capacity; the least recently used routes are evicted beyond it"),
+        )
+        .arg(
+            Arg::new("single")
+                .long("single")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("one tcpcopy only: no routes, responses spread over its tunnels by hash"),
+        )
+        .arg(
+            Arg::new("protect")
+                .short('c')
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("with --single: refuse a second tcpcopy while the first is connected"),
+        )
+        .arg(
+            Arg::new("disable_combined")
+                .long("disable-combined")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("send each record alone, without the 2-byte count prefix"),
+        )
+        .arg(
+            Arg::new("payload")
+                .long("payload")
+                .alias("with-resp-payload")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("192-byte records carrying up to 128 bytes of response payload"),
+        )
+        .arg(
+            Arg::new("dnat")
+                .long("dnat")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("route without the target IP (responses come from another address)"),
+        )
+        .arg(
+            Arg::new("log")
+                .short('l')
+                .value_name("file")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help_heading(H_PROCESS)
+                .help("log file (appended) [default: stderr]"),
+        )
+        .arg(
+            Arg::new("pid")
+                .short('P')
+                .value_name("file")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help_heading(H_PROCESS)
+                .help("write the process id to this file (after -d detaches)"),
+        )
+        .arg(
+            Arg::new("daemon")
+                .short('d')
+                .action(ArgAction::SetTrue)
+                .help_heading(H_PROCESS)
+                .help("run in the background, once listening and capturing work"),
+        )
+        .arg(
+            Arg::new("version")
+                .short('v')
+                .action(ArgAction::SetTrue)
+                .help_heading(H_PROCESS)
+                .help("print the version and exit"),
+        )
+        .arg(
+            Arg::new("help")
+                .short('h')
+                .long("help")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_PROCESS)
+                .help("print this help and exit"),
+        )
+}
+
+/// Parses and validates the command line (`args` includes the program name).
+pub fn parse<I, T>(args: I) -> Result<Config, CliExit>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut cmd = command();
+    let m = match cmd.try_get_matches_from_mut(args) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(CliExit {
+                message: e.render().to_string().trim_end().to_string(),
+                status: 2,
+            })
+        }
+    };
+    if m.get_flag("help") {
+        return Err(CliExit {
+            message: cmd.render_help().to_string(),
+            status: 0,
+        });
+    }
+    if m.get_flag("version") {
+        return Err(CliExit {
+            message: format!("intercept version:{VERSION}"),
+            status: 0,
+        });
+    }
+    from_matches(&m)
+}
+
+fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
+    let filter = match m.get_one::<String>("filter") {
+        Some(f) if !f.trim().is_empty() => f.clone(),
+        _ => {
+            return Err(CliExit {
+                message: MISSING_FILTER.to_string(),
+                status: 1,
+            })
+        }
+    };
+    if filter.len() > MAX_FILTER_LEN {
+        return Err(CliExit::error(format!(
+            "filter too long ({} bytes, at most {MAX_FILTER_LEN})",
+            filter.len()
+        )));
+    }
+    let devices = match m.get_one::<String>("devices") {
+        None => Devices::All,
+        Some(s) => parse_devices(s)?,
+    };
+    let payload = m.get_flag("payload");
+    let mut cfg = Config::with_filter(&filter);
+    cfg.devices = devices;
+    cfg.payload = payload;
+    cfg.port = *m.get_one::<u16>("port").unwrap_or(&DEFAULT_PORT);
+    cfg.bind = *m
+        .get_one::<Ipv4Addr>("bind")
+        .unwrap_or(&Ipv4Addr::UNSPECIFIED);
+    let max_batch = cfg.max_batch();
+    cfg.batch = match m.get_one::<usize>("batch") {
+        None => max_batch,
+        Some(&n) if (1..=max_batch).contains(&n) => n,
+        Some(&n) => {
+            return Err(CliExit::error(format!(
+                "-n {n}: the batch size must be between 1 and {max_batch}"
+            )))
+        }
+    };
+    cfg.delay_table = match m.get_one::<usize>("delay") {
+        Some(&0) => {
+            return Err(CliExit::error(
+                "-s 0: the delay table needs at least 1 slot",
+            ))
+        }
+        Some(&n) => n,
+        None => DEFAULT_DELAY_TABLE,
+    };
+    cfg.docker_rewrite = match m.get_one::<String>("rewrite") {
+        None => None,
+        Some(s) => Some(parse_rewrite(s)?),
+    };
+    cfg.allow = match m.get_one::<String>("allow") {
+        None => Vec::new(),
+        Some(s) => parse_allow(s)?,
+    };
+    cfg.route_timeout = Duration::from_secs(
+        *m.get_one::<u64>("route_timeout")
+            .unwrap_or(&DEFAULT_ROUTE_TIMEOUT_SECS),
+    );
+    cfg.max_routes = match m.get_one::<usize>("max_routes") {
+        Some(&0) => return Err(CliExit::error("--max-routes 0: need at least 1 route")),
+        Some(&n) => n,
+        None => DEFAULT_MAX_ROUTES,
+    };
+    cfg.log_file = m.get_one::<PathBuf>("log").cloned();
+    cfg.pid_file = m.get_one::<PathBuf>("pid").cloned();
+    cfg.daemon = m.get_flag("daemon");
+    cfg.single = m.get_flag("single");
+    cfg.protect = m.get_flag("protect");
+    if cfg.protect && !cfg.single {
+        return Err(CliExit::error("-c only applies with --single"));
+    }
+    cfg.combined = !m.get_flag("disable_combined");
+    cfg.dnat = m.get_flag("dnat");
+    Ok(cfg)
+}
+
+fn parse_devices(s: &str) -> Result<Devices, CliExit> {
+    if s == "any" {
+        return Ok(Devices::All);
+    }
+    let mut list: Vec<String> = Vec::new();
+    for name in s.split(',') {
+        if name.is_empty() {
+            return Err(CliExit::error(format!("-i {s:?}: empty interface name")));
+        }
+        if name.len() > MAX_DEVICE_NAME {
+            return Err(CliExit::error(format!(
+                "-i: interface name {name:?} is longer than {MAX_DEVICE_NAME} characters"
+            )));
+        }
+        if !list.iter().any(|n| n == name) {
+            list.push(name.to_string());
+        }
+    }
+    if list.len() > MAX_DEVICES {
+        return Err(CliExit::error(format!(
+            "-i: at most {MAX_DEVICES} interfaces ({} given)",
+            list.len()
+        )));
+    }
+    Ok(Devices::List(list))
+}
+
+fn parse_rewrite(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), CliExit> {
+    let bad = || {
+        CliExit::error(format!(
+            "dockered ips \"{s}\" is invalid (expected A-B, two IPv4 addresses)"
+        ))
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+    let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+    Ok((a, b))
+}
+
+fn parse_allow(s: &str) -> Result<Vec<PeerNet>, CliExit> {
+    let mut out = Vec::new();
+    for item in s.split(',') {
+        let bad = || {
+            CliExit::error(format!(
+                "--allow: {item:?} is not an IPv4 address or address/prefix"
+            ))
+        };
+        let (addr, prefix) = match item.split_once('/') {
+            None => (item, 32u8),
+            Some((a, p)) => {
+                let p: u8 = p.parse().map_err(|_| bad())?;
+                if p > 32 {
+                    return Err(bad());
+                }
+                (a, p)
+            }
+        };
+        let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
+        out.push(PeerNet { addr, prefix });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Config, CliExit> {
+        let mut v = vec!["intercept"];
+        v.extend_from_slice(args);
+        parse(v)
+    }
+
+    #[test]
+    fn missing_filter_is_the_original_message() {
+        let e = p(&["-i", "eth0"]).unwrap_err();
+        assert_eq!(e.message, MISSING_FILTER);
+        assert_ne!(e.status, 0);
+    }
+
+    #[test]
+    fn version_and_help() {
+        let v = p(&["-v"]).unwrap_err();
+        assert_eq!(
+            (v.message.as_str(), v.status),
+            ("intercept version:1.0.0", 0)
+        );
+        let h = p(&["-h"]).unwrap_err();
+        assert_eq!(h.status, 0);
+        for flag in [
+            "-i", "-F", "-n", "-p", "-s", "-D", "-l", "-P", "-b", "-v", "-h", "-d",
+        ] {
+            assert!(
+                h.message.contains(flag),
+                "help lacks {flag}:\n{}",
+                h.message
+            );
+        }
+        assert!(h.message.contains("36524") && h.message.contains("Examples"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = p(&["-F", "tcp and src port 8080"]).unwrap();
+        assert_eq!(c.port, 36524);
+        assert_eq!(c.bind, Ipv4Addr::UNSPECIFIED);
+        assert_eq!(c.devices, Devices::All);
+        assert_eq!((c.batch, c.delay_table), (16, 65536));
+        assert!(c.combined && !c.payload && !c.single && !c.dnat && !c.daemon);
+        assert!(c.peer_allowed(Ipv4Addr::new(1, 2, 3, 4)));
+    }
+
+    #[test]
+    fn options() {
+        let c = p(&[
+            "-F",
+            "tcp",
+            "-i",
+            "eth0,any,eth0",
+            "-p",
+            "4000",
+            "-b",
+            "127.0.0.1",
+            "-n",
+            "5",
+            "-s",
+            "10",
+            "-D",
+            "10.0.0.1-10.0.0.2",
+            "-P",
+            "/tmp/x.pid",
+            "-d",
+            "--payload",
+            "--dnat",
+            "--disable-combined",
+            "--allow",
+            "198.18.0.20,198.18.1.0/24",
+        ])
+        .unwrap();
+        assert_eq!(c.devices, Devices::List(vec!["eth0".into(), "any".into()]));
+        assert_eq!((c.port, c.batch, c.delay_table), (4000, 5, 10));
+        assert_eq!(c.bind, Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            c.docker_rewrite,
+            Some((Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)))
+        );
+        assert!(c.payload && c.dnat && !c.combined && c.daemon);
+        assert!(c.peer_allowed(Ipv4Addr::new(198, 18, 0, 20)));
+        assert!(c.peer_allowed(Ipv4Addr::new(198, 18, 1, 77)));
+        assert!(!c.peer_allowed(Ipv4Addr::new(198, 18, 0, 21)));
+        assert_eq!(
+            p(&["-F", "tcp", "-i", "any"]).unwrap().devices,
+            Devices::All
+        );
+        assert_eq!(p(&["-F", "tcp", "--payload"]).unwrap().batch, 6);
+    }
+
+    #[test]
+    fn bad_arguments_fail_clearly() {
+        for args in [
+            &["-F", "tcp", "-x"][..],
+            &["-F"],
+            &["-F", "tcp", "-p"],
+            &["-F", "tcp", "-p", "70000"],
+            &["-F", "tcp", "-p", "abc"],
+            &["-F", "tcp", "-b", "1.2.3"],
+            &["-F", "tcp", "-n", "0"],
+            &["-F", "tcp", "-n", "17"],
+            &["-F", "tcp", "--payload", "-n", "7"],
+            &["-F", "tcp", "-s", "0"],
+            &["-F", "tcp", "-D", "1.2.3.4"],
+            &["-F", "tcp", "-D", "1.2.3.4-x"],
+            &["-F", "tcp", "--allow", "1.2.3.4/33"],
+            &["-F", "tcp", "--allow", "host"],
+            &["-F", "tcp", "-i", "a,,b"],
+            &["-F", "tcp", "-i", "averyveryverylongname0"],
+            &["-F", "tcp", "-c"],
+            &["-F", "tcp", "-t", "0"],
+        ] {
+            let e = p(args).unwrap_err();
+            assert_ne!(e.status, 0, "{args:?}");
+            assert!(!e.message.is_empty(), "{args:?}");
+        }
+        let e = p(&["-F", "tcp", "-D", "1.2.3.4"]).unwrap_err();
+        assert!(
+            e.message.contains("dockered ips \"1.2.3.4\" is invalid"),
+            "{}",
+            e.message
+        );
+        let long = "x".repeat(5000);
+        assert!(p(&["-F", &long])
+            .unwrap_err()
+            .message
+            .contains("filter too long"));
+    }
+}

@@ -1,0 +1,8 @@
+//! intercept: captures the test server's responses and passes their headers back, over the
+//! control channel, to the tcpcopy that announced each connection.
+//!
+//! `cli` (arguments -> [`cli::Config`]), `router` (pure routing logic), `server` (the mio loop:
+//! capture, tunnels, batching, statistics), `logging`, `daemon`.
+
+pub mod cli;
+pub mod router;
