@@ -22,6 +22,12 @@ const STATS_PERIOD: Duration = Duration::from_secs(30);
 const MEMORY_PERIOD: Duration = Duration::from_secs(60);
 const RECONNECT_PERIOD: Duration = Duration::from_secs(12);
 
+/// Installs the handlers of the signals the loop reacts to. Done first thing at start-up so a
+/// signal arriving while tcpcopy connects and opens devices is not fatal.
+pub fn install_signals() -> std::io::Result<Signals> {
+    Signals::new([SIGINT, SIGTERM, SIGHUP, SIGPIPE])
+}
+
 /// Why the run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
@@ -74,6 +80,7 @@ impl EventLoop {
         replayer: Replayer,
         output: ReplayOutput,
         mut captures: Vec<Box<dyn Capture>>,
+        mut signals: Signals,
         cfg: LoopConfig,
         record_len: usize,
     ) -> anyhow::Result<EventLoop> {
@@ -81,7 +88,6 @@ impl EventLoop {
         for (i, c) in captures.iter_mut().enumerate() {
             c.register(poll.registry(), Token(i))?;
         }
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGPIPE])?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
         Ok(EventLoop {

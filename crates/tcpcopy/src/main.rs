@@ -5,7 +5,6 @@ mod cli;
 mod event_loop;
 mod logging;
 mod output;
-mod pcap_capture;
 mod tunnels;
 
 use std::net::Ipv4Addr;
@@ -14,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::Capture;
 use tc_core::send::pcap_inject::PcapInject;
@@ -57,6 +57,7 @@ fn main() -> ExitCode {
 }
 
 fn run(options: Options) -> anyhow::Result<i32> {
+    let signals = event_loop::install_signals().context("cannot install signal handlers")?;
     log::info!("{}", cli::version_line());
     log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);
     log::info!("target:{}", options.transfers_text);
@@ -151,24 +152,13 @@ fn run(options: Options) -> anyhow::Result<i32> {
             buffer_bytes,
             snaplen,
         } => {
+            log::info!("pcap version:{}", pcap_live::lib_version());
             if *user_filter {
                 log::info!("user filter:{filter}");
             } else {
                 log::info!("filter = {filter}");
             }
-            let opened = pcap_capture::PcapDeviceCapture::open_all(
-                devices,
-                filter,
-                *snaplen,
-                *buffer_bytes,
-            )?;
-            for c in &opened {
-                log::info!("device:{}", c.device());
-            }
-            opened
-                .into_iter()
-                .map(|c| Box::new(c) as Box<dyn Capture>)
-                .collect()
+            open_pcap_devices(devices, filter, *snaplen, *buffer_bytes)?
         }
         Input::Offline { file, .. } => {
             anyhow::bail!(
@@ -204,6 +194,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         replayer,
         output,
         captures,
+        signals,
         event_loop::LoopConfig {
             lonely: options.lonely,
             memory_limit_bytes: options.memory_limit_bytes,
@@ -231,6 +222,41 @@ fn run(options: Options) -> anyhow::Result<i32> {
         event_loop::StopReason::Signal(_) => {}
     }
     Ok(code)
+}
+
+/// Opens every named device, or every device but `any` when `devices` is empty (spec 6.2).
+/// Devices that fail are logged and skipped; none working is an error.
+fn open_pcap_devices(
+    devices: &[String],
+    filter: &str,
+    snaplen: u32,
+    buffer_bytes: u32,
+) -> anyhow::Result<Vec<Box<dyn Capture>>> {
+    let names = if devices.is_empty() {
+        pcap_live::list_devices()?
+    } else {
+        devices.to_vec()
+    };
+    let opts = PcapLiveOptions {
+        filter: filter.to_string(),
+        snaplen: snaplen as i32,
+        buffer_size: buffer_bytes as i32,
+        promiscuous: true,
+    };
+    let mut opened: Vec<Box<dyn Capture>> = Vec::new();
+    for name in &names {
+        match PcapLive::open(name, &opts) {
+            Ok(c) => {
+                log::info!("device:{name}");
+                opened.push(Box::new(c));
+            }
+            Err(e) => log::warn!("device could not work:{name}: {e}"),
+        }
+    }
+    if opened.is_empty() {
+        anyhow::bail!("no device available for snooping packets (tried {names:?})");
+    }
+    Ok(opened)
 }
 
 /// This host's IPv4 addresses (to refuse targets that tcpcopy would capture again).

@@ -199,6 +199,50 @@ mod tests {
         );
     }
 
+    type SentLog = std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<u8>)>>>;
+    struct Recorder(SentLog);
+
+    impl SendBackend for Recorder {
+        fn send(&mut self, datagram: &[u8], transfer: usize) -> std::io::Result<()> {
+            self.0.borrow_mut().push((transfer, datagram.to_vec()));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_refuses_everything_but_targets() {
+        use crate::cli::{parse_transfers, WireOptions};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let poll = mio::Poll::new().unwrap();
+        let wire = WireOptions {
+            combined: true,
+            payload: false,
+        };
+        let tunnels =
+            Tunnels::connect_all(&[addr], 1, wire, poll.registry(), Duration::from_secs(3))
+                .unwrap();
+        let transfers = parse_transfers("80-198.18.0.30:8080,81-198.18.0.31:8081").unwrap();
+        let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let mut out =
+            ReplayOutput::new(Box::new(Recorder(sent.clone())), &transfers, tunnels, false);
+        out.send_to_target(&datagram([198, 18, 0, 30], 8080), 0);
+        // Wrong index hint, right target: sent with the matching transfer's index.
+        out.send_to_target(&datagram([198, 18, 0, 31], 8081), 0);
+        // Not a target: the online server, a target IP with the wrong port, junk.
+        out.send_to_target(&datagram([198, 18, 0, 20], 80), 0);
+        out.send_to_target(&datagram([198, 18, 0, 30], 8081), 0);
+        out.send_to_target(&[0x45, 0, 0], 0);
+        let sent = sent.borrow();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].0, 0);
+        assert_eq!(sent[1].0, 1);
+        assert_eq!(out.stats.sent, 2);
+        assert_eq!(out.stats.refused_not_target, 3);
+    }
+
     #[test]
     fn rate_limit() {
         let mut l = RateLimitedLog::new(Duration::from_secs(1));
