@@ -116,6 +116,9 @@ struct RawArgs {
     help: bool,
     #[arg(short = 'v')]
     version: bool,
+    /// Offline: seconds to keep running after the end of each pass (default 120).
+    #[arg(long = "offline-tail", value_parser = clap::value_parser!(u32).range(0..=86_400))]
+    offline_tail: Option<u32>,
     #[arg(long = "capture", value_enum)]
     capture: Option<CaptureKind>,
     #[arg(long = "send", value_enum)]
@@ -147,6 +150,8 @@ pub enum Input {
         accel: u32,
         max_gap: Option<Duration>,
         passes: u32,
+        /// Time the sessions get to finish after each pass (`--offline-tail`).
+        tail: Duration,
     },
 }
 
@@ -259,6 +264,7 @@ Offline (-i <pcap file>):
   -a <n>           replay n times faster (default 1)
   -I <ms>          skip gaps longer than this (default off)
   -T <n>           passes over the file (default 1)
+  --offline-tail <s>  keep running this long after each pass (default 120)
 
 Send:
   --send <raw|pcap>  raw IP socket (default) or Ethernet frames injected on -o
@@ -422,6 +428,7 @@ fn input_mode(raw: &RawArgs, transfers: &[Transfer]) -> Result<Input, CliError> 
         ("-a", raw.accel.is_some()),
         ("-I", raw.interval_ms.is_some()),
         ("-T", raw.passes.is_some()),
+        ("--offline-tail", raw.offline_tail.is_some()),
     ];
     let kind = match (raw.capture, raw.input.as_deref()) {
         (Some(CaptureKind::Raw), Some(_)) => {
@@ -446,6 +453,7 @@ fn input_mode(raw: &RawArgs, transfers: &[Transfer]) -> Result<Input, CliError> 
                     .interval_ms
                     .map(|ms| Duration::from_millis(u64::from(ms))),
                 passes: raw.passes.unwrap_or(1),
+                tail: Duration::from_secs(u64::from(raw.offline_tail.unwrap_or(120))),
             });
         }
         (None, Some(_)) => CaptureKind::Pcap,
@@ -1086,18 +1094,45 @@ mod tests {
         let file = dir.join("in.pcap");
         std::fs::write(&file, b"").unwrap();
         let path = file.to_str().unwrap();
-        let o = run(&with(&["-i", path, "-a", "4", "-I", "100", "-T", "2"])).unwrap();
+        let o = run(&with(&[
+            "-i",
+            path,
+            "-a",
+            "4",
+            "-I",
+            "100",
+            "-T",
+            "2",
+            "--offline-tail",
+            "5",
+        ]))
+        .unwrap();
         assert_eq!(
             o.input,
             Input::Offline {
                 file: file.clone(),
                 accel: 4,
                 max_gap: Some(Duration::from_millis(100)),
-                passes: 2
+                passes: 2,
+                tail: Duration::from_secs(5),
             }
         );
         assert!(run_err(&with(&["-i", path, "-F", "tcp"])).contains("-F"));
         assert!(run_err(&with(&["-i", path, "-a", "0"])).contains("-a"));
+        match run(&with(&["-i", path])).unwrap().input {
+            Input::Offline {
+                accel,
+                passes,
+                tail,
+                max_gap,
+                ..
+            } => {
+                assert_eq!((accel, passes, max_gap), (1, 1, None));
+                assert_eq!(tail, Duration::from_secs(120));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(run_err(&with(&["--offline-tail", "3"])).contains("offline"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

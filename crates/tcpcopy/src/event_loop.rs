@@ -10,6 +10,7 @@ use tc_core::capture::Capture;
 use tc_core::packet::{ipv4_payload, DropCounters};
 use tc_core::session::{ReplayStats, Replayer};
 
+use crate::offline::{OfflineSource, OfflineStatus};
 use crate::output::ReplayOutput;
 use crate::tunnels::{TunnelEvent, Tunnels};
 
@@ -39,6 +40,8 @@ pub enum StopReason {
         limit: u64,
     },
     CaptureFailed(String),
+    /// Every offline pass is done.
+    OfflineDone,
 }
 
 impl StopReason {
@@ -49,8 +52,15 @@ impl StopReason {
             StopReason::MemoryLimit { .. } => 1,
             StopReason::NoIntercept => 1,
             StopReason::CaptureFailed(_) => 1,
+            StopReason::OfflineDone => 0,
         }
     }
+}
+
+/// Where captured packets come from: live sources (fd-driven) and/or a pcap file (clock-driven).
+pub struct Inputs {
+    pub captures: Vec<Box<dyn Capture>>,
+    pub offline: Option<OfflineSource>,
 }
 
 pub struct LoopConfig {
@@ -65,6 +75,7 @@ pub struct EventLoop {
     replayer: Replayer,
     output: ReplayOutput,
     captures: Vec<Box<dyn Capture>>,
+    offline: Option<OfflineSource>,
     signals: Signals,
     cfg: LoopConfig,
     link_drops: DropCounters,
@@ -79,11 +90,15 @@ impl EventLoop {
         poll: Poll,
         replayer: Replayer,
         output: ReplayOutput,
-        mut captures: Vec<Box<dyn Capture>>,
+        inputs: Inputs,
         mut signals: Signals,
         cfg: LoopConfig,
         record_len: usize,
     ) -> anyhow::Result<EventLoop> {
+        let Inputs {
+            mut captures,
+            offline,
+        } = inputs;
         anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
         for (i, c) in captures.iter_mut().enumerate() {
             c.register(poll.registry(), Token(i))?;
@@ -95,6 +110,7 @@ impl EventLoop {
             replayer,
             output,
             captures,
+            offline,
             signals,
             cfg,
             link_drops: DropCounters::default(),
@@ -114,6 +130,8 @@ impl EventLoop {
         let mut next_reconnect = start + RECONNECT_PERIOD;
         // Sources that hit their budget and may hold more (mio is edge-triggered).
         let mut pending = vec![false; self.captures.len()];
+        // The offline source reads its first packets at once.
+        let mut offline_wake = self.offline.as_ref().map(|_| start);
         let stop = loop {
             let now = Instant::now();
             let mut deadline = next_stats.min(next_memory);
@@ -121,6 +139,9 @@ impl EventLoop {
                 deadline = deadline.min(next_reconnect);
             }
             if let Some(d) = self.replayer.next_deadline() {
+                deadline = deadline.min(d);
+            }
+            if let Some(d) = offline_wake {
                 deadline = deadline.min(d);
             }
             let timeout = if pending.iter().any(|p| *p) {
@@ -158,6 +179,19 @@ impl EventLoop {
                             self.capture_errors += 1;
                             log::error!("capture read error: {e}");
                         }
+                    }
+                }
+            }
+            if offline_wake.is_some_and(|d| d <= Instant::now()) {
+                match self.poll_offline() {
+                    Ok(OfflineStatus::WakeAt(t)) => offline_wake = Some(t),
+                    Ok(OfflineStatus::Finished) => {
+                        offline_wake = None;
+                        stop = stop.or(Some(StopReason::OfflineDone));
+                    }
+                    Err(e) => {
+                        offline_wake = None;
+                        stop = stop.or(Some(StopReason::CaptureFailed(format!("{e:#}"))));
                     }
                 }
             }
@@ -227,6 +261,28 @@ impl EventLoop {
         )
     }
 
+    fn poll_offline(&mut self) -> anyhow::Result<OfflineStatus> {
+        let Self {
+            offline,
+            replayer,
+            output,
+            link_drops,
+            ..
+        } = self;
+        let Some(source) = offline.as_mut() else {
+            return Ok(OfflineStatus::Finished);
+        };
+        let now = Instant::now();
+        source.poll(
+            now,
+            CAPTURE_BUDGET,
+            &mut |link, frame| match ipv4_payload(link, frame) {
+                Ok(datagram) => replayer.on_client_packet(now, datagram, output),
+                Err(reason) => link_drops.count(reason),
+            },
+        )
+    }
+
     fn on_tunnel_event(&mut self, token: Token, readable: bool, writable: bool) {
         self.records.clear();
         match self
@@ -269,6 +325,15 @@ impl EventLoop {
             capture_dropped,
             self.capture_errors
         );
+        if let Some(o) = &self.offline {
+            log::info!(
+                "offline read:{},dispatched:{},truncated:{},passes done:{}",
+                o.stats.read,
+                o.stats.dispatched,
+                o.stats.truncated,
+                o.stats.passes_done
+            );
+        }
         log::info!(
             "intercepts active:{}/{},tunnels open:{},connects:{},disconnects:{},reconnect attempts:{},client add:{},client add failed:{},response records:{},broken frames:{}",
             self.output.tunnels.active_intercepts(),

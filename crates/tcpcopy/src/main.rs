@@ -4,6 +4,7 @@
 mod cli;
 mod event_loop;
 mod logging;
+mod offline;
 mod output;
 mod tunnels;
 
@@ -160,12 +161,30 @@ fn run(options: Options) -> anyhow::Result<i32> {
             }
             open_pcap_devices(devices, filter, *snaplen, *buffer_bytes)?
         }
-        Input::Offline { file, .. } => {
-            anyhow::bail!(
-                "offline replay (-i {}) is not yet supported by this build",
-                file.display()
+        Input::Offline { .. } => Vec::new(),
+    };
+    let offline = match &options.input {
+        Input::Offline {
+            file,
+            accel,
+            max_gap,
+            passes,
+            tail,
+        } => {
+            log::info!(
+                "TC_OFFLINE mode: accelerated {accel} times,interval:{} ms, passes:{passes}",
+                max_gap.map(|g| g.as_millis()).unwrap_or(0)
             );
+            Some(offline::OfflineSource::open(
+                file,
+                *accel,
+                *max_gap,
+                *passes,
+                *tail,
+                std::time::Instant::now(),
+            )?)
         }
+        _ => None,
     };
 
     let output = output::ReplayOutput::new(
@@ -193,7 +212,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         poll,
         replayer,
         output,
-        captures,
+        event_loop::Inputs { captures, offline },
         signals,
         event_loop::LoopConfig {
             lonely: options.lonely,
@@ -219,7 +238,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
             log::error!("{e}");
             eprintln!("tcpcopy: {e}");
         }
-        event_loop::StopReason::Signal(_) => {}
+        event_loop::StopReason::Signal(_) | event_loop::StopReason::OfflineDone => {}
     }
     Ok(code)
 }

@@ -283,3 +283,69 @@ fn daemon_writes_its_pid_file() {
     assert!(log.contains("sig 15 received"), "{log}");
     assert!(log.contains("tcpcopy version:1.3.0"), "{log}");
 }
+
+#[test]
+fn offline_replay_runs_its_passes_and_exits_zero() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let l = ns.listen(36524);
+    let dir = std::env::temp_dir().join(format!("tcpcopy-offline-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("two.pcap");
+    {
+        // Two raw-IP TCP packets (to port 1 and port 2) 200 ms apart.
+        let dead = pcap::Capture::dead(pcap::Linktype(12)).unwrap();
+        let mut out = dead.savefile(&file).unwrap();
+        for (i, port) in [1u16, 2].iter().enumerate() {
+            let mut p = [0u8; 40];
+            p[0] = 0x45;
+            p[3] = 40;
+            p[8] = 64;
+            p[9] = 6;
+            p[12..16].copy_from_slice(&[203, 0, 113, 1]);
+            p[16..20].copy_from_slice(&[198, 18, 0, 20]);
+            p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+            p[22..24].copy_from_slice(&port.to_be_bytes());
+            p[32] = 0x50;
+            p[33] = 0x02;
+            let header = pcap::PacketHeader {
+                ts: libc::timeval {
+                    tv_sec: 1000,
+                    tv_usec: (i as libc::suseconds_t) * 200_000,
+                },
+                caplen: 40,
+                len: 40,
+            };
+            out.write(&pcap::Packet::new(&header, &p));
+        }
+        out.flush().unwrap();
+    }
+    let started = Instant::now();
+    let mut tc = Guard(Some(ns.spawn_tcpcopy(&[
+        "-x",
+        X,
+        "-s",
+        "127.0.0.1",
+        "-i",
+        file.to_str().unwrap(),
+        "-T",
+        "2",
+        "--offline-tail",
+        "1",
+    ])));
+    let _tunnels = accept_tunnels(&l, 2, Duration::from_secs(10));
+    let (code, err) = tc
+        .wait_exit(Duration::from_secs(20))
+        .expect("offline replay did not finish");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 0, "{err}");
+    // Two passes of 200 ms plus 1 s tail each.
+    assert!(started.elapsed() >= Duration::from_millis(2400), "{err}");
+    assert!(err.contains("offline replay is complete"), "{err}");
+    assert!(
+        err.contains("offline read:4,dispatched:4,truncated:0,passes done:2"),
+        "{err}"
+    );
+}
