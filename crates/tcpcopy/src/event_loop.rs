@@ -125,6 +125,7 @@ impl EventLoop {
     pub fn run(&mut self) -> StopReason {
         let mut events = Events::with_capacity(1024);
         let start = Instant::now();
+        log::info!("event loop running");
         let mut next_stats = start + STATS_PERIOD;
         let mut next_memory = start + MEMORY_PERIOD;
         let mut next_reconnect = start + RECONNECT_PERIOD;

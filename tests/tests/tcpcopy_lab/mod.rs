@@ -1,0 +1,502 @@
+//! A small lab for tcpcopy's end-to-end tests (lab.md topology): namespaces `client`, `online`,
+//! `target`, `assist` on a bridge, in-process recording servers and workload clients running on
+//! threads that entered a namespace (a socket keeps the namespace it was created in), and the
+//! tcpcopy / intercept binaries started with `ip netns exec`.
+//!
+//! Stand-in until the shared lab library (tests/src/lab.rs, branch `lab`) is merged; the tests
+//! only use [`Lab::start`], [`Lab::spawn`], [`Lab::in_ns`] and the servers/clients below.
+
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const CLIENT: &str = "client";
+pub const ONLINE: &str = "online";
+pub const TARGET: &str = "target";
+pub const ASSIST: &str = "assist";
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const ONLINE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+pub const TARGET_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
+pub const ASSIST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 40);
+
+/// Root is needed; without it the test is skipped (or fails under CI=true).
+pub fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: needs root (network namespaces, raw sockets)");
+        }
+        eprintln!("SKIP {test}: needs root");
+    }
+    root
+}
+
+/// Path of a workspace binary, built once per test process.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-q", "-p", "tcpcopy", "-p", "intercept"])
+            .status()
+            .expect("cargo build");
+        assert!(st.success(), "building tcpcopy and intercept failed");
+    });
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    dir.join(name)
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub struct Lab {
+    prefix: String,
+    children: Mutex<Vec<(String, Child)>>,
+}
+
+impl Lab {
+    /// Builds the topology of lab.md with unique namespace names.
+    pub fn start() -> Lab {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let prefix = format!(
+            "tcl{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab {
+            prefix,
+            children: Mutex::new(Vec::new()),
+        };
+        let sw = lab.ns("sw");
+        sh(&["ip", "netns", "add", &sw]);
+        sh(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ]);
+        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        for (host, ip) in [
+            (CLIENT, CLIENT_IP),
+            (ONLINE, ONLINE_IP),
+            (TARGET, TARGET_IP),
+            (ASSIST, ASSIST_IP),
+        ] {
+            let ns = lab.ns(host);
+            let port = format!("v{host}");
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&[
+                "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ]);
+            sh(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+                "net.ipv4.conf.lo.rp_filter=0",
+                "net.ipv4.ip_forward=0",
+                "net.ipv4.ip_local_port_range=10000 60999",
+                "net.ipv4.tcp_tw_reuse=1",
+                "net.core.somaxconn=4096",
+            ]);
+            for (n, dev) in [(&ns, "eth0"), (&sw, port.as_str())] {
+                sh(&[
+                    "ip", "netns", "exec", n, "ethtool", "-K", dev, "tx", "off", "tso", "off",
+                    "gso", "off", "gro", "off",
+                ]);
+            }
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &lab.ns(TARGET),
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            &ASSIST_IP.to_string(),
+        ]);
+        lab
+    }
+
+    pub fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+
+    pub fn mac(&self, host: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(host), "link", "show", "eth0"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .expect("link/ether")
+            .to_string()
+    }
+
+    /// Starts `program args` in `host`, stdout+stderr to a log file read by [`Lab::log`].
+    pub fn spawn(&self, host: &str, name: &str, program: &PathBuf, args: &[&str]) {
+        let log = self.log_path(name);
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .arg(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        self.children
+            .lock()
+            .unwrap()
+            .push((name.to_string(), child));
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-{name}.log", self.prefix))
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
+    }
+
+    /// Sends `sig` to the process `name` and waits (bounded) for it to exit; its exit code.
+    pub fn stop(&self, name: &str, sig: i32, within: Duration) -> Option<i32> {
+        let mut children = self.children.lock().unwrap();
+        let i = children.iter().position(|(n, _)| n == name)?;
+        let (_, mut child) = children.remove(i);
+        // SAFETY: kill on the pid of our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn running(&self, name: &str) -> bool {
+        let mut children = self.children.lock().unwrap();
+        children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Runs `f` on a thread inside `host`'s namespace.
+    pub fn in_ns<T: Send + 'static>(
+        &self,
+        host: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> T {
+        let path = format!("/run/netns/{}", self.ns(host));
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+
+    /// Spawns a thread inside `host`'s namespace.
+    pub fn thread_in<T: Send + 'static>(
+        &self,
+        host: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.ns(host));
+        std::thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+
+    /// Waits until something listens on `addr` inside `host` (bounded).
+    pub fn wait_listening(&self, host: &str, addr: SocketAddrV4, within: Duration) -> bool {
+        self.in_ns(host, move || {
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                if TcpStream::connect_timeout(&SocketAddr::V4(addr), Duration::from_millis(200))
+                    .is_ok()
+                {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        })
+    }
+}
+
+fn enter(path: &str) {
+    let f = std::fs::File::open(path).expect("open netns");
+    // SAFETY: setns on the calling thread with a valid namespace fd.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, child) in children.iter_mut() {
+            // SAFETY: signals to our own children.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("---- log of {name} ----\n{}", self.log(name));
+            }
+            let _ = std::fs::remove_file(self.log_path(name));
+        }
+        for host in ["sw", CLIENT, ONLINE, TARGET, ASSIST] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(host)])
+                .status();
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Recording request/response server and workload clients.
+//
+// Protocol: the client sends `REQ <body> <resp>\n` and <body> bytes; the server answers <resp>
+// bytes. A server-first server greets each connection with `HELLO\n` before reading. Every
+// byte a server receives is recorded per connection.
+
+#[derive(Debug, Clone)]
+pub struct ConnLog {
+    pub peer: SocketAddrV4,
+    pub received: Vec<u8>,
+    pub closed: bool,
+}
+
+pub struct Server {
+    pub conns: Arc<Mutex<Vec<ConnLog>>>,
+    stop: Arc<AtomicBool>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(lab: &Lab, host: &str, addr: SocketAddrV4, greeting: bool) -> Server {
+        let conns: Arc<Mutex<Vec<ConnLog>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = lab.in_ns(host, move || {
+            let l = TcpListener::bind(addr).expect("bind test server");
+            l.set_nonblocking(true).unwrap();
+            l
+        });
+        let (c, s) = (conns.clone(), stop.clone());
+        let accept_thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, SocketAddr::V4(peer))) => {
+                        let index = {
+                            let mut all = c.lock().unwrap();
+                            all.push(ConnLog {
+                                peer,
+                                received: Vec::new(),
+                                closed: false,
+                            });
+                            all.len() - 1
+                        };
+                        let c2 = c.clone();
+                        std::thread::spawn(move || serve_conn(stream, greeting, c2, index));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Server {
+            conns,
+            stop,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<ConnLog> {
+        self.conns.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_conn(mut stream: TcpStream, greeting: bool, log: Arc<Mutex<Vec<ConnLog>>>, index: usize) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
+    let _ = stream.set_nodelay(true);
+    if greeting && stream.write_all(b"HELLO\n").is_err() {
+        return;
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        log.lock().unwrap()[index]
+            .received
+            .extend_from_slice(&buf[..n]);
+        pending.extend_from_slice(&buf[..n]);
+        // Answer every complete request in `pending`.
+        while let Some(eol) = pending.iter().position(|b| *b == b'\n') {
+            let header = String::from_utf8_lossy(&pending[..eol]).into_owned();
+            let mut words = header.split_whitespace();
+            let (Some("REQ"), Some(body), Some(resp)) = (words.next(), words.next(), words.next())
+            else {
+                return;
+            };
+            let (Ok(body), Ok(resp)) = (body.parse::<usize>(), resp.parse::<usize>()) else {
+                return;
+            };
+            if pending.len() < eol + 1 + body {
+                break;
+            }
+            pending.drain(..eol + 1 + body);
+            if stream.write_all(&pattern(resp)).is_err() {
+                return;
+            }
+        }
+    }
+    log.lock().unwrap()[index].closed = true;
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// One request with a body that names its connection (so streams are unique).
+pub fn request(tag: &str, body: usize, resp: usize) -> Vec<u8> {
+    let mut r = format!("REQ {body} {resp}\n").into_bytes();
+    let fill = tag.as_bytes();
+    r.extend((0..body).map(|i| fill[i % fill.len()]));
+    r
+}
+
+/// A client connection: connect, optional greeting, requests in lock-step, close.
+pub fn converse(
+    server: SocketAddrV4,
+    tag: &str,
+    greeting: bool,
+    requests: &[(usize, usize)],
+    pause: Duration,
+) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::V4(server), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_nodelay(true)?;
+    if greeting {
+        let mut hello = [0u8; 6];
+        s.read_exact(&mut hello)?;
+        assert_eq!(&hello, b"HELLO\n");
+    }
+    let mut buf = vec![0u8; 65536];
+    for (i, &(body, resp)) in requests.iter().enumerate() {
+        s.write_all(&request(&format!("{tag}/{i};"), body, resp))?;
+        let mut got = 0;
+        while got < resp {
+            let n = s.read(&mut buf[..(resp - got).min(65536)])?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            got += n;
+        }
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded) until `check` holds on the target's connections; returns the last snapshot.
+pub fn wait_until(
+    server: &Server,
+    within: Duration,
+    mut check: impl FnMut(&[ConnLog]) -> bool,
+) -> (bool, Vec<ConnLog>) {
+    let deadline = Instant::now() + within;
+    loop {
+        let snap = server.snapshot();
+        if check(&snap) {
+            return (true, snap);
+        }
+        if Instant::now() > deadline {
+            return (false, snap);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,665 @@
+//! tcpcopy end to end in the namespace lab (lab.md): clients talk to the online servers,
+//! tcpcopy on online replays to the target, intercept on assist returns the target's response
+//! headers. The target must receive exactly the byte streams the online servers received,
+//! connection by connection. Needs root.
+
+mod tcpcopy_lab;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tc_core::capture::pcap_live::{PcapLive, PcapLiveOptions};
+use tc_core::capture::Capture;
+use tc_core::packet::{ipv4_payload, Completeness, TcpPacket};
+use tcpcopy_lab::*;
+
+const ONLINE_PORT: u16 = 80;
+const ONLINE_GREET_PORT: u16 = 81;
+const TARGET_PORT: u16 = 8080;
+const TARGET_GREET_PORT: u16 = 8081;
+const INTERCEPT_PORT: u16 = 36524;
+const REPLAY_DEADLINE: Duration = Duration::from_secs(120);
+
+struct Setup {
+    lab: Lab,
+    online: Server,
+    online_greet: Server,
+    target: Server,
+    target_greet: Server,
+}
+
+fn transfers() -> String {
+    format!(
+        "{ONLINE_PORT}-{TARGET_IP}:{TARGET_PORT},{ONLINE_GREET_PORT}-{TARGET_IP}:{TARGET_GREET_PORT}"
+    )
+}
+
+/// Lab, servers, and intercept on assist.
+fn setup() -> Setup {
+    let lab = Lab::start();
+    let online = Server::start(
+        &lab,
+        ONLINE,
+        SocketAddrV4::new(ONLINE_IP, ONLINE_PORT),
+        false,
+    );
+    let online_greet = Server::start(
+        &lab,
+        ONLINE,
+        SocketAddrV4::new(ONLINE_IP, ONLINE_GREET_PORT),
+        true,
+    );
+    let target = Server::start(
+        &lab,
+        TARGET,
+        SocketAddrV4::new(TARGET_IP, TARGET_PORT),
+        false,
+    );
+    let target_greet = Server::start(
+        &lab,
+        TARGET,
+        SocketAddrV4::new(TARGET_IP, TARGET_GREET_PORT),
+        true,
+    );
+    start_intercept(&lab);
+    Setup {
+        lab,
+        online,
+        online_greet,
+        target,
+        target_greet,
+    }
+}
+
+fn start_intercept(lab: &Lab) {
+    let filter = format!("tcp and (src port {TARGET_PORT} or src port {TARGET_GREET_PORT})");
+    lab.spawn(
+        ASSIST,
+        "intercept",
+        &bin("intercept"),
+        &["-F", &filter, "-i", "eth0"],
+    );
+    assert!(
+        lab.wait_listening(
+            ONLINE,
+            SocketAddrV4::new(ASSIST_IP, INTERCEPT_PORT),
+            Duration::from_secs(10)
+        ),
+        "intercept does not listen: {}",
+        lab.log("intercept")
+    );
+}
+
+/// Starts tcpcopy on online and waits for its event loop.
+fn start_tcpcopy(lab: &Lab, name: &str, args: &[&str]) {
+    let mut all: Vec<&str> = vec!["-s", "198.18.0.40"];
+    all.extend_from_slice(args);
+    lab.spawn(ONLINE, name, &bin("tcpcopy"), &all);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lab.log(name).contains("event loop running") {
+        assert!(
+            Instant::now() < deadline && lab.running(name),
+            "tcpcopy did not start: {}",
+            lab.log(name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops tcpcopy with SIGTERM; it must exit 0. Returns its log.
+fn stop_tcpcopy(lab: &Lab, name: &str) -> String {
+    let code = lab.stop(name, libc::SIGTERM, Duration::from_secs(15));
+    let log = lab.log(name);
+    assert_eq!(code, Some(0), "tcpcopy exit: {log}");
+    log
+}
+
+/// The standard workload (run from the client namespace): short connections, keep-alive
+/// connections, a server-first protocol, a 1 MB request and a 1 MB response.
+struct Workload {
+    short: usize,
+    keepalive: usize,
+    keepalive_requests: usize,
+    greeting: usize,
+    big: bool,
+}
+
+const FULL: Workload = Workload {
+    short: 200,
+    keepalive: 20,
+    keepalive_requests: 100,
+    greeting: 5,
+    big: true,
+};
+
+fn run_workload(lab: &Lab, tag: &str, w: &Workload) -> usize {
+    let online = SocketAddrV4::new(ONLINE_IP, ONLINE_PORT);
+    let greet = SocketAddrV4::new(ONLINE_IP, ONLINE_GREET_PORT);
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let short_per_thread = w.short.div_ceil(4).max(1);
+    for t in 0..4 {
+        let tag = tag.to_string();
+        let count = short_per_thread.min(w.short.saturating_sub(t * short_per_thread));
+        threads.push(lab.thread_in(CLIENT, move || {
+            for i in 0..count {
+                converse(
+                    online,
+                    &format!("{tag}-s{t}.{i}"),
+                    false,
+                    &[(100, 200)],
+                    Duration::ZERO,
+                )
+                .expect("short connection");
+            }
+        }));
+    }
+    for k in 0..w.keepalive {
+        let tag = tag.to_string();
+        let n = w.keepalive_requests;
+        threads.push(lab.thread_in(CLIENT, move || {
+            let reqs = vec![(50, 100); n];
+            converse(online, &format!("{tag}-k{k}"), false, &reqs, Duration::ZERO)
+                .expect("keep-alive connection");
+        }));
+    }
+    for g in 0..w.greeting {
+        let tag = tag.to_string();
+        threads.push(lab.thread_in(CLIENT, move || {
+            converse(
+                greet,
+                &format!("{tag}-g{g}"),
+                true,
+                &[(20, 30); 3],
+                Duration::ZERO,
+            )
+            .expect("server-first connection");
+        }));
+    }
+    if w.big {
+        let tag = tag.to_string();
+        threads.push(lab.thread_in(CLIENT, move || {
+            converse(
+                online,
+                &format!("{tag}-bigreq"),
+                false,
+                &[(1 << 20, 16)],
+                Duration::ZERO,
+            )
+            .expect("1 MB request");
+            converse(
+                online,
+                &format!("{tag}-bigresp"),
+                false,
+                &[(10, 1 << 20)],
+                Duration::ZERO,
+            )
+            .expect("1 MB response");
+        }));
+    }
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    w.short + w.keepalive + w.greeting + if w.big { 2 } else { 0 }
+}
+
+/// Online connections (closed by the client) keyed by client port.
+fn online_streams(servers: &[&Server]) -> HashMap<u16, Vec<u8>> {
+    let mut out = HashMap::new();
+    for s in servers {
+        for c in s.snapshot() {
+            if c.peer.ip() == &CLIENT_IP {
+                out.insert(c.peer.port(), c.received);
+            }
+        }
+    }
+    out
+}
+
+fn target_conns(servers: &[&Server]) -> Vec<ConnLog> {
+    servers.iter().flat_map(|s| s.snapshot()).collect()
+}
+
+/// Every online stream is on the target, same client port, byte for byte.
+fn assert_identical_replay(s: &Setup, expected_conns: usize, clients: &[Ipv4Addr]) {
+    let online = online_streams(&[&s.online, &s.online_greet]);
+    assert_eq!(online.len(), expected_conns, "online connections");
+    let deadline = Instant::now() + REPLAY_DEADLINE;
+    let (matched, missing) = loop {
+        let target = target_conns(&[&s.target, &s.target_greet]);
+        let by_port: HashMap<u16, &ConnLog> = target.iter().map(|c| (c.peer.port(), c)).collect();
+        let mut matched = 0;
+        let mut missing = Vec::new();
+        for (port, bytes) in &online {
+            match by_port.get(port) {
+                Some(c) if &c.received == bytes => matched += 1,
+                Some(c) => missing.push(format!(
+                    "port {port}: target has {} of {} bytes",
+                    c.received.len(),
+                    bytes.len()
+                )),
+                None => missing.push(format!("port {port}: no target connection")),
+            }
+        }
+        for c in &target {
+            assert!(
+                clients.contains(c.peer.ip()),
+                "target connection from {} (not a -c address)",
+                c.peer
+            );
+        }
+        if matched == online.len() || Instant::now() > deadline {
+            break (matched, missing);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        matched,
+        online.len(),
+        "replayed {matched} of {} connections exactly; first problems: {:?}",
+        online.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+/// Records every frame leaving the online host; anything that is not the online service's
+/// own answers, a packet to the target or tunnel traffic is reported.
+struct EgressWatch {
+    stop: Arc<AtomicBool>,
+    unexpected: Arc<Mutex<Vec<String>>>,
+    to_target: Arc<Mutex<u64>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EgressWatch {
+    fn start(lab: &Lab) -> EgressWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
+        let to_target: Arc<Mutex<u64>> = Arc::default();
+        let mut cap = lab.in_ns(ONLINE, || {
+            let mut opts = PcapLiveOptions::new(&format!("ip and not dst host {ONLINE_IP}"));
+            opts.snaplen = 128;
+            PcapLive::open("eth0", &opts).expect("capture on online eth0")
+        });
+        let (s, u, t) = (stop.clone(), unexpected.clone(), to_target.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let n = cap
+                    .read_frames(256, &mut |link, frame| {
+                        let Ok(ip) = ipv4_payload(link, frame) else {
+                            return;
+                        };
+                        let what = match TcpPacket::parse(ip, Completeness::HeadersOnly) {
+                            Ok(p) => {
+                                let (src, dst) = (p.src_ip(), p.dst_ip());
+                                let (sp, dp) = (p.src_port(), p.dst_port());
+                                let service = src == ONLINE_IP
+                                    && dst == CLIENT_IP
+                                    && (sp == ONLINE_PORT || sp == ONLINE_GREET_PORT);
+                                let replay = dst == TARGET_IP
+                                    && (dp == TARGET_PORT || dp == TARGET_GREET_PORT)
+                                    && src.octets()[..3] == [203, 0, 113];
+                                let tunnel =
+                                    src == ONLINE_IP && dst == ASSIST_IP && dp == INTERCEPT_PORT;
+                                if replay {
+                                    *t.lock().unwrap() += 1;
+                                }
+                                if service || replay || tunnel {
+                                    None
+                                } else {
+                                    Some(format!("tcp {src}:{sp} -> {dst}:{dp}"))
+                                }
+                            }
+                            Err(_) => Some(format!("non-tcp ip packet of {} bytes", ip.len())),
+                        };
+                        if let Some(w) = what {
+                            u.lock().unwrap().push(w);
+                        }
+                    })
+                    .unwrap_or(0);
+                if n == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        EgressWatch {
+            stop,
+            unexpected,
+            to_target,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and asserts nothing unexpected left the host; returns packets seen to the target.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("egress watch");
+        }
+        let unexpected = self.unexpected.lock().unwrap();
+        assert!(
+            unexpected.is_empty(),
+            "{} unexpected packets left online, e.g. {:?}",
+            unexpected.len(),
+            &unexpected[..unexpected.len().min(5)]
+        );
+        let n = *self.to_target.lock().unwrap();
+        n
+    }
+}
+
+fn client_range(first: u8, last: u8) -> Vec<Ipv4Addr> {
+    (first..=last)
+        .map(|d| Ipv4Addr::new(203, 0, 113, d))
+        .collect()
+}
+
+fn fidelity(test: &str, extra: &[&str], send_pcap: bool) {
+    if !can_run(test) {
+        return;
+    }
+    let s = setup();
+    let watch = EgressWatch::start(&s.lab);
+    let x = if send_pcap {
+        let (om, tm) = (s.lab.mac(ONLINE), s.lab.mac(TARGET));
+        format!(
+            "{ONLINE_PORT}@{om}-{TARGET_IP}:{TARGET_PORT}@{tm},{ONLINE_GREET_PORT}@{om}-{TARGET_IP}:{TARGET_GREET_PORT}@{tm}"
+        )
+    } else {
+        transfers()
+    };
+    let mut args = vec!["-x", x.as_str(), "-c", "203.0.113.11,203.0.113.12"];
+    args.extend_from_slice(extra);
+    start_tcpcopy(&s.lab, "tcpcopy", &args);
+    let n = run_workload(&s.lab, test, &FULL);
+    assert_identical_replay(&s, n, &client_range(11, 12));
+    let log = stop_tcpcopy(&s.lab, "tcpcopy");
+    let to_target = watch.finish();
+    assert!(to_target > 0);
+    assert!(log.contains("all clt:"), "{log}");
+    assert!(log.contains("refused (not a target):0"), "{log}");
+}
+
+#[test]
+fn replay_is_exact_with_raw_capture_and_raw_send() {
+    fidelity("raw_raw", &[], false);
+}
+
+#[test]
+fn replay_is_exact_with_pcap_capture() {
+    fidelity("pcap_capture", &["--capture", "pcap", "-i", "eth0"], false);
+}
+
+#[test]
+fn replay_is_exact_with_datalink_send() {
+    fidelity("pcap_send", &["--send", "pcap", "-o", "eth0"], true);
+}
+
+#[test]
+fn three_copies_of_every_connection() {
+    if !can_run("three_copies") {
+        return;
+    }
+    let s = setup();
+    let x = transfers();
+    start_tcpcopy(
+        &s.lab,
+        "tcpcopy",
+        &["-x", &x, "-c", "203.0.113.21", "-n", "3"],
+    );
+    let w = Workload {
+        short: 20,
+        keepalive: 2,
+        keepalive_requests: 20,
+        greeting: 2,
+        big: false,
+    };
+    let n = run_workload(&s.lab, "n3", &w);
+    let online = online_streams(&[&s.online, &s.online_greet]);
+    assert_eq!(online.len(), n);
+    // Each online stream (unique by its tagged bodies) appears exactly three times.
+    let (ok, target) = wait_until(&s.target, REPLAY_DEADLINE, |_| {
+        let all = target_conns(&[&s.target, &s.target_greet]);
+        online
+            .values()
+            .all(|b| all.iter().filter(|c| &c.received == b).count() == 3)
+    });
+    let all = target_conns(&[&s.target, &s.target_greet]);
+    assert!(
+        ok,
+        "copies: {} target connections for {} online ones",
+        all.len(),
+        online.len()
+    );
+    let _ = target;
+    let ports: std::collections::HashSet<u16> = all.iter().map(|c| c.peer.port()).collect();
+    assert_eq!(ports.len(), all.len(), "copies share a source port");
+    stop_tcpcopy(&s.lab, "tcpcopy");
+}
+
+#[test]
+fn sampling_replays_about_half_of_the_sessions_whole() {
+    if !can_run("sampling") {
+        return;
+    }
+    let s = setup();
+    let x = transfers();
+    start_tcpcopy(
+        &s.lab,
+        "tcpcopy",
+        &["-x", &x, "-c", "203.0.113.31", "-r", "50"],
+    );
+    let w = Workload {
+        short: 200,
+        keepalive: 0,
+        keepalive_requests: 0,
+        greeting: 0,
+        big: false,
+    };
+    run_workload(&s.lab, "r50", &w);
+    let online = online_streams(&[&s.online]);
+    // Let replays finish, then every replayed session must be whole.
+    let (_, target) = wait_until(&s.target, Duration::from_secs(30), |t| {
+        t.iter()
+            .all(|c| online.get(&c.peer.port()).is_some_and(|b| b == &c.received))
+            && !t.is_empty()
+    });
+    let replayed = target.len();
+    assert!(
+        (50..=150).contains(&replayed),
+        "-r 50 replayed {replayed} of 200 sessions"
+    );
+    for c in &target {
+        assert_eq!(
+            Some(&c.received),
+            online.get(&c.peer.port()),
+            "session {} replayed partially",
+            c.peer
+        );
+    }
+    stop_tcpcopy(&s.lab, "tcpcopy");
+}
+
+/// Keep-alive connections already open when tcpcopy starts: picked up mid-stream (the target
+/// gets the rest of the stream from a request boundary), or not at all with `-O`.
+fn midstream(only_with_syn: bool) {
+    let test = if only_with_syn {
+        "midstream_O"
+    } else {
+        "midstream"
+    };
+    if !can_run(test) {
+        return;
+    }
+    let s = setup();
+    let online = SocketAddrV4::new(ONLINE_IP, ONLINE_PORT);
+    let clients: Vec<JoinHandle<()>> = (0..5)
+        .map(|k| {
+            s.lab.thread_in(CLIENT, move || {
+                converse(
+                    online,
+                    &format!("mid{k}"),
+                    false,
+                    &[(50, 100); 60],
+                    Duration::from_millis(50),
+                )
+                .expect("keep-alive connection");
+            })
+        })
+        .collect();
+    // Let every connection get a few requests through first.
+    let (ok, _) = wait_until(&s.online, Duration::from_secs(10), |c| {
+        c.len() == 5 && c.iter().all(|c| c.received.len() > 5 * 60)
+    });
+    assert!(ok, "clients did not start");
+    let x = transfers();
+    let mut args = vec!["-x", x.as_str(), "-c", "203.0.113.41"];
+    if only_with_syn {
+        args.push("-O");
+    }
+    start_tcpcopy(&s.lab, "tcpcopy", &args);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let online_streams = online_streams(&[&s.online]);
+    if only_with_syn {
+        // Give tcpcopy time to (wrongly) replay, then check nothing arrived.
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            s.target.snapshot().is_empty(),
+            "-O replayed a mid-stream session"
+        );
+    } else {
+        let (ok, target) = wait_until(&s.target, REPLAY_DEADLINE, |t| {
+            t.len() == 5
+                && t.iter().all(|c| {
+                    online_streams.get(&c.peer.port()).is_some_and(|b| {
+                        !c.received.is_empty()
+                            && b.ends_with(&c.received)
+                            && c.received.starts_with(b"REQ ")
+                    })
+                })
+        });
+        assert!(
+            ok,
+            "mid-stream pickup: {:?}",
+            target
+                .iter()
+                .map(|c| (c.peer, c.received.len()))
+                .collect::<Vec<_>>()
+        );
+    }
+    stop_tcpcopy(&s.lab, "tcpcopy");
+}
+
+#[test]
+fn connections_open_before_start_are_picked_up_mid_stream() {
+    midstream(false);
+}
+
+#[test]
+fn with_o_connections_open_before_start_are_not_replayed() {
+    midstream(true);
+}
+
+#[test]
+fn intercept_restart_with_l_is_survived() {
+    if !can_run("intercept_restart") {
+        return;
+    }
+    let s = setup();
+    let x = transfers();
+    start_tcpcopy(&s.lab, "tcpcopy", &["-x", &x, "-c", "203.0.113.51", "-L"]);
+    let small = Workload {
+        short: 10,
+        keepalive: 0,
+        keepalive_requests: 0,
+        greeting: 0,
+        big: false,
+    };
+    run_workload(&s.lab, "before", &small);
+    // SIGKILL: the exit code is irrelevant, only that the tunnels go away.
+    let _ = s
+        .lab
+        .stop("intercept", libc::SIGKILL, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.lab.log("tcpcopy").contains("is inactive") {
+        assert!(
+            Instant::now() < deadline,
+            "tcpcopy did not notice: {}",
+            s.lab.log("tcpcopy")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        s.lab.running("tcpcopy"),
+        "tcpcopy stopped without its intercept"
+    );
+    start_intercept(&s.lab);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !s.lab.log("tcpcopy").contains("is active again") {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect: {}",
+            s.lab.log("tcpcopy")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before: usize = online_streams(&[&s.online]).len();
+    run_workload(&s.lab, "after", &small);
+    let online = online_streams(&[&s.online]);
+    let after_ports: Vec<u16> = s
+        .online
+        .snapshot()
+        .iter()
+        .skip(before)
+        .map(|c| c.peer.port())
+        .collect();
+    let (ok, target) = wait_until(&s.target, REPLAY_DEADLINE, |t| {
+        after_ports.iter().all(|p| {
+            t.iter()
+                .any(|c| c.peer.port() == *p && Some(&c.received) == online.get(p))
+        })
+    });
+    assert!(
+        ok,
+        "new connections after the restart not replayed: {} target conns",
+        target.len()
+    );
+    stop_tcpcopy(&s.lab, "tcpcopy");
+}
+
+/// The harness itself: topology, servers and workload, without tcpcopy.
+#[test]
+fn lab_workload_reaches_the_online_servers() {
+    if !can_run("lab_workload") {
+        return;
+    }
+    let lab = Lab::start();
+    let online = Server::start(
+        &lab,
+        ONLINE,
+        SocketAddrV4::new(ONLINE_IP, ONLINE_PORT),
+        false,
+    );
+    let greet = Server::start(
+        &lab,
+        ONLINE,
+        SocketAddrV4::new(ONLINE_IP, ONLINE_GREET_PORT),
+        true,
+    );
+    let n = run_workload(&lab, "self", &FULL);
+    let streams = online_streams(&[&online, &greet]);
+    assert_eq!(streams.len(), n);
+    let big = streams.values().map(Vec::len).max().unwrap_or(0);
+    assert!(big > 1 << 20, "1 MB request recorded: {big}");
+    // The target host routes fake clients to the assistant.
+    let out = std::process::Command::new("ip")
+        .args(["-n", &lab.ns(TARGET), "route", "get", "203.0.113.9"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("via 198.18.0.40"));
+}
