@@ -5,4 +5,8 @@
 //! capture, tunnels, batching, statistics), `logging`, `daemon`.
 
 pub mod cli;
+pub mod daemon;
+pub mod logging;
 pub mod router;
+pub mod server;
+pub mod wire;

@@ -1,11 +1,99 @@
-use intercept::cli;
+//! intercept: see the library crate for the parts; this only wires them in startup order
+//! (arguments, log, listener, captures, then daemon and pid file, then the loop).
 
-fn main() {
-    match cli::parse(std::env::args_os()) {
-        Ok(cfg) => println!("{cfg:?}"),
+use std::os::unix::io::AsRawFd;
+use std::process::ExitCode;
+
+use intercept::{cli, daemon, logging, server};
+use log::{error, info};
+
+fn main() -> ExitCode {
+    let cfg = match cli::parse(std::env::args_os()) {
+        Ok(cfg) => cfg,
+        Err(exit) => {
+            if exit.status == 0 {
+                println!("{}", exit.message.trim_end());
+            } else {
+                eprintln!("{}", exit.message);
+            }
+            return ExitCode::from(exit.status as u8);
+        }
+    };
+    if let Err(e) = logging::init(cfg.log_file.as_deref()) {
+        eprintln!("{e:#}");
+        return ExitCode::FAILURE;
+    }
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            println!("{}", e.message);
-            std::process::exit(e.status);
+            error!("{e:#}");
+            if cfg.log_file.is_some() {
+                eprintln!("intercept: {e:#}");
+            }
+            ExitCode::FAILURE
         }
     }
+}
+
+fn run(cfg: &cli::Config) -> anyhow::Result<()> {
+    info!("intercept version:{}", cli::VERSION);
+    info!(
+        "intercept internal version:{}",
+        intercept::wire::PROTOCOL_VERSION
+    );
+    let mut modes = vec!["TC_ADVANCED"];
+    if cfg.combined {
+        modes.push("TC_COMBINED");
+    }
+    if cfg.payload {
+        modes.push("TC_PAYLOAD");
+    }
+    if cfg.single {
+        modes.push("TC_SINGLE");
+    }
+    if cfg.dnat {
+        modes.push("TC_DNAT");
+    }
+    info!(
+        "modes:{} (batch {}), pcap version:{}",
+        modes.join(","),
+        cfg.batch,
+        tc_core::capture::pcap_live::lib_version()
+    );
+    match &cfg.devices {
+        cli::Devices::All => info!("device:all"),
+        cli::Devices::List(l) => info!("device:{}", l.join(",")),
+    }
+    info!("user filter:{}", cfg.filter);
+    if let Some((a, b)) = cfg.docker_rewrite {
+        info!("-D para:{a}-{b}");
+    }
+    if !cfg.allow.is_empty() {
+        let list: Vec<String> = cfg
+            .allow
+            .iter()
+            .map(|n| format!("{}/{}", n.addr, n.prefix))
+            .collect();
+        info!("allowed tcpcopy peers:{}", list.join(","));
+    }
+    let listener = server::bind_listener(cfg.bind, cfg.port)?;
+    info!(
+        "msg listen socket:{} on {}",
+        listener.as_raw_fd(),
+        listener.local_addr()?
+    );
+    let sources = server::open_captures(cfg)?;
+    if cfg.daemon {
+        daemon::daemonize()?;
+    }
+    if let Some(p) = &cfg.pid_file {
+        daemon::write_pid_file(p)?;
+    }
+    let mut server = server::Server::new(cfg, listener, sources)?;
+    server.handle_signals()?;
+    let result = server.run();
+    if let Some(p) = &cfg.pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    result.map(|_| ())
 }

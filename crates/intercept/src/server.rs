@@ -1,0 +1,1030 @@
+//! The event loop: one thread, one mio poll. Captured responses are decoded, routed and queued
+//! on their tunnel; each tunnel's pending records are written at the end of every loop turn
+//! (or as soon as a frame is full), so a response waits for no timer.
+//!
+//! Tunnels are non-blocking with bounded buffers: a peer that sends garbage, stops in the middle
+//! of a record or never reads is closed and logged, and nothing else waits for it.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use log::{debug, error, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
+use tc_core::capture::Capture;
+use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
+
+use crate::cli::{Config, Devices};
+use crate::router::{Admission, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId};
+use crate::wire::{
+    ClientMsg, Record, WireFormat, CLIENT_ADD, CLIENT_DEL, CLIENT_MSG_LEN, PROTOCOL_VERSION,
+};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const CAPTURE_BASE: usize = 16;
+const TUNNEL_BASE: usize = 1 << 20;
+
+/// Frames read from one capture per loop turn before the others get their turn.
+const CAPTURE_BUDGET: usize = 256;
+/// Bytes read from one tunnel per loop turn.
+const TUNNEL_READ_BUDGET: usize = 64 * 1024;
+/// Connections accepted per loop turn.
+const ACCEPT_BUDGET: usize = 64;
+/// Unsent bytes a tunnel may hold before it is considered a peer that does not read.
+pub const TUNNEL_OUT_LIMIT: usize = 4 << 20;
+/// A started record must be completed, and the version record sent, within this time.
+pub const TUNNEL_INPUT_TIMEOUT_MS: Millis = 5_000;
+/// A tunnel whose pending output has not moved for this long is closed.
+pub const TUNNEL_SEND_TIMEOUT_MS: Millis = 10_000;
+/// Most simultaneous tunnels.
+pub const MAX_TUNNELS: usize = 4096;
+const STATS_PERIOD_MS: Millis = 30_000;
+const HOUSEKEEPING_MS: Millis = 200;
+/// Per-event log lines allowed per second and category; the rest are counted.
+const LOG_BURST: u32 = 10;
+
+/// Snap lengths: headers only (Ethernet + 2 VLAN tags + 60 IP + 60 TCP = 148, rounded up), or
+/// with 128 payload bytes.
+pub const SNAPLEN: i32 = 200;
+pub const SNAPLEN_PAYLOAD: i32 = 330;
+pub const CAPTURE_BUFFER: i32 = 16 << 20;
+
+/// A capture source as the server sees it: a [`Capture`] that may report kernel drops.
+pub trait Source: Capture {
+    fn kernel_drops(&mut self) -> Option<u64> {
+        None
+    }
+}
+
+impl Source for PcapLive {
+    fn kernel_drops(&mut self) -> Option<u64> {
+        self.stats().map(|s| s.dropped + s.if_dropped)
+    }
+}
+
+/// A named capture source.
+pub struct NamedSource {
+    pub name: String,
+    pub source: Box<dyn Source>,
+    pending: bool,
+}
+
+impl NamedSource {
+    pub fn new(name: &str, source: Box<dyn Source>) -> NamedSource {
+        NamedSource {
+            name: name.to_string(),
+            source,
+            pending: true,
+        }
+    }
+}
+
+/// Opens the listening socket (SO_REUSEADDR, non-blocking).
+pub fn bind_listener(bind: Ipv4Addr, port: u16) -> anyhow::Result<std::net::TcpListener> {
+    let addr = SocketAddr::V4(SocketAddrV4::new(bind, port));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .context("cannot create the listening socket")?;
+    sock.set_reuse_address(true)
+        .context("cannot set SO_REUSEADDR")?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("Bind socket to {addr} (port:{port}) failed"))?;
+    sock.listen(128)
+        .with_context(|| format!("listen on {addr} failed"))?;
+    sock.set_nonblocking(true)
+        .context("cannot make the listener non-blocking")?;
+    Ok(sock.into())
+}
+
+/// Opens a live capture on every configured device; devices that fail are logged and skipped.
+pub fn open_captures(cfg: &Config) -> anyhow::Result<Vec<NamedSource>> {
+    let names = match &cfg.devices {
+        Devices::All => pcap_live::list_devices()?,
+        Devices::List(l) => l.clone(),
+    };
+    let mut opts = PcapLiveOptions::new(&cfg.filter);
+    opts.snaplen = if cfg.payload {
+        SNAPLEN_PAYLOAD
+    } else {
+        SNAPLEN
+    };
+    opts.buffer_size = CAPTURE_BUFFER;
+    let mut out = Vec::new();
+    for name in names {
+        match PcapLive::open(&name, &opts) {
+            Ok(cap) => {
+                info!(
+                    "pcap open,device:{name} (link type {:?}, snaplen {}, buffer {})",
+                    cap.link_type(),
+                    opts.snaplen,
+                    opts.buffer_size
+                );
+                out.push(NamedSource::new(&name, Box::new(cap)));
+            }
+            Err(e) => warn!("device could not work:{name}: {e}"),
+        }
+    }
+    if out.is_empty() {
+        bail!("no device available for snooping packets");
+    }
+    Ok(out)
+}
+
+/// Counters of the statistics line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames read from the captures.
+    pub frames: u64,
+    /// IPv4 TCP packets seen ("all").
+    pub all: u64,
+    /// Responses with valid headers, routed ("total resp packs").
+    pub responses: u64,
+    /// CLIENT_ADD records processed ("route").
+    pub client_adds: u64,
+    /// Frames (combined) or records (plain) queued for writing ("sock write cnt").
+    pub writes: u64,
+    /// Records queued on tunnels.
+    pub records_sent: u64,
+    /// Responses without a tunnel (no route, or its tunnel gone) and not delayed.
+    pub unrouted: u64,
+    /// Records lost with a tunnel closed for not reading.
+    pub overflow: u64,
+    pub accepted: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub drops: DropCounters,
+    pub kernel_drops: u64,
+    /// Log lines suppressed by rate limiting.
+    pub logs_suppressed: u64,
+}
+
+/// A handle to stop a running server from another thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+/// Rate limit for per-event log lines.
+#[derive(Debug, Default)]
+struct LogLimit {
+    second: Millis,
+    used: u32,
+}
+
+impl LogLimit {
+    fn allow(&mut self, now: Millis, suppressed: &mut u64) -> bool {
+        if now / 1000 != self.second {
+            self.second = now / 1000;
+            self.used = 0;
+        }
+        if self.used < LOG_BURST {
+            self.used += 1;
+            true
+        } else {
+            *suppressed += 1;
+            false
+        }
+    }
+}
+
+struct Tunnel {
+    id: TunnelId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    fd: i32,
+    accepted_at: Millis,
+    handshaken: bool,
+    input: [u8; CLIENT_MSG_LEN],
+    input_len: usize,
+    partial_since: Millis,
+    /// Bytes to write: complete frames, then possibly an open combined frame at `batch_at`.
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Offset in `out` of the open frame's count field, and its record count.
+    batch_at: usize,
+    batch_count: usize,
+    /// Time output last made progress (or became pending).
+    out_progress: Millis,
+    write_interest: bool,
+    dirty: bool,
+    read_again: bool,
+    closing: Option<&'static str>,
+}
+
+impl Tunnel {
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Closes the open combined frame (writes its count).
+    fn seal(&mut self, stats: &mut Stats) {
+        if self.batch_count > 0 {
+            let count = (self.batch_count as u16).to_be_bytes();
+            self.out[self.batch_at..self.batch_at + 2].copy_from_slice(&count);
+            self.batch_count = 0;
+            stats.writes += 1;
+        }
+    }
+
+    fn push(
+        &mut self,
+        rec: &Record,
+        fmt: WireFormat,
+        max_batch: usize,
+        stats: &mut Stats,
+        now: Millis,
+    ) {
+        if self.closing.is_some() {
+            stats.overflow += 1;
+            return;
+        }
+        if self.pending_out() == 0 {
+            self.out_progress = now;
+        }
+        if fmt.combined {
+            if self.batch_count == 0 {
+                self.batch_at = self.out.len();
+                self.out.extend_from_slice(&[0, 0]);
+            }
+            self.out.extend_from_slice(rec.as_bytes());
+            self.batch_count += 1;
+            if self.batch_count >= max_batch {
+                self.seal(stats);
+            }
+        } else {
+            self.out.extend_from_slice(rec.as_bytes());
+            stats.writes += 1;
+        }
+        stats.records_sent += 1;
+        if self.pending_out() > TUNNEL_OUT_LIMIT {
+            self.closing = Some("send queue full (peer does not read)");
+        }
+    }
+
+    /// Writes as much as the socket takes. Returns false on a fatal error.
+    fn write_out(&mut self, stats: &mut Stats, now: Millis) -> bool {
+        self.seal(stats);
+        while self.out_pos < self.out.len() {
+            match self.stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.out_pos += n;
+                    self.out_progress = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("send tunnel {} ({}): {e}", self.id, self.peer);
+                    return false;
+                }
+            }
+        }
+        if self.out_pos == self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+        } else if self.out_pos >= 64 * 1024 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        true
+    }
+}
+
+/// Routing state shared by the capture and control paths.
+struct Core {
+    fmt: WireFormat,
+    max_batch: usize,
+    dnat: bool,
+    single_mode: bool,
+    rewrite: Option<(Ipv4Addr, Ipv4Addr)>,
+    router: Router<Record>,
+    single: SingleGroup,
+    stats: Stats,
+    unrouted_log: LogLimit,
+    peer_log: LogLimit,
+}
+
+impl Core {
+    /// One captured frame: decode, build the record, route it.
+    fn on_frame(
+        &mut self,
+        link: LinkType,
+        frame: &[u8],
+        now: Millis,
+        tunnels: &mut HashMap<TunnelId, Tunnel>,
+        dirty: &mut Vec<TunnelId>,
+    ) {
+        self.stats.frames += 1;
+        let ip = match ipv4_payload(link, frame) {
+            Ok(ip) => ip,
+            Err(reason) => {
+                self.stats.drops.count(reason);
+                return;
+            }
+        };
+        if ip.get(9) == Some(&6) {
+            self.stats.all += 1;
+        }
+        let pkt = match TcpPacket::parse(ip, Completeness::HeadersOnly) {
+            Ok(p) => p,
+            Err(reason) => {
+                self.stats.drops.count(reason);
+                return;
+            }
+        };
+        self.stats.responses += 1;
+        let mut client_ip = pkt.dst_ip();
+        let mut dst_rewrite = None;
+        if let Some((from, to)) = self.rewrite {
+            if client_ip == from {
+                client_ip = to;
+                dst_rewrite = Some(to);
+            }
+        }
+        let key = RouteKey::new(
+            client_ip,
+            pkt.dst_port(),
+            pkt.src_ip(),
+            pkt.src_port(),
+            self.dnat,
+        );
+        let record = Record::encode(&pkt, self.fmt, dst_rewrite);
+        let target = if self.single_mode {
+            self.single.pick(&key)
+        } else {
+            let syn_or_rst = pkt.has_flags(flags::SYN) || pkt.has_flags(flags::RST);
+            match self.router.route(&key, syn_or_rst, &record, now) {
+                Routed::Tunnel(t) => Some(t),
+                Routed::Delayed => {
+                    if pkt.rst()
+                        && self
+                            .unrouted_log
+                            .allow(now, &mut self.stats.logs_suppressed)
+                    {
+                        info!("reset from tcp, delayed: {key}");
+                    }
+                    return;
+                }
+                Routed::Dropped => None,
+            }
+        };
+        match target.and_then(|t| tunnels.get_mut(&t)) {
+            Some(tunnel) => {
+                tunnel.push(&record, self.fmt, self.max_batch, &mut self.stats, now);
+                if !tunnel.dirty {
+                    tunnel.dirty = true;
+                    dirty.push(tunnel.id);
+                }
+            }
+            None => {
+                self.stats.unrouted += 1;
+                if self
+                    .unrouted_log
+                    .allow(now, &mut self.stats.logs_suppressed)
+                {
+                    info!(
+                        "fd is null after session is created: from bak:{}:{}-->{}:{},len {},seq={},ack={}",
+                        pkt.src_ip(),
+                        pkt.src_port(),
+                        pkt.dst_ip(),
+                        pkt.dst_port(),
+                        pkt.total_len(),
+                        pkt.seq(),
+                        pkt.ack()
+                    );
+                }
+            }
+        }
+    }
+
+    /// One complete 14-byte record from a tunnel.
+    fn on_client_msg(&mut self, tunnel: &mut Tunnel, raw: &[u8; CLIENT_MSG_LEN], now: Millis) {
+        let msg = ClientMsg::parse(raw);
+        if !tunnel.handshaken {
+            if msg.client_ip != Ipv4Addr::UNSPECIFIED || msg.client_port != 0 {
+                error!(
+                    "client too old for intercept (or not a tcpcopy): tunnel {} from {}",
+                    tunnel.id, tunnel.peer
+                );
+                tunnel.closing = Some("bad version record");
+                return;
+            }
+            if msg.kind != PROTOCOL_VERSION {
+                warn!(
+                    "not compatible,client:{},intercept:{PROTOCOL_VERSION} (tunnel {} from {})",
+                    msg.kind, tunnel.id, tunnel.peer
+                );
+            }
+            tunnel.handshaken = true;
+            return;
+        }
+        match msg.kind {
+            CLIENT_ADD => {
+                self.stats.client_adds += 1;
+                if self.single_mode {
+                    return;
+                }
+                let key = RouteKey::new(
+                    msg.client_ip,
+                    msg.client_port,
+                    msg.target_ip,
+                    msg.target_port,
+                    self.dnat,
+                );
+                debug!("route add {key} -> tunnel {}", tunnel.id);
+                if let Some(waiting) = self.router.client_add(key, tunnel.id, now) {
+                    debug!("{} delayed responses sent for {key}", waiting.len());
+                    for rec in &waiting {
+                        tunnel.push(rec, self.fmt, self.max_batch, &mut self.stats, now);
+                    }
+                }
+            }
+            CLIENT_DEL => debug!("client del from tunnel {}", tunnel.id),
+            other => {
+                warn!(
+                    "unknown msg type:{other} from tunnel {} ({}), closing it",
+                    tunnel.id, tunnel.peer
+                );
+                tunnel.closing = Some("garbage on the control channel");
+            }
+        }
+    }
+}
+
+/// The server: listener, captures, tunnels, router.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    sources: Vec<NamedSource>,
+    tunnels: HashMap<TunnelId, Tunnel>,
+    next_tunnel: TunnelId,
+    dirty: Vec<TunnelId>,
+    core: Core,
+    cfg: Config,
+    start: Instant,
+    stop_flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    listener_pending: bool,
+}
+
+impl Server {
+    /// Builds the loop around an already bound listener and opened captures.
+    pub fn new(
+        cfg: &Config,
+        listener: std::net::TcpListener,
+        mut sources: Vec<NamedSource>,
+    ) -> anyhow::Result<Server> {
+        let poll = Poll::new().context("cannot create the event loop")?;
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        for (i, s) in sources.iter_mut().enumerate() {
+            s.source
+                .register(poll.registry(), Token(CAPTURE_BASE + i))
+                .with_context(|| format!("cannot poll capture {}", s.name))?;
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let fmt = WireFormat {
+            combined: cfg.combined,
+            payload: cfg.payload,
+        };
+        let core = Core {
+            fmt,
+            max_batch: cfg.batch.clamp(1, fmt.max_batch()),
+            dnat: cfg.dnat,
+            single_mode: cfg.single,
+            rewrite: cfg.docker_rewrite,
+            router: Router::new(
+                cfg.max_routes,
+                cfg.route_timeout.as_millis() as Millis,
+                cfg.delay_table,
+                0,
+            ),
+            single: SingleGroup::new(cfg.protect),
+            stats: Stats::default(),
+            unrouted_log: LogLimit::default(),
+            peer_log: LogLimit::default(),
+        };
+        Ok(Server {
+            poll,
+            listener,
+            local_addr,
+            sources,
+            tunnels: HashMap::new(),
+            next_tunnel: 1,
+            dirty: Vec::new(),
+            core,
+            cfg: cfg.clone(),
+            start: Instant::now(),
+            stop_flag: Arc::new(AtomicBool::new(false)),
+            waker,
+            signals: None,
+            listener_pending: true,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            flag: self.stop_flag.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// SIGINT and SIGTERM stop the loop.
+    pub fn handle_signals(&mut self) -> anyhow::Result<()> {
+        let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM])
+            .context("cannot install signal handlers")?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.core.stats
+    }
+
+    fn now(&self) -> Millis {
+        self.start.elapsed().as_millis() as Millis
+    }
+
+    /// Runs until stopped; returns the final counters (also logged).
+    pub fn run(&mut self) -> anyhow::Result<Stats> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_housekeeping = HOUSEKEEPING_MS;
+        let mut next_stats = STATS_PERIOD_MS;
+        let mut read_again: Vec<TunnelId> = Vec::new();
+        loop {
+            let busy = self.listener_pending
+                || !read_again.is_empty()
+                || self.sources.iter().any(|s| s.pending);
+            let now = self.now();
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(next_housekeeping.saturating_sub(now).clamp(1, 500))
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("event loop poll failed"),
+            }
+            let now = self.now();
+            let mut to_read = std::mem::take(&mut read_again);
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.listener_pending = true,
+                    WAKER => {}
+                    SIGNALS => {
+                        if let Some(s) = self.signals.as_mut() {
+                            for sig in s.pending() {
+                                warn!("sig {sig} received");
+                                self.stop_flag.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                    Token(t) if (CAPTURE_BASE..TUNNEL_BASE).contains(&t) => {
+                        if let Some(s) = self.sources.get_mut(t - CAPTURE_BASE) {
+                            s.pending = true;
+                        }
+                    }
+                    Token(t) => {
+                        let id = (t - TUNNEL_BASE) as TunnelId;
+                        if let Some(tunnel) = self.tunnels.get_mut(&id) {
+                            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                            if readable && !tunnel.read_again {
+                                tunnel.read_again = true;
+                                to_read.push(id);
+                            }
+                            if ev.is_writable() || ev.is_write_closed() {
+                                if !tunnel.write_out(&mut self.core.stats, now) {
+                                    tunnel.closing.get_or_insert("send failed");
+                                }
+                                if !tunnel.dirty {
+                                    tunnel.dirty = true;
+                                    self.dirty.push(id);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Control first: CLIENT_ADDs that arrived with the responses route them.
+            for id in to_read {
+                if let Some(tunnel) = self.tunnels.get_mut(&id) {
+                    tunnel.read_again = false;
+                    if self.read_tunnel_budgeted(id, now) {
+                        if let Some(t) = self.tunnels.get_mut(&id) {
+                            t.read_again = true;
+                            read_again.push(id);
+                        }
+                    }
+                }
+            }
+            if self.listener_pending {
+                self.accept(now);
+            }
+            self.read_captures(now);
+            self.flush(now);
+            if now >= next_housekeeping {
+                self.housekeeping(now);
+                next_housekeeping = now + HOUSEKEEPING_MS;
+            }
+            if now >= next_stats {
+                self.log_stats("statistics");
+                next_stats = now + STATS_PERIOD_MS;
+            }
+            self.close_finished();
+            if self.stop_flag.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.shutdown();
+        Ok(self.core.stats)
+    }
+
+    fn accept(&mut self, now: Millis) {
+        for _ in 0..ACCEPT_BUDGET {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listener_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and the like: retry on the next turn, do not spin.
+                    if self
+                        .core
+                        .peer_log
+                        .allow(now, &mut self.core.stats.logs_suppressed)
+                    {
+                        error!("accept failed: {e}");
+                    }
+                    self.listener_pending = false;
+                    return;
+                }
+            };
+            self.admit(stream, peer, now);
+        }
+        // Budget used: more may be waiting (edge-triggered), come back next turn.
+        self.listener_pending = true;
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Millis) {
+        let allowed = match peer {
+            SocketAddr::V4(a) => self.cfg.peer_allowed(*a.ip()),
+            SocketAddr::V6(_) => false,
+        };
+        let refuse = |core: &mut Core, why: &str| {
+            core.stats.refused += 1;
+            if core.peer_log.allow(now, &mut core.stats.logs_suppressed) {
+                warn!("refused tcpcopy connection from {peer}: {why}");
+            }
+        };
+        if !allowed {
+            refuse(&mut self.core, "not in the --allow list");
+            return;
+        }
+        if self.tunnels.len() >= MAX_TUNNELS {
+            refuse(&mut self.core, "too many tunnels");
+            return;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            refuse(&mut self.core, &format!("TCP_NODELAY failed: {e}"));
+            return;
+        }
+        let id = self.next_tunnel;
+        self.next_tunnel += 1;
+        if self.core.single_mode {
+            match self.core.single.admit(id, now) {
+                Admission::Joined => {}
+                Admission::Spare => warn!(
+                    "reach the fd limit for single:{}",
+                    crate::router::SINGLE_MAX_TUNNELS
+                ),
+                Admission::NewGroup { close } => {
+                    warn!("it does not support distributed clients: new tcpcopy from {peer}, closing {} old tunnels", close.len());
+                    for old in close {
+                        if let Some(t) = self.tunnels.get_mut(&old) {
+                            t.closing
+                                .get_or_insert("replaced by a new tcpcopy (--single)");
+                        }
+                    }
+                }
+                Admission::Refused => {
+                    refuse(
+                        &mut self.core,
+                        "sth tries to connect to server (-c: the first tcpcopy is still connected)",
+                    );
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(TUNNEL_BASE + id as usize),
+            Interest::READABLE,
+        ) {
+            error!("cannot poll tunnel from {peer}: {e}");
+            self.core.single.remove(id);
+            return;
+        }
+        let fd = stream.as_raw_fd();
+        self.core.stats.accepted += 1;
+        info!("it adds fd:{fd} (tunnel {id} from {peer})");
+        self.tunnels.insert(
+            id,
+            Tunnel {
+                id,
+                stream,
+                peer,
+                fd,
+                accepted_at: now,
+                handshaken: false,
+                input: [0; CLIENT_MSG_LEN],
+                input_len: 0,
+                partial_since: now,
+                out: Vec::with_capacity(2 + 16 * 64),
+                out_pos: 0,
+                batch_at: 0,
+                batch_count: 0,
+                out_progress: now,
+                write_interest: false,
+                dirty: false,
+                read_again: false,
+                closing: None,
+            },
+        );
+    }
+
+    /// Reads and handles records; returns true if the budget ran out with data left.
+    fn read_tunnel_budgeted(&mut self, id: TunnelId, now: Millis) -> bool {
+        let Some(tunnel) = self.tunnels.get_mut(&id) else {
+            return false;
+        };
+        let core = &mut self.core;
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while tunnel.closing.is_none() {
+            if total >= TUNNEL_READ_BUDGET {
+                if !tunnel.dirty {
+                    tunnel.dirty = true;
+                    self.dirty.push(id);
+                }
+                return true;
+            }
+            let n = match tunnel.stream.read(&mut buf) {
+                Ok(0) => {
+                    info!(
+                        "recv length 0,fd:{} (tunnel {} from {})",
+                        tunnel.fd, id, tunnel.peer
+                    );
+                    tunnel.closing = Some("peer closed");
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    info!("recv error on tunnel {id} from {}: {e}", tunnel.peer);
+                    tunnel.closing = Some("receive error");
+                    break;
+                }
+            };
+            total += n;
+            let mut data = &buf[..n];
+            while !data.is_empty() && tunnel.closing.is_none() {
+                let take = (CLIENT_MSG_LEN - tunnel.input_len).min(data.len());
+                tunnel.input[tunnel.input_len..tunnel.input_len + take]
+                    .copy_from_slice(&data[..take]);
+                tunnel.input_len += take;
+                data = &data[take..];
+                if tunnel.input_len == CLIENT_MSG_LEN {
+                    tunnel.input_len = 0;
+                    let raw = tunnel.input;
+                    core.on_client_msg(tunnel, &raw, now);
+                } else {
+                    tunnel.partial_since = now;
+                }
+            }
+        }
+        if !tunnel.dirty {
+            tunnel.dirty = true;
+            self.dirty.push(id);
+        }
+        false
+    }
+
+    fn read_captures(&mut self, now: Millis) {
+        let Server {
+            sources,
+            core,
+            tunnels,
+            dirty,
+            ..
+        } = self;
+        for s in sources.iter_mut().filter(|s| s.pending) {
+            let mut on_frame =
+                |link: LinkType, frame: &[u8]| core.on_frame(link, frame, now, tunnels, dirty);
+            match s.source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
+                Ok(n) => s.pending = n >= CAPTURE_BUDGET,
+                Err(e) => {
+                    if core
+                        .unrouted_log
+                        .allow(now, &mut core.stats.logs_suppressed)
+                    {
+                        error!("capture {}: {e}", s.name);
+                    }
+                    s.pending = false;
+                }
+            }
+        }
+    }
+
+    /// Writes every tunnel that got records (or input) this turn.
+    fn flush(&mut self, now: Millis) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for id in &dirty {
+            let Some(t) = self.tunnels.get_mut(id) else {
+                continue;
+            };
+            t.dirty = false;
+            if t.closing.is_none() && !t.write_out(&mut self.core.stats, now) {
+                t.closing = Some("send failed");
+            }
+            let want = t.pending_out() > 0;
+            if t.closing.is_none() && want != t.write_interest {
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if let Err(e) = self.poll.registry().reregister(
+                    &mut t.stream,
+                    Token(TUNNEL_BASE + *id as usize),
+                    interest,
+                ) {
+                    error!("cannot poll tunnel {id}: {e}");
+                    t.closing = Some("poll failed");
+                }
+                t.write_interest = want;
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    fn housekeeping(&mut self, now: Millis) {
+        self.core.router.tick(now);
+        for t in self.tunnels.values_mut() {
+            if t.closing.is_some() {
+                continue;
+            }
+            if !t.handshaken && now.saturating_sub(t.accepted_at) >= TUNNEL_INPUT_TIMEOUT_MS {
+                t.closing = Some("no version record in time");
+            } else if t.input_len > 0
+                && now.saturating_sub(t.partial_since) >= TUNNEL_INPUT_TIMEOUT_MS
+            {
+                t.closing = Some("incomplete record (peer stopped mid-record)");
+            } else if t.pending_out() > 0
+                && now.saturating_sub(t.out_progress) >= TUNNEL_SEND_TIMEOUT_MS
+            {
+                t.closing = Some("send timeout (peer does not read)");
+            }
+        }
+        let mut kernel = 0;
+        let mut known = false;
+        for s in &mut self.sources {
+            if let Some(d) = s.source.kernel_drops() {
+                kernel += d;
+                known = true;
+            }
+        }
+        if known {
+            self.core.stats.kernel_drops = kernel;
+        }
+    }
+
+    fn close_finished(&mut self) {
+        let finished: Vec<TunnelId> = self
+            .tunnels
+            .values()
+            .filter(|t| t.closing.is_some())
+            .map(|t| t.id)
+            .collect();
+        for id in finished {
+            self.release(id);
+        }
+    }
+
+    fn release(&mut self, id: TunnelId) {
+        let Some(mut t) = self.tunnels.remove(&id) else {
+            return;
+        };
+        let why = t.closing.unwrap_or("shutdown");
+        let lost = if t.pending_out() > 0 {
+            t.pending_out()
+        } else {
+            0
+        };
+        info!(
+            "release tunnel resources, fd:{} (tunnel {id} from {}): {why}{}",
+            t.fd,
+            t.peer,
+            if lost > 0 {
+                format!(", {lost} unsent bytes dropped")
+            } else {
+                String::new()
+            }
+        );
+        let _ = self.poll.registry().deregister(&mut t.stream);
+        self.core.router.tunnel_closed(id);
+        self.core.single.remove(id);
+        self.core.stats.closed += 1;
+    }
+
+    fn log_stats(&self, what: &str) {
+        let s = &self.core.stats;
+        let r = &self.core.router.routes.stats;
+        let d = &self.core.router.delay.stats;
+        info!(
+            "total resp packs:{}, all:{}, route:{}, sock write cnt:{}",
+            s.responses, s.all, s.client_adds, s.writes
+        );
+        info!(
+            "{what}: route hit:{},lost:{},routes:{},all sessions:{},evicted:{},expired:{},purged:{}",
+            r.hits,
+            r.lost,
+            self.core.router.routes.len(),
+            r.adds,
+            r.evicted,
+            r.expired,
+            r.purged
+        );
+        info!(
+            "{what}: delayed:{},delay actual sent:{},delay expired:{},delay full:{},waiting:{}",
+            d.delayed,
+            d.sent,
+            d.expired,
+            d.full,
+            self.core.router.delay.len()
+        );
+        info!(
+            "{what}: records sent:{},unrouted:{},overflow:{},tunnels:{},accepted:{},refused:{},closed:{}",
+            s.records_sent,
+            s.unrouted,
+            s.overflow,
+            self.tunnels.len(),
+            s.accepted,
+            s.refused,
+            s.closed
+        );
+        info!(
+            "{what}: capture frames:{},drops:{},kernel drops:{},log lines suppressed:{}",
+            s.frames, s.drops, s.kernel_drops, s.logs_suppressed
+        );
+    }
+
+    fn shutdown(&mut self) {
+        info!("release_resources begin");
+        // Deliver what is already queued, without waiting for slow peers.
+        let now = self.now();
+        for t in self.tunnels.values_mut() {
+            if t.closing.is_none() {
+                let _ = t.write_out(&mut self.core.stats, now);
+            }
+        }
+        let ids: Vec<TunnelId> = self.tunnels.keys().copied().collect();
+        for id in ids {
+            self.release(id);
+        }
+        self.log_stats("final");
+        info!("release_resources end");
+    }
+}
