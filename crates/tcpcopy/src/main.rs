@@ -8,6 +8,7 @@ mod offline;
 mod output;
 mod tunnels;
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -30,11 +31,12 @@ const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 fn main() -> ExitCode {
     let options = match cli::parse(std::env::args_os()) {
         Ok(Command::Help) => {
-            print!("{}", cli::HELP);
+            // A closed pipe (`tcpcopy -h | head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(cli::HELP.as_bytes());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("{}", cli::version_line());
+            let _ = writeln!(std::io::stdout(), "{}", cli::version_line());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run(options)) => options,

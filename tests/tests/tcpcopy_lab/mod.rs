@@ -186,10 +186,15 @@ impl Lab {
             .to_string()
     }
 
-    /// Starts `program args` in `host`, stdout+stderr to a log file read by [`Lab::log`].
+    /// Starts `program args` in `host`, stdout+stderr appended to a log file read by
+    /// [`Lab::log`] (a restarted process of the same name keeps the earlier lines).
     pub fn spawn(&self, host: &str, name: &str, program: &PathBuf, args: &[&str]) {
         let log = self.log_path(name);
-        let file = std::fs::File::create(&log).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(host)])
             .arg(program)
