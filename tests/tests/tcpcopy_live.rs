@@ -663,3 +663,81 @@ fn lab_workload_reaches_the_online_servers() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("via 198.18.0.40"));
 }
+
+/// The number after `name:` in the last statistics line that has it.
+fn last_counter(log: &str, name: &str) -> Option<u64> {
+    log.lines().rev().find_map(|l| {
+        let at = l.find(name)? + name.len();
+        let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
+}
+
+/// Plumbing: with the real intercept, both capture backends see the clients' packets and the
+/// tunnels come up (intercept admits `-C` connections).
+#[test]
+fn capture_backends_see_the_client_traffic() {
+    if !can_run("capture_plumbing") {
+        return;
+    }
+    let s = setup();
+    let x = transfers();
+    start_tcpcopy(&s.lab, "raw", &["-x", &x, "-c", "203.0.113.61", "-C", "3"]);
+    start_tcpcopy(
+        &s.lab,
+        "pcap",
+        &[
+            "-x",
+            &x,
+            "-c",
+            "203.0.113.62",
+            "--capture",
+            "pcap",
+            "-i",
+            "eth0",
+        ],
+    );
+    let w = Workload {
+        short: 20,
+        keepalive: 0,
+        keepalive_requests: 0,
+        greeting: 0,
+        big: false,
+    };
+    run_workload(&s.lab, "plumbing", &w);
+    // 20 connections of at least SYN, request, FIN: 60 client packets or more.
+    for name in ["raw", "pcap"] {
+        let log = stop_tcpcopy(&s.lab, name);
+        let captured = last_counter(&log, "total captured packets:").unwrap_or(0);
+        assert!(captured >= 60, "{name}: captured {captured}: {log}");
+        assert_eq!(last_counter(&log, "capture errors:"), Some(0), "{log}");
+    }
+    let intercept = s.lab.log("intercept");
+    assert_eq!(
+        intercept.matches("it adds fd").count(),
+        1 + 3 + 2,
+        "{intercept}"
+    );
+}
+
+/// Plumbing: without -L, losing the only intercept ends tcpcopy with a clear message.
+#[test]
+fn losing_the_intercept_without_l_stops_tcpcopy() {
+    if !can_run("intercept_loss") {
+        return;
+    }
+    let s = setup();
+    let x = transfers();
+    start_tcpcopy(&s.lab, "tcpcopy", &["-x", &x, "-c", "203.0.113.71"]);
+    let _ = s
+        .lab
+        .stop("intercept", libc::SIGKILL, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.lab.running("tcpcopy") {
+        assert!(Instant::now() < deadline, "tcpcopy still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let code = s.lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(1));
+    assert_eq!(code, Some(1));
+    assert!(s.lab.log("tcpcopy").contains("every intercept is gone"));
+}
