@@ -349,3 +349,33 @@ fn offline_replay_runs_its_passes_and_exits_zero() {
         "{err}"
     );
 }
+
+/// `-m`: the resident memory is checked every 60 s; above the limit tcpcopy stops (graceful
+/// teardown, non-zero exit, clear message). Takes about a minute.
+#[test]
+fn memory_limit_stops_the_run() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new();
+    let l = ns.listen(36524);
+    let mut tc = Guard(Some(ns.spawn_tcpcopy(&[
+        "-x",
+        X,
+        "-s",
+        "127.0.0.1",
+        "-m",
+        "1",
+    ])));
+    let _tunnels = accept_tunnels(&l, 2, Duration::from_secs(10));
+    let (code, err) = tc
+        .wait_exit(Duration::from_secs(75))
+        .expect("tcpcopy ignored its memory limit");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("occupies too much memory, limit:1024 KB"),
+        "{err}"
+    );
+    assert!(err.contains("exceeds the -m limit"), "{err}");
+    assert!(err.contains("all clt:"), "no final statistics: {err}");
+}
