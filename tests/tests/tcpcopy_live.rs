@@ -358,10 +358,27 @@ fn client_range(first: u8, last: u8) -> Vec<Ipv4Addr> {
 }
 
 fn fidelity(test: &str, extra: &[&str], send_pcap: bool) {
+    fidelity_with(test, extra, send_pcap, false)
+}
+
+fn fidelity_with(test: &str, extra: &[&str], send_pcap: bool, offload: bool) {
     if !can_run(test) {
         return;
     }
     let s = setup();
+    if offload {
+        // Real hosts: the client's stack sends TSO super-segments, online's GRO merges
+        // segments, and the raw socket hands tcpcopy datagrams far above the MTU.
+        for host in [CLIENT, ONLINE] {
+            let ns = s.lab.ns(host);
+            let st = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "ethtool", "-K", "eth0"])
+                .args(["tx", "on", "tso", "on", "gso", "on", "gro", "on"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
     let watch = EgressWatch::start(&s.lab);
     let x = if send_pcap {
         let (om, tm) = (s.lab.mac(ONLINE), s.lab.mac(TARGET));
@@ -396,6 +413,11 @@ fn replay_is_exact_with_pcap_capture() {
 #[test]
 fn replay_is_exact_with_datalink_send() {
     fidelity("pcap_send", &["--send", "pcap", "-o", "eth0"], true);
+}
+
+#[test]
+fn replay_is_exact_with_offloads_on() {
+    fidelity_with("offload", &[], false, true);
 }
 
 #[test]
