@@ -76,13 +76,14 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
             .collect();
         info!("allowed tcpcopy peers:{}", list.join(","));
     }
+    // Captures first: once tcpcopy can connect, responses are already being captured.
+    let sources = server::open_captures(cfg)?;
     let listener = server::bind_listener(cfg.bind, cfg.port)?;
     info!(
         "msg listen socket:{} on {}",
         listener.as_raw_fd(),
         listener.local_addr()?
     );
-    let sources = server::open_captures(cfg)?;
     if cfg.daemon {
         daemon::daemonize()?;
     }

@@ -349,6 +349,16 @@ impl Core {
             }
         };
         self.stats.responses += 1;
+        log::trace!(
+            "captured {}:{} -> {}:{} seq={} ack={} flags={:#04x}",
+            pkt.src_ip(),
+            pkt.src_port(),
+            pkt.dst_ip(),
+            pkt.dst_port(),
+            pkt.seq(),
+            pkt.ack(),
+            pkt.flags()
+        );
         let mut client_ip = pkt.dst_ip();
         let mut dst_rewrite = None;
         if let Some((from, to)) = self.rewrite {
@@ -853,7 +863,10 @@ impl Server {
             let mut on_frame =
                 |link: LinkType, frame: &[u8]| core.on_frame(link, frame, now, tunnels, dirty);
             match s.source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
-                Ok(n) => s.pending = n >= CAPTURE_BUDGET,
+                Ok(n) => {
+                    log::trace!("capture {}: {n} frames", s.name);
+                    s.pending = n >= CAPTURE_BUDGET
+                }
                 Err(e) => {
                     if core
                         .unrouted_log

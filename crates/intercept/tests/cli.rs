@@ -146,6 +146,10 @@ fn bad_arguments() {
 
 #[test]
 fn port_in_use_is_a_bind_error() {
+    // Captures open before the bind, so this needs a usable device.
+    if !need_root("port_in_use_is_a_bind_error") {
+        return;
+    }
     let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
     let out = run(&["-F", "tcp", "-i", "lo", "-b", "127.0.0.1", "-p", &port]);

@@ -585,3 +585,73 @@ fn hostile_peers_do_not_delay_a_good_one() {
     drop(half);
     drop(deaf);
 }
+
+#[test]
+fn single_mode_spreads_by_connection_without_adds() {
+    let mut c = cfg();
+    c.single = true;
+    let h = Harness::start(c);
+    let mut a = Peer::connect(&h);
+    let mut b = Peer::connect(&h);
+    // Probe until both tunnels are in the group (each received a probe response).
+    let mut seen = [false, false];
+    for i in 0..500u16 {
+        h.inject(&response(client(31), 60000 + i, flags::ACK, 0, &[]));
+        for (k, peer) in [&mut a, &mut b].into_iter().enumerate() {
+            peer.s
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let mut c = [0u8; 2];
+            if peer.s.read_exact(&mut c).is_ok() {
+                peer.s.set_read_timeout(Some(WAIT)).unwrap();
+                let mut r = vec![0u8; 64 * usize::from(u16::from_be_bytes(c))];
+                peer.s.read_exact(&mut r).unwrap();
+                seen[k] = true;
+            }
+        }
+        if seen == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(seen, [true, true], "both tunnels joined");
+    // No CLIENT_ADD at all: every response goes to one of the two tunnels, the same one for
+    // every segment of a connection. Two rounds per port; each peer reads what it got.
+    let ports: Vec<u16> = (50000..50032).collect();
+    for round in 0..2u32 {
+        for &p in &ports {
+            h.inject(&response(client(30), p, flags::ACK, round, &[]));
+        }
+    }
+    let total = ports.len() * 2;
+    let mut got: Vec<(u16, u32, char)> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    for (peer, name) in [(&mut a, 'a'), (&mut b, 'b')] {
+        peer.s
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut c = [0u8; 2];
+        while Instant::now() < deadline {
+            match peer.s.read_exact(&mut c) {
+                Ok(()) => {
+                    for _ in 0..u16::from_be_bytes(c) {
+                        let mut r = vec![0u8; 64];
+                        peer.s.read_exact(&mut r).unwrap();
+                        got.push((rec_dst(&r).1, rec_seq(&r), name));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(got.len(), total);
+    let a_count = got.iter().filter(|g| g.2 == 'a').count();
+    assert!(
+        a_count > 0 && a_count < total,
+        "both tunnels used: {a_count}/{total}"
+    );
+    for &p in &ports {
+        let peers: Vec<char> = got.iter().filter(|g| g.0 == p).map(|g| g.2).collect();
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0], peers[1], "port {p} stays on one tunnel");
+    }
+}

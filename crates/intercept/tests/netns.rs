@@ -1,0 +1,588 @@
+//! intercept end to end in network namespaces (needs root): online 198.18.0.20, target
+//! 198.18.0.30 (server :8080, route 203.0.113.0/24 via the assistant), assistant 198.18.0.40
+//! running the intercept binary with libpcap on its eth0 and the default port 36524.
+//!
+//! A tcpcopy stand-in in the online namespace sends CLIENT_ADD, then a raw SYN from a fake
+//! client 203.0.113.x, completes the exchange with raw segments, and must receive every response
+//! segment of its connection, in capture order (compared with a reference capture taken in the
+//! assistant), and nothing of another peer's connection.
+//!
+//! Self-contained until the shared lab library lands (then this should use `tc_e2e::lab`).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use intercept::wire::{ClientMsg, CLIENT_ADD};
+use tc_core::packet::{build_segment, flags, SegmentSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_intercept");
+const ONLINE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
+const ASSIST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 40);
+const TARGET_PORT: u16 = 8080;
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Three host namespaces on a bridge; removed on drop.
+struct Lab {
+    prefix: String,
+}
+
+impl Lab {
+    fn ns(&self, host: &str) -> String {
+        format!("{}{host}", self.prefix)
+    }
+
+    fn new(tag: &str) -> Result<Lab, String> {
+        let lab = Lab {
+            prefix: format!("ic{}{tag}-", std::process::id()),
+        };
+        let sw = lab.ns("sw");
+        sh(&["ip", "netns", "add", &sw])?;
+        sh(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+        ])?;
+        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        for (host, ip) in [("online", ONLINE), ("target", TARGET), ("assist", ASSIST)] {
+            let ns = lab.ns(host);
+            sh(&["ip", "netns", "add", &ns])?;
+            let v = format!("v-{host}");
+            sh(&[
+                "ip", "-n", &sw, "link", "add", &v, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            sh(&["ip", "-n", &sw, "link", "set", &v, "master", "br0", "up"])?;
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            for conf in ["all", "default", "eth0", "lo"] {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{conf}.rp_filter=0"),
+                ])?;
+            }
+            // Offloads off so captures look like a real wire (best effort: ethtool may be absent).
+            let _ = sh(&[
+                "ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
+                "gso", "off", "gro", "off",
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &lab.ns("target"),
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            &ASSIST.to_string(),
+        ])?;
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &lab.ns("assist"),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=0",
+        ])?;
+        Ok(lab)
+    }
+
+    /// Runs `f` on a thread inside namespace `host`; sockets it creates stay in that namespace.
+    fn within<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.ns(host));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let nsf = File::open(&path).expect("open netns");
+                // SAFETY: setns on this thread only.
+                let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for host in ["online", "target", "assist", "sw"] {
+            let _ = sh(&["ip", "netns", "del", &self.ns(host)]);
+        }
+    }
+}
+
+struct Intercept(Child);
+
+impl Drop for Intercept {
+    fn drop(&mut self) {
+        // SAFETY: stopping our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends raw IPv4 segments (IP_HDRINCL) from the online namespace.
+struct Raw(socket2::Socket);
+
+impl Raw {
+    fn send(&self, spec: &SegmentSpec) {
+        let mut buf = [0u8; 1500];
+        let n = build_segment(spec, &mut buf).unwrap();
+        let to = SocketAddrV4::new(spec.dst, 0);
+        self.0.send_to(&buf[..n], &to.into()).expect("raw send");
+    }
+}
+
+fn seg<'a>(
+    src: Ipv4Addr,
+    sport: u16,
+    seq: u32,
+    ack: u32,
+    fl: u8,
+    payload: &'a [u8],
+) -> SegmentSpec<'a> {
+    SegmentSpec {
+        src,
+        dst: TARGET,
+        src_port: sport,
+        dst_port: TARGET_PORT,
+        seq,
+        ack,
+        flags: fl,
+        window: 65535,
+        ip_id: 1,
+        mss: if fl & flags::SYN != 0 {
+            Some(1460)
+        } else {
+            None
+        },
+        timestamps: None,
+        payload,
+    }
+}
+
+/// (dst ip, dst port, seq, ack, flags, payload bytes in the record)
+type Seen = (Ipv4Addr, u16, u32, u32, u8);
+
+fn seen_of(ip: &[u8]) -> Seen {
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let t = &ip[ihl..];
+    (
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        u16::from_be_bytes([t[2], t[3]]),
+        u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        t[13],
+    )
+}
+
+/// A tcpcopy stand-in: reassembles frames from a stream with a timeout.
+struct Peer {
+    s: TcpStream,
+    combined: bool,
+    rec_len: usize,
+    buf: Vec<u8>,
+    records: Vec<Vec<u8>>,
+}
+
+impl Peer {
+    fn add(&mut self, cip: Ipv4Addr, cport: u16) {
+        let m = ClientMsg {
+            client_ip: cip,
+            client_port: cport,
+            kind: CLIENT_ADD,
+            target_ip: TARGET,
+            target_port: TARGET_PORT,
+        };
+        self.s.write_all(&m.encode()).unwrap();
+    }
+
+    /// Reads what arrives within `wait` into `records`; returns how many new records.
+    fn pump(&mut self, wait: Duration) -> usize {
+        self.s.set_read_timeout(Some(wait)).unwrap();
+        let mut tmp = [0u8; 8192];
+        let before = self.records.len();
+        match self.s.read(&mut tmp) {
+            Ok(0) => panic!("intercept closed the tunnel"),
+            Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("tunnel read: {e}"),
+        }
+        loop {
+            let (hdr, count) = if self.combined {
+                if self.buf.len() < 2 {
+                    break;
+                }
+                let c = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+                let max = if self.rec_len == 64 { 16 } else { 6 };
+                assert!((1..=max).contains(&c), "bad frame count {c}");
+                (2, c)
+            } else {
+                (0, 1)
+            };
+            let need = hdr + count * self.rec_len;
+            if self.buf.len() < need {
+                break;
+            }
+            for i in 0..count {
+                let at = hdr + i * self.rec_len;
+                self.records.push(self.buf[at..at + self.rec_len].to_vec());
+            }
+            self.buf.drain(..need);
+        }
+        self.records.len() - before
+    }
+
+    fn wait_for(&mut self, what: &str, mut cond: impl FnMut(&[u8]) -> bool) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut checked = 0;
+        loop {
+            while checked < self.records.len() {
+                if cond(&self.records[checked]) {
+                    return self.records[checked].clone();
+                }
+                checked += 1;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
+    /// Reads until nothing arrived for `quiet`.
+    fn drain_quiet(&mut self, quiet: Duration) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.pump(quiet) > 0 {
+            assert!(Instant::now() < deadline, "responses keep coming");
+        }
+    }
+}
+
+fn need_root() -> bool {
+    // SAFETY: trivial.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && ip {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the namespace lab needs root and iproute2 (CI=true)");
+    }
+    eprintln!("SKIP netns tests: need root and iproute2");
+    false
+}
+
+/// Payload length of a record (IHL is 5 in records).
+fn rec_payload_len(r: &[u8]) -> u32 {
+    let tot = u32::from(u16::from_be_bytes([r[2], r[3]]));
+    tot.saturating_sub(20 + u32::from(r[32] >> 4) * 4)
+}
+
+/// One full exchange per variant.
+fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client_net: u8) {
+    let lab = Lab::new(tag).expect("lab setup");
+    let log = std::env::temp_dir().join(format!("{}intercept.log", lab.prefix));
+    let mut args: Vec<String> = vec![
+        "netns".into(),
+        "exec".into(),
+        lab.ns("assist"),
+        BIN.into(),
+        "-F".into(),
+        "tcp and src port 8080".into(),
+        "-i".into(),
+        "eth0".into(),
+        "-l".into(),
+        log.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let mut cmd = Command::new("ip");
+    // SAFETY: prctl only, between fork and exec: intercept dies with the test.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = cmd
+        .args(&args)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start intercept");
+    let _intercept = Intercept(child);
+
+    // Target server: answers "hello" with 100 bytes, then 3000 more, then closes.
+    let small: Vec<u8> = (0..100u8).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = lab.within("target", || {
+        TcpListener::bind((TARGET, TARGET_PORT)).expect("target bind")
+    });
+    listener.set_nonblocking(true).unwrap();
+    let server = {
+        let stop = stop.clone();
+        let small = small.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_nodelay(true).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        let mut b = [0u8; 64];
+                        if s.read(&mut b).unwrap_or(0) > 0 {
+                            let _ = s.write_all(&small);
+                            let _ = s.write_all(&[b'z'; 3000]);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+
+    // Reference capture in the assistant, same filter.
+    let ref_stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let reference = {
+        let ref_stop = ref_stop.clone();
+        let seen = seen.clone();
+        let path = format!("/var/run/netns/{}", lab.ns("assist"));
+        std::thread::spawn(move || {
+            let nsf = File::open(&path).unwrap();
+            // SAFETY: this thread only.
+            assert_eq!(
+                unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut cap = pcap::Capture::from_device("eth0")
+                .unwrap()
+                .immediate_mode(true)
+                .timeout(20)
+                .snaplen(200)
+                .open()
+                .expect("reference capture")
+                .setnonblock()
+                .unwrap();
+            cap.filter("tcp and src port 8080", true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !ref_stop.load(Ordering::SeqCst) {
+                match cap.next_packet() {
+                    Ok(p) => seen.lock().unwrap().push(seen_of(&p.data[14..])),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        })
+    };
+    ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+
+    // Stand-ins and the raw socket in the online namespace.
+    let (mut a, mut b, raw) = lab.within("online", || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let connect = || loop {
+            match TcpStream::connect((ASSIST, 36524)) {
+                Ok(mut s) => {
+                    s.write_all(&ClientMsg::version(6).encode()).unwrap();
+                    return Peer {
+                        s,
+                        combined,
+                        rec_len,
+                        buf: Vec::new(),
+                        records: Vec::new(),
+                    };
+                }
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "intercept not listening on 36524: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        let a = connect();
+        let b = connect();
+        let raw = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .expect("raw socket");
+        (a, b, Raw(raw))
+    });
+
+    let x = Ipv4Addr::new(203, 0, 113, client_net);
+    let y = Ipv4Addr::new(203, 0, 113, client_net + 1);
+    let (xp, yp) = (41000u16, 42000u16);
+
+    // B's connection: SYN, SYN-ACK, RST.
+    b.add(y, yp);
+    raw.send(&seg(y, yp, 5000, 0, flags::SYN, &[]));
+    let sa = b.wait_for("B's SYN-ACK", |r| {
+        seen_of(r).1 == yp && seen_of(r).4 & flags::SYN != 0
+    });
+    assert_eq!(seen_of(&sa).0, y);
+    raw.send(&seg(y, yp, 5001, 0, flags::RST, &[]));
+
+    // A's connection: a full exchange.
+    a.add(x, xp);
+    raw.send(&seg(x, xp, 1000, 0, flags::SYN, &[]));
+    let sa = a.wait_for("A's SYN-ACK", |r| seen_of(r).4 & flags::SYN != 0);
+    let isn = seen_of(&sa).2;
+    raw.send(&seg(x, xp, 1001, isn.wrapping_add(1), flags::ACK, &[]));
+    raw.send(&seg(
+        x,
+        xp,
+        1001,
+        isn.wrapping_add(1),
+        flags::ACK | flags::PSH,
+        b"hello",
+    ));
+    // Wait for the 3100 bytes (possibly retransmitted), ACK them, then the FIN.
+    let end = isn.wrapping_add(1 + 3100);
+    a.wait_for("A's last data byte", |r| {
+        let s = seen_of(r);
+        s.2.wrapping_add(rec_payload_len(r)) == end || s.4 & flags::FIN != 0
+    });
+    raw.send(&seg(x, xp, 1006, end, flags::ACK, &[]));
+    a.wait_for("A's FIN", |r| seen_of(r).4 & flags::FIN != 0);
+    raw.send(&seg(
+        x,
+        xp,
+        1006,
+        end.wrapping_add(1),
+        flags::RST | flags::ACK,
+        &[],
+    ));
+    // Both intercept and the reference see the same segments (retransmissions included):
+    // read until the stand-ins have as many as the reference and nothing more comes.
+    let of = |v: &[Seen], ip: Ipv4Addr, port: u16| -> Vec<Seen> {
+        v.iter()
+            .copied()
+            .filter(|s| s.0 == ip && s.1 == port)
+            .collect()
+    };
+    for _ in 0..20 {
+        a.drain_quiet(Duration::from_millis(300));
+        b.drain_quiet(Duration::from_millis(50));
+        let r = seen.lock().unwrap().clone();
+        if of(&r, x, xp).len() == a.records.len() && of(&r, y, yp).len() == b.records.len() {
+            break;
+        }
+    }
+    ref_stop.store(true, Ordering::SeqCst);
+    reference.join().unwrap();
+    let reference = seen.lock().unwrap().clone();
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+
+    let got_a: Vec<Seen> = a.records.iter().map(|r| seen_of(r)).collect();
+    let want_a: Vec<Seen> = reference
+        .iter()
+        .copied()
+        .filter(|s| s.0 == x && s.1 == xp)
+        .collect();
+    assert!(want_a.len() >= 4, "reference capture too small: {want_a:?}");
+    assert_eq!(
+        got_a, want_a,
+        "A gets every response of its connection, in capture order"
+    );
+    let got_b: Vec<Seen> = b.records.iter().map(|r| seen_of(r)).collect();
+    let want_b: Vec<Seen> = reference
+        .iter()
+        .copied()
+        .filter(|s| s.0 == y && s.1 == yp)
+        .collect();
+    assert_eq!(got_b, want_b, "B gets only its own connection");
+
+    if rec_len == 192 {
+        // The 100-byte segment travels with its payload.
+        let rec = a
+            .records
+            .iter()
+            .find(|r| seen_of(r).2 == isn.wrapping_add(1) && rec_payload_len(r) == 100)
+            .expect("the 100-byte data record");
+        let doff = usize::from(rec[32] >> 4) * 4;
+        assert_eq!(&rec[20 + doff..20 + doff + 100], &small[..]);
+    }
+    eprintln!(
+        "variant {tag}: A got {} records, B got {}, reference {} segments",
+        got_a.len(),
+        got_b.len(),
+        reference.len()
+    );
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn lab_combined_plain_and_payload() {
+    if !need_root() {
+        return;
+    }
+    run_variant("c", &[], true, 64, 10);
+    run_variant("p", &["--disable-combined"], false, 64, 20);
+    run_variant("y", &["--payload"], true, 192, 30);
+}
