@@ -384,3 +384,26 @@ fn writer_output_reads_back_through_a_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn pcapng_timestamp_extremes_do_not_wrap() {
+    // if_tsresol 10^0 (seconds) with the largest timestamp, and an if_tsoffset.
+    let mut ng = Ng {
+        big: false,
+        out: Vec::new(),
+    };
+    ng.shb();
+    ng.idb(1, 0, Some(0));
+    ng.epb(0, u64::MAX, &[0u8; 4], 4);
+    let mut idb = ng.u16(1).to_vec();
+    idb.extend_from_slice(&[0; 6]);
+    idb.extend_from_slice(&ng.u16(14));
+    idb.extend_from_slice(&ng.u16(8));
+    idb.extend_from_slice(&(-100i64).to_le_bytes());
+    ng.block(1, &idb);
+    ng.epb(1, 1_000_000 * 250, &[0u8; 4], 4);
+    let (recs, err) = read_all(&ng.out);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(recs[0].2, Duration::from_secs(u64::MAX));
+    assert_eq!(recs[1].2, Duration::from_secs(150));
+}

@@ -140,11 +140,15 @@ impl Clock {
     };
 
     fn to_duration(self, units: u64) -> Duration {
-        let secs = (units / self.units_per_sec) as i64;
+        let secs = units / self.units_per_sec;
         let rem = units % self.units_per_sec;
         let nanos = (u128::from(rem) * 1_000_000_000 / u128::from(self.units_per_sec)) as u32;
         // Before the epoch makes no sense for replay pacing: clamp at 0.
-        let secs = u64::try_from(secs.saturating_add(self.offset_secs)).unwrap_or(0);
+        let secs = if self.offset_secs >= 0 {
+            secs.saturating_add(self.offset_secs.unsigned_abs())
+        } else {
+            secs.saturating_sub(self.offset_secs.unsigned_abs())
+        };
         Duration::new(secs, nanos)
     }
 }
