@@ -2,16 +2,36 @@
 //!
 //! No I/O here. The capture backends hand frames to [`link`] which finds the IPv4 datagram;
 //! [`tcp::TcpPacket`] validates and reads or rewrites it; [`build`] makes segments tcpcopy
-//! invents (faked SYNs, ACKs, RSTs).
+//! invents (faked SYNs, ACKs, RSTs); [`split`] cuts super-packets (TSO/GRO) into MTU-sized
+//! segments; [`pcapfile`] reads (and, for tests, writes) capture files for offline replay.
+//!
+//! Intake of one captured frame, in order:
+//! 1. [`ipv4_payload`] finds the IPv4 datagram in the frame (or a [`DropReason`]);
+//! 2. if [`split::needs_split`] says it is longer than the MTU, [`split::split_segment`] hands
+//!    each MTU-sized piece to a closure; otherwise
+//! 3. [`TcpPacket::parse`] with [`Completeness::Whole`] validates it.
+//!
+//! [`decode_frame`] is steps 1 and 3 in one call, for callers that do not split.
 
 pub mod build;
 pub mod checksum;
 pub mod link;
+pub mod pcapfile;
+pub mod split;
 pub mod tcp;
 
 pub use build::{build_segment, SegmentSpec};
 pub use link::{ipv4_payload, LinkType};
+pub use pcapfile::{PcapError, PcapReader, PcapRecord, PcapWriter};
+pub use split::{needs_split, split_segment, SplitError, Splitter};
 pub use tcp::{flags, parse_options, Completeness, TcpOptions, TcpPacket};
+
+/// Decodes a captured frame down to a validated, complete IPv4/TCP segment: link-layer
+/// decoding ([`ipv4_payload`]) then [`TcpPacket::parse`] with [`Completeness::Whole`].
+/// Trailing link padding is excluded from the returned view.
+pub fn decode_frame(link: LinkType, frame: &[u8]) -> Result<TcpPacket<&[u8]>, DropReason> {
+    TcpPacket::parse(ipv4_payload(link, frame)?, Completeness::Whole)
+}
 
 /// Why a frame or packet was not used. Callers count drops by reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,10 +50,12 @@ pub enum DropReason {
     BadTcpHeader,
     /// An IP fragment (MF or non-zero offset): never treated as a whole segment.
     Fragment,
+    /// Longer than the MTU, but its headers leave no room for payload in an MTU-sized piece.
+    Unsplittable,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::UnsupportedLinkType,
         DropReason::Truncated,
         DropReason::NotIpv4,
@@ -41,6 +63,7 @@ impl DropReason {
         DropReason::BadIpHeader,
         DropReason::BadTcpHeader,
         DropReason::Fragment,
+        DropReason::Unsplittable,
     ];
 
     /// Short stable name for statistics lines.
@@ -53,6 +76,7 @@ impl DropReason {
             DropReason::BadIpHeader => "bad ip header",
             DropReason::BadTcpHeader => "bad tcp header",
             DropReason::Fragment => "fragment",
+            DropReason::Unsplittable => "unsplittable",
         }
     }
 

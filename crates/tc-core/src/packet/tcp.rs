@@ -110,9 +110,49 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
+/// Swaps the bytes within each 16-bit half: `b0 b1 b2 b3` -> `b1 b0 b3 b2`.
+#[inline]
+fn swap_halves(v: u32) -> u32 {
+    ((v & 0xff00_ff00) >> 8) | ((v & 0x00ff_00ff) << 8)
+}
+
 #[inline]
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Validates the IPv4 and TCP headers at the start of `b` without looking at the IP total
+/// length; returns (IP header length, TCP header length). Shared by [`TcpPacket::parse`] and
+/// the splitter, which also accepts GSO super-packets whose total length is 0.
+pub(crate) fn parse_headers(b: &[u8]) -> Result<(usize, usize), DropReason> {
+    if b.len() < IPV4_MIN_HEADER {
+        return Err(DropReason::Truncated);
+    }
+    if b[0] >> 4 != 4 {
+        return Err(DropReason::NotIpv4);
+    }
+    let ip_len = usize::from(b[0] & 0x0f) * 4;
+    if ip_len < IPV4_MIN_HEADER {
+        return Err(DropReason::BadIpHeader);
+    }
+    if b[9] != IPPROTO_TCP {
+        return Err(DropReason::NotTcp);
+    }
+    let frag = be16(b, 6);
+    if frag & IP_MF != 0 || frag & IP_OFFSET_MASK != 0 {
+        return Err(DropReason::Fragment);
+    }
+    if b.len() < ip_len + TCP_MIN_HEADER {
+        return Err(DropReason::Truncated);
+    }
+    let tcp_len = usize::from(b[ip_len + 12] >> 4) * 4;
+    if tcp_len < TCP_MIN_HEADER {
+        return Err(DropReason::BadTcpHeader);
+    }
+    if b.len() < ip_len + tcp_len {
+        return Err(DropReason::Truncated);
+    }
+    Ok((ip_len, tcp_len))
 }
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
@@ -123,33 +163,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// [`Completeness::Whole`] a datagram whose total length exceeds the captured bytes.
     pub fn parse(buf: T, completeness: Completeness) -> Result<Self, DropReason> {
         let b = buf.as_ref();
-        if b.len() < IPV4_MIN_HEADER {
-            return Err(DropReason::Truncated);
-        }
-        if b[0] >> 4 != 4 {
-            return Err(DropReason::NotIpv4);
-        }
-        let ip_len = usize::from(b[0] & 0x0f) * 4;
-        if ip_len < IPV4_MIN_HEADER {
-            return Err(DropReason::BadIpHeader);
-        }
-        if b[9] != IPPROTO_TCP {
-            return Err(DropReason::NotTcp);
-        }
-        let frag = be16(b, 6);
-        if frag & IP_MF != 0 || frag & IP_OFFSET_MASK != 0 {
-            return Err(DropReason::Fragment);
-        }
-        if b.len() < ip_len + TCP_MIN_HEADER {
-            return Err(DropReason::Truncated);
-        }
-        let tcp_len = usize::from(b[ip_len + 12] >> 4) * 4;
-        if tcp_len < TCP_MIN_HEADER {
-            return Err(DropReason::BadTcpHeader);
-        }
-        if b.len() < ip_len + tcp_len {
-            return Err(DropReason::Truncated);
-        }
+        let (ip_len, tcp_len) = parse_headers(b)?;
         let tot_len = usize::from(be16(b, 2));
         if tot_len < ip_len + tcp_len {
             return Err(DropReason::BadIpHeader);
@@ -432,8 +446,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         let old_ecr = be32(self.b(), at + 4);
         self.put32(at, val);
         self.put32(at + 4, ecr);
-        self.adjust_tcp_csum32(old_val, val);
-        self.adjust_tcp_csum32(old_ecr, ecr);
+        // Options need not be 16-bit aligned (e.g. after a 3-byte window scale). A field at an
+        // odd offset straddles the checksum's 16-bit words: its bytes then count with their
+        // significance swapped, so the update uses each 16-bit half byte-swapped (RFC 1071
+        // byte-order independence).
+        let odd = |v: u32| if offset % 2 == 1 { swap_halves(v) } else { v };
+        self.adjust_tcp_csum32(odd(old_val), odd(val));
+        self.adjust_tcp_csum32(odd(old_ecr), odd(ecr));
     }
 
     /// Recomputes both checksums from scratch (after a segment was rebuilt: trimmed, split).
@@ -531,6 +550,24 @@ mod tests {
         p.set_flags(flags::ACK);
         assert!(p.checksums_valid());
         assert_eq!(p.options().timestamps, Some((777, 888)));
+    }
+
+    #[test]
+    fn timestamps_at_odd_offset_keep_checksum_valid() {
+        // Window scale (3 bytes) puts the timestamp option at an odd offset.
+        let mut buf = sample(b"xyz", false);
+        let opts = [3u8, 3, 7, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0];
+        buf.splice(40..40, opts);
+        let total = buf.len() as u16;
+        buf[2..4].copy_from_slice(&total.to_be_bytes());
+        buf[32] = 9 << 4;
+        let mut p = TcpPacket::parse(&mut buf[..], Completeness::Whole).unwrap();
+        p.fill_checksums();
+        let at = p.options().timestamps_offset.unwrap();
+        assert_eq!(at % 2, 1);
+        p.set_timestamps(at, 0x0102_0304, 0xa0b0_c0d0);
+        assert_eq!(p.options().timestamps, Some((0x0102_0304, 0xa0b0_c0d0)));
+        assert!(p.checksums_valid());
     }
 
     #[test]
