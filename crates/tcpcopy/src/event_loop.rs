@@ -328,10 +328,11 @@ impl EventLoop {
         );
         if let Some(o) = &self.offline {
             log::info!(
-                "offline read:{},dispatched:{},truncated:{},passes done:{}",
+                "offline read:{},dispatched:{},truncated:{},unsupported link:{},passes done:{}",
                 o.stats.read,
                 o.stats.dispatched,
                 o.stats.truncated,
+                o.stats.unsupported_link,
                 o.stats.passes_done
             );
         }

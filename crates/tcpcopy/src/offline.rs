@@ -6,12 +6,16 @@
 //! gap early); a long gap is cut out once (the original re-added it every 10 ms tick); raw-IP
 //! captures are accepted; the tail time is configurable (default 120 s). Pacing looks at every
 //! IPv4 packet of the file, since the replay machine does not report which ones it used.
+//!
+//! Files are read with tc-core's [`PcapReader`] (classic pcap and pcapng, each record tagged
+//! with its interface's link type).
 
+use std::fs::File;
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use tc_core::packet::LinkType;
+use tc_core::packet::{LinkType, PcapReader};
 
 /// What the source wants next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +31,14 @@ pub struct OfflineStats {
     pub read: u64,
     pub dispatched: u64,
     pub truncated: u64,
+    /// Records of a link type we do not decode.
+    pub unsupported_link: u64,
     pub passes_done: u32,
 }
 
 pub struct OfflineSource {
     file: PathBuf,
-    cap: pcap::Capture<pcap::Offline>,
-    link: LinkType,
+    reader: PcapReader<BufReader<File>>,
     accel: u32,
     max_gap: Option<Duration>,
     passes_left: u32,
@@ -43,18 +48,14 @@ pub struct OfflineSource {
     skipped: Duration,
     prev_ts: Option<Duration>,
     pending: Vec<u8>,
+    pending_link: LinkType,
     pending_ts: Option<Duration>,
     eof_at: Option<Instant>,
     pub stats: OfflineStats,
 }
 
-fn open(file: &Path) -> anyhow::Result<(pcap::Capture<pcap::Offline>, LinkType)> {
-    let cap = pcap::Capture::from_file(file).with_context(|| format!("open {}", file.display()))?;
-    let dlt = cap.get_datalink().0;
-    let Some(link) = LinkType::from_dlt(dlt) else {
-        anyhow::bail!("{}: unsupported DLT type {dlt}", file.display());
-    };
-    Ok((cap, link))
+fn open(file: &Path) -> anyhow::Result<PcapReader<BufReader<File>>> {
+    PcapReader::open(file).map_err(|e| anyhow::anyhow!("open {}: {e}", file.display()))
 }
 
 impl OfflineSource {
@@ -66,12 +67,11 @@ impl OfflineSource {
         tail: Duration,
         now: Instant,
     ) -> anyhow::Result<OfflineSource> {
-        let (cap, link) = open(file)?;
+        let reader = open(file)?;
         log::info!("open pcap success:{}", file.display());
         Ok(OfflineSource {
             file: file.to_path_buf(),
-            cap,
-            link,
+            reader,
             accel: accel.max(1),
             max_gap,
             passes_left: passes.max(1),
@@ -81,6 +81,7 @@ impl OfflineSource {
             skipped: Duration::ZERO,
             prev_ts: None,
             pending: Vec::with_capacity(65536),
+            pending_link: LinkType::RawIp,
             pending_ts: None,
             eof_at: None,
             stats: OfflineStats::default(),
@@ -97,38 +98,39 @@ impl OfflineSource {
     /// Reads ahead one packet into `pending`. False at the end of the file.
     fn read_next(&mut self) -> anyhow::Result<bool> {
         loop {
-            match self.cap.next_packet() {
-                Ok(p) => {
-                    self.stats.read += 1;
-                    if p.header.caplen < p.header.len {
-                        self.stats.truncated += 1;
-                        log::debug!("truncated packets,drop");
-                        continue;
-                    }
-                    let ts = Duration::new(
-                        u64::try_from(p.header.ts.tv_sec).unwrap_or(0),
-                        u32::try_from(p.header.ts.tv_usec)
-                            .unwrap_or(0)
-                            .saturating_mul(1000)
-                            .min(999_999_999),
-                    );
-                    self.pending.clear();
-                    self.pending.extend_from_slice(p.data);
-                    self.pending_ts = Some(ts);
-                    if self.pcap_base.is_none() {
-                        self.pcap_base = Some(ts);
-                    }
-                    if let (Some(prev), Some(max_gap)) = (self.prev_ts, self.max_gap) {
-                        let gap = ts.saturating_sub(prev);
-                        if gap > max_gap {
-                            self.skipped += gap;
-                        }
-                    }
-                    return Ok(true);
-                }
-                Err(pcap::Error::NoMorePackets) => return Ok(false),
-                Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", self.file.display())),
+            let record = self
+                .reader
+                .next_record()
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", self.file.display()))?;
+            let Some(r) = record else {
+                return Ok(false);
+            };
+            self.stats.read += 1;
+            if r.is_truncated() {
+                self.stats.truncated += 1;
+                log::debug!("truncated packets,drop");
+                continue;
             }
+            let Some(link) = r.link else {
+                self.stats.unsupported_link += 1;
+                log::debug!("unsupported DLT type {}", r.dlt);
+                continue;
+            };
+            let ts = r.timestamp;
+            self.pending.clear();
+            self.pending.extend_from_slice(r.data);
+            self.pending_link = link;
+            self.pending_ts = Some(ts);
+            if self.pcap_base.is_none() {
+                self.pcap_base = Some(ts);
+            }
+            if let (Some(prev), Some(max_gap)) = (self.prev_ts, self.max_gap) {
+                let gap = ts.saturating_sub(prev);
+                if gap > max_gap {
+                    self.skipped += gap;
+                }
+            }
+            return Ok(true);
         }
     }
 
@@ -153,9 +155,7 @@ impl OfflineSource {
                     log::info!("offline replay is complete");
                     return Ok(OfflineStatus::Finished);
                 }
-                let (cap, link) = open(&self.file)?;
-                self.cap = cap;
-                self.link = link;
+                self.reader = open(&self.file)?;
                 self.wall_base = now;
                 self.pcap_base = None;
                 self.skipped = Duration::ZERO;
@@ -177,7 +177,7 @@ impl OfflineSource {
             if sent == budget {
                 return Ok(OfflineStatus::WakeAt(now));
             }
-            on_frame(self.link, &self.pending);
+            on_frame(self.pending_link, &self.pending);
             sent += 1;
             self.stats.dispatched += 1;
             self.prev_ts = Some(ts);
@@ -190,10 +190,10 @@ impl OfflineSource {
 mod tests {
     use super::*;
 
-    /// Writes a raw-IP pcap (DLT_RAW 12, stored as LINKTYPE_RAW) with one tiny "packet" per (timestamp ms, marker byte).
+    /// Writes a raw-IP pcap with one tiny "packet" per (timestamp ms, marker byte); the
+    /// record with `truncate_marker` claims a longer original length.
     fn write_pcap(path: &Path, packets: &[(u64, u8)], truncate_marker: Option<u8>) {
-        let dead = pcap::Capture::dead(pcap::Linktype(12)).unwrap();
-        let mut out = dead.savefile(path).unwrap();
+        let mut out = tc_core::packet::PcapWriter::create(path, LinkType::RawIp).unwrap();
         for &(ms, marker) in packets {
             let data = [0x45u8, 0, 0, 20, marker];
             let len = if Some(marker) == truncate_marker {
@@ -201,15 +201,8 @@ mod tests {
             } else {
                 5
             };
-            let header = pcap::PacketHeader {
-                ts: libc::timeval {
-                    tv_sec: (ms / 1000) as libc::time_t,
-                    tv_usec: ((ms % 1000) * 1000) as libc::suseconds_t,
-                },
-                caplen: 5,
-                len,
-            };
-            out.write(&pcap::Packet::new(&header, &data));
+            out.write_record(Duration::from_millis(ms), &data, len)
+                .unwrap();
         }
         out.flush().unwrap();
     }

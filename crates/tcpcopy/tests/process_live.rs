@@ -345,7 +345,7 @@ fn offline_replay_runs_its_passes_and_exits_zero() {
     assert!(started.elapsed() >= Duration::from_millis(2400), "{err}");
     assert!(err.contains("offline replay is complete"), "{err}");
     assert!(
-        err.contains("offline read:4,dispatched:4,truncated:0,passes done:2"),
+        err.contains("offline read:4,dispatched:4,truncated:0,unsupported link:0,passes done:2"),
         "{err}"
     );
 }
