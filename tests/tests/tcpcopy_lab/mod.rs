@@ -74,6 +74,8 @@ fn sh(args: &[&str]) {
 pub struct Lab {
     prefix: String,
     children: Mutex<Vec<(String, Child)>>,
+    /// Every process name spawned (their logs are shown on failure and removed at the end).
+    names: Mutex<Vec<String>>,
 }
 
 impl Lab {
@@ -88,6 +90,7 @@ impl Lab {
         let lab = Lab {
             prefix,
             children: Mutex::new(Vec::new()),
+            names: Mutex::new(Vec::new()),
         };
         let sw = lab.ns("sw");
         sh(&["ip", "netns", "add", &sw]);
@@ -303,7 +306,7 @@ fn enter(path: &str) {
 impl Drop for Lab {
     fn drop(&mut self) {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, child) in children.iter_mut() {
+        for (_, child) in children.iter_mut() {
             // SAFETY: signals to our own children.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -312,6 +315,9 @@ impl Drop for Lab {
             }
             let _ = child.kill();
             let _ = child.wait();
+        }
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        for name in names.iter() {
             if std::thread::panicking() {
                 eprintln!("---- log of {name} ----\n{}", self.log(name));
             }
