@@ -212,6 +212,10 @@ impl Lab {
             .lock()
             .unwrap()
             .push((name.to_string(), child));
+        let mut names = self.names.lock().unwrap();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
     }
 
     pub fn log_path(&self, name: &str) -> PathBuf {
