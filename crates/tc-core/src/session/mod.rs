@@ -4,8 +4,18 @@
 //!
 //! The behaviour follows ../shared/spec/tcpcopy.md sections 2.3-2.9, 3 and 4.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+
+pub mod conn;
+pub mod ingress;
+
+use crate::packet::split::{needs_split, Splitter};
+use crate::packet::{Completeness, DropReason, TcpPacket};
+use conn::{Ctx, Phase, Session};
+use ingress::{ClientIpMap, Sampler};
 
 /// One `-x` transfer: captured traffic to `[src_ip:]src_port` goes to `dst_ip:dst_port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,17 +143,190 @@ pub struct ReplayStats {
     pub captured: u64,
 }
 
+impl std::fmt::Display for ReplayStats {
+    /// The statistics lines of spec 9.2, with the original's names.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "active:{},rel:{},obs del:{},tw:{}",
+            self.active, self.released, self.obsolete_deleted, self.lingering
+        )?;
+        writeln!(
+            f,
+            "conns:{},resp:{},c-resp:{}",
+            self.conns, self.resp, self.resp_content
+        )?;
+        writeln!(f, "resp fin:{},resp rst:{}", self.resp_fin, self.resp_rst)?;
+        writeln!(f, "send:{},send content:{}", self.send, self.send_content)?;
+        writeln!(
+            f,
+            "send syn:{}, fin:{},reset:{}",
+            self.send_syn, self.send_fin, self.send_rst
+        )?;
+        writeln!(
+            f,
+            "reconnect:{},for no syn:{}",
+            self.reconnect, self.for_no_syn
+        )?;
+        writeln!(f, "retransmit:{}", self.retransmit)?;
+        writeln!(
+            f,
+            "recv packs after retransmission:{}",
+            self.recv_after_retransmit
+        )?;
+        writeln!(
+            f,
+            "syn cnt:{},all clt:{},clt cont:{}",
+            self.syn_cnt, self.all_clt, self.clt_cont
+        )?;
+        writeln!(
+            f,
+            "total cont retransmit:{}, frag:{}",
+            self.clt_retransmit, self.frag
+        )?;
+        write!(f, "total captured packets:{}", self.captured)
+    }
+}
+
+/// Why a client packet or response record was not replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropKind {
+    /// The packet layer rejected it (truncated, not IPv4/TCP, fragment...).
+    Packet(DropReason),
+    /// Its destination matches no `-x` transfer.
+    NoTransfer,
+    /// Target-localhost mode and the source is not 127.0.0.1.
+    NotLocalhost,
+    /// Left out by `-r`/`-g` sampling.
+    Sampled,
+    /// A pure ACK (tcpcopy makes its own).
+    PureAck,
+    /// A non-SYN packet without payload and no session.
+    NoSession,
+    /// `-O` and no SYN was captured.
+    NoSyn,
+    /// A retransmitted SYN of a live session.
+    DupSyn,
+    /// A new connection (another ISN) on the key of a live session.
+    KeyReuse,
+    /// The session limit was reached.
+    SessionLimit,
+    /// A session's buffered bytes would exceed the limit.
+    SessionTooBig,
+    /// Data for a finished session.
+    SessionOver,
+    /// A captured client retransmission (already sent).
+    ClientRetransmit,
+    /// A missing captured segment given up on.
+    CaptureGap,
+    /// No intercept accepted the session.
+    NoIntercept,
+    /// A response record for no session.
+    UnknownResponse,
+    /// A response record that does not parse.
+    BadResponse,
+}
+
+const DROP_KINDS: usize = 24;
+
+impl DropKind {
+    fn index(self) -> usize {
+        match self {
+            DropKind::Packet(r) => r.index(),
+            DropKind::NoTransfer => 8,
+            DropKind::NotLocalhost => 9,
+            DropKind::Sampled => 10,
+            DropKind::PureAck => 11,
+            DropKind::NoSession => 12,
+            DropKind::NoSyn => 13,
+            DropKind::DupSyn => 14,
+            DropKind::KeyReuse => 15,
+            DropKind::SessionLimit => 16,
+            DropKind::SessionTooBig => 17,
+            DropKind::SessionOver => 18,
+            DropKind::ClientRetransmit => 19,
+            DropKind::CaptureGap => 20,
+            DropKind::NoIntercept => 21,
+            DropKind::UnknownResponse => 22,
+            DropKind::BadResponse => 23,
+        }
+    }
+
+    fn name(index: usize) -> &'static str {
+        match index {
+            0..=7 => DropReason::ALL.get(index).map_or("packet", |r| r.as_str()),
+            8 => "no transfer",
+            9 => "not localhost",
+            10 => "sampled out",
+            11 => "pure ack",
+            12 => "no session",
+            13 => "no syn (-O)",
+            14 => "dup syn",
+            15 => "key reuse",
+            16 => "session limit",
+            17 => "session too big",
+            18 => "session over",
+            19 => "client retransmit",
+            20 => "capture gap",
+            21 => "no intercept",
+            22 => "unknown response",
+            _ => "bad response",
+        }
+    }
+}
+
+/// Counters of [`DropKind`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Drops([u64; DROP_KINDS]);
+
+impl Drops {
+    pub fn count(&mut self, kind: DropKind) {
+        self.0[kind.index()] += 1;
+    }
+    pub fn get(&self, kind: DropKind) -> u64 {
+        self.0[kind.index()]
+    }
+}
+
+type Key = (Ipv4Addr, u16);
+
 /// Owns every session. See the module docs.
 pub struct Replayer {
     cfg: ReplayConfig,
     stats: ReplayStats,
+    drops: Drops,
+    sessions: HashMap<Key, Session>,
+    timers: BinaryHeap<Reverse<(Instant, Key, u64)>>,
+    client_ips: ClientIpMap,
+    sampler: Sampler,
+    port_offset: u32,
+    localhost_target: bool,
+    /// Ingress rewriting buffer, split pieces buffer, synthesized segments buffer.
+    ingress_buf: Vec<u8>,
+    split_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    pool: Vec<Vec<u8>>,
 }
+
+const BUF_LEN: usize = 65536 + 64;
 
 impl Replayer {
     pub fn new(cfg: ReplayConfig) -> Replayer {
+        let localhost_target = cfg.transfers.iter().any(|t| t.dst_ip.is_loopback());
         Replayer {
+            client_ips: ClientIpMap::new(cfg.client_ips.clone()),
+            sampler: Sampler::new(cfg.sample_percent, cfg.gradual),
+            port_offset: ingress::port_offset(cfg.seed),
+            localhost_target,
             cfg,
             stats: ReplayStats::default(),
+            drops: Drops::default(),
+            sessions: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ingress_buf: vec![0; BUF_LEN],
+            split_buf: vec![0; BUF_LEN],
+            scratch: vec![0; BUF_LEN],
+            pool: Vec::new(),
         }
     }
 
@@ -154,41 +337,344 @@ impl Replayer {
     /// A captured IPv4 datagram (starting at the IP header; trailing link padding allowed).
     /// Runs the ingress pipeline (spec 3) and the session machine (spec 4).
     pub fn on_client_packet(&mut self, now: Instant, datagram: &[u8], out: &mut dyn Output) {
-        let _ = (now, datagram, out);
         self.stats.captured += 1;
+        let mtu = usize::from(self.cfg.mtu.max(68));
+        if needs_split(datagram, mtu) {
+            let splitter = match Splitter::new(datagram, mtu) {
+                Ok(s) => s,
+                Err(r) => {
+                    self.drops.count(DropKind::Packet(r));
+                    return;
+                }
+            };
+            let mut split_buf = std::mem::take(&mut self.split_buf);
+            for i in 0..splitter.piece_count() {
+                if let Ok(n) = splitter.write_piece(i, &mut split_buf) {
+                    self.ingress(now, &split_buf[..n], out);
+                }
+            }
+            self.split_buf = split_buf;
+        } else {
+            self.ingress(now, datagram, out);
+        }
+        self.stats.active = self.sessions.len() as u64;
+    }
+
+    /// Spec 3.1 for one (split) datagram, then the session layer and replication.
+    fn ingress(&mut self, now: Instant, datagram: &[u8], out: &mut dyn Output) {
+        let p = match TcpPacket::parse(datagram, Completeness::Whole) {
+            Ok(p) => p,
+            Err(r) => {
+                self.drops.count(DropKind::Packet(r));
+                return;
+            }
+        };
+        if !p.is_plain_df() {
+            self.stats.frag += 1;
+        }
+        let (dst_ip, dst_port) = (p.dst_ip(), p.dst_port());
+        let Some(transfer) = self
+            .cfg
+            .transfers
+            .iter()
+            .position(|t| t.src_port == dst_port && t.src_ip.is_none_or(|ip| ip == dst_ip))
+        else {
+            self.drops.count(DropKind::NoTransfer);
+            return;
+        };
+        let mut src_ip = p.src_ip();
+        if self.localhost_target {
+            if !src_ip.is_loopback() {
+                self.drops.count(DropKind::NotLocalhost);
+                return;
+            }
+        } else if src_ip.is_loopback() {
+            if let Some(h) = self.cfg.localhost_replacement {
+                src_ip = h;
+            }
+        }
+        if let Some(fake) = self.client_ips.map(src_ip) {
+            src_ip = fake;
+        }
+        let src_port = p.src_port();
+        if !self.sampler.admit(now, src_ip, src_port) {
+            self.drops.count(DropKind::Sampled);
+            return;
+        }
+        let shifted = ingress::shift_port(src_port, self.cfg.port_shift, self.port_offset);
+        let t = self.cfg.transfers[transfer];
+        // Pure ACKs of established sessions are absorbed before any copying (spec 3.1-9).
+        if p.payload_len() == 0 && !p.syn() && !p.fin() && !p.rst() {
+            if let Some(s) = self.sessions.get(&(src_ip, shifted)) {
+                if s.phase == Phase::Established && !s.wants_pure_ack() {
+                    self.drops.count(DropKind::PureAck);
+                    return;
+                }
+            }
+        }
+        if p.syn() {
+            self.stats.syn_cnt += 1;
+        } else if p.payload_len() > 0 {
+            self.stats.clt_cont += 1;
+        }
+        self.stats.all_clt += 1;
+        let len = p.as_bytes().len();
+        let mut buf = std::mem::take(&mut self.ingress_buf);
+        buf[..len].copy_from_slice(p.as_bytes());
+        if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
+            q.set_src_ip(src_ip);
+            q.set_src_port(shifted);
+            q.set_dst_ip(t.dst_ip);
+            q.set_dst_port(t.dst_port);
+        }
+        self.session_layer(now, &buf[..len], transfer, out);
+        // `-n`: independent copies with their own ports (and client IPs with `-c`).
+        for i in 1..self.cfg.replicas.max(1) {
+            let port = ingress::replica_port(shifted, i, self.port_offset);
+            let port = ingress::shift_port(port, self.cfg.port_shift, self.port_offset);
+            let mut ip = src_ip;
+            if self.client_ips.is_active() {
+                let key = ingress::replica_ip_key(p.src_ip(), i, self.port_offset);
+                if let Some(fake) = self.client_ips.map_key(key) {
+                    ip = fake;
+                }
+            }
+            if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
+                q.set_src_ip(ip);
+                q.set_src_port(port);
+            }
+            self.session_layer(now, &buf[..len], transfer, out);
+        }
+        self.ingress_buf = buf;
+    }
+
+    /// Spec 4.4: find or create the session of a rewritten client datagram and feed it.
+    fn session_layer(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        transfer: usize,
+        out: &mut dyn Output,
+    ) {
+        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
+            return;
+        };
+        let key = (p.src_ip(), p.src_port());
+        let target = (p.dst_ip(), p.dst_port());
+        let (syn, seq, payload) = (p.syn() && !p.ack_flag(), p.seq(), p.payload_len());
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            drops: &mut self.drops,
+            out,
+            scratch: &mut self.scratch,
+            pool: &mut self.pool,
+        };
+        if let Some(s) = self.sessions.get_mut(&key) {
+            let replace = if syn {
+                if s.isn == seq && s.phase != Phase::Over {
+                    ctx.drops.count(DropKind::DupSyn);
+                    return;
+                }
+                s.is_over() || s.client_closed()
+            } else {
+                s.is_over() && payload > 0 && seq_after(seq, s.last_client_seq())
+            };
+            if !replace {
+                if syn {
+                    // Spec 4.4: a new connection while the old one lives is not replayed;
+                    // counted rather than lost silently.
+                    ctx.drops.count(DropKind::KeyReuse);
+                    return;
+                }
+                s.on_client(&mut ctx, now, datagram);
+                let s_key = key;
+                self.reschedule(s_key);
+                return;
+            }
+            // The old connection is done: it makes room for the new one on the same key.
+            let mut old = self.sessions.remove(&key).expect("present");
+            old.teardown(&mut ctx, now);
+            old.release(&mut ctx);
+            ctx.stats.released += 1;
+        }
+        if !syn && payload == 0 {
+            ctx.drops.count(DropKind::NoSession);
+            return;
+        }
+        if !syn && self.cfg.only_with_syn {
+            ctx.drops.count(DropKind::NoSyn);
+            return;
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            ctx.drops.count(DropKind::SessionLimit);
+            return;
+        }
+        let mut s = Session::new(now, key, target, transfer, ctx.cfg);
+        let started = if syn {
+            s.start_with_syn(&mut ctx, now, datagram)
+        } else {
+            s.start_fake(&mut ctx, now, datagram)
+        };
+        if !started {
+            ctx.drops.count(DropKind::NoIntercept);
+        }
+        self.sessions.insert(key, s);
+        self.reschedule(key);
+    }
+
+    fn reschedule(&mut self, key: Key) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let next = s.next_deadline();
+        if next != s.scheduled {
+            s.scheduled = next;
+            s.timer_gen += 1;
+            if let Some(t) = next {
+                self.timers.push(Reverse((t, key, s.timer_gen)));
+            }
+        }
     }
 
     /// One response record from intercept (64 or 192 bytes: IPv4 header + TCP header).
     pub fn on_response(&mut self, now: Instant, record: &[u8], out: &mut dyn Output) {
-        let _ = (now, record, out);
+        let mut norm = [0u8; 256];
+        let Some(r) = parse_record(record, &mut norm) else {
+            self.drops.count(DropKind::BadResponse);
+            return;
+        };
+        let key = (r.dst_ip(), r.dst_port());
+        let Some(s) = self.sessions.get_mut(&key) else {
+            self.drops.count(DropKind::UnknownResponse);
+            return;
+        };
+        if (r.src_ip(), r.src_port()) != s.target {
+            self.drops.count(DropKind::UnknownResponse);
+            return;
+        }
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            drops: &mut self.drops,
+            out,
+            scratch: &mut self.scratch,
+            pool: &mut self.pool,
+        };
+        s.on_response(&mut ctx, now, &r);
+        self.reschedule(key);
     }
 
     /// Fires every timer due at `now`.
     pub fn on_timer(&mut self, now: Instant, out: &mut dyn Output) {
-        let _ = (now, out);
+        let mut budget = 1_000_000usize;
+        while let Some(Reverse((t, key, gen))) = self.timers.peek().copied() {
+            if t > now || budget == 0 {
+                break;
+            }
+            budget -= 1;
+            self.timers.pop();
+            let Some(s) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            if s.timer_gen != gen {
+                continue;
+            }
+            s.scheduled = None;
+            let mut ctx = Ctx {
+                cfg: &self.cfg,
+                stats: &mut self.stats,
+                drops: &mut self.drops,
+                out: &mut *out,
+                scratch: &mut self.scratch,
+                pool: &mut self.pool,
+            };
+            if s.on_timer(&mut ctx, now) {
+                let mut s = self.sessions.remove(&key).expect("present");
+                s.release(&mut ctx);
+                ctx.stats.released += 1;
+            } else {
+                self.reschedule(key);
+            }
+        }
+        self.stats.active = self.sessions.len() as u64;
+        self.stats.lingering = self.sessions.values().filter(|s| s.is_over()).count() as u64;
     }
 
     /// The earliest pending timer, for the event loop's poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
-        None
+        self.timers.peek().map(|Reverse((t, _, _))| *t)
     }
 
     /// Ends every live session (teardown RST to the target), for a graceful exit.
     pub fn shutdown(&mut self, now: Instant, out: &mut dyn Output) {
-        let _ = (now, out);
+        let mut ctx = Ctx {
+            cfg: &self.cfg,
+            stats: &mut self.stats,
+            drops: &mut self.drops,
+            out,
+            scratch: &mut self.scratch,
+            pool: &mut self.pool,
+        };
+        for (_, mut s) in self.sessions.drain() {
+            s.teardown(&mut ctx, now);
+            s.release(&mut ctx);
+            ctx.stats.released += 1;
+        }
+        self.timers.clear();
+        self.stats.active = 0;
+        self.stats.lingering = 0;
     }
 
     /// Sessions in the table (including lingering ones).
     pub fn active_sessions(&self) -> usize {
-        0
+        self.sessions.len()
+    }
+
+    /// Sessions that are not finished (handshaking or established).
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.values().filter(|s| !s.is_over()).count()
     }
 
     pub fn stats(&self) -> ReplayStats {
-        self.stats
+        let mut s = self.stats;
+        s.active = self.sessions.len() as u64;
+        s
+    }
+
+    pub fn drops(&self) -> &Drops {
+        &self.drops
     }
 
     /// Drops by reason for every packet that is not replayed (name, count), for the stats line.
     pub fn drop_counts(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
+        self.drops
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| (DropKind::name(i), *n))
+            .collect()
     }
+}
+
+fn seq_after(a: u32, b: u32) -> bool {
+    conn::seq_gt(a, b)
+}
+
+/// Views a response record as a segment. Records from the original intercept keep the
+/// captured IHL although IP options were not copied (the TCP header is at offset 20): such a
+/// record is normalised into `norm` (IHL 5, total length less the options) first.
+fn parse_record<'a>(record: &'a [u8], norm: &'a mut [u8; 256]) -> Option<TcpPacket<&'a [u8]>> {
+    let first = *record.first()?;
+    let ihl = usize::from(first & 0x0f) * 4;
+    if first >> 4 == 4 && ihl > 20 && record.len() >= 40 {
+        let n = record.len().min(norm.len());
+        norm[..n].copy_from_slice(&record[..n]);
+        norm[0] = 0x45;
+        let tot = u16::from_be_bytes([norm[2], norm[3]]).saturating_sub((ihl - 20) as u16);
+        norm[2..4].copy_from_slice(&tot.to_be_bytes());
+        return TcpPacket::parse(&norm[..n], Completeness::HeadersOnly).ok();
+    }
+    TcpPacket::parse(record, Completeness::HeadersOnly).ok()
 }

@@ -1,0 +1,936 @@
+//! One replayed connection: the per-session machine of spec section 4, written from the
+//! behaviour rather than the original's state integer.
+//!
+//! Sequence numbers towards the target are the online client's own (never translated); only
+//! the ack field is: every packet to the target acknowledges `tgt_ack`, the next byte the
+//! target will send, learned from intercept's response records.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::{DropKind, Drops, Output, ReplayConfig, ReplayStats};
+use crate::packet::{build_segment, flags, Completeness, SegmentSpec, TcpPacket};
+
+/// Wrap-around aware sequence comparisons.
+#[inline]
+pub fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+#[inline]
+pub fn seq_le(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) <= 0
+}
+#[inline]
+pub fn seq_gt(a: u32, b: u32) -> bool {
+    seq_lt(b, a)
+}
+
+/// First check of an unfinished handshake, and the period of the session check (spec 4.19).
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(3);
+const GC_PERIOD: Duration = Duration::from_secs(3);
+/// How long a finished session lingers to absorb late packets (spec: 6 s).
+const LINGER: Duration = Duration::from_secs(6);
+/// SYN retransmission to a silent target (the original has none).
+const SYN_RETRY: Duration = Duration::from_secs(1);
+/// A missing captured segment is waited for this long, then skipped (the original stalls
+/// until the session timeout, 600 s by default).
+pub const GAP_WAIT: Duration = Duration::from_secs(2);
+/// A held request waits at most this long for a response that never comes.
+const NO_RESPONSE_CAP: Duration = Duration::from_secs(3);
+const MIN_RTO: Duration = Duration::from_millis(200);
+const MAX_RTO: Duration = Duration::from_secs(5);
+
+/// A captured client segment kept for sending and retransmission (the datagram already
+/// rewritten to the fake client endpoint and the target).
+pub struct Stored {
+    pub seq: u32,
+    /// seq + payload + FIN.
+    pub end: u32,
+    /// The online ack field (the online server's sequence space).
+    pub online_ack: u32,
+    pub flags: u8,
+    pub payload: usize,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No handshake with the target (yet, or again after a reset).
+    Closed,
+    SynSent,
+    Established,
+    /// Finished; lingering until `linger_until`.
+    Over,
+}
+
+/// Everything a session method needs from its owner.
+pub struct Ctx<'a> {
+    pub cfg: &'a ReplayConfig,
+    pub stats: &'a mut ReplayStats,
+    pub drops: &'a mut Drops,
+    pub out: &'a mut dyn Output,
+    pub scratch: &'a mut [u8],
+    pub pool: &'a mut Vec<Vec<u8>>,
+}
+
+impl Ctx<'_> {
+    pub fn take_buf(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut v = self.pool.pop().unwrap_or_default();
+        v.clear();
+        v.extend_from_slice(bytes);
+        v
+    }
+    pub fn recycle(&mut self, v: Vec<u8>) {
+        if self.pool.len() < 8192 && v.capacity() <= 4096 {
+            self.pool.push(v);
+        }
+    }
+}
+
+pub struct Session {
+    pub client: (Ipv4Addr, u16),
+    pub target: (Ipv4Addr, u16),
+    pub transfer: usize,
+    pub created: Instant,
+    /// When the current handshake started (creation, or a reconstruction).
+    syn_sent_at: Instant,
+    pub phase: Phase,
+    /// The handshake was invented (no SYN captured, or reconstruction).
+    fake: bool,
+    /// Our SYN's sequence number.
+    pub isn: u32,
+    /// Next client sequence to send (end of what was sent).
+    snd_nxt: u32,
+    /// Highest ack from the target.
+    snd_una: u32,
+    /// Next target byte expected (what every packet to the target acknowledges).
+    tgt_ack: u32,
+    peer_win: u32,
+    wscale: u8,
+    ts_on: bool,
+    ts_val: u32,
+    ts_ecr: u32,
+    /// Window field to put into our own ACKs.
+    client_win: u16,
+    ip_id: u16,
+    syn_had_ts: bool,
+    syn_pkt: Option<Vec<u8>>,
+    pending: VecDeque<Stored>,
+    unacked: VecDeque<Stored>,
+    pub buffered: usize,
+    /// Online ack of the current request (start of the online server's current response).
+    cur_req_ack: Option<u32>,
+    /// Target payload bytes since the current request went out.
+    resp_bytes: u64,
+    holding_since: Option<Instant>,
+    last_resp_at: Option<Instant>,
+    rtt: Duration,
+    syn_captured_at: Option<Instant>,
+    rto: Duration,
+    rto_at: Option<Instant>,
+    delack_at: Option<Instant>,
+    unacked_resp_segs: u32,
+    gap_at: Option<Instant>,
+    syn_retry_at: Option<Instant>,
+    recon_at: Option<Instant>,
+    pub linger_until: Option<Instant>,
+    gc_at: Instant,
+    last_target_at: Instant,
+    sent_request: bool,
+    client_fin_sent: bool,
+    target_fin: bool,
+    dup_acks: u8,
+    pub timer_gen: u64,
+    pub scheduled: Option<Instant>,
+}
+
+impl Session {
+    pub fn new(
+        now: Instant,
+        client: (Ipv4Addr, u16),
+        target: (Ipv4Addr, u16),
+        transfer: usize,
+        cfg: &ReplayConfig,
+    ) -> Session {
+        Session {
+            client,
+            target,
+            transfer,
+            created: now,
+            syn_sent_at: now,
+            phase: Phase::Closed,
+            fake: false,
+            isn: 0,
+            snd_nxt: 0,
+            snd_una: 0,
+            tgt_ack: 0,
+            peer_win: 65535,
+            wscale: 0,
+            ts_on: false,
+            ts_val: 0,
+            ts_ecr: 0,
+            client_win: 65535,
+            ip_id: 0,
+            syn_had_ts: false,
+            syn_pkt: None,
+            pending: VecDeque::new(),
+            unacked: VecDeque::new(),
+            buffered: 0,
+            cur_req_ack: None,
+            resp_bytes: 0,
+            holding_since: None,
+            last_resp_at: None,
+            rtt: cfg.fixed_rtt.unwrap_or(Duration::from_millis(1)),
+            syn_captured_at: None,
+            rto: MIN_RTO,
+            rto_at: None,
+            delack_at: None,
+            unacked_resp_segs: 0,
+            gap_at: None,
+            syn_retry_at: None,
+            recon_at: None,
+            linger_until: None,
+            gc_at: now + HANDSHAKE_DEADLINE,
+            last_target_at: now,
+            sent_request: false,
+            client_fin_sent: false,
+            target_fin: false,
+            dup_acks: 0,
+            timer_gen: 0,
+            scheduled: None,
+        }
+    }
+
+    pub fn is_over(&self) -> bool {
+        self.phase == Phase::Over
+    }
+
+    /// The client already closed (a new SYN on this key is then a new connection).
+    pub fn client_closed(&self) -> bool {
+        self.client_fin_sent
+            || self
+                .pending
+                .iter()
+                .any(|p| p.flags & (flags::FIN | flags::RST) != 0)
+    }
+
+    /// Whether a pure client ACK still carries information (RTT sample, the online server's
+    /// initial sequence for response lengths).
+    pub fn wants_pure_ack(&self) -> bool {
+        self.syn_captured_at.is_some() || self.cur_req_ack.is_none()
+    }
+
+    /// End of the captured client data seen so far.
+    pub fn last_client_seq(&self) -> u32 {
+        self.pending.back().map(|p| p.end).unwrap_or(self.snd_nxt)
+    }
+
+    /// Earliest deadline of this session.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut d = Some(self.gc_at);
+        let hold = self.hold_deadline();
+        for t in [
+            self.rto_at,
+            self.delack_at,
+            hold,
+            self.gap_at,
+            self.syn_retry_at,
+            self.recon_at,
+            self.linger_until,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            d = Some(d.map_or(t, |d: Instant| d.min(t)));
+        }
+        d
+    }
+
+    fn quiet(&self) -> Duration {
+        (self.rtt * 2).clamp(Duration::from_millis(2), Duration::from_secs(1))
+    }
+
+    fn hold_deadline(&self) -> Option<Instant> {
+        let since = self.holding_since?;
+        let cap = since + NO_RESPONSE_CAP.max(self.rtt * 10);
+        Some(match self.last_resp_at {
+            Some(t) => (t + self.quiet()).min(cap),
+            None => cap,
+        })
+    }
+
+    // ----- client side -------------------------------------------------------------------
+
+    /// A captured SYN starts the session. Returns false when no intercept took the route.
+    pub fn start_with_syn(&mut self, ctx: &mut Ctx, now: Instant, datagram: &[u8]) -> bool {
+        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
+            return false;
+        };
+        self.isn = p.seq();
+        self.ip_id = p.ip_id();
+        self.client_win = p.window();
+        self.syn_had_ts = p.options().timestamps.is_some();
+        if let Some((val, _)) = p.options().timestamps {
+            self.ts_val = val;
+        }
+        if !self.announce(ctx) {
+            return false;
+        }
+        self.syn_captured_at = Some(now);
+        let buf = ctx.take_buf(datagram);
+        self.syn_pkt = Some(buf);
+        self.send_syn(ctx, now);
+        true
+    }
+
+    fn announce(&mut self, ctx: &mut Ctx) -> bool {
+        if ctx.cfg.single {
+            return true;
+        }
+        ctx.out
+            .client_add(self.client.0, self.client.1, self.target.0, self.target.1)
+    }
+
+    fn send_syn(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.phase != Phase::SynSent {
+            self.syn_sent_at = now;
+        }
+        self.phase = Phase::SynSent;
+        self.snd_nxt = self.isn.wrapping_add(1);
+        self.snd_una = self.isn;
+        ctx.stats.send_syn += 1;
+        ctx.stats.send += 1;
+        if let Some(syn) = self.syn_pkt.as_deref() {
+            ctx.out.send_to_target(syn, self.transfer);
+        } else {
+            let spec = SegmentSpec {
+                src: self.client.0,
+                dst: self.target.0,
+                src_port: self.client.1,
+                dst_port: self.target.1,
+                seq: self.isn,
+                ack: 0,
+                flags: flags::SYN,
+                window: 65535,
+                ip_id: self.ip_id.wrapping_sub(2),
+                mss: Some(ctx.cfg.fake_syn_mss),
+                timestamps: None,
+                payload: &[],
+            };
+            if let Ok(n) = build_segment(&spec, ctx.scratch) {
+                ctx.out.send_to_target(&ctx.scratch[..n], self.transfer);
+            }
+        }
+        if self.syn_retry_at.is_none() {
+            self.syn_retry_at = Some(now + SYN_RETRY);
+        }
+    }
+
+    /// Invents a handshake for a session whose SYN was not captured (or after a reset): the
+    /// ISN is one before the first unsent byte. Returns false when no intercept took it.
+    fn fake_handshake(&mut self, ctx: &mut Ctx, now: Instant) -> bool {
+        let Some(first) = self.pending.front() else {
+            return false;
+        };
+        self.isn = first.seq.wrapping_sub(1);
+        self.cur_req_ack = Some(first.online_ack);
+        if !self.announce(ctx) {
+            return false;
+        }
+        self.fake = true;
+        self.syn_pkt = None;
+        self.ts_on = false;
+        self.wscale = 0;
+        self.syn_had_ts = false;
+        self.rtt = self.rtt.max(Duration::from_millis(1));
+        self.resp_bytes = 0;
+        self.holding_since = None;
+        self.last_resp_at = None;
+        self.syn_retry_at = None;
+        self.send_syn(ctx, now);
+        true
+    }
+
+    /// The first captured packet of a session whose SYN was not seen (mid-stream pickup).
+    pub fn start_fake(&mut self, ctx: &mut Ctx, now: Instant, datagram: &[u8]) -> bool {
+        self.enqueue(ctx, now, datagram);
+        if self.pending.is_empty() {
+            return false;
+        }
+        ctx.stats.for_no_syn += 1;
+        self.fake_handshake(ctx, now)
+    }
+
+    /// A captured non-SYN client packet of this session.
+    pub fn on_client(&mut self, ctx: &mut Ctx, now: Instant, datagram: &[u8]) {
+        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
+            return;
+        };
+        if let (Some(t0), None) = (self.syn_captured_at, ctx.cfg.fixed_rtt) {
+            // The handshake ACK (or the first data) ends the RTT measurement of spec 4.12.
+            self.rtt = now
+                .saturating_duration_since(t0)
+                .max(Duration::from_micros(50));
+            self.syn_captured_at = None;
+        }
+        if p.ack_flag() {
+            self.client_win = p.window();
+            if self.cur_req_ack.is_none() {
+                self.cur_req_ack = Some(p.ack());
+            }
+        }
+        if p.payload_len() == 0 && !p.fin() && !p.rst() {
+            // Pure ACKs are absorbed: tcpcopy makes its own (spec 3.1-9).
+            ctx.drops.count(DropKind::PureAck);
+            return;
+        }
+        if self.phase == Phase::Over {
+            ctx.drops.count(DropKind::SessionOver);
+            return;
+        }
+        self.enqueue(ctx, now, datagram);
+        if self.phase == Phase::Closed && self.recon_at.is_none() && !self.pending.is_empty() {
+            if !self.fake_handshake(ctx, now) {
+                ctx.drops.count(DropKind::NoIntercept);
+            }
+            return;
+        }
+        self.pump(ctx, now);
+    }
+
+    /// Inserts a captured segment into the pending list, ordered by sequence number.
+    fn enqueue(&mut self, ctx: &mut Ctx, _now: Instant, datagram: &[u8]) {
+        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
+            return;
+        };
+        let seq = p.seq();
+        let end = seq.wrapping_add(p.payload_len() as u32 + u32::from(p.fin()));
+        let has_len = end != seq;
+        if has_len && self.phase != Phase::Closed && seq_le(end, self.snd_nxt) {
+            // Entirely sent already: a client retransmission.
+            ctx.stats.clt_retransmit += 1;
+            ctx.drops.count(DropKind::ClientRetransmit);
+            return;
+        }
+        // Duplicates of a pending segment.
+        if self
+            .pending
+            .iter()
+            .any(|q| q.seq == seq && q.end == end && q.flags == p.flags())
+        {
+            ctx.stats.clt_retransmit += 1;
+            ctx.drops.count(DropKind::ClientRetransmit);
+            return;
+        }
+        if self.buffered + datagram.len() > ctx.cfg.max_session_bytes {
+            ctx.drops.count(DropKind::SessionTooBig);
+            return;
+        }
+        let stored = Stored {
+            seq,
+            end,
+            online_ack: p.ack(),
+            flags: p.flags(),
+            payload: p.payload_len(),
+            data: ctx.take_buf(p.as_bytes()),
+        };
+        self.buffered += stored.data.len();
+        self.ip_id = p.ip_id();
+        // Insert after every pending segment that does not start after it.
+        let at = self
+            .pending
+            .iter()
+            .rposition(|q| seq_le(q.seq, seq))
+            .map_or(0, |i| i + 1);
+        self.pending.insert(at, stored);
+    }
+
+    /// Whether the response to the current request is complete enough to send `next_ack`'s
+    /// request: by length (the online server sent `next_ack - cur_req_ack` bytes; once the
+    /// target sent as many the response is complete) or, as a fallback, by a quiet period.
+    fn response_complete(&self, now: Instant, next_ack: u32) -> bool {
+        let Some(cur) = self.cur_req_ack else {
+            return true;
+        };
+        if next_ack == cur {
+            return true;
+        }
+        let expected = if seq_gt(next_ack, cur) {
+            u64::from(next_ack.wrapping_sub(cur))
+        } else {
+            0
+        };
+        if self.resp_bytes >= expected {
+            return true;
+        }
+        self.hold_deadline().is_some_and(|d| now >= d)
+    }
+
+    /// Sends every pending segment that may go now (spec 4.5-4.6, 4.11).
+    pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.phase != Phase::Established {
+            return;
+        }
+        while let Some(front) = self.pending.front() {
+            let (seq, end, flags_, payload, ack) = (
+                front.seq,
+                front.end,
+                front.flags,
+                front.payload,
+                front.online_ack,
+            );
+            let is_rst = flags_ & flags::RST != 0;
+            let is_fin = flags_ & flags::FIN != 0;
+            if end != seq && seq_le(end, self.snd_nxt) {
+                let q = self.pop_pending();
+                ctx.recycle(q.data);
+                ctx.stats.clt_retransmit += 1;
+                ctx.drops.count(DropKind::ClientRetransmit);
+                continue;
+            }
+            if !is_rst && seq_gt(seq, self.snd_nxt) {
+                // A captured segment is missing: wait a bounded time for it.
+                if self.gap_at.is_none() {
+                    self.gap_at = Some(now + GAP_WAIT);
+                }
+                break;
+            }
+            self.gap_at = None;
+            if is_rst {
+                if self.holding_since.is_some() || !self.response_complete(now, ack) {
+                    self.holding_since.get_or_insert(now);
+                    break;
+                }
+                let mut q = self.pop_pending();
+                if let Ok(mut p) = TcpPacket::parse(&mut q.data[..], Completeness::Whole) {
+                    if seq_lt(p.seq(), self.snd_nxt) {
+                        p.set_seq(self.snd_nxt);
+                    }
+                }
+                self.emit(ctx, &mut q.data);
+                ctx.stats.send_rst += 1;
+                ctx.recycle(q.data);
+                self.finish(now);
+                return;
+            }
+            if payload > 0 || is_fin {
+                if !ctx.cfg.dont_wait && !self.response_complete(now, ack) {
+                    self.holding_since.get_or_insert(now);
+                    break;
+                }
+                if self.cur_req_ack != Some(ack) && payload > 0 {
+                    // A new request: the response to the last one is complete.
+                    self.cur_req_ack = Some(ack);
+                    self.resp_bytes = 0;
+                    self.last_resp_at = None;
+                }
+                self.holding_since = None;
+            }
+            if is_fin && payload == 0 && self.snd_una != self.snd_nxt {
+                // Spec 4.6-5: the FIN waits until the target acked all data.
+                break;
+            }
+            let in_flight = self.snd_nxt.wrapping_sub(self.snd_una);
+            if payload > 0 && in_flight > 0 && in_flight as usize + payload > self.peer_win as usize
+            {
+                break;
+            }
+            if seq_lt(seq, self.snd_nxt) {
+                let n = self.snd_nxt.wrapping_sub(seq) as usize;
+                let front = self.pending.front_mut().expect("front exists");
+                if let Ok(mut p) = TcpPacket::parse(&mut front.data[..], Completeness::Whole) {
+                    p.trim_front(n);
+                    let len = p.as_bytes().len();
+                    front.data.truncate(len);
+                }
+                front.seq = self.snd_nxt;
+                front.payload -= n.min(front.payload);
+            }
+            let mut q = self.pop_pending();
+            self.emit(ctx, &mut q.data);
+            if q.payload > 0 {
+                ctx.stats.send_content += 1;
+                self.sent_request = true;
+            }
+            if is_fin {
+                ctx.stats.send_fin += 1;
+                self.client_fin_sent = true;
+            }
+            self.snd_nxt = q.end;
+            if self.rto_at.is_none() {
+                self.rto_at = Some(now + self.rto);
+            }
+            self.buffered += q.data.len();
+            self.unacked.push_back(q);
+            if is_fin && self.target_fin {
+                self.finish(now);
+                return;
+            }
+        }
+    }
+
+    fn pop_pending(&mut self) -> Stored {
+        let q = self.pending.pop_front().expect("pending not empty");
+        self.buffered -= q.data.len();
+        q
+    }
+
+    /// Rewrites a stored client datagram for the target (ack, window, timestamps) and sends it.
+    fn emit(&mut self, ctx: &mut Ctx, data: &mut [u8]) {
+        if let Ok(mut p) = TcpPacket::parse(&mut data[..], Completeness::Whole) {
+            if p.ack_flag() {
+                p.set_ack(self.tgt_ack);
+            }
+            if self.fake {
+                p.set_window(65535);
+            }
+            let opts = p.options();
+            if let (true, Some((val, _)), Some(off)) =
+                (self.ts_on, opts.timestamps, opts.timestamps_offset)
+            {
+                // Keep TSval non-decreasing (wrap-aware) and echo the target's latest TSval.
+                let val = if seq_gt(val, self.ts_val) {
+                    val
+                } else {
+                    self.ts_val
+                };
+                self.ts_val = val;
+                p.set_timestamps(off, val, self.ts_ecr);
+            }
+        }
+        ctx.stats.send += 1;
+        ctx.out.send_to_target(data, self.transfer);
+        self.delack_at = None;
+        self.unacked_resp_segs = 0;
+    }
+
+    /// A synthesized segment from the fake client to the target.
+    fn send_synth(&mut self, ctx: &mut Ctx, seq: u32, flags_: u8) {
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let window = if self.fake { 65535 } else { self.client_win };
+        let spec = SegmentSpec {
+            src: self.client.0,
+            dst: self.target.0,
+            src_port: self.client.1,
+            dst_port: self.target.1,
+            seq,
+            ack: self.tgt_ack,
+            flags: flags_,
+            window,
+            ip_id: self.ip_id,
+            mss: None,
+            timestamps: (self.ts_on && flags_ & flags::RST == 0)
+                .then_some((self.ts_val, self.ts_ecr)),
+            payload: &[],
+        };
+        if let Ok(n) = build_segment(&spec, ctx.scratch) {
+            ctx.stats.send += 1;
+            ctx.out.send_to_target(&ctx.scratch[..n], self.transfer);
+        }
+        if flags_ & flags::RST != 0 {
+            ctx.stats.send_rst += 1;
+        }
+        self.delack_at = None;
+        self.unacked_resp_segs = 0;
+    }
+
+    fn send_ack(&mut self, ctx: &mut Ctx) {
+        self.send_synth(ctx, self.snd_nxt, flags::ACK);
+    }
+
+    /// Ends the session towards the target with a RST (unless it closed cleanly).
+    pub fn teardown(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.phase == Phase::Over {
+            return;
+        }
+        if self.phase != Phase::Closed && !(self.client_fin_sent && self.target_fin) {
+            self.send_synth(ctx, self.snd_nxt, flags::RST | flags::ACK);
+        }
+        self.finish(now);
+    }
+
+    fn finish(&mut self, now: Instant) {
+        self.phase = Phase::Over;
+        self.linger_until = Some(now + LINGER);
+        self.rto_at = None;
+        self.delack_at = None;
+        self.gap_at = None;
+        self.syn_retry_at = None;
+        self.recon_at = None;
+        self.holding_since = None;
+    }
+
+    /// Releases buffered packets into the pool (the session is being removed).
+    pub fn release(&mut self, ctx: &mut Ctx) {
+        for q in self.pending.drain(..).chain(self.unacked.drain(..)) {
+            ctx.recycle(q.data);
+        }
+        if let Some(s) = self.syn_pkt.take() {
+            ctx.recycle(s);
+        }
+        self.buffered = 0;
+    }
+
+    // ----- target side -------------------------------------------------------------------
+
+    /// One response record (headers of a segment the target sent to this session).
+    pub fn on_response(&mut self, ctx: &mut Ctx, now: Instant, r: &TcpPacket<&[u8]>) {
+        ctx.stats.resp += 1;
+        self.last_target_at = now;
+        if self.phase == Phase::Over {
+            // Lingering: acknowledge a retransmitted FIN, ignore the rest.
+            if r.fin() && !r.rst() {
+                self.send_ack(ctx);
+            }
+            return;
+        }
+        if r.rst() {
+            ctx.stats.resp_rst += 1;
+            self.on_target_reset(ctx, now);
+            return;
+        }
+        if r.syn() {
+            if r.ack_flag() {
+                self.on_syn_ack(ctx, now, r);
+            }
+            return;
+        }
+        if self.phase != Phase::Established {
+            return;
+        }
+        let opts = r.options();
+        if let Some((val, _)) = opts.timestamps {
+            self.ts_ecr = val;
+        }
+        self.peer_win = u32::from(r.window()) << self.wscale;
+        let payload = r.payload_len() as u32;
+        if payload > 0 {
+            ctx.stats.resp_content += 1;
+            let end = r.seq().wrapping_add(payload);
+            if seq_gt(end, self.tgt_ack) {
+                let new = end.wrapping_sub(if seq_gt(r.seq(), self.tgt_ack) {
+                    r.seq()
+                } else {
+                    self.tgt_ack
+                });
+                self.resp_bytes += u64::from(new);
+                self.tgt_ack = end;
+                self.last_resp_at = Some(now);
+                self.unacked_resp_segs += 1;
+                if self.unacked_resp_segs >= 2 {
+                    self.send_ack(ctx);
+                } else if self.delack_at.is_none() {
+                    let d =
+                        (self.rtt / 2).clamp(Duration::from_micros(200), Duration::from_millis(20));
+                    self.delack_at = Some(now + d);
+                }
+            } else {
+                // A target retransmission: our ACK was lost.
+                self.send_ack(ctx);
+            }
+        }
+        self.on_ack(ctx, now, r.ack(), payload == 0 && !r.fin());
+        if r.fin() {
+            ctx.stats.resp_fin += 1;
+            let fin_seq = r.seq().wrapping_add(payload);
+            if seq_ge(fin_seq, self.tgt_ack) {
+                self.tgt_ack = fin_seq.wrapping_add(1);
+            }
+            self.target_fin = true;
+            self.send_ack(ctx);
+            if self.client_fin_sent {
+                self.finish(now);
+                return;
+            }
+            if self.pending.iter().any(|q| q.payload > 0) {
+                // Requests remain: reconnect to deliver them (spec 4.18).
+                self.reconstruct(ctx, now);
+                return;
+            }
+        }
+        self.pump(ctx, now);
+    }
+
+    fn on_ack(&mut self, ctx: &mut Ctx, now: Instant, ack: u32, pure: bool) {
+        if seq_gt(ack, self.snd_una) && seq_le(ack, self.snd_nxt) {
+            self.snd_una = ack;
+            self.dup_acks = 0;
+            while let Some(q) = self.unacked.front() {
+                if seq_le(q.end, ack) {
+                    let q = self.unacked.pop_front().expect("front");
+                    self.buffered -= q.data.len();
+                    ctx.recycle(q.data);
+                } else {
+                    break;
+                }
+            }
+            self.rto = MIN_RTO.max(self.rtt * 4).min(MAX_RTO);
+            self.rto_at = if self.unacked.is_empty() {
+                None
+            } else {
+                Some(now + self.rto)
+            };
+        } else if pure && ack == self.snd_una && !self.unacked.is_empty() {
+            self.dup_acks += 1;
+            if self.dup_acks == 3 {
+                self.retransmit(ctx, now);
+            }
+        }
+    }
+
+    fn on_syn_ack(&mut self, ctx: &mut Ctx, now: Instant, r: &TcpPacket<&[u8]>) {
+        if self.phase == Phase::Established {
+            // Our handshake ACK was lost.
+            self.send_ack(ctx);
+            return;
+        }
+        if self.phase != Phase::SynSent {
+            return;
+        }
+        let opts = r.options();
+        ctx.stats.conns += 1;
+        self.phase = Phase::Established;
+        self.syn_retry_at = None;
+        self.tgt_ack = r.seq().wrapping_add(1);
+        self.snd_una = r.ack();
+        self.wscale = opts.window_scale.unwrap_or(0);
+        self.peer_win = u32::from(r.window());
+        self.ts_on = opts.timestamps.is_some() && self.syn_had_ts;
+        if let Some((val, _)) = opts.timestamps {
+            self.ts_ecr = val;
+        }
+        self.gc_at = now + GC_PERIOD;
+        self.last_target_at = now;
+        self.send_synth(ctx, self.isn.wrapping_add(1), flags::ACK);
+        self.pump(ctx, now);
+    }
+
+    fn on_target_reset(&mut self, ctx: &mut Ctx, now: Instant) {
+        if self.phase == Phase::Established && self.pending.iter().any(|q| q.payload > 0) {
+            self.reconstruct(ctx, now);
+        } else {
+            self.finish(now);
+        }
+    }
+
+    /// Drops the current target connection and schedules a new (faked) handshake for the
+    /// captured data not sent yet (spec 4.18).
+    fn reconstruct(&mut self, ctx: &mut Ctx, now: Instant) {
+        if !self.target_fin {
+            // The target only reset us if it did not close: no RST needed after a RST.
+        }
+        for q in self.unacked.drain(..) {
+            self.buffered -= q.data.len();
+            ctx.recycle(q.data);
+        }
+        self.phase = Phase::Closed;
+        self.client_fin_sent = false;
+        self.target_fin = false;
+        self.rto_at = None;
+        self.delack_at = None;
+        self.gap_at = None;
+        self.holding_since = None;
+        self.recon_at = Some(now + self.rtt.max(Duration::from_millis(1)));
+    }
+
+    fn retransmit(&mut self, ctx: &mut Ctx, now: Instant) {
+        let Some(mut q) = self.unacked.pop_front() else {
+            return;
+        };
+        self.emit(ctx, &mut q.data);
+        ctx.stats.send -= 1; // counted as a retransmission, not a send (spec 9.2)
+        ctx.stats.retransmit += 1;
+        self.unacked.push_front(q);
+        self.rto = (self.rto * 2).min(MAX_RTO);
+        self.rto_at = Some(now + self.rto);
+        self.dup_acks = 0;
+    }
+
+    // ----- time --------------------------------------------------------------------------
+
+    /// Fires whatever is due. Returns true when the session should be removed now.
+    pub fn on_timer(&mut self, ctx: &mut Ctx, now: Instant) -> bool {
+        if let Some(t) = self.linger_until {
+            if now >= t {
+                return true;
+            }
+            return false;
+        }
+        if self.recon_at.is_some_and(|t| now >= t) {
+            self.recon_at = None;
+            ctx.stats.reconnect += 1;
+            if !self.fake_handshake(ctx, now) {
+                self.finish(now);
+                return false;
+            }
+        }
+        if self.syn_retry_at.is_some_and(|t| now >= t) {
+            self.syn_retry_at = None;
+            if self.phase == Phase::SynSent && now < self.syn_sent_at + HANDSHAKE_DEADLINE {
+                let retry = self.syn_pkt.is_some() || self.fake;
+                if retry {
+                    self.send_syn(ctx, now);
+                    self.syn_retry_at = Some(now + SYN_RETRY);
+                }
+            }
+        }
+        if self.rto_at.is_some_and(|t| now >= t) {
+            self.rto_at = None;
+            if !self.unacked.is_empty() && self.phase == Phase::Established {
+                self.retransmit(ctx, now);
+            }
+        }
+        if self.delack_at.is_some_and(|t| now >= t) {
+            self.delack_at = None;
+            if self.phase == Phase::Established {
+                self.send_ack(ctx);
+            }
+        }
+        if self.gap_at.is_some_and(|t| now >= t) {
+            self.gap_at = None;
+            if let Some(front) = self.pending.front() {
+                if seq_gt(front.seq, self.snd_nxt) && self.phase == Phase::Established {
+                    // Give up on the missing bytes: close this connection and replay the
+                    // rest on a new one (counted).
+                    ctx.drops.count(DropKind::CaptureGap);
+                    self.send_synth(ctx, self.snd_nxt, flags::RST | flags::ACK);
+                    self.reconstruct(ctx, now);
+                    self.recon_at = Some(now);
+                    return false;
+                }
+            }
+        }
+        if now >= self.gc_at {
+            self.gc_at = now + GC_PERIOD;
+            if self.obsolete(ctx, now) {
+                ctx.stats.obsolete_deleted += 1;
+                self.teardown(ctx, now);
+                return false;
+            }
+        }
+        self.pump(ctx, now);
+        false
+    }
+
+    fn obsolete(&self, ctx: &Ctx, now: Instant) -> bool {
+        let silent = now.saturating_duration_since(self.last_target_at);
+        match self.phase {
+            Phase::Closed => self.recon_at.is_none() && now >= self.created + HANDSHAKE_DEADLINE,
+            Phase::SynSent => now >= self.syn_sent_at + HANDSHAKE_DEADLINE,
+            Phase::Established => {
+                (silent > ctx.cfg.session_timeout
+                    && (!self.pending.is_empty() || !self.sent_request))
+                    || silent > ctx.cfg.keepalive_timeout
+                    || (self.target_fin && silent > LINGER)
+                    || self.buffered > ctx.cfg.max_session_bytes
+            }
+            Phase::Over => false,
+        }
+    }
+}
+
+#[inline]
+fn seq_ge(a: u32, b: u32) -> bool {
+    seq_le(b, a)
+}
