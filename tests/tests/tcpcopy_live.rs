@@ -280,7 +280,10 @@ impl EgressWatch {
         let unexpected: Arc<Mutex<Vec<String>>> = Arc::default();
         let to_target: Arc<Mutex<u64>> = Arc::default();
         let mut cap = lab.in_ns(ONLINE, || {
-            let mut opts = PcapLiveOptions::new(&format!("ip and not dst host {ONLINE_IP}"));
+            // IGMP reports of a fresh interface are kernel noise, not ours: multicast is left out.
+            let mut opts = PcapLiveOptions::new(&format!(
+                "ip and not dst host {ONLINE_IP} and not ip multicast"
+            ));
             opts.snaplen = 128;
             PcapLive::open("eth0", &opts).expect("capture on online eth0")
         });
@@ -313,7 +316,11 @@ impl EgressWatch {
                                     Some(format!("tcp {src}:{sp} -> {dst}:{dp}"))
                                 }
                             }
-                            Err(_) => Some(format!("non-tcp ip packet of {} bytes", ip.len())),
+                            Err(e) => Some(format!(
+                                "non-tcp ip packet of {} bytes ({e:?}): {:02x?}",
+                                ip.len(),
+                                &ip[..ip.len().min(40)]
+                            )),
                         };
                         if let Some(w) = what {
                             u.lock().unwrap().push(w);

@@ -207,7 +207,8 @@ pub enum DropKind {
     NoSyn,
     /// A retransmitted SYN of a live session.
     DupSyn,
-    /// A new connection (another ISN) on the key of a live session.
+    /// A new connection (another ISN) on the key of a live session: moved to another port
+    /// (counted, not dropped) or, when no port is free, dropped.
     KeyReuse,
     /// The session limit was reached.
     SessionLimit,
@@ -306,6 +307,9 @@ pub struct Replayer {
     split_buf: Vec<u8>,
     scratch: Vec<u8>,
     pool: Vec<Vec<u8>>,
+    /// Connections moved to another port because their key was held by a live session:
+    /// (fake ip, port before the move, replica index) -> port used.
+    moved_ports: HashMap<(Ipv4Addr, u16, u16), u16>,
 }
 
 const BUF_LEN: usize = 65536 + 64;
@@ -327,6 +331,7 @@ impl Replayer {
             split_buf: vec![0; BUF_LEN],
             scratch: vec![0; BUF_LEN],
             pool: Vec::new(),
+            moved_ports: HashMap::new(),
         }
     }
 
@@ -421,9 +426,11 @@ impl Replayer {
         let len = p.as_bytes().len();
         let mut buf = std::mem::take(&mut self.ingress_buf);
         buf[..len].copy_from_slice(p.as_bytes());
+        let (syn, seq) = (p.syn() && !p.ack_flag(), p.seq());
+        let port = self.resolve_port(src_ip, shifted, 0, syn, seq);
         if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
             q.set_src_ip(src_ip);
-            q.set_src_port(shifted);
+            q.set_src_port(port);
             q.set_dst_ip(t.dst_ip);
             q.set_dst_port(t.dst_port);
         }
@@ -439,6 +446,7 @@ impl Replayer {
                     ip = fake;
                 }
             }
+            let port = self.resolve_port(ip, port, i, syn, seq);
             if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
                 q.set_src_ip(ip);
                 q.set_src_port(port);
@@ -446,6 +454,38 @@ impl Replayer {
             self.session_layer(now, &buf[..len], transfer, out);
         }
         self.ingress_buf = buf;
+    }
+
+    /// The fake client port of a connection. Many real connections map onto few fake
+    /// endpoints (`-c`, `-n`, `-f`); when a new connection's SYN finds its endpoint held by a
+    /// live session of another connection, it moves to the next free port instead of being
+    /// dropped (the original ignores it until the old session ends), and its later packets
+    /// follow it there. Counted as `key reuse`.
+    fn resolve_port(&mut self, ip: Ipv4Addr, port: u16, replica: u16, syn: bool, seq: u32) -> u16 {
+        let id = (ip, port, replica);
+        if !syn {
+            return self.moved_ports.get(&id).copied().unwrap_or(port);
+        }
+        let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
+        let mut chosen = port;
+        for _ in 0..256 {
+            match self.sessions.get(&(ip, chosen)) {
+                Some(s) if busy(s) => {
+                    chosen = chosen.wrapping_add(1).max(1024);
+                }
+                _ => break,
+            }
+        }
+        if chosen == port {
+            self.moved_ports.remove(&id);
+        } else {
+            self.drops.count(DropKind::KeyReuse);
+            if self.moved_ports.len() >= 1 << 16 {
+                self.moved_ports.clear();
+            }
+            self.moved_ports.insert(id, chosen);
+        }
+        chosen
     }
 
     /// Spec 4.4: find or create the session of a rewritten client datagram and feed it.

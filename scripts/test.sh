@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The test command of README.md: installs what the tests need (Debian 12, as root), then runs
+# formatting, lints and the whole test suite (unit, property and network-namespace end-to-end
+# tests). CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: run as root (sudo scripts/test.sh): the end-to-end tests build network namespaces" >&2
+    exit 1
+  fi
+}
+need_root
+
+packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "scripts/test.sh: cargo not found; install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    rustup component add "$c"
+  fi
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build (binaries used by the end-to-end tests)"
+cargo build --workspace --bins
+before=$(ip netns list | awk '{print $1}' | sort)
+echo "== cargo test"
+cargo test --workspace
+echo "== leftover namespaces check"
+after=$(ip netns list | awk '{print $1}' | sort)
+left=$(comm -13 <(echo "$before") <(echo "$after") | grep . || true)
+if [ -n "$left" ]; then
+  echo "namespaces left over by the tests:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+echo "== all tests passed"
