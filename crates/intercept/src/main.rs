@@ -87,11 +87,12 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     if cfg.daemon {
         daemon::daemonize()?;
     }
+    let mut server = server::Server::new(cfg, listener, sources)?;
+    // Signals are handled before the pid file exists: whoever reads it may stop us at once.
+    server.handle_signals()?;
     if let Some(p) = &cfg.pid_file {
         daemon::write_pid_file(p)?;
     }
-    let mut server = server::Server::new(cfg, listener, sources)?;
-    server.handle_signals()?;
     let result = server.run();
     if let Some(p) = &cfg.pid_file {
         let _ = std::fs::remove_file(p);

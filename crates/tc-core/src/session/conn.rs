@@ -138,6 +138,8 @@ pub struct Session {
     gc_at: Instant,
     last_target_at: Instant,
     sent_request: bool,
+    /// End of the highest captured client segment (sent or not).
+    seen_end: u32,
     client_fin_sent: bool,
     target_fin: bool,
     dup_acks: u8,
@@ -194,6 +196,7 @@ impl Session {
             gc_at: now + HANDSHAKE_DEADLINE,
             last_target_at: now,
             sent_request: false,
+            seen_end: 0,
             client_fin_sent: false,
             target_fin: false,
             dup_acks: 0,
@@ -221,9 +224,13 @@ impl Session {
         self.syn_captured_at.is_some() || self.cur_req_ack.is_none()
     }
 
-    /// End of the captured client data seen so far.
-    pub fn last_client_seq(&self) -> u32 {
-        self.pending.back().map(|p| p.end).unwrap_or(self.snd_nxt)
+    /// Whether a captured segment at `seq` belongs to another connection on this key: it
+    /// lies outside what this connection's byte numbering can reach (its ISN up to 64 KiB
+    /// past the end of what was captured). Linux advances the ISN of a reused 4-tuple with
+    /// time, so a later connection starts well past the old one's data.
+    pub fn is_other_connection(&self, seq: u32) -> bool {
+        let near_end = self.seen_end.wrapping_add(65536);
+        !(seq_gt(seq, self.isn) && seq_le(seq, near_end))
     }
 
     /// Earliest deadline of this session.
@@ -268,6 +275,7 @@ impl Session {
             return false;
         };
         self.isn = p.seq();
+        self.seen_end = p.seq().wrapping_add(1);
         self.ip_id = p.ip_id();
         self.client_win = p.window();
         self.syn_had_ts = p.options().timestamps.is_some();
@@ -367,6 +375,12 @@ impl Session {
         let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
             return;
         };
+        let end = p
+            .seq()
+            .wrapping_add(p.payload_len() as u32 + u32::from(p.fin()));
+        if seq_gt(end, self.seen_end) && !self.is_other_connection(p.seq()) {
+            self.seen_end = end;
+        }
         if let (Some(t0), None) = (self.syn_captured_at, ctx.cfg.fixed_rtt) {
             // The handshake ACK (or the first data) ends the RTT measurement of spec 4.12.
             self.rtt = now
@@ -406,6 +420,9 @@ impl Session {
         };
         let seq = p.seq();
         let end = seq.wrapping_add(p.payload_len() as u32 + u32::from(p.fin()));
+        if self.pending.is_empty() && self.seen_end == 0 || seq_gt(end, self.seen_end) {
+            self.seen_end = end;
+        }
         let has_len = end != seq;
         if has_len && self.phase != Phase::Closed && seq_le(end, self.snd_nxt) {
             // Entirely sent already: a client retransmission.

@@ -518,7 +518,7 @@ impl Replayer {
                 }
                 s.is_over() || s.client_closed()
             } else {
-                s.is_over() && payload > 0 && seq_after(seq, s.last_client_seq())
+                s.is_over() && payload > 0 && s.is_other_connection(seq)
             };
             if !replace {
                 if syn {
@@ -696,10 +696,6 @@ impl Replayer {
             .map(|(i, n)| (DropKind::name(i), *n))
             .collect()
     }
-}
-
-fn seq_after(a: u32, b: u32) -> bool {
-    conn::seq_gt(a, b)
 }
 
 /// Views a response record as a segment. Records from the original intercept keep the
