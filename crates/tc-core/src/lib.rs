@@ -5,6 +5,7 @@
 //! (I/O backends behind small traits).
 
 pub mod capture;
+pub mod control;
 pub mod packet;
 pub mod send;
 pub mod session;

@@ -12,7 +12,7 @@ use tc_core::session::{ReplayConfig, Transfer};
 
 pub const VERSION: &str = "1.3.0";
 /// Control-protocol version sent in the first record of every tunnel.
-pub const INTERNAL_VERSION: u16 = 6;
+pub const INTERNAL_VERSION: u16 = tc_core::control::PROTOCOL_VERSION;
 pub const DEFAULT_INTERCEPT_PORT: u16 = 36524;
 pub const MAX_INTERCEPTS: usize = 32;
 pub const MAX_TRANSFERS: usize = 32;
@@ -163,11 +163,8 @@ pub enum OutputKind {
 }
 
 /// Control-channel variant; must match intercept's (nothing on the wire announces it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WireOptions {
-    pub combined: bool,
-    pub payload: bool,
-}
+/// The control-channel variant (`--disable-combined`, `--payload`), shared with intercept.
+pub type WireOptions = tc_core::control::WireFormat;
 
 /// Validated options for a run.
 #[derive(Debug, Clone)]

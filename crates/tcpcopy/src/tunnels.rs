@@ -9,18 +9,15 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use tc_core::control::{split_frames, ClientMsg};
+
 use crate::cli::{WireOptions, INTERNAL_VERSION};
 
 /// Tokens of tunnel connections: `TUNNEL_TOKEN_BASE + intercept * SLOTS + connection`.
 pub const TUNNEL_TOKEN_BASE: usize = 1 << 16;
 const SLOTS: usize = 16;
 
-pub const CLIENT_MSG_LEN: usize = 14;
-pub const CLIENT_ADD: u16 = 1;
-pub const RECORD_LEN: usize = 64;
-pub const RECORD_LEN_PAYLOAD: usize = 192;
-pub const MAX_FRAME_RECORDS: usize = 16;
-pub const MAX_FRAME_RECORDS_PAYLOAD: usize = 6;
+pub use tc_core::control::{CLIENT_ADD, CLIENT_MSG_LEN, RECORD_LEN, RECORD_LEN_PAYLOAD};
 /// Bytes queued for one tunnel before it counts as stuck and is dropped.
 const MAX_PENDING_WRITE: usize = 1 << 20;
 /// A non-blocking reconnect that has not completed by then is abandoned.
@@ -34,54 +31,25 @@ pub fn client_message(
     target_ip: Ipv4Addr,
     target_port: u16,
 ) -> [u8; CLIENT_MSG_LEN] {
-    let mut m = [0u8; CLIENT_MSG_LEN];
-    m[0..4].copy_from_slice(&client_ip.octets());
-    m[4..6].copy_from_slice(&client_port.to_be_bytes());
-    m[6..8].copy_from_slice(&kind.to_be_bytes());
-    m[8..12].copy_from_slice(&target_ip.octets());
-    m[12..14].copy_from_slice(&target_port.to_be_bytes());
-    m
+    ClientMsg {
+        client_ip,
+        client_port,
+        kind,
+        target_ip,
+        target_port,
+    }
+    .encode()
 }
 
 /// The version record: all zero but the type (spec 5.2).
 pub fn version_message() -> [u8; CLIENT_MSG_LEN] {
-    client_message(
-        INTERNAL_VERSION,
-        Ipv4Addr::UNSPECIFIED,
-        0,
-        Ipv4Addr::UNSPECIFIED,
-        0,
-    )
+    ClientMsg::version(INTERNAL_VERSION).encode()
 }
 
 /// Splits complete response records off the front of `buf` (spec 5.3), appending them to
 /// `records`. Returns the bytes consumed, or an error for a frame count above the maximum.
 pub fn take_records(buf: &[u8], wire: WireOptions, records: &mut Vec<u8>) -> Result<usize, String> {
-    let (record_len, max_records) = if wire.payload {
-        (RECORD_LEN_PAYLOAD, MAX_FRAME_RECORDS_PAYLOAD)
-    } else {
-        (RECORD_LEN, MAX_FRAME_RECORDS)
-    };
-    let mut at = 0;
-    if wire.combined {
-        while let Some(head) = buf.get(at..at + 2) {
-            let count = usize::from(u16::from_be_bytes([head[0], head[1]]));
-            if count > max_records {
-                return Err(format!("frame of {count} records (at most {max_records})"));
-            }
-            let end = at + 2 + count * record_len;
-            let Some(body) = buf.get(at + 2..end) else {
-                break;
-            };
-            records.extend_from_slice(body);
-            at = end;
-        }
-    } else {
-        let whole = buf.len() / record_len * record_len;
-        records.extend_from_slice(&buf[..whole]);
-        at = whole;
-    }
-    Ok(at)
+    split_frames(buf, wire, |r| records.extend_from_slice(r)).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, Default)]

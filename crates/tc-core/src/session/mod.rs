@@ -310,7 +310,13 @@ pub struct Replayer {
     /// Connections moved to another port because their key was held by a live session:
     /// (fake ip, port before the move, replica index) -> port used.
     moved_ports: HashMap<(Ipv4Addr, u16, u16), u16>,
+    /// Fake endpoints of sessions removed lately: the target may still hold them in
+    /// TIME_WAIT, so a replica (`-n`) does not start a new connection there.
+    recently_closed: HashMap<Key, Instant>,
 }
+
+/// How long a closed endpoint is avoided for replicas (Linux TIME_WAIT is 60 s).
+const TIME_WAIT: Duration = Duration::from_secs(60);
 
 const BUF_LEN: usize = 65536 + 64;
 
@@ -332,6 +338,7 @@ impl Replayer {
             scratch: vec![0; BUF_LEN],
             pool: Vec::new(),
             moved_ports: HashMap::new(),
+            recently_closed: HashMap::new(),
         }
     }
 
@@ -427,7 +434,7 @@ impl Replayer {
         let mut buf = std::mem::take(&mut self.ingress_buf);
         buf[..len].copy_from_slice(p.as_bytes());
         let (syn, seq) = (p.syn() && !p.ack_flag(), p.seq());
-        let port = self.resolve_port(src_ip, shifted, 0, syn, seq);
+        let port = self.resolve_port(now, src_ip, shifted, 0, syn, seq);
         if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
             q.set_src_ip(src_ip);
             q.set_src_port(port);
@@ -446,7 +453,7 @@ impl Replayer {
                     ip = fake;
                 }
             }
-            let port = self.resolve_port(ip, port, i, syn, seq);
+            let port = self.resolve_port(now, ip, port, i, syn, seq);
             if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
                 q.set_src_ip(ip);
                 q.set_src_port(port);
@@ -461,7 +468,15 @@ impl Replayer {
     /// live session of another connection, it moves to the next free port instead of being
     /// dropped (the original ignores it until the old session ends), and its later packets
     /// follow it there. Counted as `key reuse`.
-    fn resolve_port(&mut self, ip: Ipv4Addr, port: u16, replica: u16, syn: bool, seq: u32) -> u16 {
+    fn resolve_port(
+        &mut self,
+        now: Instant,
+        ip: Ipv4Addr,
+        port: u16,
+        replica: u16,
+        syn: bool,
+        seq: u32,
+    ) -> u16 {
         let id = (ip, port, replica);
         if !syn {
             return self.moved_ports.get(&id).copied().unwrap_or(port);
@@ -469,12 +484,21 @@ impl Replayer {
         let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
         let mut chosen = port;
         for _ in 0..256 {
-            match self.sessions.get(&(ip, chosen)) {
-                Some(s) if busy(s) => {
-                    chosen = chosen.wrapping_add(1).max(1024);
+            let key = (ip, chosen);
+            let taken = match self.sessions.get(&key) {
+                Some(s) => busy(s) || (replica > 0 && s.isn != seq),
+                None => {
+                    replica > 0
+                        && self
+                            .recently_closed
+                            .get(&key)
+                            .is_some_and(|t| now.saturating_duration_since(*t) < TIME_WAIT)
                 }
-                _ => break,
+            };
+            if !taken {
+                break;
             }
+            chosen = chosen.wrapping_add(1).max(1024);
         }
         if chosen == port {
             self.moved_ports.remove(&id);
@@ -580,7 +604,7 @@ impl Replayer {
     /// One response record from intercept (64 or 192 bytes: IPv4 header + TCP header).
     pub fn on_response(&mut self, now: Instant, record: &[u8], out: &mut dyn Output) {
         let mut norm = [0u8; 256];
-        let Some(r) = parse_record(record, &mut norm) else {
+        let Some(r) = crate::control::record_view(record, &mut norm) else {
             self.drops.count(DropKind::BadResponse);
             return;
         };
@@ -633,6 +657,13 @@ impl Replayer {
                 let mut s = self.sessions.remove(&key).expect("present");
                 s.release(&mut ctx);
                 ctx.stats.released += 1;
+                if self.cfg.replicas > 1 {
+                    if self.recently_closed.len() >= 1 << 16 {
+                        self.recently_closed
+                            .retain(|_, t| now.saturating_duration_since(*t) < TIME_WAIT);
+                    }
+                    self.recently_closed.insert(key, now);
+                }
             } else {
                 self.reschedule(key);
             }
@@ -696,21 +727,4 @@ impl Replayer {
             .map(|(i, n)| (DropKind::name(i), *n))
             .collect()
     }
-}
-
-/// Views a response record as a segment. Records from the original intercept keep the
-/// captured IHL although IP options were not copied (the TCP header is at offset 20): such a
-/// record is normalised into `norm` (IHL 5, total length less the options) first.
-fn parse_record<'a>(record: &'a [u8], norm: &'a mut [u8; 256]) -> Option<TcpPacket<&'a [u8]>> {
-    let first = *record.first()?;
-    let ihl = usize::from(first & 0x0f) * 4;
-    if first >> 4 == 4 && ihl > 20 && record.len() >= 40 {
-        let n = record.len().min(norm.len());
-        norm[..n].copy_from_slice(&record[..n]);
-        norm[0] = 0x45;
-        let tot = u16::from_be_bytes([norm[2], norm[3]]).saturating_sub((ihl - 20) as u16);
-        norm[2..4].copy_from_slice(&tot.to_be_bytes());
-        return TcpPacket::parse(&norm[..n], Completeness::HeadersOnly).ok();
-    }
-    TcpPacket::parse(record, Completeness::HeadersOnly).ok()
 }
