@@ -1,7 +1,158 @@
 #!/usr/bin/env bash
-# Placeholder for the one-command demo (issue 9): builds the release binaries for now.
+# One-command demo: a single-host TCPCopy lab in network namespaces (see ../shared/spec/lab.md
+# for the recipe). An HTTP server runs on "online" and on "target"; intercept runs on "assist";
+# tcpcopy on "online" copies every request to the target; curl in "client" makes traffic.
+#
+#   sudo scripts/demo.sh            live replay
+#   sudo scripts/demo.sh --offline  capture to a pcap first, then replay the file
+#
+# Addresses: lab hosts 198.18.0.0/24, fake clients 203.0.113.0/24. Everything is removed on
+# exit (also on Ctrl-C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins
-echo "built: target/release/tcpcopy target/release/intercept"
-echo "the one-command lab demo is not built yet; see README.md for a manual setup"
+
+mode=live
+case "${1:-}" in
+  "") ;;
+  --offline) mode=offline ;;
+  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--offline]" >&2; exit 2 ;;
+esac
+requests=${DEMO_REQUESTS:-100}
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "demo.sh: run as root (sudo scripts/demo.sh): it builds network namespaces" >&2
+  exit 1
+fi
+
+packages=(libpcap-dev iproute2 ethtool curl python3 tcpdump pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+[ -n "${DEMO_BIN_DIR:-}" ] || command -v cargo >/dev/null || { echo "demo.sh: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+
+if [ -n "${DEMO_BIN_DIR:-}" ]; then
+  bin=$DEMO_BIN_DIR # prebuilt binaries (the CI test of this script)
+else
+  echo "== building release binaries"
+  cargo build --release --bins -q
+  bin=$PWD/target/release
+fi
+py=/usr/bin/python3
+
+run=tcdemo$$
+work=$(mktemp -d /tmp/tcpcopy-demo.XXXXXX)
+pids=()
+hosts=(client online target assist)
+declare -A ip=([client]=198.18.0.10 [online]=198.18.0.20 [target]=198.18.0.30 [assist]=198.18.0.40)
+
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for h in "${hosts[@]}" sw; do ip netns del "$run-$h" 2>/dev/null; done
+  echo "== cleaned up (namespaces $run-*); logs kept in $work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ns() { ip netns exec "$run-$1" "${@:2}"; }
+
+echo "== building the lab ($run-{client,online,target,assist} on a bridge)"
+ip netns add "$run-sw"
+ip -n "$run-sw" link add br0 type bridge stp_state 0 forward_delay 0
+ip -n "$run-sw" link set br0 up
+for h in "${hosts[@]}"; do
+  ip netns add "$run-$h"
+  ip -n "$run-sw" link add "v$h" type veth peer name eth0 netns "$run-$h"
+  ip -n "$run-sw" link set "v$h" master br0 up
+  ns "$h" ip link set lo up
+  ns "$h" ip addr add "${ip[$h]}/24" dev eth0
+  ns "$h" ip link set eth0 up
+  for k in all default eth0 lo; do ns "$h" sysctl -qw "net.ipv4.conf.$k.rp_filter=0"; done
+  ns "$h" ethtool -K eth0 tx off tso off gso off gro off >/dev/null 2>&1 || true
+done
+ns target ip route add 203.0.113.0/24 via 198.18.0.40
+ns assist sysctl -qw net.ipv4.ip_forward=0
+
+wait_port() { # host port
+  for _ in $(seq 1 100); do
+    ns "$1" bash -c "exec 3<>/dev/tcp/${ip[$1]}/$2" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "demo.sh: nothing listens on ${ip[$1]}:$2" >&2; exit 1
+}
+
+mkdir -p "$work/www"
+echo "hello from tcpcopy-rs demo" > "$work/www/index.html"
+start() { # name host command...  ($! is the command itself: ip netns exec execs it)
+  ip netns exec "$run-$2" "${@:3}" > "$work/$1.log" 2>&1 &
+  pids+=($!)
+}
+
+start online-http online $py -m http.server 80 --bind 198.18.0.20 --directory "$work/www"
+start target-http target $py -m http.server 8080 --bind 198.18.0.30 --directory "$work/www"
+wait_port online 80
+wait_port target 8080
+
+start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0
+wait_port assist 36524
+
+traffic() {
+  for i in $(seq 1 "$requests"); do
+    ns client curl -s -o /dev/null "http://198.18.0.20/index.html?req=$i"
+  done
+}
+
+served() { grep -c '"GET /index.html' "$work/$1-http.log" 2>/dev/null || true; }
+
+if [ "$mode" = live ]; then
+  start tcpcopy online "$bin/tcpcopy" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x
+  tcpcopy_pid=${pids[-1]}
+  for _ in $(seq 1 100); do grep -q "event loop running" "$work/tcpcopy.log" && break; sleep 0.1; done
+  echo "== sending $requests HTTP requests from client to online:80 (tcpcopy copies them to target:8080)"
+  traffic
+else
+  echo "== capturing $requests HTTP requests on online to $work/online.pcap"
+  start tcpdump online tcpdump -Z root --immediate-mode -i eth0 -w "$work/online.pcap" -U "tcp port 80"
+  sleep 1
+  traffic
+  sleep 0.5
+  kill -INT "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  echo "== replaying $work/online.pcap offline to target:8080"
+  ns online "$bin/tcpcopy" -i "$work/online.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
+    -c 203.0.113.x --offline-tail 3 > "$work/tcpcopy.log" 2>&1
+fi
+
+online=$(served online)
+for _ in $(seq 1 100); do
+  [ "$(served target)" -ge "$online" ] && break
+  sleep 0.1
+done
+target=$(served target)
+if [ "$mode" = live ]; then
+  # A graceful stop prints tcpcopy's final statistics.
+  kill -INT "$tcpcopy_pid" 2>/dev/null || true
+  wait "$tcpcopy_pid" 2>/dev/null || true
+fi
+
+echo
+echo "== report"
+echo "requests served online:        $online"
+echo "requests received by target:   $target"
+grep -E "conns:|syn cnt:|send:" "$work/tcpcopy.log" | tail -3 | sed 's/^/tcpcopy: /' || true
+echo "logs: $work (online-http.log, target-http.log, intercept.log, tcpcopy.log)"
+if [ "$target" -ge "$online" ] && [ "$online" -gt 0 ]; then
+  echo "OK: the target received every request the online server served"
+else
+  echo "FAILED: the target received $target of $online requests" >&2
+  exit 1
+fi

@@ -1,0 +1,81 @@
+//! The README's first command, `scripts/demo.sh`, runs to its report in CI: live and offline,
+//! the target receiving every request the online server served, nothing left behind.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run_demo(args: &[&str]) {
+    if !is_root() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the demo test needs root (network namespaces) and CI=true: run scripts/test.sh as root"
+        );
+        eprintln!("SKIP demo {args:?}: needs root");
+        return;
+    }
+    let bins = std::env::var("TC_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let exe = std::env::current_exe().expect("test exe");
+            exe.parent()
+                .and_then(|d| d.parent())
+                .expect("target dir")
+                .to_path_buf()
+        });
+    assert!(
+        bins.join("tcpcopy").exists() && bins.join("intercept").exists(),
+        "binaries missing in {}: run cargo build --workspace --bins",
+        bins.display()
+    );
+    let before = netns_list();
+    let out = Command::new("bash")
+        .arg(workspace().join("scripts/demo.sh"))
+        .args(args)
+        .env("DEMO_BIN_DIR", &bins)
+        .env("DEMO_REQUESTS", "20")
+        .output()
+        .expect("run scripts/demo.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "demo {args:?} failed:\n{text}");
+    assert!(text.contains("requests served online:        20"), "{text}");
+    assert!(text.contains("requests received by target:   20"), "{text}");
+    assert!(
+        text.contains("OK: the target received every request"),
+        "{text}"
+    );
+    let left: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with("tcdemo") && !before.contains(n))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+fn netns_list() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn demo_live_and_offline() {
+    run_demo(&[]);
+    run_demo(&["--offline"]);
+}
