@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tc_core::capture::pcap_live::{PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
-use tc_core::packet::{ipv4_payload, Completeness, TcpPacket};
+use tc_core::packet::{ipv4_payload, Completeness, LinkType, PcapWriter, TcpPacket};
 use tcpcopy_lab::*;
 
 const ONLINE_PORT: u16 = 80;
@@ -769,4 +769,281 @@ fn losing_the_intercept_without_l_stops_tcpcopy() {
     let code = s.lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(1));
     assert_eq!(code, Some(1));
     assert!(s.lab.log("tcpcopy").contains("every intercept is gone"));
+}
+
+// ----- offline replay (issue 8) ---------------------------------------------------------------
+
+/// Captured Ethernet frames with their capture times.
+type Frames = Vec<(Duration, Vec<u8>)>;
+
+/// Captures what arrives at online's service ports into Ethernet frames with timestamps.
+struct OnlineRecorder {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Frames>>,
+}
+
+impl OnlineRecorder {
+    fn start(lab: &Lab) -> OnlineRecorder {
+        let mut cap = lab.in_ns(ONLINE, || {
+            let filter = format!(
+                "tcp and dst host {ONLINE_IP} and (dst port {ONLINE_PORT} or dst port {ONLINE_GREET_PORT})"
+            );
+            let mut opts = PcapLiveOptions::new(&filter);
+            opts.snaplen = 65535;
+            PcapLive::open("eth0", &opts).expect("capture on online")
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            let mut idle_after_stop = 0;
+            loop {
+                let stopping = s.load(Ordering::Relaxed);
+                let n = cap
+                    .read_frames(512, &mut |_, frame| {
+                        let ts = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default();
+                        frames.push((ts, frame.to_vec()));
+                    })
+                    .unwrap_or(0);
+                if n == 0 {
+                    if stopping {
+                        idle_after_stop += 1;
+                        if idle_after_stop > 20 {
+                            break;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            frames
+        });
+        OnlineRecorder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Frames {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("recorder")
+    }
+}
+
+/// Writes `frames` (Ethernet) as a pcap of link type `link`, converting each frame.
+fn write_capture(path: &std::path::Path, link: LinkType, frames: &[(Duration, Vec<u8>)]) {
+    let mut w = PcapWriter::create(path, link).expect("create pcap");
+    for (ts, f) in frames {
+        let ip = &f[14..];
+        let bytes: Vec<u8> = match link {
+            LinkType::Ethernet => f.clone(),
+            LinkType::RawIp => ip.to_vec(),
+            LinkType::LinuxSll => {
+                // Linux cooked v1: packet type (0 = to us), ARPHRD_ETHER, address length 6,
+                // the source MAC padded to 8 bytes, protocol 0x0800.
+                let mut v = vec![0, 0, 0, 1, 0, 6];
+                v.extend_from_slice(&f[6..12]);
+                v.extend_from_slice(&[0, 0, 0x08, 0x00]);
+                v.extend_from_slice(ip);
+                v
+            }
+            other => panic!("no conversion to {other:?}"),
+        };
+        w.write(*ts, &bytes).expect("write record");
+    }
+    w.flush().expect("flush pcap");
+}
+
+/// Runs tcpcopy offline on `file` until it exits by itself; returns its log.
+fn replay_offline(lab: &Lab, name: &str, file: &std::path::Path, extra: &[&str]) -> String {
+    let path = file.to_str().unwrap().to_string();
+    let mut args: Vec<&str> = vec!["-s", "198.18.0.40", "-i", &path, "--offline-tail", "3"];
+    let x = transfers();
+    args.extend_from_slice(&["-x", &x]);
+    args.extend_from_slice(extra);
+    lab.spawn(ONLINE, name, &bin("tcpcopy"), &args);
+    let deadline = Instant::now() + REPLAY_DEADLINE;
+    while lab.running(name) {
+        assert!(
+            Instant::now() < deadline,
+            "offline tcpcopy did not finish: {}",
+            lab.log(name)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code = lab.stop(name, libc::SIGTERM, Duration::from_secs(5));
+    let log = lab.log(name);
+    assert_eq!(code, Some(0), "offline tcpcopy exit: {log}");
+    log
+}
+
+/// Target connections from `ip`, by client port.
+fn target_from(s: &Setup, ip: Ipv4Addr) -> Vec<ConnLog> {
+    target_conns(&[&s.target, &s.target_greet])
+        .into_iter()
+        .filter(|c| *c.peer.ip() == ip)
+        .collect()
+}
+
+/// Waits until every online stream is on the target from `ip` `times` times, byte for byte.
+fn assert_streams_replayed(
+    s: &Setup,
+    online: &HashMap<u16, Vec<u8>>,
+    ips: &[Ipv4Addr],
+    times: usize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let conns: Vec<ConnLog> = ips.iter().flat_map(|ip| target_from(s, *ip)).collect();
+        let missing: Vec<u16> = online
+            .iter()
+            .filter(|(_, b)| conns.iter().filter(|c| &c.received == *b).count() != times)
+            .map(|(p, _)| *p)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} online connections not replayed exactly {times}x (from {ips:?}): ports {:?}",
+            missing.len(),
+            online.len(),
+            &missing[..missing.len().min(10)]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A capture made in the lab (keep-alive, short, server-first, 1 MB each way) is replayed
+/// offline at 10x: the target receives 100% of the byte streams; `-T 2` doubles them; raw-IP
+/// and Linux cooked captures replay as well as Ethernet.
+#[test]
+fn offline_replay_of_a_lab_capture() {
+    if !can_run("offline_replay") {
+        return;
+    }
+    let s = setup();
+    let rec = OnlineRecorder::start(&s.lab);
+    let w = Workload {
+        short: 40,
+        keepalive: 5,
+        keepalive_requests: 40,
+        greeting: 3,
+        big: true,
+    };
+    let n = run_workload(&s.lab, "offline", &w);
+    let frames = rec.finish();
+    let online = online_streams(&[&s.online, &s.online_greet]);
+    assert_eq!(online.len(), n);
+    let dir = std::env::temp_dir().join(format!("tc-offline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            LinkType::Ethernet,
+            "eth.pcap",
+            Ipv4Addr::new(203, 0, 113, 41),
+        ),
+        (LinkType::RawIp, "raw.pcap", Ipv4Addr::new(203, 0, 113, 42)),
+        (
+            LinkType::LinuxSll,
+            "sll.pcap",
+            Ipv4Addr::new(203, 0, 113, 43),
+        ),
+    ];
+    for (link, file, ip) in cases {
+        let path = dir.join(file);
+        write_capture(&path, link, &frames);
+        let c = ip.to_string();
+        let log = replay_offline(&s.lab, file, &path, &["-a", "10", "-c", &c]);
+        assert!(log.contains("offline replay is complete"), "{log}");
+        assert_streams_replayed(&s, &online, &[ip], 1);
+    }
+    // Two passes, two fake addresses: every stream twice, as distinct connections.
+    let path = dir.join("eth.pcap");
+    let (a, b) = (
+        Ipv4Addr::new(203, 0, 113, 44),
+        Ipv4Addr::new(203, 0, 113, 45),
+    );
+    let list = format!("{a},{b}");
+    let log = replay_offline(
+        &s.lab,
+        "two_passes",
+        &path,
+        &["-a", "10", "-T", "2", "-c", &list],
+    );
+    assert!(log.contains("replay times:2"), "{log}");
+    assert_streams_replayed(&s, &online, &[a, b], 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A truncated pcap and one with a garbage record end with a clear error (non-zero exit, the
+/// record named), never a panic; what came before is replayed.
+#[test]
+fn offline_replay_of_broken_captures() {
+    if !can_run("offline_broken") {
+        return;
+    }
+    let s = setup();
+    let rec = OnlineRecorder::start(&s.lab);
+    let w = Workload {
+        short: 10,
+        keepalive: 0,
+        keepalive_requests: 0,
+        greeting: 0,
+        big: false,
+    };
+    run_workload(&s.lab, "broken", &w);
+    let frames = rec.finish();
+    let dir = std::env::temp_dir().join(format!("tc-offline-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.pcap");
+    write_capture(&good, LinkType::Ethernet, &frames);
+    let bytes = std::fs::read(&good).unwrap();
+    // Truncated in the middle of a record.
+    let truncated = dir.join("truncated.pcap");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 30]).unwrap();
+    // A record header claiming 1 GB after the first record.
+    let garbage = dir.join("garbage.pcap");
+    let mut g = bytes.clone();
+    let first_len = u32::from_le_bytes(g[24 + 8..24 + 12].try_into().unwrap()) as usize;
+    let second = 24 + 16 + first_len;
+    g[second + 8..second + 12].copy_from_slice(&0x4000_0000u32.to_le_bytes());
+    g[second + 12..second + 16].copy_from_slice(&0x4000_0000u32.to_le_bytes());
+    std::fs::write(&garbage, &g).unwrap();
+    for (name, file) in [("truncated", &truncated), ("garbage", &garbage)] {
+        let path = file.to_str().unwrap().to_string();
+        let x = transfers();
+        let args = [
+            "-s",
+            "198.18.0.40",
+            "-i",
+            path.as_str(),
+            "--offline-tail",
+            "1",
+            "-x",
+            x.as_str(),
+            "-c",
+            "203.0.113.46",
+        ];
+        s.lab.spawn(ONLINE, name, &bin("tcpcopy"), &args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while s.lab.running(name) {
+            assert!(Instant::now() < deadline, "{name}: tcpcopy did not end");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let code = s.lab.stop(name, libc::SIGTERM, Duration::from_secs(5));
+        let log = s.lab.log(name);
+        assert!(!log.contains("panicked"), "{name}: {log}");
+        assert_ne!(
+            code,
+            Some(0),
+            "{name}: a broken capture is an error exit: {log}"
+        );
+        assert!(
+            log.contains("record") || log.contains("truncated") || log.contains("corrupt"),
+            "{name}: the error names the record: {log}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -274,14 +274,15 @@ impl EventLoop {
             return Ok(OfflineStatus::Finished);
         };
         let now = Instant::now();
-        source.poll(
-            now,
-            CAPTURE_BUDGET,
-            &mut |link, frame| match ipv4_payload(link, frame) {
+        let pass = source.stats.passes_done;
+        source.poll(now, CAPTURE_BUDGET, &mut |link, frame| {
+            // `-T`: each pass replays as connections distinct from the last pass's.
+            replayer.start_pass(pass);
+            match ipv4_payload(link, frame) {
                 Ok(datagram) => replayer.on_client_packet(now, datagram, output),
                 Err(reason) => link_drops.count(reason),
-            },
-        )
+            }
+        })
     }
 
     fn on_tunnel_event(&mut self, token: Token, readable: bool, writable: bool) {

@@ -313,6 +313,9 @@ pub struct Replayer {
     /// Fake endpoints of sessions removed lately: the target may still hold them in
     /// TIME_WAIT, so a replica (`-n`) does not start a new connection there.
     recently_closed: HashMap<Key, Instant>,
+    /// Offline `-T` pass (0 for the first): later passes replay as other connections.
+    pass: u32,
+    pass_port_add: u32,
 }
 
 /// How long a closed endpoint is avoided for replicas (Linux TIME_WAIT is 60 s).
@@ -339,11 +342,32 @@ impl Replayer {
             pool: Vec::new(),
             moved_ports: HashMap::new(),
             recently_closed: HashMap::new(),
+            pass: 0,
+            pass_port_add: 0,
         }
     }
 
     pub fn config(&self) -> &ReplayConfig {
         &self.cfg
+    }
+
+    /// Offline `-T`: packets of pass `pass` (0-based) follow. Each pass's connections must be
+    /// distinct from the last's (same 4-tuples and sequence numbers would collide with the
+    /// target's TIME_WAIT state): with two or more `-c` addresses every real client maps to
+    /// another fake address each pass; otherwise the client ports move.
+    pub fn start_pass(&mut self, pass: u32) {
+        if pass == self.pass {
+            return;
+        }
+        self.pass = pass;
+        if self.cfg.client_ips.len() >= 2 {
+            let mut ips = self.cfg.client_ips.clone();
+            let n = ips.len();
+            ips.rotate_left(pass as usize % n);
+            self.client_ips = ClientIpMap::new(ips);
+        } else {
+            self.pass_port_add = pass.wrapping_mul(4099) % 60000;
+        }
     }
 
     /// A captured IPv4 datagram (starting at the IP header; trailing link padding allowed).
@@ -413,7 +437,10 @@ impl Replayer {
             self.drops.count(DropKind::Sampled);
             return;
         }
-        let shifted = ingress::shift_port(src_port, self.cfg.port_shift, self.port_offset);
+        let mut shifted = ingress::shift_port(src_port, self.cfg.port_shift, self.port_offset);
+        if self.pass_port_add > 0 {
+            shifted = ingress::wrap_port(shifted, self.pass_port_add);
+        }
         let t = self.cfg.transfers[transfer];
         // Pure ACKs of established sessions are absorbed before any copying (spec 3.1-9).
         if p.payload_len() == 0 && !p.syn() && !p.fin() && !p.rst() {
