@@ -22,6 +22,9 @@ const CAPTURE_BUDGET: usize = 256;
 const STATS_PERIOD: Duration = Duration::from_secs(30);
 const MEMORY_PERIOD: Duration = Duration::from_secs(60);
 const RECONNECT_PERIOD: Duration = Duration::from_secs(12);
+/// Offline progress: a line this often (on a terminal the line is redrawn every second).
+const PROGRESS_PERIOD: Duration = Duration::from_secs(5);
+const PROGRESS_PERIOD_TTY: Duration = Duration::from_secs(1);
 
 /// Installs the handlers of the signals the loop reacts to. Done first thing at start-up so a
 /// signal arriving while tcpcopy connects and opens devices is not fatal.
@@ -68,6 +71,8 @@ pub struct LoopConfig {
     pub memory_limit_bytes: u64,
     /// With `-d`, SIGHUP is ignored.
     pub ignore_sighup: bool,
+    /// Offline progress is redrawn on a terminal (stderr is one and no `-l`), else logged.
+    pub progress_tty: bool,
 }
 
 pub struct EventLoop {
@@ -129,6 +134,14 @@ impl EventLoop {
         let mut next_stats = start + STATS_PERIOD;
         let mut next_memory = start + MEMORY_PERIOD;
         let mut next_reconnect = start + RECONNECT_PERIOD;
+        // On a terminal (and logging to it) the progress line is redrawn in place.
+        let tty = self.cfg.progress_tty;
+        let progress_period = if tty {
+            PROGRESS_PERIOD_TTY
+        } else {
+            PROGRESS_PERIOD
+        };
+        let mut next_progress = self.offline.as_ref().map(|_| start + progress_period);
         // Sources that hit their budget and may hold more (mio is edge-triggered).
         let mut pending = vec![false; self.captures.len()];
         // The offline source reads its first packets at once.
@@ -143,6 +156,9 @@ impl EventLoop {
                 deadline = deadline.min(d);
             }
             if let Some(d) = offline_wake {
+                deadline = deadline.min(d);
+            }
+            if let Some(d) = next_progress {
                 deadline = deadline.min(d);
             }
             let timeout = if pending.iter().any(|p| *p) {
@@ -199,6 +215,21 @@ impl EventLoop {
             let now = Instant::now();
             if self.replayer.next_deadline().is_some_and(|d| d <= now) {
                 self.replayer.on_timer(now, &mut self.output);
+            }
+            if next_progress.is_some_and(|d| now >= d) {
+                next_progress = Some(now + progress_period);
+                if let Some(o) = &self.offline {
+                    let s = self.replayer.stats();
+                    let line = o.progress(now, self.replayer.live_sessions(), s.released);
+                    if tty {
+                        use std::io::Write;
+                        let mut err = std::io::stderr();
+                        let _ = write!(err, "\r\x1b[2K{line}");
+                        let _ = err.flush();
+                    } else {
+                        log::info!("{line}");
+                    }
+                }
             }
             if now >= next_stats {
                 next_stats = now + STATS_PERIOD;

@@ -220,6 +220,10 @@ fn run(options: Options) -> anyhow::Result<i32> {
             lonely: options.lonely,
             memory_limit_bytes: options.memory_limit_bytes,
             ignore_sighup: options.daemon,
+            // SAFETY: isatty only inspects the descriptor.
+            progress_tty: options.log_file.is_none()
+                && !options.daemon
+                && unsafe { libc::isatty(libc::STDERR_FILENO) } == 1,
         },
         record_len,
     )?;

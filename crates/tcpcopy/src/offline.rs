@@ -29,6 +29,8 @@ pub enum OfflineStatus {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OfflineStats {
     pub read: u64,
+    /// Bytes of the records read (this pass and the ones before).
+    pub bytes: u64,
     pub dispatched: u64,
     pub truncated: u64,
     /// Records of a link type we do not decode.
@@ -52,6 +54,9 @@ pub struct OfflineSource {
     pending_ts: Option<Duration>,
     eof_at: Option<Instant>,
     pub stats: OfflineStats,
+    file_len: u64,
+    passes: u32,
+    started: Instant,
 }
 
 fn open(file: &Path) -> anyhow::Result<PcapReader<BufReader<File>>> {
@@ -85,7 +90,44 @@ impl OfflineSource {
             pending_ts: None,
             eof_at: None,
             stats: OfflineStats::default(),
+            file_len: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
+            passes: passes.max(1),
+            started: now,
         })
+    }
+
+    /// One progress line: packets and bytes read, how far into the file and the passes, time
+    /// spent and an estimate of the time left (from the share of the file read so far).
+    pub fn progress(&self, now: Instant, sessions_open: usize, sessions_done: u64) -> String {
+        let pass = self.stats.passes_done.min(self.passes - 1);
+        let in_pass = if self.file_len > 0 {
+            (self.reader.offset() as f64 / self.file_len as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let done = if self.eof_at.is_some() && self.stats.passes_done + 1 >= self.passes {
+            1.0
+        } else {
+            (f64::from(pass) + in_pass) / f64::from(self.passes)
+        };
+        let elapsed = now.saturating_duration_since(self.started);
+        let left = if done > 0.0 && done < 1.0 {
+            format!("{:.0}s", elapsed.as_secs_f64() * (1.0 - done) / done)
+        } else {
+            "tail".to_string()
+        };
+        format!(
+            "offline progress: {:.1}% (pass {}/{}), packets read:{}, bytes read:{}, sessions open:{}, done:{}, elapsed:{:.0}s, left:{}",
+            done * 100.0,
+            pass + 1,
+            self.passes,
+            self.stats.read,
+            self.stats.bytes,
+            sessions_open,
+            sessions_done,
+            elapsed.as_secs_f64(),
+            left
+        )
     }
 
     /// When the packet with capture time `ts` is due.
@@ -106,6 +148,7 @@ impl OfflineSource {
                 return Ok(false);
             };
             self.stats.read += 1;
+            self.stats.bytes += r.data.len() as u64;
             if r.is_truncated() {
                 self.stats.truncated += 1;
                 log::debug!("truncated packets,drop");
