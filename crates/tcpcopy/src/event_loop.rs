@@ -199,6 +199,14 @@ impl EventLoop {
                     }
                 }
             }
+            // After the end of the file the tail ends early once every session is closed.
+            if let Some(o) = self.offline.as_mut() {
+                if o.in_tail() && self.replayer.live_sessions() == 0 {
+                    let now = Instant::now();
+                    o.end_tail(now);
+                    offline_wake = Some(now);
+                }
+            }
             if offline_wake.is_some_and(|d| d <= Instant::now()) {
                 match self.poll_offline() {
                     Ok(OfflineStatus::WakeAt(t)) => offline_wake = Some(t),

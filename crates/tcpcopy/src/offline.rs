@@ -96,6 +96,18 @@ impl OfflineSource {
         })
     }
 
+    /// The end of the file was reached and the tail wait is running.
+    pub fn in_tail(&self) -> bool {
+        self.eof_at.is_some()
+    }
+
+    /// Ends the tail wait now (every session is closed: nothing is left to wait for).
+    pub fn end_tail(&mut self, now: Instant) {
+        if self.eof_at.is_some() {
+            self.eof_at = Some(now.checked_sub(self.tail).unwrap_or(now));
+        }
+    }
+
     /// One progress line: packets and bytes read, how far into the file and the passes, time
     /// spent and an estimate of the time left (from the share of the file read so far).
     pub fn progress(&self, now: Instant, sessions_open: usize, sessions_done: u64) -> String {
