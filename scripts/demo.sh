@@ -25,17 +25,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(libpcap-dev iproute2 ethtool curl python3 tcpdump pkg-config)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "== installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+source scripts/lab.sh
+install_missing libpcap-dev iproute2 ethtool curl python3 tcpdump pkg-config
 [ -n "${DEMO_BIN_DIR:-}" ] || command -v cargo >/dev/null || { echo "demo.sh: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
 
 if [ -n "${DEMO_BIN_DIR:-}" ]; then
@@ -49,62 +40,25 @@ py=/usr/bin/python3
 
 run=tcdemo$$
 work=$(mktemp -d /tmp/tcpcopy-demo.XXXXXX)
-pids=()
-hosts=(client online target assist)
-declare -A ip=([client]=198.18.0.10 [online]=198.18.0.20 [target]=198.18.0.30 [assist]=198.18.0.40)
-
 cleanup() {
-  set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  sleep 0.3
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  for h in "${hosts[@]}" sw; do ip netns del "$run-$h" 2>/dev/null; done
+  lab_down
   echo "== cleaned up (namespaces $run-*); logs kept in $work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ns() { ip netns exec "$run-$1" "${@:2}"; }
-
 echo "== building the lab ($run-{client,online,target,assist} on a bridge)"
-ip netns add "$run-sw"
-ip -n "$run-sw" link add br0 type bridge stp_state 0 forward_delay 0
-ip -n "$run-sw" link set br0 up
-for h in "${hosts[@]}"; do
-  ip netns add "$run-$h"
-  ip -n "$run-sw" link add "v$h" type veth peer name eth0 netns "$run-$h"
-  ip -n "$run-sw" link set "v$h" master br0 up
-  ns "$h" ip link set lo up
-  ns "$h" ip addr add "${ip[$h]}/24" dev eth0
-  ns "$h" ip link set eth0 up
-  for k in all default eth0 lo; do ns "$h" sysctl -qw "net.ipv4.conf.$k.rp_filter=0"; done
-  ns "$h" ethtool -K eth0 tx off tso off gso off gro off >/dev/null 2>&1 || true
-done
-ns target ip route add 203.0.113.0/24 via 198.18.0.40
-ns assist sysctl -qw net.ipv4.ip_forward=0
-
-wait_port() { # host port
-  for _ in $(seq 1 100); do
-    ns "$1" bash -c "exec 3<>/dev/tcp/${ip[$1]}/$2" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "demo.sh: nothing listens on ${ip[$1]}:$2" >&2; exit 1
-}
+lab_up
 
 mkdir -p "$work/www"
 echo "hello from tcpcopy-rs demo" > "$work/www/index.html"
-start() { # name host command...  ($! is the command itself: ip netns exec execs it)
-  ip netns exec "$run-$2" "${@:3}" > "$work/$1.log" 2>&1 &
-  pids+=($!)
-}
-
 start online-http online $py -m http.server 80 --bind 198.18.0.20 --directory "$work/www"
 start target-http target $py -m http.server 8080 --bind 198.18.0.30 --directory "$work/www"
-wait_port online 80
-wait_port target 8080
+wait_port online 80 || exit 1
+wait_port target 8080 || exit 1
 
 start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0
-wait_port assist 36524
+wait_port assist 36524 || exit 1
 
 traffic() {
   for i in $(seq 1 "$requests"); do

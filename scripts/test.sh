@@ -13,7 +13,7 @@ need_root() {
 }
 need_root
 
-packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3)
+packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

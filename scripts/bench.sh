@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Whole-process benchmark of tcpcopy + intercept in the namespace lab (as root). One run
+# measures, on this machine and in this run only (the figures to compare are the ratios):
+#   offline: a generated capture (CONNS connections, REQUESTS requests, keep-alive and short
+#            mixed) replayed at maximum speed: wall time, packets/s, requests/s, and requests
+#            received at the target / requests in the capture;
+#   live:    a load generator in client against online at RATE requests/s for SECONDS, with
+#            tcpcopy replaying: requests at the target / requests served online, CPU seconds
+#            and peak RSS of tcpcopy and intercept, CPU microseconds per replayed request.
+# usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE SECONDS LIVE_CONNS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+json=false
+[ "${1:-}" = "--json" ] && json=true
+CONNS=${CONNS:-2000}
+REQUESTS=${REQUESTS:-200000}
+RATE=${RATE:-2000}
+SECONDS_LIVE=${SECONDS:-20}
+LIVE_CONNS=${LIVE_CONNS:-50}
+
+[ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
+source scripts/lab.sh
+install_missing libpcap-dev iproute2 ethtool pkg-config bc
+cargo build --release --bins -q -p tcpcopy -p intercept -p tc-e2e
+bin=$PWD/target/release
+
+run=tcbench$$
+work=$(mktemp -d /tmp/tcpcopy-bench.XXXXXX)
+trap 'lab_down' EXIT
+trap 'exit 130' INT TERM
+lab_up
+
+# cpu_seconds PID: user+system CPU time; peak_rss_kb PID: VmHWM.
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$1/stat"; }
+peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+count() { cat "$work/$1.count" 2>/dev/null || echo 0; }
+
+start target-srv target "$bin/tc-bench-server" 198.18.0.30:8080 "$work/target.count"
+start online-srv online "$bin/tc-bench-server" 198.18.0.20:80 "$work/online.count"
+wait_port target 8080; wait_port online 80
+start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0
+intercept_pid=${pids[-1]}
+wait_port assist 36524
+
+# ---- offline ----
+gen=$("$bin/tc-bench-gen" "$work/bench.pcap" "$CONNS" "$REQUESTS")
+packets=$(echo "$gen" | awk '{print $2}')
+cap_requests=$(echo "$gen" | awk '{print $4}')
+t0=$(date +%s.%N)
+ns online "$bin/tcpcopy" -i "$work/bench.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
+  -c 203.0.113.x -a 100000 --offline-tail 30 -l "$work/tcpcopy-offline.log"
+t1=$(date +%s.%N)
+sleep 0.3
+off_target=$(count target)
+off_wall=$(echo "$t1 - $t0" | bc -l)
+
+# ---- live ----
+echo 0 > "$work/target.count.base"; base_target=$(count target); base_online=$(count online)
+start tcpcopy online "$bin/tcpcopy" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
+  -l "$work/tcpcopy-live.log"
+tcpcopy_pid=${pids[-1]}
+for _ in $(seq 1 100); do grep -q "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
+ic_cpu0=$(cpu_seconds "$intercept_pid")
+ns client "$bin/tc-bench-client" 198.18.0.20:80 "$LIVE_CONNS" "$RATE" "$SECONDS_LIVE" > "$work/client.out"
+sleep 1
+live_online=$(( $(count online) - base_online ))
+live_target=$(( $(count target) - base_target ))
+tc_cpu=$(cpu_seconds "$tcpcopy_pid"); tc_rss=$(peak_rss_kb "$tcpcopy_pid")
+ic_cpu=$(echo "$(cpu_seconds "$intercept_pid") - $ic_cpu0" | bc -l); ic_rss=$(peak_rss_kb "$intercept_pid")
+
+ratio() { echo "scale=4; if ($2 > 0) $1 / $2 else 0" | bc -l; }
+per_us() { echo "scale=1; if ($2 > 0) $1 * 1000000 / $2 else 0" | bc -l; }
+off_pps=$(echo "scale=0; $packets / $off_wall" | bc -l)
+off_rps=$(echo "scale=0; $cap_requests / $off_wall" | bc -l)
+off_ratio=$(ratio "$off_target" "$cap_requests")
+live_ratio=$(ratio "$live_target" "$live_online")
+tc_us=$(per_us "$tc_cpu" "$live_target"); ic_us=$(per_us "$ic_cpu" "$live_target")
+
+if $json; then
+  cat <<JSON
+{"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio},
+ "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us}}
+JSON
+else
+  printf '%-44s %s\n' "offline: connections / packets / requests" "$CONNS / $packets / $cap_requests"
+  printf '%-44s %.2f s\n' "offline: wall time (max speed, tail ends early)" "$off_wall"
+  printf '%-44s %s pkt/s, %s req/s\n' "offline: throughput" "$off_pps" "$off_rps"
+  printf '%-44s %s / %s = %s\n' "offline: requests at target / in capture" "$off_target" "$cap_requests" "$off_ratio"
+  printf '%-44s %s req/s x %s s, %s connections\n' "live: load" "$RATE" "$SECONDS_LIVE" "$LIVE_CONNS"
+  printf '%-44s %s / %s = %s\n' "live: requests at target / served online" "$live_target" "$live_online" "$live_ratio"
+  printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: tcpcopy" "$tc_cpu" "$tc_rss" "$tc_us"
+  printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: intercept" "$ic_cpu" "$ic_rss" "$ic_us"
+fi
+echo "logs: $work" >&2

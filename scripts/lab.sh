@@ -1,0 +1,73 @@
+# Shared by demo.sh and bench.sh (source it): a single-host TCPCopy lab of network namespaces
+# (recipe: ../shared/spec/lab.md). Hosts client/online/target/assist on a bridge in "sw";
+# lab addresses 198.18.0.0/24, fake clients 203.0.113.0/24 routed from target to assist.
+# Set `run` (a unique prefix) and `work` (a log directory) before calling lab_up.
+
+hosts=(client online target assist)
+declare -A ip=([client]=198.18.0.10 [online]=198.18.0.20 [target]=198.18.0.30 [assist]=198.18.0.40)
+pids=()
+
+ns() { ip netns exec "$run-$1" "${@:2}"; }
+
+lab_up() {
+  ip netns add "$run-sw"
+  ip -n "$run-sw" link add br0 type bridge stp_state 0 forward_delay 0
+  ip -n "$run-sw" link set br0 up
+  local h k
+  for h in "${hosts[@]}"; do
+    ip netns add "$run-$h"
+    ip -n "$run-sw" link add "v$h" type veth peer name eth0 netns "$run-$h"
+    ip -n "$run-sw" link set "v$h" master br0 up
+    ns "$h" ip link set lo up
+    ns "$h" ip addr add "${ip[$h]}/24" dev eth0
+    ns "$h" ip link set eth0 up
+    for k in all default eth0 lo; do ns "$h" sysctl -qw "net.ipv4.conf.$k.rp_filter=0"; done
+    ns "$h" sysctl -qw net.ipv4.ip_local_port_range="10000 60999"
+    ns "$h" sysctl -qw net.core.somaxconn=4096
+    ns "$h" ethtool -K eth0 tx off tso off gso off gro off >/dev/null 2>&1 || true
+  done
+  ns target ip route add 203.0.113.0/24 via 198.18.0.40
+  ns assist sysctl -qw net.ipv4.ip_forward=0
+}
+
+# Kills what `start` started and removes the namespaces.
+lab_down() {
+  set +e
+  local p h
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  sleep 0.3
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for h in "${hosts[@]}" sw; do ip netns del "$run-$h" 2>/dev/null; done
+}
+
+# start NAME HOST COMMAND...: runs COMMAND in HOST, output to $work/NAME.log; its pid is the
+# last of `pids` (ip netns exec execs the command).
+start() {
+  ip netns exec "$run-$2" "${@:3}" > "$work/$1.log" 2>&1 &
+  pids+=($!)
+}
+
+# wait_port HOST PORT: until something listens on HOST's address (bounded, 10 s).
+wait_port() {
+  local _
+  for _ in $(seq 1 100); do
+    ns "$1" bash -c "exec 3<>/dev/tcp/${ip[$1]}/$2" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on ${ip[$1]}:$2" >&2
+  return 1
+}
+
+# install_missing PACKAGE...: apt-get install what dpkg does not have (Debian, as root).
+install_missing() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}

@@ -1,0 +1,52 @@
+//! Benchmark load generator: `conns` keep-alive connections sending requests of the bench
+//! protocol at a fixed total rate for a fixed time; prints `requests_ok N`.
+//!
+//! usage: tc-bench-client ADDR:PORT CONNS RATE_PER_SECOND SECONDS
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    if a.len() != 5 {
+        eprintln!("usage: tc-bench-client ADDR:PORT CONNS RATE SECONDS");
+        std::process::exit(2);
+    }
+    let addr = a[1].clone();
+    let conns: u64 = a[2].parse().expect("CONNS");
+    let rate: f64 = a[3].parse().expect("RATE");
+    let secs: u64 = a[4].parse().expect("SECONDS");
+    let per_conn = Duration::from_secs_f64(conns as f64 / rate);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let threads: Vec<_> = (0..conns)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    return 0u64;
+                };
+                let _ = s.set_nodelay(true);
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut ok = 0u64;
+                let mut next = Instant::now() + per_conn.mul_f64((i as f64) / (conns as f64));
+                let mut buf = [0u8; 100];
+                while Instant::now() < end {
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                    next += per_conn;
+                    let req = format!("REQ 100 {i} {ok} {}\n", "x".repeat(60));
+                    if s.write_all(req.as_bytes()).is_err() || s.read_exact(&mut buf).is_err() {
+                        break;
+                    }
+                    ok += 1;
+                }
+                ok
+            })
+        })
+        .collect();
+    let total: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    println!("requests_ok {total}");
+}
