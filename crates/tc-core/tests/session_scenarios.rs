@@ -499,3 +499,16 @@ fn records_with_ip_options_are_understood() {
 fn core_records_take(core: &mut SimCore) -> Vec<Vec<u8>> {
     core.records.drain(..).collect()
 }
+
+/// The target never answers: a held request goes out after the bounded wait (no stall, no
+/// busy loop on an expired deadline), and a held client RST too.
+#[test]
+fn unanswered_requests_are_released_after_a_bounded_wait() {
+    let mut core = SimCore::new();
+    core.resp_extra = -1_000_000; // the target answers nothing
+    let c = ClientConn::new(40020, reqs(3, 100, 500));
+    let (r, took) = replay(config(), &mut core, std::slice::from_ref(&c));
+    assert_exact(&core, &c);
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_eq!(r.live_sessions(), 0);
+}

@@ -125,6 +125,8 @@ pub struct Session {
     resp_bytes: u64,
     holding_since: Option<Instant>,
     last_resp_at: Option<Instant>,
+    /// The hold deadline passed: the held request goes out without further waiting.
+    hold_expired: bool,
     rtt: Duration,
     syn_captured_at: Option<Instant>,
     rto: Duration,
@@ -183,6 +185,7 @@ impl Session {
             resp_bytes: 0,
             holding_since: None,
             last_resp_at: None,
+            hold_expired: false,
             rtt: cfg.fixed_rtt.unwrap_or(Duration::from_millis(1)),
             syn_captured_at: None,
             rto: MIN_RTO,
@@ -478,7 +481,7 @@ impl Session {
         } else {
             0
         };
-        if self.resp_bytes >= expected {
+        if self.resp_bytes >= expected || self.hold_expired {
             return true;
         }
         self.hold_deadline().is_some_and(|d| now >= d)
@@ -515,10 +518,11 @@ impl Session {
             }
             self.gap_at = None;
             if is_rst {
-                if self.holding_since.is_some() || !self.response_complete(now, ack) {
+                if !ctx.cfg.dont_wait && !self.response_complete(now, ack) {
                     self.holding_since.get_or_insert(now);
                     break;
                 }
+                self.holding_since = None;
                 let mut q = self.pop_pending();
                 if let Ok(mut p) = TcpPacket::parse(&mut q.data[..], Completeness::Whole) {
                     if seq_lt(p.seq(), self.snd_nxt) {
@@ -541,6 +545,7 @@ impl Session {
                     self.cur_req_ack = Some(ack);
                     self.resp_bytes = 0;
                     self.last_resp_at = None;
+                    self.hold_expired = false;
                 }
                 self.holding_since = None;
             }
@@ -917,6 +922,12 @@ impl Session {
                     return false;
                 }
             }
+        }
+        if self.hold_deadline().is_some_and(|d| now >= d) {
+            // Whatever still holds the next request (a gap, the window), the wait for the
+            // response is over: never re-arm a deadline that already passed.
+            self.holding_since = None;
+            self.hold_expired = true;
         }
         if now >= self.gc_at {
             self.gc_at = now + GC_PERIOD;
