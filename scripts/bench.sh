@@ -7,7 +7,7 @@
 #   live:    a load generator in client against online at RATE requests/s for SECONDS, with
 #            tcpcopy replaying: requests at the target / requests served online, CPU seconds
 #            and peak RSS of tcpcopy and intercept, CPU microseconds per replayed request.
-# usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE SECONDS LIVE_CONNS)
+# usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=false
@@ -15,7 +15,7 @@ json=false
 CONNS=${CONNS:-2000}
 REQUESTS=${REQUESTS:-200000}
 RATE=${RATE:-2000}
-SECONDS_LIVE=${SECONDS:-20}
+SECONDS_LIVE=${LIVE_SECONDS:-20}
 LIVE_CONNS=${LIVE_CONNS:-50}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
