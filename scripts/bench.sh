@@ -59,7 +59,7 @@ echo 0 > "$work/target.count.base"; base_target=$(count target); base_online=$(c
 start tcpcopy online "$bin/tcpcopy" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
   -l "$work/tcpcopy-live.log"
 tcpcopy_pid=${pids[-1]}
-for _ in $(seq 1 100); do grep -q "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
+for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
 ic_cpu0=$(cpu_seconds "$intercept_pid")
 ns client "$bin/tc-bench-client" 198.18.0.20:80 "$LIVE_CONNS" "$RATE" "$SECONDS_LIVE" > "$work/client.out"
 sleep 1
