@@ -310,8 +310,8 @@ pub struct Replayer {
     /// Connections moved to another port because their key was held by a live session:
     /// (fake ip, port before the move, replica index) -> port used.
     moved_ports: HashMap<(Ipv4Addr, u16, u16), u16>,
-    /// Fake endpoints of sessions removed lately: the target may still hold them in
-    /// TIME_WAIT, so a replica (`-n`) does not start a new connection there.
+    /// Fake endpoints of sessions removed lately (with `-n`): the target may still hold them
+    /// in TIME_WAIT, so no other connection starts there.
     recently_closed: HashMap<Key, Instant>,
     /// Offline `-T` pass (0 for the first): later passes replay as other connections.
     pass: u32,
@@ -512,10 +512,14 @@ impl Replayer {
         let mut chosen = port;
         for _ in 0..256 {
             let key = (ip, chosen);
+            // With `-n` every fake endpoint is shared by several connections' copies: none
+            // starts where another connection's session ended lately (the target may hold
+            // that endpoint in TIME_WAIT and refuse a SYN with a lower sequence number).
+            let shared = self.cfg.replicas > 1;
             let taken = match self.sessions.get(&key) {
-                Some(s) => busy(s) || (replica > 0 && s.isn != seq),
+                Some(s) => busy(s) || (shared && s.isn != seq),
                 None => {
-                    replica > 0
+                    shared
                         && self
                             .recently_closed
                             .get(&key)
