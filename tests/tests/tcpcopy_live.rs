@@ -207,6 +207,19 @@ fn run_workload(lab: &Lab, tag: &str, w: &Workload) -> usize {
 }
 
 /// Online connections (closed by the client) keyed by client port.
+/// [`online_streams`] once `n` connections are recorded (a server records a connection when
+/// it sees the client's close, which may come just after the client returned).
+fn settled_online_streams(servers: &[&Server], n: usize) -> HashMap<u16, Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let streams = online_streams(servers);
+        if streams.len() >= n || Instant::now() > deadline {
+            return streams;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn online_streams(servers: &[&Server]) -> HashMap<u16, Vec<u8>> {
     let mut out = HashMap::new();
     for s in servers {
@@ -225,7 +238,7 @@ fn target_conns(servers: &[&Server]) -> Vec<ConnLog> {
 
 /// Every online stream is on the target, same client port, byte for byte.
 fn assert_identical_replay(s: &Setup, expected_conns: usize, clients: &[Ipv4Addr]) {
-    let online = online_streams(&[&s.online, &s.online_greet]);
+    let online = settled_online_streams(&[&s.online, &s.online_greet], expected_conns);
     assert_eq!(online.len(), expected_conns, "online connections");
     let deadline = Instant::now() + REPLAY_DEADLINE;
     let (matched, missing) = loop {
@@ -447,7 +460,7 @@ fn three_copies_of_every_connection() {
         big: false,
     };
     let n = run_workload(&s.lab, "n3", &w);
-    let online = online_streams(&[&s.online, &s.online_greet]);
+    let online = settled_online_streams(&[&s.online, &s.online_greet], n);
     assert_eq!(online.len(), n);
     // Each online stream (unique by its tagged bodies) appears exactly three times.
     let (ok, target) = wait_until(&s.target, REPLAY_DEADLINE, |_| {
@@ -681,7 +694,7 @@ fn lab_workload_reaches_the_online_servers() {
         true,
     );
     let n = run_workload(&lab, "self", &FULL);
-    let streams = online_streams(&[&online, &greet]);
+    let streams = settled_online_streams(&[&online, &greet], n);
     assert_eq!(streams.len(), n);
     let big = streams.values().map(Vec::len).max().unwrap_or(0);
     assert!(big > 1 << 20, "1 MB request recorded: {big}");
@@ -934,7 +947,7 @@ fn offline_replay_of_a_lab_capture() {
     };
     let n = run_workload(&s.lab, "offline", &w);
     let frames = rec.finish();
-    let online = online_streams(&[&s.online, &s.online_greet]);
+    let online = settled_online_streams(&[&s.online, &s.online_greet], n);
     assert_eq!(online.len(), n);
     let dir = std::env::temp_dir().join(format!("tc-offline-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -149,7 +149,9 @@ impl Lab {
                 "net.ipv4.conf.lo.rp_filter=0",
                 "net.ipv4.ip_forward=0",
                 "net.ipv4.ip_local_port_range=10000 60999",
-                "net.ipv4.tcp_tw_reuse=1",
+                // No reuse of TIME_WAIT ports: every client connection of a test has its own
+                // port, which is how tests pair online and target connections.
+                "net.ipv4.tcp_tw_reuse=0",
                 "net.core.somaxconn=4096",
             ]);
             for (n, dev) in [(&ns, "eth0"), (&sw, port.as_str())] {
