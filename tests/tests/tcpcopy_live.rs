@@ -207,14 +207,19 @@ fn run_workload(lab: &Lab, tag: &str, w: &Workload) -> usize {
 }
 
 /// Online connections (closed by the client) keyed by client port.
-/// [`online_streams`] once `n` connections are recorded (a server records a connection when
-/// it sees the client's close, which may come just after the client returned).
-fn settled_online_streams(servers: &[&Server], n: usize) -> HashMap<u16, Vec<u8>> {
+/// Every online connection of the client (a client port may come back when the server closed
+/// first), once `n` are recorded: a server records a connection when it sees the client's
+/// close, which may come just after the client returned.
+fn settled_online_conns(servers: &[&Server], n: usize) -> Vec<ConnLog> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let streams = online_streams(servers);
-        if streams.len() >= n || Instant::now() > deadline {
-            return streams;
+        let conns: Vec<ConnLog> = servers
+            .iter()
+            .flat_map(|s| s.snapshot())
+            .filter(|c| c.peer.ip() == &CLIENT_IP)
+            .collect();
+        if conns.len() >= n || Instant::now() > deadline {
+            return conns;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -236,25 +241,36 @@ fn target_conns(servers: &[&Server]) -> Vec<ConnLog> {
     servers.iter().flat_map(|s| s.snapshot()).collect()
 }
 
-/// Every online stream is on the target, same client port, byte for byte.
+/// Every online connection is on the target, same client port, byte for byte (connections
+/// that share a port are matched as a multiset).
 fn assert_identical_replay(s: &Setup, expected_conns: usize, clients: &[Ipv4Addr]) {
-    let online = settled_online_streams(&[&s.online, &s.online_greet], expected_conns);
+    let online = settled_online_conns(&[&s.online, &s.online_greet], expected_conns);
     assert_eq!(online.len(), expected_conns, "online connections");
     let deadline = Instant::now() + REPLAY_DEADLINE;
     let (matched, missing) = loop {
         let target = target_conns(&[&s.target, &s.target_greet]);
-        let by_port: HashMap<u16, &ConnLog> = target.iter().map(|c| (c.peer.port(), c)).collect();
+        let mut by_port: HashMap<u16, Vec<&ConnLog>> = HashMap::new();
+        for c in &target {
+            by_port.entry(c.peer.port()).or_default().push(c);
+        }
         let mut matched = 0;
         let mut missing = Vec::new();
-        for (port, bytes) in &online {
-            match by_port.get(port) {
-                Some(c) if &c.received == bytes => matched += 1,
-                Some(c) => missing.push(format!(
-                    "port {port}: target has {} of {} bytes",
-                    c.received.len(),
-                    bytes.len()
-                )),
-                None => missing.push(format!("port {port}: no target connection")),
+        for o in &online {
+            let port = o.peer.port();
+            let candidates = by_port.entry(port).or_default();
+            match candidates.iter().position(|c| c.received == o.received) {
+                Some(i) => {
+                    candidates.swap_remove(i);
+                    matched += 1;
+                }
+                None => missing.push(match candidates.first() {
+                    Some(c) => format!(
+                        "port {port}: target has {} of {} bytes",
+                        c.received.len(),
+                        o.received.len()
+                    ),
+                    None => format!("port {port}: no target connection"),
+                }),
             }
         }
         for c in &target {
@@ -460,14 +476,14 @@ fn three_copies_of_every_connection() {
         big: false,
     };
     let n = run_workload(&s.lab, "n3", &w);
-    let online = settled_online_streams(&[&s.online, &s.online_greet], n);
+    let online = settled_online_conns(&[&s.online, &s.online_greet], n);
     assert_eq!(online.len(), n);
     // Each online stream (unique by its tagged bodies) appears exactly three times.
     let (ok, target) = wait_until(&s.target, REPLAY_DEADLINE, |_| {
         let all = target_conns(&[&s.target, &s.target_greet]);
         online
-            .values()
-            .all(|b| all.iter().filter(|c| &c.received == b).count() == 3)
+            .iter()
+            .all(|o| all.iter().filter(|c| c.received == o.received).count() == 3)
     });
     let all = target_conns(&[&s.target, &s.target_greet]);
     assert!(
@@ -650,7 +666,7 @@ fn intercept_restart_with_l_is_survived() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let before: usize = online_streams(&[&s.online]).len();
+    let before: usize = s.online.snapshot().len();
     run_workload(&s.lab, "after", &small);
     let online = online_streams(&[&s.online]);
     let after_ports: Vec<u16> = s
@@ -694,9 +710,9 @@ fn lab_workload_reaches_the_online_servers() {
         true,
     );
     let n = run_workload(&lab, "self", &FULL);
-    let streams = settled_online_streams(&[&online, &greet], n);
-    assert_eq!(streams.len(), n);
-    let big = streams.values().map(Vec::len).max().unwrap_or(0);
+    let conns = settled_online_conns(&[&online, &greet], n);
+    assert_eq!(conns.len(), n);
+    let big = conns.iter().map(|c| c.received.len()).max().unwrap_or(0);
     assert!(big > 1 << 20, "1 MB request recorded: {big}");
     // The target host routes fake clients to the assistant.
     let out = std::process::Command::new("ip")
@@ -900,19 +916,17 @@ fn target_from(s: &Setup, ip: Ipv4Addr) -> Vec<ConnLog> {
 }
 
 /// Waits until every online stream is on the target from `ip` `times` times, byte for byte.
-fn assert_streams_replayed(
-    s: &Setup,
-    online: &HashMap<u16, Vec<u8>>,
-    ips: &[Ipv4Addr],
-    times: usize,
-) {
+fn assert_streams_replayed(s: &Setup, online: &[ConnLog], ips: &[Ipv4Addr], times: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let conns: Vec<ConnLog> = ips.iter().flat_map(|ip| target_from(s, *ip)).collect();
         let missing: Vec<u16> = online
             .iter()
-            .filter(|(_, b)| conns.iter().filter(|c| &c.received == *b).count() != times)
-            .map(|(p, _)| *p)
+            .filter(|o| {
+                let same = online.iter().filter(|x| x.received == o.received).count();
+                conns.iter().filter(|c| c.received == o.received).count() != times * same
+            })
+            .map(|o| o.peer.port())
             .collect();
         if missing.is_empty() {
             return;
@@ -947,7 +961,7 @@ fn offline_replay_of_a_lab_capture() {
     };
     let n = run_workload(&s.lab, "offline", &w);
     let frames = rec.finish();
-    let online = settled_online_streams(&[&s.online, &s.online_greet], n);
+    let online = settled_online_conns(&[&s.online, &s.online_greet], n);
     assert_eq!(online.len(), n);
     let dir = std::env::temp_dir().join(format!("tc-offline-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
