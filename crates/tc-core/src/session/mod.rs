@@ -291,6 +291,21 @@ impl Drops {
 
 type Key = (Ipv4Addr, u16);
 
+/// The [`Ctx`] of a session call: the Replayer's fields a session touches, borrowed apart
+/// from `self.sessions` (a method could not split the borrow).
+macro_rules! ctx {
+    ($r:ident, $out:expr) => {
+        Ctx {
+            cfg: &$r.cfg,
+            stats: &mut $r.stats,
+            drops: &mut $r.drops,
+            out: $out,
+            scratch: &mut $r.scratch,
+            pool: &mut $r.pool,
+        }
+    };
+}
+
 /// Owns every session. See the module docs.
 pub struct Replayer {
     cfg: ReplayConfig,
@@ -557,14 +572,7 @@ impl Replayer {
         let key = (p.src_ip(), p.src_port());
         let target = (p.dst_ip(), p.dst_port());
         let (syn, seq, payload) = (p.syn() && !p.ack_flag(), p.seq(), p.payload_len());
-        let mut ctx = Ctx {
-            cfg: &self.cfg,
-            stats: &mut self.stats,
-            drops: &mut self.drops,
-            out,
-            scratch: &mut self.scratch,
-            pool: &mut self.pool,
-        };
+        let mut ctx = ctx!(self, out);
         if let Some(s) = self.sessions.get_mut(&key) {
             let replace = if syn {
                 if s.isn == seq && s.phase != Phase::Over {
@@ -648,14 +656,7 @@ impl Replayer {
             self.drops.count(DropKind::UnknownResponse);
             return;
         }
-        let mut ctx = Ctx {
-            cfg: &self.cfg,
-            stats: &mut self.stats,
-            drops: &mut self.drops,
-            out,
-            scratch: &mut self.scratch,
-            pool: &mut self.pool,
-        };
+        let mut ctx = ctx!(self, out);
         s.on_response(&mut ctx, now, &r);
         self.reschedule(key);
     }
@@ -676,14 +677,7 @@ impl Replayer {
                 continue;
             }
             s.scheduled = None;
-            let mut ctx = Ctx {
-                cfg: &self.cfg,
-                stats: &mut self.stats,
-                drops: &mut self.drops,
-                out: &mut *out,
-                scratch: &mut self.scratch,
-                pool: &mut self.pool,
-            };
+            let mut ctx = ctx!(self, &mut *out);
             if s.on_timer(&mut ctx, now) {
                 let mut s = self.sessions.remove(&key).expect("present");
                 s.release(&mut ctx);
@@ -710,14 +704,7 @@ impl Replayer {
 
     /// Ends every live session (teardown RST to the target), for a graceful exit.
     pub fn shutdown(&mut self, now: Instant, out: &mut dyn Output) {
-        let mut ctx = Ctx {
-            cfg: &self.cfg,
-            stats: &mut self.stats,
-            drops: &mut self.drops,
-            out,
-            scratch: &mut self.scratch,
-            pool: &mut self.pool,
-        };
+        let mut ctx = ctx!(self, out);
         for (_, mut s) in self.sessions.drain() {
             s.teardown(&mut ctx, now);
             s.release(&mut ctx);
