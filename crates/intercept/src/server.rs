@@ -6,7 +6,7 @@
 //! of a record or never reads is closed and logged, and nothing else waits for it.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
+use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
 use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
 
 use crate::cli::{Config, Devices};
@@ -205,104 +206,48 @@ impl LogLimit {
 
 struct Tunnel {
     id: TunnelId,
-    stream: TcpStream,
+    conn: FramedConn,
     peer: SocketAddr,
     fd: i32,
     accepted_at: Millis,
     handshaken: bool,
-    input: [u8; CLIENT_MSG_LEN],
-    input_len: usize,
-    partial_since: Millis,
-    /// Bytes to write: complete frames, then possibly an open combined frame at `batch_at`.
-    out: Vec<u8>,
-    out_pos: usize,
-    /// Offset in `out` of the open frame's count field, and its record count.
-    batch_at: usize,
-    batch_count: usize,
-    /// Time output last made progress (or became pending).
-    out_progress: Millis,
-    write_interest: bool,
     dirty: bool,
     read_again: bool,
     closing: Option<&'static str>,
 }
 
 impl Tunnel {
-    fn pending_out(&self) -> usize {
-        self.out.len() - self.out_pos
-    }
-
-    /// Closes the open combined frame (writes its count).
-    fn seal(&mut self, stats: &mut Stats) {
-        if self.batch_count > 0 {
-            let count = (self.batch_count as u16).to_be_bytes();
-            self.out[self.batch_at..self.batch_at + 2].copy_from_slice(&count);
-            self.batch_count = 0;
-            stats.writes += 1;
-        }
-    }
-
-    fn push(
-        &mut self,
-        rec: &Record,
-        fmt: WireFormat,
-        max_batch: usize,
-        stats: &mut Stats,
-        now: Millis,
-    ) {
+    fn push(&mut self, rec: &Record, fmt: WireFormat, max_batch: usize, stats: &mut Stats) {
         if self.closing.is_some() {
             stats.overflow += 1;
             return;
         }
-        if self.pending_out() == 0 {
-            self.out_progress = now;
-        }
-        if fmt.combined {
-            if self.batch_count == 0 {
-                self.batch_at = self.out.len();
-                self.out.extend_from_slice(&[0, 0]);
-            }
-            self.out.extend_from_slice(rec.as_bytes());
-            self.batch_count += 1;
-            if self.batch_count >= max_batch {
-                self.seal(stats);
-            }
+        let queued = if fmt.combined {
+            self.conn
+                .queue_batched(rec.as_bytes(), max_batch)
+                .map(|sealed| stats.writes += u64::from(sealed))
         } else {
-            self.out.extend_from_slice(rec.as_bytes());
             stats.writes += 1;
-        }
+            self.conn.queue(rec.as_bytes())
+        };
         stats.records_sent += 1;
-        if self.pending_out() > TUNNEL_OUT_LIMIT {
+        if queued.is_err() {
             self.closing = Some("send queue full (peer does not read)");
         }
     }
 
     /// Writes as much as the socket takes. Returns false on a fatal error.
-    fn write_out(&mut self, stats: &mut Stats, now: Millis) -> bool {
-        self.seal(stats);
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.out_pos += n;
-                    self.out_progress = now;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("send tunnel {} ({}): {e}", self.id, self.peer);
-                    return false;
-                }
+    fn write_out(&mut self, registry: &Registry, stats: &mut Stats) -> bool {
+        if self.conn.seal() {
+            stats.writes += 1;
+        }
+        match self.conn.flush(registry) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!("send tunnel {} ({}): {e}", self.id, self.peer);
+                false
             }
         }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
-        } else if self.out_pos >= 64 * 1024 {
-            self.out.drain(..self.out_pos);
-            self.out_pos = 0;
-        }
-        true
     }
 }
 
@@ -396,7 +341,7 @@ impl Core {
         };
         match target.and_then(|t| tunnels.get_mut(&t)) {
             Some(tunnel) => {
-                tunnel.push(&record, self.fmt, self.max_batch, &mut self.stats, now);
+                tunnel.push(&record, self.fmt, self.max_batch, &mut self.stats);
                 if !tunnel.dirty {
                     tunnel.dirty = true;
                     dirty.push(tunnel.id);
@@ -461,7 +406,7 @@ impl Core {
                 if let Some(waiting) = self.router.client_add(key, tunnel.id, now) {
                     debug!("{} delayed responses sent for {key}", waiting.len());
                     for rec in &waiting {
-                        tunnel.push(rec, self.fmt, self.max_batch, &mut self.stats, now);
+                        tunnel.push(rec, self.fmt, self.max_batch, &mut self.stats);
                     }
                 }
             }
@@ -486,6 +431,8 @@ pub struct Server {
     tunnels: HashMap<TunnelId, Tunnel>,
     next_tunnel: TunnelId,
     dirty: Vec<TunnelId>,
+    /// Client records of one tunnel read, reused every turn.
+    msg_scratch: Vec<[u8; CLIENT_MSG_LEN]>,
     core: Core,
     cfg: Config,
     start: Instant,
@@ -543,6 +490,7 @@ impl Server {
             tunnels: HashMap::new(),
             next_tunnel: 1,
             dirty: Vec::new(),
+            msg_scratch: Vec::with_capacity(TUNNEL_READ_BUDGET / CLIENT_MSG_LEN + 1),
             core,
             cfg: cfg.clone(),
             start: Instant::now(),
@@ -632,7 +580,7 @@ impl Server {
                                 to_read.push(id);
                             }
                             if ev.is_writable() || ev.is_write_closed() {
-                                if !tunnel.write_out(&mut self.core.stats, now) {
+                                if !tunnel.write_out(self.poll.registry(), &mut self.core.stats) {
                                     tunnel.closing.get_or_insert("send failed");
                                 }
                                 if !tunnel.dirty {
@@ -660,7 +608,7 @@ impl Server {
                 self.accept(now);
             }
             self.read_captures(now);
-            self.flush(now);
+            self.flush();
             if now >= next_housekeeping {
                 self.housekeeping(now);
                 next_housekeeping = now + HOUSEKEEPING_MS;
@@ -766,26 +714,27 @@ impl Server {
             return;
         }
         let fd = stream.as_raw_fd();
+        let token = Token(TUNNEL_BASE + id as usize);
+        // Input holds one client record at most; output is bounded by TUNNEL_OUT_LIMIT.
+        let conn = match FramedConn::new(stream, token, CLIENT_MSG_LEN, TUNNEL_OUT_LIMIT) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("cannot set up tunnel from {peer}: {e}");
+                self.core.single.remove(id);
+                return;
+            }
+        };
         self.core.stats.accepted += 1;
         info!("it adds fd:{fd} (tunnel {id} from {peer})");
         self.tunnels.insert(
             id,
             Tunnel {
                 id,
-                stream,
+                conn,
                 peer,
                 fd,
                 accepted_at: now,
                 handshaken: false,
-                input: [0; CLIENT_MSG_LEN],
-                input_len: 0,
-                partial_since: now,
-                out: Vec::with_capacity(2 + 16 * 64),
-                out_pos: 0,
-                batch_at: 0,
-                batch_count: 0,
-                out_progress: now,
-                write_interest: false,
                 dirty: false,
                 read_again: false,
                 closing: None,
@@ -799,56 +748,44 @@ impl Server {
             return false;
         };
         let core = &mut self.core;
-        let mut buf = [0u8; 4096];
-        let mut total = 0;
-        while tunnel.closing.is_none() {
-            if total >= TUNNEL_READ_BUDGET {
-                if !tunnel.dirty {
-                    tunnel.dirty = true;
-                    self.dirty.push(id);
+        let msgs = &mut self.msg_scratch;
+        msgs.clear();
+        let status = tunnel
+            .conn
+            .read_units(&ClientRecords, TUNNEL_READ_BUDGET, |unit| {
+                if let Ok(raw) = unit.try_into() {
+                    msgs.push(raw);
                 }
-                return true;
+            });
+        // Records that arrived before an end of stream or error are still handled.
+        for raw in msgs.iter() {
+            if tunnel.closing.is_some() {
+                break;
             }
-            let n = match tunnel.stream.read(&mut buf) {
-                Ok(0) => {
-                    info!(
-                        "recv length 0,fd:{} (tunnel {} from {})",
-                        tunnel.fd, id, tunnel.peer
-                    );
-                    tunnel.closing = Some("peer closed");
-                    break;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    info!("recv error on tunnel {id} from {}: {e}", tunnel.peer);
-                    tunnel.closing = Some("receive error");
-                    break;
-                }
-            };
-            total += n;
-            let mut data = &buf[..n];
-            while !data.is_empty() && tunnel.closing.is_none() {
-                let take = (CLIENT_MSG_LEN - tunnel.input_len).min(data.len());
-                tunnel.input[tunnel.input_len..tunnel.input_len + take]
-                    .copy_from_slice(&data[..take]);
-                tunnel.input_len += take;
-                data = &data[take..];
-                if tunnel.input_len == CLIENT_MSG_LEN {
-                    tunnel.input_len = 0;
-                    let raw = tunnel.input;
-                    core.on_client_msg(tunnel, &raw, now);
-                } else {
-                    tunnel.partial_since = now;
-                }
-            }
+            core.on_client_msg(tunnel, raw, now);
         }
+        let more = match status {
+            Ok(ReadStatus::Drained) => false,
+            Ok(ReadStatus::BudgetUsed) => tunnel.closing.is_none(),
+            Err(ConnError::Closed) => {
+                info!(
+                    "recv length 0,fd:{} (tunnel {} from {})",
+                    tunnel.fd, id, tunnel.peer
+                );
+                tunnel.closing.get_or_insert("peer closed");
+                false
+            }
+            Err(e) => {
+                info!("recv error on tunnel {id} from {}: {e}", tunnel.peer);
+                tunnel.closing.get_or_insert("receive error");
+                false
+            }
+        };
         if !tunnel.dirty {
             tunnel.dirty = true;
             self.dirty.push(id);
         }
-        false
+        more
     }
 
     fn read_captures(&mut self, now: Millis) {
@@ -881,32 +818,15 @@ impl Server {
     }
 
     /// Writes every tunnel that got records (or input) this turn.
-    fn flush(&mut self, now: Millis) {
+    fn flush(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for id in &dirty {
             let Some(t) = self.tunnels.get_mut(id) else {
                 continue;
             };
             t.dirty = false;
-            if t.closing.is_none() && !t.write_out(&mut self.core.stats, now) {
+            if t.closing.is_none() && !t.write_out(self.poll.registry(), &mut self.core.stats) {
                 t.closing = Some("send failed");
-            }
-            let want = t.pending_out() > 0;
-            if t.closing.is_none() && want != t.write_interest {
-                let interest = if want {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                if let Err(e) = self.poll.registry().reregister(
-                    &mut t.stream,
-                    Token(TUNNEL_BASE + *id as usize),
-                    interest,
-                ) {
-                    error!("cannot poll tunnel {id}: {e}");
-                    t.closing = Some("poll failed");
-                }
-                t.write_interest = want;
             }
         }
         self.dirty = dirty;
@@ -915,19 +835,18 @@ impl Server {
 
     fn housekeeping(&mut self, now: Millis) {
         self.core.router.tick(now);
+        let clock = Instant::now();
+        let input_timeout = Duration::from_millis(TUNNEL_INPUT_TIMEOUT_MS);
+        let send_timeout = Duration::from_millis(TUNNEL_SEND_TIMEOUT_MS);
         for t in self.tunnels.values_mut() {
             if t.closing.is_some() {
                 continue;
             }
             if !t.handshaken && now.saturating_sub(t.accepted_at) >= TUNNEL_INPUT_TIMEOUT_MS {
                 t.closing = Some("no version record in time");
-            } else if t.input_len > 0
-                && now.saturating_sub(t.partial_since) >= TUNNEL_INPUT_TIMEOUT_MS
-            {
+            } else if t.conn.input_stalled_for(clock) >= Some(input_timeout) {
                 t.closing = Some("incomplete record (peer stopped mid-record)");
-            } else if t.pending_out() > 0
-                && now.saturating_sub(t.out_progress) >= TUNNEL_SEND_TIMEOUT_MS
-            {
+            } else if t.conn.output_stalled_for(clock) >= Some(send_timeout) {
                 t.closing = Some("send timeout (peer does not read)");
             }
         }
@@ -961,11 +880,7 @@ impl Server {
             return;
         };
         let why = t.closing.unwrap_or("shutdown");
-        let lost = if t.pending_out() > 0 {
-            t.pending_out()
-        } else {
-            0
-        };
+        let lost = t.conn.pending_output();
         info!(
             "release tunnel resources, fd:{} (tunnel {id} from {}): {why}{}",
             t.fd,
@@ -976,7 +891,7 @@ impl Server {
                 String::new()
             }
         );
-        let _ = self.poll.registry().deregister(&mut t.stream);
+        t.conn.deregister(self.poll.registry());
         self.core.router.tunnel_closed(id);
         self.core.single.remove(id);
         self.core.stats.closed += 1;
@@ -1027,10 +942,9 @@ impl Server {
     fn shutdown(&mut self) {
         info!("release_resources begin");
         // Deliver what is already queued, without waiting for slow peers.
-        let now = self.now();
         for t in self.tunnels.values_mut() {
             if t.closing.is_none() {
-                let _ = t.write_out(&mut self.core.stats, now);
+                let _ = t.write_out(self.poll.registry(), &mut self.core.stats);
             }
         }
         let ids: Vec<TunnelId> = self.tunnels.keys().copied().collect();

@@ -4,8 +4,58 @@
 use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
+use tc_core::control::conn::{ClientRecords, Framing, Reassembler, ResponseFrames};
 use tc_core::control::*;
 use tc_core::packet::{Completeness, TcpPacket};
+
+/// A non-blocking source that hands out `wire` in pieces of the given sizes, with a
+/// "would block" after each piece.
+struct Pieces<'a> {
+    wire: &'a [u8],
+    at: usize,
+    cuts: &'a [usize],
+    next: usize,
+    blocked: bool,
+}
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.blocked || self.at == self.wire.len() {
+            self.blocked = false;
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.cuts[self.next % self.cuts.len()]
+            .min(buf.len())
+            .min(self.wire.len() - self.at);
+        self.next += 1;
+        buf[..n].copy_from_slice(&self.wire[self.at..self.at + n]);
+        self.at += n;
+        self.blocked = true;
+        Ok(n)
+    }
+}
+
+fn reassemble<F: Framing>(wire: &[u8], cuts: &[usize], budget: usize, framing: &F) -> Vec<Vec<u8>> {
+    let mut src = Pieces {
+        wire,
+        at: 0,
+        cuts,
+        next: 0,
+        blocked: false,
+    };
+    let mut r = Reassembler::new(framing.max_frame_len());
+    let mut got = Vec::new();
+    // Bounded: every call consumes at least one piece or reports "would block".
+    for _ in 0..=2 * wire.len() + 2 {
+        r.read_from(&mut src, framing, budget, |u| got.push(u.to_vec()))
+            .unwrap();
+        if src.at == wire.len() && !src.blocked {
+            break;
+        }
+    }
+    assert_eq!(r.pending(), 0, "bytes left in the reassembler");
+    got
+}
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
@@ -195,15 +245,16 @@ fn any_format() -> impl Strategy<Value = WireFormat> {
 
 proptest! {
     /// Any sequence of records, framed and then cut into arbitrary reads, is reassembled
-    /// exactly (the reassembly loop the binaries run: append, split, keep the rest).
+    /// exactly by the reassembler both binaries' connections use.
     #[test]
     fn framing_survives_any_read_sizes(
         fmt in any_format(),
-        records in prop::collection::vec(any::<u8>(), 0..40),
+        records in prop::collection::vec(prop::collection::vec(any::<u8>(), 192), 0..40),
         cuts in prop::collection::vec(1usize..300, 1..60),
+        budget in 1usize..5000,
     ) {
         let len = fmt.record_len();
-        let recs: Vec<Vec<u8>> = records.iter().map(|b| vec![*b; len]).collect();
+        let recs: Vec<Vec<u8>> = records.iter().map(|r| r[..len].to_vec()).collect();
         let mut wire = Vec::new();
         for chunk in recs.chunks(fmt.max_batch()) {
             if fmt.combined {
@@ -213,20 +264,20 @@ proptest! {
                 wire.extend_from_slice(r);
             }
         }
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut at = 0;
-        let mut i = 0;
-        while at < wire.len() {
-            let n = cuts[i % cuts.len()].min(wire.len() - at);
-            i += 1;
-            buf.extend_from_slice(&wire[at..at + n]);
-            at += n;
-            let used = split_frames(&buf, fmt, |r| got.push(r.to_vec())).unwrap();
-            buf.drain(..used);
-        }
-        prop_assert!(buf.is_empty());
+        let framing = ResponseFrames(fmt);
+        let got = reassemble(&wire, &cuts, budget, &framing);
         prop_assert_eq!(got, recs);
+    }
+
+    /// The same for tcpcopy -> intercept records.
+    #[test]
+    fn client_records_survive_any_read_sizes(
+        records in prop::collection::vec(prop::collection::vec(any::<u8>(), 14), 0..100),
+        cuts in prop::collection::vec(1usize..40, 1..60),
+        budget in 1usize..500,
+    ) {
+        let wire: Vec<u8> = records.concat();
+        prop_assert_eq!(reassemble(&wire, &cuts, budget, &ClientRecords), records);
     }
 
     /// Arbitrary bytes never panic the decoders.

@@ -22,6 +22,8 @@ const CAPTURE_BUDGET: usize = 256;
 const STATS_PERIOD: Duration = Duration::from_secs(30);
 const MEMORY_PERIOD: Duration = Duration::from_secs(60);
 const RECONNECT_PERIOD: Duration = Duration::from_secs(12);
+/// How often tunnels are checked for an intercept that stopped reading.
+const TUNNEL_CHECK_PERIOD: Duration = Duration::from_secs(2);
 /// Offline progress: a line this often (on a terminal the line is redrawn every second).
 const PROGRESS_PERIOD: Duration = Duration::from_secs(5);
 const PROGRESS_PERIOD_TTY: Duration = Duration::from_secs(1);
@@ -134,6 +136,8 @@ impl EventLoop {
         let mut next_stats = start + STATS_PERIOD;
         let mut next_memory = start + MEMORY_PERIOD;
         let mut next_reconnect = start + RECONNECT_PERIOD;
+        let mut next_tunnel_check = start + TUNNEL_CHECK_PERIOD;
+        let mut read_again = Vec::new();
         // On a terminal (and logging to it) the progress line is redrawn in place.
         let tty = self.cfg.progress_tty;
         let progress_period = if tty {
@@ -148,7 +152,7 @@ impl EventLoop {
         let mut offline_wake = self.offline.as_ref().map(|_| start);
         let stop = loop {
             let now = Instant::now();
-            let mut deadline = next_stats.min(next_memory);
+            let mut deadline = next_stats.min(next_memory).min(next_tunnel_check);
             if self.cfg.lonely {
                 deadline = deadline.min(next_reconnect);
             }
@@ -161,7 +165,8 @@ impl EventLoop {
             if let Some(d) = next_progress {
                 deadline = deadline.min(d);
             }
-            let timeout = if pending.iter().any(|p| *p) {
+            let busy = pending.iter().any(|p| *p) || self.output.tunnels.has_reads_pending();
+            let timeout = if busy {
                 Duration::ZERO
             } else {
                 deadline.saturating_duration_since(now)
@@ -172,6 +177,10 @@ impl EventLoop {
                 }
             }
             let mut stop = None;
+            self.output.tunnels.take_read_again(&mut read_again);
+            for &token in &read_again {
+                self.on_tunnel_event(token, true, false);
+            }
             for event in events.iter() {
                 let token = event.token();
                 if token == SIGNAL_TOKEN {
@@ -257,6 +266,12 @@ impl EventLoop {
                             limit: self.cfg.memory_limit_bytes,
                         }));
                     }
+                }
+            }
+            if now >= next_tunnel_check {
+                next_tunnel_check = now + TUNNEL_CHECK_PERIOD;
+                for addr in self.output.tunnels.close_stuck(now) {
+                    log::warn!("intercept {addr} is gone");
                 }
             }
             if self.cfg.lonely && now >= next_reconnect {
@@ -377,7 +392,7 @@ impl EventLoop {
             );
         }
         log::info!(
-            "intercepts active:{}/{},tunnels open:{},connects:{},disconnects:{},reconnect attempts:{},client add:{},client add failed:{},response records:{},broken frames:{}",
+            "intercepts active:{}/{},tunnels open:{},connects:{},disconnects:{},reconnect attempts:{},client add:{},client add failed:{},response records:{},broken frames:{},stuck (not reading):{}",
             self.output.tunnels.active_intercepts(),
             self.output.tunnels.total_intercepts(),
             self.output.tunnels.open_connections(),
@@ -387,7 +402,8 @@ impl EventLoop {
             t.client_add_sent,
             t.client_add_failed,
             t.records,
-            t.broken_frames
+            t.broken_frames,
+            t.stuck
         );
         log::debug!("running for {:?}", self.started.elapsed());
     }

@@ -1,15 +1,18 @@
 //! Control tunnels to the intercepts (spec 5): `-C` TCP connections per `-s` address, the
 //! version record first, CLIENT_ADD announcements round-robin per intercept, response frames
-//! reassembled without blocking, and (with `-L`) non-blocking reconnects of lost intercepts.
+//! reassembled without blocking (tc-core's `FramedConn`), and (with `-L`) non-blocking
+//! reconnects of lost intercepts. A tunnel whose intercept stops reading is closed, counted
+//! and, with `-L`, reconnected: it never blocks the loop.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream as StdTcpStream};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use tc_core::control::{split_frames, ClientMsg};
+use tc_core::control::conn::{ConnError, FramedConn, Framing, ReadStatus, ResponseFrames};
+use tc_core::control::ClientMsg;
 
 use crate::cli::{WireOptions, INTERNAL_VERSION};
 
@@ -20,6 +23,10 @@ const SLOTS: usize = 16;
 pub use tc_core::control::{CLIENT_ADD, CLIENT_MSG_LEN, RECORD_LEN, RECORD_LEN_PAYLOAD};
 /// Bytes queued for one tunnel before it counts as stuck and is dropped.
 const MAX_PENDING_WRITE: usize = 1 << 20;
+/// Queued output that has not moved for this long: the intercept is not reading.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response bytes read from one tunnel per turn, so one busy intercept cannot starve the rest.
+const READ_BUDGET: usize = 256 * 1024;
 /// A non-blocking reconnect that has not completed by then is abandoned.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,12 +53,6 @@ pub fn version_message() -> [u8; CLIENT_MSG_LEN] {
     ClientMsg::version(INTERNAL_VERSION).encode()
 }
 
-/// Splits complete response records off the front of `buf` (spec 5.3), appending them to
-/// `records`. Returns the bytes consumed, or an error for a frame count above the maximum.
-pub fn take_records(buf: &[u8], wire: WireOptions, records: &mut Vec<u8>) -> Result<usize, String> {
-    split_frames(buf, wire, |r| records.extend_from_slice(r)).map_err(|e| e.to_string())
-}
-
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TunnelStats {
     pub connects: u64,
@@ -61,19 +62,17 @@ pub struct TunnelStats {
     pub client_add_failed: u64,
     pub records: u64,
     pub broken_frames: u64,
+    /// Tunnels closed because the intercept stopped reading (queue full or no progress).
+    pub stuck: u64,
 }
 
-enum ConnState {
-    Connecting(Instant),
-    Up,
-}
-
-struct Conn {
-    stream: TcpStream,
-    state: ConnState,
-    rbuf: Vec<u8>,
-    wbuf: Vec<u8>,
-    want_write: bool,
+enum Conn {
+    /// A non-blocking reconnect in progress, registered for READABLE | WRITABLE.
+    Connecting {
+        stream: TcpStream,
+        since: Instant,
+    },
+    Up(FramedConn),
 }
 
 struct Intercept {
@@ -86,8 +85,10 @@ struct Intercept {
 pub struct Tunnels {
     intercepts: Vec<Intercept>,
     conns_per_intercept: usize,
-    wire: WireOptions,
+    framing: ResponseFrames,
     registry: Registry,
+    /// Tunnels that used their read budget with data possibly left (mio is edge-triggered).
+    read_again: Vec<Token>,
     pub stats: TunnelStats,
 }
 
@@ -112,6 +113,7 @@ impl Tunnels {
         timeout: Duration,
     ) -> anyhow::Result<Tunnels> {
         let registry = registry.try_clone()?;
+        let framing = ResponseFrames(wire);
         let mut all = Vec::with_capacity(intercepts.len());
         for (i, &addr) in intercepts.iter().enumerate() {
             let mut conns = Vec::with_capacity(conns_per_intercept);
@@ -122,13 +124,13 @@ impl Tunnels {
                 log::info!("connect to remote server({addr})");
                 let mut stream = TcpStream::from_std(std);
                 registry.register(&mut stream, token(i, c), Interest::READABLE)?;
-                conns.push(Some(Conn {
+                let conn = FramedConn::new(
                     stream,
-                    state: ConnState::Up,
-                    rbuf: Vec::with_capacity(4096),
-                    wbuf: Vec::new(),
-                    want_write: false,
-                }));
+                    token(i, c),
+                    framing.max_frame_len(),
+                    MAX_PENDING_WRITE,
+                )?;
+                conns.push(Some(Conn::Up(conn)));
             }
             all.push(Intercept {
                 addr,
@@ -141,8 +143,9 @@ impl Tunnels {
         Ok(Tunnels {
             intercepts: all,
             conns_per_intercept,
-            wire,
+            framing,
             registry,
+            read_again: Vec::new(),
             stats: TunnelStats {
                 connects,
                 ..TunnelStats::default()
@@ -162,15 +165,7 @@ impl Tunnels {
         self.intercepts
             .iter()
             .flat_map(|i| i.conns.iter())
-            .filter(|c| {
-                matches!(
-                    c,
-                    Some(Conn {
-                        state: ConnState::Up,
-                        ..
-                    })
-                )
-            })
+            .filter(|c| matches!(c, Some(Conn::Up(_))))
             .count()
     }
 
@@ -197,23 +192,19 @@ impl Tunnels {
             for _ in 0..n {
                 let c = self.intercepts[i].next % n;
                 self.intercepts[i].next = (c + 1) % n;
-                let up = matches!(
-                    self.intercepts[i].conns[c],
-                    Some(Conn {
-                        state: ConnState::Up,
-                        ..
-                    })
-                );
-                if !up {
+                let Some(Conn::Up(conn)) = self.intercepts[i].conns[c].as_mut() else {
                     continue;
-                }
-                match self.write_to(i, c, &msg) {
+                };
+                match conn.queue(&msg).and_then(|()| conn.flush(&self.registry)) {
                     Ok(()) => {
                         accepted = true;
                         break;
                     }
                     Err(e) => {
                         log::error!("intercept {}: msg send error: {e}", self.intercepts[i].addr);
+                        if matches!(e, ConnError::Overflow { .. }) {
+                            self.stats.stuck += 1;
+                        }
                         self.close(i, c);
                     }
                 }
@@ -225,40 +216,6 @@ impl Tunnels {
             self.stats.client_add_failed += 1;
         }
         accepted
-    }
-
-    fn write_to(&mut self, i: usize, c: usize, msg: &[u8]) -> io::Result<()> {
-        let Some(conn) = self.intercepts[i].conns[c].as_mut() else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        if conn.wbuf.is_empty() {
-            let written = match conn.stream.write(msg) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            };
-            if written == msg.len() {
-                return Ok(());
-            }
-            conn.wbuf.extend_from_slice(&msg[written..]);
-        } else {
-            if conn.wbuf.len() + msg.len() > MAX_PENDING_WRITE {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "tunnel not draining (1 MiB queued)",
-                ));
-            }
-            conn.wbuf.extend_from_slice(msg);
-        }
-        if !conn.want_write {
-            conn.want_write = true;
-            self.registry.reregister(
-                &mut conn.stream,
-                token(i, c),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-        }
-        Ok(())
     }
 
     /// Handles readiness of a tunnel. Complete response records are appended to `records`.
@@ -276,6 +233,11 @@ impl Tunnels {
         let result = self.handle(i, c, readable, writable, records);
         if let Err(e) = result {
             log::warn!("intercept {}: tunnel closed: {e}", self.intercepts[i].addr);
+            match e {
+                ConnError::Protocol(_) => self.stats.broken_frames += 1,
+                ConnError::Overflow { .. } => self.stats.stuck += 1,
+                _ => {}
+            }
             self.close(i, c);
         }
         let now_active = self.intercepts[i].active;
@@ -284,6 +246,16 @@ impl Tunnels {
             (true, false) => TunnelEvent::InterceptDown(self.intercepts[i].addr),
             _ => TunnelEvent::Nothing,
         }
+    }
+
+    /// Tunnels to read again this turn (they used their budget last time).
+    pub fn take_read_again(&mut self, into: &mut Vec<Token>) {
+        into.clear();
+        into.append(&mut self.read_again);
+    }
+
+    pub fn has_reads_pending(&self) -> bool {
+        !self.read_again.is_empty()
     }
 
     fn slot(&self, tok: Token) -> Option<(usize, usize)> {
@@ -300,110 +272,102 @@ impl Tunnels {
         readable: bool,
         writable: bool,
         records: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        let wire = self.wire;
+    ) -> Result<(), ConnError> {
         let addr = self.intercepts[i].addr;
-        let Some(conn) = self.intercepts[i].conns[c].as_mut() else {
-            return Ok(());
-        };
-        if let ConnState::Connecting(_) = conn.state {
-            if let Some(e) = conn.stream.take_error()? {
-                return Err(e);
+        let slot = &mut self.intercepts[i].conns[c];
+        if let Some(Conn::Connecting { stream, .. }) = slot {
+            if let Some(e) = stream.take_error()? {
+                return Err(e.into());
             }
-            match conn.stream.peer_addr() {
+            match stream.peer_addr() {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
-            conn.state = ConnState::Up;
-            conn.stream.set_nodelay(true)?;
+            let Some(Conn::Connecting { mut stream, .. }) = slot.take() else {
+                unreachable!("checked above");
+            };
+            self.registry
+                .reregister(&mut stream, token(i, c), Interest::READABLE)?;
+            let mut conn = FramedConn::new(
+                stream,
+                token(i, c),
+                self.framing.max_frame_len(),
+                MAX_PENDING_WRITE,
+            )?;
+            // The version record goes first; the queue is empty on a fresh connection.
+            conn.queue(&version_message())?;
+            *slot = Some(Conn::Up(conn));
             self.stats.connects += 1;
             log::info!("connect to remote server({addr})");
-            // The version record goes first; the queue is empty on a fresh connection.
-            conn.wbuf.extend_from_slice(&version_message());
             self.intercepts[i].active = true;
         }
-        let Some(conn) = self.intercepts[i].conns[c].as_mut() else {
+        let Some(Conn::Up(conn)) = self.intercepts[i].conns[c].as_mut() else {
             return Ok(());
         };
-        if writable || !conn.wbuf.is_empty() {
-            while !conn.wbuf.is_empty() {
-                match conn.stream.write(&conn.wbuf) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => {
-                        conn.wbuf.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            let want = !conn.wbuf.is_empty();
-            if want != conn.want_write {
-                conn.want_write = want;
-                let interest = if want {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                self.registry
-                    .reregister(&mut conn.stream, token(i, c), interest)?;
-            }
+        if writable || conn.pending_output() > 0 {
+            conn.flush(&self.registry)?;
         }
         if readable {
-            let mut chunk = [0u8; 16384];
-            loop {
-                match conn.stream.read(&mut chunk) {
-                    Ok(0) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "closed by intercept",
-                        ))
-                    }
-                    Ok(n) => {
-                        conn.rbuf.extend_from_slice(&chunk[..n]);
-                        let before = records.len();
-                        let used = take_records(&conn.rbuf, wire, records).map_err(|e| {
-                            self.stats.broken_frames += 1;
-                            io::Error::new(io::ErrorKind::InvalidData, e)
-                        })?;
-                        conn.rbuf.drain(..used);
-                        let record_len = if wire.payload {
-                            RECORD_LEN_PAYLOAD
-                        } else {
-                            RECORD_LEN
-                        };
-                        self.stats.records += ((records.len() - before) / record_len) as u64;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
+            let record_len = self.framing.0.record_len();
+            let before = records.len();
+            let status =
+                conn.read_units(&self.framing, READ_BUDGET, |r| records.extend_from_slice(r));
+            self.stats.records += ((records.len() - before) / record_len) as u64;
+            if status? == ReadStatus::BudgetUsed {
+                self.read_again.push(token(i, c));
             }
         }
         Ok(())
     }
 
     fn close(&mut self, i: usize, c: usize) {
-        if let Some(mut conn) = self.intercepts[i].conns[c].take() {
-            let _ = self.registry.deregister(&mut conn.stream);
-            if matches!(conn.state, ConnState::Up) {
+        match self.intercepts[i].conns[c].take() {
+            Some(Conn::Up(mut conn)) => {
+                conn.deregister(&self.registry);
                 self.stats.disconnects += 1;
             }
+            Some(Conn::Connecting { mut stream, .. }) => {
+                let _ = self.registry.deregister(&mut stream);
+            }
+            None => {}
         }
-        let any_up = self.intercepts[i].conns.iter().any(|c| {
-            matches!(
-                c,
-                Some(Conn {
-                    state: ConnState::Up,
-                    ..
-                })
-            )
-        });
+        let any_up = self.intercepts[i]
+            .conns
+            .iter()
+            .any(|c| matches!(c, Some(Conn::Up(_))));
         if !any_up && self.intercepts[i].active {
             self.intercepts[i].active = false;
             log::warn!("intercept {} is inactive", self.intercepts[i].addr);
         }
+    }
+
+    /// Closes tunnels whose queued output has not moved for [`SEND_TIMEOUT`] (the intercept
+    /// stopped reading). Returns the intercepts that went down.
+    pub fn close_stuck(&mut self, now: Instant) -> Vec<SocketAddrV4> {
+        let mut down = Vec::new();
+        for i in 0..self.intercepts.len() {
+            for c in 0..self.intercepts[i].conns.len() {
+                let stuck = matches!(
+                    &self.intercepts[i].conns[c],
+                    Some(Conn::Up(conn)) if conn.output_stalled_for(now) >= Some(SEND_TIMEOUT)
+                );
+                if stuck {
+                    let was_active = self.intercepts[i].active;
+                    log::warn!(
+                        "intercept {}: tunnel closed: nothing sent for {} s (intercept not reading)",
+                        self.intercepts[i].addr,
+                        SEND_TIMEOUT.as_secs()
+                    );
+                    self.stats.stuck += 1;
+                    self.close(i, c);
+                    if was_active && !self.intercepts[i].active {
+                        down.push(self.intercepts[i].addr);
+                    }
+                }
+            }
+        }
+        down
     }
 
     /// Starts non-blocking connects for every connection slot of inactive intercepts that is
@@ -416,17 +380,18 @@ impl Tunnels {
             for c in 0..self.conns_per_intercept {
                 let stale = match &self.intercepts[i].conns[c] {
                     None => true,
-                    Some(Conn {
-                        state: ConnState::Connecting(started),
-                        ..
-                    }) => now.duration_since(*started) >= CONNECT_TIMEOUT,
-                    Some(_) => false,
+                    Some(Conn::Connecting { since, .. }) => {
+                        now.duration_since(*since) >= CONNECT_TIMEOUT
+                    }
+                    Some(Conn::Up(_)) => false,
                 };
                 if !stale {
                     continue;
                 }
-                if let Some(mut old) = self.intercepts[i].conns[c].take() {
-                    let _ = self.registry.deregister(&mut old.stream);
+                if let Some(Conn::Connecting { mut stream, .. }) =
+                    self.intercepts[i].conns[c].take()
+                {
+                    let _ = self.registry.deregister(&mut stream);
                 }
                 let addr = self.intercepts[i].addr;
                 self.stats.reconnect_attempts += 1;
@@ -440,13 +405,7 @@ impl Tunnels {
                             log::warn!("intercept {addr}: cannot register reconnect: {e}");
                             continue;
                         }
-                        self.intercepts[i].conns[c] = Some(Conn {
-                            stream,
-                            state: ConnState::Connecting(now),
-                            rbuf: Vec::with_capacity(4096),
-                            wbuf: Vec::new(),
-                            want_write: true,
-                        });
+                        self.intercepts[i].conns[c] = Some(Conn::Connecting { stream, since: now });
                     }
                     Err(e) => {
                         log::warn!("intercept {addr}: reconnect failed: {e}");
@@ -464,7 +423,6 @@ fn token(intercept: usize, conn: usize) -> Token {
 
 fn connect_blocking(addr: SocketAddrV4, timeout: Duration) -> io::Result<StdTcpStream> {
     let mut stream = StdTcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
-    stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(Duration::from_secs(3)))?;
     stream.write_all(&version_message())?;
     stream.set_nonblocking(true)?;
@@ -474,6 +432,7 @@ fn connect_blocking(addr: SocketAddrV4, timeout: Duration) -> io::Result<StdTcpS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     const COMBINED: WireOptions = WireOptions {
         combined: true,
@@ -497,39 +456,6 @@ mod tests {
             m,
             [203, 0, 113, 1, 0x12, 0x34, 0, 1, 198, 18, 0, 30, 0x1f, 0x90]
         );
-    }
-
-    #[test]
-    fn combined_frames_partial_and_broken() {
-        let mut buf = vec![0, 2];
-        buf.extend(std::iter::repeat_n(1u8, 64));
-        buf.extend(std::iter::repeat_n(2u8, 64));
-        buf.extend([0, 0]); // an empty frame
-        buf.extend([0, 1]);
-        buf.extend(std::iter::repeat_n(3u8, 10)); // incomplete
-        let mut out = Vec::new();
-        let used = take_records(&buf, COMBINED, &mut out).unwrap();
-        assert_eq!(used, 2 + 128 + 2);
-        assert_eq!(out.len(), 128);
-        assert_eq!(out[64], 2);
-        let mut out = Vec::new();
-        assert!(take_records(&[0, 17], COMBINED, &mut out).is_err());
-        let payload = WireOptions {
-            combined: true,
-            payload: true,
-        };
-        assert!(take_records(&[0, 7], payload, &mut out).is_err());
-    }
-
-    #[test]
-    fn bare_records() {
-        let wire = WireOptions {
-            combined: false,
-            payload: false,
-        };
-        let mut out = Vec::new();
-        assert_eq!(take_records(&[0u8; 150], wire, &mut out).unwrap(), 128);
-        assert_eq!(out.len(), 128);
     }
 
     #[test]
@@ -652,5 +578,165 @@ mod tests {
         }
         s.read_exact(&mut v).unwrap();
         assert_eq!(v, version_message());
+    }
+
+    fn listener_with_small_receive_buffer() -> (std::net::TcpListener, SocketAddrV4) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        socket.listen(8).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        (listener, addr)
+    }
+
+    /// One intercept never reads: its tunnel overflows, is closed and counted; the other
+    /// intercept keeps getting every announcement, and the caller never blocks.
+    #[test]
+    fn an_intercept_that_never_reads_is_dropped_and_the_other_keeps_flowing() {
+        use std::net::TcpListener;
+        let (deaf_listener, deaf_addr) = listener_with_small_receive_buffer();
+        let good_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(good_addr) = good_listener.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let poll = mio::Poll::new().unwrap();
+        let mut tunnels = Tunnels::connect_all(
+            &[deaf_addr, good_addr],
+            1,
+            COMBINED,
+            poll.registry(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        let (_deaf, _) = deaf_listener.accept().unwrap();
+        let (mut good, _) = good_listener.accept().unwrap();
+        // The good intercept reads everything, counting CLIENT_ADDs, until the stream ends.
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0usize;
+            loop {
+                match good.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+            (total - CLIENT_MSG_LEN) / CLIENT_MSG_LEN
+        });
+        let started = Instant::now();
+        let mut sent = 0usize;
+        // Bounded: 1 MiB queue + kernel buffers (a few MB) fill well before this.
+        for port in 0..2_000_000u32 {
+            assert!(tunnels.client_add(
+                Ipv4Addr::new(203, 0, 113, 1),
+                port as u16,
+                Ipv4Addr::new(198, 18, 0, 30),
+                8080
+            ));
+            sent += 1;
+            if tunnels.stats.stuck > 0 && sent % 1000 == 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            tunnels.stats.stuck, 1,
+            "the deaf intercept's tunnel was not dropped"
+        );
+        assert_eq!(tunnels.active_intercepts(), 1);
+        assert_eq!(tunnels.stats.client_add_failed, 0);
+        assert!(started.elapsed() < Duration::from_secs(60));
+        // Flush what is queued for the good intercept, then end its stream.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut events = mio::Events::with_capacity(8);
+        let mut records = Vec::new();
+        let mut poll = poll;
+        loop {
+            let Some(Conn::Up(conn)) = tunnels.intercepts[1].conns[0].as_ref() else {
+                panic!("good tunnel gone")
+            };
+            if conn.pending_output() == 0 || Instant::now() > deadline {
+                break;
+            }
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in events.iter() {
+                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
+            }
+        }
+        drop(tunnels);
+        assert_eq!(
+            reader.join().unwrap(),
+            sent,
+            "announcements lost on the good tunnel"
+        );
+    }
+
+    /// An intercept that sends half a frame and stops holds back nothing: the other
+    /// intercept's records come through, the half frame is kept until it completes.
+    #[test]
+    fn half_a_frame_from_one_intercept_does_not_hold_back_another() {
+        use std::net::TcpListener;
+        let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = |l: &TcpListener| match l.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            _ => panic!("v4"),
+        };
+        let mut poll = mio::Poll::new().unwrap();
+        let mut tunnels = Tunnels::connect_all(
+            &[addr(&l1), addr(&l2)],
+            1,
+            COMBINED,
+            poll.registry(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        let (mut half, _) = l1.accept().unwrap();
+        let (mut good, _) = l2.accept().unwrap();
+        let mut frame = vec![0u8, 2];
+        frame.extend([7u8; 64]);
+        frame.extend([8u8; 64]);
+        half.write_all(&frame[..70]).unwrap();
+        let mut events = mio::Events::with_capacity(8);
+        let mut records = Vec::new();
+        for k in 0..50u8 {
+            let mut f = vec![0u8, 1];
+            f.extend([k; 64]);
+            good.write_all(&f).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while records.len() < 50 * 64 && Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in events.iter() {
+                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
+            }
+        }
+        assert_eq!(records.len(), 50 * 64);
+        assert!(records.chunks(64).enumerate().all(|(k, r)| r[0] == k as u8));
+        assert_eq!(tunnels.open_connections(), 2);
+        // The rest of the half frame completes it.
+        half.write_all(&frame[70..]).unwrap();
+        records.clear();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while records.len() < 128 && Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in events.iter() {
+                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
+            }
+        }
+        assert_eq!(&records[..64], &[7u8; 64]);
+        assert_eq!(&records[64..], &[8u8; 64]);
+        assert_eq!(tunnels.stats.broken_frames, 0);
     }
 }

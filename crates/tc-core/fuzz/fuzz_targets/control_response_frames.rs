@@ -1,9 +1,33 @@
 #![no_main]
-//! intercept -> tcpcopy frames: any byte stream in any variant, reassembled across arbitrary
-//! read boundaries, every record viewed as a segment.
+//! intercept -> tcpcopy frames: any byte stream in any variant, fed to the reassembler tcpcopy's
+//! tunnels use in arbitrary read sizes and budgets, every record viewed as a segment.
+
+use std::io::{ErrorKind, Read};
 
 use libfuzzer_sys::fuzz_target;
-use tc_core::control::{record_view, split_frames, WireFormat};
+use tc_core::control::conn::{Framing, Reassembler, ResponseFrames};
+use tc_core::control::{record_view, WireFormat};
+
+/// Hands out `data` in `step`-byte reads, "would block" after each.
+struct Pieces<'a> {
+    data: &'a [u8],
+    step: usize,
+    blocked: bool,
+}
+
+impl Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.blocked || self.data.is_empty() {
+            self.blocked = false;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let n = self.step.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        self.blocked = true;
+        Ok(n)
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -13,23 +37,30 @@ fuzz_target!(|data: &[u8]| {
         combined: mode & 1 == 0,
         payload: mode & 2 != 0,
     };
+    let framing = ResponseFrames(fmt);
     let step = usize::from(mode >> 2).max(1);
-    let mut buf = Vec::new();
-    let mut whole = 0usize;
-    for piece in rest.chunks(step) {
-        buf.extend_from_slice(piece);
-        match split_frames(&buf, fmt, |r| {
-            assert_eq!(r.len(), fmt.record_len());
-            whole += 1;
+    let mut src = Pieces {
+        data: rest,
+        step,
+        blocked: false,
+    };
+    let mut r = Reassembler::new(framing.max_frame_len());
+    let budget = step * 3;
+    for _ in 0..=2 * rest.len() + 2 {
+        let out = r.read_from(&mut src, &framing, budget, |rec| {
+            assert_eq!(rec.len(), fmt.record_len());
             let mut norm = [0u8; 256];
-            if let Some(v) = record_view(r, &mut norm) {
+            if let Some(v) = record_view(rec, &mut norm) {
                 let _ = (v.payload_len(), v.options(), v.payload().len());
             }
-        }) {
-            Ok(used) => {
-                buf.drain(..used);
-            }
-            Err(_) => return,
+        });
+        if out.is_err() {
+            return;
+        }
+        assert!(r.pending() <= framing.max_frame_len());
+        if src.data.is_empty() && !src.blocked {
+            return;
         }
     }
+    panic!("reassembler made no progress");
 });

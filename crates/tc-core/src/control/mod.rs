@@ -11,7 +11,10 @@
 //!
 //! Nothing on the wire announces the variant: both binaries take the same long options,
 //! `--disable-combined` and `--payload`, to build the same [`WireFormat`].
-//! No sockets here: the binaries drive their non-blocking connections and use these codecs.
+//! The codecs here touch no socket; [`conn::FramedConn`] is the non-blocking mio connection
+//! both binaries drive them with.
+
+pub mod conn;
 
 use std::net::Ipv4Addr;
 
