@@ -512,3 +512,71 @@ fn unanswered_requests_are_released_after_a_bounded_wait() {
     assert!(took < Duration::from_secs(30), "{took:?}");
     assert_eq!(r.live_sessions(), 0);
 }
+
+/// The target closes after every response (a shorter keep-alive than online's) and resets
+/// data sent to the closed socket: every later request is delivered on a new connection,
+/// so the target application still gets the whole stream.
+#[test]
+fn target_closing_after_each_response_gets_every_request_on_new_connections() {
+    let mut core = SimCore::new();
+    core.close_after_response = true;
+    core.reset_data_after_close = true;
+    let c = ClientConn::new(40020, reqs(4, 120, 300));
+    let (r, _) = replay(config(), &mut core, std::slice::from_ref(&c));
+    assert_exact(&core, &c);
+    let s = r.stats();
+    assert!(s.reconnect >= 3, "reconnect:{}", s.reconnect);
+    assert_eq!(r.live_sessions(), 0);
+}
+
+/// The target resets a connection while a request is in flight (unacknowledged): the
+/// request is replayed on a new connection, not lost.
+#[test]
+fn request_in_flight_when_the_target_resets_is_replayed() {
+    let mut core = SimCore::new();
+    let c = ClientConn::new(40021, reqs(3, 200, 400));
+    // The first request's segment is reset (the target's app never saw it).
+    core.reset_data = 1;
+    let (r, _) = replay(config(), &mut core, std::slice::from_ref(&c));
+    assert_exact(&core, &c);
+    assert_eq!(r.stats().resp_rst, 1);
+    assert_eq!(r.stats().reconnect, 1);
+}
+
+/// A target that resets every request: reconnections are bounded, the session ends.
+#[test]
+fn a_target_that_always_resets_is_not_retried_forever() {
+    let mut core = SimCore::new();
+    core.reset_data = usize::MAX;
+    let c = ClientConn::new(40022, reqs(2, 100, 100));
+    let (r, took) = replay(config(), &mut core, std::slice::from_ref(&c));
+    let s = r.stats();
+    assert!(s.reconnect <= 3, "reconnect:{}", s.reconnect);
+    assert!(s.resp_rst >= 1);
+    assert_eq!(r.live_sessions(), 0);
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}
+
+/// Finished sessions linger and are then removed; while they linger no timer spins.
+#[test]
+fn lingering_sessions_are_removed_without_spinning() {
+    let mut core = SimCore::new();
+    let conns: Vec<ClientConn> = (0..20u16)
+        .map(|i| ClientConn::new(40100 + i, reqs(1, 50, 50)))
+        .collect();
+    let (mut r, _) = replay(config(), &mut core, &conns);
+    assert_eq!(r.live_sessions(), 0);
+    assert!(r.active_sessions() > 0, "sessions linger after the end");
+    // Past the lingering period every session is gone, in a handful of timer calls.
+    let mut calls = 0;
+    while let Some(d) = r.next_deadline() {
+        calls += 1;
+        assert!(calls < 1000, "timers keep firing");
+        core.now = core.now.max(d);
+        let now = core.now;
+        r.on_timer(now, &mut core);
+        assert!(r.next_deadline().is_none_or(|t| t > now));
+    }
+    assert_eq!(r.active_sessions(), 0);
+    assert_eq!(r.stats().lingering, 0);
+}

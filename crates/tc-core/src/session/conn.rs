@@ -38,6 +38,8 @@ const SYN_RETRY: Duration = Duration::from_secs(1);
 pub const GAP_WAIT: Duration = Duration::from_secs(2);
 /// A held request waits at most this long for a response that never comes.
 const NO_RESPONSE_CAP: Duration = Duration::from_secs(3);
+/// Reconnections after target resets with no data acknowledged in between.
+const MAX_RECON_TRIES: u8 = 3;
 const MIN_RTO: Duration = Duration::from_millis(200);
 const MAX_RTO: Duration = Duration::from_secs(5);
 
@@ -145,6 +147,9 @@ pub struct Session {
     client_fin_sent: bool,
     target_fin: bool,
     dup_acks: u8,
+    /// Reconnections after a target reset without progress since (bounded: a request that
+    /// makes the target reset every time is not replayed forever).
+    recon_tries: u8,
     pub timer_gen: u64,
     pub scheduled: Option<Instant>,
 }
@@ -203,6 +208,7 @@ impl Session {
             client_fin_sent: false,
             target_fin: false,
             dup_acks: 0,
+            recon_tries: 0,
             timer_gen: 0,
             scheduled: None,
         }
@@ -238,6 +244,11 @@ impl Session {
 
     /// Earliest deadline of this session.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.phase == Phase::Over {
+            // Only the end of lingering matters (other timers are cancelled; an old GC time
+            // in the past would fire again and again).
+            return self.linger_until;
+        }
         let mut d = Some(self.gc_at);
         let hold = self.hold_deadline();
         for t in [
@@ -407,6 +418,14 @@ impl Session {
             return;
         }
         self.enqueue(ctx, now, datagram);
+        if self.phase == Phase::Established
+            && self.target_fin
+            && self.pending.iter().any(|q| q.payload > 0)
+        {
+            // A request after the target closed: deliver it on a new connection (spec 4.18).
+            self.reconnect_or_finish(ctx, now, true);
+            return;
+        }
         if self.phase == Phase::Closed && self.recon_at.is_none() && !self.pending.is_empty() {
             if !self.fake_handshake(ctx, now) {
                 ctx.drops.count(DropKind::NoIntercept);
@@ -709,7 +728,15 @@ impl Session {
         }
         if r.rst() {
             ctx.stats.resp_rst += 1;
-            self.on_target_reset(ctx, now);
+            match self.phase {
+                Phase::Established => self.on_target_reset(ctx, now),
+                // Only a RST answering our SYN refuses it; others are left over from the
+                // connection this one replaces on the same 4-tuple.
+                Phase::SynSent if r.ack_flag() && r.ack() == self.isn.wrapping_add(1) => {
+                    self.finish(now)
+                }
+                _ => {}
+            }
             return;
         }
         if r.syn() {
@@ -767,7 +794,7 @@ impl Session {
             }
             if self.pending.iter().any(|q| q.payload > 0) {
                 // Requests remain: reconnect to deliver them (spec 4.18).
-                self.reconstruct(ctx, now);
+                self.reconnect_or_finish(ctx, now, true);
                 return;
             }
         }
@@ -777,6 +804,7 @@ impl Session {
     fn on_ack(&mut self, ctx: &mut Ctx, now: Instant, ack: u32, pure: bool) {
         if seq_gt(ack, self.snd_una) && seq_le(ack, self.snd_nxt) {
             self.snd_una = ack;
+            self.recon_tries = 0;
             self.dup_acks = 0;
             while let Some(q) = self.unacked.front() {
                 if seq_le(q.end, ack) {
@@ -829,22 +857,59 @@ impl Session {
     }
 
     fn on_target_reset(&mut self, ctx: &mut Ctx, now: Instant) {
-        if self.phase == Phase::Established && self.pending.iter().any(|q| q.payload > 0) {
-            self.reconstruct(ctx, now);
+        let data_left = self
+            .pending
+            .iter()
+            .chain(self.unacked.iter())
+            .any(|q| q.payload > 0);
+        if data_left {
+            self.reconnect_or_finish(ctx, now, false);
         } else {
             self.finish(now);
         }
     }
 
-    /// Drops the current target connection and schedules a new (faked) handshake for the
-    /// captured data not sent yet (spec 4.18).
-    fn reconstruct(&mut self, ctx: &mut Ctx, now: Instant) {
-        if !self.target_fin {
-            // The target only reset us if it did not close: no RST needed after a RST.
+    /// Reconnects to deliver what the target did not take, unless the last reconnections
+    /// made no progress (a request the target always refuses is not replayed forever).
+    fn reconnect_or_finish(&mut self, ctx: &mut Ctx, now: Instant, send_rst: bool) {
+        if self.recon_tries < MAX_RECON_TRIES {
+            self.recon_tries += 1;
+            self.reconstruct(ctx, now, send_rst, true);
+        } else if send_rst {
+            self.teardown(ctx, now);
+        } else {
+            self.finish(now);
         }
-        for q in self.unacked.drain(..) {
-            self.buffered -= q.data.len();
-            ctx.recycle(q.data);
+    }
+
+    /// Drops the current target connection (with a RST unless the target reset it) and
+    /// schedules a new (faked) handshake for the captured data the target did not take: what
+    /// was never sent, and what was sent but not acknowledged (the target's stack never took
+    /// it, so its application never saw it) (spec 4.18).
+    fn reconstruct(&mut self, ctx: &mut Ctx, now: Instant, send_rst: bool, replay_unacked: bool) {
+        if send_rst && self.phase == Phase::Established {
+            self.send_synth(ctx, self.snd_nxt, flags::RST | flags::ACK);
+        }
+        if !replay_unacked {
+            for q in self.unacked.drain(..) {
+                self.buffered -= q.data.len();
+                ctx.recycle(q.data);
+            }
+        }
+        // Unacknowledged segments go back to the front of the queue, minus acked bytes.
+        while let Some(mut q) = self.unacked.pop_back() {
+            if q.payload > 0 && seq_lt(q.seq, self.snd_una) && seq_lt(self.snd_una, q.end) {
+                let n = self.snd_una.wrapping_sub(q.seq) as usize;
+                if let Ok(mut p) = TcpPacket::parse(&mut q.data[..], Completeness::Whole) {
+                    p.trim_front(n);
+                    let len = p.as_bytes().len();
+                    self.buffered -= q.data.len() - len;
+                    q.data.truncate(len);
+                    q.seq = self.snd_una;
+                    q.payload -= n.min(q.payload);
+                }
+            }
+            self.pending.push_front(q);
         }
         self.phase = Phase::Closed;
         self.client_fin_sent = false;
@@ -916,8 +981,8 @@ impl Session {
                     // Give up on the missing bytes: close this connection and replay the
                     // rest on a new one (counted).
                     ctx.drops.count(DropKind::CaptureGap);
-                    self.send_synth(ctx, self.snd_nxt, flags::RST | flags::ACK);
-                    self.reconstruct(ctx, now);
+                    // The segments before the gap were sent already: not replayed again.
+                    self.reconstruct(ctx, now, true, false);
                     self.recon_at = Some(now);
                     return false;
                 }

@@ -694,7 +694,6 @@ impl Replayer {
             }
         }
         self.stats.active = self.sessions.len() as u64;
-        self.stats.lingering = self.sessions.values().filter(|s| s.is_over()).count() as u64;
     }
 
     /// The earliest pending timer, for the event loop's poll timeout.
@@ -728,6 +727,7 @@ impl Replayer {
     pub fn stats(&self) -> ReplayStats {
         let mut s = self.stats;
         s.active = self.sessions.len() as u64;
+        s.lingering = self.sessions.values().filter(|s| s.is_over()).count() as u64;
         s
     }
 

@@ -179,6 +179,7 @@ pub struct TargetConn {
     pub received: Vec<u8>,
     pending_line: Vec<u8>,
     pub fin_received: bool,
+    pub fin_sent: bool,
     pub reset: bool,
     pub syns: usize,
     pub ts: bool,
@@ -204,6 +205,11 @@ pub struct SimCore {
     pub greeting: usize,
     pub refuse: bool,
     pub close_after_response: bool,
+    /// Data on a connection the target already closed (FIN sent) is answered with a RST,
+    /// as a closed socket does.
+    pub reset_data_after_close: bool,
+    /// The next this many data segments are answered with a RST instead of being taken.
+    pub reset_data: usize,
     pub silent: bool,
     pub accept_adds: bool,
     pub target_window: u16,
@@ -227,6 +233,8 @@ impl SimCore {
             greeting: 0,
             refuse: false,
             close_after_response: false,
+            reset_data_after_close: false,
+            reset_data: 0,
             silent: false,
             accept_adds: true,
             target_window: 65535,
@@ -375,6 +383,17 @@ impl SimCore {
         }
         let c = self.conns.get_mut(&key).expect("conn");
         let payload = p.payload();
+        let closed = c.fin_sent && self.reset_data_after_close;
+        if !payload.is_empty() && (closed || self.reset_data > 0) {
+            if !closed {
+                self.reset_data -= 1;
+            }
+            let (seq, ack) = (c.snd_nxt, c.rcv_nxt);
+            let c = self.conns.remove(&key).expect("conn");
+            self.old_conns.push((key, c));
+            self.reply(key, seq, ack, flags::RST | flags::ACK, 0, None);
+            return;
+        }
         let mut responses: Vec<usize> = Vec::new();
         if !payload.is_empty() || p.fin() {
             if p.seq() == c.rcv_nxt {
@@ -417,9 +436,10 @@ impl SimCore {
             }
             let c = self.conns.get_mut(&key).expect("conn");
             c.response_times.push(now);
-            if close_after {
+            if close_after && !c.fin_sent {
                 let (seq, ack) = (c.snd_nxt, c.rcv_nxt);
                 c.snd_nxt = c.snd_nxt.wrapping_add(1);
+                c.fin_sent = true;
                 self.reply(key, seq, ack, flags::ACK | flags::FIN, 0, ts);
             }
         }
@@ -495,6 +515,11 @@ pub fn run(
         } else {
             let now = core.now;
             replayer.on_timer(now, core);
+            // No timer stays due after firing: a due one would spin the event loop.
+            assert!(
+                replayer.next_deadline().is_none_or(|d| d > now),
+                "a timer is still due right after on_timer"
+            );
         }
         if next >= capture.len() && replayer.live_sessions() == 0 && core.records.is_empty() {
             break;
