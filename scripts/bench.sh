@@ -8,6 +8,8 @@
 #            tcpcopy replaying: requests at the target / requests served online, CPU seconds
 #            and peak RSS of tcpcopy and intercept, CPU microseconds per replayed request.
 # usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS)
+#        PROFILE=1 also records tcpcopy's live phase with `perf record -g` (linux-perf) into
+#        the logs directory; `perf report -i <logs>/tcpcopy.perf` shows where its CPU goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=false
@@ -61,8 +63,14 @@ start tcpcopy online "$bin/tcpcopy" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203
 tcpcopy_pid=${pids[-1]}
 for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
 ic_cpu0=$(cpu_seconds "$intercept_pid")
+perf_pid=
+if [ "${PROFILE:-0}" = 1 ]; then
+  perf record -q -F 999 -g -p "$tcpcopy_pid" -o "$work/tcpcopy.perf" >/dev/null 2>&1 &
+  perf_pid=$!
+fi
 ns client "$bin/tc-bench-client" 198.18.0.20:80 "$LIVE_CONNS" "$RATE" "$SECONDS_LIVE" > "$work/client.out"
 sleep 1
+[ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
 live_online=$(( $(count online) - base_online ))
 live_target=$(( $(count target) - base_target ))
 tc_cpu=$(cpu_seconds "$tcpcopy_pid"); tc_rss=$(peak_rss_kb "$tcpcopy_pid")
