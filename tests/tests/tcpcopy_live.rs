@@ -434,6 +434,10 @@ fn fidelity_with(test: &str, extra: &[&str], send_pcap: bool, offload: bool) {
     assert!(to_target > 0);
     assert!(log.contains("all clt:"), "{log}");
     assert!(log.contains("refused (not a target):0"), "{log}");
+    assert!(
+        !log.contains("many connections can't be established"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -1073,4 +1077,44 @@ fn offline_replay_of_broken_captures() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Spec 9.2: when the target's answers never reach intercept (here: a target port intercept
+/// does not watch, where nothing listens), the statistics warn that connections cannot be
+/// established, and nothing is replayed.
+#[test]
+fn unreachable_responses_are_diagnosed() {
+    if !can_run("unreachable_responses") {
+        return;
+    }
+    let s = setup();
+    let started = Instant::now();
+    start_tcpcopy(
+        &s.lab,
+        "tcpcopy",
+        &[
+            "-x",
+            &format!("{ONLINE_PORT}-{TARGET_IP}:9"),
+            "-c",
+            "203.0.113.31",
+        ],
+    );
+    let w = Workload {
+        short: 8,
+        keepalive: 0,
+        keepalive_requests: 0,
+        greeting: 0,
+        big: false,
+    };
+    let n = run_workload(&s.lab, "unreach", &w);
+    assert_eq!(settled_online_conns(&[&s.online], n).len(), n);
+    // The diagnosis needs more than 3 s of running (spec 9.2).
+    let at = started + Duration::from_millis(3500);
+    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+    let log = stop_tcpcopy(&s.lab, "tcpcopy");
+    assert!(
+        log.contains("many connections can't be established"),
+        "{log}"
+    );
+    assert!(target_conns(&[&s.target]).is_empty());
 }

@@ -361,6 +361,21 @@ impl EventLoop {
         for line in stats_lines(&s) {
             log::info!("{line}");
         }
+        // Spec 9.2 (there against the sessions in the table; here against every session
+        // so far, so it also holds at exit): few completed handshakes usually mean the
+        // target's SYN-ACKs do not reach intercept (route, filter) or the target is down.
+        let sessions = s.active + s.released;
+        if self.started.elapsed() > Duration::from_secs(3)
+            && sessions > 0
+            && s.conns * 100 / sessions < 80
+        {
+            log::warn!(
+                "many connections can't be established (handshakes completed:{}, sessions:{}, syn sent:{}): check that the target routes its responses to the intercept host and that intercept's filter matches them",
+                s.conns,
+                sessions,
+                s.send_syn
+            );
+        }
         let drops = self.replayer.drop_counts();
         if !drops.is_empty() {
             let text: Vec<String> = drops.iter().map(|(n, c)| format!("{n}:{c}")).collect();
