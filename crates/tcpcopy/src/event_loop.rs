@@ -356,7 +356,7 @@ impl EventLoop {
         }
     }
 
-    fn log_stats(&self) {
+    fn log_stats(&mut self) {
         let s = self.replayer.stats();
         for line in stats_lines(&s) {
             log::info!("{line}");
@@ -383,7 +383,7 @@ impl EventLoop {
         }
         let o = &self.output.stats;
         let t = &self.output.tunnels.stats;
-        let capture_dropped: u64 = self.captures.iter().map(|c| c.dropped()).sum();
+        let capture_dropped: u64 = self.captures.iter_mut().map(|c| c.dropped()).sum();
         log::info!(
             "sent packets:{},send errors:{},refused (not a target):{}",
             o.sent,

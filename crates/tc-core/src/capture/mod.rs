@@ -21,8 +21,8 @@ pub trait Capture {
         on_frame: &mut dyn FnMut(LinkType, &[u8]),
     ) -> io::Result<usize>;
 
-    /// Frames the backend (or the kernel, where it tells) dropped.
-    fn dropped(&self) -> u64 {
+    /// Frames the backend (or the kernel, where it tells) dropped so far.
+    fn dropped(&mut self) -> u64 {
         0
     }
 }

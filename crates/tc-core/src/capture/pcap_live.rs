@@ -195,8 +195,9 @@ impl Capture for PcapLive {
         Ok(n)
     }
 
-    fn dropped(&self) -> u64 {
-        0
+    fn dropped(&mut self) -> u64 {
+        // Dropped for lack of buffer space, and by the interface (where pcap can tell).
+        self.stats().map_or(0, |s| s.dropped + s.if_dropped)
     }
 }
 
@@ -231,6 +232,11 @@ mod tests {
         let mut seen = 0;
         let n = cap.read_frames(10, &mut |_, _| seen += 1).unwrap();
         assert_eq!((n, seen), (0, 0));
+        assert!(
+            cap.stats().is_some(),
+            "kernel counters readable on a live capture"
+        );
+        assert_eq!(cap.dropped(), 0);
         let bad = PcapLive::open("lo", &PcapLiveOptions::new("tcp and and"));
         assert!(matches!(bad, Err(PcapLiveError::Filter { .. })));
     }
