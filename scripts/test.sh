@@ -13,7 +13,10 @@ need_root() {
 }
 need_root
 
-packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc)
+# redis-server .. apache2-utils: the real servers and clients of tests/tests/real_servers.rs
+# (their Debian service instances, if started, listen in the root namespace: no conflict).
+packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc
+  redis-server redis-tools postgresql postgresql-client nginx-light apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
