@@ -188,6 +188,29 @@ fn replay_report(lab: &Lab) -> String {
     )
 }
 
+/// With TC_REAL_PCAP=<dir>, tcpdump records the service's packets on online and on target
+/// (`<dir>/online.pcap`, `<dir>/target.pcap`) for diagnosing a failed replay.
+fn maybe_capture(lab: &Lab, online_port: u16, target_port: u16) {
+    let Ok(dir) = std::env::var("TC_REAL_PCAP") else {
+        return;
+    };
+    let filter = format!("tcp port {online_port} or tcp port {target_port}");
+    for host in [ONLINE, TARGET] {
+        let path = format!("{dir}/{host}.pcap");
+        let name = format!("tcpdump-{host}");
+        lab.spawn(
+            host,
+            &name,
+            &PathBuf::from("/usr/bin/tcpdump"),
+            &["-i", "eth0", "-U", "-s", "128", "-w", &path, &filter],
+        );
+        let (listening, _) = poll(Duration::from_secs(10), || {
+            (lab.log(&name).contains("listening on"), ())
+        });
+        assert!(listening, "tcpdump in {host}: {}", lab.log(&name));
+    }
+}
+
 fn wait_tcp(lab: &Lab, host: &str, addr: SocketAddrV4, what: &str) {
     assert!(
         lab.wait_listening(host, addr, Duration::from_secs(15)),
@@ -335,6 +358,7 @@ fn redis_target_ends_with_the_online_data_set() {
         &tmp.sub("target"),
     );
     start_intercept(&lab, REDIS_TARGET_PORT);
+    maybe_capture(&lab, REDIS_ONLINE_PORT, REDIS_TARGET_PORT);
     start_tcpcopy(&lab, REDIS_ONLINE_PORT, REDIS_TARGET_PORT);
 
     let online = SocketAddrV4::new(ONLINE_IP, REDIS_ONLINE_PORT);
@@ -749,6 +773,7 @@ fn postgres_target_ends_with_the_online_rows() {
         &tmp.sub("target"),
     );
     start_intercept(&lab, PG_TARGET_PORT);
+    maybe_capture(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);
     start_tcpcopy(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);
 
     let host = ONLINE_IP.to_string();
@@ -976,6 +1001,7 @@ fn http_case(test: &str, workload: impl FnOnce(&HttpClient) -> usize) {
     );
     // wait_tcp's probes send no request: nginx logs nothing for them.
     start_intercept(&lab, HTTP_TARGET_PORT);
+    maybe_capture(&lab, HTTP_ONLINE_PORT, HTTP_TARGET_PORT);
     start_tcpcopy(&lab, HTTP_ONLINE_PORT, HTTP_TARGET_PORT);
 
     let client = HttpClient {
