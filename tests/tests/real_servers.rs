@@ -189,14 +189,14 @@ fn replay_report(lab: &Lab) -> String {
 }
 
 /// With TC_REAL_PCAP=<dir>, tcpdump records the service's packets on online and on target
-/// (`<dir>/online.pcap`, `<dir>/target.pcap`) for diagnosing a failed replay.
+/// (`<dir>/<namespace>-<online port>.pcap`) for diagnosing a failed replay.
 fn maybe_capture(lab: &Lab, online_port: u16, target_port: u16) {
     let Ok(dir) = std::env::var("TC_REAL_PCAP") else {
         return;
     };
     let filter = format!("tcp port {online_port} or tcp port {target_port}");
     for host in [ONLINE, TARGET] {
-        let path = format!("{dir}/{host}.pcap");
+        let path = format!("{dir}/{}-{port}.pcap", lab.ns(host), port = online_port);
         let name = format!("tcpdump-{host}");
         lab.spawn(
             host,
