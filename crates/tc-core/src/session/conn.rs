@@ -38,6 +38,8 @@ const SYN_RETRY: Duration = Duration::from_secs(1);
 pub const GAP_WAIT: Duration = Duration::from_secs(2);
 /// A held request waits at most this long for a response that never comes.
 const NO_RESPONSE_CAP: Duration = Duration::from_secs(3);
+/// Least quiet time that ends a response of unexpected length (see `Session::quiet`).
+const RESPONSE_QUIET: Duration = Duration::from_millis(100);
 /// Reconnections after target resets with no data acknowledged in between.
 const MAX_RECON_TRIES: u8 = 3;
 const MIN_RTO: Duration = Duration::from_millis(200);
@@ -268,16 +270,21 @@ impl Session {
         d
     }
 
+    /// How long response data must have stopped before a response whose length does not
+    /// match the online one counts as complete. Response records reach tcpcopy in bursts
+    /// (intercept's capture and batching, scheduling on busy hosts): a gap of a few ms while
+    /// the target is still streaming is common, so the online RTT alone is far too short.
     fn quiet(&self) -> Duration {
-        (self.rtt * 2).clamp(Duration::from_millis(2), Duration::from_secs(1))
+        (self.rtt * 2).clamp(RESPONSE_QUIET, Duration::from_secs(1))
     }
 
     fn hold_deadline(&self) -> Option<Instant> {
         let since = self.holding_since?;
-        let cap = since + NO_RESPONSE_CAP.max(self.rtt * 10);
         Some(match self.last_resp_at {
-            Some(t) => (t + self.quiet()).min(cap),
-            None => cap,
+            // Data is flowing: wait until it stops, however long the response takes.
+            Some(t) => t + self.quiet(),
+            // Nothing yet: a bounded wait for a response that may never come.
+            None => since + NO_RESPONSE_CAP.max(self.rtt * 10),
         })
     }
 
@@ -488,11 +495,16 @@ impl Session {
     /// Whether the response to the current request is complete enough to send `next_ack`'s
     /// request: by length (the online server sent `next_ack - cur_req_ack` bytes; once the
     /// target sent as many the response is complete) or, as a fallback, by a quiet period.
-    fn response_complete(&self, now: Instant, next_ack: u32) -> bool {
+    ///
+    /// The client's FIN is stricter: a target response longer than the online one may still
+    /// be streaming, and a FIN in the middle of a response makes servers abort it, so only
+    /// an exact length match lets it go before the quiet period.
+    fn response_complete(&self, now: Instant, next_ack: u32, fin_only: bool) -> bool {
         let Some(cur) = self.cur_req_ack else {
             return true;
         };
         if next_ack == cur {
+            // The online client did not wait for (more of) a response either.
             return true;
         }
         let expected = if seq_gt(next_ack, cur) {
@@ -500,7 +512,12 @@ impl Session {
         } else {
             0
         };
-        if self.resp_bytes >= expected || self.hold_expired {
+        let by_length = if fin_only {
+            self.resp_bytes == expected
+        } else {
+            self.resp_bytes >= expected
+        };
+        if by_length || self.hold_expired {
             return true;
         }
         self.hold_deadline().is_some_and(|d| now >= d)
@@ -537,7 +554,7 @@ impl Session {
             }
             self.gap_at = None;
             if is_rst {
-                if !ctx.cfg.dont_wait && !self.response_complete(now, ack) {
+                if !ctx.cfg.dont_wait && !self.response_complete(now, ack, true) {
                     self.holding_since.get_or_insert(now);
                     break;
                 }
@@ -555,7 +572,7 @@ impl Session {
                 return;
             }
             if payload > 0 || is_fin {
-                if !ctx.cfg.dont_wait && !self.response_complete(now, ack) {
+                if !ctx.cfg.dont_wait && !self.response_complete(now, ack, payload == 0) {
                     self.holding_since.get_or_insert(now);
                     break;
                 }

@@ -180,6 +180,9 @@ pub struct TargetConn {
     pending_line: Vec<u8>,
     pub fin_received: bool,
     pub fin_sent: bool,
+    /// For every data or FIN segment received: (its ack, what the target had sent by then).
+    /// Equal values mean tcpcopy had seen the whole response before sending on.
+    pub data_acks: Vec<(u32, u32)>,
     pub reset: bool,
     pub syns: usize,
     pub ts: bool,
@@ -195,7 +198,14 @@ pub struct SimCore {
     pub now: Instant,
     pub conns: HashMap<(Ipv4Addr, u16), TargetConn>,
     pub old_conns: Vec<((Ipv4Addr, u16), TargetConn)>,
-    pub records: VecDeque<Vec<u8>>,
+    /// Records on their way to tcpcopy, with the time they arrive.
+    pub records: VecDeque<(Instant, Vec<u8>)>,
+    /// Every `n`-th record (and all behind it) arrives this much later: intercept's path
+    /// stalling for a moment (scheduling, batching) while the target streams on.
+    pub record_stall: Option<(u64, Duration)>,
+    records_made: u64,
+    /// When the record path is free again (records keep their order).
+    record_path_free: Option<Instant>,
     pub adds: Vec<(Ipv4Addr, u16, Ipv4Addr, u16)>,
     pub sent: Vec<Vec<u8>>,
     pub keep_sent: bool,
@@ -224,6 +234,9 @@ impl SimCore {
             conns: HashMap::new(),
             old_conns: Vec::new(),
             records: VecDeque::new(),
+            record_stall: None,
+            records_made: 0,
+            record_path_free: None,
             adds: Vec::new(),
             sent: Vec::new(),
             keep_sent: false,
@@ -282,7 +295,15 @@ impl SimCore {
         let hdr = 20 + usize::from(buf[32] >> 4) * 4;
         rec[..hdr.min(64)].copy_from_slice(&buf[..hdr.min(64)]);
         let _ = n;
-        self.records.push_back(rec);
+        self.records_made += 1;
+        let mut at = self.now.max(self.record_path_free.unwrap_or(self.now));
+        if let Some((every, stall)) = self.record_stall {
+            if self.records_made % every == 0 {
+                at += stall;
+            }
+        }
+        self.record_path_free = Some(at);
+        self.records.push_back((at, rec));
     }
 
     fn on_datagram(&mut self, d: &[u8]) {
@@ -383,6 +404,9 @@ impl SimCore {
         }
         let c = self.conns.get_mut(&key).expect("conn");
         let payload = p.payload();
+        if !payload.is_empty() || p.fin() {
+            c.data_acks.push((p.ack(), c.snd_nxt));
+        }
         let closed = c.fin_sent && self.reset_data_after_close;
         if !payload.is_empty() && (closed || self.reset_data > 0) {
             if !closed {
@@ -489,23 +513,25 @@ pub fn run(
         steps += 1;
         assert!(steps < 50_000_000, "simulation did not settle");
         // Intercept's records reach tcpcopy (about 100 us after the target sent them).
-        while let Some(rec) = core.records.pop_front() {
+        while core.records.front().is_some_and(|(at, _)| *at <= core.now) {
+            let (_, rec) = core.records.pop_front().expect("front");
             let now = core.now;
             replayer.on_response(now, &rec, core);
         }
         let cap_due = capture.get(next).map(|c| t0 + c.at);
         let timer_due = replayer.next_deadline();
-        let due = match (cap_due, timer_due) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
-            (None, None) => break,
+        let record_due = core.records.front().map(|(at, _)| *at);
+        let Some(due) = [cap_due, timer_due, record_due].into_iter().flatten().min() else {
+            break;
         };
         if due > t0 + limit {
             break;
         }
         if due > core.now {
             core.now = due;
+        }
+        if record_due.is_some_and(|r| r <= core.now) {
+            continue;
         }
         if cap_due.is_some_and(|c| c <= core.now) {
             let now = core.now;
