@@ -587,8 +587,14 @@ fn lingering_sessions_are_removed_without_spinning() {
 /// A FIN in the middle of a response makes servers such as nginx abort the connection.
 #[test]
 fn big_responses_with_a_bursty_record_path_stay_in_lock_step() {
+    for stall in [8, 60] {
+        big_responses_with_stalls(Duration::from_millis(stall));
+    }
+}
+
+fn big_responses_with_stalls(stall: Duration) {
     let mut core = SimCore::new();
-    core.record_stall = Some((40, Duration::from_millis(8)));
+    core.record_stall = Some((40, stall));
     let c = ClientConn::new(40030, reqs(6, 60, 1 << 20));
     let (_, _) = replay(config(), &mut core, std::slice::from_ref(&c));
     assert_exact(&core, &c);
@@ -600,7 +606,7 @@ fn big_responses_with_a_bursty_record_path_stay_in_lock_step() {
     let early: Vec<_> = conn.data_acks.iter().filter(|(a, s)| a != s).collect();
     assert!(
         early.is_empty(),
-        "{} of {} segments sent before the response was complete: {early:?}",
+        "stalls of {stall:?}: {} of {} segments sent before the response was complete: {early:?}",
         early.len(),
         conn.data_acks.len()
     );

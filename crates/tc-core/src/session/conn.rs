@@ -39,7 +39,11 @@ pub const GAP_WAIT: Duration = Duration::from_secs(2);
 /// A held request waits at most this long for a response that never comes.
 const NO_RESPONSE_CAP: Duration = Duration::from_secs(3);
 /// Least quiet time that ends a response of unexpected length (see `Session::quiet`).
-const RESPONSE_QUIET: Duration = Duration::from_millis(100);
+const RESPONSE_QUIET: Duration = Duration::from_millis(20);
+/// The same after a full-sized segment: more of the response is probably on its way.
+const RESPONSE_QUIET_STREAMING: Duration = Duration::from_millis(100);
+/// Segments at least this long (and as long as the longest seen) count as full-sized.
+const MIN_FULL_SEGMENT: u32 = 536;
 /// Reconnections after target resets with no data acknowledged in between.
 const MAX_RECON_TRIES: u8 = 3;
 const MIN_RTO: Duration = Duration::from_millis(200);
@@ -131,6 +135,9 @@ pub struct Session {
     last_resp_at: Option<Instant>,
     /// The hold deadline passed: the held request goes out without further waiting.
     hold_expired: bool,
+    /// Longest response segment seen, and whether the last one was that long.
+    max_resp_seg: u32,
+    last_resp_full: bool,
     rtt: Duration,
     syn_captured_at: Option<Instant>,
     rto: Duration,
@@ -193,6 +200,8 @@ impl Session {
             holding_since: None,
             last_resp_at: None,
             hold_expired: false,
+            max_resp_seg: 0,
+            last_resp_full: false,
             rtt: cfg.fixed_rtt.unwrap_or(Duration::from_millis(1)),
             syn_captured_at: None,
             rto: MIN_RTO,
@@ -273,9 +282,15 @@ impl Session {
     /// How long response data must have stopped before a response whose length does not
     /// match the online one counts as complete. Response records reach tcpcopy in bursts
     /// (intercept's capture and batching, scheduling on busy hosts): a gap of a few ms while
-    /// the target is still streaming is common, so the online RTT alone is far too short.
+    /// the target is still streaming is common, so the online RTT alone is far too short;
+    /// after a full-sized segment (the target is streaming) the wait is longer still.
     fn quiet(&self) -> Duration {
-        (self.rtt * 2).clamp(RESPONSE_QUIET, Duration::from_secs(1))
+        let least = if self.last_resp_full {
+            RESPONSE_QUIET_STREAMING
+        } else {
+            RESPONSE_QUIET
+        };
+        (self.rtt * 2).clamp(least, Duration::from_secs(1))
     }
 
     fn hold_deadline(&self) -> Option<Instant> {
@@ -783,6 +798,8 @@ impl Session {
                 self.resp_bytes += u64::from(new);
                 self.tgt_ack = end;
                 self.last_resp_at = Some(now);
+                self.max_resp_seg = self.max_resp_seg.max(payload);
+                self.last_resp_full = payload >= MIN_FULL_SEGMENT && payload >= self.max_resp_seg;
                 self.unacked_resp_segs += 1;
                 if self.unacked_resp_segs >= 2 {
                     self.send_ack(ctx);
