@@ -2,11 +2,10 @@
 //! control channel, to the tcpcopy that announced each connection.
 //!
 //! `cli` (arguments -> [`cli::Config`]), `router` (pure routing logic), `server` (the mio loop:
-//! capture, tunnels, batching, statistics), `logging`, `daemon`.
+//! capture, tunnels, batching, statistics), `daemon` (logging is tc_core::logging).
 
 pub mod cli;
 pub mod daemon;
-pub mod logging;
 pub mod router;
 pub mod server;
 pub mod wire;

@@ -4,8 +4,9 @@
 use std::os::unix::io::AsRawFd;
 use std::process::ExitCode;
 
-use intercept::{cli, daemon, logging, server};
+use intercept::{cli, daemon, server};
 use log::{error, info};
+use tc_core::logging;
 
 fn main() -> ExitCode {
     let cfg = match cli::parse(std::env::args_os()) {
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit.status as u8);
         }
     };
-    if let Err(e) = logging::init(cfg.log_file.as_deref()) {
+    if let Err(e) = logging::init(cfg.log_file.as_deref(), "info") {
         eprintln!("{e:#}");
         return ExitCode::FAILURE;
     }

@@ -3,7 +3,6 @@
 
 mod cli;
 mod event_loop;
-mod logging;
 mod offline;
 mod output;
 mod tunnels;
@@ -18,6 +17,7 @@ use anyhow::Context;
 use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::Capture;
+use tc_core::logging;
 use tc_core::send::pcap_inject::PcapInject;
 use tc_core::send::raw_socket::RawSocketSend;
 use tc_core::send::Send as SendBackend;
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(cli::EXIT_USAGE as u8);
         }
     };
-    if let Err(e) = logging::init(options.log_file.as_deref()) {
+    if let Err(e) = logging::init(options.log_file.as_deref(), "notice") {
         eprintln!("tcpcopy: {e:#}");
         return ExitCode::from(cli::EXIT_USAGE as u8);
     }

@@ -1,0 +1,96 @@
+//! Log lines like the original's: `YYYY/MM/DD HH:MM:SS +mmm [level] message`, local time,
+//! level filter from `RUST_LOG` (default `info`), to stderr or an appended file. Shared by
+//! both binaries; only the name of the info level differs (tcpcopy says `notice`).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogInitError {
+    #[error("Open log file:{} error: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("logger already installed")]
+    AlreadyInstalled,
+}
+
+/// `2024/11/24 15:05:43 +123` for the current local time.
+pub fn timestamp() -> String {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain libc calls on stack values; localtime_r writes into our zeroed tm.
+    let (ok, tm) = unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+        let mut tm: libc::tm = std::mem::zeroed();
+        let ok = !libc::localtime_r(&ts.tv_sec, &mut tm).is_null();
+        (ok, tm)
+    };
+    if !ok {
+        return format!("{}", ts.tv_sec);
+    }
+    format!(
+        "{:04}/{:02}/{:02} {:02}:{:02}:{:02} +{:03}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        ts.tv_nsec / 1_000_000
+    )
+}
+
+/// Installs the logger; `info_name` is how the info level is written (`info`, `notice`).
+/// A log file that cannot be opened is an error (the caller exits).
+pub fn init(file: Option<&Path>, info_name: &'static str) -> Result<(), LogInitError> {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    builder.format(move |buf, record| {
+        let level = match record.level() {
+            log::Level::Error => "error",
+            log::Level::Warn => "warn",
+            log::Level::Info => info_name,
+            log::Level::Debug => "debug",
+            log::Level::Trace => "trace",
+        };
+        writeln!(buf, "{} [{level}] {}", timestamp(), record.args())
+    });
+    if let Some(path) = file {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(|source| LogInitError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        builder.target(env_logger::Target::Pipe(Box::new(f)));
+    } else {
+        builder.target(env_logger::Target::Stderr);
+    }
+    builder
+        .try_init()
+        .map_err(|_| LogInitError::AlreadyInstalled)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamp_shape() {
+        let t = super::timestamp();
+        // YYYY/MM/DD HH:MM:SS +mmm
+        assert_eq!(t.len(), 24, "{t}");
+        let b = t.as_bytes();
+        assert_eq!(
+            (b[4], b[7], b[10], b[13], b[16], b[19], b[20]),
+            (b'/', b'/', b' ', b':', b':', b' ', b'+')
+        );
+    }
+}
