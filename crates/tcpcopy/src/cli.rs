@@ -220,10 +220,12 @@ Usage: tcpcopy -x <transfers> -s <intercepts> [options]
 
 Required:
   -x <transfers>   what to copy and where: SRC-DST[,SRC-DST...], each side [IP:]PORT[@MAC].
-                   SRC without IP = any local address; DST needs an IP.
-                   e.g. 80-198.18.0.30:8080  or  198.18.0.20:80-198.18.0.30:8080
+                   SRC without IP = any local address; DST needs an IP or a host
+                   name (resolved once at start-up to its first IPv4 address).
+                   e.g. 80-198.18.0.30:8080  or  198.18.0.20:80-testhost:8080
                    --send pcap: 80@<out if MAC>-198.18.0.30:8080@<next hop MAC>
-  -s <intercepts>  intercept addresses IP[:PORT][,IP[:PORT]...] (at most 32)
+  -s <intercepts>  intercept addresses HOST[:PORT][,HOST[:PORT]...] (at most 32),
+                   HOST an IPv4 address or a host name
 
 Control channel:
   -p <port>        intercept port for -s entries without one (default 36524)
@@ -532,6 +534,40 @@ pub fn auto_filter(transfers: &[Transfer]) -> String {
     format!("tcp and ({})", terms.join(" or "))
 }
 
+/// An IPv4 address, or a host name resolved once at start-up to its first IPv4 address
+/// (`-x 80-testhost:8080 -s intercept-host`).
+pub fn parse_host(text: &str, what: &str) -> Result<Ipv4Addr, CliError> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<Ipv4Addr>() {
+        return Ok(ip);
+    }
+    let plausible = !text.is_empty()
+        && text.len() <= 253
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if !plausible {
+        return err(format!(
+            "{what}: \"{text}\" is not a valid IPv4 address or host name"
+        ));
+    }
+    use std::net::ToSocketAddrs;
+    let found = (text, 0u16).to_socket_addrs().map(|addrs| {
+        addrs
+            .filter_map(|a| match a {
+                std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
+                std::net::SocketAddr::V6(_) => None,
+            })
+            .next()
+    });
+    match found {
+        Ok(Some(ip)) => Ok(ip),
+        Ok(None) => err(format!("{what}: host \"{text}\" has no IPv4 address")),
+        Err(e) => err(format!("{what}: cannot resolve host \"{text}\": {e}")),
+    }
+}
+
 /// A dotted-quad IPv4 address (no abbreviations, no leading/trailing junk).
 pub fn parse_ip(text: &str, what: &str) -> Result<Ipv4Addr, CliError> {
     text.trim()
@@ -577,7 +613,7 @@ fn parse_endpoint(text: &str, what: &str) -> Result<Endpoint, CliError> {
         None => (text, None),
     };
     let (ip, port) = match addr.split_once(':') {
-        Some((ip, port)) => (Some(parse_ip(ip, what)?), parse_port(port, what)?),
+        Some((ip, port)) => (Some(parse_host(ip, what)?), parse_port(port, what)?),
         None => (None, parse_port(addr, what)?),
     };
     Ok((ip, port, mac))
@@ -646,9 +682,9 @@ pub fn parse_intercepts(text: &str, default_port: u16) -> Result<Vec<SocketAddrV
                         ))
                     }
                 };
-                (parse_ip(ip, "-s")?, port)
+                (parse_host(ip, "-s")?, port)
             }
-            None => (parse_ip(item, "-s")?, default_port),
+            None => (parse_host(item, "-s")?, default_port),
         };
         if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
             return err(format!("-s: {ip} cannot be an intercept address"));
@@ -861,6 +897,23 @@ mod tests {
         assert_eq!(t[1].dst_ip, Ipv4Addr::new(192, 168, 0, 3));
         assert_eq!(t[2].src_mac, Some([0x00, 0x13, 0x21, 0xb2, 0x5e, 0x42]));
         assert_eq!(t[2].dst_mac, Some([0x00, 0x0f, 0x1f, 0x03, 0xf2, 0xe6]));
+    }
+
+    /// Host names are resolved once (`-x 80-testhost:8080 -s intercept-host`); what cannot
+    /// be a host name is refused without a lookup.
+    #[test]
+    fn host_names_in_transfers_and_intercepts() {
+        let t = parse_transfers("80-localhost:8080").unwrap();
+        assert_eq!(t[0].dst_ip, Ipv4Addr::LOCALHOST);
+        let s = parse_intercepts("localhost:36525,198.18.0.40", 36524).unwrap();
+        assert_eq!(s[0], SocketAddrV4::new(Ipv4Addr::LOCALHOST, 36525));
+        assert_eq!(
+            s[1],
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 40), 36524)
+        );
+        for bad in ["1.2.3", "a_b", "host name", ""] {
+            assert!(parse_host(bad, "-s").is_err(), "{bad}");
+        }
     }
 
     #[test]
