@@ -289,7 +289,10 @@ impl Drops {
     }
 }
 
-type Key = (Ipv4Addr, u16);
+/// A session: fake client address and port, target address and port. The target is part
+/// of the key: two real connections that map onto the same fake endpoint but go to
+/// different targets (`-x` with several transfers) are different connections.
+type Key = (Ipv4Addr, u16, Ipv4Addr, u16);
 
 /// The [`Ctx`] of a session call: the Replayer's fields a session touches, borrowed apart
 /// from `self.sessions` (a method could not split the borrow).
@@ -323,8 +326,8 @@ pub struct Replayer {
     scratch: Vec<u8>,
     pool: Vec<Vec<u8>>,
     /// Connections moved to another port because their key was held by a live session:
-    /// (fake ip, port before the move, replica index) -> port used.
-    moved_ports: HashMap<(Ipv4Addr, u16, u16), u16>,
+    /// (fake ip, port before the move, replica index, target) -> port used.
+    moved_ports: HashMap<(Ipv4Addr, u16, u16, Ipv4Addr, u16), u16>,
     /// Fake endpoints of sessions removed lately (with `-n`): the target may still hold them
     /// in TIME_WAIT, so no other connection starts there.
     recently_closed: HashMap<Key, Instant>,
@@ -459,7 +462,8 @@ impl Replayer {
         let t = self.cfg.transfers[transfer];
         // Pure ACKs of established sessions are absorbed before any copying (spec 3.1-9).
         if p.payload_len() == 0 && !p.syn() && !p.fin() && !p.rst() {
-            if let Some(s) = self.sessions.get(&(src_ip, shifted)) {
+            let port = self.moved_port(src_ip, shifted, 0, (t.dst_ip, t.dst_port));
+            if let Some(s) = self.sessions.get(&(src_ip, port, t.dst_ip, t.dst_port)) {
                 if s.phase == Phase::Established && !s.wants_pure_ack() {
                     self.drops.count(DropKind::PureAck);
                     return;
@@ -476,7 +480,9 @@ impl Replayer {
         let mut buf = std::mem::take(&mut self.ingress_buf);
         buf[..len].copy_from_slice(p.as_bytes());
         let (syn, seq) = (p.syn() && !p.ack_flag(), p.seq());
-        let port = self.resolve_port(now, src_ip, shifted, 0, syn, seq);
+        let target = (t.dst_ip, t.dst_port);
+        let syn_seq = syn.then_some(seq);
+        let port = self.resolve_port(now, (src_ip, shifted), 0, target, syn_seq);
         if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
             q.set_src_ip(src_ip);
             q.set_src_port(port);
@@ -495,7 +501,7 @@ impl Replayer {
                     ip = fake;
                 }
             }
-            let port = self.resolve_port(now, ip, port, i, syn, seq);
+            let port = self.resolve_port(now, (ip, port), i, target, syn_seq);
             if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
                 q.set_src_ip(ip);
                 q.set_src_port(port);
@@ -505,28 +511,33 @@ impl Replayer {
         self.ingress_buf = buf;
     }
 
+    /// The port a connection's packets use after a move by [`Self::resolve_port`].
+    fn moved_port(&self, ip: Ipv4Addr, port: u16, replica: u16, target: (Ipv4Addr, u16)) -> u16 {
+        let id = (ip, port, replica, target.0, target.1);
+        self.moved_ports.get(&id).copied().unwrap_or(port)
+    }
+
     /// The fake client port of a connection. Many real connections map onto few fake
     /// endpoints (`-c`, `-n`, `-f`); when a new connection's SYN finds its endpoint held by a
     /// live session of another connection, it moves to the next free port instead of being
     /// dropped (the original ignores it until the old session ends), and its later packets
-    /// follow it there. Counted as `key reuse`.
+    /// follow it there. Counted as `key reuse`. `syn_seq` is the sequence number of a SYN.
     fn resolve_port(
         &mut self,
         now: Instant,
-        ip: Ipv4Addr,
-        port: u16,
+        (ip, port): (Ipv4Addr, u16),
         replica: u16,
-        syn: bool,
-        seq: u32,
+        target: (Ipv4Addr, u16),
+        syn_seq: Option<u32>,
     ) -> u16 {
-        let id = (ip, port, replica);
-        if !syn {
-            return self.moved_ports.get(&id).copied().unwrap_or(port);
-        }
+        let id = (ip, port, replica, target.0, target.1);
+        let Some(seq) = syn_seq else {
+            return self.moved_port(ip, port, replica, target);
+        };
         let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
         let mut chosen = port;
         for _ in 0..256 {
-            let key = (ip, chosen);
+            let key = (ip, chosen, target.0, target.1);
             // With `-n` every fake endpoint is shared by several connections' copies: none
             // starts where another connection's session ended lately (the target may hold
             // that endpoint in TIME_WAIT and refuse a SYN with a lower sequence number).
@@ -569,8 +580,8 @@ impl Replayer {
         let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
             return;
         };
-        let key = (p.src_ip(), p.src_port());
         let target = (p.dst_ip(), p.dst_port());
+        let key = (p.src_ip(), p.src_port(), target.0, target.1);
         let (syn, seq, payload) = (p.syn() && !p.ack_flag(), p.seq(), p.payload_len());
         let mut ctx = ctx!(self, out);
         if let Some(s) = self.sessions.get_mut(&key) {
@@ -613,7 +624,7 @@ impl Replayer {
             ctx.drops.count(DropKind::SessionLimit);
             return;
         }
-        let mut s = Session::new(now, key, target, transfer, ctx.cfg);
+        let mut s = Session::new(now, (key.0, key.1), target, transfer, ctx.cfg);
         let started = if syn {
             s.start_with_syn(&mut ctx, now, datagram)
         } else {
@@ -647,15 +658,11 @@ impl Replayer {
             self.drops.count(DropKind::BadResponse);
             return;
         };
-        let key = (r.dst_ip(), r.dst_port());
+        let key = (r.dst_ip(), r.dst_port(), r.src_ip(), r.src_port());
         let Some(s) = self.sessions.get_mut(&key) else {
             self.drops.count(DropKind::UnknownResponse);
             return;
         };
-        if (r.src_ip(), r.src_port()) != s.target {
-            self.drops.count(DropKind::UnknownResponse);
-            return;
-        }
         let mut ctx = ctx!(self, out);
         s.on_response(&mut ctx, now, &r);
         self.reschedule(key);
