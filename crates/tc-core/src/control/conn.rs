@@ -235,8 +235,10 @@ impl FramedConn {
         self.output_since.map(|t| now.saturating_duration_since(t))
     }
 
-    /// Queues bytes as they are (client records, bare response records).
+    /// Queues bytes as they are (client records, bare response records). Not to be mixed
+    /// with an open combined frame (it would land inside it).
     pub fn queue(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        debug_assert_eq!(self.batch_count, 0, "bytes queued into an open frame");
         self.note_pending();
         self.output.extend_from_slice(bytes);
         self.check_limit()
