@@ -370,13 +370,11 @@ impl Tunnels {
         down
     }
 
-    /// Starts non-blocking connects for every connection slot of inactive intercepts that is
-    /// empty (or stuck connecting too long). Called every 12 s with `-L`.
-    pub fn reconnect_inactive(&mut self, now: Instant) {
+    /// Starts non-blocking connects for every empty connection slot (or one stuck connecting
+    /// too long): those of intercepts that are gone, and single tunnels closed because their
+    /// intercept stopped reading. Called every 12 s with `-L`.
+    pub fn reconnect_missing(&mut self, now: Instant) {
         for i in 0..self.intercepts.len() {
-            if self.intercepts[i].active {
-                continue;
-            }
             for c in 0..self.conns_per_intercept {
                 let stale = match &self.intercepts[i].conns[c] {
                     None => true,
@@ -538,7 +536,7 @@ mod tests {
             8080
         ));
         // Reconnect: a new connection gets the version record first.
-        tunnels.reconnect_inactive(Instant::now());
+        tunnels.reconnect_missing(Instant::now());
         let mut up = false;
         let deadline = Instant::now() + Duration::from_secs(5);
         listener.set_nonblocking(true).unwrap();
@@ -738,5 +736,55 @@ mod tests {
         assert_eq!(&records[..64], &[7u8; 64]);
         assert_eq!(&records[64..], &[8u8; 64]);
         assert_eq!(tunnels.stats.broken_frames, 0);
+    }
+
+    /// With -L, a single tunnel lost while its intercept stays active (the other tunnel is
+    /// up) is opened again, and starts with the version record.
+    #[test]
+    fn a_lost_tunnel_of_an_active_intercept_is_reopened() {
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let mut poll = mio::Poll::new().unwrap();
+        let mut tunnels = Tunnels::connect_all(
+            &[addr],
+            2,
+            COMBINED,
+            poll.registry(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        let (a, _) = listener.accept().unwrap();
+        let (_b, _) = listener.accept().unwrap();
+        drop(a);
+        let mut events = mio::Events::with_capacity(8);
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tunnels.open_connections() == 2 && Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in events.iter() {
+                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
+            }
+        }
+        assert_eq!(tunnels.open_connections(), 1);
+        assert_eq!(tunnels.active_intercepts(), 1);
+        tunnels.reconnect_missing(Instant::now());
+        let (mut c, _) = listener.accept().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tunnels.open_connections() < 2 && Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in events.iter() {
+                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
+            }
+        }
+        assert_eq!(tunnels.open_connections(), 2);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut v = [0u8; 14];
+        c.read_exact(&mut v).unwrap();
+        assert_eq!(v, version_message());
     }
 }
