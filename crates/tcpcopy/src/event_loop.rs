@@ -325,8 +325,7 @@ impl EventLoop {
             return Ok(OfflineStatus::Finished);
         };
         let now = Instant::now();
-        let pass = source.stats.passes_done;
-        source.poll(now, CAPTURE_BUDGET, &mut |link, frame| {
+        source.poll(now, CAPTURE_BUDGET, &mut |pass, link, frame| {
             // `-T`: each pass replays as connections distinct from the last pass's.
             replayer.start_pass(pass);
             match ipv4_payload(link, frame) {

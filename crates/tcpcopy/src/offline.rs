@@ -190,11 +190,12 @@ impl OfflineSource {
     }
 
     /// Dispatches every packet due at `now` (at most `budget`), handles the end of a pass.
+    /// `on_frame` gets the 0-based pass of each packet (a call can cross into the next pass).
     pub fn poll(
         &mut self,
         now: Instant,
         budget: usize,
-        on_frame: &mut dyn FnMut(LinkType, &[u8]),
+        on_frame: &mut dyn FnMut(u32, LinkType, &[u8]),
     ) -> anyhow::Result<OfflineStatus> {
         let mut sent = 0;
         loop {
@@ -232,7 +233,7 @@ impl OfflineSource {
             if sent == budget {
                 return Ok(OfflineStatus::WakeAt(now));
             }
-            on_frame(self.pending_link, &self.pending);
+            on_frame(self.stats.passes_done, self.pending_link, &self.pending);
             sent += 1;
             self.stats.dispatched += 1;
             self.prev_ts = Some(ts);
@@ -281,11 +282,43 @@ mod tests {
     }
 
     fn collect(src: &mut OfflineSource, now: Instant, seen: &mut Vec<u8>) -> OfflineStatus {
-        src.poll(now, 100, &mut |link, frame| {
+        collect_passes(src, now, seen, &mut Vec::new())
+    }
+
+    fn collect_passes(
+        src: &mut OfflineSource,
+        now: Instant,
+        seen: &mut Vec<u8>,
+        passes: &mut Vec<u32>,
+    ) -> OfflineStatus {
+        src.poll(now, 100, &mut |pass, link, frame| {
             assert_eq!(link, LinkType::RawIp);
             seen.push(frame[4]);
+            passes.push(pass);
         })
         .unwrap()
+    }
+
+    /// A poll that crosses into the next pass reports the new pass with its first packet
+    /// (the replay machine moves its connections per pass: a packet of pass 2 under pass 1's
+    /// addresses would land on the finished connection).
+    #[test]
+    fn the_first_packet_of_a_pass_carries_its_pass() {
+        let file = temp("passes.pcap");
+        write_pcap(&file.0, &[(1000, 1), (1001, 2)], None);
+        let t0 = Instant::now();
+        let tail = Duration::from_millis(10);
+        let mut src = OfflineSource::open(&file.0, 1000, None, 3, tail, t0).unwrap();
+        let (mut seen, mut passes) = (Vec::new(), Vec::new());
+        let mut now = t0;
+        for _ in 0..20 {
+            match collect_passes(&mut src, now, &mut seen, &mut passes) {
+                OfflineStatus::WakeAt(t) => now = now.max(t),
+                OfflineStatus::Finished => break,
+            }
+        }
+        assert_eq!(seen, vec![1, 2, 1, 2, 1, 2]);
+        assert_eq!(passes, vec![0, 0, 1, 1, 2, 2]);
     }
 
     #[test]
