@@ -224,14 +224,53 @@ fn offline_report(lab: &Lab, name: &str, code: Option<i32>) -> String {
     )
 }
 
+/// The value of `key:N` in the last statistics of a tcpcopy log (`send syn:12, fin:12`).
+fn stat(log: &str, key: &str) -> Option<u64> {
+    let pat = format!("{key}:");
+    let line = log.lines().rev().find(|l| l.contains(&pat))?;
+    let rest = &line[line.rfind(&pat)? + pat.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// The replay ran to its end: exit 0, every pass done.
-fn assert_complete(lab: &Lab, name: &str, code: Option<i32>, log: &str, passes: u32) {
+fn assert_complete(lab: &Lab, name: &str, (code, log): &(Option<i32>, String), passes: u32) {
     assert!(
-        code == Some(0)
+        *code == Some(0)
             && log.contains("offline replay is complete")
             && log.contains(&format!("replay times:{passes}")),
         "offline replay did not complete ({passes} passes)\n{}",
-        offline_report(lab, name, code)
+        offline_report(lab, name, *code)
+    );
+}
+
+/// Every recorded connection was replayed once per pass from its own SYN: as many SYNs
+/// sent and handshakes completed as the capture has client SYNs times `passes`, no session
+/// picked up without its SYN (checked after the target's state, which is the main point).
+fn assert_sessions(
+    lab: &Lab,
+    name: &str,
+    (code, log): &(Option<i32>, String),
+    capture: &CaptureSummary,
+    passes: u32,
+) {
+    let sessions = Some(capture.syns as u64 * u64::from(passes));
+    let counts = [
+        ("syn cnt", stat(log, "syn cnt"), sessions),
+        ("send syn", stat(log, "send syn"), sessions),
+        ("conns", stat(log, "conns"), sessions),
+        ("for no syn", stat(log, "for no syn"), Some(0)),
+    ];
+    let wrong: Vec<String> = counts
+        .iter()
+        .filter(|(_, got, want)| got != want)
+        .map(|(key, got, want)| format!("{key}: {got:?}, expected {want:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{passes} pass(es) over a capture of {} connections: {wrong:?}\n{}",
+        capture.syns,
+        offline_report(lab, name, *code)
     );
 }
 
@@ -377,7 +416,7 @@ fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool
     );
     start_intercept(&lab, REDIS_TARGET_PORT);
     let passes_s = passes.to_string();
-    let (code, log) = replay_offline(
+    let replay = replay_offline(
         &lab,
         "tcpcopy",
         &file,
@@ -385,7 +424,8 @@ fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool
         REDIS_TARGET_PORT,
         &["-a", "4", "-T", &passes_s],
     );
-    assert_complete(&lab, "tcpcopy", code, &log, passes);
+    assert_complete(&lab, "tcpcopy", &replay, passes);
+    let code = replay.0;
 
     let mut expected = online_data.clone();
     expected.insert(
@@ -429,6 +469,7 @@ fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool
             offline_report(&lab, "tcpcopy", code)
         );
     }
+    assert_sessions(&lab, "tcpcopy", &replay, &capture, passes);
     eprintln!(
         "{test}: {} keys, counter {online_counter} x{passes}, capture {capture:?}; recorded in \
          {recorded:?}, identical after {:?}",
@@ -565,8 +606,9 @@ fn offline_postgres_cooked_capture() {
         &tmp.sub("target"),
     );
     start_intercept(&lab, PG_TARGET_PORT);
-    let (code, log) = replay_offline(&lab, "tcpcopy", &file, PG_ONLINE_PORT, PG_TARGET_PORT, &[]);
-    assert_complete(&lab, "tcpcopy", code, &log, 1);
+    let replay = replay_offline(&lab, "tcpcopy", &file, PG_ONLINE_PORT, PG_TARGET_PORT, &[]);
+    assert_complete(&lab, "tcpcopy", &replay, 1);
+    let code = replay.0;
     let (same, target_summary) = poll(SETTLE_DEADLINE, || {
         let t = target.try_query(PG_SUMMARY).unwrap_or_default();
         (t == online_summary, t)
@@ -578,6 +620,7 @@ fn offline_postgres_cooked_capture() {
         offline_report(&lab, "tcpcopy", code),
         tail(&lab.log("pg-target"), 40)
     );
+    assert_sessions(&lab, "tcpcopy", &replay, &capture, 1);
     eprintln!(
         "{test}: {} rows, capture {capture:?}; recorded in {recorded:?}, identical after {:?}",
         online_rows.trim(),
@@ -667,7 +710,7 @@ fn offline_nginx_cooked_v2_capture() {
         &tmp.sub("target"),
     );
     start_intercept(&lab, HTTP_TARGET_PORT);
-    let (code, log) = replay_offline(
+    let replay = replay_offline(
         &lab,
         "tcpcopy",
         &file,
@@ -675,7 +718,8 @@ fn offline_nginx_cooked_v2_capture() {
         HTTP_TARGET_PORT,
         &["-a", "4", "-I", "200"],
     );
-    assert_complete(&lab, "tcpcopy", code, &log, 1);
+    assert_complete(&lab, "tcpcopy", &replay, 1);
+    let code = replay.0;
     let (same, (target_n, target_reqs)) = poll(SETTLE_DEADLINE, || {
         let l = access_log(&target_log);
         (l.1 == online_reqs, l)
@@ -692,6 +736,7 @@ fn offline_nginx_cooked_v2_capture() {
             "target request from {ip} (not a -c address)"
         );
     }
+    assert_sessions(&lab, "tcpcopy", &replay, &capture, 1);
     eprintln!(
         "{test}: {online_n} requests, capture {capture:?}; recorded in {recorded:?}, identical \
          after {:?}",
