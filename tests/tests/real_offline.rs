@@ -41,8 +41,10 @@ struct Recording {
 fn record(lab: &Lab, name: &str, path: &Path, opts: &[&str], port: u16) -> Recording {
     let filter = format!("tcp port {port}");
     // -Z root: write the file as root (Debian's tcpdump drops to its own user otherwise);
-    // -U and --immediate-mode: every packet is in the file as soon as it is captured;
-    // -B 32 MB: the default 2 MB ring drops packets of these bursts on 2 busy CPUs.
+    // -U and --immediate-mode: every packet is in the file as soon as it is captured.
+    // Immediate mode uses fixed ring slots of the snaplen (on `any`, whose MTU libpcap does
+    // not know): -s 0 (256 KB slots) drops packets of these bursts even with -B 32 MB; the
+    // lab's packets are at most 1514 bytes (no offloads), -s 4096 keeps them whole.
     let mut args = vec![
         "-Z",
         "root",
@@ -51,7 +53,7 @@ fn record(lab: &Lab, name: &str, path: &Path, opts: &[&str], port: u16) -> Recor
         "-B",
         "32768",
         "-s",
-        "0",
+        "4096",
     ];
     args.extend_from_slice(opts);
     args.extend_from_slice(&["-w", s(path), &filter]);
