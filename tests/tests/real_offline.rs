@@ -7,7 +7,6 @@
 //! scripts/test.sh. Shares its helpers with real_servers.rs (real_common).
 
 mod real_common;
-mod tcpcopy_lab;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use real_common::*;
 use tc_core::packet::{ipv4_payload, LinkType, PcapReader};
-use tcpcopy_lab::*;
+use tc_e2e::lab::*;
 
 /// How long an offline tcpcopy may run (the captures here last a few seconds).
 const OFFLINE_DEADLINE: Duration = Duration::from_secs(90);

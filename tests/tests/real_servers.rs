@@ -6,14 +6,13 @@
 //! in the access log. Needs root and the packages of scripts/test.sh.
 
 mod real_common;
-mod tcpcopy_lab;
 
 use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use real_common::*;
-use tcpcopy_lab::*;
+use tc_e2e::lab::*;
 
 #[test]
 fn redis_target_ends_with_the_online_data_set() {

@@ -3,8 +3,6 @@
 //! headers. The target must receive exactly the byte streams the online servers received,
 //! connection by connection. Needs root.
 
-mod tcpcopy_lab;
-
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +13,7 @@ use std::time::{Duration, Instant};
 use tc_core::capture::pcap_live::{PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
 use tc_core::packet::{ipv4_payload, Completeness, LinkType, PcapWriter, TcpPacket};
-use tcpcopy_lab::*;
+use tc_e2e::lab::*;
 
 const ONLINE_PORT: u16 = 80;
 const ONLINE_GREET_PORT: u16 = 81;

@@ -1,8 +1,8 @@
 //! Helpers shared by the real-server tests (real_servers.rs: live replay, real_offline.rs:
 //! offline replay of tcpdump captures): temporary directories, commands in namespaces,
 //! bounded polling, intercept and tcpcopy, and the Redis, PostgreSQL and nginx servers with
-//! the readers of their state. Each test file declares `mod tcpcopy_lab;` and `mod
-//! real_common;` at its root.
+//! the readers of their state. Each test file declares `mod real_common;` at its root; the
+//! lab itself is `tc_e2e::lab`.
 
 #![allow(dead_code)]
 
@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::tcpcopy_lab::*;
+use tc_e2e::lab::*;
 
 pub const INTERCEPT_PORT: u16 = 36524;
 /// How long the target may lag behind the online server once the clients are done.

@@ -1,12 +1,14 @@
-//! A small lab for tcpcopy's end-to-end tests (lab.md topology): namespaces `client`, `online`,
-//! `target`, `assist` on a bridge, in-process recording servers and workload clients running on
-//! threads that entered a namespace (a socket keeps the namespace it was created in), and the
-//! tcpcopy / intercept binaries started with `ip netns exec`.
+//! The namespace lab of all end-to-end tests (lab.md topology): namespaces `client`, `online`,
+//! `target`, `assist` on a bridge in a `sw` namespace, in-process recording servers and workload
+//! clients running on threads that entered a namespace (a socket, raw ones included, keeps the
+//! namespace it was created in), and the tcpcopy / intercept binaries started with
+//! `ip netns exec`.
 //!
-//! Stand-in until the shared lab library (tests/src/lab.rs, branch `lab`) is merged; the tests
-//! only use [`Lab::start`], [`Lab::spawn`], [`Lab::in_ns`] and the servers/clients below.
-
-#![allow(dead_code)]
+//! Rules: lab hosts only in 198.18.0.0/15 and fake clients only in 203.0.113.0/24; namespace
+//! names carry a unique prefix per lab (`tcl<pid>x<n>`), so tests run in parallel; a [`Lab`]
+//! removes its processes, logs and namespaces on drop, also when the test panics; every wait
+//! is bounded. Tests call [`can_run`] first: without root they are skipped, unless `CI=true`,
+//! where they fail.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -38,6 +40,34 @@ pub fn can_run(test: &str) -> bool {
         eprintln!("SKIP {test}: needs root");
     }
     root
+}
+
+/// [`can_run`], and every program of `tools` must run (`tool -V`); without them the test is
+/// skipped too (or fails under CI=true).
+pub fn can_run_with(test: &str, tools: &[&str]) -> bool {
+    if !can_run(test) {
+        return false;
+    }
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|tool| {
+            !Command::new(tool)
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: needs {missing:?}");
+    }
+    eprintln!("SKIP {test}: needs {missing:?}");
+    false
 }
 
 /// Path of a workspace binary, built once per test process.
@@ -191,9 +221,21 @@ impl Lab {
             .to_string()
     }
 
-    /// Starts `program args` in `host`, stdout+stderr appended to a log file read by
-    /// [`Lab::log`] (a restarted process of the same name keeps the earlier lines).
+    /// Starts `program args` in `host` with `RUST_LOG=info`, stdout+stderr appended to a log
+    /// file read by [`Lab::log`] (a restarted process of the same name keeps the earlier lines).
     pub fn spawn(&self, host: &str, name: &str, program: &PathBuf, args: &[&str]) {
+        self.spawn_env(host, name, program, args, &[("RUST_LOG", "info")]);
+    }
+
+    /// [`Lab::spawn`] with the environment variables `env` (and no default `RUST_LOG`).
+    pub fn spawn_env(
+        &self,
+        host: &str,
+        name: &str,
+        program: &PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let log = self.log_path(name);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -204,7 +246,7 @@ impl Lab {
             .args(["netns", "exec", &self.ns(host)])
             .arg(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -257,22 +299,22 @@ impl Lab {
             .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Runs `f` on a thread inside `host`'s namespace.
-    pub fn in_ns<T: Send + 'static>(
-        &self,
-        host: &str,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> T {
+    /// Runs `f` on a thread inside `host`'s namespace and returns its result; sockets it
+    /// creates (raw ones included) stay in that namespace. `f` may borrow from the caller.
+    pub fn in_ns<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> T {
         let path = format!("/run/netns/{}", self.ns(host));
-        std::thread::spawn(move || {
-            enter(&path);
-            f()
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                enter(&path);
+                f()
+            })
+            .join()
+            .expect("namespace thread panicked")
         })
-        .join()
-        .expect("namespace thread panicked")
     }
 
-    /// Spawns a thread inside `host`'s namespace.
+    /// Spawns a thread inside `host`'s namespace (for servers, captures and clients that run
+    /// while the test goes on).
     pub fn thread_in<T: Send + 'static>(
         &self,
         host: &str,
