@@ -7,175 +7,21 @@
 //! segment of its connection, in capture order (compared with a reference capture taken in the
 //! assistant), and nothing of another peer's connection.
 //!
-//! Self-contained until the shared lab library lands (then this should use `tc_e2e::lab`).
+//! The namespaces, processes and their cleanup come from the shared lab (`tc_e2e::lab`).
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::unix::io::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use intercept::wire::{ClientMsg, CLIENT_ADD};
 use tc_core::packet::{build_segment, flags, SegmentSpec};
+use tc_e2e::lab::{can_run_with, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intercept");
-const ONLINE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
-const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
-const ASSIST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 40);
 const TARGET_PORT: u16 = 8080;
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Three host namespaces on a bridge; removed on drop.
-struct Lab {
-    prefix: String,
-}
-
-impl Lab {
-    fn ns(&self, host: &str) -> String {
-        format!("{}{host}", self.prefix)
-    }
-
-    fn new(tag: &str) -> Result<Lab, String> {
-        let lab = Lab {
-            prefix: format!("ic{}{tag}-", std::process::id()),
-        };
-        let sw = lab.ns("sw");
-        sh(&["ip", "netns", "add", &sw])?;
-        sh(&[
-            "ip",
-            "-n",
-            &sw,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-        ])?;
-        sh(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
-        for (host, ip) in [("online", ONLINE), ("target", TARGET), ("assist", ASSIST)] {
-            let ns = lab.ns(host);
-            sh(&["ip", "netns", "add", &ns])?;
-            let v = format!("v-{host}");
-            sh(&[
-                "ip", "-n", &sw, "link", "add", &v, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ])?;
-            sh(&["ip", "-n", &sw, "link", "set", &v, "master", "br0", "up"])?;
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ])?;
-            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-            for conf in ["all", "default", "eth0", "lo"] {
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &ns,
-                    "sysctl",
-                    "-qw",
-                    &format!("net.ipv4.conf.{conf}.rp_filter=0"),
-                ])?;
-            }
-            // Offloads off so captures look like a real wire (best effort: ethtool may be absent).
-            let _ = sh(&[
-                "ip", "netns", "exec", &ns, "ethtool", "-K", "eth0", "tx", "off", "tso", "off",
-                "gso", "off", "gro", "off",
-            ]);
-        }
-        sh(&[
-            "ip",
-            "-n",
-            &lab.ns("target"),
-            "route",
-            "add",
-            "203.0.113.0/24",
-            "via",
-            &ASSIST.to_string(),
-        ])?;
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &lab.ns("assist"),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=0",
-        ])?;
-        Ok(lab)
-    }
-
-    /// Runs `f` on a thread inside namespace `host`; sockets it creates stay in that namespace.
-    fn within<T: Send>(&self, host: &str, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.ns(host));
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let nsf = File::open(&path).expect("open netns");
-                // SAFETY: setns on this thread only.
-                let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        })
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for host in ["online", "target", "assist", "sw"] {
-            let _ = sh(&["ip", "netns", "del", &self.ns(host)]);
-        }
-    }
-}
-
-struct Intercept(Child);
-
-impl Drop for Intercept {
-    fn drop(&mut self) {
-        // SAFETY: stopping our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Sends raw IPv4 segments (IP_HDRINCL) from the online namespace.
 struct Raw(socket2::Socket);
@@ -199,7 +45,7 @@ fn seg<'a>(
 ) -> SegmentSpec<'a> {
     SegmentSpec {
         src,
-        dst: TARGET,
+        dst: TARGET_IP,
         src_port: sport,
         dst_port: TARGET_PORT,
         seq,
@@ -247,7 +93,7 @@ impl Peer {
             client_ip: cip,
             client_port: cport,
             kind: CLIENT_ADD,
-            target_ip: TARGET,
+            target_ip: TARGET_IP,
             target_port: TARGET_PORT,
         };
         self.s.write_all(&m.encode()).unwrap();
@@ -317,23 +163,6 @@ impl Peer {
     }
 }
 
-fn need_root() -> bool {
-    // SAFETY: trivial.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if root && ip {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("the namespace lab needs root and iproute2 (CI=true)");
-    }
-    eprintln!("SKIP netns tests: need root and iproute2");
-    false
-}
-
 /// Payload length of a record (IHL is 5 in records).
 fn rec_payload_len(r: &[u8]) -> u32 {
     let tot = u32::from(u16::from_be_bytes([r[2], r[3]]));
@@ -342,43 +171,26 @@ fn rec_payload_len(r: &[u8]) -> u32 {
 
 /// One full exchange per variant.
 fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client_net: u8) {
-    let lab = Lab::new(tag).expect("lab setup");
-    let log = std::env::temp_dir().join(format!("{}intercept.log", lab.prefix));
-    let mut args: Vec<String> = vec![
-        "netns".into(),
-        "exec".into(),
-        lab.ns("assist"),
-        BIN.into(),
-        "-F".into(),
-        "tcp and src port 8080".into(),
-        "-i".into(),
-        "eth0".into(),
-        "-l".into(),
-        log.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let mut cmd = Command::new("ip");
-    // SAFETY: prctl only, between fork and exec: intercept dies with the test.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    let child = cmd
-        .args(&args)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start intercept");
-    let _intercept = Intercept(child);
+    let lab = Lab::start();
+    // intercept logs (debug level) to the lab's log of the process: shown if the test fails,
+    // removed with the lab.
+    let log = lab.log_path("intercept");
+    let log = log.to_str().expect("log path");
+    let mut args = vec!["-F", "tcp and src port 8080", "-i", "eth0", "-l", log];
+    args.extend_from_slice(extra);
+    lab.spawn_env(
+        ASSIST,
+        "intercept",
+        &PathBuf::from(BIN),
+        &args,
+        &[("RUST_LOG", "debug")],
+    );
 
     // Target server: answers "hello" with 100 bytes, then 3000 more, then closes.
     let small: Vec<u8> = (0..100u8).collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let listener = lab.within("target", || {
-        TcpListener::bind((TARGET, TARGET_PORT)).expect("target bind")
+    let listener = lab.in_ns(TARGET, || {
+        TcpListener::bind((TARGET_IP, TARGET_PORT)).expect("target bind")
     });
     listener.set_nonblocking(true).unwrap();
     let server = {
@@ -410,14 +222,7 @@ fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client
     let reference = {
         let ref_stop = ref_stop.clone();
         let seen = seen.clone();
-        let path = format!("/var/run/netns/{}", lab.ns("assist"));
-        std::thread::spawn(move || {
-            let nsf = File::open(&path).unwrap();
-            // SAFETY: this thread only.
-            assert_eq!(
-                unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+        lab.thread_in(ASSIST, move || {
             let mut cap = pcap::Capture::from_device("eth0")
                 .unwrap()
                 .immediate_mode(true)
@@ -440,10 +245,10 @@ fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client
     ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
 
     // Stand-ins and the raw socket in the online namespace.
-    let (mut a, mut b, raw) = lab.within("online", || {
+    let (mut a, mut b, raw) = lab.in_ns(ONLINE, || {
         let deadline = Instant::now() + Duration::from_secs(10);
         let connect = || loop {
-            match TcpStream::connect((ASSIST, 36524)) {
+            match TcpStream::connect((ASSIST_IP, 36524)) {
                 Ok(mut s) => {
                     s.write_all(&ClientMsg::version(6).encode()).unwrap();
                     return Peer {
@@ -574,12 +379,11 @@ fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client
         got_b.len(),
         reference.len()
     );
-    let _ = std::fs::remove_file(&log);
 }
 
 #[test]
 fn lab_combined_plain_and_payload() {
-    if !need_root() {
+    if !can_run_with("lab_combined_plain_and_payload", &["ip"]) {
         return;
     }
     run_variant("c", &[], true, 64, 10);
