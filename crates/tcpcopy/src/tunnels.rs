@@ -437,6 +437,24 @@ mod tests {
         payload: false,
     };
 
+    /// Runs the loop (at most 5 s) until `done` holds for the tunnels and the records.
+    fn drive_until(
+        poll: &mut mio::Poll,
+        tunnels: &mut Tunnels,
+        records: &mut Vec<u8>,
+        mut done: impl FnMut(&Tunnels, &Vec<u8>) -> bool,
+    ) {
+        let mut events = mio::Events::with_capacity(8);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(tunnels, records) && Instant::now() < deadline {
+            poll.poll(&mut events, Some(Duration::from_millis(20)))
+                .unwrap();
+            for e in events.iter() {
+                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), records);
+            }
+        }
+    }
+
     #[test]
     fn messages() {
         assert_eq!(
@@ -502,14 +520,7 @@ mod tests {
         a.write_all(&frame).unwrap();
         let mut events = mio::Events::with_capacity(8);
         let mut records = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while records.is_empty() && Instant::now() < deadline {
-            poll.poll(&mut events, Some(Duration::from_millis(100)))
-                .unwrap();
-            for e in events.iter() {
-                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
-            }
-        }
+        drive_until(&mut poll, &mut tunnels, &mut records, |_, r| !r.is_empty());
         assert_eq!(records, vec![9u8; 64]);
         // Both connections lost: the intercept goes down.
         drop(a);
@@ -704,35 +715,22 @@ mod tests {
         frame.extend([7u8; 64]);
         frame.extend([8u8; 64]);
         half.write_all(&frame[..70]).unwrap();
-        let mut events = mio::Events::with_capacity(8);
         let mut records = Vec::new();
         for k in 0..50u8 {
             let mut f = vec![0u8, 1];
             f.extend([k; 64]);
             good.write_all(&f).unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while records.len() < 50 * 64 && Instant::now() < deadline {
-            poll.poll(&mut events, Some(Duration::from_millis(20)))
-                .unwrap();
-            for e in events.iter() {
-                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
-            }
-        }
+        drive_until(&mut poll, &mut tunnels, &mut records, |_, r| {
+            r.len() >= 50 * 64
+        });
         assert_eq!(records.len(), 50 * 64);
         assert!(records.chunks(64).enumerate().all(|(k, r)| r[0] == k as u8));
         assert_eq!(tunnels.open_connections(), 2);
         // The rest of the half frame completes it.
         half.write_all(&frame[70..]).unwrap();
         records.clear();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while records.len() < 128 && Instant::now() < deadline {
-            poll.poll(&mut events, Some(Duration::from_millis(20)))
-                .unwrap();
-            for e in events.iter() {
-                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
-            }
-        }
+        drive_until(&mut poll, &mut tunnels, &mut records, |_, r| r.len() >= 128);
         assert_eq!(&records[..64], &[7u8; 64]);
         assert_eq!(&records[64..], &[8u8; 64]);
         assert_eq!(tunnels.stats.broken_frames, 0);
@@ -759,28 +757,17 @@ mod tests {
         let (a, _) = listener.accept().unwrap();
         let (_b, _) = listener.accept().unwrap();
         drop(a);
-        let mut events = mio::Events::with_capacity(8);
         let mut records = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while tunnels.open_connections() == 2 && Instant::now() < deadline {
-            poll.poll(&mut events, Some(Duration::from_millis(20)))
-                .unwrap();
-            for e in events.iter() {
-                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
-            }
-        }
+        drive_until(&mut poll, &mut tunnels, &mut records, |t, _| {
+            t.open_connections() != 2
+        });
         assert_eq!(tunnels.open_connections(), 1);
         assert_eq!(tunnels.active_intercepts(), 1);
         tunnels.reconnect_missing(Instant::now());
         let (mut c, _) = listener.accept().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while tunnels.open_connections() < 2 && Instant::now() < deadline {
-            poll.poll(&mut events, Some(Duration::from_millis(20)))
-                .unwrap();
-            for e in events.iter() {
-                tunnels.on_event(e.token(), e.is_readable(), e.is_writable(), &mut records);
-            }
-        }
+        drive_until(&mut poll, &mut tunnels, &mut records, |t, _| {
+            t.open_connections() >= 2
+        });
         assert_eq!(tunnels.open_connections(), 2);
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut v = [0u8; 14];
