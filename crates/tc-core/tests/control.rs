@@ -173,6 +173,49 @@ fn record_with_ip_options_is_normalised() {
     assert_eq!(v.dst_port(), 40000);
 }
 
+/// A TCP header longer than a record holds (timestamps and three SACK blocks: 60 bytes) is
+/// cut to 44 bytes in the record; the view still gives the right ack, window, payload
+/// length and timestamps (found in the lab: a SACKing target's ACKs were dropped).
+#[test]
+fn record_with_a_cut_tcp_header_is_understood() {
+    // doff 15: NOP NOP TS(10) NOP NOP SACK(2 + 3 x 8), then 100 payload bytes (tot 180).
+    let mut seg = hex("450000b4 0001 4000 4006 0000 c612001e cb007101
+                       1f90 9c40 00001000 00002001 f018 0058 0000 0000
+                       0101080a 11111111 22222222
+                       0101051a 00000001 00000002 00000003 00000004 00000005 00000006");
+    seg.extend(std::iter::repeat_n(0x61, 100));
+    let pkt = TcpPacket::parse(&seg[..], Completeness::Whole).unwrap();
+    assert_eq!(pkt.tcp_header_len(), 60);
+    for fmt in [
+        WireFormat::default(),
+        WireFormat {
+            combined: true,
+            payload: true,
+        },
+    ] {
+        let rec = Record::encode(&pkt, fmt, None);
+        let b = rec.as_bytes();
+        assert_eq!(
+            &b[..64],
+            &seg[..64],
+            "the first 44 TCP header bytes, as captured"
+        );
+        let mut norm = [0u8; 256];
+        let v = record_view(b, &mut norm).expect("a cut header is still a response");
+        assert_eq!(v.ack(), 0x2001);
+        assert_eq!(v.seq(), 0x1000);
+        assert_eq!(v.window(), 0x58);
+        assert_eq!(v.payload_len(), 100, "{fmt:?}");
+        assert_eq!(v.options().timestamps, Some((0x1111_1111, 0x2222_2222)));
+        // The same record as the original intercept writes it, with IP options: IHL 6.
+        let mut orig = b.to_vec();
+        orig[0] = 0x46;
+        orig[2..4].copy_from_slice(&184u16.to_be_bytes());
+        let v = record_view(&orig, &mut norm).unwrap();
+        assert_eq!((v.ack(), v.payload_len()), (0x2001, 100));
+    }
+}
+
 #[test]
 fn payload_record_192_golden() {
     let mut seg = hex("45000030 0000 4000 4006 0000 c612001e cb007101

@@ -303,23 +303,47 @@ pub fn encode_frame(records: &[Record], fmt: WireFormat, out: &mut Vec<u8>) {
     }
 }
 
-/// Views a response record as a segment, bounded by the record. Records from the original
-/// intercept keep the captured IHL although IP options were not copied (the TCP header is at
-/// offset 20): such a record is normalised into `norm` first (IHL 5, total length less the
-/// options) so the payload length comes out right.
+/// Views a response record as a segment, bounded by the record. Two things are normalised
+/// in a copy (`norm`) first, so the payload length and the fixed TCP fields come out right:
+/// - records from the original intercept keep the captured IHL although IP options were not
+///   copied (the TCP header is at offset 20): IHL 5, total length less the options;
+/// - a TCP header longer than the record holds (timestamps plus SACK blocks: up to 60 bytes,
+///   the record keeps 44) is cut: its data offset is lowered to what is there and the total
+///   length reduced by the same amount. The options left may end mid-option; the parser
+///   stops there. Dropping such records instead would hide every ACK of a target that is
+///   SACKing, and tcpcopy would retransmit the same segment forever.
 pub fn record_view<'a>(record: &'a [u8], norm: &'a mut [u8; 256]) -> Option<TcpPacket<&'a [u8]>> {
     let record = &record[..record.len().min(RECORD_LEN_PAYLOAD)];
+    let n = record.len();
     let first = *record.first()?;
-    let ihl = usize::from(first & 0x0f) * 4;
-    if first >> 4 == 4 && ihl > 20 && record.len() >= 40 {
-        let n = record.len();
-        norm[..n].copy_from_slice(record);
-        norm[0] = 0x45;
-        let tot = u16::from_be_bytes([norm[2], norm[3]]).saturating_sub((ihl - 20) as u16);
-        norm[2..4].copy_from_slice(&tot.to_be_bytes());
-        return TcpPacket::parse(&norm[..n], Completeness::HeadersOnly).ok();
+    if first >> 4 != 4 || n < RECORD_IP + 20 {
+        return TcpPacket::parse(record, Completeness::HeadersOnly).ok();
     }
-    TcpPacket::parse(record, Completeness::HeadersOnly).ok()
+    let ihl = usize::from(first & 0x0f) * 4;
+    // Where the TCP header is: at the IHL when the record kept the options (our intercept
+    // never does; a record long enough to hold them may), else right after 20 bytes.
+    let tcp_at = if ihl > RECORD_IP { RECORD_IP } else { ihl };
+    let doff = usize::from(record[tcp_at + 12] >> 4) * 4;
+    let cut_ip = ihl > RECORD_IP;
+    let cut_tcp = doff > 20 && tcp_at + doff > n.min(RECORD_IP + RECORD_TCP);
+    if !cut_ip && !cut_tcp {
+        return TcpPacket::parse(record, Completeness::HeadersOnly).ok();
+    }
+    norm[..n].copy_from_slice(record);
+    let mut tot = u16::from_be_bytes([norm[2], norm[3]]);
+    if cut_ip {
+        norm[0] = 0x45;
+        tot = tot.saturating_sub((ihl - RECORD_IP) as u16);
+    }
+    if cut_tcp {
+        let kept = (n.min(RECORD_IP + RECORD_TCP) - RECORD_IP) / 4 * 4;
+        norm[RECORD_IP + 12] = ((kept / 4) as u8) << 4 | (norm[RECORD_IP + 12] & 0x0f);
+        tot = tot.saturating_sub((doff - kept) as u16);
+        // A payload record carries no payload after a cut header (nothing to misread).
+        norm[RECORD_IP + kept..n].fill(0);
+    }
+    norm[2..4].copy_from_slice(&tot.to_be_bytes());
+    TcpPacket::parse(&norm[..n], Completeness::HeadersOnly).ok()
 }
 
 #[cfg(test)]
