@@ -15,7 +15,8 @@
 mod real_common;
 mod tcpcopy_lab;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -280,6 +281,16 @@ struct Impair {
     passed: Arc<AtomicU64>,
 }
 
+/// What an [`Impair`] relay does: every frame `delay` plus up to `jitter` late (uniform;
+/// frames overtake each other), `loss_in_pct` % of the IPv4 frames toward the host dropped.
+#[derive(Clone, Copy, Default)]
+struct Impairment {
+    delay: Duration,
+    jitter: Duration,
+    loss_in_pct: f64,
+    seed: u64,
+}
+
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 
@@ -350,7 +361,13 @@ fn sh_ok(args: &[&str]) {
 }
 
 impl Impair {
-    fn start(lab: &Lab, host: &str, delay: Duration, loss_in_pct: f64, seed: u64) -> Impair {
+    fn start(lab: &Lab, host: &str, spec: Impairment) -> Impair {
+        let Impairment {
+            delay,
+            jitter,
+            loss_in_pct,
+            seed,
+        } = spec;
         let sw = lab.ns("sw");
         let port = format!("v{host}");
         let (a, b) = (format!("imp{host}a"), format!("imp{host}b"));
@@ -403,41 +420,59 @@ impl Impair {
                         continue;
                     }
                     let frame = &buf[..n as usize];
-                    if loss > 0.0 && frame.len() >= 14 && frame[12..14] == [0x08, 0x00] {
+                    let mut random = || {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
-                        if ((rng % 1_000_000) as f64) < loss * 10_000.0 {
-                            dr.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
+                        rng % 1_000_000
+                    };
+                    let ipv4 = frame.len() >= 14 && frame[12..14] == [0x08, 0x00];
+                    if loss > 0.0 && ipv4 && (random() as f64) < loss * 10_000.0 {
+                        dr.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
                     pa.fetch_add(1, Ordering::Relaxed);
-                    if tx.send((Instant::now() + delay, frame.to_vec())).is_err() {
+                    let late = delay + jitter.mul_f64(random() as f64 / 1_000_000.0);
+                    if tx.send((Instant::now() + late, frame.to_vec())).is_err() {
                         break;
                     }
                 }
             }));
             let st = stop.clone();
-            threads.push(std::thread::spawn(move || loop {
-                match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok((due, frame)) => {
-                        let now = Instant::now();
-                        if due > now {
-                            std::thread::sleep(due - now);
+            // Frames leave in the order of their due times (jitter reorders them).
+            threads.push(std::thread::spawn(move || {
+                let mut queue: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
+                let mut seq = 0u64;
+                let tick = Duration::from_millis(100);
+                loop {
+                    let wait = queue
+                        .peek()
+                        .map_or(tick, |Reverse((due, _, _))| {
+                            due.saturating_duration_since(Instant::now())
+                        })
+                        .min(tick);
+                    if wait.is_zero() {
+                        if let Some(Reverse((_, _, frame))) = queue.pop() {
+                            // SAFETY: send of a live buffer on a bound packet socket.
+                            unsafe {
+                                libc::send(
+                                    to.as_raw_fd(),
+                                    frame.as_ptr() as *const libc::c_void,
+                                    frame.len(),
+                                    0,
+                                )
+                            };
+                            continue;
                         }
-                        // SAFETY: send of a live buffer on a bound packet socket.
-                        unsafe {
-                            libc::send(
-                                to.as_raw_fd(),
-                                frame.as_ptr() as *const libc::c_void,
-                                frame.len(),
-                                0,
-                            )
-                        };
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) if !st.load(Ordering::Relaxed) => {}
-                    Err(_) => break,
+                    match rx.recv_timeout(wait) {
+                        Ok((due, frame)) => {
+                            seq += 1;
+                            queue.push(Reverse((due, seq, frame)));
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) if !st.load(Ordering::Relaxed) => {}
+                        Err(_) => break,
+                    }
                 }
             }));
         }
@@ -683,7 +718,14 @@ fn online_rtt_40ms() {
     let Some((_g, mut st)) = setup(test) else {
         return;
     };
-    let imp = Impair::start(&st.lab, CLIENT, Duration::from_millis(20), 0.0, 1);
+    let imp = Impair::start(
+        &st.lab,
+        CLIENT,
+        Impairment {
+            delay: Duration::from_millis(20),
+            ..Default::default()
+        },
+    );
     st.impairs.push(imp);
     st.tcpcopy(&[]);
     // One request, replayed too.
@@ -707,7 +749,15 @@ fn loss_toward_target() {
     let Some((_g, mut st)) = setup(test) else {
         return;
     };
-    let imp = Impair::start(&st.lab, TARGET, Duration::ZERO, 2.0, 0x5eed_1234);
+    let imp = Impair::start(
+        &st.lab,
+        TARGET,
+        Impairment {
+            loss_in_pct: 2.0,
+            seed: 0x5eed_1234,
+            ..Default::default()
+        },
+    );
     st.impairs.push(imp);
     st.tcpcopy(&[]);
     st.ab(&["-q", "-k", "-c", "20", "-n", "2000", &st.url("/index.html")]);
@@ -717,6 +767,81 @@ fn loss_toward_target() {
     let (passed, dropped) = st.impairs[0].counts();
     eprintln!("{test}: relay toward target passed {passed}, dropped {dropped}");
     assert!(dropped > 0, "no frame dropped");
+}
+
+/// 5b. 2 % loss on the way to the assistant: intercept misses some of the target's
+///     segments (the target retransmits them when tcpcopy does not acknowledge them).
+#[test]
+fn loss_toward_intercept() {
+    let test = "loss_toward_intercept";
+    let Some((_g, mut st)) = setup(test) else {
+        return;
+    };
+    let imp = Impair::start(
+        &st.lab,
+        ASSIST,
+        Impairment {
+            loss_in_pct: 2.0,
+            seed: 0xa551_5700,
+            ..Default::default()
+        },
+    );
+    st.impairs.push(imp);
+    st.tcpcopy(&[]);
+    st.ab(&["-q", "-k", "-c", "20", "-n", "2000", &st.url("/index.html")]);
+    st.ab(&["-q", "-c", "20", "-n", "500", &st.url("/small.txt")]);
+    st.ab(&["-q", "-k", "-c", "4", "-n", "40", &st.url("/k64.bin")]);
+    st.expect_replay(test, Some(2000 + 500 + 40), 1);
+    let (passed, dropped) = st.impairs[0].counts();
+    eprintln!("{test}: relay toward assistant passed {passed}, dropped {dropped}");
+    assert!(dropped > 0, "no frame dropped");
+}
+
+/// 5c. A distant target: 5-10 ms each way between the lab and the target (frames reordered
+///     by the jitter) and 1 % loss toward it, under keep-alive, short connections, 64 KB
+///     responses and a 1 MB upload.
+#[test]
+fn distant_target_with_jitter_and_loss() {
+    let test = "distant_target_with_jitter_and_loss";
+    let Some((_g, mut st)) = setup(test) else {
+        return;
+    };
+    let imp = Impair::start(
+        &st.lab,
+        TARGET,
+        Impairment {
+            delay: Duration::from_millis(5),
+            jitter: Duration::from_millis(5),
+            loss_in_pct: 1.0,
+            seed: 0xd157_a7ce,
+        },
+    );
+    st.impairs.push(imp);
+    st.tcpcopy(&[]);
+    st.ab(&["-q", "-k", "-c", "20", "-n", "1000", &st.url("/index.html")]);
+    st.ab(&["-q", "-c", "20", "-n", "300", &st.url("/small.txt")]);
+    st.ab(&["-q", "-k", "-c", "4", "-n", "40", &st.url("/k64.bin")]);
+    let body = st.tmp.path().join("upload-1m");
+    std::fs::write(&body, vec![b'u'; 1 << 20]).unwrap();
+    must(
+        Some(&st.lab),
+        CLIENT,
+        30,
+        "curl",
+        &[
+            "-s",
+            "-f",
+            "-o",
+            "/dev/null",
+            "-T",
+            s(&body),
+            &st.url("/upload/far1m"),
+        ],
+        None,
+    );
+    st.expect_replay(test, Some(1000 + 300 + 40 + 1), 1);
+    let (passed, dropped) = st.impairs[0].counts();
+    eprintln!("{test}: relay passed {passed}, dropped {dropped}");
 }
 
 /// The standard mix of the option cases: keep-alive and short connections.
