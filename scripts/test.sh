@@ -13,9 +13,9 @@ need_root() {
 }
 need_root
 
-# redis-server .. apache2-utils: the real servers and clients of tests/tests/real_servers.rs
+# redis-server .. apache2-utils, wrk: the real servers and clients of tests/tests/real_*.rs
 # (their Debian service instances, if started, listen in the root namespace: no conflict).
-packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc
+packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc wrk
   redis-server redis-tools postgresql postgresql-client nginx-light apache2-utils)
 missing=()
 for p in "${packages[@]}"; do

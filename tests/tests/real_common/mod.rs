@@ -163,8 +163,13 @@ pub fn start_intercept(lab: &Lab, target_port: u16) {
 /// 203.0.113.x) and waits for its event loop.
 pub fn start_tcpcopy(lab: &Lab, online_port: u16, target_port: u16) {
     let x = format!("{online_port}-{TARGET_IP}:{target_port}");
-    let args = ["-s", "198.18.0.40", "-x", &x, "-c", "203.0.113.x"];
-    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), &args);
+    start_tcpcopy_args(lab, &["-s", "198.18.0.40", "-x", &x, "-c", "203.0.113.x"]);
+}
+
+/// Starts tcpcopy on online with the caller's whole argument list (named "tcpcopy") and
+/// waits for its event loop.
+pub fn start_tcpcopy_args(lab: &Lab, args: &[&str]) {
+    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), args);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !lab.log("tcpcopy").contains("event loop running") {
         assert!(
@@ -591,6 +596,20 @@ pub const HTTP_ONLINE_PORT: u16 = 80;
 pub const HTTP_TARGET_PORT: u16 = 8080;
 
 pub fn start_nginx(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> PathBuf {
+    start_nginx_with(lab, host, name, port, dir, "", "")
+}
+
+/// [`start_nginx`] with extra directives in the `http` block (e.g. a second `log_format` and
+/// `access_log`; `{dir}` in them stands for `dir`) and in the `server` block (locations).
+pub fn start_nginx_with(
+    lab: &Lab,
+    host: &str,
+    name: &str,
+    port: u16,
+    dir: &Path,
+    http_extra: &str,
+    server_extra: &str,
+) -> PathBuf {
     let ip = if host == ONLINE { ONLINE_IP } else { TARGET_IP };
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -619,14 +638,17 @@ pub fn start_nginx(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> 
                client_body_temp_path {dir}/body;\n\
                keepalive_requests 100000;\n\
                keepalive_timeout 60s;\n\
+               {http_extra}\n\
                server {{\n\
                  listen {ip}:{port};\n\
                  root {www};\n\
+                 {server_extra}\n\
                }}\n\
              }}\n",
             dir = s(dir),
             log = s(&log),
             www = s(&www),
+            http_extra = http_extra.replace("{dir}", s(dir)),
         ),
     )
     .unwrap();
