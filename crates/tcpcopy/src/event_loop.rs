@@ -8,7 +8,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tc_core::capture::Capture;
 use tc_core::packet::{ipv4_payload, DropCounters};
-use tc_core::session::{ReplayStats, Replayer};
+use tc_core::session::Replayer;
 
 use crate::offline::{OfflineSource, OfflineStatus};
 use crate::output::ReplayOutput;
@@ -354,7 +354,8 @@ impl EventLoop {
 
     fn log_stats(&mut self) {
         let s = self.replayer.stats();
-        for line in stats_lines(&s) {
+        // Spec 9.2's lines, with the original's names (ReplayStats' Display).
+        for line in s.to_string().lines() {
             log::info!("{line}");
         }
         // Spec 9.2 (there against the sessions in the table; here against every session
@@ -420,40 +421,6 @@ impl EventLoop {
     }
 }
 
-/// The statistics lines of spec 9.2.
-pub fn stats_lines(s: &ReplayStats) -> [String; 10] {
-    [
-        format!(
-            "active:{},rel:{},obs del:{},tw:{}",
-            s.active, s.released, s.obsolete_deleted, s.lingering
-        ),
-        format!(
-            "conns:{},resp:{},c-resp:{}",
-            s.conns, s.resp, s.resp_content
-        ),
-        format!("resp fin:{},resp rst:{}", s.resp_fin, s.resp_rst),
-        format!("send:{},send content:{}", s.send, s.send_content),
-        format!(
-            "send syn:{}, fin:{},reset:{}",
-            s.send_syn, s.send_fin, s.send_rst
-        ),
-        format!("reconnect:{},for no syn:{}", s.reconnect, s.for_no_syn),
-        format!("retransmit:{}", s.retransmit),
-        format!(
-            "recv packs after retransmission:{}",
-            s.recv_after_retransmit
-        ),
-        format!(
-            "syn cnt:{},all clt:{},clt cont:{}",
-            s.syn_cnt, s.all_clt, s.clt_cont
-        ),
-        format!(
-            "total cont retransmit:{}, frag:{}, total captured packets:{}",
-            s.clt_retransmit, s.frag, s.captured
-        ),
-    ]
-}
-
 /// Current resident set size from /proc/self/statm.
 pub fn current_rss_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -466,6 +433,7 @@ pub fn current_rss_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tc_core::session::ReplayStats;
 
     #[test]
     fn rss_is_readable() {
@@ -480,8 +448,11 @@ mod tests {
             captured: 9,
             ..ReplayStats::default()
         };
-        let lines = stats_lines(&s);
+        let text = s.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 11);
         assert_eq!(lines[8], "syn cnt:0,all clt:7,clt cont:0");
-        assert!(lines[9].ends_with("total captured packets:9"));
+        assert_eq!(lines[9], "total cont retransmit:0, frag:0");
+        assert_eq!(lines[10], "total captured packets:9");
     }
 }
