@@ -611,3 +611,15 @@ fn big_responses_with_stalls(stall: Duration) {
         conn.data_acks.len()
     );
 }
+
+/// Behind a DNAT the target's answers come from another address than the -x target (intercept
+/// --dnat): sessions are still found by the response's destination and the target port.
+#[test]
+fn answers_from_a_translated_address_are_matched() {
+    let mut core = SimCore::new();
+    core.reply_from = Ipv4Addr::new(198, 18, 0, 99);
+    let c = ClientConn::new(40040, reqs(3, 100, 400));
+    let (r, _) = replay(config(), &mut core, std::slice::from_ref(&c));
+    assert_exact(&core, &c);
+    assert_eq!(r.drops().get(DropKind::UnknownResponse), 0);
+}

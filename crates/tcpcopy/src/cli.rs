@@ -230,7 +230,7 @@ Required:
 Control channel:
   -p <port>        intercept port for -s entries without one (default 36524)
   -C <n>           connections per intercept, 1..11 (default 2)
-  -L               keep running when every intercept is gone; reopen lost tunnels every 12 s
+  -L               keep running when every intercept is gone; reconnect every 12 s
   --disable-combined  bare response records (intercept --disable-combined)
   --payload        192-byte response records carrying payload (intercept --payload)
   --single         send no CLIENT_ADD (intercept --single)

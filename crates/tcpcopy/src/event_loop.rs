@@ -276,7 +276,10 @@ impl EventLoop {
             }
             if self.cfg.lonely && now >= next_reconnect {
                 next_reconnect = now + RECONNECT_PERIOD;
-                self.output.tunnels.reconnect_missing(now);
+                if self.output.tunnels.active_intercepts() < self.output.tunnels.total_intercepts()
+                {
+                    self.output.tunnels.reconnect_inactive(now);
+                }
             }
             if !self.cfg.lonely && self.output.tunnels.active_intercepts() == 0 {
                 log::warn!("active num is zero");

@@ -658,9 +658,24 @@ impl Replayer {
             self.drops.count(DropKind::BadResponse);
             return;
         };
-        let key = (r.dst_ip(), r.dst_port(), r.src_ip(), r.src_port());
+        let mut key = (r.dst_ip(), r.dst_port(), r.src_ip(), r.src_port());
+        if !self.sessions.contains_key(&key) {
+            // Spec 4.9 looks sessions up by the response's destination alone: behind a DNAT
+            // (intercept --dnat) the answer comes from another address than the -x target.
+            // Fall back to the transfers' targets on the same port.
+            let found = self.cfg.transfers.iter().find_map(|t| {
+                let k = (r.dst_ip(), r.dst_port(), t.dst_ip, t.dst_port);
+                (t.dst_port == r.src_port() && self.sessions.contains_key(&k)).then_some(k)
+            });
+            match found {
+                Some(k) => key = k,
+                None => {
+                    self.drops.count(DropKind::UnknownResponse);
+                    return;
+                }
+            }
+        }
         let Some(s) = self.sessions.get_mut(&key) else {
-            self.drops.count(DropKind::UnknownResponse);
             return;
         };
         let mut ctx = ctx!(self, out);

@@ -221,6 +221,9 @@ pub struct SimCore {
     /// The next this many data segments are answered with a RST instead of being taken.
     pub reset_data: usize,
     pub silent: bool,
+    /// Source address of the target's answers as intercept sees them (another address
+    /// than the one tcpcopy sends to behind a DNAT).
+    pub reply_from: Ipv4Addr,
     pub accept_adds: bool,
     pub target_window: u16,
     pub resp_extra: isize,
@@ -249,6 +252,7 @@ impl SimCore {
             reset_data_after_close: false,
             reset_data: 0,
             silent: false,
+            reply_from: TARGET,
             accept_adds: true,
             target_window: 65535,
             resp_extra: 0,
@@ -277,7 +281,7 @@ impl SimCore {
         let payload = vec![b'r'; payload_len];
         let mut buf = vec![0u8; 1600];
         let spec = SegmentSpec {
-            src: TARGET,
+            src: self.reply_from,
             dst: key.0,
             src_port: TARGET_PORT,
             dst_port: key.1,
