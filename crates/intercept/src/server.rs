@@ -165,6 +165,8 @@ pub struct Stats {
     pub kernel_drops: u64,
     /// Log lines suppressed by rate limiting.
     pub logs_suppressed: u64,
+    /// Client records of an unknown type (ignored).
+    pub unknown_msgs: u64,
 }
 
 /// A handle to stop a running server from another thread.
@@ -412,11 +414,14 @@ impl Core {
             }
             CLIENT_DEL => debug!("client del from tunnel {}", tunnel.id),
             other => {
-                warn!(
-                    "unknown msg type:{other} from tunnel {} ({}), closing it",
-                    tunnel.id, tunnel.peer
-                );
-                tunnel.closing = Some("garbage on the control channel");
+                // Spec 4.1: warned and ignored; the connection stays open.
+                self.stats.unknown_msgs += 1;
+                if self.peer_log.allow(now, &mut self.stats.logs_suppressed) {
+                    warn!(
+                        "unknown msg type:{other} (tunnel {} from {})",
+                        tunnel.id, tunnel.peer
+                    );
+                }
             }
         }
     }
@@ -924,14 +929,15 @@ impl Server {
             self.core.router.delay.len()
         );
         info!(
-            "{what}: records sent:{},unrouted:{},overflow:{},tunnels:{},accepted:{},refused:{},closed:{}",
+            "{what}: records sent:{},unrouted:{},overflow:{},tunnels:{},accepted:{},refused:{},closed:{},unknown msg types:{}",
             s.records_sent,
             s.unrouted,
             s.overflow,
             self.tunnels.len(),
             s.accepted,
             s.refused,
-            s.closed
+            s.closed,
+            s.unknown_msgs
         );
         info!(
             "{what}: capture frames:{},drops:{},kernel drops:{},log lines suppressed:{}",

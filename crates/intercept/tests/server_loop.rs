@@ -538,8 +538,13 @@ fn hostile_peers_do_not_delay_a_good_one() {
     let mut good = Peer::connect(&h);
     establish(&h, &mut good, client(20), 40020);
 
-    // Garbage: a valid handshake, then records of unknown types.
-    let mut garbage = Peer::connect(&h);
+    // Garbage: no version record, just bytes.
+    let mut garbage = Peer {
+        s: TcpStream::connect(h.addr).unwrap(),
+        combined: true,
+        rec_len: 64,
+    };
+    garbage.s.set_read_timeout(Some(WAIT)).unwrap();
     garbage.s.write_all(&[0xffu8; 14 * 10]).unwrap();
     // Half a record, then silence.
     let mut half = Peer::connect(&h);
@@ -584,6 +589,24 @@ fn hostile_peers_do_not_delay_a_good_one() {
     assert_eq!(stats.accepted, 1004);
     drop(half);
     drop(deaf);
+}
+
+/// Spec 4.1: a record of an unknown type after the handshake is warned about and ignored;
+/// the tunnel stays open and its later announcements route as usual.
+#[test]
+fn unknown_record_types_are_ignored() {
+    let h = Harness::start(cfg());
+    let mut p = Peer::connect(&h);
+    let mut odd = ClientMsg::add(client(40), 40040, TARGET, TARGET_PORT);
+    odd.kind = 9;
+    p.s.write_all(&odd.encode()).unwrap();
+    establish(&h, &mut p, client(40), 40041);
+    h.inject(&response(client(40), 40041, flags::ACK, 7, &[1]));
+    let recs = p.records(1);
+    assert_eq!(rec_seq(&recs[0]), 7);
+    let stats = h.stop();
+    // The response after the odd record was routed: the tunnel stayed open.
+    assert_eq!(stats.unknown_msgs, 1);
 }
 
 #[test]
