@@ -798,7 +798,7 @@ fn losing_the_intercept_without_l_stops_tcpcopy() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let code = s.lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(1));
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(0), "graceful shutdown (spec 5.5)");
     assert!(s.lab.log("tcpcopy").contains("every intercept is gone"));
 }
 

@@ -50,12 +50,14 @@ pub enum StopReason {
 }
 
 impl StopReason {
-    /// Exit status: 0 for an operator's stop, non-zero for a failure.
+    /// Exit status. Every stop the original knows is a graceful shutdown with status 0
+    /// (spec 5.5, 10: signals, no intercept left, the memory limit, the end of an offline
+    /// replay); a capture that fails while running is an error.
     pub fn exit_code(&self) -> i32 {
         match self {
             StopReason::Signal(_) => 0,
-            StopReason::MemoryLimit { .. } => 1,
-            StopReason::NoIntercept => 1,
+            StopReason::MemoryLimit { .. } => 0,
+            StopReason::NoIntercept => 0,
             StopReason::CaptureFailed(_) => 1,
             StopReason::OfflineDone => 0,
         }
