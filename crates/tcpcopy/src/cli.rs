@@ -125,7 +125,7 @@ struct RawArgs {
     send: Option<SendKind>,
     #[arg(long = "disable-combined")]
     disable_combined: bool,
-    #[arg(long = "payload")]
+    #[arg(long = "payload", alias = "with-resp-payload")]
     payload: bool,
     #[arg(long = "single")]
     single: bool,

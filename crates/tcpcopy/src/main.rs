@@ -25,8 +25,9 @@ use tc_core::session::Replayer;
 
 use cli::{Command, Input, Options, OutputKind};
 
-/// Blocking connect limit per tunnel at start-up.
-const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Blocking connect limit per tunnel at start-up (the original waits as long as the kernel:
+/// a few lost SYNs must not fail the start).
+const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let options = match cli::parse(std::env::args_os()) {
