@@ -15,7 +15,7 @@ need_root
 
 # redis-server .. apache2-utils, wrk: the real servers and clients of tests/tests/real_*.rs
 # (their Debian service instances, if started, listen in the root namespace: no conflict).
-packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc wrk
+packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc wrk memcached
   redis-server redis-tools postgresql postgresql-client nginx-light apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
