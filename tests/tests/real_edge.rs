@@ -127,6 +127,26 @@ impl Conn {
     }
 }
 
+/// Closes `s` with a RST (SO_LINGER 0).
+fn abort(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a correctly sized linger value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", io::Error::last_os_error());
+}
+
 /// An io::Result with what the client was doing, for failure messages.
 trait Ctx<T> {
     fn ctx(self, what: impl std::fmt::Display) -> Result<T, String>;
@@ -648,6 +668,39 @@ fn http_pipelining_close_and_half_close() {
                 }
             }
             drop(c);
+            // Pipelining across responses: 10 requests, 3 responses read, 10 more requests
+            // (their segment acknowledges response data: a new request for tcpcopy while the
+            // first ones are answered), then the 17 other responses.
+            let mut c = Conn::connect(online).ctx("interleaved connect")?;
+            let batch = |from: usize| -> Vec<u8> {
+                (from..from + 10)
+                    .flat_map(|i| {
+                        format!("GET /index.html?inter={i} HTTP/1.1\r\nHost: edge\r\n\r\n")
+                            .into_bytes()
+                    })
+                    .collect()
+            };
+            c.send(&batch(0)).ctx("inter 0-9")?;
+            for i in 0..3 {
+                c.http_response().ctx(format!("inter={i}"))?;
+            }
+            c.send(&batch(10)).ctx("inter 10-19")?;
+            for i in 3..20 {
+                let (status, _) = c.http_response().ctx(format!("inter={i}"))?;
+                assert_eq!(status, 200);
+            }
+            drop(c);
+            // A client that aborts (RST) after reading its response.
+            for i in 0..3 {
+                let what = format!("abort={i}");
+                let mut c = Conn::connect(online).ctx(&what)?;
+                c.send(
+                    format!("GET /small.txt?abort={i} HTTP/1.1\r\nHost: edge\r\n\r\n").as_bytes(),
+                )
+                .ctx(&what)?;
+                c.http_response().ctx(&what)?;
+                abort(c.s);
+            }
             // HTTP/1.0 with Connection: close: the server closes first.
             for i in 0..5 {
                 let what = format!("close={i}");
@@ -689,8 +742,8 @@ fn http_pipelining_close_and_half_close() {
         .expect("http client");
     let clients_done = h.started.elapsed();
     let test = "http_pipelining_close_and_half_close";
-    let (online, target) = h.expect_same_requests(test, 52);
-    // The pipelined connection: the same 40 requests in the same order on one connection.
+    let (online, target) = h.expect_same_requests(test, 75);
+    // The pipelined connections: the same requests in the same order on one connection.
     let pipelined = |e: &[Entry]| -> Vec<Vec<String>> {
         by_conn(e)
             .into_values()
@@ -703,7 +756,7 @@ fn http_pipelining_close_and_half_close() {
         "pipelined connection"
     );
     eprintln!(
-        "{test}: 52 requests; clients took {clients_done:?}, identical after {:?}\n{}",
+        "{test}: 75 requests; clients took {clients_done:?}, identical after {:?}\n{}",
         h.started.elapsed(),
         final_stats(&h.lab)
     );
@@ -1043,9 +1096,31 @@ fn streamed_responses_with_pauses() {
             replay_report(&lab)
         );
     }
+    // How much later than on online each request reached the target (ms).
+    let arrivals = |srv: &StreamServer| -> BTreeMap<String, Instant> {
+        srv.snapshot()
+            .iter()
+            .flatten()
+            .filter_map(|e| match e {
+                Ev::Request(p, t) => Some((p.clone(), *t)),
+                Ev::Finished(_) => None,
+            })
+            .collect()
+    };
+    let online_at = arrivals(&online_srv);
+    let delays: Vec<String> = arrivals(&target_srv)
+        .iter()
+        .map(|(p, t)| {
+            let d = online_at
+                .get(p)
+                .map(|o| t.saturating_duration_since(*o).as_secs_f64() * 1000.0);
+            format!("{p}: {d:.1?}")
+        })
+        .collect();
     eprintln!(
         "streamed_responses_with_pauses: 10 requests; target gaps after each response (ms) \
-         {gaps:?}, online {online_gaps:?}; clients took {clients_done:?}, done after {:?}\n{}",
+         {gaps:.1?}, online {online_gaps:.1?}; replay delays {delays:?}; clients took \
+         {clients_done:?}, done after {:?}\n{}",
         started.elapsed(),
         final_stats(&lab)
     );
