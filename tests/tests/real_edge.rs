@@ -1,10 +1,11 @@
 //! Protocol edge cases of real traffic through tcpcopy + intercept (lab.md): memcached text
-//! protocol with pipelining and `noreply`, HTTP/1.1 pipelining, HTTP/1.0 `Connection: close`
-//! and half-closing clients against nginx, idle keep-alive connections (also with a target that
-//! closes idle connections the online server keeps), responses streamed in chunks with pauses,
-//! and SMTP (the server speaks first). Each case compares what the target received or did with
-//! the online side. Needs root and the packages of scripts/test.sh (memcached, nginx-light,
-//! curl, python3).
+//! protocol with pipelining, `noreply` and `quit`; against nginx HTTP/1.1 pipelining (also
+//! across responses), HTTP/1.0 `Connection: close`, half-closing and aborting (RST) clients;
+//! idle keep-alive connections (also with a target that closes idle connections the online
+//! server keeps); responses streamed in chunks with pauses; server-speaks-first protocols: SMTP
+//! (Python's smtpd, curl) and a line protocol whose target greets 500 ms late. Each case
+//! compares what the target received or did with the online side. Needs root and the packages
+//! of scripts/test.sh (memcached, nginx-light, curl, python3).
 
 mod real_common;
 
@@ -1121,6 +1122,172 @@ fn streamed_responses_with_pauses() {
         "streamed_responses_with_pauses: 10 requests; target gaps after each response (ms) \
          {gaps:.1?}, online {online_gaps:.1?}; replay delays {delays:?}; clients took \
          {clients_done:?}, done after {:?}\n{}",
+        started.elapsed(),
+        final_stats(&lab)
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4b. A server-first line protocol whose greeting comes later on the target than online.
+
+const GREET_ONLINE_PORT: u16 = 2600;
+const GREET_TARGET_PORT: u16 = 2601;
+
+/// Greets each connection with `220 ready` after `delay`, then answers each line with
+/// `250 ok <line>` (`QUIT`: `221 bye` and close). Records the lines of each connection.
+struct GreetServer {
+    conns: Arc<Mutex<Vec<Vec<String>>>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl GreetServer {
+    fn start(lab: &Lab, host: &str, addr: SocketAddrV4, delay: Duration) -> GreetServer {
+        let conns: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = lab.in_ns(host, move || {
+            let l = TcpListener::bind(addr).expect("bind greeting server");
+            l.set_nonblocking(true).unwrap();
+            l
+        });
+        let (c, st) = (conns.clone(), stop.clone());
+        let accept = std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let index = {
+                    let mut all = c.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let Ok(mut conn) = (|| -> io::Result<Conn> {
+                        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+                        Ok(Conn {
+                            s: stream,
+                            buf: Vec::new(),
+                            deadline: Instant::now() + Duration::from_secs(60),
+                        })
+                    })() else {
+                        return;
+                    };
+                    std::thread::sleep(delay);
+                    if conn.send(b"220 ready\r\n").is_err() {
+                        return;
+                    }
+                    for _ in 0..1000 {
+                        let Ok(line) = conn.read_until(b"\r\n") else {
+                            return;
+                        };
+                        let line = String::from_utf8_lossy(&line).trim_end().to_string();
+                        c.lock().unwrap()[index].push(line.clone());
+                        let reply = if line == "QUIT" {
+                            "221 bye\r\n".to_string()
+                        } else {
+                            format!("250 ok {line}\r\n")
+                        };
+                        if conn.send(reply.as_bytes()).is_err() || line == "QUIT" {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        GreetServer {
+            conns,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn sessions(&self) -> Vec<Vec<String>> {
+        let mut v: Vec<Vec<String>> = self
+            .conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for GreetServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The online server greets at once, the target 500 ms late: the client's first command
+/// (captured right after the online greeting) must wait for the target's greeting and then
+/// go out, without another client packet to trigger it.
+#[test]
+fn server_first_target_greets_late() {
+    if !can_run("server_first_target_greets_late") {
+        return;
+    }
+    let started = Instant::now();
+    let lab = Lab::start();
+    let online_srv = GreetServer::start(
+        &lab,
+        ONLINE,
+        SocketAddrV4::new(ONLINE_IP, GREET_ONLINE_PORT),
+        Duration::ZERO,
+    );
+    let target_srv = GreetServer::start(
+        &lab,
+        TARGET,
+        SocketAddrV4::new(TARGET_IP, GREET_TARGET_PORT),
+        Duration::from_millis(500),
+    );
+    start_intercept(&lab, GREET_TARGET_PORT);
+    maybe_capture(&lab, GREET_ONLINE_PORT, GREET_TARGET_PORT);
+    start_tcpcopy(&lab, GREET_ONLINE_PORT, GREET_TARGET_PORT);
+    let online = SocketAddrV4::new(ONLINE_IP, GREET_ONLINE_PORT);
+    let clients: Vec<JoinHandle<Result<(), String>>> = (0..3)
+        .map(|c| {
+            lab.thread_in(CLIENT, move || {
+                let mut conn = Conn::connect(online).ctx("connect")?;
+                conn.read_until(b"\r\n").ctx("greeting")?;
+                for i in 0..5 {
+                    conn.send(format!("CMD c{c} n{i}\r\n").as_bytes()).ctx(i)?;
+                    conn.read_until(b"\r\n").ctx(i)?;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                conn.send(b"QUIT\r\n").ctx("quit")?;
+                conn.read_to_end().ctx("close")?;
+                Ok(())
+            })
+        })
+        .collect();
+    for t in clients {
+        t.join().expect("client thread").expect("greeting client");
+    }
+    let clients_done = started.elapsed();
+    let want = online_srv.sessions();
+    assert_eq!(want.len(), 3, "online sessions: {want:?}");
+    let target = expect_replay(
+        &lab,
+        "server_first_target_greets_late: the target's sessions differ from the online's",
+        || {
+            let t = target_srv.sessions();
+            (t == want, t)
+        },
+        || format!("online sessions: {want:#?}"),
+    );
+    eprintln!(
+        "server_first_target_greets_late: {} sessions; clients took {clients_done:?}, \
+         identical after {:?}\n{}",
+        target.len(),
         started.elapsed(),
         final_stats(&lab)
     );
