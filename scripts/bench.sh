@@ -6,8 +6,12 @@
 #            received at the target / requests in the capture;
 #   live:    a load generator in client against online at RATE requests/s for SECONDS, with
 #            tcpcopy replaying: requests at the target / requests served online, CPU seconds
-#            and peak RSS of tcpcopy and intercept, CPU microseconds per replayed request.
-# usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS)
+#            and peak RSS of tcpcopy and intercept, CPU microseconds per replayed request;
+#   short:   the same with a connection per request (SHORT_RATE connections/s for
+#            SHORT_SECONDS): handshakes, FINs and lingering sessions, CPU per connection.
+# usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS
+#        SHORT_RATE SHORT_SECONDS; TCPCOPY_BIN=<path> measures another tcpcopy binary, e.g. an
+#        older build, against the same intercept, servers and load)
 #        PROFILE=1 also records tcpcopy's live phase with `perf record -g` (linux-perf) into
 #        the logs directory; `perf report -i <logs>/tcpcopy.perf` shows where its CPU goes.
 set -euo pipefail
@@ -19,12 +23,15 @@ REQUESTS=${REQUESTS:-200000}
 RATE=${RATE:-2000}
 SECONDS_LIVE=${LIVE_SECONDS:-20}
 LIVE_CONNS=${LIVE_CONNS:-50}
+SHORT_RATE=${SHORT_RATE:-500}
+SHORT_SECONDS=${SHORT_SECONDS:-10}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 source scripts/lab.sh
 install_missing libpcap-dev iproute2 ethtool pkg-config bc
 cargo build --release --bins -q -p tcpcopy -p intercept -p tc-e2e
 bin=$PWD/target/release
+tcpcopy_bin=${TCPCOPY_BIN:-$bin/tcpcopy}
 
 run=tcbench$$
 work=$(mktemp -d /tmp/tcpcopy-bench.XXXXXX)
@@ -49,16 +56,20 @@ gen=$("$bin/tc-bench-gen" "$work/bench.pcap" "$CONNS" "$REQUESTS")
 packets=$(echo "$gen" | awk '{print $2}')
 cap_requests=$(echo "$gen" | awk '{print $4}')
 t0=$(date +%s.%N)
-ns online "$bin/tcpcopy" -i "$work/bench.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
+ns online "$tcpcopy_bin" -i "$work/bench.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
   -c 203.0.113.x -a 100000 --offline-tail 30 -l "$work/tcpcopy-offline.log"
 t1=$(date +%s.%N)
-sleep 0.3
+# The target server writes its count as it goes: wait until it is complete (bounded).
+for _ in $(seq 1 50); do
+  [ "$(count target)" -ge "$cap_requests" ] 2>/dev/null && break
+  sleep 0.1
+done
 off_target=$(count target)
 off_wall=$(echo "$t1 - $t0" | bc -l)
 
 # ---- live ----
 echo 0 > "$work/target.count.base"; base_target=$(count target); base_online=$(count online)
-start tcpcopy online "$bin/tcpcopy" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
+start tcpcopy online "$tcpcopy_bin" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
   -l "$work/tcpcopy-live.log"
 tcpcopy_pid=${pids[-1]}
 for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
@@ -76,6 +87,17 @@ live_target=$(( $(count target) - base_target ))
 tc_cpu=$(cpu_seconds "$tcpcopy_pid"); tc_rss=$(peak_rss_kb "$tcpcopy_pid")
 ic_cpu=$(echo "$(cpu_seconds "$intercept_pid") - $ic_cpu0" | bc -l); ic_rss=$(peak_rss_kb "$intercept_pid")
 
+# ---- short connections ----
+base_target=$(count target); base_online=$(count online)
+tc_cpu1=$(cpu_seconds "$tcpcopy_pid")
+ns client "$bin/tc-bench-client" 198.18.0.20:80 20 "$SHORT_RATE" "$SHORT_SECONDS" short > "$work/client-short.out"
+sleep 1
+short_online=$(( $(count online) - base_online ))
+short_target=$(( $(count target) - base_target ))
+# Lingering sessions end 6 s after their connection: include that time in tcpcopy's CPU.
+sleep 7
+short_cpu=$(echo "$(cpu_seconds "$tcpcopy_pid") - $tc_cpu1" | bc -l)
+
 ratio() { echo "scale=4; if ($2 > 0) $1 / $2 else 0" | bc -l; }
 per_us() { echo "scale=1; if ($2 > 0) $1 * 1000000 / $2 else 0" | bc -l; }
 off_pps=$(echo "scale=0; $packets / $off_wall" | bc -l)
@@ -83,11 +105,14 @@ off_rps=$(echo "scale=0; $cap_requests / $off_wall" | bc -l)
 off_ratio=$(ratio "$off_target" "$cap_requests")
 live_ratio=$(ratio "$live_target" "$live_online")
 tc_us=$(per_us "$tc_cpu" "$live_target"); ic_us=$(per_us "$ic_cpu" "$live_target")
+short_ratio=$(ratio "$short_target" "$short_online")
+short_us=$(per_us "$short_cpu" "$short_target")
 
 if $json; then
   cat <<JSON
 {"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio},
- "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us}}
+ "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
+ "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us}}
 JSON
 else
   printf '%-44s %s\n' "offline: connections / packets / requests" "$CONNS / $packets / $cap_requests"
@@ -98,5 +123,8 @@ else
   printf '%-44s %s / %s = %s\n' "live: requests at target / served online" "$live_target" "$live_online" "$live_ratio"
   printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: tcpcopy" "$tc_cpu" "$tc_rss" "$tc_us"
   printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: intercept" "$ic_cpu" "$ic_rss" "$ic_us"
+  printf '%-44s %s conn/s x %s s, a request each\n' "short: load" "$SHORT_RATE" "$SHORT_SECONDS"
+  printf '%-44s %s / %s = %s\n' "short: connections at target / online" "$short_target" "$short_online" "$short_ratio"
+  printf '%-44s %s s CPU (incl. lingering), %s us CPU/connection\n' "short: tcpcopy" "$short_cpu" "$short_us"
 fi
 echo "logs: $work" >&2

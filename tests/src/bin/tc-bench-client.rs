@@ -1,7 +1,8 @@
 //! Benchmark load generator: `conns` keep-alive connections sending requests of the bench
-//! protocol at a fixed total rate for a fixed time; prints `requests_ok N`.
+//! protocol at a fixed total rate for a fixed time; prints `requests_ok N`. With `short`,
+//! every request goes on a connection of its own (connect, request, response, close).
 //!
-//! usage: tc-bench-client ADDR:PORT CONNS RATE_PER_SECOND SECONDS
+//! usage: tc-bench-client ADDR:PORT CONNS RATE_PER_SECOND SECONDS [short]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,10 +10,11 @@ use std::time::{Duration, Instant};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    if a.len() != 5 {
-        eprintln!("usage: tc-bench-client ADDR:PORT CONNS RATE SECONDS");
+    if a.len() != 5 && !(a.len() == 6 && a[5] == "short") {
+        eprintln!("usage: tc-bench-client ADDR:PORT CONNS RATE SECONDS [short]");
         std::process::exit(2);
     }
+    let short = a.len() == 6;
     let addr = a[1].clone();
     let conns: u64 = a[2].parse().expect("CONNS");
     let rate: f64 = a[3].parse().expect("RATE");
@@ -23,11 +25,15 @@ fn main() {
         .map(|i| {
             let addr = addr.clone();
             std::thread::spawn(move || {
-                let Ok(mut s) = TcpStream::connect(&addr) else {
+                let open = || {
+                    let s = TcpStream::connect(&addr).ok()?;
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    Some(s)
+                };
+                let Some(mut s) = open() else {
                     return 0u64;
                 };
-                let _ = s.set_nodelay(true);
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut ok = 0u64;
                 let mut next = Instant::now() + per_conn.mul_f64((i as f64) / (conns as f64));
                 let mut buf = [0u8; 100];
@@ -37,6 +43,12 @@ fn main() {
                         std::thread::sleep(next - now);
                     }
                     next += per_conn;
+                    if short && ok > 0 {
+                        match open() {
+                            Some(fresh) => s = fresh,
+                            None => break,
+                        }
+                    }
                     let req = format!("REQ 100 {i} {ok} {}\n", "x".repeat(60));
                     if s.write_all(req.as_bytes()).is_err() || s.read_exact(&mut buf).is_err() {
                         break;
