@@ -212,33 +212,8 @@ fn postgres_target_ends_with_the_online_rows() {
     maybe_capture(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);
     start_tcpcopy(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);
 
-    let host = ONLINE_IP.to_string();
-    let port = PG_ONLINE_PORT.to_string();
-    let psql = |sql: Option<&str>, input: Option<Vec<u8>>| {
-        let mut args = vec![
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            &host,
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ];
-        match sql {
-            Some(sql) => args.extend(["-c", sql]),
-            None => args.extend(["-f", "-"]),
-        }
-        must(Some(&lab), CLIENT, 30, "psql", &args, input)
-    };
-    psql(
-        Some("CREATE TABLE replay_t (id bigint NOT NULL, kind text NOT NULL, n int NOT NULL)"),
-        None,
-    );
+    let psql = |sql: Option<&str>, input: Option<Vec<u8>>| online_psql(&lab, sql, input);
+    psql(Some(PG_CREATE_TABLE), None);
     // The replayed CREATE TABLE must reach the target before the replayed INSERTs: the
     // connections are independent, as they would be in production.
     let (created, _) = poll(REPLAY_DEADLINE, || {
@@ -253,36 +228,14 @@ fn postgres_target_ends_with_the_online_rows() {
         lab.log("pg-target")
     );
 
-    let scripts = tmp.sub("scripts");
-    let script = |kind: &str| {
-        let p = scripts.join(format!("{kind}.sql"));
-        std::fs::write(
-            &p,
-            format!(
-                "\\set id random(1, 1000000000)\n\
-                 INSERT INTO replay_t (id, kind, n) VALUES (:id, '{kind}', :client_id);\n"
-            ),
-        )
-        .unwrap();
-        p
-    };
-    // Extended protocol with named prepared statements: 4 connections x 60.
-    pgbench(&lab, "prepared", &script("prepared"), "4", "60");
-    // Simple protocol: 3 connections x 40.
-    pgbench(&lab, "simple", &script("simple"), "3", "40");
-    // Extended protocol, unnamed statements: 2 connections x 30.
-    pgbench(&lab, "extended", &script("extended"), "2", "30");
-    // One psql session: a transaction of 50 INSERTs and an UPDATE.
-    let mut session = String::from("BEGIN;\n");
-    for i in 0..50 {
-        session.push_str(&format!(
-            "INSERT INTO replay_t (id, kind, n) VALUES ({}, 'psql', {i});\n",
-            1_000_000_000 + i
-        ));
-    }
-    session.push_str("UPDATE replay_t SET n = n + 1000 WHERE kind = 'psql' AND n % 2 = 0;\n");
-    session.push_str("COMMIT;\n");
-    psql(None, Some(session.into_bytes()));
+    pg_insert_workload(
+        &lab,
+        &tmp.sub("scripts"),
+        ("4", "60"),
+        ("3", "40"),
+        ("2", "30"),
+        50,
+    );
     let clients_done = started.elapsed();
 
     let online_summary = online.query(PG_SUMMARY);

@@ -581,6 +581,77 @@ pub fn pgbench(lab: &Lab, mode: &str, script: &Path, clients: &str, tx: &str) ->
     )
 }
 
+/// psql against the online server from the client namespace: `sql` with `-c`, or the
+/// script on standard input.
+pub fn online_psql(lab: &Lab, sql: Option<&str>, input: Option<Vec<u8>>) -> String {
+    let host = ONLINE_IP.to_string();
+    let port = PG_ONLINE_PORT.to_string();
+    let mut args = vec![
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        &host,
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+    ];
+    match sql {
+        Some(sql) => args.extend(["-c", sql]),
+        None => args.extend(["-f", "-"]),
+    }
+    must(Some(lab), CLIENT, 30, "psql", &args, input)
+}
+
+pub const PG_CREATE_TABLE: &str =
+    "CREATE TABLE replay_t (id bigint NOT NULL, kind text NOT NULL, n int NOT NULL)";
+
+/// The INSERT workload against the online server: pgbench with named prepared statements,
+/// the simple protocol and unnamed statements (`(clients, transactions)` each), then one psql
+/// session: a transaction of `psql_rows` INSERTs and an UPDATE. Scripts go to `scripts`.
+pub fn pg_insert_workload(
+    lab: &Lab,
+    scripts: &Path,
+    prepared: (&str, &str),
+    simple: (&str, &str),
+    extended: (&str, &str),
+    psql_rows: usize,
+) {
+    let script = |kind: &str| {
+        let p = scripts.join(format!("{kind}.sql"));
+        std::fs::write(
+            &p,
+            format!(
+                "\\set id random(1, 1000000000)\n\
+                 INSERT INTO replay_t (id, kind, n) VALUES (:id, '{kind}', :client_id);\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    for (mode, (clients, tx)) in [
+        ("prepared", prepared),
+        ("simple", simple),
+        ("extended", extended),
+    ] {
+        pgbench(lab, mode, &script(mode), clients, tx);
+    }
+    let mut session = String::from("BEGIN;\n");
+    for i in 0..psql_rows {
+        session.push_str(&format!(
+            "INSERT INTO replay_t (id, kind, n) VALUES ({}, 'psql', {i});\n",
+            1_000_000_000 + i
+        ));
+    }
+    session.push_str("UPDATE replay_t SET n = n + 1000 WHERE kind = 'psql' AND n % 2 = 0;\n");
+    session.push_str("COMMIT;\n");
+    online_psql(lab, None, Some(session.into_bytes()));
+}
+
 pub const PG_SUMMARY: &str =
     "SELECT kind, count(*), sum(id), sum(n) FROM replay_t GROUP BY kind ORDER BY kind";
 
