@@ -106,6 +106,8 @@ pub struct Lab {
     children: Mutex<Vec<(String, Child)>>,
     /// Every process name spawned (their logs are shown on failure and removed at the end).
     names: Mutex<Vec<String>>,
+    /// Hosts added by [`Lab::add_host`] (their namespaces are removed on drop too).
+    extra: Mutex<Vec<String>>,
 }
 
 impl Lab {
@@ -121,6 +123,7 @@ impl Lab {
             prefix,
             children: Mutex::new(Vec::new()),
             names: Mutex::new(Vec::new()),
+            extra: Mutex::new(Vec::new()),
         };
         let sw = lab.ns("sw");
         sh(&["ip", "netns", "add", &sw]);
@@ -145,51 +148,7 @@ impl Lab {
             (TARGET, TARGET_IP),
             (ASSIST, ASSIST_IP),
         ] {
-            let ns = lab.ns(host);
-            let port = format!("v{host}");
-            sh(&["ip", "netns", "add", &ns]);
-            sh(&[
-                "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
-            ]);
-            sh(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{ip}/24"),
-                "dev",
-                "eth0",
-            ]);
-            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &ns,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-                "net.ipv4.conf.eth0.rp_filter=0",
-                "net.ipv4.conf.lo.rp_filter=0",
-                "net.ipv4.ip_forward=0",
-                "net.ipv4.ip_local_port_range=10000 60999",
-                // No reuse of TIME_WAIT ports: every client connection of a test has its own
-                // port, which is how tests pair online and target connections.
-                "net.ipv4.tcp_tw_reuse=0",
-                "net.core.somaxconn=4096",
-            ]);
-            for (n, dev) in [(&ns, "eth0"), (&sw, port.as_str())] {
-                sh(&[
-                    "ip", "netns", "exec", n, "ethtool", "-K", dev, "tx", "off", "tso", "off",
-                    "gso", "off", "gro", "off",
-                ]);
-            }
+            lab.attach(host, ip);
         }
         sh(&[
             "ip",
@@ -202,6 +161,70 @@ impl Lab {
             &ASSIST_IP.to_string(),
         ]);
         lab
+    }
+
+    /// Adds one more host namespace `host` with `ip`/24 on the bridge, set up like the four of
+    /// [`Lab::start`] (lab.md settings: rp_filter 0, ip_forward 0, offloads off), e.g. a second
+    /// online or assistant host; removed with the lab. `ip` must be a free 198.18.0.0/24
+    /// address and `host` a new name (at most 7 characters: it names the bridge port too).
+    pub fn add_host(&self, host: &str, ip: Ipv4Addr) {
+        assert!(
+            ip.octets()[..3] == [198, 18, 0] && host.len() <= 7,
+            "add_host {host} {ip}: lab hosts are 198.18.0.x, names at most 7 characters"
+        );
+        self.extra.lock().unwrap().push(host.to_string());
+        self.attach(host, ip);
+    }
+
+    /// Creates `host`'s namespace and connects it to the bridge with `ip`/24.
+    fn attach(&self, host: &str, ip: Ipv4Addr) {
+        let lab = self;
+        let sw = lab.ns("sw");
+        let ns = lab.ns(host);
+        let port = format!("v{host}");
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        sh(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv4.conf.eth0.rp_filter=0",
+            "net.ipv4.conf.lo.rp_filter=0",
+            "net.ipv4.ip_forward=0",
+            "net.ipv4.ip_local_port_range=10000 60999",
+            // No reuse of TIME_WAIT ports: every client connection of a test has its own
+            // port, which is how tests pair online and target connections.
+            "net.ipv4.tcp_tw_reuse=0",
+            "net.core.somaxconn=4096",
+        ]);
+        for (n, dev) in [(&ns, "eth0"), (&sw, port.as_str())] {
+            sh(&[
+                "ip", "netns", "exec", n, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso",
+                "off", "gro", "off",
+            ]);
+        }
     }
 
     pub fn ns(&self, host: &str) -> String {
@@ -371,7 +394,11 @@ impl Drop for Lab {
             }
             let _ = std::fs::remove_file(self.log_path(name));
         }
-        for host in ["sw", CLIENT, ONLINE, TARGET, ASSIST] {
+        let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for host in ["sw", CLIENT, ONLINE, TARGET, ASSIST]
+            .into_iter()
+            .chain(extra.iter().map(String::as_str))
+        {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(host)])
                 .status();
