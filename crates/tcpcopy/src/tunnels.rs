@@ -232,7 +232,18 @@ impl Tunnels {
         let was_active = self.intercepts[i].active;
         let result = self.handle(i, c, readable, writable, records);
         if let Err(e) = result {
-            log::warn!("intercept {}: tunnel closed: {e}", self.intercepts[i].addr);
+            // Nothing on the wire says which record variant is used: a broken frame is
+            // almost always a mismatch of the two sides' options.
+            let hint = match e {
+                ConnError::Protocol(_) => {
+                    " (do tcpcopy and intercept use the same --payload and --disable-combined?)"
+                }
+                _ => "",
+            };
+            log::warn!(
+                "intercept {}: tunnel closed: {e}{hint}",
+                self.intercepts[i].addr
+            );
             match e {
                 ConnError::Protocol(_) => self.stats.broken_frames += 1,
                 ConnError::Overflow { .. } => self.stats.stuck += 1,
