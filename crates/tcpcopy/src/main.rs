@@ -143,6 +143,17 @@ fn run(options: Options) -> anyhow::Result<i32> {
     let captures: Vec<Box<dyn Capture>> = match &options.input {
         Input::Raw => {
             let c = RawSocketCapture::open().context("Create raw socket to input failed")?;
+            let ports: Vec<u16> = options
+                .replay
+                .transfers
+                .iter()
+                .map(|t| t.src_port)
+                .collect();
+            match c.keep_only_dst_ports(&ports) {
+                Ok(true) => log::info!("capture: kernel filter keeps tcp dst ports {ports:?}"),
+                Ok(false) => {}
+                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
+            }
             log::info!(
                 "capture: raw socket, receive buffer {} bytes",
                 c.receive_buffer().unwrap_or(0)

@@ -43,6 +43,72 @@ impl RawSocketCapture {
     pub fn receive_buffer(&self) -> io::Result<usize> {
         self.socket.recv_buffer_size()
     }
+
+    /// Lets the kernel drop every TCP datagram whose destination port is not one of `ports`
+    /// (a classic BPF filter), so tcpcopy is not woken for traffic it would only count and
+    /// drop: the control tunnels' own packets, other services of the host. The address part
+    /// of a transfer is still checked by the replay machine. No filter for an empty list or
+    /// more than 250 ports.
+    pub fn keep_only_dst_ports(&self, ports: &[u16]) -> io::Result<bool> {
+        let mut ports: Vec<u16> = ports.to_vec();
+        ports.sort_unstable();
+        ports.dedup();
+        let Some(program) = dst_port_filter(&ports) else {
+            return Ok(false);
+        };
+        let prog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: setsockopt with a valid fd and a sock_fprog pointing at `program`, which
+        // outlives the call (the kernel copies it).
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                (&prog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+}
+
+/// `X = IP header length; A = TCP destination port; accept if A is one of ports`.
+/// The filter sees a raw IPv4 socket's datagrams from the IP header on.
+fn dst_port_filter(ports: &[u16]) -> Option<Vec<libc::sock_filter>> {
+    if ports.is_empty() || ports.len() > 250 {
+        return None;
+    }
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let n = ports.len();
+    let mut p = Vec::with_capacity(n + 4);
+    // ldxb 4*([0]&0xf)
+    p.push(op(libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH, 0, 0, 0));
+    // ldh [x + 2]: the destination port
+    p.push(op(libc::BPF_LD | libc::BPF_H | libc::BPF_IND, 0, 0, 2));
+    for (i, &port) in ports.iter().enumerate() {
+        // jeq #port, accept, next
+        let to_accept = (n - i) as u8;
+        p.push(op(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            to_accept,
+            0,
+            u32::from(port),
+        ));
+    }
+    p.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, 0));
+    p.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX));
+    Some(p)
 }
 
 /// SO_RCVBUFFORCE goes past `net.core.rmem_max` when privileged; otherwise SO_RCVBUF.
@@ -109,5 +175,62 @@ impl Capture for RawSocketCapture {
             on_frame(LinkType::RawIp, &self.buf[..n]);
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Needs CAP_NET_RAW: with the port filter, SYNs to a kept port are read, SYNs to another
+    /// port on the same loopback are not (the kernel drops them before tcpcopy sees them).
+    #[test]
+    fn port_filter_keeps_only_the_transfer_ports() {
+        let cap = match RawSocketCapture::open() {
+            Ok(c) => c,
+            Err(e) => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("raw socket unavailable in CI: {e}");
+                }
+                eprintln!("SKIP port_filter_keeps_only_the_transfer_ports: {e}");
+                return;
+            }
+        };
+        let mut cap = cap;
+        // Two closed ports on loopback: each connect sends a SYN (answered by a RST).
+        let kept = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (kept_port, other_port) = (
+            kept.local_addr().unwrap().port(),
+            other.local_addr().unwrap().port(),
+        );
+        assert!(cap.keep_only_dst_ports(&[kept_port, 9]).unwrap());
+        let _a = std::net::TcpStream::connect(("127.0.0.1", other_port)).unwrap();
+        let _b = std::net::TcpStream::connect(("127.0.0.1", kept_port)).unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !seen.contains(&kept_port) {
+            cap.read_frames(64, &mut |_, frame| {
+                let ihl = usize::from(frame[0] & 0x0f) * 4;
+                seen.push(u16::from_be_bytes([frame[ihl + 2], frame[ihl + 3]]));
+            })
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(seen.contains(&kept_port), "{seen:?}");
+        assert!(seen.iter().all(|&p| p == kept_port), "{seen:?}");
+    }
+
+    #[test]
+    fn filter_program_shape() {
+        assert!(dst_port_filter(&[]).is_none());
+        let p = dst_port_filter(&[80, 81]).unwrap();
+        assert_eq!(p.len(), 6);
+        // The first comparison jumps over the second and the drop to the accept.
+        assert_eq!((p[2].jt, p[2].k), (2, 80));
+        assert_eq!((p[3].jt, p[3].k), (1, 81));
+        assert_eq!(p[4].k, 0);
+        assert_eq!(p[5].k, u32::MAX);
     }
 }
