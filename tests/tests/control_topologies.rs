@@ -75,19 +75,6 @@ fn classes(entries: &[Entry], class: impl Fn(&Entry) -> Option<String>) -> BTree
     out
 }
 
-fn diff(want: &BTreeMap<String, usize>, got: &BTreeMap<String, usize>) -> Vec<String> {
-    want.iter()
-        .filter(|(k, v)| got.get(*k) != Some(v))
-        .map(|(k, v)| format!("{k}: online {v}, target {:?}", got.get(k)))
-        .chain(
-            got.iter()
-                .filter(|(k, _)| !want.contains_key(*k))
-                .map(|(k, v)| format!("{k}: online 0, target {v}")),
-        )
-        .take(12)
-        .collect()
-}
-
 /// The last value of `name:<n>` in a log (statistics lines), if any.
 fn stat(log: &str, name: &str) -> Option<u64> {
     let pat = format!("{name}:");
@@ -381,7 +368,7 @@ impl Topo {
             panic!(
                 "{test}: target served {m} of the selected requests, online {n}, after \
                  {REPLAY_DEADLINE:?}; differences e.g. {:#?}\n{}",
-                diff(want, &got),
+                count_diff(want, &got),
                 self.report()
             );
         }

@@ -12,7 +12,7 @@ mod real_common;
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -496,31 +496,7 @@ const EDGE_LOG: &str = "log_format edge '$remote_addr $remote_port $connection_r
      \"$request\" $status $body_bytes_sent';\n\
      access_log {dir}/edge.log edge;";
 
-#[derive(Debug, Clone, PartialEq)]
-struct Entry {
-    ip: String,
-    port: u16,
-    nth: u32,
-    /// `"METHOD URI PROTO" status bytes`
-    req: String,
-}
-
-fn read_log(path: &Path) -> Vec<Entry> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.splitn(4, ' ');
-            Some(Entry {
-                ip: it.next()?.to_string(),
-                port: it.next()?.parse().ok()?,
-                nth: it.next()?.parse().ok()?,
-                req: it.next()?.to_string(),
-            })
-        })
-        .collect()
-}
-
-fn multiset(entries: &[Entry]) -> BTreeMap<String, usize> {
+fn multiset(entries: &[AccessEntry]) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for e in entries {
         *out.entry(e.req.clone()).or_insert(0) += 1;
@@ -529,7 +505,7 @@ fn multiset(entries: &[Entry]) -> BTreeMap<String, usize> {
 }
 
 /// Requests per connection (by client address and port), in their order on it.
-fn by_conn(entries: &[Entry]) -> BTreeMap<(String, u16), Vec<String>> {
+fn by_conn(entries: &[AccessEntry]) -> BTreeMap<(String, u16), Vec<String>> {
     let mut conns: BTreeMap<(String, u16), Vec<(u32, String)>> = BTreeMap::new();
     for e in entries {
         conns
@@ -543,21 +519,6 @@ fn by_conn(entries: &[Entry]) -> BTreeMap<(String, u16), Vec<String>> {
             v.sort();
             (k, v.into_iter().map(|(_, r)| r).collect())
         })
-        .collect()
-}
-
-fn diff(online: &BTreeMap<String, usize>, target: &BTreeMap<String, usize>) -> Vec<String> {
-    online
-        .iter()
-        .filter(|(k, v)| target.get(*k) != Some(v))
-        .map(|(k, v)| format!("{k}: online {v}, target {:?}", target.get(k)))
-        .chain(
-            target
-                .iter()
-                .filter(|(k, _)| !online.contains_key(*k))
-                .map(|(k, v)| format!("{k}: online 0, target {v}")),
-        )
-        .take(12)
         .collect()
 }
 
@@ -609,9 +570,13 @@ fn http_lab(target_extra: &str) -> Http {
 impl Http {
     /// The online log with `expected` requests, and the target's once it has the same
     /// requests (method, URI, status, bytes): (online, target) entries.
-    fn expect_same_requests(&self, test: &str, expected: usize) -> (Vec<Entry>, Vec<Entry>) {
+    fn expect_same_requests(
+        &self,
+        test: &str,
+        expected: usize,
+    ) -> (Vec<AccessEntry>, Vec<AccessEntry>) {
         let (_, online) = poll(Duration::from_secs(5), || {
-            let e = read_log(&self.online_log);
+            let e = read_access_log(&self.online_log);
             (e.len() >= expected, e)
         });
         assert_eq!(online.len(), expected, "online requests: {online:#?}");
@@ -620,13 +585,13 @@ impl Http {
             &self.lab,
             &format!("{test}: the target's requests differ from the online's"),
             || {
-                let t = read_log(&self.target_log);
+                let t = read_access_log(&self.target_log);
                 (multiset(&t) == want, t)
             },
             || {
                 format!(
                     "differences: {:#?}\n--- nginx-target log, tail ---\n{}",
-                    diff(&want, &multiset(&read_log(&self.target_log))),
+                    count_diff(&want, &multiset(&read_access_log(&self.target_log))),
                     tail(&self.lab.log("nginx-target"), 20)
                 )
             },
@@ -745,7 +710,7 @@ fn http_pipelining_close_and_half_close() {
     let test = "http_pipelining_close_and_half_close";
     let (online, target) = h.expect_same_requests(test, 75);
     // The pipelined connections: the same requests in the same order on one connection.
-    let pipelined = |e: &[Entry]| -> Vec<Vec<String>> {
+    let pipelined = |e: &[AccessEntry]| -> Vec<Vec<String>> {
         by_conn(e)
             .into_values()
             .filter(|reqs| reqs.len() > 1)
@@ -766,7 +731,7 @@ fn http_pipelining_close_and_half_close() {
 /// Two connections, each sending a request every 3.5 s for 10.5 s; the target must serve
 /// them all. With `target_extra` = `keepalive_timeout 2s`, the target closes the connections
 /// between requests while the online server keeps them: the later requests go on new ones.
-fn idle_case(test: &str, target_extra: &str) -> (Vec<Entry>, Vec<Entry>) {
+fn idle_case(test: &str, target_extra: &str) -> (Vec<AccessEntry>, Vec<AccessEntry>) {
     let h = http_lab(target_extra);
     let online = h.online;
     let clients: Vec<JoinHandle<io::Result<()>>> = (0..2)
@@ -810,7 +775,7 @@ fn http_idle_keepalive() {
     }
     let (online, target) = idle_case("http_idle_keepalive", "");
     // Same connections: each kept its 4 requests in order.
-    let conns = |e: &[Entry]| -> Vec<Vec<String>> { by_conn(e).into_values().collect() };
+    let conns = |e: &[AccessEntry]| -> Vec<Vec<String>> { by_conn(e).into_values().collect() };
     let (mut o, mut t) = (conns(&online), conns(&target));
     o.sort();
     t.sort();

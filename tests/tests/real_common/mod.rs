@@ -757,3 +757,51 @@ pub fn access_log_clients(path: &Path) -> Vec<String> {
     ips.dedup();
     ips
 }
+
+// ------------------------------------------------------------------------------------------
+// nginx access logs: `$remote_addr $remote_port $connection_requests "$request" ...`
+
+/// One access-log line of the format above.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessEntry {
+    pub ip: String,
+    pub port: u16,
+    /// The request's place on its connection (`$connection_requests`).
+    pub nth: u32,
+    /// The rest of the line: `"METHOD URI PROTO" status bytes ...`.
+    pub req: String,
+}
+
+pub fn read_access_log(path: &Path) -> Vec<AccessEntry> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(4, ' ');
+            Some(AccessEntry {
+                ip: it.next()?.to_string(),
+                port: it.next()?.parse().ok()?,
+                nth: it.next()?.parse().ok()?,
+                req: it.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The first differences between two multisets (online, target), for a failure message.
+pub fn count_diff(
+    online: &BTreeMap<String, usize>,
+    target: &BTreeMap<String, usize>,
+) -> Vec<String> {
+    online
+        .iter()
+        .filter(|(k, v)| target.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: online {v}, target {:?}", target.get(k)))
+        .chain(
+            target
+                .iter()
+                .filter(|(k, _)| !online.contains_key(*k))
+                .map(|(k, v)| format!("{k}: online 0, target {v}")),
+        )
+        .take(12)
+        .collect()
+}
