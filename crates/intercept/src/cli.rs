@@ -218,7 +218,7 @@ fn command() -> Command {
                 .value_parser(clap::value_parser!(usize))
                 .default_value("65536")
                 .help_heading(H_ROUTING)
-                .help("delay table size: connections whose SYN-ACK/RST may wait (30 s) for their CLIENT_ADD"),
+                .help("delay table: connections whose SYN-ACK/RST may wait (30 s) for their CLIENT_ADD; the original's bucket count (chained, unbounded), here entries, at least 65536"),
         )
         .arg(
             Arg::new("rewrite")

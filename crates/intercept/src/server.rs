@@ -479,7 +479,9 @@ impl Server {
             router: Router::new(
                 cfg.max_routes,
                 cfg.route_timeout.as_millis() as Millis,
-                cfg.delay_table,
+                // The original's -s counts hash buckets with unbounded chains: a smaller
+                // value must not make the bounded table refuse what the original held.
+                cfg.delay_table.max(crate::cli::DEFAULT_DELAY_TABLE),
                 0,
             ),
             single: SingleGroup::new(cfg.protect),
