@@ -452,6 +452,24 @@ mod tests {
         payload: false,
     };
 
+    /// A loopback "intercept" listener and two tunnels to it (not yet accepted).
+    fn one_intercept_two_tunnels() -> (std::net::TcpListener, mio::Poll, Tunnels) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            panic!("v4")
+        };
+        let poll = mio::Poll::new().unwrap();
+        let tunnels = Tunnels::connect_all(
+            &[addr],
+            2,
+            COMBINED,
+            poll.registry(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        (listener, poll, tunnels)
+    }
+
     /// Runs the loop (at most 5 s) until `done` holds for the tunnels and the records.
     fn drive_until(
         poll: &mut mio::Poll,
@@ -491,20 +509,7 @@ mod tests {
 
     #[test]
     fn tunnel_round_trip_over_loopback() {
-        use std::net::TcpListener;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            panic!("v4")
-        };
-        let mut poll = mio::Poll::new().unwrap();
-        let mut tunnels = Tunnels::connect_all(
-            &[addr],
-            2,
-            COMBINED,
-            poll.registry(),
-            Duration::from_secs(3),
-        )
-        .unwrap();
+        let (listener, mut poll, mut tunnels) = one_intercept_two_tunnels();
         let (mut a, _) = listener.accept().unwrap();
         let (mut b, _) = listener.accept().unwrap();
         let mut v = [0u8; 14];
@@ -755,20 +760,7 @@ mod tests {
     /// 5.5: only intercepts that are gone are reconnected, all their tunnels together).
     #[test]
     fn a_lost_tunnel_of_an_active_intercept_is_left_closed() {
-        use std::net::TcpListener;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            panic!("v4")
-        };
-        let mut poll = mio::Poll::new().unwrap();
-        let mut tunnels = Tunnels::connect_all(
-            &[addr],
-            2,
-            COMBINED,
-            poll.registry(),
-            Duration::from_secs(3),
-        )
-        .unwrap();
+        let (listener, mut poll, mut tunnels) = one_intercept_two_tunnels();
         let (a, _) = listener.accept().unwrap();
         let (_b, _) = listener.accept().unwrap();
         drop(a);
