@@ -383,32 +383,11 @@ impl Drop for PgCluster {
 impl PgCluster {
     /// psql over the unix socket (not the replayed TCP port), unaligned tuples only.
     pub fn query(&self, sql: &str) -> String {
-        let port = self.port.to_string();
-        must(
-            None,
-            "root",
-            10,
-            "psql",
-            &[
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                s(&self.sockdir),
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-            None,
-        )
+        self.try_query(sql)
+            .unwrap_or_else(|| panic!("psql on port {} failed: {sql}", self.port))
     }
 
+    /// [`Self::query`], `None` when psql fails (server not up yet, table missing).
     pub fn try_query(&self, sql: &str) -> Option<String> {
         let port = self.port.to_string();
         let out = run(
@@ -419,6 +398,8 @@ impl PgCluster {
             &[
                 "-X",
                 "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
                 "-h",
                 s(&self.sockdir),
                 "-p",
