@@ -602,8 +602,7 @@ impl Replayer {
                     return;
                 }
                 s.on_client(&mut ctx, now, datagram);
-                let s_key = key;
-                self.reschedule(s_key);
+                schedule(&mut self.timers, key, s);
                 return;
             }
             // The old connection is done: it makes room for the new one on the same key.
@@ -638,17 +637,26 @@ impl Replayer {
     }
 
     fn reschedule(&mut self, key: Key) {
-        let Some(s) = self.sessions.get_mut(&key) else {
-            return;
-        };
-        let next = s.next_deadline();
-        if next != s.scheduled {
-            s.scheduled = next;
-            s.timer_gen += 1;
-            if let Some(t) = next {
-                self.timers.push(Reverse((t, key, s.timer_gen)));
-            }
+        if let Some(s) = self.sessions.get_mut(&key) {
+            schedule(&mut self.timers, key, s);
         }
+    }
+
+    /// Hands a response to the session `key`, if there is one (one table lookup).
+    fn respond(
+        &mut self,
+        key: Key,
+        now: Instant,
+        r: &TcpPacket<&[u8]>,
+        out: &mut dyn Output,
+    ) -> bool {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return false;
+        };
+        let mut ctx = ctx!(self, out);
+        s.on_response(&mut ctx, now, r);
+        schedule(&mut self.timers, key, s);
+        true
     }
 
     /// One response record from intercept (64 or 192 bytes: IPv4 header + TCP header).
@@ -658,29 +666,24 @@ impl Replayer {
             self.drops.count(DropKind::BadResponse);
             return;
         };
-        let mut key = (r.dst_ip(), r.dst_port(), r.src_ip(), r.src_port());
-        if !self.sessions.contains_key(&key) {
-            // Spec 4.9 looks sessions up by the response's destination alone: behind a DNAT
-            // (intercept --dnat) the answer comes from another address than the -x target.
-            // Fall back to the transfers' targets on the same port.
-            let found = self.cfg.transfers.iter().find_map(|t| {
-                let k = (r.dst_ip(), r.dst_port(), t.dst_ip, t.dst_port);
-                (t.dst_port == r.src_port() && self.sessions.contains_key(&k)).then_some(k)
-            });
-            match found {
-                Some(k) => key = k,
-                None => {
-                    self.drops.count(DropKind::UnknownResponse);
-                    return;
-                }
-            }
-        }
-        let Some(s) = self.sessions.get_mut(&key) else {
+        if self.respond(
+            (r.dst_ip(), r.dst_port(), r.src_ip(), r.src_port()),
+            now,
+            &r,
+            out,
+        ) {
             return;
-        };
-        let mut ctx = ctx!(self, out);
-        s.on_response(&mut ctx, now, &r);
-        self.reschedule(key);
+        }
+        // Spec 4.9 looks sessions up by the response's destination alone: behind a DNAT
+        // (intercept --dnat) the answer comes from another address than the -x target.
+        // Fall back to the transfers' targets on the same port.
+        let found = self.cfg.transfers.iter().find_map(|t| {
+            let k = (r.dst_ip(), r.dst_port(), t.dst_ip, t.dst_port);
+            (t.dst_port == r.src_port() && self.sessions.contains_key(&k)).then_some(k)
+        });
+        if !found.is_some_and(|k| self.respond(k, now, &r, out)) {
+            self.drops.count(DropKind::UnknownResponse);
+        }
     }
 
     /// Fires every timer due at `now`.
@@ -766,5 +769,18 @@ impl Replayer {
             .filter(|(_, n)| **n > 0)
             .map(|(i, n)| (DropKind::name(i), *n))
             .collect()
+    }
+}
+
+/// (Re)arms a session's timer when its earliest deadline changed; the heap entry of the old
+/// deadline is left to be skipped by its generation.
+fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, Key, u64)>>, key: Key, s: &mut Session) {
+    let next = s.next_deadline();
+    if next != s.scheduled {
+        s.scheduled = next;
+        s.timer_gen += 1;
+        if let Some(t) = next {
+            timers.push(Reverse((t, key, s.timer_gen)));
+        }
     }
 }
