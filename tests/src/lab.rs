@@ -164,7 +164,7 @@ impl Lab {
     }
 
     /// Adds one more host namespace `host` with `ip`/24 on the bridge, set up like the four of
-    /// [`Lab::start`] (lab.md settings: rp_filter 0, ip_forward 0, offloads off), e.g. a second
+    /// [`Lab::start`] (lab.md settings: rp_filter 0, ip_forward 0; transmit checksum offload on, TSO/GSO/GRO off), e.g. a second
     /// online or assistant host; removed with the lab. `ip` must be a free 198.18.0.0/24
     /// address and `host` a new name (at most 7 characters: it names the bridge port too).
     pub fn add_host(&self, host: &str, ip: Ipv4Addr) {
@@ -219,9 +219,16 @@ impl Lab {
             "net.ipv4.tcp_tw_reuse=0",
             "net.core.somaxconn=4096",
         ]);
+        // Transmit checksum offload ON on both ends (the veth default, as on Docker and
+        // Kubernetes bridges and most VMs): a host's own segments then carry partial
+        // checksums up to the receiving host's stack, so tcpcopy's capture and the tcpdump
+        // captures of the offline tests see them as real hosts do, and a replay that
+        // forwards them unchanged is dropped by the target (issue 13: the lab had offload
+        // off on the bridge ports, which computed every checksum in software and hid it).
+        // TSO/GSO/GRO stay off: MTU-sized segments, as on a wire (one test turns them on).
         for (n, dev) in [(&ns, "eth0"), (&sw, port.as_str())] {
             sh(&[
-                "ip", "netns", "exec", n, "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso",
+                "ip", "netns", "exec", n, "ethtool", "-K", dev, "tx", "on", "tso", "off", "gso",
                 "off", "gro", "off",
             ]);
         }

@@ -27,7 +27,7 @@ const OFFLINE_TAIL: &str = "10";
 // ------------------------------------------------------------------------------------------
 // Recording with tcpdump and reading the capture back.
 
-/// A tcpdump writing `path` in online, started by [`record`], stopped by [`Recording::stop`]
+/// A tcpdump writing `path` in a lab host, started by [`record`], stopped by [`Recording::stop`]
 /// (the lab kills it on drop if a test fails before).
 struct Recording {
     name: String,
@@ -35,9 +35,9 @@ struct Recording {
     port: u16,
 }
 
-/// Starts `tcpdump <opts> -w path 'tcp port <port>'` in online (both directions, as an
+/// Starts `tcpdump <opts> -w path 'tcp port <port>'` in `host` (both directions, as an
 /// operator would record it) and waits until it listens.
-fn record(lab: &Lab, name: &str, path: &Path, opts: &[&str], port: u16) -> Recording {
+fn record(lab: &Lab, host: &str, name: &str, path: &Path, opts: &[&str], port: u16) -> Recording {
     let filter = format!("tcp port {port}");
     // -Z root: write the file as root (Debian's tcpdump drops to its own user otherwise);
     // -U and --immediate-mode: every packet is in the file as soon as it is captured.
@@ -56,7 +56,7 @@ fn record(lab: &Lab, name: &str, path: &Path, opts: &[&str], port: u16) -> Recor
     ];
     args.extend_from_slice(opts);
     args.extend_from_slice(&["-w", s(path), &filter]);
-    lab.spawn(ONLINE, name, &PathBuf::from("/usr/bin/tcpdump"), &args);
+    lab.spawn(host, name, &PathBuf::from("/usr/bin/tcpdump"), &args);
     let (listening, _) = poll(Duration::from_secs(10), || {
         (lab.log(name).contains("listening on"), ())
     });
@@ -367,10 +367,11 @@ fn redis_calls(sock: &Path) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Records the Redis workload with tcpdump `opts` on online and replays the file to a fresh
-/// target with `-a 4 -T passes`; the target must end with the online keys and values, the
-/// counter `passes` times the online one, and `passes` times the online SETs and INCRs.
-fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool) {
+/// Records the Redis workload with tcpdump `opts` on `at` (online, or the client) and replays
+/// the file to a fresh target with `-a 4 -T passes`; the target must end with the online keys
+/// and values, the counter `passes` times the online one, and `passes` times the online SETs
+/// and INCRs.
+fn redis_offline_case(test: &str, at: &str, opts: &[&str], passes: u32, expect_nanos: bool) {
     if !can_run(test) {
         return;
     }
@@ -385,7 +386,7 @@ fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool
         &tmp.sub("online"),
     );
     let file = tmp.path().join("redis.pcap");
-    let rec = record(&lab, "record", &file, opts, REDIS_ONLINE_PORT);
+    let rec = record(&lab, at, "record", &file, opts, REDIS_ONLINE_PORT);
     redis_workload(&lab);
     let capture = rec.stop(&lab);
     let recorded = started.elapsed();
@@ -427,6 +428,15 @@ fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool
     );
     assert_complete(&lab, "tcpcopy", &replay, passes);
     let code = replay.0;
+    // The lab's links offload transmit checksums: the client's segments were captured with
+    // partial ones (issue 13), and every one of them was replayed with valid ones.
+    let fixed = stat(&replay.1, "bad checksum fixed").unwrap_or(0);
+    assert!(
+        fixed > 0,
+        "{test}: no captured segment had a partial checksum: the lab does not exercise transmit \
+         checksum offload\n{}",
+        offline_report(&lab, "tcpcopy", code)
+    );
 
     let mut expected = online_data.clone();
     expected.insert(
@@ -482,7 +492,27 @@ fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool
 /// Ethernet capture, microsecond timestamps, one pass.
 #[test]
 fn offline_redis_ethernet_capture() {
-    redis_offline_case("offline_redis_ethernet_capture", &["-i", "eth0"], 1, false);
+    redis_offline_case(
+        "offline_redis_ethernet_capture",
+        ONLINE,
+        &["-i", "eth0"],
+        1,
+        false,
+    );
+}
+
+/// Captured by tcpdump on the client host itself, whose stack offloads transmit checksums:
+/// every client segment in the file has a partial checksum (the original replays these at
+/// 100%; issue 13 measured 0% before tcpcopy-rs recomputed them).
+#[test]
+fn offline_redis_capture_on_the_offloading_client() {
+    redis_offline_case(
+        "offline_redis_capture_on_the_offloading_client",
+        CLIENT,
+        &["-i", "eth0"],
+        1,
+        false,
+    );
 }
 
 /// Ethernet capture with nanosecond timestamps, replayed twice (`-T 2`): every key once,
@@ -491,6 +521,7 @@ fn offline_redis_ethernet_capture() {
 fn offline_redis_nanosecond_capture_replayed_twice() {
     redis_offline_case(
         "offline_redis_nanosecond_capture_replayed_twice",
+        ONLINE,
         &["-i", "eth0", "--time-stamp-precision=nano"],
         2,
         true,
@@ -525,6 +556,7 @@ fn offline_postgres_cooked_capture() {
     let file = tmp.path().join("pg.pcap");
     let rec = record(
         &lab,
+        ONLINE,
         "record",
         &file,
         &["-i", "any", "-y", "LINUX_SLL"],
@@ -610,6 +642,7 @@ fn offline_nginx_cooked_v2_capture() {
     let file = tmp.path().join("http.pcap");
     let rec = record(
         &lab,
+        ONLINE,
         "record",
         &file,
         &["-i", "any", "-y", "LINUX_SLL2"],

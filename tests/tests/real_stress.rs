@@ -336,6 +336,13 @@ impl Impair {
         let port = format!("v{host}");
         let (a, b) = (format!("imp{host}a"), format!("imp{host}b"));
         sh_ok(&["ip", "-n", &sw, "link", "set", &port, "nomaster"]);
+        // The relay copies frames between packet sockets: a partial checksum (transmit
+        // offload, the lab's default) would leave it as garbage. This host's link computes
+        // its checksums, as a real WAN link's NIC does.
+        let host_ns = lab.ns(host);
+        for (n, dev) in [(&host_ns, "eth0"), (&sw, port.as_str())] {
+            sh_ok(&["ip", "netns", "exec", n, "ethtool", "-K", dev, "tx", "off"]);
+        }
         sh_ok(&[
             "ip", "-n", &sw, "link", "add", &a, "type", "veth", "peer", "name", &b,
         ]);

@@ -57,3 +57,161 @@ fn one_fake_endpoint_to_two_targets_is_two_sessions() {
         0x24, 0x19,
     ]);
 }
+
+mod any_checksum {
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+    use tc_core::packet::{build_segment, flags, Completeness, SegmentSpec, TcpPacket};
+    use tc_core::session::{Output, ReplayConfig, Replayer, Transfer};
+
+    use super::session_driver::partial_checksum;
+
+    const TARGET: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 18, 0, 30), 8080);
+    const FAKE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+    #[derive(Default)]
+    struct Sent(Vec<Vec<u8>>);
+    impl Output for Sent {
+        fn send_to_target(&mut self, datagram: &[u8], _transfer: usize) {
+            self.0.push(datagram.to_vec());
+        }
+        fn client_add(&mut self, _: Ipv4Addr, _: u16, _: Ipv4Addr, _: u16) -> bool {
+            true
+        }
+    }
+
+    /// How a captured segment's checksum fields look.
+    #[derive(Debug, Clone, Copy)]
+    enum Field {
+        Valid,
+        Partial,
+        Zero,
+        Garbage(u16),
+    }
+
+    fn field() -> impl Strategy<Value = Field> {
+        prop_oneof![
+            Just(Field::Valid),
+            Just(Field::Partial),
+            Just(Field::Zero),
+            any::<u16>().prop_map(Field::Garbage),
+        ]
+    }
+
+    fn client_segment(seq: u32, fl: u8, payload: &[u8], tcp: Field, ip_bad: bool) -> Vec<u8> {
+        let spec = SegmentSpec {
+            src: Ipv4Addr::new(198, 18, 0, 10),
+            dst: Ipv4Addr::new(198, 18, 0, 20),
+            src_port: 40_000,
+            dst_port: 80,
+            seq,
+            ack: 5_000,
+            flags: fl,
+            window: 502,
+            ip_id: 1,
+            mss: None,
+            timestamps: Some((seq, 9)),
+            payload,
+        };
+        let mut buf = vec![0u8; 2_000];
+        let n = build_segment(&spec, &mut buf).expect("fits");
+        buf.truncate(n);
+        let value = match tcp {
+            Field::Valid => None,
+            Field::Partial => Some(partial_checksum(&buf)),
+            Field::Zero => Some(0),
+            Field::Garbage(v) => Some(v),
+        };
+        if let Some(v) = value {
+            buf[36..38].copy_from_slice(&v.to_be_bytes());
+        }
+        if ip_bad {
+            buf[10] ^= 0x5a;
+        }
+        buf
+    }
+
+    fn target_record(fl: u8, seq: u32, ack: u32) -> [u8; 64] {
+        let spec = SegmentSpec {
+            src: TARGET.0,
+            dst: FAKE,
+            src_port: TARGET.1,
+            dst_port: 40_000,
+            seq,
+            ack,
+            flags: fl,
+            window: 65_535,
+            ip_id: 0,
+            mss: None,
+            timestamps: None,
+            payload: &[],
+        };
+        let mut buf = [0u8; 64];
+        build_segment(&spec, &mut buf).expect("fits");
+        buf
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+        /// Captured segments with any checksum fields (valid, partial, zero, garbage; the IP
+        /// header's too) leave with both checksums valid, every request is sent, and every
+        /// invalid one is counted.
+        #[test]
+        fn sent_segments_pass_a_full_checksum_check(
+            segs in prop::collection::vec(
+                (field(), any::<bool>(), prop::collection::vec(any::<u8>(), 1..1400)),
+                1..6,
+            ),
+            syn in (field(), any::<bool>()),
+        ) {
+            let mut r = Replayer::new(ReplayConfig {
+                transfers: vec![Transfer {
+                    src_ip: None,
+                    src_port: 80,
+                    dst_ip: TARGET.0,
+                    dst_port: TARGET.1,
+                    src_mac: None,
+                    dst_mac: None,
+                }],
+                client_ips: vec![FAKE],
+                dont_wait: true,
+                ..ReplayConfig::default()
+            });
+            let mut out = Sent::default();
+            let mut now = Instant::now();
+            let isn = 1_000u32;
+            // A garbage value can happen to be the right one: count what is really invalid.
+            let invalid = |seg: &[u8]| {
+                let p = TcpPacket::parse(seg, Completeness::Whole).expect("parses");
+                u64::from(!p.checksums_valid())
+            };
+            let syn_seg = client_segment(isn, flags::SYN, &[], syn.0, syn.1);
+            let mut bad = invalid(&syn_seg);
+            r.on_client_packet(now, &syn_seg, &mut out);
+            r.on_response(now, &target_record(flags::SYN | flags::ACK, 70_000, isn + 1), &mut out);
+            let mut seq = isn + 1;
+            let mut bytes = 0usize;
+            for (tcp, ip_bad, payload) in &segs {
+                now += Duration::from_millis(1);
+                let seg = client_segment(seq, flags::ACK | flags::PSH, payload, *tcp, *ip_bad);
+                bad += invalid(&seg);
+                r.on_client_packet(now, &seg, &mut out);
+                seq += payload.len() as u32;
+                bytes += payload.len();
+                r.on_response(now, &target_record(flags::ACK, 70_001, seq), &mut out);
+            }
+            prop_assert!(!out.0.is_empty());
+            let mut sent_bytes = 0;
+            for d in &out.0 {
+                let p = TcpPacket::parse(&d[..], Completeness::Whole).expect("parses");
+                prop_assert!(p.checksums_valid(), "a sent segment has an invalid checksum: {:02x?}", d);
+                prop_assert_eq!((p.dst_ip(), p.dst_port()), TARGET);
+                sent_bytes += p.payload_len();
+            }
+            prop_assert_eq!(sent_bytes, bytes, "every request byte is sent exactly once");
+            prop_assert_eq!(r.stats().bad_checksum_fixed, bad);
+        }
+    }
+}

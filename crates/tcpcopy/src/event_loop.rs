@@ -387,10 +387,11 @@ impl EventLoop {
         let t = &self.output.tunnels.stats;
         let capture_dropped: u64 = self.captures.iter_mut().map(|c| c.dropped()).sum();
         log::info!(
-            "sent packets:{},send errors:{},refused (not a target):{}",
+            "sent packets:{},send errors:{},refused (not a target):{},bad checksum fixed:{}",
             o.sent,
             o.send_errors,
-            o.refused_not_target
+            o.refused_not_target,
+            s.bad_checksum_fixed
         );
         log::info!(
             "capture drops:{},capture backend drops:{},capture errors:{}",
