@@ -146,6 +146,57 @@ fn response_record_64_golden() {
     assert_eq!(v.payload_len(), 0);
 }
 
+/// Issue 13: a response captured with a partial, zero or garbage checksum (the target's
+/// stack offloads transmit checksums) makes the same record but for those bytes, and
+/// tcpcopy reads the same fields from it: nothing on the response path verifies them.
+#[test]
+fn records_do_not_depend_on_captured_checksums() {
+    let seg = hex(SYN_ACK);
+    let pkt = TcpPacket::parse(&seg[..], Completeness::Whole).unwrap();
+    let fmt = WireFormat::default();
+    let good = Record::encode(&pkt, fmt, None);
+    let mut norm = [0u8; 256];
+    let want = {
+        let v = record_view(good.as_bytes(), &mut norm).unwrap();
+        (
+            v.src_ip(),
+            v.dst_port(),
+            v.seq(),
+            v.ack(),
+            v.flags(),
+            v.window(),
+        )
+    };
+    for (ip_sum, tcp_sum) in [(None, 0x1234u16), (None, 0), (Some(0xbeefu16), 0xffff)] {
+        let mut bad = seg.clone();
+        bad[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+        if let Some(v) = ip_sum {
+            bad[10..12].copy_from_slice(&v.to_be_bytes());
+        }
+        let pkt = TcpPacket::parse(&bad[..], Completeness::Whole).unwrap();
+        assert!(!pkt.checksums_valid());
+        let rec = Record::encode(&pkt, fmt, None);
+        let mut norm = [0u8; 256];
+        let v = record_view(rec.as_bytes(), &mut norm).expect("the record is read");
+        let got = (
+            v.src_ip(),
+            v.dst_port(),
+            v.seq(),
+            v.ack(),
+            v.flags(),
+            v.window(),
+        );
+        assert_eq!(got, want);
+        let differ: Vec<usize> = (0..64)
+            .filter(|&i| rec.as_bytes()[i] != good.as_bytes()[i])
+            .collect();
+        assert!(
+            differ.iter().all(|i| [10, 11, 36, 37].contains(i)),
+            "{differ:?}"
+        );
+    }
+}
+
 #[test]
 fn record_with_ip_options_is_normalised() {
     // IHL 6 (4 option bytes: NOP x4), a data segment with 300 payload bytes (tot 344).
