@@ -64,7 +64,7 @@ mod any_checksum {
 
     use proptest::prelude::*;
     use tc_core::packet::{build_segment, flags, Completeness, SegmentSpec, TcpPacket};
-    use tc_core::session::{Output, ReplayConfig, Replayer, Transfer};
+    use tc_core::session::{ReplayConfig, Replayer, Transfer};
 
     use super::session_driver::partial_checksum;
 
@@ -73,12 +73,11 @@ mod any_checksum {
 
     #[derive(Default)]
     struct Sent(Vec<Vec<u8>>);
-    impl Output for Sent {
-        fn send_to_target(&mut self, datagram: &[u8], _transfer: usize) {
-            self.0.push(datagram.to_vec());
-        }
-        fn client_add(&mut self, _: Ipv4Addr, _: u16, _: Ipv4Addr, _: u16) -> bool {
-            true
+    impl Sent {
+        fn drain(&mut self, r: &mut Replayer) {
+            self.0
+                .extend(r.output().datagrams().map(|d| d.bytes.to_vec()));
+            r.clear_output();
         }
     }
 
@@ -154,64 +153,68 @@ mod any_checksum {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
-        /// Captured segments with any checksum fields (valid, partial, zero, garbage; the IP
-        /// header's too) leave with both checksums valid, every request is sent, and every
-        /// invalid one is counted.
-        #[test]
-        fn sent_segments_pass_a_full_checksum_check(
-            segs in prop::collection::vec(
-                (field(), any::<bool>(), prop::collection::vec(any::<u8>(), 1..1400)),
-                1..6,
-            ),
-            syn in (field(), any::<bool>()),
-        ) {
-            let mut r = Replayer::new(ReplayConfig {
-                transfers: vec![Transfer {
-                    src_ip: None,
-                    src_port: 80,
-                    dst_ip: TARGET.0,
-                    dst_port: TARGET.1,
-                    src_mac: None,
-                    dst_mac: None,
-                }],
-                client_ips: vec![FAKE],
-                dont_wait: true,
-                ..ReplayConfig::default()
-            });
-            let mut out = Sent::default();
-            let mut now = Instant::now();
-            let isn = 1_000u32;
-            // A garbage value can happen to be the right one: count what is really invalid.
-            let invalid = |seg: &[u8]| {
-                let p = TcpPacket::parse(seg, Completeness::Whole).expect("parses");
-                u64::from(!p.checksums_valid())
-            };
-            let syn_seg = client_segment(isn, flags::SYN, &[], syn.0, syn.1);
-            let mut bad = invalid(&syn_seg);
-            r.on_client_packet(now, &syn_seg, &mut out);
-            r.on_response(now, &target_record(flags::SYN | flags::ACK, 70_000, isn + 1), &mut out);
-            let mut seq = isn + 1;
-            let mut bytes = 0usize;
-            for (tcp, ip_bad, payload) in &segs {
-                now += Duration::from_millis(1);
-                let seg = client_segment(seq, flags::ACK | flags::PSH, payload, *tcp, *ip_bad);
-                bad += invalid(&seg);
-                r.on_client_packet(now, &seg, &mut out);
-                seq += payload.len() as u32;
-                bytes += payload.len();
-                r.on_response(now, &target_record(flags::ACK, 70_001, seq), &mut out);
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+            /// Captured segments with any checksum fields (valid, partial, zero, garbage; the IP
+            /// header's too) leave with both checksums valid, every request is sent, and every
+            /// invalid one is counted.
+            #[test]
+            fn sent_segments_pass_a_full_checksum_check(
+                segs in prop::collection::vec(
+                    (field(), any::<bool>(), prop::collection::vec(any::<u8>(), 1..1400)),
+                    1..6,
+                ),
+                syn in (field(), any::<bool>()),
+            ) {
+                let mut r = Replayer::new(ReplayConfig {
+                    transfers: vec![Transfer {
+                        src_ip: None,
+                        src_port: 80,
+                        dst_ip: TARGET.0,
+                        dst_port: TARGET.1,
+                        src_mac: None,
+                        dst_mac: None,
+                    }],
+                    client_ips: vec![FAKE],
+                    dont_wait: true,
+                    ..ReplayConfig::default()
+                });
+                let mut out = Sent::default();
+                let mut now = Instant::now();
+                let isn = 1_000u32;
+                // A garbage value can happen to be the right one: count what is really invalid.
+                let invalid = |seg: &[u8]| {
+                    let p = TcpPacket::parse(seg, Completeness::Whole).expect("parses");
+                    u64::from(!p.checksums_valid())
+                };
+                let syn_seg = client_segment(isn, flags::SYN, &[], syn.0, syn.1);
+                let mut bad = invalid(&syn_seg);
+                r.on_client_packet(now, &syn_seg);
+    out.drain(&mut r);
+                r.on_response(now, &target_record(flags::SYN | flags::ACK, 70_000, isn + 1));
+    out.drain(&mut r);
+                let mut seq = isn + 1;
+                let mut bytes = 0usize;
+                for (tcp, ip_bad, payload) in &segs {
+                    now += Duration::from_millis(1);
+                    let seg = client_segment(seq, flags::ACK | flags::PSH, payload, *tcp, *ip_bad);
+                    bad += invalid(&seg);
+                    r.on_client_packet(now, &seg);
+    out.drain(&mut r);
+                    seq += payload.len() as u32;
+                    bytes += payload.len();
+                    r.on_response(now, &target_record(flags::ACK, 70_001, seq));
+    out.drain(&mut r);
+                }
+                prop_assert!(!out.0.is_empty());
+                let mut sent_bytes = 0;
+                for d in &out.0 {
+                    let p = TcpPacket::parse(&d[..], Completeness::Whole).expect("parses");
+                    prop_assert!(p.checksums_valid(), "a sent segment has an invalid checksum: {:02x?}", d);
+                    prop_assert_eq!((p.dst_ip(), p.dst_port()), TARGET);
+                    sent_bytes += p.payload_len();
+                }
+                prop_assert_eq!(sent_bytes, bytes, "every request byte is sent exactly once");
+                prop_assert_eq!(r.stats().bad_checksum_fixed, bad);
             }
-            prop_assert!(!out.0.is_empty());
-            let mut sent_bytes = 0;
-            for d in &out.0 {
-                let p = TcpPacket::parse(&d[..], Completeness::Whole).expect("parses");
-                prop_assert!(p.checksums_valid(), "a sent segment has an invalid checksum: {:02x?}", d);
-                prop_assert_eq!((p.dst_ip(), p.dst_port()), TARGET);
-                sent_bytes += p.payload_len();
-            }
-            prop_assert_eq!(sent_bytes, bytes, "every request byte is sent exactly once");
-            prop_assert_eq!(r.stats().bad_checksum_fixed, bad);
         }
-    }
 }

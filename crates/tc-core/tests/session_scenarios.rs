@@ -485,14 +485,16 @@ fn records_with_ip_options_are_understood() {
     let mut r = Replayer::new(config());
     let cap = c.capture(Duration::ZERO);
     let now = core.now;
-    r.on_client_packet(now, &cap[0].bytes, &mut core);
+    r.on_client_packet(now, &cap[0].bytes);
+    core.drain(&mut r);
     let mut rec = core_records_take(&mut core);
     assert_eq!(rec.len(), 1);
     let mut syn_ack = rec.remove(0);
     syn_ack[0] = 0x46;
     let tot = u16::from_be_bytes([syn_ack[2], syn_ack[3]]) + 4;
     syn_ack[2..4].copy_from_slice(&tot.to_be_bytes());
-    r.on_response(now, &syn_ack, &mut core);
+    r.on_response(now, &syn_ack);
+    core.drain(&mut r);
     assert_eq!(r.stats().conns, 1);
 }
 
@@ -574,7 +576,8 @@ fn lingering_sessions_are_removed_without_spinning() {
         assert!(calls < 1000, "timers keep firing");
         core.now = core.now.max(d);
         let now = core.now;
-        r.on_timer(now, &mut core);
+        r.on_timer(now);
+        core.drain(&mut r);
         assert!(r.next_deadline().is_none_or(|t| t > now));
     }
     assert_eq!(r.active_sessions(), 0);

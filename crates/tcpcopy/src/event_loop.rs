@@ -233,7 +233,8 @@ impl EventLoop {
             }
             let now = Instant::now();
             if self.replayer.next_deadline().is_some_and(|d| d <= now) {
-                self.replayer.on_timer(now, &mut self.output);
+                self.replayer.on_timer(now);
+                self.flush_output();
             }
             if next_progress.is_some_and(|d| now >= d) {
                 next_progress = Some(now + progress_period);
@@ -295,34 +296,47 @@ impl EventLoop {
             StopReason::Signal(sig) => log::warn!("sig {sig} received"),
             other => log::warn!("stopping: {other:?}"),
         }
-        self.replayer.shutdown(Instant::now(), &mut self.output);
+        self.replayer.shutdown(Instant::now());
+        self.flush_output();
         self.log_stats();
         stop
+    }
+
+    /// Sends what the replay machine queued: CLIENT_ADDs to the tunnels first (an intercept
+    /// must know a session before its SYN's answer), then the datagrams. Called after each
+    /// batch of input; also tells the machine whether an intercept can take sessions now.
+    fn flush_output(&mut self) {
+        let out = self.replayer.output();
+        if !out.is_empty() {
+            self.output.flush(out);
+            self.replayer.clear_output();
+        }
+        let available = self.output.tunnels.active_intercepts() > 0;
+        self.replayer.set_intercepts_available(available);
     }
 
     fn drain_capture(&mut self, i: usize) -> std::io::Result<usize> {
         let Self {
             captures,
             replayer,
-            output,
             link_drops,
             ..
         } = self;
         let capture = &mut captures[i];
-        capture.read_frames(
-            CAPTURE_BUDGET,
-            &mut |link, frame| match ipv4_payload(link, frame) {
-                Ok(datagram) => replayer.on_client_packet(Instant::now(), datagram, output),
-                Err(reason) => link_drops.count(reason),
-            },
-        )
+        let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
+            link, frame,
+        ) {
+            Ok(datagram) => replayer.on_client_packet(Instant::now(), datagram),
+            Err(reason) => link_drops.count(reason),
+        });
+        self.flush_output();
+        read
     }
 
     fn poll_offline(&mut self) -> anyhow::Result<OfflineStatus> {
         let Self {
             offline,
             replayer,
-            output,
             link_drops,
             ..
         } = self;
@@ -330,14 +344,16 @@ impl EventLoop {
             return Ok(OfflineStatus::Finished);
         };
         let now = Instant::now();
-        source.poll(now, CAPTURE_BUDGET, &mut |pass, link, frame| {
+        let status = source.poll(now, CAPTURE_BUDGET, &mut |pass, link, frame| {
             // `-T`: each pass replays as connections distinct from the last pass's.
             replayer.start_pass(pass);
             match ipv4_payload(link, frame) {
-                Ok(datagram) => replayer.on_client_packet(now, datagram, output),
+                Ok(datagram) => replayer.on_client_packet(now, datagram),
                 Err(reason) => link_drops.count(reason),
             }
-        })
+        });
+        self.flush_output();
+        status
     }
 
     fn on_tunnel_event(&mut self, token: Token, readable: bool, writable: bool) {
@@ -353,8 +369,9 @@ impl EventLoop {
         }
         let now = Instant::now();
         for record in self.records.chunks_exact(self.record_len) {
-            self.replayer.on_response(now, record, &mut self.output);
+            self.replayer.on_response(now, record);
         }
+        self.flush_output();
     }
 
     fn log_stats(&mut self) {

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use tc_core::send::Send as SendBackend;
-use tc_core::session::{Output, Transfer};
+use tc_core::session::{Outbox, Transfer};
 
 use crate::tunnels::Tunnels;
 
@@ -107,8 +107,23 @@ pub fn allowed_transfer(
     targets.iter().position(|t| *t == dst)
 }
 
-impl Output for ReplayOutput {
-    fn send_to_target(&mut self, datagram: &[u8], transfer: usize) {
+impl ReplayOutput {
+    /// Performs what the replay machine queued: announcements, then datagrams.
+    pub fn flush(&mut self, outbox: &Outbox) {
+        if !self.single {
+            // intercept --single forwards everything to its one tcpcopy: nothing to announce.
+            for a in outbox.client_adds() {
+                self.tunnels
+                    .client_add(a.client_ip, a.client_port, a.target_ip, a.target_port);
+            }
+        }
+        for d in outbox.datagrams() {
+            self.send_to_target(d.bytes, d.transfer);
+        }
+    }
+
+    /// Sends one datagram, if (and only if) it goes to a configured `-x` target.
+    pub fn send_to_target(&mut self, datagram: &[u8], transfer: usize) {
         let allowed = tcp_destination(datagram)
             .and_then(|dst| allowed_transfer(&self.targets, transfer, dst));
         let Some(index) = allowed else {
@@ -133,21 +148,6 @@ impl Output for ReplayOutput {
                 }
             }
         }
-    }
-
-    fn client_add(
-        &mut self,
-        client_ip: Ipv4Addr,
-        client_port: u16,
-        target_ip: Ipv4Addr,
-        target_port: u16,
-    ) -> bool {
-        if self.single {
-            // intercept --single forwards everything to its one tcpcopy.
-            return self.tunnels.active_intercepts() > 0;
-        }
-        self.tunnels
-            .client_add(client_ip, client_port, target_ip, target_port)
     }
 }
 

@@ -24,7 +24,7 @@ pub use build::{build_segment, SegmentSpec};
 pub use link::{ipv4_payload, LinkType};
 pub use pcapfile::{PcapError, PcapReader, PcapRecord, PcapWriter};
 pub use split::{needs_split, split_segment, SplitError, Splitter};
-pub use tcp::{flags, parse_options, Completeness, TcpOptions, TcpPacket};
+pub use tcp::{flags, parse_options, Completeness, Layout, Segment, TcpOptions, TcpPacket};
 
 /// Decodes a captured frame down to a validated, complete IPv4/TCP segment: link-layer
 /// decoding ([`ipv4_payload`]) then [`TcpPacket::parse`] with [`Completeness::Whole`].

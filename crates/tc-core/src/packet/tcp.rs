@@ -105,6 +105,65 @@ pub struct TcpPacket<T> {
     declared_payload: usize,
 }
 
+/// What the replay machine reads of a segment, decoded once when it is captured (or when a
+/// response record arrives) and passed along with the bytes from ingress to the session,
+/// which keeps the layout of the segments it stores: the bytes are not parsed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub ip_id: u16,
+    /// The IP flags are exactly "DF, offset 0" (the original counts other values).
+    pub plain_df: bool,
+    pub options: TcpOptions,
+    pub layout: Layout,
+}
+
+/// Where the parts of a validated datagram are: enough to rewrite it in place again without
+/// validating it again ([`TcpPacket::from_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub ip_len: u8,
+    pub tcp_len: u8,
+    /// Payload length as declared by the IP total length.
+    pub payload_len: u16,
+}
+
+impl Layout {
+    pub fn headers_len(&self) -> usize {
+        usize::from(self.ip_len) + usize::from(self.tcp_len)
+    }
+}
+
+impl Segment {
+    pub fn syn(&self) -> bool {
+        self.flags & flags::SYN != 0
+    }
+    pub fn fin(&self) -> bool {
+        self.flags & flags::FIN != 0
+    }
+    pub fn rst(&self) -> bool {
+        self.flags & flags::RST != 0
+    }
+    pub fn ack_flag(&self) -> bool {
+        self.flags & flags::ACK != 0
+    }
+    pub fn payload_len(&self) -> usize {
+        usize::from(self.layout.payload_len)
+    }
+    /// The sequence number after the payload and a FIN.
+    pub fn end(&self) -> u32 {
+        self.seq
+            .wrapping_add(u32::from(self.layout.payload_len) + u32::from(self.fin()))
+    }
+}
+
 #[inline]
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
@@ -185,6 +244,61 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
             payload_end,
             declared_payload,
         })
+    }
+
+    /// The view of a datagram validated before (its [`Segment::layout`]), without validating
+    /// it again. `None` when the buffer does not hold that layout (never for the bytes the
+    /// layout was read from).
+    pub fn from_layout(buf: T, layout: Layout) -> Option<Self> {
+        let b = buf.as_ref();
+        let (ip_len, tcp_len) = (usize::from(layout.ip_len), usize::from(layout.tcp_len));
+        let payload_end = ip_len + tcp_len + usize::from(layout.payload_len);
+        if b.len() < payload_end
+            || ip_len < IPV4_MIN_HEADER
+            || tcp_len < TCP_MIN_HEADER
+            || usize::from(be16(b, 2)) != payload_end
+        {
+            return None;
+        }
+        Some(TcpPacket {
+            buf,
+            ip_len,
+            tcp_len,
+            payload_end,
+            declared_payload: usize::from(layout.payload_len),
+        })
+    }
+
+    /// Decodes what the replay machine reads (header fields, options, layout) in one go.
+    pub fn segment(&self) -> Segment {
+        Segment {
+            src: self.src_ip(),
+            dst: self.dst_ip(),
+            src_port: self.src_port(),
+            dst_port: self.dst_port(),
+            seq: self.seq(),
+            ack: self.ack(),
+            flags: self.flags(),
+            window: self.window(),
+            ip_id: self.ip_id(),
+            plain_df: self.is_plain_df(),
+            options: self.options(),
+            layout: Layout {
+                ip_len: self.ip_len as u8,
+                tcp_len: self.tcp_len as u8,
+                payload_len: self.declared_payload as u16,
+            },
+        }
+    }
+
+    /// TSval and TSecr at `offset` from the start of the TCP header (see
+    /// [`TcpOptions::timestamps_offset`]); `None` when they would not lie in the header.
+    pub fn timestamps_at(&self, offset: usize) -> Option<(u32, u32)> {
+        if offset + 8 > self.tcp_len {
+            return None;
+        }
+        let at = self.ip_len + offset;
+        Some((be32(self.b(), at), be32(self.b(), at + 4)))
     }
 
     #[inline]

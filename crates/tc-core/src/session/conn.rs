@@ -9,8 +9,10 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use super::{DropKind, Drops, Output, ReplayConfig, ReplayStats};
-use crate::packet::{build_segment, flags, Completeness, SegmentSpec, TcpPacket};
+use super::outbox::{ClientAdd, Outbox};
+use super::timer::{Timer, TimerTable};
+use super::{DropKind, Drops, ReplayConfig, ReplayStats};
+use crate::packet::{build_segment, flags, Layout, Segment, SegmentSpec, TcpPacket};
 
 /// Wrap-around aware sequence comparisons.
 #[inline]
@@ -59,7 +61,35 @@ pub struct Stored {
     pub online_ack: u32,
     pub flags: u8,
     pub payload: usize,
+    /// Where the parts of `data` are (validated once, when it was captured).
+    pub layout: Layout,
+    /// Offset of the timestamps option from the TCP header, if it has one.
+    pub ts_offset: Option<usize>,
     pub data: Vec<u8>,
+}
+
+impl Stored {
+    fn packet(&mut self) -> Option<TcpPacket<&mut [u8]>> {
+        TcpPacket::from_layout(&mut self.data[..], self.layout)
+    }
+
+    /// Drops the first `n` payload bytes (the target has them already). Returns how many
+    /// bytes the buffer shrank by.
+    fn trim_front(&mut self, n: usize) -> usize {
+        let Some(mut p) = self.packet() else {
+            return 0;
+        };
+        if n == 0 || !p.trim_front(n) {
+            return 0;
+        }
+        let len = p.as_bytes().len();
+        let removed = self.data.len() - len;
+        self.data.truncate(len);
+        self.layout.payload_len -= n as u16;
+        self.seq = self.seq.wrapping_add(n as u32);
+        self.payload -= n;
+        removed
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +98,7 @@ pub enum Phase {
     Closed,
     SynSent,
     Established,
-    /// Finished; lingering until `linger_until`.
+    /// Finished; lingering until its linger timer ends.
     Over,
 }
 
@@ -77,7 +107,10 @@ pub struct Ctx<'a> {
     pub cfg: &'a ReplayConfig,
     pub stats: &'a mut ReplayStats,
     pub drops: &'a mut Drops,
-    pub out: &'a mut dyn Output,
+    /// What the session wants sent, pulled by the driver afterwards.
+    pub out: &'a mut Outbox,
+    /// An input: whether any intercept can take announcements now.
+    pub intercepts_available: bool,
     pub scratch: &'a mut [u8],
     pub pool: &'a mut Vec<Vec<u8>>,
 }
@@ -141,14 +174,8 @@ pub struct Session {
     rtt: Duration,
     syn_captured_at: Option<Instant>,
     rto: Duration,
-    rto_at: Option<Instant>,
-    delack_at: Option<Instant>,
     unacked_resp_segs: u32,
-    gap_at: Option<Instant>,
-    syn_retry_at: Option<Instant>,
-    recon_at: Option<Instant>,
-    pub linger_until: Option<Instant>,
-    gc_at: Instant,
+    timers: TimerTable,
     last_target_at: Instant,
     sent_request: bool,
     /// End of the highest captured client segment (sent or not).
@@ -159,7 +186,7 @@ pub struct Session {
     /// Reconnections after a target reset without progress since (bounded: a request that
     /// makes the target reset every time is not replayed forever).
     recon_tries: u8,
-    pub timer_gen: u64,
+    /// The deadline of this session's live entry in the replayer's timer heap.
     pub scheduled: Option<Instant>,
 }
 
@@ -171,6 +198,8 @@ impl Session {
         transfer: usize,
         cfg: &ReplayConfig,
     ) -> Session {
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Check, now + HANDSHAKE_DEADLINE);
         Session {
             client,
             target,
@@ -205,14 +234,8 @@ impl Session {
             rtt: cfg.fixed_rtt.unwrap_or(Duration::from_millis(1)),
             syn_captured_at: None,
             rto: MIN_RTO,
-            rto_at: None,
-            delack_at: None,
             unacked_resp_segs: 0,
-            gap_at: None,
-            syn_retry_at: None,
-            recon_at: None,
-            linger_until: None,
-            gc_at: now + HANDSHAKE_DEADLINE,
+            timers,
             last_target_at: now,
             sent_request: false,
             seen_end: 0,
@@ -220,7 +243,6 @@ impl Session {
             target_fin: false,
             dup_acks: 0,
             recon_tries: 0,
-            timer_gen: 0,
             scheduled: None,
         }
     }
@@ -253,30 +275,13 @@ impl Session {
         !(seq_gt(seq, self.isn) && seq_le(seq, near_end))
     }
 
-    /// Earliest deadline of this session.
+    /// Earliest deadline of this session: its timers and the end of the wait for a
+    /// response (derived from when the wait began and when response data last came).
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.phase == Phase::Over {
-            // Only the end of lingering matters (other timers are cancelled; an old GC time
-            // in the past would fire again and again).
-            return self.linger_until;
+        match (self.timers.next(), self.hold_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let mut d = Some(self.gc_at);
-        let hold = self.hold_deadline();
-        for t in [
-            self.rto_at,
-            self.delack_at,
-            hold,
-            self.gap_at,
-            self.syn_retry_at,
-            self.recon_at,
-            self.linger_until,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            d = Some(d.map_or(t, |d: Instant| d.min(t)));
-        }
-        d
     }
 
     /// How long response data must have stopped before a response whose length does not
@@ -305,17 +310,20 @@ impl Session {
 
     // ----- client side -------------------------------------------------------------------
 
-    /// A captured SYN starts the session. Returns false when no intercept took the route.
-    pub fn start_with_syn(&mut self, ctx: &mut Ctx, now: Instant, datagram: &[u8]) -> bool {
-        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
-            return false;
-        };
-        self.isn = p.seq();
-        self.seen_end = p.seq().wrapping_add(1);
-        self.ip_id = p.ip_id();
-        self.client_win = p.window();
-        self.syn_had_ts = p.options().timestamps.is_some();
-        if let Some((val, _)) = p.options().timestamps {
+    /// A captured SYN starts the session. Returns false when no intercept can take it.
+    pub fn start_with_syn(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        seg: &Segment,
+        datagram: &[u8],
+    ) -> bool {
+        self.isn = seg.seq;
+        self.seen_end = seg.seq.wrapping_add(1);
+        self.ip_id = seg.ip_id;
+        self.client_win = seg.window;
+        self.syn_had_ts = seg.options.timestamps.is_some();
+        if let Some((val, _)) = seg.options.timestamps {
             self.ts_val = val;
         }
         if !self.announce(ctx) {
@@ -328,12 +336,22 @@ impl Session {
         true
     }
 
+    /// Queues the CLIENT_ADD of this session. False when no intercept can take it now.
     fn announce(&mut self, ctx: &mut Ctx) -> bool {
         if ctx.cfg.single {
+            // intercept --single forwards every response to its one tcpcopy.
             return true;
         }
-        ctx.out
-            .client_add(self.client.0, self.client.1, self.target.0, self.target.1)
+        if !ctx.intercepts_available {
+            return false;
+        }
+        ctx.out.announce(ClientAdd {
+            client_ip: self.client.0,
+            client_port: self.client.1,
+            target_ip: self.target.0,
+            target_port: self.target.1,
+        });
+        true
     }
 
     fn send_syn(&mut self, ctx: &mut Ctx, now: Instant) {
@@ -346,7 +364,7 @@ impl Session {
         ctx.stats.send_syn += 1;
         ctx.stats.send += 1;
         if let Some(syn) = self.syn_pkt.as_deref() {
-            ctx.out.send_to_target(syn, self.transfer);
+            ctx.out.send(syn, self.transfer);
         } else {
             let spec = SegmentSpec {
                 src: self.client.0,
@@ -363,12 +381,10 @@ impl Session {
                 payload: &[],
             };
             if let Ok(n) = build_segment(&spec, ctx.scratch) {
-                ctx.out.send_to_target(&ctx.scratch[..n], self.transfer);
+                ctx.out.send(&ctx.scratch[..n], self.transfer);
             }
         }
-        if self.syn_retry_at.is_none() {
-            self.syn_retry_at = Some(now + SYN_RETRY);
-        }
+        self.timers.arm(Timer::SynRetry, now + SYN_RETRY);
     }
 
     /// Invents a handshake for a session whose SYN was not captured (or after a reset): the
@@ -391,14 +407,20 @@ impl Session {
         self.resp_bytes = 0;
         self.holding_since = None;
         self.last_resp_at = None;
-        self.syn_retry_at = None;
+        self.timers.stop(Timer::SynRetry);
         self.send_syn(ctx, now);
         true
     }
 
     /// The first captured packet of a session whose SYN was not seen (mid-stream pickup).
-    pub fn start_fake(&mut self, ctx: &mut Ctx, now: Instant, datagram: &[u8]) -> bool {
-        self.enqueue(ctx, now, datagram);
+    pub fn start_fake(
+        &mut self,
+        ctx: &mut Ctx,
+        now: Instant,
+        seg: &Segment,
+        datagram: &[u8],
+    ) -> bool {
+        self.enqueue(ctx, seg, datagram);
         if self.pending.is_empty() {
             return false;
         }
@@ -407,14 +429,9 @@ impl Session {
     }
 
     /// A captured non-SYN client packet of this session.
-    pub fn on_client(&mut self, ctx: &mut Ctx, now: Instant, datagram: &[u8]) {
-        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
-            return;
-        };
-        let end = p
-            .seq()
-            .wrapping_add(p.payload_len() as u32 + u32::from(p.fin()));
-        if seq_gt(end, self.seen_end) && !self.is_other_connection(p.seq()) {
+    pub fn on_client(&mut self, ctx: &mut Ctx, now: Instant, seg: &Segment, datagram: &[u8]) {
+        let end = seg.end();
+        if seq_gt(end, self.seen_end) && !self.is_other_connection(seg.seq) {
             self.seen_end = end;
         }
         if let (Some(t0), None) = (self.syn_captured_at, ctx.cfg.fixed_rtt) {
@@ -424,13 +441,13 @@ impl Session {
                 .max(Duration::from_micros(50));
             self.syn_captured_at = None;
         }
-        if p.ack_flag() {
-            self.client_win = p.window();
+        if seg.ack_flag() {
+            self.client_win = seg.window;
             if self.cur_req_ack.is_none() {
-                self.cur_req_ack = Some(p.ack());
+                self.cur_req_ack = Some(seg.ack);
             }
         }
-        if p.payload_len() == 0 && !p.fin() && !p.rst() {
+        if seg.payload_len() == 0 && !seg.fin() && !seg.rst() {
             // Pure ACKs are absorbed: tcpcopy makes its own (spec 3.1-9).
             ctx.drops.count(DropKind::PureAck);
             return;
@@ -439,7 +456,7 @@ impl Session {
             ctx.drops.count(DropKind::SessionOver);
             return;
         }
-        self.enqueue(ctx, now, datagram);
+        self.enqueue(ctx, seg, datagram);
         if self.phase == Phase::Established
             && self.target_fin
             && self.pending.iter().any(|q| q.payload > 0)
@@ -448,7 +465,10 @@ impl Session {
             self.reconnect_or_finish(ctx, now, true);
             return;
         }
-        if self.phase == Phase::Closed && self.recon_at.is_none() && !self.pending.is_empty() {
+        if self.phase == Phase::Closed
+            && !self.timers.is_armed(Timer::Reconnect)
+            && !self.pending.is_empty()
+        {
             if !self.fake_handshake(ctx, now) {
                 ctx.drops.count(DropKind::NoIntercept);
             }
@@ -458,12 +478,9 @@ impl Session {
     }
 
     /// Inserts a captured segment into the pending list, ordered by sequence number.
-    fn enqueue(&mut self, ctx: &mut Ctx, _now: Instant, datagram: &[u8]) {
-        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
-            return;
-        };
-        let seq = p.seq();
-        let end = seq.wrapping_add(p.payload_len() as u32 + u32::from(p.fin()));
+    fn enqueue(&mut self, ctx: &mut Ctx, seg: &Segment, datagram: &[u8]) {
+        let seq = seg.seq;
+        let end = seg.end();
         if self.pending.is_empty() && self.seen_end == 0 || seq_gt(end, self.seen_end) {
             self.seen_end = end;
         }
@@ -478,7 +495,7 @@ impl Session {
         if self
             .pending
             .iter()
-            .any(|q| q.seq == seq && q.end == end && q.flags == p.flags())
+            .any(|q| q.seq == seq && q.end == end && q.flags == seg.flags)
         {
             ctx.stats.clt_retransmit += 1;
             ctx.drops.count(DropKind::ClientRetransmit);
@@ -491,13 +508,15 @@ impl Session {
         let stored = Stored {
             seq,
             end,
-            online_ack: p.ack(),
-            flags: p.flags(),
-            payload: p.payload_len(),
-            data: ctx.take_buf(p.as_bytes()),
+            online_ack: seg.ack,
+            flags: seg.flags,
+            payload: seg.payload_len(),
+            layout: seg.layout,
+            ts_offset: seg.options.timestamps_offset,
+            data: ctx.take_buf(datagram),
         };
         self.buffered += stored.data.len();
-        self.ip_id = p.ip_id();
+        self.ip_id = seg.ip_id;
         // Insert after every pending segment that does not start after it.
         let at = self
             .pending
@@ -562,12 +581,10 @@ impl Session {
             }
             if !is_rst && seq_gt(seq, self.snd_nxt) {
                 // A captured segment is missing: wait a bounded time for it.
-                if self.gap_at.is_none() {
-                    self.gap_at = Some(now + GAP_WAIT);
-                }
+                self.timers.arm(Timer::CaptureGap, now + GAP_WAIT);
                 break;
             }
-            self.gap_at = None;
+            self.timers.stop(Timer::CaptureGap);
             if is_rst {
                 if !ctx.cfg.dont_wait && !self.response_complete(now, ack, true) {
                     self.holding_since.get_or_insert(now);
@@ -575,12 +592,13 @@ impl Session {
                 }
                 self.holding_since = None;
                 let mut q = self.pop_pending();
-                if let Ok(mut p) = TcpPacket::parse(&mut q.data[..], Completeness::Whole) {
-                    if seq_lt(p.seq(), self.snd_nxt) {
-                        p.set_seq(self.snd_nxt);
+                let snd_nxt = self.snd_nxt;
+                if let Some(mut p) = q.packet() {
+                    if seq_lt(p.seq(), snd_nxt) {
+                        p.set_seq(snd_nxt);
                     }
                 }
-                self.emit(ctx, &mut q.data);
+                self.emit(ctx, &mut q);
                 ctx.stats.send_rst += 1;
                 ctx.recycle(q.data);
                 self.finish(now);
@@ -610,18 +628,14 @@ impl Session {
                 break;
             }
             if seq_lt(seq, self.snd_nxt) {
+                // Partly sent already: only the rest goes.
                 let n = self.snd_nxt.wrapping_sub(seq) as usize;
                 let front = self.pending.front_mut().expect("front exists");
-                if let Ok(mut p) = TcpPacket::parse(&mut front.data[..], Completeness::Whole) {
-                    p.trim_front(n);
-                    let len = p.as_bytes().len();
-                    front.data.truncate(len);
-                }
-                front.seq = self.snd_nxt;
-                front.payload -= n.min(front.payload);
+                let removed = front.trim_front(n);
+                self.buffered -= removed;
             }
             let mut q = self.pop_pending();
-            self.emit(ctx, &mut q.data);
+            self.emit(ctx, &mut q);
             if q.payload > 0 {
                 ctx.stats.send_content += 1;
                 self.sent_request = true;
@@ -631,9 +645,7 @@ impl Session {
                 self.client_fin_sent = true;
             }
             self.snd_nxt = q.end;
-            if self.rto_at.is_none() {
-                self.rto_at = Some(now + self.rto);
-            }
+            self.timers.arm(Timer::Retransmit, now + self.rto);
             self.buffered += q.data.len();
             self.unacked.push_back(q);
             if is_fin && self.target_fin {
@@ -650,18 +662,17 @@ impl Session {
     }
 
     /// Rewrites a stored client datagram for the target (ack, window, timestamps) and sends it.
-    fn emit(&mut self, ctx: &mut Ctx, data: &mut [u8]) {
-        if let Ok(mut p) = TcpPacket::parse(&mut data[..], Completeness::Whole) {
+    fn emit(&mut self, ctx: &mut Ctx, q: &mut Stored) {
+        let ts_offset = q.ts_offset;
+        if let Some(mut p) = q.packet() {
             if p.ack_flag() {
                 p.set_ack(self.tgt_ack);
             }
             if self.fake {
                 p.set_window(65535);
             }
-            let opts = p.options();
-            if let (true, Some((val, _)), Some(off)) =
-                (self.ts_on, opts.timestamps, opts.timestamps_offset)
-            {
+            let ts = ts_offset.and_then(|off| Some((off, p.timestamps_at(off)?)));
+            if let (true, Some((off, (val, _)))) = (self.ts_on, ts) {
                 // Keep TSval non-decreasing (wrap-aware) and echo the target's latest TSval.
                 let val = if seq_gt(val, self.ts_val) {
                     val
@@ -673,8 +684,8 @@ impl Session {
             }
         }
         ctx.stats.send += 1;
-        ctx.out.send_to_target(data, self.transfer);
-        self.delack_at = None;
+        ctx.out.send(&q.data, self.transfer);
+        self.timers.stop(Timer::DelayedAck);
         self.unacked_resp_segs = 0;
     }
 
@@ -699,12 +710,12 @@ impl Session {
         };
         if let Ok(n) = build_segment(&spec, ctx.scratch) {
             ctx.stats.send += 1;
-            ctx.out.send_to_target(&ctx.scratch[..n], self.transfer);
+            ctx.out.send(&ctx.scratch[..n], self.transfer);
         }
         if flags_ & flags::RST != 0 {
             ctx.stats.send_rst += 1;
         }
-        self.delack_at = None;
+        self.timers.stop(Timer::DelayedAck);
         self.unacked_resp_segs = 0;
     }
 
@@ -725,12 +736,9 @@ impl Session {
 
     fn finish(&mut self, now: Instant) {
         self.phase = Phase::Over;
-        self.linger_until = Some(now + LINGER);
-        self.rto_at = None;
-        self.delack_at = None;
-        self.gap_at = None;
-        self.syn_retry_at = None;
-        self.recon_at = None;
+        // Only the end of lingering matters now.
+        self.timers.set(Timer::Linger, now + LINGER);
+        self.timers.stop_all_but(Timer::Linger);
         self.holding_since = None;
     }
 
@@ -748,7 +756,7 @@ impl Session {
     // ----- target side -------------------------------------------------------------------
 
     /// One response record (headers of a segment the target sent to this session).
-    pub fn on_response(&mut self, ctx: &mut Ctx, now: Instant, r: &TcpPacket<&[u8]>) {
+    pub fn on_response(&mut self, ctx: &mut Ctx, now: Instant, r: &Segment) {
         ctx.stats.resp += 1;
         self.last_target_at = now;
         if self.phase == Phase::Over {
@@ -764,7 +772,7 @@ impl Session {
                 Phase::Established => self.on_target_reset(ctx, now),
                 // Only a RST answering our SYN refuses it; others are left over from the
                 // connection this one replaces on the same 4-tuple.
-                Phase::SynSent if r.ack_flag() && r.ack() == self.isn.wrapping_add(1) => {
+                Phase::SynSent if r.ack_flag() && r.ack == self.isn.wrapping_add(1) => {
                     self.finish(now)
                 }
                 _ => {}
@@ -780,18 +788,17 @@ impl Session {
         if self.phase != Phase::Established {
             return;
         }
-        let opts = r.options();
-        if let Some((val, _)) = opts.timestamps {
+        if let Some((val, _)) = r.options.timestamps {
             self.ts_ecr = val;
         }
-        self.peer_win = u32::from(r.window()) << self.wscale;
+        self.peer_win = u32::from(r.window) << self.wscale;
         let payload = r.payload_len() as u32;
         if payload > 0 {
             ctx.stats.resp_content += 1;
-            let end = r.seq().wrapping_add(payload);
+            let end = r.seq.wrapping_add(payload);
             if seq_gt(end, self.tgt_ack) {
-                let new = end.wrapping_sub(if seq_gt(r.seq(), self.tgt_ack) {
-                    r.seq()
+                let new = end.wrapping_sub(if seq_gt(r.seq, self.tgt_ack) {
+                    r.seq
                 } else {
                     self.tgt_ack
                 });
@@ -803,20 +810,20 @@ impl Session {
                 self.unacked_resp_segs += 1;
                 if self.unacked_resp_segs >= 2 {
                     self.send_ack(ctx);
-                } else if self.delack_at.is_none() {
+                } else {
                     let d =
                         (self.rtt / 2).clamp(Duration::from_micros(200), Duration::from_millis(20));
-                    self.delack_at = Some(now + d);
+                    self.timers.arm(Timer::DelayedAck, now + d);
                 }
             } else {
                 // A target retransmission: our ACK was lost.
                 self.send_ack(ctx);
             }
         }
-        self.on_ack(ctx, now, r.ack(), payload == 0 && !r.fin());
+        self.on_ack(ctx, now, r.ack, payload == 0 && !r.fin());
         if r.fin() {
             ctx.stats.resp_fin += 1;
-            let fin_seq = r.seq().wrapping_add(payload);
+            let fin_seq = r.seq.wrapping_add(payload);
             if seq_ge(fin_seq, self.tgt_ack) {
                 self.tgt_ack = fin_seq.wrapping_add(1);
             }
@@ -850,11 +857,11 @@ impl Session {
                 }
             }
             self.rto = MIN_RTO.max(self.rtt * 4).min(MAX_RTO);
-            self.rto_at = if self.unacked.is_empty() {
-                None
+            if self.unacked.is_empty() {
+                self.timers.stop(Timer::Retransmit);
             } else {
-                Some(now + self.rto)
-            };
+                self.timers.set(Timer::Retransmit, now + self.rto);
+            }
         } else if pure && ack == self.snd_una && !self.unacked.is_empty() {
             self.dup_acks += 1;
             if self.dup_acks == 3 {
@@ -863,7 +870,7 @@ impl Session {
         }
     }
 
-    fn on_syn_ack(&mut self, ctx: &mut Ctx, now: Instant, r: &TcpPacket<&[u8]>) {
+    fn on_syn_ack(&mut self, ctx: &mut Ctx, now: Instant, r: &Segment) {
         if self.phase == Phase::Established {
             // Our handshake ACK was lost.
             self.send_ack(ctx);
@@ -872,19 +879,19 @@ impl Session {
         if self.phase != Phase::SynSent {
             return;
         }
-        let opts = r.options();
+        let opts = r.options;
         ctx.stats.conns += 1;
         self.phase = Phase::Established;
-        self.syn_retry_at = None;
-        self.tgt_ack = r.seq().wrapping_add(1);
-        self.snd_una = r.ack();
+        self.timers.stop(Timer::SynRetry);
+        self.tgt_ack = r.seq.wrapping_add(1);
+        self.snd_una = r.ack;
         self.wscale = opts.window_scale.unwrap_or(0);
-        self.peer_win = u32::from(r.window());
+        self.peer_win = u32::from(r.window);
         self.ts_on = opts.timestamps.is_some() && self.syn_had_ts;
         if let Some((val, _)) = opts.timestamps {
             self.ts_ecr = val;
         }
-        self.gc_at = now + GC_PERIOD;
+        self.timers.set(Timer::Check, now + GC_PERIOD);
         self.last_target_at = now;
         self.send_synth(ctx, self.isn.wrapping_add(1), flags::ACK);
         self.pump(ctx, now);
@@ -934,37 +941,33 @@ impl Session {
         while let Some(mut q) = self.unacked.pop_back() {
             if q.payload > 0 && seq_lt(q.seq, self.snd_una) && seq_lt(self.snd_una, q.end) {
                 let n = self.snd_una.wrapping_sub(q.seq) as usize;
-                if let Ok(mut p) = TcpPacket::parse(&mut q.data[..], Completeness::Whole) {
-                    p.trim_front(n);
-                    let len = p.as_bytes().len();
-                    self.buffered -= q.data.len() - len;
-                    q.data.truncate(len);
-                    q.seq = self.snd_una;
-                    q.payload -= n.min(q.payload);
-                }
+                self.buffered -= q.trim_front(n);
             }
             self.pending.push_front(q);
         }
         self.phase = Phase::Closed;
         self.client_fin_sent = false;
         self.target_fin = false;
-        self.rto_at = None;
-        self.delack_at = None;
-        self.gap_at = None;
+        self.timers.stop(Timer::Retransmit);
+        self.timers.stop(Timer::DelayedAck);
+        self.timers.stop(Timer::CaptureGap);
         self.holding_since = None;
-        self.recon_at = Some(now + self.rtt.max(Duration::from_millis(1)));
+        self.timers.set(
+            Timer::Reconnect,
+            now + self.rtt.max(Duration::from_millis(1)),
+        );
     }
 
     fn retransmit(&mut self, ctx: &mut Ctx, now: Instant) {
         let Some(mut q) = self.unacked.pop_front() else {
             return;
         };
-        self.emit(ctx, &mut q.data);
+        self.emit(ctx, &mut q);
         ctx.stats.send -= 1; // counted as a retransmission, not a send (spec 9.2)
         ctx.stats.retransmit += 1;
         self.unacked.push_front(q);
         self.rto = (self.rto * 2).min(MAX_RTO);
-        self.rto_at = Some(now + self.rto);
+        self.timers.set(Timer::Retransmit, now + self.rto);
         self.dup_acks = 0;
     }
 
@@ -972,44 +975,34 @@ impl Session {
 
     /// Fires whatever is due. Returns true when the session should be removed now.
     pub fn on_timer(&mut self, ctx: &mut Ctx, now: Instant) -> bool {
-        if let Some(t) = self.linger_until {
-            if now >= t {
-                return true;
-            }
-            return false;
+        if self.phase == Phase::Over {
+            return self.timers.expire(Timer::Linger, now);
         }
-        if self.recon_at.is_some_and(|t| now >= t) {
-            self.recon_at = None;
+        if self.timers.expire(Timer::Reconnect, now) {
             ctx.stats.reconnect += 1;
             if !self.fake_handshake(ctx, now) {
                 self.finish(now);
                 return false;
             }
         }
-        if self.syn_retry_at.is_some_and(|t| now >= t) {
-            self.syn_retry_at = None;
-            if self.phase == Phase::SynSent && now < self.syn_sent_at + HANDSHAKE_DEADLINE {
-                let retry = self.syn_pkt.is_some() || self.fake;
-                if retry {
-                    self.send_syn(ctx, now);
-                    self.syn_retry_at = Some(now + SYN_RETRY);
-                }
-            }
+        if self.timers.expire(Timer::SynRetry, now)
+            && self.phase == Phase::SynSent
+            && now < self.syn_sent_at + HANDSHAKE_DEADLINE
+            && (self.syn_pkt.is_some() || self.fake)
+        {
+            self.send_syn(ctx, now);
+            self.timers.set(Timer::SynRetry, now + SYN_RETRY);
         }
-        if self.rto_at.is_some_and(|t| now >= t) {
-            self.rto_at = None;
-            if !self.unacked.is_empty() && self.phase == Phase::Established {
-                self.retransmit(ctx, now);
-            }
+        if self.timers.expire(Timer::Retransmit, now)
+            && !self.unacked.is_empty()
+            && self.phase == Phase::Established
+        {
+            self.retransmit(ctx, now);
         }
-        if self.delack_at.is_some_and(|t| now >= t) {
-            self.delack_at = None;
-            if self.phase == Phase::Established {
-                self.send_ack(ctx);
-            }
+        if self.timers.expire(Timer::DelayedAck, now) && self.phase == Phase::Established {
+            self.send_ack(ctx);
         }
-        if self.gap_at.is_some_and(|t| now >= t) {
-            self.gap_at = None;
+        if self.timers.expire(Timer::CaptureGap, now) {
             if let Some(front) = self.pending.front() {
                 if seq_gt(front.seq, self.snd_nxt) && self.phase == Phase::Established {
                     // Give up on the missing bytes: close this connection and replay the
@@ -1017,7 +1010,7 @@ impl Session {
                     ctx.drops.count(DropKind::CaptureGap);
                     // The segments before the gap were sent already: not replayed again.
                     self.reconstruct(ctx, now, true, false);
-                    self.recon_at = Some(now);
+                    self.timers.set(Timer::Reconnect, now);
                     return false;
                 }
             }
@@ -1028,8 +1021,8 @@ impl Session {
             self.holding_since = None;
             self.hold_expired = true;
         }
-        if now >= self.gc_at {
-            self.gc_at = now + GC_PERIOD;
+        if self.timers.expire(Timer::Check, now) {
+            self.timers.set(Timer::Check, now + GC_PERIOD);
             if self.obsolete(ctx, now) {
                 ctx.stats.obsolete_deleted += 1;
                 self.teardown(ctx, now);
@@ -1043,7 +1036,9 @@ impl Session {
     fn obsolete(&self, ctx: &Ctx, now: Instant) -> bool {
         let silent = now.saturating_duration_since(self.last_target_at);
         match self.phase {
-            Phase::Closed => self.recon_at.is_none() && now >= self.created + HANDSHAKE_DEADLINE,
+            Phase::Closed => {
+                !self.timers.is_armed(Timer::Reconnect) && now >= self.created + HANDSHAKE_DEADLINE
+            }
             Phase::SynSent => now >= self.syn_sent_at + HANDSHAKE_DEADLINE,
             Phase::Established => {
                 (silent > ctx.cfg.session_timeout

@@ -1,6 +1,7 @@
-//! The sans-IO TCP replay machine: captured client packets, response records from intercept
-//! and the passing of time go in; packets for the target and CLIENT_ADD announcements go out
-//! through [`Output`]. No sockets, no clock reads: `now` is always given by the caller.
+//! The sans-IO TCP replay machine: captured client packets, response records from intercept,
+//! whether an intercept is available, and the passing of time go in; packets for the target
+//! and CLIENT_ADD announcements are queued in an [`Outbox`] that the driver drains after each
+//! batch of input. No sockets, no clock reads: `now` is always given by the caller.
 //!
 //! The behaviour follows ../shared/spec/tcpcopy.md sections 2.3-2.9, 3 and 4.
 
@@ -11,11 +12,14 @@ use std::time::{Duration, Instant};
 
 pub mod conn;
 pub mod ingress;
+pub mod outbox;
+pub mod timer;
 
 use crate::packet::split::{needs_split, Splitter};
-use crate::packet::{Completeness, DropReason, TcpPacket};
+use crate::packet::{Completeness, DropReason, Segment, TcpPacket};
 use conn::{Ctx, Phase, Session};
 use ingress::{ClientIpMap, Sampler};
+pub use outbox::{ClientAdd, Datagram, Outbox};
 
 /// One `-x` transfer: captured traffic to `[src_ip:]src_port` goes to `dst_ip:dst_port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,24 +98,6 @@ impl Default for ReplayConfig {
             seed: 0,
         }
     }
-}
-
-/// Where the replay machine's results go. The binary implements it with the raw socket (or
-/// pcap inject) and the control tunnels; tests implement it with a simulated network.
-pub trait Output {
-    /// Sends one IPv4 datagram (checksums valid) to the target of transfer `transfer`.
-    /// An error is counted by the caller; the machine goes on.
-    fn send_to_target(&mut self, datagram: &[u8], transfer: usize);
-
-    /// Announces a session to every intercept (CLIENT_ADD) before its SYN. Returns true when
-    /// at least one intercept accepted it (otherwise the SYN is not sent).
-    fn client_add(
-        &mut self,
-        client_ip: Ipv4Addr,
-        client_port: u16,
-        target_ip: Ipv4Addr,
-        target_port: u16,
-    ) -> bool;
 }
 
 /// Counters with the meanings (and stats-line names) of spec section 9.2.
@@ -301,12 +287,13 @@ type Key = (Ipv4Addr, u16, Ipv4Addr, u16);
 /// The [`Ctx`] of a session call: the Replayer's fields a session touches, borrowed apart
 /// from `self.sessions` (a method could not split the borrow).
 macro_rules! ctx {
-    ($r:ident, $out:expr) => {
+    ($r:ident) => {
         Ctx {
             cfg: &$r.cfg,
             stats: &mut $r.stats,
             drops: &mut $r.drops,
-            out: $out,
+            out: &mut $r.outbox,
+            intercepts_available: $r.intercepts_available,
             scratch: &mut $r.scratch,
             pool: &mut $r.pool,
         }
@@ -319,7 +306,11 @@ pub struct Replayer {
     stats: ReplayStats,
     drops: Drops,
     sessions: HashMap<Key, Session>,
-    timers: BinaryHeap<Reverse<(Instant, Key, u64)>>,
+    /// Session deadlines. An entry is pushed only when a session's deadline moves earlier
+    /// than its live entry; a later one is found when that entry fires early.
+    timers: BinaryHeap<Reverse<(Instant, Key)>>,
+    outbox: Outbox,
+    intercepts_available: bool,
     client_ips: ClientIpMap,
     sampler: Sampler,
     port_offset: u32,
@@ -358,6 +349,8 @@ impl Replayer {
             drops: Drops::default(),
             sessions: HashMap::new(),
             timers: BinaryHeap::new(),
+            outbox: Outbox::default(),
+            intercepts_available: true,
             ingress_buf: vec![0; BUF_LEN],
             split_buf: vec![0; BUF_LEN],
             scratch: vec![0; BUF_LEN],
@@ -371,6 +364,22 @@ impl Replayer {
 
     pub fn config(&self) -> &ReplayConfig {
         &self.cfg
+    }
+
+    /// An input: whether an intercept can take CLIENT_ADD announcements now (true until told
+    /// otherwise). Without one no session starts: its SYN would be answered to nobody.
+    pub fn set_intercepts_available(&mut self, available: bool) {
+        self.intercepts_available = available;
+    }
+
+    /// What the machine wants sent since the last [`Replayer::clear_output`]: the driver
+    /// sends the announcements first, then the datagrams, then clears.
+    pub fn output(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn clear_output(&mut self) {
+        self.outbox.clear();
     }
 
     /// Offline `-T`: packets of pass `pass` (0-based) follow. Each pass's connections must be
@@ -394,7 +403,7 @@ impl Replayer {
 
     /// A captured IPv4 datagram (starting at the IP header; trailing link padding allowed).
     /// Runs the ingress pipeline (spec 3) and the session machine (spec 4).
-    pub fn on_client_packet(&mut self, now: Instant, datagram: &[u8], out: &mut dyn Output) {
+    pub fn on_client_packet(&mut self, now: Instant, datagram: &[u8]) {
         self.stats.captured += 1;
         let mtu = usize::from(self.cfg.mtu.max(68));
         if needs_split(datagram, mtu) {
@@ -408,18 +417,18 @@ impl Replayer {
             let mut split_buf = std::mem::take(&mut self.split_buf);
             for i in 0..splitter.piece_count() {
                 if let Ok(n) = splitter.write_piece(i, &mut split_buf) {
-                    self.ingress(now, &split_buf[..n], out);
+                    self.ingress(now, &split_buf[..n]);
                 }
             }
             self.split_buf = split_buf;
         } else {
-            self.ingress(now, datagram, out);
+            self.ingress(now, datagram);
         }
         self.stats.active = self.sessions.len() as u64;
     }
 
     /// Spec 3.1 for one (split) datagram, then the session layer and replication.
-    fn ingress(&mut self, now: Instant, datagram: &[u8], out: &mut dyn Output) {
+    fn ingress(&mut self, now: Instant, datagram: &[u8]) {
         let p = match TcpPacket::parse(datagram, Completeness::Whole) {
             Ok(p) => p,
             Err(r) => {
@@ -427,10 +436,12 @@ impl Replayer {
                 return;
             }
         };
-        if !p.is_plain_df() {
+        // Parsed once: the view travels with the bytes (rewritten alongside them).
+        let mut seg = p.segment();
+        if !seg.plain_df {
             self.stats.frag += 1;
         }
-        let (dst_ip, dst_port) = (p.dst_ip(), p.dst_port());
+        let (dst_ip, dst_port) = (seg.dst, seg.dst_port);
         let Some(transfer) = self
             .cfg
             .transfers
@@ -440,7 +451,7 @@ impl Replayer {
             self.drops.count(DropKind::NoTransfer);
             return;
         };
-        let mut src_ip = p.src_ip();
+        let mut src_ip = seg.src;
         if self.localhost_target {
             if !src_ip.is_loopback() {
                 self.drops.count(DropKind::NotLocalhost);
@@ -454,7 +465,7 @@ impl Replayer {
         if let Some(fake) = self.client_ips.map(src_ip) {
             src_ip = fake;
         }
-        let src_port = p.src_port();
+        let src_port = seg.src_port;
         if !self.sampler.admit(now, src_ip, src_port) {
             self.drops.count(DropKind::Sampled);
             return;
@@ -465,7 +476,7 @@ impl Replayer {
         }
         let t = self.cfg.transfers[transfer];
         // Pure ACKs of established sessions are absorbed before any copying (spec 3.1-9).
-        if p.payload_len() == 0 && !p.syn() && !p.fin() && !p.rst() {
+        if seg.payload_len() == 0 && !seg.syn() && !seg.fin() && !seg.rst() {
             let port = self.moved_port(src_ip, shifted, 0, (t.dst_ip, t.dst_port));
             if let Some(s) = self.sessions.get(&(src_ip, port, t.dst_ip, t.dst_port)) {
                 if s.phase == Phase::Established && !s.wants_pure_ack() {
@@ -474,9 +485,9 @@ impl Replayer {
                 }
             }
         }
-        if p.syn() {
+        if seg.syn() {
             self.stats.syn_cnt += 1;
-        } else if p.payload_len() > 0 {
+        } else if seg.payload_len() > 0 {
             self.stats.clt_cont += 1;
         }
         self.stats.all_clt += 1;
@@ -496,11 +507,11 @@ impl Replayer {
         let len = p.as_bytes().len();
         let mut buf = std::mem::take(&mut self.ingress_buf);
         buf[..len].copy_from_slice(p.as_bytes());
-        let (syn, seq) = (p.syn() && !p.ack_flag(), p.seq());
+        let (syn, seq) = (seg.syn() && !seg.ack_flag(), seg.seq);
         let target = (t.dst_ip, t.dst_port);
         let syn_seq = syn.then_some(seq);
         let port = self.resolve_port(now, (src_ip, shifted), 0, target, syn_seq);
-        if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
+        if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
             q.set_src_ip(src_ip);
             q.set_src_port(port);
             q.set_dst_ip(t.dst_ip);
@@ -509,7 +520,8 @@ impl Replayer {
                 q.fill_checksums();
             }
         }
-        self.session_layer(now, &buf[..len], transfer, out);
+        (seg.src, seg.src_port, seg.dst, seg.dst_port) = (src_ip, port, t.dst_ip, t.dst_port);
+        self.session_layer(now, &seg, &buf[..len], transfer);
         // `-n`: independent copies with their own ports (and client IPs with `-c`).
         for i in 1..self.cfg.replicas.max(1) {
             let port = ingress::replica_port(shifted, i, self.port_offset);
@@ -522,11 +534,12 @@ impl Replayer {
                 }
             }
             let port = self.resolve_port(now, (ip, port), i, target, syn_seq);
-            if let Ok(mut q) = TcpPacket::parse(&mut buf[..len], Completeness::Whole) {
+            if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
                 q.set_src_ip(ip);
                 q.set_src_port(port);
             }
-            self.session_layer(now, &buf[..len], transfer, out);
+            (seg.src, seg.src_port) = (ip, port);
+            self.session_layer(now, &seg, &buf[..len], transfer);
         }
         self.ingress_buf = buf;
     }
@@ -589,21 +602,13 @@ impl Replayer {
         chosen
     }
 
-    /// Spec 4.4: find or create the session of a rewritten client datagram and feed it.
-    fn session_layer(
-        &mut self,
-        now: Instant,
-        datagram: &[u8],
-        transfer: usize,
-        out: &mut dyn Output,
-    ) {
-        let Ok(p) = TcpPacket::parse(datagram, Completeness::Whole) else {
-            return;
-        };
-        let target = (p.dst_ip(), p.dst_port());
-        let key = (p.src_ip(), p.src_port(), target.0, target.1);
-        let (syn, seq, payload) = (p.syn() && !p.ack_flag(), p.seq(), p.payload_len());
-        let mut ctx = ctx!(self, out);
+    /// Spec 4.4: find or create the session of a rewritten client datagram (`seg` is its
+    /// view) and feed it.
+    fn session_layer(&mut self, now: Instant, seg: &Segment, datagram: &[u8], transfer: usize) {
+        let target = (seg.dst, seg.dst_port);
+        let key = (seg.src, seg.src_port, target.0, target.1);
+        let (syn, seq, payload) = (seg.syn() && !seg.ack_flag(), seg.seq, seg.payload_len());
+        let mut ctx = ctx!(self);
         if let Some(s) = self.sessions.get_mut(&key) {
             let replace = if syn {
                 if s.isn == seq && s.phase != Phase::Over {
@@ -621,7 +626,7 @@ impl Replayer {
                     ctx.drops.count(DropKind::KeyReuse);
                     return;
                 }
-                s.on_client(&mut ctx, now, datagram);
+                s.on_client(&mut ctx, now, seg, datagram);
                 schedule(&mut self.timers, key, s);
                 return;
             }
@@ -645,9 +650,9 @@ impl Replayer {
         }
         let mut s = Session::new(now, (key.0, key.1), target, transfer, ctx.cfg);
         let started = if syn {
-            s.start_with_syn(&mut ctx, now, datagram)
+            s.start_with_syn(&mut ctx, now, seg, datagram)
         } else {
-            s.start_fake(&mut ctx, now, datagram)
+            s.start_fake(&mut ctx, now, seg, datagram)
         };
         if !started {
             ctx.drops.count(DropKind::NoIntercept);
@@ -663,53 +668,44 @@ impl Replayer {
     }
 
     /// Hands a response to the session `key`, if there is one (one table lookup).
-    fn respond(
-        &mut self,
-        key: Key,
-        now: Instant,
-        r: &TcpPacket<&[u8]>,
-        out: &mut dyn Output,
-    ) -> bool {
+    fn respond(&mut self, key: Key, now: Instant, r: &Segment) -> bool {
         let Some(s) = self.sessions.get_mut(&key) else {
             return false;
         };
-        let mut ctx = ctx!(self, out);
+        let mut ctx = ctx!(self);
         s.on_response(&mut ctx, now, r);
         schedule(&mut self.timers, key, s);
         true
     }
 
     /// One response record from intercept (64 or 192 bytes: IPv4 header + TCP header).
-    pub fn on_response(&mut self, now: Instant, record: &[u8], out: &mut dyn Output) {
+    pub fn on_response(&mut self, now: Instant, record: &[u8]) {
         let mut norm = [0u8; 256];
         let Some(r) = crate::control::record_view(record, &mut norm) else {
             self.drops.count(DropKind::BadResponse);
             return;
         };
-        if self.respond(
-            (r.dst_ip(), r.dst_port(), r.src_ip(), r.src_port()),
-            now,
-            &r,
-            out,
-        ) {
+        let r = r.segment();
+        if self.respond((r.dst, r.dst_port, r.src, r.src_port), now, &r) {
             return;
         }
         // Spec 4.9 looks sessions up by the response's destination alone: behind a DNAT
         // (intercept --dnat) the answer comes from another address than the -x target.
         // Fall back to the transfers' targets on the same port.
         let found = self.cfg.transfers.iter().find_map(|t| {
-            let k = (r.dst_ip(), r.dst_port(), t.dst_ip, t.dst_port);
-            (t.dst_port == r.src_port() && self.sessions.contains_key(&k)).then_some(k)
+            let k = (r.dst, r.dst_port, t.dst_ip, t.dst_port);
+            (t.dst_port == r.src_port && self.sessions.contains_key(&k)).then_some(k)
         });
-        if !found.is_some_and(|k| self.respond(k, now, &r, out)) {
+        if !found.is_some_and(|k| self.respond(k, now, &r)) {
             self.drops.count(DropKind::UnknownResponse);
         }
     }
 
-    /// Fires every timer due at `now`.
-    pub fn on_timer(&mut self, now: Instant, out: &mut dyn Output) {
-        let mut budget = 1_000_000usize;
-        while let Some(Reverse((t, key, gen))) = self.timers.peek().copied() {
+    /// Fires the timers due at `now`, at most [`TIMER_BUDGET`] of them (the rest stay due:
+    /// [`Replayer::next_deadline`] says so, and the driver drains the output in between).
+    pub fn on_timer(&mut self, now: Instant) {
+        let mut budget = TIMER_BUDGET;
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             if t > now || budget == 0 {
                 break;
             }
@@ -718,11 +714,17 @@ impl Replayer {
             let Some(s) = self.sessions.get_mut(&key) else {
                 continue;
             };
-            if s.timer_gen != gen {
+            if s.scheduled != Some(t) {
+                // Superseded by an earlier entry of the same session.
                 continue;
             }
             s.scheduled = None;
-            let mut ctx = ctx!(self, &mut *out);
+            if s.next_deadline().is_some_and(|d| d > now) {
+                // The deadline moved later since this entry was pushed.
+                schedule(&mut self.timers, key, s);
+                continue;
+            }
+            let mut ctx = ctx!(self);
             if s.on_timer(&mut ctx, now) {
                 let mut s = self.sessions.remove(&key).expect("present");
                 s.release(&mut ctx);
@@ -743,12 +745,12 @@ impl Replayer {
 
     /// The earliest pending timer, for the event loop's poll timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _, _))| *t)
+        self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
     /// Ends every live session (teardown RST to the target), for a graceful exit.
-    pub fn shutdown(&mut self, now: Instant, out: &mut dyn Output) {
-        let mut ctx = ctx!(self, out);
+    pub fn shutdown(&mut self, now: Instant) {
+        let mut ctx = ctx!(self);
         for (_, mut s) in self.sessions.drain() {
             s.teardown(&mut ctx, now);
             s.release(&mut ctx);
@@ -792,15 +794,19 @@ impl Replayer {
     }
 }
 
-/// (Re)arms a session's timer when its earliest deadline changed; the heap entry of the old
-/// deadline is left to be skipped by its generation.
-fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, Key, u64)>>, key: Key, s: &mut Session) {
-    let next = s.next_deadline();
-    if next != s.scheduled {
-        s.scheduled = next;
-        s.timer_gen += 1;
-        if let Some(t) = next {
-            timers.push(Reverse((t, key, s.timer_gen)));
-        }
+/// Most timers [`Replayer::on_timer`] fires in one call.
+pub const TIMER_BUDGET: usize = 4096;
+
+/// Pushes a heap entry for a session whose earliest deadline moved earlier than its live
+/// entry (or that has none). A deadline that moved later keeps the live entry, which finds
+/// the later deadline when it fires: an ACK that pushes the retransmission back costs no
+/// heap operation. The superseded later entry is skipped when it pops.
+fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, Key)>>, key: Key, s: &mut Session) {
+    let Some(next) = s.next_deadline() else {
+        return;
+    };
+    if s.scheduled.is_none_or(|t| next < t) {
+        s.scheduled = Some(next);
+        timers.push(Reverse((next, key)));
     }
 }

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use tc_core::packet::{build_segment, Completeness, SegmentSpec, TcpPacket};
-use tc_core::session::{Output, ReplayConfig, Replayer, Transfer};
+use tc_core::session::{ReplayConfig, Replayer, Transfer};
 
 const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
 const TARGETS: [(Ipv4Addr, u16); 2] = [(TARGET, 8080), (TARGET, 8081)];
@@ -28,30 +28,36 @@ struct Checker {
     accept_adds: bool,
 }
 
-impl Output for Checker {
-    fn send_to_target(&mut self, datagram: &[u8], transfer: usize) {
-        let p = TcpPacket::parse(datagram, Completeness::Whole)
-            .unwrap_or_else(|e| panic!("tcpcopy emitted a malformed datagram: {e:?}"));
-        assert!(p.checksums_valid(), "bad checksum on an emitted datagram");
-        let dst = (p.dst_ip(), p.dst_port());
-        assert!(TARGETS.contains(&dst), "datagram to {dst:?}, not a target");
-        assert_eq!(
-            TARGETS[transfer], dst,
-            "transfer index and destination disagree"
-        );
-        assert!(
-            FAKE_CLIENTS.contains(&p.src_ip()),
-            "datagram from {}, not a -c address",
-            p.src_ip()
-        );
-        self.sent += 1;
-    }
-
-    fn client_add(&mut self, ci: Ipv4Addr, _cp: u16, ti: Ipv4Addr, tp: u16) -> bool {
-        assert!(TARGETS.contains(&(ti, tp)), "announced target {ti}:{tp}");
-        assert!(FAKE_CLIENTS.contains(&ci), "announced client {ci}");
-        self.adds += 1;
-        self.accept_adds
+impl Checker {
+    /// Checks and takes everything the machine queued, as the event loop would send it.
+    fn drain(&mut self, r: &mut Replayer) {
+        let out = r.output();
+        for a in out.client_adds() {
+            let (ci, ti, tp) = (a.client_ip, a.target_ip, a.target_port);
+            assert!(TARGETS.contains(&(ti, tp)), "announced target {ti}:{tp}");
+            assert!(FAKE_CLIENTS.contains(&ci), "announced client {ci}");
+            self.adds += 1;
+        }
+        for d in out.datagrams() {
+            let (datagram, transfer) = (d.bytes, d.transfer);
+            let p = TcpPacket::parse(datagram, Completeness::Whole)
+                .unwrap_or_else(|e| panic!("tcpcopy emitted a malformed datagram: {e:?}"));
+            assert!(p.checksums_valid(), "bad checksum on an emitted datagram");
+            let dst = (p.dst_ip(), p.dst_port());
+            assert!(TARGETS.contains(&dst), "datagram to {dst:?}, not a target");
+            assert_eq!(
+                TARGETS[transfer], dst,
+                "transfer index and destination disagree"
+            );
+            assert!(
+                FAKE_CLIENTS.contains(&p.src_ip()),
+                "datagram from {}, not a -c address",
+                p.src_ip()
+            );
+            self.sent += 1;
+        }
+        r.clear_output();
+        r.set_intercepts_available(self.accept_adds);
     }
 }
 
@@ -117,6 +123,7 @@ pub fn drive(data: &[u8]) {
         adds: 0,
         accept_adds: setup & 0x80 == 0,
     };
+    r.set_intercepts_available(out.accept_adds);
     let mut now = Instant::now();
     let mut buf = vec![0u8; 70_000];
     let payload = vec![b'x'; 65_000];
@@ -178,7 +185,8 @@ pub fn drive(data: &[u8]) {
                     }
                     _ => {}
                 }
-                r.on_client_packet(now, &buf[..n], &mut out);
+                r.on_client_packet(now, &buf[..n]);
+                out.drain(&mut r);
             }
             2 => {
                 // A response record: mostly a plausible segment from a target to a fake client.
@@ -209,13 +217,15 @@ pub fn drive(data: &[u8]) {
                         rec[..h].copy_from_slice(&buf[..h]);
                     }
                 }
-                r.on_response(now, &rec, &mut out);
+                r.on_response(now, &rec);
+                out.drain(&mut r);
             }
             3 => now += Duration::from_millis(u64::from(s.u8()) * 40),
             _ => now += Duration::from_micros(u64::from(s.u16())),
         }
         if r.next_deadline().is_some_and(|d| d <= now) {
-            r.on_timer(now, &mut out);
+            r.on_timer(now);
+            out.drain(&mut r);
             assert!(
                 r.next_deadline().is_none_or(|d| d > now),
                 "a timer is still due right after on_timer"
@@ -228,7 +238,8 @@ pub fn drive(data: &[u8]) {
             break;
         };
         now = now.max(d);
-        r.on_timer(now, &mut out);
+        r.on_timer(now);
+        out.drain(&mut r);
     }
     assert_eq!(
         r.live_sessions(),

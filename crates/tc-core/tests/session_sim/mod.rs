@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use tc_core::packet::{build_segment, flags, Completeness, SegmentSpec, TcpPacket};
-use tc_core::session::{Output, ReplayConfig, Replayer, Transfer};
+use tc_core::session::{ReplayConfig, Replayer, Transfer};
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const ONLINE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
@@ -193,7 +193,7 @@ pub struct TargetConn {
     pub established: bool,
 }
 
-/// The part of the simulation the replay machine's Output touches.
+/// The part of the simulation the replay machine's output reaches.
 pub struct SimCore {
     pub now: Instant,
     pub conns: HashMap<(Ipv4Addr, u16), TargetConn>,
@@ -487,17 +487,24 @@ impl Default for SimCore {
     }
 }
 
-impl Output for SimCore {
-    fn send_to_target(&mut self, datagram: &[u8], _transfer: usize) {
-        if self.keep_sent {
-            self.sent.push(datagram.to_vec());
+impl SimCore {
+    /// Takes what the machine queued, as tcpcopy's event loop does after each batch of input:
+    /// announcements, then datagrams to the simulated target; then tells it whether
+    /// intercepts take sessions.
+    pub fn drain(&mut self, replayer: &mut Replayer) {
+        let out = replayer.output();
+        for a in out.client_adds() {
+            self.adds
+                .push((a.client_ip, a.client_port, a.target_ip, a.target_port));
         }
-        self.on_datagram(datagram);
-    }
-
-    fn client_add(&mut self, ci: Ipv4Addr, cp: u16, ti: Ipv4Addr, tp: u16) -> bool {
-        self.adds.push((ci, cp, ti, tp));
-        self.accept_adds
+        for d in out.datagrams() {
+            if self.keep_sent {
+                self.sent.push(d.bytes.to_vec());
+            }
+            self.on_datagram(d.bytes);
+        }
+        replayer.clear_output();
+        replayer.set_intercepts_available(self.accept_adds);
     }
 }
 
@@ -520,7 +527,8 @@ pub fn run(
         while core.records.front().is_some_and(|(at, _)| *at <= core.now) {
             let (_, rec) = core.records.pop_front().expect("front");
             let now = core.now;
-            replayer.on_response(now, &rec, core);
+            replayer.on_response(now, &rec);
+            core.drain(replayer);
         }
         let cap_due = capture.get(next).map(|c| t0 + c.at);
         let timer_due = replayer.next_deadline();
@@ -541,10 +549,12 @@ pub fn run(
             let now = core.now;
             let bytes = std::mem::take(&mut capture[next].bytes);
             next += 1;
-            replayer.on_client_packet(now, &bytes, core);
+            replayer.on_client_packet(now, &bytes);
+            core.drain(replayer);
         } else {
             let now = core.now;
-            replayer.on_timer(now, core);
+            replayer.on_timer(now);
+            core.drain(replayer);
             // No timer stays due after firing: a due one would spin the event loop.
             assert!(
                 replayer.next_deadline().is_none_or(|d| d > now),
