@@ -64,8 +64,8 @@ fi
 echo "== cargo build (binaries used by the end-to-end tests)"
 cargo build --workspace --bins
 before=$(ip netns list | awk '{print $1}' | sort)
-echo "== cargo test"
-cargo test --workspace
+echo "== cargo test (with the tests that need root: #[ignore = \"needs root\"])"
+cargo test --workspace -- --include-ignored
 echo "== leftover namespaces check"
 after=$(ip netns list | awk '{print $1}' | sort)
 left=$(comm -13 <(echo "$before") <(echo "$after") | grep . || true)

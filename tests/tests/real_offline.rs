@@ -371,9 +371,7 @@ fn redis_calls(sock: &Path) -> BTreeMap<String, u64> {
 /// target with `-a 4 -T passes`; the target must end with the online keys and values, the
 /// counter `passes` times the online one, and `passes` times the online SETs and INCRs.
 fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool) {
-    if !can_run(test) {
-        return;
-    }
+    require_root(test);
     let started = Instant::now();
     let tmp = TempDir::new("redis-offline");
     let lab = Lab::start();
@@ -481,6 +479,7 @@ fn redis_offline_case(test: &str, opts: &[&str], passes: u32, expect_nanos: bool
 
 /// Ethernet capture, microsecond timestamps, one pass.
 #[test]
+#[ignore = "needs root"]
 fn offline_redis_ethernet_capture() {
     redis_offline_case("offline_redis_ethernet_capture", &["-i", "eth0"], 1, false);
 }
@@ -488,6 +487,7 @@ fn offline_redis_ethernet_capture() {
 /// Ethernet capture with nanosecond timestamps, replayed twice (`-T 2`): every key once,
 /// the counter and the SET/INCR calls doubled.
 #[test]
+#[ignore = "needs root"]
 fn offline_redis_nanosecond_capture_replayed_twice() {
     redis_offline_case(
         "offline_redis_nanosecond_capture_replayed_twice",
@@ -503,11 +503,10 @@ fn offline_redis_nanosecond_capture_replayed_twice() {
 /// Linux cooked v1 capture (`tcpdump -i any -y LINUX_SLL`; tcpdump 4.99 defaults to v2), replayed at the recorded pace (the
 /// CREATE TABLE connection precedes the INSERT connections by their recorded gap): same rows.
 #[test]
+#[ignore = "needs root"]
 fn offline_postgres_cooked_capture() {
     let test = "offline_postgres_cooked_capture";
-    if !can_run(test) {
-        return;
-    }
+    require_root(test);
     let started = Instant::now();
     let tmp = TempDir::new("pg-offline");
     chown_postgres(tmp.path());
@@ -592,11 +591,10 @@ fn offline_postgres_cooked_capture() {
 /// the target's access log has the online requests (method, URL, status, bytes), all from
 /// fake client addresses.
 #[test]
+#[ignore = "needs root"]
 fn offline_nginx_cooked_v2_capture() {
     let test = "offline_nginx_cooked_v2_capture";
-    if !can_run(test) {
-        return;
-    }
+    require_root(test);
     let started = Instant::now();
     let tmp = TempDir::new("http-offline");
     let lab = Lab::start();
