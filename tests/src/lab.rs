@@ -7,8 +7,9 @@
 //! Rules: lab hosts only in 198.18.0.0/15 and fake clients only in 203.0.113.0/24; namespace
 //! names carry a unique prefix per lab (`tcl<pid>x<n>`), so tests run in parallel; a [`Lab`]
 //! removes its processes, logs and namespaces on drop, also when the test panics; every wait
-//! is bounded. Tests call [`can_run`] first: without root they are skipped, unless `CI=true`,
-//! where they fail.
+//! is bounded. Tests are `#[ignore = "needs root"]` (a plain `cargo test` lists them as ignored;
+//! `scripts/test.sh` runs them as root with `--include-ignored`) and call [`require_root`] or
+//! [`require`] first, which fail the test when root or a program is missing.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
@@ -29,46 +30,9 @@ pub const ONLINE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
 pub const TARGET_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
 pub const ASSIST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 40);
 
-/// Root is needed; without it the test is skipped (or fails under CI=true).
-pub fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: needs root (network namespaces, raw sockets)");
-        }
-        eprintln!("SKIP {test}: needs root");
-    }
-    root
-}
-
-/// [`can_run`], and every program of `tools` must run (`tool -V`); without them the test is
-/// skipped too (or fails under CI=true).
-pub fn can_run_with(test: &str, tools: &[&str]) -> bool {
-    if !can_run(test) {
-        return false;
-    }
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|tool| {
-            !Command::new(tool)
-                .arg("-V")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|st| st.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs {missing:?}");
-    }
-    eprintln!("SKIP {test}: needs {missing:?}");
-    false
-}
+// Every end-to-end test is `#[ignore = "needs root"]` and calls one of these first (see
+// tc-test-support): without root or a program it needs, it fails with what is missing.
+pub use tc_test_support::{require, require_root, wait_for};
 
 /// Path of a workspace binary, built once per test process.
 pub fn bin(name: &str) -> PathBuf {

@@ -8,20 +8,8 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn run_demo(args: &[&str]) {
-    if !is_root() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the demo test needs root (network namespaces) and CI=true: run scripts/test.sh as root"
-        );
-        eprintln!("SKIP demo {args:?}: needs root");
-        return;
-    }
+    tc_test_support::require_root("demo");
     let bins = std::env::var("TC_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -75,6 +63,7 @@ fn netns_list() -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn demo_live_and_offline() {
     run_demo(&[]);
     run_demo(&["--offline"]);

@@ -326,10 +326,9 @@ fn map_diff(want: &BTreeMap<String, String>, got: &BTreeMap<String, String>) -> 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn memcached_pipelined_text_protocol() {
-    if !can_run_with("memcached_pipelined_text_protocol", &["memcached"]) {
-        return;
-    }
+    require("memcached_pipelined_text_protocol", &["memcached"]);
     let started = Instant::now();
     let lab = Lab::start();
     let online_local = start_memcached(&lab, ONLINE, "mc-online", MC_ONLINE_PORT);
@@ -604,10 +603,9 @@ impl Http {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn http_pipelining_close_and_half_close() {
-    if !can_run_with("http_pipelining_close_and_half_close", &["nginx"]) {
-        return;
-    }
+    require("http_pipelining_close_and_half_close", &["nginx"]);
     let h = http_lab("");
     let online = h.online;
     h.lab
@@ -769,10 +767,9 @@ fn idle_case(test: &str, target_extra: &str) -> (Vec<AccessEntry>, Vec<AccessEnt
 }
 
 #[test]
+#[ignore = "needs root"]
 fn http_idle_keepalive() {
-    if !can_run_with("http_idle_keepalive", &["nginx"]) {
-        return;
-    }
+    require("http_idle_keepalive", &["nginx"]);
     let (online, target) = idle_case("http_idle_keepalive", "");
     // Same connections: each kept its 4 requests in order.
     let conns = |e: &[AccessEntry]| -> Vec<Vec<String>> { by_conn(e).into_values().collect() };
@@ -783,10 +780,9 @@ fn http_idle_keepalive() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn http_idle_keepalive_target_closes_first() {
-    if !can_run_with("http_idle_keepalive_target_closes_first", &["nginx"]) {
-        return;
-    }
+    require("http_idle_keepalive_target_closes_first", &["nginx"]);
     let (_, target) = idle_case(
         "http_idle_keepalive_target_closes_first",
         "keepalive_timeout 2s;",
@@ -979,10 +975,9 @@ fn stream_timeline(conn: &[Ev]) -> (Vec<String>, Vec<f64>) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn streamed_responses_with_pauses() {
-    if !can_run("streamed_responses_with_pauses") {
-        return;
-    }
+    require_root("streamed_responses_with_pauses");
     let started = Instant::now();
     let lab = Lab::start();
     let online_srv = StreamServer::start(
@@ -1196,10 +1191,9 @@ impl Drop for GreetServer {
 /// (captured right after the online greeting) must wait for the target's greeting and then
 /// go out, without another client packet to trigger it.
 #[test]
+#[ignore = "needs root"]
 fn server_first_target_greets_late() {
-    if !can_run("server_first_target_greets_late") {
-        return;
-    }
+    require_root("server_first_target_greets_late");
     let started = Instant::now();
     let lab = Lab::start();
     let online_srv = GreetServer::start(
@@ -1286,10 +1280,9 @@ fn smtp_messages(log: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn smtp_server_speaks_first() {
-    if !can_run_with("smtp_server_speaks_first", &["curl"]) {
-        return;
-    }
+    require("smtp_server_speaks_first", &["curl"]);
     let started = Instant::now();
     let tmp = TempDir::new("edge-smtp");
     let lab = Lab::start();

@@ -15,10 +15,9 @@ use real_common::*;
 use tc_e2e::lab::*;
 
 #[test]
+#[ignore = "needs root"]
 fn redis_target_ends_with_the_online_data_set() {
-    if !can_run("redis_target_ends_with_the_online_data_set") {
-        return;
-    }
+    require_root("redis_target_ends_with_the_online_data_set");
     let started = Instant::now();
     let tmp = TempDir::new("redis");
     let lab = Lab::start();
@@ -182,10 +181,9 @@ fn redis_target_ends_with_the_online_data_set() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn postgres_target_ends_with_the_online_rows() {
-    if !can_run("postgres_target_ends_with_the_online_rows") {
-        return;
-    }
+    require_root("postgres_target_ends_with_the_online_rows");
     let started = Instant::now();
     let tmp = TempDir::new("pg");
     chown_postgres(tmp.path());
@@ -282,9 +280,7 @@ impl HttpClient<'_> {
 /// server and returns the number of requests it made. The target's access log must end with
 /// the same requests (method, URL, status, bytes sent) as the online's.
 fn http_case(test: &str, workload: impl FnOnce(&HttpClient) -> usize) {
-    if !can_run(test) {
-        return;
-    }
+    require_root(test);
     let started = Instant::now();
     let tmp = TempDir::new("http");
     let lab = Lab::start();
@@ -361,6 +357,7 @@ fn http_case(test: &str, workload: impl FnOnce(&HttpClient) -> usize) {
 
 /// Keep-alive (HTTP/1.0 from ab, HTTP/1.1 from curl), short connections and POSTs with bodies.
 #[test]
+#[ignore = "needs root"]
 fn nginx_target_serves_the_online_requests() {
     http_case("nginx_target_serves_the_online_requests", |c| {
         let body = c.tmp.join("post.txt");
@@ -421,6 +418,7 @@ fn nginx_target_serves_the_online_requests() {
 /// windows (each paced by tcpcopy's ACKs through intercept), and the next request and the
 /// client's FIN must not be sent before it is complete.
 #[test]
+#[ignore = "needs root"]
 fn nginx_target_serves_1mb_responses_over_keepalive() {
     http_case("nginx_target_serves_1mb_responses_over_keepalive", |c| {
         let url = format!("{}/big.bin", c.base);

@@ -59,10 +59,8 @@ struct Stress {
     started: Instant,
 }
 
-fn setup(test: &str) -> Option<(MutexGuard<'static, ()>, Stress)> {
-    if !can_run(test) {
-        return None;
-    }
+fn setup(test: &str) -> (MutexGuard<'static, ()>, Stress) {
+    require_root(test);
     let guard = serial();
     let started = Instant::now();
     let tmp = TempDir::new("stress");
@@ -86,7 +84,7 @@ fn setup(test: &str) -> Option<(MutexGuard<'static, ()>, Stress)> {
     maybe_capture(&lab, HTTP_ONLINE_PORT, HTTP_TARGET_PORT);
     let target_log = logs.pop().unwrap();
     let online_log = logs.pop().unwrap();
-    Some((
+    (
         guard,
         Stress {
             impairs: Vec::new(),
@@ -97,7 +95,7 @@ fn setup(test: &str) -> Option<(MutexGuard<'static, ()>, Stress)> {
             base: format!("http://{ONLINE_IP}:{HTTP_ONLINE_PORT}"),
             started,
         },
-    ))
+    )
 }
 
 fn multiset(entries: &[AccessEntry], times: usize) -> BTreeMap<String, usize> {
@@ -498,9 +496,10 @@ fn connect_ms(st: &Stress) -> f64 {
 /// 1. High concurrency over keep-alive: wrk with 100 connections for 2 s on a small file
 ///    while ab -k fetches a 64 KB file over 10 connections, then ab -k -c 100 -n 5000.
 #[test]
+#[ignore = "needs root"]
 fn keepalive_high_concurrency() {
     let test = "keepalive_high_concurrency";
-    let Some((_g, st)) = setup(test) else { return };
+    let (_g, st) = setup(test);
     st.tcpcopy(&[]);
     let big = {
         let url = st.url("/k64.bin");
@@ -542,9 +541,10 @@ fn keepalive_high_concurrency() {
 /// 2. Many short connections: 3000 connections, 50 at a time (client ports used once each,
 ///    TIME_WAIT on both sides).
 #[test]
+#[ignore = "needs root"]
 fn many_short_connections() {
     let test = "many_short_connections";
-    let Some((_g, st)) = setup(test) else { return };
+    let (_g, st) = setup(test);
     st.tcpcopy(&[]);
     st.ab(&["-q", "-c", "50", "-n", "3000", &st.url("/small.txt")]);
     st.expect_replay(test, Some(3000), 1);
@@ -554,9 +554,10 @@ fn many_short_connections() {
 ///    body, possibly before it has all arrived) and PUTs of 1 MB and 5 MB (stored: nginx reads
 ///    the whole body first), on short connections and several on one keep-alive connection.
 #[test]
+#[ignore = "needs root"]
 fn large_uploads() {
     let test = "large_uploads";
-    let Some((_g, st)) = setup(test) else { return };
+    let (_g, st) = setup(test);
     st.tcpcopy(&[]);
     let files = st.tmp.sub("uploads");
     let mut n = 0;
@@ -684,11 +685,10 @@ fn large_uploads() {
 /// 4. A realistic online RTT: 20 ms each way on the client's port (40 ms RTT client<->online),
 ///    then keep-alive and short-connection loads.
 #[test]
+#[ignore = "needs root"]
 fn online_rtt_40ms() {
     let test = "online_rtt_40ms";
-    let Some((_g, mut st)) = setup(test) else {
-        return;
-    };
+    let (_g, mut st) = setup(test);
     let imp = Impair::start(
         &st.lab,
         CLIENT,
@@ -715,9 +715,7 @@ fn online_rtt_40ms() {
 /// 2 % loss on the frames entering `host`'s port, under keep-alive, short connections and
 /// 64 KB responses: the replay must still be exact.
 fn replay_with_loss_toward(test: &str, host: &str, seed: u64) {
-    let Some((_g, mut st)) = setup(test) else {
-        return;
-    };
+    let (_g, mut st) = setup(test);
     let imp = Impair::start(
         &st.lab,
         host,
@@ -741,6 +739,7 @@ fn replay_with_loss_toward(test: &str, host: &str, seed: u64) {
 /// 5. 2 % loss on the way to the target (frames entering the target's port): tcpcopy must
 ///    retransmit until the replay is exact.
 #[test]
+#[ignore = "needs root"]
 fn loss_toward_target() {
     replay_with_loss_toward("loss_toward_target", TARGET, 0x5eed_1234);
 }
@@ -748,6 +747,7 @@ fn loss_toward_target() {
 /// 5b. 2 % loss on the way to the assistant: intercept misses some of the target's
 ///     segments (the target retransmits them when tcpcopy does not acknowledge them).
 #[test]
+#[ignore = "needs root"]
 fn loss_toward_intercept() {
     replay_with_loss_toward("loss_toward_intercept", ASSIST, 0xa551_5700);
 }
@@ -756,11 +756,10 @@ fn loss_toward_intercept() {
 ///     by the jitter) and 1 % loss toward it, under keep-alive, short connections, 64 KB
 ///     responses and a 1 MB upload.
 #[test]
+#[ignore = "needs root"]
 fn distant_target_with_jitter_and_loss() {
     let test = "distant_target_with_jitter_and_loss";
-    let Some((_g, mut st)) = setup(test) else {
-        return;
-    };
+    let (_g, mut st) = setup(test);
     let imp = Impair::start(
         &st.lab,
         TARGET,
@@ -808,9 +807,10 @@ fn option_mix(st: &Stress) -> usize {
 
 /// 6a. `-n 2`: every request twice on the target.
 #[test]
+#[ignore = "needs root"]
 fn option_two_copies() {
     let test = "option_two_copies";
-    let Some((_g, st)) = setup(test) else { return };
+    let (_g, st) = setup(test);
     st.tcpcopy(&["-n", "2"]);
     let n = option_mix(&st);
     st.expect_replay(test, Some(n), 2);
@@ -826,9 +826,10 @@ fn bucket(ip: [u8; 4], port: u16) -> u32 {
 /// 6b. `-r 50`: about half of the connections, each whole or absent, exactly those of
 ///     spec 2.7's buckets.
 #[test]
+#[ignore = "needs root"]
 fn option_sample_half() {
     let test = "option_sample_half";
-    let Some((_g, st)) = setup(test) else { return };
+    let (_g, st) = setup(test);
     st.tcpcopy(&["-r", "50"]);
     st.ab(&["-q", "-k", "-c", "20", "-n", "1000", &st.url("/index.html")]);
     st.ab(&["-q", "-c", "10", "-n", "600", &st.url("/small.txt")]);
@@ -879,9 +880,10 @@ fn option_sample_half() {
 
 /// 6c. libpcap capture on online's eth0.
 #[test]
+#[ignore = "needs root"]
 fn option_pcap_capture() {
     let test = "option_pcap_capture";
-    let Some((_g, st)) = setup(test) else { return };
+    let (_g, st) = setup(test);
     st.tcpcopy(&["--capture", "pcap", "-i", "eth0"]);
     let n = option_mix(&st);
     st.expect_replay(test, Some(n), 1);
@@ -891,9 +893,10 @@ fn option_pcap_capture() {
 
 /// 6d. Ethernet frames injected on online's eth0 (`--send pcap`, MACs in -x).
 #[test]
+#[ignore = "needs root"]
 fn option_pcap_send() {
     let test = "option_pcap_send";
-    let Some((_g, st)) = setup(test) else { return };
+    let (_g, st) = setup(test);
     let (om, tm) = (st.lab.mac(ONLINE), st.lab.mac(TARGET));
     let x = format!("{HTTP_ONLINE_PORT}@{om}-{TARGET_IP}:{HTTP_TARGET_PORT}@{tm}");
     st.tcpcopy_x(&x, &["--send", "pcap", "-o", "eth0"]);

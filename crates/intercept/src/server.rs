@@ -20,10 +20,12 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
 use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
+use tc_core::control::routing::{
+    Admission, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId,
+};
 use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
 
 use crate::cli::{Config, Devices};
-use crate::router::{Admission, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId};
 use crate::wire::{
     ClientMsg, Record, WireFormat, CLIENT_ADD, CLIENT_DEL, CLIENT_MSG_LEN, PROTOCOL_VERSION,
 };
@@ -691,7 +693,7 @@ impl Server {
                 Admission::Joined => {}
                 Admission::Spare => warn!(
                     "reach the fd limit for single:{}",
-                    crate::router::SINGLE_MAX_TUNNELS
+                    tc_core::control::routing::SINGLE_MAX_TUNNELS
                 ),
                 Admission::NewGroup { close } => {
                     warn!("it does not support distributed clients: new tcpcopy from {peer}, closing {} old tunnels", close.len());

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use tc_test_support::require_root;
+
 const BIN: &str = env!("CARGO_BIN_EXE_intercept");
 
 fn run(args: &[&str]) -> Output {
@@ -14,23 +16,6 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run intercept")
-}
-
-fn is_root() -> bool {
-    // SAFETY: trivial libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Root-only tests: SKIP (or FAIL under CI=true) otherwise.
-fn need_root(name: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{name} needs root (CAP_NET_RAW) and CI=true");
-    }
-    eprintln!("SKIP {name}: needs root");
-    false
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -145,11 +130,10 @@ fn bad_arguments() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn port_in_use_is_a_bind_error() {
     // Captures open before the bind, so this needs a usable device.
-    if !need_root("port_in_use_is_a_bind_error") {
-        return;
-    }
+    require_root("port_in_use_is_a_bind_error");
     let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
     let out = run(&["-F", "tcp", "-i", "lo", "-b", "127.0.0.1", "-p", &port]);
@@ -181,10 +165,9 @@ fn no_usable_device() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn listens_on_b_and_p_stops_on_signals_with_summary() {
-    if !need_root("listens_on_b_and_p_stops_on_signals_with_summary") {
-        return;
-    }
+    require_root("listens_on_b_and_p_stops_on_signals_with_summary");
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let port = free_port();
         let log = tmp(&format!("run-{sig}.log"));
@@ -234,10 +217,9 @@ fn listens_on_b_and_p_stops_on_signals_with_summary() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn daemon_detaches_and_writes_pid() {
-    if !need_root("daemon_detaches_and_writes_pid") {
-        return;
-    }
+    require_root("daemon_detaches_and_writes_pid");
     let port = free_port();
     let pid_file = tmp("daemon.pid");
     let log = tmp("daemon.log");

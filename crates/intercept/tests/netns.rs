@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use intercept::wire::{ClientMsg, CLIENT_ADD};
 use tc_core::packet::{build_segment, flags, SegmentSpec};
-use tc_e2e::lab::{can_run_with, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
+use tc_e2e::lab::{require, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intercept");
 const TARGET_PORT: u16 = 8080;
@@ -382,10 +382,9 @@ fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lab_combined_plain_and_payload() {
-    if !can_run_with("lab_combined_plain_and_payload", &["ip"]) {
-        return;
-    }
+    require("lab_combined_plain_and_payload", &["ip"]);
     run_variant("c", &[], true, 64, 10);
     run_variant("p", &["--disable-combined"], false, 64, 20);
     run_variant("y", &["--payload"], true, 192, 30);

@@ -8,6 +8,9 @@
 //! recompute both checksums in full before every send. Compare `verify+decode+rewrite
 //! incremental` with `decode+rewrite full checksum recomputation`.
 //!
+//! `decode_1500` compares our link/IP/TCP decode with etherparse's slicing of the same frame
+//! (the fields the session reads), to decide whether `packet/link.rs` could use etherparse.
+//!
 //! `cargo bench -p tc-core --bench packet`
 
 use std::hint::black_box;
@@ -116,6 +119,40 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    let mut d = c.benchmark_group("decode_1500");
+    d.throughput(Throughput::Elements(1));
+    d.bench_function("ours: decode_frame", |b| {
+        b.iter(|| {
+            let p = decode_frame(LinkType::Ethernet, black_box(&f)).expect("decodes");
+            black_box((
+                p.src_ip(),
+                p.src_port(),
+                p.seq(),
+                p.ack(),
+                p.payload().len(),
+            ))
+        })
+    });
+    d.bench_function("etherparse: SlicedPacket::from_ethernet", |b| {
+        b.iter(|| {
+            let s = etherparse::SlicedPacket::from_ethernet(black_box(&f)).expect("decodes");
+            let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+                panic!("not IPv4")
+            };
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = &s.transport else {
+                panic!("not TCP")
+            };
+            black_box((
+                ip.header().source_addr(),
+                tcp.source_port(),
+                tcp.sequence_number(),
+                tcp.acknowledgment_number(),
+                tcp.payload().len(),
+            ))
+        })
+    });
+    d.finish();
 }
 
 criterion_group!(benches, bench);

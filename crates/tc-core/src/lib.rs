@@ -3,10 +3,19 @@
 //! Modules follow the data: `packet` (decode, validate, rewrite), `session` (the sans-IO TCP
 //! replay machine), `control` (the tcpcopy <-> intercept wire protocol), `capture` and `send`
 //! (I/O backends behind small traits).
+//!
+//! The pure core (`packet`, `session`, the `control` codecs and routing) touches no socket and
+//! reads no clock: time comes in as arguments. Everything that does I/O (`capture`, `send`,
+//! `control::conn`, `logging`) is behind the default feature `io`, so
+//! `cargo build -p tc-core --no-default-features` proves the core needs none of mio, libc,
+//! pcap, socket2 or env_logger.
 
+#[cfg(feature = "io")]
 pub mod capture;
 pub mod control;
+#[cfg(feature = "io")]
 pub mod logging;
 pub mod packet;
+#[cfg(feature = "io")]
 pub mod send;
 pub mod session;

@@ -13,18 +13,7 @@ use tc_core::packet::{build_segment, flags, ipv4_payload, Completeness, SegmentS
 use tc_core::send::pcap_inject::PcapInject;
 use tc_core::send::raw_socket::RawSocketSend;
 use tc_core::send::Send;
-
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("backend tests need root (raw sockets, network namespaces)");
-        }
-        eprintln!("SKIP: backend tests need root");
-    }
-    root
-}
+use tc_test_support::require_root;
 
 fn sh(cmd: &[&str]) {
     let st = Command::new(cmd[0]).args(&cmd[1..]).status().expect(cmd[0]);
@@ -176,10 +165,9 @@ fn wait_for_frame(cap: &mut dyn Capture, dst_port: u16, payload: &[u8]) -> Optio
 }
 
 #[test]
+#[ignore = "needs root"]
 fn raw_send_reaches_the_raw_capture_of_the_peer() {
-    if !can_run() {
-        return;
-    }
+    require_root("raw_send_reaches_the_raw_capture_of_the_peer");
     let pair = Pair::new();
     let mut cap = in_ns(&pair.b, || RawSocketCapture::open().unwrap());
     assert!(cap.receive_buffer().unwrap() >= 8 << 20);
@@ -205,10 +193,9 @@ fn raw_send_reaches_the_raw_capture_of_the_peer() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pcap_inject_frames_reach_the_peer_with_the_configured_macs() {
-    if !can_run() {
-        return;
-    }
+    require_root("pcap_inject_frames_reach_the_peer_with_the_configured_macs");
     let pair = Pair::new();
     let src_mac = pair.mac(&pair.a, "va");
     let dst_mac = pair.mac(&pair.b, "vb");

@@ -11,19 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const VERSION_RECORD: [u8; 14] = [0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0];
+use tc_test_support::require_root;
 
-fn can_run() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("tcpcopy process tests need root (raw sockets, network namespaces)");
-        }
-        eprintln!("SKIP: tcpcopy process tests need root");
-    }
-    root
-}
+const VERSION_RECORD: [u8; 14] = [0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0];
 
 /// A network namespace with only `lo` up, deleted on drop.
 struct Netns {
@@ -160,10 +150,9 @@ fn accept_tunnels(l: &TcpListener, n: usize, within: Duration) -> Vec<TcpStream>
 const X: &str = "1-198.18.0.30:8080";
 
 #[test]
+#[ignore = "needs root"]
 fn losing_every_intercept_without_l_ends_the_run() {
-    if !can_run() {
-        return;
-    }
+    require_root("losing_every_intercept_without_l_ends_the_run");
     let ns = Netns::new();
     let l = ns.listen(36524);
     let mut tc = Guard(Some(ns.spawn_tcpcopy(&[
@@ -185,10 +174,9 @@ fn losing_every_intercept_without_l_ends_the_run() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn with_l_it_keeps_running_and_reconnects() {
-    if !can_run() {
-        return;
-    }
+    require_root("with_l_it_keeps_running_and_reconnects");
     let ns = Netns::new();
     let l = ns.listen(36524);
     let mut tc = Guard(Some(ns.spawn_tcpcopy(&["-x", X, "-s", "127.0.0.1", "-L"])));
@@ -207,10 +195,9 @@ fn with_l_it_keeps_running_and_reconnects() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigint_is_a_graceful_exit() {
-    if !can_run() {
-        return;
-    }
+    require_root("sigint_is_a_graceful_exit");
     let ns = Netns::new();
     let l = ns.listen(4000);
     let mut tc = Guard(Some(ns.spawn_tcpcopy(&[
@@ -234,10 +221,9 @@ fn sigint_is_a_graceful_exit() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn daemon_writes_its_pid_file() {
-    if !can_run() {
-        return;
-    }
+    require_root("daemon_writes_its_pid_file");
     let ns = Netns::new();
     let l = ns.listen(36524);
     let dir = std::env::temp_dir().join(format!("tcpcopy-daemon-{}", std::process::id()));
@@ -286,10 +272,9 @@ fn daemon_writes_its_pid_file() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn offline_replay_runs_its_passes_and_exits_zero() {
-    if !can_run() {
-        return;
-    }
+    require_root("offline_replay_runs_its_passes_and_exits_zero");
     let ns = Netns::new();
     let l = ns.listen(36524);
     let dir = std::env::temp_dir().join(format!("tcpcopy-offline-it-{}", std::process::id()));
@@ -354,10 +339,9 @@ fn offline_replay_runs_its_passes_and_exits_zero() {
 /// `-m`: the resident memory is checked every 60 s; above the limit tcpcopy stops (graceful
 /// teardown, non-zero exit, clear message). Takes about a minute.
 #[test]
+#[ignore = "needs root"]
 fn memory_limit_stops_the_run() {
-    if !can_run() {
-        return;
-    }
+    require_root("memory_limit_stops_the_run");
     let ns = Netns::new();
     let l = ns.listen(36524);
     let mut tc = Guard(Some(ns.spawn_tcpcopy(&[

@@ -11,10 +11,13 @@
 //!
 //! Nothing on the wire announces the variant: both binaries take the same long options,
 //! `--disable-combined` and `--payload`, to build the same [`WireFormat`].
-//! The codecs here touch no socket; [`conn::FramedConn`] is the non-blocking mio connection
-//! both binaries drive them with.
+//! The codecs here touch no socket; `conn::FramedConn` (feature `io`) is the non-blocking mio
+//! connection both binaries drive them with, and [`routing`] decides which of intercept's
+//! tunnels gets a captured response.
 
+#[cfg(feature = "io")]
 pub mod conn;
+pub mod routing;
 
 use std::net::Ipv4Addr;
 

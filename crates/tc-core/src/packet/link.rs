@@ -1,4 +1,9 @@
 //! Link-layer decoding: from a captured frame to the IPv4 datagram it carries.
+//!
+//! Hand-written rather than etherparse's slicing: on the per-packet path the bench
+//! (`cargo bench -p tc-core --bench packet`, group `decode_1500`) measured etherparse's
+//! `SlicedPacket::from_ethernet` about 2.6 times slower than `decode_frame` (67 ns vs 26 ns
+//! for a 1500-byte segment), and etherparse reads neither Linux cooked v2 nor BSD loopback.
 
 use super::DropReason;
 

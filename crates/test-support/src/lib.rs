@@ -1,0 +1,111 @@
+//! Test helpers shared by every test crate of the workspace.
+//!
+//! **Tests that need root** (network namespaces, raw sockets, libpcap) carry
+//! `#[ignore = "needs root"]`: a plain `cargo test` lists them as *ignored*, never as passed.
+//! `scripts/test.sh` (as root, and CI) runs them with `-- --include-ignored`. Each such test
+//! calls [`require_root`] (or [`require`] when it also runs outside programs) first: run without
+//! what it needs, it fails with a message saying what is missing; it never passes silently.
+//!
+//! **Waiting** is [`wait_for`]: a condition polled under a deadline, with a message saying what
+//! did not happen, instead of a sleep followed by an assertion.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Whether the process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A test that needs root calls this first: without root it fails loudly. Such a test is
+/// `#[ignore = "needs root"]`, so it only runs when asked for (`--include-ignored`).
+#[track_caller]
+pub fn require_root(test: &str) {
+    assert!(
+        is_root(),
+        "{test}: needs root (network namespaces, raw sockets, libpcap); run it as root \
+         (sudo scripts/test.sh), or leave it out (it is #[ignore]d in a plain `cargo test`)"
+    );
+}
+
+/// [`require_root`], and every program of `tools` must be on `PATH` (`scripts/test.sh`
+/// installs them). A missing one fails the test with its name.
+#[track_caller]
+pub fn require(test: &str, tools: &[&str]) {
+    require_root(test);
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    assert!(
+        missing.is_empty(),
+        "{test}: needs {missing:?} installed (scripts/test.sh installs them)"
+    );
+}
+
+/// Whether an executable file `program` is in one of the `PATH` directories.
+pub fn on_path(program: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        Path::new(&dir)
+            .join(program)
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// How often [`wait_for`] checks its condition.
+pub const POLL_EVERY: Duration = Duration::from_millis(50);
+
+/// Checks `cond` every [`POLL_EVERY`] until it holds and returns how long that took; once
+/// `within` has passed without it, panics with "timed out after .. waiting for" and `what()`
+/// (what was awaited, with whatever helps: a log tail, the last snapshot).
+#[track_caller]
+pub fn wait_for(
+    within: Duration,
+    mut cond: impl FnMut() -> bool,
+    what: impl FnOnce() -> String,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() >= within {
+            panic!("timed out after {within:?} waiting for {}", what());
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_for_returns_once_the_condition_holds() {
+        let mut n = 0;
+        wait_for(
+            Duration::from_secs(5),
+            || {
+                n += 1;
+                n == 3
+            },
+            || "three calls".into(),
+        );
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn programs_on_path() {
+        assert!(on_path("sh"));
+        assert!(!on_path("no-such-program-tc"));
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 20ms waiting for nothing")]
+    fn wait_for_fails_with_what_it_waited_for() {
+        wait_for(Duration::from_millis(20), || false, || "nothing".into());
+    }
+}
