@@ -13,7 +13,6 @@ use tc_core::session::{ReplayConfig, Transfer};
 pub const VERSION: &str = "1.3.0";
 /// Control-protocol version sent in the first record of every tunnel.
 pub const INTERNAL_VERSION: u16 = tc_core::control::PROTOCOL_VERSION;
-pub const DEFAULT_INTERCEPT_PORT: u16 = 36524;
 pub const MAX_INTERCEPTS: usize = 32;
 pub const MAX_TRANSFERS: usize = 32;
 pub const MAX_CLIENT_IPS: usize = 4096;
@@ -309,7 +308,7 @@ fn validate(raw: RawArgs) -> Result<Options, CliError> {
         return err("tcpcopy needs -s (intercept addresses, e.g. -s 198.18.0.40)");
     };
     let transfers = parse_transfers(&transfers_text)?;
-    let intercept_port = raw.intercept_port.unwrap_or(DEFAULT_INTERCEPT_PORT);
+    let intercept_port = raw.intercept_port.unwrap_or(tc_core::control::DEFAULT_PORT);
     let intercepts = parse_intercepts(&intercepts_text, intercept_port)?;
 
     let target_ips: Vec<Ipv4Addr> = transfers.iter().map(|t| t.dst_ip).collect();
