@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod control;
+pub mod daemon;
 pub mod logging;
 pub mod packet;
 pub mod send;
