@@ -2,10 +2,8 @@
 //! control channel, to the tcpcopy that announced each connection.
 //!
 //! `cli` (arguments -> [`cli::Config`]), `router` (pure routing logic), `server` (the mio loop:
-//! capture, tunnels, batching, statistics), `daemon` (logging is tc_core::logging).
+//! capture, tunnels, batching, statistics); logging, daemon and pid file are tc_core's.
 
 pub mod cli;
-pub mod daemon;
 pub mod router;
 pub mod server;
-pub mod wire;

@@ -9,18 +9,18 @@ mod tunnels;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
+use tc_core::capture::pcap_live::{self, PcapLiveOptions};
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::Capture;
+use tc_core::daemon;
 use tc_core::logging;
 use tc_core::send::pcap_inject::PcapInject;
 use tc_core::send::raw_socket::RawSocketSend;
-use tc_core::send::Send as SendBackend;
+use tc_core::send::Sender;
 use tc_core::session::Replayer;
 
 use cli::{Command, Input, Options, OutputKind};
@@ -123,7 +123,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         STARTUP_CONNECT_TIMEOUT,
     )?;
 
-    let sender: Box<dyn SendBackend> = match &options.output {
+    let sender: Box<dyn Sender> = match &options.output {
         OutputKind::Raw => {
             log::info!("send: raw socket");
             Box::new(RawSocketSend::open().context("Create raw socket to output failed")?)
@@ -215,10 +215,10 @@ fn run(options: Options) -> anyhow::Result<i32> {
     let replayer = Replayer::new(options.replay.clone());
 
     if options.daemon {
-        daemonize().context("cannot become a daemon")?;
+        daemon::daemonize().context("cannot become a daemon")?;
     }
     let _pid_file = match &options.pid_file {
-        Some(path) => Some(PidFile::write(path)?),
+        Some(path) => Some(daemon::PidFile::create(path)?),
         None => None,
     };
 
@@ -261,39 +261,23 @@ fn run(options: Options) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// Opens every named device, or every device but `any` when `devices` is empty (spec 6.2).
-/// Devices that fail are logged and skipped; none working is an error.
+/// Opens the pcap captures of `-i` (every device but `any` when `devices` is empty).
 fn open_pcap_devices(
     devices: &[String],
     filter: &str,
     snaplen: u32,
     buffer_bytes: u32,
 ) -> anyhow::Result<Vec<Box<dyn Capture>>> {
-    let names = if devices.is_empty() {
-        pcap_live::list_devices()?
-    } else {
-        devices.to_vec()
-    };
     let opts = PcapLiveOptions {
         filter: filter.to_string(),
         snaplen: snaplen as i32,
         buffer_size: buffer_bytes as i32,
         promiscuous: true,
     };
-    let mut opened: Vec<Box<dyn Capture>> = Vec::new();
-    for name in &names {
-        match PcapLive::open(name, &opts) {
-            Ok(c) => {
-                log::info!("device:{name}");
-                opened.push(Box::new(c));
-            }
-            Err(e) => log::warn!("device could not work:{name}: {e}"),
-        }
-    }
-    if opened.is_empty() {
-        anyhow::bail!("no device available for snooping packets (tried {names:?})");
-    }
-    Ok(opened)
+    Ok(pcap_live::open_devices(devices, &opts)?
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn Capture>)
+        .collect())
 }
 
 /// This host's IPv4 addresses (to refuse targets that tcpcopy would capture again).
@@ -322,48 +306,4 @@ fn local_ipv4_addresses() -> std::io::Result<Vec<Ipv4Addr>> {
     // SAFETY: `list` came from getifaddrs.
     unsafe { libc::freeifaddrs(list) };
     Ok(out)
-}
-
-/// Classic daemonization: fork (the parent exits 0), new session, stdio to /dev/null.
-fn daemonize() -> std::io::Result<()> {
-    // SAFETY: single-threaded at this point; the parent only calls _exit.
-    match unsafe { libc::fork() } {
-        -1 => return Err(std::io::Error::last_os_error()),
-        0 => {}
-        _ => unsafe { libc::_exit(0) },
-    }
-    // SAFETY: plain syscalls on our own process and descriptors.
-    unsafe {
-        if libc::setsid() == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        for fd in 0..3 {
-            libc::dup2(null, fd);
-        }
-        if null > 2 {
-            libc::close(null);
-        }
-    }
-    Ok(())
-}
-
-/// A pid file, removed when dropped.
-struct PidFile(std::path::PathBuf);
-
-impl PidFile {
-    fn write(path: &Path) -> anyhow::Result<PidFile> {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write pid file {}", path.display()))?;
-        Ok(PidFile(path.to_path_buf()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
