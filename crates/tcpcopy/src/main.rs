@@ -1,6 +1,8 @@
 //! tcpcopy: copies live TCP traffic captured on this host to a target server, with responses
 //! reported back by intercept. See ../../shared/spec/tcpcopy.md for the behaviour.
 
+mod addr_spec;
+mod capture;
 mod cli;
 mod event_loop;
 mod offline;
@@ -8,12 +10,11 @@ mod output;
 mod tunnels;
 
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tc_core::capture::pcap_live::{self, PcapLiveOptions};
+use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::Capture;
 use tc_core::daemon;
@@ -30,17 +31,25 @@ use cli::{Command, Input, Options, OutputKind};
 const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    let options = match cli::parse(std::env::args_os()) {
+    let args = match cli::parse(std::env::args_os()) {
         Ok(Command::Help) => {
             // A closed pipe (`tcpcopy -h | head`) is not an error worth a panic.
-            let _ = std::io::stdout().write_all(cli::HELP.as_bytes());
+            let _ = std::io::stdout().write_all(cli::help().as_bytes());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
             let _ = writeln!(std::io::stdout(), "{}", cli::version_line());
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Run(options)) => options,
+        Ok(Command::Run(args)) => args,
+        Err(e) => {
+            eprintln!("tcpcopy: {e}");
+            return ExitCode::from(cli::EXIT_USAGE as u8);
+        }
+    };
+    // Host names are looked up once the whole command line is known to be valid.
+    let options = match args.resolve() {
+        Ok(options) => options,
         Err(e) => {
             eprintln!("tcpcopy: {e}");
             return ExitCode::from(cli::EXIT_USAGE as u8);
@@ -50,7 +59,7 @@ fn main() -> ExitCode {
         eprintln!("tcpcopy: {e:#}");
         return ExitCode::from(cli::EXIT_USAGE as u8);
     }
-    match run(*options) {
+    match run(options) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             log::error!("{e:#}");
@@ -100,9 +109,8 @@ fn run(options: Options) -> anyhow::Result<i32> {
         if r.single { ", single mode" } else { "" }
     );
 
-    let local_ips = local_ipv4_addresses().context("cannot list local addresses")?;
-    cli::check_self_capture(&options.replay.transfers, &options.input, &local_ips)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let local_ips = capture::local_ipv4_addresses().context("cannot list local addresses")?;
+    capture::check_self_capture(&options.replay.transfers, &options.input, &local_ips)?;
     if options
         .replay
         .transfers
@@ -163,17 +171,22 @@ fn run(options: Options) -> anyhow::Result<i32> {
         Input::Pcap {
             devices,
             filter,
-            user_filter,
             buffer_bytes,
             snaplen,
         } => {
             log::info!("pcap version:{}", pcap_live::lib_version());
-            if *user_filter {
-                log::info!("user filter:{filter}");
-            } else {
-                log::info!("filter = {filter}");
-            }
-            open_pcap_devices(devices, filter, *snaplen, *buffer_bytes)?
+            let filter = match filter {
+                Some(f) => {
+                    log::info!("user filter:{f}");
+                    f.clone()
+                }
+                None => {
+                    let f = capture::auto_filter(&options.replay.transfers);
+                    log::info!("filter = {f}");
+                    f
+                }
+            };
+            capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
         }
         Input::Offline { .. } => Vec::new(),
     };
@@ -259,51 +272,4 @@ fn run(options: Options) -> anyhow::Result<i32> {
         event_loop::StopReason::Signal(_) | event_loop::StopReason::OfflineDone => {}
     }
     Ok(code)
-}
-
-/// Opens the pcap captures of `-i` (every device but `any` when `devices` is empty).
-fn open_pcap_devices(
-    devices: &[String],
-    filter: &str,
-    snaplen: u32,
-    buffer_bytes: u32,
-) -> anyhow::Result<Vec<Box<dyn Capture>>> {
-    let opts = PcapLiveOptions {
-        filter: filter.to_string(),
-        snaplen: snaplen as i32,
-        buffer_size: buffer_bytes as i32,
-        promiscuous: true,
-    };
-    Ok(pcap_live::open_devices(devices, &opts)?
-        .into_iter()
-        .map(|c| Box::new(c) as Box<dyn Capture>)
-        .collect())
-}
-
-/// This host's IPv4 addresses (to refuse targets that tcpcopy would capture again).
-fn local_ipv4_addresses() -> std::io::Result<Vec<Ipv4Addr>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, released below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list returned by getifaddrs.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr whose family tells its real type.
-            let family = unsafe { (*ifa.ifa_addr).sa_family };
-            if i32::from(family) == libc::AF_INET {
-                // SAFETY: AF_INET addresses are sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `list` came from getifaddrs.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(out)
 }

@@ -184,7 +184,8 @@ mod tests {
 
     #[test]
     fn output_refuses_everything_but_targets() {
-        use crate::cli::{parse_transfers, WireOptions};
+        use crate::addr_spec::{parse_transfers, resolve_transfers};
+        use crate::cli::WireOptions;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
             panic!("v4")
@@ -197,7 +198,9 @@ mod tests {
         let tunnels =
             Tunnels::connect_all(&[addr], 1, wire, poll.registry(), Duration::from_secs(3))
                 .unwrap();
-        let transfers = parse_transfers("80-198.18.0.30:8080,81-198.18.0.31:8081").unwrap();
+        let transfers =
+            resolve_transfers(&parse_transfers("80-198.18.0.30:8080,81-198.18.0.31:8081").unwrap())
+                .unwrap();
         let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let mut out =
             ReplayOutput::new(Box::new(Recorder(sent.clone())), &transfers, tunnels, false);
