@@ -22,9 +22,7 @@ pub const DEFAULT_DELAY_TABLE: usize = 65536;
 pub const DEFAULT_MAX_ROUTES: usize = 1 << 20;
 /// Idle route lifetime (the original's unused `DEFAULT_TIMEOUT`).
 pub const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 1200;
-/// The original's limits: 32 devices, filter shorter than 4096 bytes.
-pub const MAX_DEVICES: usize = 32;
-pub const MAX_FILTER_LEN: usize = 4095;
+pub use tc_core::capture::pcap_live::{MAX_DEVICES, MAX_FILTER_LEN};
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_DEVICE_NAME: usize = 15;
 pub const MISSING_FILTER: &str = "please set filter (-F param) for capturing packets";

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use tc_core::capture::pcap_live::{MAX_DEVICES, MAX_FILTER_LEN};
 use tc_core::control::DEFAULT_PORT;
 use tc_core::session::ReplayConfig;
 
@@ -22,8 +23,6 @@ use crate::addr_spec::{self, InterceptSpec, SpecError, TransferSpec};
 pub const VERSION: &str = "1.3.0";
 /// Control-protocol version sent in the first record of every tunnel.
 pub const INTERNAL_VERSION: u16 = tc_core::control::PROTOCOL_VERSION;
-pub const MAX_PCAP_DEVICES: usize = 32;
-pub const MAX_FILTER_LEN: usize = 4095;
 
 /// Exit status for command-line errors (clap's convention).
 pub const EXIT_USAGE: i32 = 2;
@@ -593,8 +592,8 @@ fn parse_devices(list: &str) -> Result<Vec<String>, CliError> {
             devices.clear();
             return Ok(devices);
         }
-        if devices.len() == MAX_PCAP_DEVICES {
-            return err(format!("-i: at most {MAX_PCAP_DEVICES} devices"));
+        if devices.len() == MAX_DEVICES {
+            return err(format!("-i: at most {MAX_DEVICES} devices"));
         }
         devices.push(name.to_string());
     }

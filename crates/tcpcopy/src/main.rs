@@ -220,11 +220,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         tunnels,
         options.replay.single,
     );
-    let record_len = if options.wire.payload {
-        tunnels::RECORD_LEN_PAYLOAD
-    } else {
-        tunnels::RECORD_LEN
-    };
+    let record_len = options.wire.record_len();
     let replayer = Replayer::new(options.replay.clone());
 
     if options.daemon {

@@ -13,6 +13,11 @@ use mio::unix::SourceFd;
 use super::Capture;
 use crate::packet::LinkType;
 
+/// The original's limits for `-i` and `-F` (both binaries): 32 devices, a filter shorter than
+/// 4096 bytes.
+pub const MAX_DEVICES: usize = 32;
+pub const MAX_FILTER_LEN: usize = 4095;
+
 /// How to open a live capture.
 #[derive(Debug, Clone)]
 pub struct PcapLiveOptions {
