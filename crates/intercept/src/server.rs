@@ -20,14 +20,14 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
 use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
+use tc_core::control::{
+    ClientMsg, ClientMsgKind, Record, WireFormat, CLIENT_MSG_LEN, PROTOCOL_VERSION,
+};
 use tc_core::logging::RateLimit;
 use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
 
 use crate::cli::{Config, Devices};
 use crate::router::{Admission, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId};
-use tc_core::control::{
-    ClientMsg, ClientMsgKind, Record, WireFormat, CLIENT_MSG_LEN, PROTOCOL_VERSION,
-};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
