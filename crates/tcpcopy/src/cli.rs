@@ -869,6 +869,9 @@ mod tests {
         assert!(run_err(&with(&["-S", "1600"])).contains("--capture pcap"));
         assert!(run_err(&with(&["--capture", "raw", "-i", "eth0"])).contains("-i"));
         assert!(run_err(&with(&["-a", "2"])).contains("offline"));
+        // Typed at its default value is still typed: the mode check sees it.
+        assert!(run_err(&with(&["-S", "65535"])).contains("--capture pcap"));
+        assert!(run_err(&with(&["-T", "1"])).contains("offline"));
         assert!(run_err(&with(&["--capture", "pcap", "-S", "10"])).contains("-S"));
         assert!(run_err(&with(&["--capture", "bogus"])).contains("bogus"));
     }
