@@ -463,17 +463,6 @@ fn packet_socket(dev: &str) -> OwnedFd {
     }
 }
 
-fn ip_checksum(h: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for c in h.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 impl Mirror {
     /// `src`/`dst`: (from, to) rewrites of the IPv4 source / destination.
     fn start(
@@ -535,7 +524,7 @@ impl Mirror {
                 }
                 f[..6].copy_from_slice(&MIR_MAC);
                 f[24..26].copy_from_slice(&[0, 0]);
-                let sum = ip_checksum(&f[14..14 + ihl.min(f.len() - 14)]);
+                let sum = tc_core::packet::checksum::checksum(&f[14..14 + ihl.min(f.len() - 14)]);
                 f[24..26].copy_from_slice(&sum.to_be_bytes());
                 // SAFETY: send of our buffer on our socket.
                 let sent = unsafe {

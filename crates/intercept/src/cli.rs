@@ -8,22 +8,21 @@
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
+use tc_core::control::{WireFormat, MAX_BATCH};
 
 pub const VERSION: &str = "1.0.0";
-pub const DEFAULT_PORT: u16 = 36524;
+pub use tc_core::control::DEFAULT_PORT;
+/// [`DEFAULT_PORT`] as clap shows and parses it.
+static DEFAULT_PORT_TEXT: LazyLock<String> = LazyLock::new(|| DEFAULT_PORT.to_string());
 pub const DEFAULT_DELAY_TABLE: usize = 65536;
 pub const DEFAULT_MAX_ROUTES: usize = 1 << 20;
 /// Idle route lifetime (the original's unused `DEFAULT_TIMEOUT`).
 pub const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 1200;
-/// Records per combined frame: 16, or 6 with payloads (the wire maximum tcpcopy accepts).
-pub const MAX_BATCH: usize = 16;
-pub const MAX_BATCH_PAYLOAD: usize = 6;
-/// The original's limits: 32 devices, filter shorter than 4096 bytes.
-pub const MAX_DEVICES: usize = 32;
-pub const MAX_FILTER_LEN: usize = 4095;
+pub use tc_core::capture::pcap_live::{MAX_DEVICES, MAX_FILTER_LEN};
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_DEVICE_NAME: usize = 15;
 pub const MISSING_FILTER: &str = "please set filter (-F param) for capturing packets";
@@ -108,12 +107,13 @@ impl Config {
         }
     }
 
+    /// Records per combined frame at most (the wire maximum tcpcopy accepts).
     pub fn max_batch(&self) -> usize {
-        if self.payload {
-            MAX_BATCH_PAYLOAD
-        } else {
-            MAX_BATCH
+        WireFormat {
+            combined: self.combined,
+            payload: self.payload,
         }
+        .max_batch()
     }
 
     pub fn peer_allowed(&self, ip: Ipv4Addr) -> bool {
@@ -183,7 +183,7 @@ fn command() -> Command {
                 .short('p')
                 .value_name("port")
                 .value_parser(clap::value_parser!(u16))
-                .default_value("36524")
+                .default_value(DEFAULT_PORT_TEXT.as_str())
                 .help_heading(H_CONTROL)
                 .help("TCP port to listen on for tcpcopy"),
         )

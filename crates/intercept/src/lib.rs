@@ -2,10 +2,8 @@
 //! control channel, to the tcpcopy that announced each connection.
 //!
 //! `cli` (arguments -> [`cli::Config`]), `server` (the mio loop: capture, tunnels, batching,
-//! statistics), `daemon` (logging is tc_core::logging). The routing decisions (which tunnel
-//! gets a response) are pure logic in `tc_core::control::routing`.
+//! statistics). The routing decisions (which tunnel gets a response) are pure logic in
+//! `tc_core::control::routing`; logging, daemon and pid file are tc_core's.
 
 pub mod cli;
-pub mod daemon;
 pub mod server;
-pub mod wire;

@@ -4,9 +4,10 @@
 use std::os::unix::io::AsRawFd;
 use std::process::ExitCode;
 
-use intercept::{cli, daemon, server};
+use anyhow::Context;
+use intercept::{cli, server};
 use log::{error, info};
-use tc_core::logging;
+use tc_core::{daemon, logging};
 
 fn main() -> ExitCode {
     let cfg = match cli::parse(std::env::args_os()) {
@@ -40,7 +41,7 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     info!("intercept version:{}", cli::VERSION);
     info!(
         "intercept internal version:{}",
-        intercept::wire::PROTOCOL_VERSION
+        tc_core::control::PROTOCOL_VERSION
     );
     let mut modes = vec!["TC_ADVANCED"];
     if cfg.combined {
@@ -86,17 +87,15 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
         listener.local_addr()?
     );
     if cfg.daemon {
-        daemon::daemonize()?;
+        daemon::daemonize().context("cannot become a daemon")?;
     }
     let mut server = server::Server::new(cfg, listener, sources)?;
     // Signals are handled before the pid file exists: whoever reads it may stop us at once.
     server.handle_signals()?;
-    if let Some(p) = &cfg.pid_file {
-        daemon::write_pid_file(p)?;
-    }
-    let result = server.run();
-    if let Some(p) = &cfg.pid_file {
-        let _ = std::fs::remove_file(p);
-    }
-    result.map(|_| ())
+    // Removed when dropped, at the end of this function.
+    let _pid_file = match &cfg.pid_file {
+        Some(p) => Some(daemon::PidFile::create(p)?),
+        None => None,
+    };
+    server.run().map(|_| ())
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -23,12 +23,13 @@ use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
 use tc_core::control::routing::{
     Admission, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId,
 };
+use tc_core::control::{
+    ClientMsg, ClientMsgKind, Record, WireFormat, CLIENT_MSG_LEN, PROTOCOL_VERSION,
+};
+use tc_core::logging::RateLimit;
 use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
 
 use crate::cli::{Config, Devices};
-use crate::wire::{
-    ClientMsg, Record, WireFormat, CLIENT_ADD, CLIENT_DEL, CLIENT_MSG_LEN, PROTOCOL_VERSION,
-};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -109,8 +110,8 @@ pub fn bind_listener(bind: Ipv4Addr, port: u16) -> anyhow::Result<std::net::TcpL
 
 /// Opens a live capture on every configured device; devices that fail are logged and skipped.
 pub fn open_captures(cfg: &Config) -> anyhow::Result<Vec<NamedSource>> {
-    let names = match &cfg.devices {
-        Devices::All => pcap_live::list_devices()?,
+    let devices = match &cfg.devices {
+        Devices::All => Vec::new(),
         Devices::List(l) => l.clone(),
     };
     let mut opts = PcapLiveOptions::new(&cfg.filter);
@@ -120,25 +121,13 @@ pub fn open_captures(cfg: &Config) -> anyhow::Result<Vec<NamedSource>> {
         SNAPLEN
     };
     opts.buffer_size = CAPTURE_BUFFER;
-    let mut out = Vec::new();
-    for name in names {
-        match PcapLive::open(&name, &opts) {
-            Ok(cap) => {
-                info!(
-                    "pcap open,device:{name} (link type {:?}, snaplen {}, buffer {})",
-                    cap.link_type(),
-                    opts.snaplen,
-                    opts.buffer_size
-                );
-                out.push(NamedSource::new(&name, Box::new(cap)));
-            }
-            Err(e) => warn!("device could not work:{name}: {e}"),
-        }
-    }
-    if out.is_empty() {
-        bail!("no device available for snooping packets");
-    }
-    Ok(out)
+    Ok(pcap_live::open_devices(&devices, &opts)?
+        .into_iter()
+        .map(|cap| {
+            let name = cap.device().to_owned();
+            NamedSource::new(&name, Box::new(cap))
+        })
+        .collect())
 }
 
 /// Counters of the statistics line.
@@ -185,26 +174,24 @@ impl StopHandle {
     }
 }
 
-/// Rate limit for per-event log lines.
-#[derive(Debug, Default)]
-struct LogLimit {
-    second: Millis,
-    used: u32,
+/// Per-event log lines of one category: [`RateLimit`] on the loop's clock, the suppressed
+/// lines counted in the statistics.
+#[derive(Debug)]
+struct LogLimit(RateLimit);
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit(RateLimit::new(Duration::from_secs(1), LOG_BURST))
+    }
 }
 
 impl LogLimit {
     fn allow(&mut self, now: Millis, suppressed: &mut u64) -> bool {
-        if now / 1000 != self.second {
-            self.second = now / 1000;
-            self.used = 0;
-        }
-        if self.used < LOG_BURST {
-            self.used += 1;
-            true
-        } else {
+        let allowed = self.0.allow(Duration::from_millis(now)).is_some();
+        if !allowed {
             *suppressed += 1;
-            false
         }
+        allowed
     }
 }
 
@@ -376,25 +363,26 @@ impl Core {
     fn on_client_msg(&mut self, tunnel: &mut Tunnel, raw: &[u8; CLIENT_MSG_LEN], now: Millis) {
         let msg = ClientMsg::parse(raw);
         if !tunnel.handshaken {
-            if msg.client_ip != Ipv4Addr::UNSPECIFIED || msg.client_port != 0 {
-                error!(
-                    "client too old for intercept (or not a tcpcopy): tunnel {} from {}",
+            match msg.check_version_record() {
+                Err(e) => {
+                    error!(
+                        "{e}: tunnel {} from {}",
+                        tunnel.id, tunnel.peer
+                    );
+                    tunnel.closing = Some("bad version record");
+                    return;
+                }
+                Ok(version) if version != PROTOCOL_VERSION => warn!(
+                    "not compatible,client:{version},intercept:{PROTOCOL_VERSION} (tunnel {} from {})",
                     tunnel.id, tunnel.peer
-                );
-                tunnel.closing = Some("bad version record");
-                return;
-            }
-            if msg.kind != PROTOCOL_VERSION {
-                warn!(
-                    "not compatible,client:{},intercept:{PROTOCOL_VERSION} (tunnel {} from {})",
-                    msg.kind, tunnel.id, tunnel.peer
-                );
+                ),
+                Ok(_) => {}
             }
             tunnel.handshaken = true;
             return;
         }
-        match msg.kind {
-            CLIENT_ADD => {
+        match msg.classify() {
+            ClientMsgKind::Add => {
                 self.stats.client_adds += 1;
                 if self.single_mode {
                     return;
@@ -414,8 +402,8 @@ impl Core {
                     }
                 }
             }
-            CLIENT_DEL => debug!("client del from tunnel {}", tunnel.id),
-            other => {
+            ClientMsgKind::Del => debug!("client del from tunnel {}", tunnel.id),
+            ClientMsgKind::Unknown(other) => {
                 // Spec 4.1: warned and ignored; the connection stays open.
                 self.stats.unknown_msgs += 1;
                 if self.peer_log.allow(now, &mut self.stats.logs_suppressed) {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use intercept::wire::{ClientMsg, CLIENT_ADD};
+use tc_core::control::{ClientMsg, CLIENT_ADD};
 use tc_core::packet::{build_segment, flags, SegmentSpec};
 use tc_e2e::lab::{require, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use intercept::cli::Config;
 use intercept::server::{self, NamedSource, Server, Source, Stats, StopHandle};
-use intercept::wire::{ClientMsg, CLIENT_ADD};
 use mio::unix::SourceFd;
 use tc_core::capture::Capture;
+use tc_core::control::{ClientMsg, CLIENT_ADD};
 use tc_core::packet::{build_segment, flags, DropReason, LinkType, SegmentSpec};
 
 const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);

@@ -14,6 +14,8 @@
 pub mod capture;
 pub mod control;
 #[cfg(feature = "io")]
+pub mod daemon;
+#[cfg(feature = "io")]
 pub mod logging;
 pub mod packet;
 #[cfg(feature = "io")]

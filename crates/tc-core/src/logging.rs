@@ -6,6 +6,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogInitError {
@@ -80,8 +81,81 @@ pub fn init(file: Option<&Path>, info_name: &'static str) -> Result<(), LogInitE
         .map_err(|_| LogInitError::AlreadyInstalled)
 }
 
+/// Rate limit for a log line that may repeat for every packet or event: at most `burst` lines
+/// in a window of `period` (a window opens with the first line after the previous one ended);
+/// the lines beyond are suppressed and counted, and the next line allowed says how many.
+///
+/// Time is a [`Duration`] since any fixed origin the caller keeps (a start `Instant`, or a
+/// virtual clock in tests).
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    period: Duration,
+    burst: u32,
+    window_start: Option<Duration>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// `burst` lines (at least 1) per `period`.
+    pub fn new(period: Duration, burst: u32) -> RateLimit {
+        RateLimit {
+            period,
+            burst: burst.max(1),
+            window_start: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(lines suppressed since the last allowed one)` when a line may be written at
+    /// `now`; `None` when it must be left out (it is counted).
+    pub fn allow(&mut self, now: Duration) -> Option<u64> {
+        let in_window = self
+            .window_start
+            .is_some_and(|start| now.saturating_sub(start) < self.period);
+        if !in_window {
+            self.window_start = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.burst {
+            self.used += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::RateLimit;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_limit_one_per_period() {
+        let mut l = RateLimit::new(Duration::from_secs(1), 1);
+        let t0 = Duration::from_secs(5);
+        assert_eq!(l.allow(t0), Some(0));
+        assert_eq!(l.allow(t0), None);
+        assert_eq!(l.allow(t0 + Duration::from_millis(10)), None);
+        assert_eq!(l.allow(t0 + Duration::from_secs(2)), Some(2));
+        assert_eq!(l.allow(t0 + Duration::from_millis(2500)), None);
+    }
+
+    #[test]
+    fn rate_limit_burst() {
+        let mut l = RateLimit::new(Duration::from_secs(1), 3);
+        let t0 = Duration::ZERO;
+        for _ in 0..3 {
+            assert_eq!(l.allow(t0), Some(0));
+        }
+        assert_eq!(l.allow(t0 + Duration::from_millis(999)), None);
+        assert_eq!(l.allow(t0 + Duration::from_millis(999)), None);
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(2));
+        assert_eq!(l.allow(t0 + Duration::from_secs(1)), Some(0));
+    }
     #[test]
     fn timestamp_shape() {
         let t = super::timestamp();

@@ -12,7 +12,7 @@ use tc_core::capture::Capture;
 use tc_core::packet::{build_segment, flags, ipv4_payload, Completeness, SegmentSpec, TcpPacket};
 use tc_core::send::pcap_inject::PcapInject;
 use tc_core::send::raw_socket::RawSocketSend;
-use tc_core::send::Send;
+use tc_core::send::Sender;
 use tc_test_support::require_root;
 
 fn sh(cmd: &[&str]) {
@@ -96,10 +96,7 @@ impl Drop for Pair {
 }
 
 /// Runs `f` on a thread that has entered namespace `ns` (sockets keep their namespace).
-fn in_ns<T: std::marker::Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + std::marker::Send + 'static,
-) -> T {
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("netns");

@@ -1,24 +1,28 @@
 //! Command line: the single-letter options of the original tcpcopy (spec section 2) plus long
-//! options choosing the run-time modes. Everything is validated here; invalid addresses, ports,
-//! MACs and out-of-range numbers are errors (the original truncated or zeroed them silently).
+//! options choosing the run-time modes. Every option is defined once, in [`RawArgs`]: letter,
+//! value name, help line, group and default; `tcpcopy -h` is generated from those definitions.
+//!
+//! Two steps, as the data flows: [`parse`] checks what was typed and gives [`Args`] (addresses
+//! parsed by [`crate::addr_spec`], host names not looked up yet); [`Args::resolve`] then looks
+//! the host names up and gives the [`Options`] of a run. Invalid addresses, ports, MACs and
+//! out-of-range numbers are errors (the original truncated or zeroed them silently).
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, ValueEnum};
-use tc_core::session::{ReplayConfig, Transfer};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use tc_core::capture::pcap_live::{MAX_DEVICES, MAX_FILTER_LEN};
+use tc_core::control::DEFAULT_PORT;
+use tc_core::session::ReplayConfig;
+
+use crate::addr_spec::{self, InterceptSpec, SpecError, TransferSpec};
 
 pub const VERSION: &str = "1.3.0";
 /// Control-protocol version sent in the first record of every tunnel.
 pub const INTERNAL_VERSION: u16 = tc_core::control::PROTOCOL_VERSION;
-pub const DEFAULT_INTERCEPT_PORT: u16 = 36524;
-pub const MAX_INTERCEPTS: usize = 32;
-pub const MAX_TRANSFERS: usize = 32;
-pub const MAX_CLIENT_IPS: usize = 4096;
-pub const MAX_PCAP_DEVICES: usize = 32;
-pub const MAX_FILTER_LEN: usize = 4095;
 
 /// Exit status for command-line errors (clap's convention).
 pub const EXIT_USAGE: i32 = 2;
@@ -39,96 +43,195 @@ pub enum SendKind {
     Pcap,
 }
 
-/// Raw clap view. Numbers carry their ranges so clap reports out-of-range values clearly.
+const H_REQUIRED: &str = "Required";
+const H_CONTROL: &str = "Control channel";
+const H_REPLAY: &str = "Replay";
+const H_CAPTURE: &str = "Capture";
+const H_OFFLINE: &str = "Offline (-i <pcap file>)";
+const H_SEND: &str = "Send";
+const H_PROCESS: &str = "Process";
+
+const EXAMPLE: &str = "\
+Example:
+  tcpcopy -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x
+      copy port 80 of this host to 198.18.0.30:8080, intercept at 198.18.0.40, fake clients
+      203.0.113.1-254
+
+Log level: RUST_LOG (error, warn, info, debug, trace; default info).";
+
+/// Every option, once. Options whose default depends on another (`-k`), or that have none,
+/// are `Option`s; the others carry their default here, and [`parse`] asks the matches whether
+/// a mode-specific option was really typed.
 #[derive(Parser, Debug)]
 #[command(
     name = "tcpcopy",
     disable_help_flag = true,
     disable_version_flag = true,
     allow_negative_numbers = true,
-    override_usage = "tcpcopy -x <transfers> -s <intercepts> [options]   (tcpcopy -h for help)"
+    override_usage = "tcpcopy -x <transfers> -s <intercepts> [options]"
 )]
 struct RawArgs {
-    #[arg(short = 'x')]
+    #[arg(short = 'x', value_name = "transfers", help_heading = H_REQUIRED,
+        help = "what to copy and where: SRC-DST[,SRC-DST...], each side [IP:]PORT[@MAC].\n\
+                SRC without IP = any local address; DST needs an IP or a host\n\
+                name (resolved once at start-up to its first IPv4 address).\n\
+                e.g. 80-198.18.0.30:8080  or  198.18.0.20:80-testhost:8080\n\
+                --send pcap: 80@<out if MAC>-198.18.0.30:8080@<next hop MAC>")]
     transfers: Option<String>,
-    #[arg(short = 'c')]
-    client_ips: Option<String>,
-    #[arg(short = 'H')]
-    localhost_replacement: Option<String>,
-    #[arg(short = 's')]
+    #[arg(short = 's', value_name = "intercepts", help_heading = H_REQUIRED,
+        help = "intercept addresses HOST[:PORT][,HOST[:PORT]...] (at most 32),\n\
+                HOST an IPv4 address or a host name")]
     intercepts: Option<String>,
-    #[arg(short = 'p', value_parser = clap::value_parser!(u16).range(1..))]
-    intercept_port: Option<u16>,
-    #[arg(short = 'C', value_parser = clap::value_parser!(u16).range(1..=11))]
-    conns: Option<u16>,
-    #[arg(short = 'n', value_parser = clap::value_parser!(u16).range(1..=1023))]
-    replicas: Option<u16>,
-    #[arg(short = 'f', value_parser = clap::value_parser!(u16).range(0..=31))]
-    port_shift: Option<u16>,
-    #[arg(short = 'r', value_parser = clap::value_parser!(u8).range(0..=100))]
-    sample_percent: Option<u8>,
-    #[arg(short = 'g')]
-    gradual: bool,
-    #[arg(short = 'm', value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
-    memory_mb: Option<u64>,
-    #[arg(short = 'M', value_parser = clap::value_parser!(u16).range(128..))]
-    mtu: Option<u16>,
-    #[arg(short = 'D', value_parser = clap::value_parser!(u16).range(1..))]
-    mss: Option<u16>,
-    #[arg(short = 'R', value_parser = clap::value_parser!(u16).range(0..))]
-    rtt_ms: Option<u16>,
-    #[arg(short = 'U', value_parser = clap::value_parser!(u16).range(1..=63))]
-    pool_kb: Option<u16>,
-    #[arg(short = 't', value_parser = clap::value_parser!(u32).range(0..=31_536_000))]
-    session_timeout: Option<u32>,
-    #[arg(short = 'k', value_parser = clap::value_parser!(u32).range(1..=31_536_000))]
-    keepalive_timeout: Option<u32>,
-    #[arg(short = 'l')]
-    log_file: Option<PathBuf>,
-    #[arg(short = 'P')]
-    pid_file: Option<PathBuf>,
-    #[arg(short = 'O')]
-    only_with_syn: bool,
-    #[arg(short = 'W')]
-    dont_wait: bool,
-    #[arg(short = 'L')]
+
+    #[arg(short = 'p', value_name = "port", help_heading = H_CONTROL,
+        default_value_t = DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..),
+        help = "intercept port for -s entries without one")]
+    intercept_port: u16,
+    #[arg(short = 'C', value_name = "n", help_heading = H_CONTROL,
+        default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=11),
+        help = "connections per intercept, 1..11")]
+    conns: u16,
+    #[arg(short = 'L', help_heading = H_CONTROL,
+        help = "keep running when every intercept is gone; reconnect every 12 s")]
     lonely: bool,
-    #[arg(short = 'd')]
-    daemon: bool,
-    /// pcap capture devices, or (offline) the pcap file.
-    #[arg(short = 'i')]
-    input: Option<String>,
-    #[arg(short = 'F')]
-    filter: Option<String>,
-    #[arg(short = 'B', value_parser = clap::value_parser!(u32).range(1..=2047))]
-    pcap_buffer_mb: Option<u32>,
-    #[arg(short = 'S', value_parser = clap::value_parser!(u32).range(64..=65535))]
-    snaplen: Option<u32>,
-    #[arg(short = 'o')]
-    output_device: Option<String>,
-    #[arg(short = 'a', value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    accel: Option<u32>,
-    #[arg(short = 'I', value_parser = clap::value_parser!(u32).range(1..))]
-    interval_ms: Option<u32>,
-    #[arg(short = 'T', value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    passes: Option<u32>,
-    #[arg(short = 'h')]
-    help: bool,
-    #[arg(short = 'v')]
-    version: bool,
-    /// Offline: seconds to keep running after the end of each pass (default 120).
-    #[arg(long = "offline-tail", value_parser = clap::value_parser!(u32).range(0..=86_400))]
-    offline_tail: Option<u32>,
-    #[arg(long = "capture", value_enum)]
-    capture: Option<CaptureKind>,
-    #[arg(long = "send", value_enum)]
-    send: Option<SendKind>,
-    #[arg(long = "disable-combined")]
+    #[arg(long = "disable-combined", help_heading = H_CONTROL,
+        help = "bare response records (intercept --disable-combined)")]
     disable_combined: bool,
-    #[arg(long = "payload", alias = "with-resp-payload")]
+    #[arg(long = "payload", alias = "with-resp-payload", help_heading = H_CONTROL,
+        help = "192-byte response records carrying payload (intercept --payload)")]
     payload: bool,
-    #[arg(long = "single")]
+    #[arg(long = "single", help_heading = H_CONTROL,
+        help = "send no CLIENT_ADD (intercept --single)")]
     single: bool,
+
+    #[arg(short = 'c', value_name = "ips", help_heading = H_REPLAY,
+        help = "rewrite client IPs: a.b.c.d or a.b.c.x (= .1-.254), comma separated,\n\
+                at most 4096 (targets left out). e.g. -c 203.0.113.x")]
+    client_ips: Option<String>,
+    #[arg(short = 'H', value_name = "ip", help_heading = H_REPLAY,
+        help = "source IP for captured packets from 127.0.0.1")]
+    localhost_replacement: Option<String>,
+    #[arg(short = 'n', value_name = "n", help_heading = H_REPLAY,
+        default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1023),
+        help = "copies of every session, 1..1023")]
+    replicas: u16,
+    #[arg(short = 'f', value_name = "n", help_heading = H_REPLAY,
+        default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=31),
+        help = "port-shift factor for several tcpcopy instances, 0..31")]
+    port_shift: u16,
+    #[arg(short = 'r', value_name = "percent", help_heading = H_REPLAY,
+        default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100),
+        help = "replay this percentage of sessions, 0..100 (0 = all)")]
+    sample_percent: u8,
+    #[arg(short = 'g', help_heading = H_REPLAY,
+        help = "ramp from 1% to 100% of sessions over about 100 s (overrides -r)")]
+    gradual: bool,
+    #[arg(short = 'O', help_heading = H_REPLAY,
+        help = "only replay sessions whose SYN was captured (no mid-stream pickup)")]
+    only_with_syn: bool,
+    #[arg(short = 'W', help_heading = H_REPLAY,
+        help = "do not wait for the response before sending the next request")]
+    dont_wait: bool,
+    #[arg(short = 'M', value_name = "bytes", help_heading = H_REPLAY,
+        default_value_t = 1500, value_parser = clap::value_parser!(u16).range(128..),
+        help = "MTU: longer captured packets are split, 128..65535")]
+    mtu: u16,
+    #[arg(short = 'D', value_name = "bytes", help_heading = H_REPLAY,
+        default_value_t = 1460, value_parser = clap::value_parser!(u16).range(1..),
+        help = "MSS in faked SYNs")]
+    mss: u16,
+    #[arg(short = 'R', value_name = "ms", help_heading = H_REPLAY,
+        default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..),
+        help = "fixed RTT instead of the measured one (0 = measure)")]
+    rtt_ms: u16,
+    #[arg(short = 't', value_name = "s", help_heading = H_REPLAY,
+        default_value_t = 600, value_parser = clap::value_parser!(u32).range(0..=31_536_000),
+        help = "session timeout: target silent this long")]
+    session_timeout: u32,
+    #[arg(short = 'k', value_name = "s", help_heading = H_REPLAY,
+        value_parser = clap::value_parser!(u32).range(1..=31_536_000),
+        help = "keepalive timeout of idle sessions [default: -t + 120]")]
+    keepalive_timeout: Option<u32>,
+    #[arg(short = 'U', value_name = "KB", help_heading = H_REPLAY,
+        value_parser = clap::value_parser!(u16).range(1..=63),
+        help = "session pool size, accepted and ignored (1..63)")]
+    pool_kb: Option<u16>,
+
+    #[arg(long = "capture", value_name = "raw|pcap", value_enum, hide_possible_values = true,
+        help_heading = H_CAPTURE,
+        help = "raw IP socket or libpcap on devices [default: raw; -i <dev> implies pcap]")]
+    capture: Option<CaptureKind>,
+    /// pcap capture devices, or (offline) the pcap file.
+    #[arg(short = 'i', value_name = "dev[,dev]", help_heading = H_CAPTURE,
+        help = "pcap devices [default: all but `any`]; -i <file> = offline replay")]
+    input: Option<String>,
+    #[arg(short = 'F', value_name = "filter", help_heading = H_CAPTURE,
+        help = "pcap BPF filter [default: built from -x]")]
+    filter: Option<String>,
+    #[arg(short = 'B', value_name = "MB", help_heading = H_CAPTURE,
+        default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=2047),
+        help = "pcap kernel buffer, 1..2047")]
+    pcap_buffer_mb: u32,
+    #[arg(short = 'S', value_name = "bytes", help_heading = H_CAPTURE,
+        default_value_t = 65535, value_parser = clap::value_parser!(u32).range(64..=65535),
+        help = "pcap snaplen, 64..65535")]
+    snaplen: u32,
+
+    #[arg(short = 'a', value_name = "n", help_heading = H_OFFLINE,
+        default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000),
+        help = "replay n times faster")]
+    accel: u32,
+    #[arg(short = 'I', value_name = "ms", help_heading = H_OFFLINE,
+        value_parser = clap::value_parser!(u32).range(1..),
+        help = "skip gaps longer than this [default: off]")]
+    interval_ms: Option<u32>,
+    #[arg(short = 'T', value_name = "n", help_heading = H_OFFLINE,
+        default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        help = "passes over the file")]
+    passes: u32,
+    #[arg(long = "offline-tail", value_name = "s", help_heading = H_OFFLINE,
+        default_value_t = 120, value_parser = clap::value_parser!(u32).range(0..=86_400),
+        help = "keep running this long after each pass")]
+    offline_tail: u32,
+
+    #[arg(long = "send", value_name = "raw|pcap", value_enum, hide_possible_values = true,
+        default_value_t = SendKind::Raw, help_heading = H_SEND,
+        help = "raw IP socket, or Ethernet frames injected on -o")]
+    send: SendKind,
+    #[arg(short = 'o', value_name = "dev", help_heading = H_SEND,
+        help = "output device for --send pcap")]
+    output_device: Option<String>,
+
+    #[arg(short = 'm', value_name = "MB", help_heading = H_PROCESS,
+        default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_048_576),
+        help = "stop when the resident memory exceeds this")]
+    memory_mb: u64,
+    #[arg(short = 'l', value_name = "file", help_heading = H_PROCESS,
+        help = "log file (appended) [default: stderr]")]
+    log_file: Option<PathBuf>,
+    #[arg(short = 'P', value_name = "file", help_heading = H_PROCESS,
+        help = "pid file (refused while the process it names runs; removed at exit)")]
+    pid_file: Option<PathBuf>,
+    #[arg(short = 'd', help_heading = H_PROCESS, help = "run as a daemon")]
+    daemon: bool,
+    #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
+    help: bool,
+    #[arg(short = 'v', help_heading = H_PROCESS, help = "print the version and exit")]
+    version: bool,
+}
+
+/// The clap command: [`RawArgs`] with the texts built at run time.
+fn command() -> clap::Command {
+    RawArgs::command()
+        .about(format!(
+            "tcpcopy {VERSION} (tcpcopy-rs): copies live TCP traffic to a test server."
+        ))
+        .after_help(EXAMPLE)
+}
+
+/// The `-h` text, generated from the option definitions.
+pub fn help() -> String {
+    command().render_help().to_string()
 }
 
 /// Where packets come from.
@@ -138,13 +241,13 @@ pub enum Input {
     Pcap {
         /// Empty = every device except `any`.
         devices: Vec<String>,
-        /// `-F`, used verbatim; otherwise [`auto_filter`] of the transfers.
-        filter: String,
-        user_filter: bool,
+        /// `-F`, used verbatim; `None`: built from the transfers
+        /// ([`crate::capture::auto_filter`]).
+        filter: Option<String>,
         buffer_bytes: u32,
         snaplen: u32,
     },
-    /// `-i file`: replay a pcap file (next issue).
+    /// `-i file`: replay a pcap file.
     Offline {
         file: PathBuf,
         accel: u32,
@@ -162,8 +265,8 @@ pub enum OutputKind {
     Pcap { device: String },
 }
 
-/// Control-channel variant; must match intercept's (nothing on the wire announces it).
-/// The control-channel variant (`--disable-combined`, `--payload`), shared with intercept.
+/// The control-channel variant (`--disable-combined`, `--payload`), shared with intercept;
+/// must match intercept's (nothing on the wire announces it).
 pub type WireOptions = tc_core::control::WireFormat;
 
 /// Validated options for a run.
@@ -186,9 +289,22 @@ pub struct Options {
     pub client_ips_text: Option<String>,
 }
 
+/// A validated command line whose host names are not looked up yet: [`Args::resolve`] gives
+/// the [`Options`] of the run.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub transfers: Vec<TransferSpec>,
+    pub intercepts: Vec<InterceptSpec>,
+    /// `-c` expanded; the targets are left out once they are resolved.
+    pub client_ips: Option<Vec<Ipv4Addr>>,
+    /// Everything else; `replay.transfers`, `replay.client_ips` and `intercepts` are empty
+    /// until [`Args::resolve`] fills them.
+    options: Options,
+}
+
 #[derive(Debug)]
 pub enum Command {
-    Run(Box<Options>),
+    Run(Box<Args>),
     Help,
     Version,
 }
@@ -205,6 +321,12 @@ impl std::fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
+impl From<SpecError> for CliError {
+    fn from(e: SpecError) -> Self {
+        CliError(e.0)
+    }
+}
+
 fn err<T>(msg: impl Into<String>) -> Result<T, CliError> {
     Err(CliError(msg.into()))
 }
@@ -213,117 +335,54 @@ pub fn version_line() -> String {
     format!("tcpcopy version:{VERSION}")
 }
 
-pub const HELP: &str = "\
-tcpcopy 1.3.0 (tcpcopy-rs): copies live TCP traffic to a test server.
-
-Usage: tcpcopy -x <transfers> -s <intercepts> [options]
-
-Required:
-  -x <transfers>   what to copy and where: SRC-DST[,SRC-DST...], each side [IP:]PORT[@MAC].
-                   SRC without IP = any local address; DST needs an IP or a host
-                   name (resolved once at start-up to its first IPv4 address).
-                   e.g. 80-198.18.0.30:8080  or  198.18.0.20:80-testhost:8080
-                   --send pcap: 80@<out if MAC>-198.18.0.30:8080@<next hop MAC>
-  -s <intercepts>  intercept addresses HOST[:PORT][,HOST[:PORT]...] (at most 32),
-                   HOST an IPv4 address or a host name
-
-Control channel:
-  -p <port>        intercept port for -s entries without one (default 36524)
-  -C <n>           connections per intercept, 1..11 (default 2)
-  -L               keep running when every intercept is gone; reconnect every 12 s
-  --disable-combined  bare response records (intercept --disable-combined)
-  --payload        192-byte response records carrying payload (intercept --payload)
-  --single         send no CLIENT_ADD (intercept --single)
-
-Replay:
-  -c <ips>         rewrite client IPs: a.b.c.d or a.b.c.x (= .1-.254), comma separated,
-                   at most 4096 (targets left out). e.g. -c 203.0.113.x
-  -H <ip>          source IP for captured packets from 127.0.0.1
-  -n <n>           copies of every session, 1..1023 (default 1)
-  -f <n>           port-shift factor for several tcpcopy instances, 0..31 (default 0)
-  -r <percent>     replay this percentage of sessions, 0..100 (default 0 = all)
-  -g               ramp from 1% to 100% of sessions over about 100 s (overrides -r)
-  -O               only replay sessions whose SYN was captured (no mid-stream pickup)
-  -W               do not wait for the response before sending the next request
-  -M <bytes>       MTU: longer captured packets are split, 128..65535 (default 1500)
-  -D <bytes>       MSS in faked SYNs (default 1460)
-  -R <ms>          fixed RTT instead of the measured one (default 0 = measure)
-  -t <s>           session timeout: target silent this long (default 600)
-  -k <s>           keepalive timeout of idle sessions (default -t + 120)
-  -U <KB>          session pool size, accepted and ignored (1..63)
-
-Capture:
-  --capture <raw|pcap>  raw IP socket (default) or libpcap on devices; -i <dev> implies pcap
-  -i <dev[,dev]>   pcap devices (default: all but `any`); -i <file> = offline replay
-  -F <filter>      pcap BPF filter (default: built from -x)
-  -B <MB>          pcap kernel buffer, 1..2047 (default 16)
-  -S <bytes>       pcap snaplen, 64..65535 (default 65535)
-
-Offline (-i <pcap file>):
-  -a <n>           replay n times faster (default 1)
-  -I <ms>          skip gaps longer than this (default off)
-  -T <n>           passes over the file (default 1)
-  --offline-tail <s>  keep running this long after each pass (default 120)
-
-Send:
-  --send <raw|pcap>  raw IP socket (default) or Ethernet frames injected on -o
-  -o <dev>         output device for --send pcap
-
-Process:
-  -m <MB>          stop when the resident memory exceeds this (default 2048)
-  -l <file>        log file (default stderr); RUST_LOG sets the level (default info)
-  -P <file>        pid file
-  -d               run as a daemon
-  -h               this help
-  -v               version
-
-Example:
-  tcpcopy -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x
-";
-
-/// Parses the command line (`args` includes the program name).
+/// Parses and validates the command line (`args` includes the program name). No host name
+/// is looked up here.
 pub fn parse<I, T>(args: I) -> Result<Command, CliError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let raw = RawArgs::try_parse_from(args).map_err(|e| {
+    let clap_error = |e: clap::Error| {
         // clap's own rendering names the option and the accepted range.
         let text = e.render().to_string();
-        CliError(text.trim_end().to_string())
-    })?;
+        CliError(format!("{}\n(tcpcopy -h for help)", text.trim_end()))
+    };
+    let matches = command().try_get_matches_from(args).map_err(clap_error)?;
+    let raw = RawArgs::from_arg_matches(&matches).map_err(clap_error)?;
     if raw.help {
         return Ok(Command::Help);
     }
     if raw.version {
         return Ok(Command::Version);
     }
-    validate(raw).map(|o| Command::Run(Box::new(o)))
+    validate(raw, &matches).map(|a| Command::Run(Box::new(a)))
 }
 
-fn validate(raw: RawArgs) -> Result<Options, CliError> {
+/// Whether the option was typed (not just its default).
+fn typed(m: &ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(ValueSource::CommandLine)
+}
+
+fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
     let Some(transfers_text) = raw.transfers.clone() else {
         return err("no -x argument (what to copy and where, e.g. -x 80-198.18.0.30:8080)");
     };
     let Some(intercepts_text) = raw.intercepts.clone() else {
         return err("tcpcopy needs -s (intercept addresses, e.g. -s 198.18.0.40)");
     };
-    let transfers = parse_transfers(&transfers_text)?;
-    let intercept_port = raw.intercept_port.unwrap_or(DEFAULT_INTERCEPT_PORT);
-    let intercepts = parse_intercepts(&intercepts_text, intercept_port)?;
-
-    let target_ips: Vec<Ipv4Addr> = transfers.iter().map(|t| t.dst_ip).collect();
+    let transfers = addr_spec::parse_transfers(&transfers_text)?;
+    let intercepts = addr_spec::parse_intercepts(&intercepts_text, raw.intercept_port)?;
     let client_ips = match &raw.client_ips {
-        Some(text) => parse_client_ips(text, &target_ips)?,
-        None => Vec::new(),
+        Some(text) => Some(addr_spec::parse_client_ips(text)?),
+        None => None,
     };
     let localhost_replacement = match &raw.localhost_replacement {
-        Some(text) => Some(parse_ip(text, "-H")?),
+        Some(text) => Some(addr_spec::parse_ip(text, "-H")?),
         None => None,
     };
 
-    let input = input_mode(&raw, &transfers)?;
-    let output = match raw.send.unwrap_or(SendKind::Raw) {
+    let input = input_mode(&raw, m)?;
+    let output = match raw.send {
         SendKind::Raw => {
             if raw.output_device.is_some() {
                 return err("-o only applies to --send pcap");
@@ -355,28 +414,27 @@ fn validate(raw: RawArgs) -> Result<Options, CliError> {
         }
     };
 
-    let session_timeout = raw.session_timeout.unwrap_or(600);
     let keepalive_timeout = raw
         .keepalive_timeout
-        .unwrap_or(session_timeout.saturating_add(120));
+        .unwrap_or(raw.session_timeout.saturating_add(120));
     let replay = ReplayConfig {
-        transfers,
-        client_ips,
+        transfers: Vec::new(),
+        client_ips: Vec::new(),
         localhost_replacement,
-        replicas: raw.replicas.unwrap_or(1),
-        port_shift: raw.port_shift.unwrap_or(0),
-        sample_percent: match raw.sample_percent.unwrap_or(0) {
+        replicas: raw.replicas,
+        port_shift: raw.port_shift,
+        sample_percent: match raw.sample_percent {
             100 => 0,
             p => p,
         },
         gradual: raw.gradual,
-        mtu: raw.mtu.unwrap_or(1500),
-        fake_syn_mss: raw.mss.unwrap_or(1460),
+        mtu: raw.mtu,
+        fake_syn_mss: raw.mss,
         fixed_rtt: match raw.rtt_ms {
-            None | Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(u64::from(ms))),
+            0 => None,
+            ms => Some(Duration::from_millis(u64::from(ms))),
         },
-        session_timeout: Duration::from_secs(u64::from(session_timeout)),
+        session_timeout: Duration::from_secs(u64::from(raw.session_timeout)),
         keepalive_timeout: Duration::from_secs(u64::from(keepalive_timeout)),
         only_with_syn: raw.only_with_syn,
         dont_wait: raw.dont_wait,
@@ -389,30 +447,51 @@ fn validate(raw: RawArgs) -> Result<Options, CliError> {
         ..ReplayConfig::default()
     };
 
-    Ok(Options {
-        replay,
+    Ok(Args {
+        transfers,
         intercepts,
-        conns_per_intercept: usize::from(raw.conns.unwrap_or(2)),
-        input,
-        output,
-        wire: WireOptions {
-            combined: !raw.disable_combined,
-            payload: raw.payload,
+        client_ips,
+        options: Options {
+            replay,
+            intercepts: Vec::new(),
+            conns_per_intercept: usize::from(raw.conns),
+            input,
+            output,
+            wire: WireOptions {
+                combined: !raw.disable_combined,
+                payload: raw.payload,
+            },
+            lonely: raw.lonely,
+            daemon: raw.daemon,
+            log_file: raw.log_file,
+            pid_file: raw.pid_file,
+            memory_limit_bytes: raw.memory_mb * 1024 * 1024,
+            transfers_text,
+            intercepts_text,
+            client_ips_text: raw.client_ips,
         },
-        lonely: raw.lonely,
-        daemon: raw.daemon,
-        log_file: raw.log_file,
-        pid_file: raw.pid_file,
-        memory_limit_bytes: raw.memory_mb.unwrap_or(2048) * 1024 * 1024,
-        transfers_text,
-        intercepts_text,
-        client_ips_text: raw.client_ips,
     })
+}
+
+impl Args {
+    /// Looks the host names of `-x` and `-s` up (each once, its first IPv4 address), checks
+    /// the resolved addresses, and leaves the targets out of the `-c` addresses.
+    pub fn resolve(self) -> Result<Options, CliError> {
+        let mut options = self.options;
+        let transfers = addr_spec::resolve_transfers(&self.transfers)?;
+        options.intercepts = addr_spec::resolve_intercepts(&self.intercepts)?;
+        if let Some(ips) = &self.client_ips {
+            let targets: Vec<Ipv4Addr> = transfers.iter().map(|t| t.dst_ip).collect();
+            options.replay.client_ips = addr_spec::select_client_ips(ips, &targets)?;
+        }
+        options.replay.transfers = transfers;
+        Ok(options)
+    }
 }
 
 /// Chooses the capture: `--capture` when given; otherwise `-i` naming an existing regular file
 /// means offline, `-i` naming anything else means pcap devices, no `-i` means the raw socket.
-fn input_mode(raw: &RawArgs, transfers: &[Transfer]) -> Result<Input, CliError> {
+fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
     let input_is_file = raw
         .input
         .as_deref()
@@ -420,14 +499,14 @@ fn input_mode(raw: &RawArgs, transfers: &[Transfer]) -> Result<Input, CliError> 
         .unwrap_or(false);
     let pcap_only = [
         ("-F", raw.filter.is_some()),
-        ("-B", raw.pcap_buffer_mb.is_some()),
-        ("-S", raw.snaplen.is_some()),
+        ("-B", typed(m, "pcap_buffer_mb")),
+        ("-S", typed(m, "snaplen")),
     ];
     let offline_only = [
-        ("-a", raw.accel.is_some()),
+        ("-a", typed(m, "accel")),
         ("-I", raw.interval_ms.is_some()),
-        ("-T", raw.passes.is_some()),
-        ("--offline-tail", raw.offline_tail.is_some()),
+        ("-T", typed(m, "passes")),
+        ("--offline-tail", typed(m, "offline_tail")),
     ];
     let kind = match (raw.capture, raw.input.as_deref()) {
         (Some(CaptureKind::Raw), Some(_)) => {
@@ -447,12 +526,12 @@ fn input_mode(raw: &RawArgs, transfers: &[Transfer]) -> Result<Input, CliError> 
             let file = PathBuf::from(raw.input.clone().unwrap_or_default());
             return Ok(Input::Offline {
                 file,
-                accel: raw.accel.unwrap_or(1),
+                accel: raw.accel,
                 max_gap: raw
                     .interval_ms
                     .map(|ms| Duration::from_millis(u64::from(ms))),
-                passes: raw.passes.unwrap_or(1),
-                tail: Duration::from_secs(u64::from(raw.offline_tail.unwrap_or(120))),
+                passes: raw.passes,
+                tail: Duration::from_secs(u64::from(raw.offline_tail)),
             });
         }
         (None, Some(_)) => CaptureKind::Pcap,
@@ -478,7 +557,7 @@ fn input_mode(raw: &RawArgs, transfers: &[Transfer]) -> Result<Input, CliError> 
                 None => Vec::new(),
                 Some(list) => parse_devices(list)?,
             };
-            let (filter, user_filter) = match &raw.filter {
+            let filter = match &raw.filter {
                 Some(f) if f.trim().is_empty() => return err("-F: empty filter"),
                 Some(f) if f.len() > MAX_FILTER_LEN => {
                     return err(format!(
@@ -486,15 +565,14 @@ fn input_mode(raw: &RawArgs, transfers: &[Transfer]) -> Result<Input, CliError> 
                         f.len()
                     ))
                 }
-                Some(f) => (f.clone(), true),
-                None => (auto_filter(transfers), false),
+                Some(f) => Some(f.clone()),
+                None => None,
             };
             Ok(Input::Pcap {
                 devices,
                 filter,
-                user_filter,
-                buffer_bytes: raw.pcap_buffer_mb.unwrap_or(16) * 1024 * 1024,
-                snaplen: raw.snaplen.unwrap_or(65535),
+                buffer_bytes: raw.pcap_buffer_mb * 1024 * 1024,
+                snaplen: raw.snaplen,
             })
         }
     }
@@ -514,284 +592,12 @@ fn parse_devices(list: &str) -> Result<Vec<String>, CliError> {
             devices.clear();
             return Ok(devices);
         }
-        if devices.len() == MAX_PCAP_DEVICES {
-            return err(format!("-i: at most {MAX_PCAP_DEVICES} devices"));
+        if devices.len() == MAX_DEVICES {
+            return err(format!("-i: at most {MAX_DEVICES} devices"));
         }
         devices.push(name.to_string());
     }
     Ok(devices)
-}
-
-/// The BPF filter of spec 6.2: `tcp and ((dst port P and dst host A) or ...)`.
-pub fn auto_filter(transfers: &[Transfer]) -> String {
-    let terms: Vec<String> = transfers
-        .iter()
-        .map(|t| match t.src_ip {
-            Some(ip) => format!("(dst port {} and dst host {})", t.src_port, ip),
-            None => format!("(dst port {})", t.src_port),
-        })
-        .collect();
-    format!("tcp and ({})", terms.join(" or "))
-}
-
-/// An IPv4 address, or a host name resolved once at start-up to its first IPv4 address
-/// (`-x 80-testhost:8080 -s intercept-host`).
-pub fn parse_host(text: &str, what: &str) -> Result<Ipv4Addr, CliError> {
-    let text = text.trim();
-    if let Ok(ip) = text.parse::<Ipv4Addr>() {
-        return Ok(ip);
-    }
-    let plausible = !text.is_empty()
-        && text.len() <= 253
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    if !plausible {
-        return err(format!(
-            "{what}: \"{text}\" is not a valid IPv4 address or host name"
-        ));
-    }
-    use std::net::ToSocketAddrs;
-    let found = (text, 0u16).to_socket_addrs().map(|addrs| {
-        addrs
-            .filter_map(|a| match a {
-                std::net::SocketAddr::V4(v4) => Some(*v4.ip()),
-                std::net::SocketAddr::V6(_) => None,
-            })
-            .next()
-    });
-    match found {
-        Ok(Some(ip)) => Ok(ip),
-        Ok(None) => err(format!("{what}: host \"{text}\" has no IPv4 address")),
-        Err(e) => err(format!("{what}: cannot resolve host \"{text}\": {e}")),
-    }
-}
-
-/// A dotted-quad IPv4 address (no abbreviations, no leading/trailing junk).
-pub fn parse_ip(text: &str, what: &str) -> Result<Ipv4Addr, CliError> {
-    text.trim()
-        .parse::<Ipv4Addr>()
-        .or_else(|_| err(format!("{what}: \"{text}\" is not a valid IPv4 address")))
-}
-
-fn parse_port(text: &str, what: &str) -> Result<u16, CliError> {
-    match text.trim().parse::<u16>() {
-        Ok(0) => err(format!("{what}: port 0 is not valid")),
-        Ok(p) => Ok(p),
-        Err(_) => err(format!("{what}: \"{text}\" is not a valid port (1..65535)")),
-    }
-}
-
-/// `aa:bb:cc:dd:ee:ff`: six pairs of hex digits separated by `:`.
-pub fn parse_mac(text: &str, what: &str) -> Result<[u8; 6], CliError> {
-    let parts: Vec<&str> = text.split(':').collect();
-    let bad = || {
-        CliError(format!(
-            "{what}: \"{text}\" is not a valid MAC address (aa:bb:cc:dd:ee:ff)"
-        ))
-    };
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    Ok(mac)
-}
-
-/// One side of a transfer: `[IP:]PORT[@MAC]`.
-type Endpoint = (Option<Ipv4Addr>, u16, Option<[u8; 6]>);
-
-fn parse_endpoint(text: &str, what: &str) -> Result<Endpoint, CliError> {
-    let (addr, mac) = match text.split_once('@') {
-        Some((a, m)) => (a, Some(parse_mac(m, what)?)),
-        None => (text, None),
-    };
-    let (ip, port) = match addr.split_once(':') {
-        Some((ip, port)) => (Some(parse_host(ip, what)?), parse_port(port, what)?),
-        None => (None, parse_port(addr, what)?),
-    };
-    Ok((ip, port, mac))
-}
-
-/// `-x`: spec 2.3, with invalid parts rejected instead of zeroed.
-pub fn parse_transfers(text: &str) -> Result<Vec<Transfer>, CliError> {
-    let mut transfers = Vec::new();
-    for item in text.split(',').map(str::trim) {
-        if item.is_empty() {
-            return err(format!("-x: empty transfer in \"{text}\""));
-        }
-        let Some((src, dst)) = item.split_once('-') else {
-            return err(format!(
-                "-x: target \"{item}\" is invalid (expected SRC-DST, e.g. 80-198.18.0.30:8080)"
-            ));
-        };
-        let what = format!("-x \"{item}\"");
-        let (src_ip, src_port, src_mac) = parse_endpoint(src, &format!("{what} source"))?;
-        let (dst_ip, dst_port, dst_mac) = parse_endpoint(dst, &format!("{what} target"))?;
-        let Some(dst_ip) = dst_ip else {
-            return err(format!(
-                "{what}: the target needs an IP address (e.g. 198.18.0.30:{dst_port})"
-            ));
-        };
-        if dst_ip.is_unspecified() || dst_ip.is_broadcast() || dst_ip.is_multicast() {
-            return err(format!(
-                "{what}: {dst_ip} cannot be a target (unspecified, broadcast or multicast)"
-            ));
-        }
-        if src_ip == Some(dst_ip) && src_port == dst_port {
-            return err(format!(
-                "{what}: the target is the online endpoint itself; tcpcopy would replay its own output"
-            ));
-        }
-        if transfers.len() == MAX_TRANSFERS {
-            return err(format!("-x: at most {MAX_TRANSFERS} transfers"));
-        }
-        transfers.push(Transfer {
-            src_ip,
-            src_port,
-            dst_ip,
-            dst_port,
-            src_mac,
-            dst_mac,
-        });
-    }
-    Ok(transfers)
-}
-
-/// `-s`: `IP[:PORT]` items, port 0 or missing = `default_port`.
-pub fn parse_intercepts(text: &str, default_port: u16) -> Result<Vec<SocketAddrV4>, CliError> {
-    let mut out = Vec::new();
-    for item in text.split(',').map(str::trim) {
-        if item.is_empty() {
-            return err(format!("-s: empty address in \"{text}\""));
-        }
-        let (ip, port) = match item.split_once(':') {
-            Some((ip, port)) => {
-                let port = match port.trim().parse::<u16>() {
-                    Ok(0) => default_port,
-                    Ok(p) => p,
-                    Err(_) => {
-                        return err(format!(
-                            "-s: \"{port}\" in \"{item}\" is not a valid port (1..65535)"
-                        ))
-                    }
-                };
-                (parse_host(ip, "-s")?, port)
-            }
-            None => (parse_host(item, "-s")?, default_port),
-        };
-        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-            return err(format!("-s: {ip} cannot be an intercept address"));
-        }
-        if out.len() == MAX_INTERCEPTS {
-            return err(format!("-s: at most {MAX_INTERCEPTS} intercepts"));
-        }
-        out.push(SocketAddrV4::new(ip, port));
-    }
-    Ok(out)
-}
-
-/// `-c`: spec 2.4. `a.b.c.x` = a.b.c.1-254; targets are left out; `*` is refused with a hint.
-pub fn parse_client_ips(text: &str, targets: &[Ipv4Addr]) -> Result<Vec<Ipv4Addr>, CliError> {
-    let mut out: Vec<Ipv4Addr> = Vec::new();
-    let push = |ip: Ipv4Addr, out: &mut Vec<Ipv4Addr>| -> Result<(), CliError> {
-        if targets.contains(&ip) {
-            return Ok(());
-        }
-        if out.len() == MAX_CLIENT_IPS {
-            return err(format!("-c: more than {MAX_CLIENT_IPS} client addresses"));
-        }
-        out.push(ip);
-        Ok(())
-    };
-    for item in text.split(',').map(str::trim) {
-        if item.is_empty() {
-            return err(format!("-c: empty item in \"{text}\""));
-        }
-        if item.ends_with('*') {
-            return err(format!(
-                "-c: {item} not valid, use x instead of * (e.g. 203.0.113.x)"
-            ));
-        }
-        if let Some(prefix) = item.strip_suffix('x').or_else(|| item.strip_suffix('X')) {
-            // The prefix must be exactly three octets and a dot.
-            let octets: Vec<&str> = prefix.split('.').collect();
-            let valid = octets.len() == 4 && octets[3].is_empty();
-            let base = if valid {
-                parse_ip(&format!("{prefix}0"), "-c").ok()
-            } else {
-                None
-            };
-            let Some(base) = base else {
-                return err(format!(
-                    "-c: \"{item}\" is not a valid subnet (expected a.b.c.x, e.g. 203.0.113.x)"
-                ));
-            };
-            let [a, b, c, _] = base.octets();
-            for d in 1..=254u8 {
-                push(Ipv4Addr::new(a, b, c, d), &mut out)?;
-            }
-        } else {
-            let ip = parse_ip(item, "-c")?;
-            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-                return err(format!("-c: {ip} cannot be a client address"));
-            }
-            push(ip, &mut out)?;
-        }
-    }
-    if out.is_empty() {
-        return err("-c: no client address left (every one is a target address)");
-    }
-    Ok(out)
-}
-
-/// Refuses configurations in which tcpcopy would capture its own output (spec 6.6): a target
-/// equal to an online endpoint that some transfer captures. `local_ips` are this host's
-/// addresses (raw capture only sees packets addressed to them).
-pub fn check_self_capture(
-    transfers: &[Transfer],
-    input: &Input,
-    local_ips: &[Ipv4Addr],
-) -> Result<(), CliError> {
-    let pcap_auto = matches!(
-        input,
-        Input::Pcap {
-            user_filter: false,
-            ..
-        }
-    );
-    for (i, t) in transfers.iter().enumerate() {
-        for src in transfers {
-            if src.src_port != t.dst_port {
-                continue;
-            }
-            let captured = match src.src_ip {
-                Some(ip) => ip == t.dst_ip,
-                // pcap sees outgoing frames too; the raw socket only inbound local traffic.
-                None => pcap_auto || t.dst_ip.is_loopback() || local_ips.contains(&t.dst_ip),
-            };
-            if captured {
-                let hint = if pcap_auto {
-                    " (captured port and target port are equal: set -F to capture packets)"
-                } else {
-                    ""
-                };
-                return err(format!(
-                    "-x transfer {}: target {}:{} would be captured again as online traffic; tcpcopy would replay its own output{hint}",
-                    i + 1,
-                    t.dst_ip,
-                    t.dst_port
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -802,7 +608,7 @@ mod tests {
         let mut v = vec!["tcpcopy"];
         v.extend_from_slice(args);
         match parse(v)? {
-            Command::Run(o) => Ok(*o),
+            Command::Run(a) => a.resolve(),
             other => panic!("expected a run, got {other:?}"),
         }
     }
@@ -861,12 +667,37 @@ mod tests {
         assert!(matches!(parse(["tcpcopy", "-h"]), Ok(Command::Help)));
         assert!(matches!(parse(["tcpcopy", "-v"]), Ok(Command::Version)));
         assert_eq!(version_line(), "tcpcopy version:1.3.0");
+        let help = help();
         for flag in [
             "-x", "-c", "-H", "-s", "-p", "-C", "-n", "-f", "-r", "-g", "-m", "-M", "-D", "-R",
             "-U", "-t", "-k", "-l", "-P", "-O", "-W", "-L", "-d", "-i", "-F", "-B", "-S", "-o",
             "-a", "-I", "-T", "-h", "-v",
         ] {
-            assert!(HELP.contains(&format!("  {flag} ")), "help lacks {flag}");
+            assert!(help.contains(&format!("  {flag} ")), "help lacks {flag}");
+        }
+        for long in [
+            "--disable-combined",
+            "--payload",
+            "--single",
+            "--capture",
+            "--offline-tail",
+            "--send",
+        ] {
+            assert!(help.contains(&format!("  {long} ")), "help lacks {long}");
+        }
+        // The defaults of the definitions are shown.
+        for default in [
+            "[default: 36524]",
+            "[default: 2]",
+            "[default: 1500]",
+            "[default: 1460]",
+            "[default: 600]",
+            "[default: 16]",
+            "[default: 65535]",
+            "[default: 120]",
+            "[default: 2048]",
+        ] {
+            assert!(help.contains(default), "help lacks {default}");
         }
     }
 
@@ -881,94 +712,6 @@ mod tests {
         assert!(run_err(&with(&["-q"])).contains("-q"));
         assert!(parse(["tcpcopy", "-x"]).is_err());
         assert!(run_err(&with(&["--frobnicate"])).contains("frobnicate"));
-    }
-
-    #[test]
-    fn transfers_full_syntax() {
-        let t = parse_transfers(
-            "192.168.0.1:80-192.168.0.2:8080, 8080-192.168.0.3:80,\
-             80@00:13:21:b2:5e:42-121.55.111.148:18080@00:0F:1F:03:F2:E6",
-        )
-        .unwrap();
-        assert_eq!(t.len(), 3);
-        assert_eq!(t[0].src_ip, Some(Ipv4Addr::new(192, 168, 0, 1)));
-        assert_eq!((t[0].src_port, t[0].dst_port), (80, 8080));
-        assert_eq!(t[1].src_ip, None);
-        assert_eq!(t[1].dst_ip, Ipv4Addr::new(192, 168, 0, 3));
-        assert_eq!(t[2].src_mac, Some([0x00, 0x13, 0x21, 0xb2, 0x5e, 0x42]));
-        assert_eq!(t[2].dst_mac, Some([0x00, 0x0f, 0x1f, 0x03, 0xf2, 0xe6]));
-    }
-
-    /// Host names are resolved once (`-x 80-testhost:8080 -s intercept-host`); what cannot
-    /// be a host name is refused without a lookup.
-    #[test]
-    fn host_names_in_transfers_and_intercepts() {
-        let t = parse_transfers("80-localhost:8080").unwrap();
-        assert_eq!(t[0].dst_ip, Ipv4Addr::LOCALHOST);
-        let s = parse_intercepts("localhost:36525,198.18.0.40", 36524).unwrap();
-        assert_eq!(s[0], SocketAddrV4::new(Ipv4Addr::LOCALHOST, 36525));
-        assert_eq!(
-            s[1],
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 40), 36524)
-        );
-        for bad in ["1.2.3", "a_b", "host name", ""] {
-            assert!(parse_host(bad, "-s").is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn transfers_rejected() {
-        for (bad, needle) in [
-            ("80", "invalid"),
-            ("80-8080", "needs an IP"),
-            ("80-198.18.0.300:8080", "not a valid IPv4"),
-            ("80-198.18.0.30:0", "port 0"),
-            ("80-198.18.0.30:65536", "not a valid port"),
-            ("x80-198.18.0.30:8080", "not a valid port"),
-            ("80-0.0.0.0:8080", "cannot be a target"),
-            ("80-198.18.0.30:8080@00:11:22:33:44", "MAC"),
-            ("80-198.18.0.30:8080@00:11:22:33:44:GG", "MAC"),
-            ("198.18.0.30:80-198.18.0.30:80", "online endpoint"),
-            ("80-198.18.0.30:8080,", "empty transfer"),
-        ] {
-            let e = parse_transfers(bad).unwrap_err().0;
-            assert!(e.contains(needle), "{bad}: {e}");
-        }
-        let many = vec!["80-198.18.0.30:8080"; 33].join(",");
-        assert!(parse_transfers(&many).unwrap_err().0.contains("at most 32"));
-    }
-
-    #[test]
-    fn client_ips() {
-        let targets = [Ipv4Addr::new(203, 0, 113, 7)];
-        let ips = parse_client_ips("203.0.113.x", &targets).unwrap();
-        assert_eq!(ips.len(), 253);
-        assert_eq!(ips[0], Ipv4Addr::new(203, 0, 113, 1));
-        assert_eq!(ips[252], Ipv4Addr::new(203, 0, 113, 254));
-        assert!(!ips.contains(&targets[0]));
-        let ips = parse_client_ips("203.0.113.5, 203.0.113.6", &[]).unwrap();
-        assert_eq!(
-            ips,
-            vec![Ipv4Addr::new(203, 0, 113, 5), Ipv4Addr::new(203, 0, 113, 6)]
-        );
-        for (bad, needle) in [
-            ("203.0.113.*", "use x instead of *"),
-            ("203.0.113.256", "not a valid IPv4"),
-            ("203.0.x", "not a valid subnet"),
-            ("203.0.113.5,,203.0.113.6", "empty item"),
-            ("203.0.113.7", "no client address left"),
-        ] {
-            let e = parse_client_ips(bad, &targets).unwrap_err().0;
-            assert!(e.contains(needle), "{bad}: {e}");
-        }
-        // 17 subnets of 254 = 4318 > 4096.
-        let many: Vec<String> = (0..17).map(|i| format!("10.0.{i}.x")).collect();
-        assert!(parse_client_ips(&many.join(","), &[])
-            .unwrap_err()
-            .0
-            .contains("4096"));
-        let ok: Vec<String> = (0..16).map(|i| format!("10.0.{i}.x")).collect();
-        assert_eq!(parse_client_ips(&ok.join(","), &[]).unwrap().len(), 4064);
     }
 
     #[test]
@@ -987,37 +730,34 @@ mod tests {
     }
 
     #[test]
-    fn intercepts() {
-        let s = parse_intercepts(" 198.18.0.40 , 198.18.0.41:9000,198.18.0.42:0", 36524).unwrap();
-        assert_eq!(
-            s,
-            vec![
-                SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 40), 36524),
-                SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 41), 9000),
-                SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 42), 36524),
-            ]
-        );
+    fn intercept_port() {
         let o = run(&[
             "-x",
             "80-198.18.0.30:8080",
             "-s",
-            "198.18.0.40",
+            "198.18.0.40,198.18.0.41:9000",
             "-p",
             "4000",
         ])
         .unwrap();
         assert_eq!(o.intercepts[0].port(), 4000);
-        for bad in [
-            "198.18.0",
-            "198.18.0.40:70000",
-            "198.18.0.40:x",
-            "",
-            "0.0.0.0",
-        ] {
-            assert!(parse_intercepts(bad, 36524).is_err(), "{bad}");
-        }
-        let many = vec!["198.18.0.40"; 33].join(",");
-        assert!(parse_intercepts(&many, 1).unwrap_err().0.contains("32"));
+        assert_eq!(o.intercepts[1].port(), 9000);
+    }
+
+    /// Host names pass parsing untouched; resolving them is the second step.
+    #[test]
+    fn parse_does_not_resolve() {
+        let Ok(Command::Run(args)) = parse([
+            "tcpcopy",
+            "-x",
+            "80-no-such-host.invalid:8080",
+            "-s",
+            "no-such-intercept.invalid",
+        ]) else {
+            panic!("host names must parse");
+        };
+        let e = args.resolve().unwrap_err().0;
+        assert!(e.contains("no-such-host.invalid"), "{e}");
     }
 
     #[test]
@@ -1086,13 +826,11 @@ mod tests {
             Input::Pcap {
                 devices,
                 filter,
-                user_filter,
                 buffer_bytes,
                 snaplen,
             } => {
                 assert!(devices.is_empty());
-                assert_eq!(filter, "tcp and ((dst port 80))");
-                assert!(!user_filter);
+                assert_eq!(filter, None);
                 assert_eq!(buffer_bytes, 16 << 20);
                 assert_eq!(snaplen, 65535);
             }
@@ -1113,13 +851,11 @@ mod tests {
             Input::Pcap {
                 devices,
                 filter,
-                user_filter,
                 buffer_bytes,
                 snaplen,
             } => {
                 assert_eq!(devices, vec!["eth0", "eth1"]);
-                assert_eq!(filter, "tcp port 80");
-                assert!(user_filter);
+                assert_eq!(filter.as_deref(), Some("tcp port 80"));
                 assert_eq!(buffer_bytes, 4 << 20);
                 assert_eq!(snaplen, 1600);
             }
@@ -1133,6 +869,9 @@ mod tests {
         assert!(run_err(&with(&["-S", "1600"])).contains("--capture pcap"));
         assert!(run_err(&with(&["--capture", "raw", "-i", "eth0"])).contains("-i"));
         assert!(run_err(&with(&["-a", "2"])).contains("offline"));
+        // Typed at its default value is still typed: the mode check sees it.
+        assert!(run_err(&with(&["-S", "65535"])).contains("--capture pcap"));
+        assert!(run_err(&with(&["-T", "1"])).contains("offline"));
         assert!(run_err(&with(&["--capture", "pcap", "-S", "10"])).contains("-S"));
         assert!(run_err(&with(&["--capture", "bogus"])).contains("bogus"));
     }
@@ -1240,42 +979,5 @@ mod tests {
             }
         );
         assert!(o.replay.single && o.lonely && o.daemon);
-    }
-
-    #[test]
-    fn auto_filter_terms() {
-        let t = parse_transfers("80-198.18.0.30:8080,198.18.0.20:443-198.18.0.30:8443").unwrap();
-        assert_eq!(
-            auto_filter(&t),
-            "tcp and ((dst port 80) or (dst port 443 and dst host 198.18.0.20))"
-        );
-    }
-
-    #[test]
-    fn self_capture_refused() {
-        let local = [Ipv4Addr::new(198, 18, 0, 20)];
-        let t = parse_transfers("80-198.18.0.20:80").unwrap();
-        assert!(check_self_capture(&t, &Input::Raw, &local).is_err());
-        let t = parse_transfers("80-127.0.0.1:80").unwrap();
-        assert!(check_self_capture(&t, &Input::Raw, &local).is_err());
-        // A remote target on the same port is fine for the raw socket (it sees inbound only)...
-        let t = parse_transfers("80-198.18.0.30:80").unwrap();
-        assert!(check_self_capture(&t, &Input::Raw, &local).is_ok());
-        // ...but not with the auto pcap filter, which would match the replayed packets.
-        let pcap = |user_filter| Input::Pcap {
-            devices: vec![],
-            filter: String::new(),
-            user_filter,
-            buffer_bytes: 0,
-            snaplen: 0,
-        };
-        let e = check_self_capture(&t, &pcap(false), &local).unwrap_err().0;
-        assert!(e.contains("-F"), "{e}");
-        assert!(check_self_capture(&t, &pcap(true), &local).is_ok());
-        // One transfer's target captured by another transfer.
-        let t = parse_transfers("80-198.18.0.30:8080,8080-198.18.0.20:8080").unwrap();
-        assert!(check_self_capture(&t, &Input::Raw, &local).is_err());
-        let t = parse_transfers("198.18.0.20:80-198.18.0.30:8080").unwrap();
-        assert!(check_self_capture(&t, &pcap(false), &local).is_ok());
     }
 }

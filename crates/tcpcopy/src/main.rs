@@ -1,6 +1,8 @@
 //! tcpcopy: copies live TCP traffic captured on this host to a target server, with responses
 //! reported back by intercept. See ../../shared/spec/tcpcopy.md for the behaviour.
 
+mod addr_spec;
+mod capture;
 mod cli;
 mod event_loop;
 mod offline;
@@ -8,19 +10,18 @@ mod output;
 mod tunnels;
 
 use std::io::Write;
-use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
+use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::Capture;
+use tc_core::daemon;
 use tc_core::logging;
 use tc_core::send::pcap_inject::PcapInject;
 use tc_core::send::raw_socket::RawSocketSend;
-use tc_core::send::Send as SendBackend;
+use tc_core::send::Sender;
 use tc_core::session::Replayer;
 
 use cli::{Command, Input, Options, OutputKind};
@@ -30,17 +31,25 @@ use cli::{Command, Input, Options, OutputKind};
 const STARTUP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    let options = match cli::parse(std::env::args_os()) {
+    let args = match cli::parse(std::env::args_os()) {
         Ok(Command::Help) => {
             // A closed pipe (`tcpcopy -h | head`) is not an error worth a panic.
-            let _ = std::io::stdout().write_all(cli::HELP.as_bytes());
+            let _ = std::io::stdout().write_all(cli::help().as_bytes());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
             let _ = writeln!(std::io::stdout(), "{}", cli::version_line());
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Run(options)) => options,
+        Ok(Command::Run(args)) => args,
+        Err(e) => {
+            eprintln!("tcpcopy: {e}");
+            return ExitCode::from(cli::EXIT_USAGE as u8);
+        }
+    };
+    // Host names are looked up once the whole command line is known to be valid.
+    let options = match args.resolve() {
+        Ok(options) => options,
         Err(e) => {
             eprintln!("tcpcopy: {e}");
             return ExitCode::from(cli::EXIT_USAGE as u8);
@@ -50,7 +59,7 @@ fn main() -> ExitCode {
         eprintln!("tcpcopy: {e:#}");
         return ExitCode::from(cli::EXIT_USAGE as u8);
     }
-    match run(*options) {
+    match run(options) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             log::error!("{e:#}");
@@ -100,9 +109,8 @@ fn run(options: Options) -> anyhow::Result<i32> {
         if r.single { ", single mode" } else { "" }
     );
 
-    let local_ips = local_ipv4_addresses().context("cannot list local addresses")?;
-    cli::check_self_capture(&options.replay.transfers, &options.input, &local_ips)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let local_ips = capture::local_ipv4_addresses().context("cannot list local addresses")?;
+    capture::check_self_capture(&options.replay.transfers, &options.input, &local_ips)?;
     if options
         .replay
         .transfers
@@ -123,7 +131,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         STARTUP_CONNECT_TIMEOUT,
     )?;
 
-    let sender: Box<dyn SendBackend> = match &options.output {
+    let sender: Box<dyn Sender> = match &options.output {
         OutputKind::Raw => {
             log::info!("send: raw socket");
             Box::new(RawSocketSend::open().context("Create raw socket to output failed")?)
@@ -163,17 +171,22 @@ fn run(options: Options) -> anyhow::Result<i32> {
         Input::Pcap {
             devices,
             filter,
-            user_filter,
             buffer_bytes,
             snaplen,
         } => {
             log::info!("pcap version:{}", pcap_live::lib_version());
-            if *user_filter {
-                log::info!("user filter:{filter}");
-            } else {
-                log::info!("filter = {filter}");
-            }
-            open_pcap_devices(devices, filter, *snaplen, *buffer_bytes)?
+            let filter = match filter {
+                Some(f) => {
+                    log::info!("user filter:{f}");
+                    f.clone()
+                }
+                None => {
+                    let f = capture::auto_filter(&options.replay.transfers);
+                    log::info!("filter = {f}");
+                    f
+                }
+            };
+            capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
         }
         Input::Offline { .. } => Vec::new(),
     };
@@ -207,18 +220,14 @@ fn run(options: Options) -> anyhow::Result<i32> {
         tunnels,
         options.replay.single,
     );
-    let record_len = if options.wire.payload {
-        tunnels::RECORD_LEN_PAYLOAD
-    } else {
-        tunnels::RECORD_LEN
-    };
+    let record_len = options.wire.record_len();
     let replayer = Replayer::new(options.replay.clone());
 
     if options.daemon {
-        daemonize().context("cannot become a daemon")?;
+        daemon::daemonize().context("cannot become a daemon")?;
     }
     let _pid_file = match &options.pid_file {
-        Some(path) => Some(PidFile::write(path)?),
+        Some(path) => Some(daemon::PidFile::create(path)?),
         None => None,
     };
 
@@ -259,111 +268,4 @@ fn run(options: Options) -> anyhow::Result<i32> {
         event_loop::StopReason::Signal(_) | event_loop::StopReason::OfflineDone => {}
     }
     Ok(code)
-}
-
-/// Opens every named device, or every device but `any` when `devices` is empty (spec 6.2).
-/// Devices that fail are logged and skipped; none working is an error.
-fn open_pcap_devices(
-    devices: &[String],
-    filter: &str,
-    snaplen: u32,
-    buffer_bytes: u32,
-) -> anyhow::Result<Vec<Box<dyn Capture>>> {
-    let names = if devices.is_empty() {
-        pcap_live::list_devices()?
-    } else {
-        devices.to_vec()
-    };
-    let opts = PcapLiveOptions {
-        filter: filter.to_string(),
-        snaplen: snaplen as i32,
-        buffer_size: buffer_bytes as i32,
-        promiscuous: true,
-    };
-    let mut opened: Vec<Box<dyn Capture>> = Vec::new();
-    for name in &names {
-        match PcapLive::open(name, &opts) {
-            Ok(c) => {
-                log::info!("device:{name}");
-                opened.push(Box::new(c));
-            }
-            Err(e) => log::warn!("device could not work:{name}: {e}"),
-        }
-    }
-    if opened.is_empty() {
-        anyhow::bail!("no device available for snooping packets (tried {names:?})");
-    }
-    Ok(opened)
-}
-
-/// This host's IPv4 addresses (to refuse targets that tcpcopy would capture again).
-fn local_ipv4_addresses() -> std::io::Result<Vec<Ipv4Addr>> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, released below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list returned by getifaddrs.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points to a sockaddr whose family tells its real type.
-            let family = unsafe { (*ifa.ifa_addr).sa_family };
-            if i32::from(family) == libc::AF_INET {
-                // SAFETY: AF_INET addresses are sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `list` came from getifaddrs.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(out)
-}
-
-/// Classic daemonization: fork (the parent exits 0), new session, stdio to /dev/null.
-fn daemonize() -> std::io::Result<()> {
-    // SAFETY: single-threaded at this point; the parent only calls _exit.
-    match unsafe { libc::fork() } {
-        -1 => return Err(std::io::Error::last_os_error()),
-        0 => {}
-        _ => unsafe { libc::_exit(0) },
-    }
-    // SAFETY: plain syscalls on our own process and descriptors.
-    unsafe {
-        if libc::setsid() == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        for fd in 0..3 {
-            libc::dup2(null, fd);
-        }
-        if null > 2 {
-            libc::close(null);
-        }
-    }
-    Ok(())
-}
-
-/// A pid file, removed when dropped.
-struct PidFile(std::path::PathBuf);
-
-impl PidFile {
-    fn write(path: &Path) -> anyhow::Result<PidFile> {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write pid file {}", path.display()))?;
-        Ok(PidFile(path.to_path_buf()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

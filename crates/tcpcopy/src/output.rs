@@ -1,44 +1,14 @@
-//! The replay machine's [`Output`]: the send backend, the control tunnels, and the safety check
-//! that nothing is ever sent anywhere but a configured `-x` target.
+//! Where the replay machine's queued output goes: the send backend, the control tunnels, and
+//! the safety check that nothing is ever sent anywhere but a configured `-x` target.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use tc_core::send::Send as SendBackend;
+use tc_core::logging::RateLimit;
+use tc_core::send::Sender;
 use tc_core::session::{Outbox, Transfer};
 
 use crate::tunnels::Tunnels;
-
-/// Logs at most one line per period for a repeating problem, saying how many were suppressed.
-pub struct RateLimitedLog {
-    period: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    pub fn new(period: Duration) -> Self {
-        RateLimitedLog {
-            period,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Returns `Some(suppressed count)` when a line may be written now.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < self.period => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SendStats {
@@ -49,18 +19,20 @@ pub struct SendStats {
 }
 
 pub struct ReplayOutput {
-    sender: Box<dyn SendBackend>,
+    sender: Box<dyn Sender>,
     targets: Vec<(Ipv4Addr, u16)>,
     pub tunnels: Tunnels,
     pub stats: SendStats,
     single: bool,
-    error_log: RateLimitedLog,
-    refusal_log: RateLimitedLog,
+    /// Origin of the rate limits' clock.
+    started: Instant,
+    error_log: RateLimit,
+    refusal_log: RateLimit,
 }
 
 impl ReplayOutput {
     pub fn new(
-        sender: Box<dyn SendBackend>,
+        sender: Box<dyn Sender>,
         transfers: &[Transfer],
         tunnels: Tunnels,
         single: bool,
@@ -71,8 +43,9 @@ impl ReplayOutput {
             tunnels,
             stats: SendStats::default(),
             single,
-            error_log: RateLimitedLog::new(Duration::from_secs(1)),
-            refusal_log: RateLimitedLog::new(Duration::from_secs(1)),
+            started: Instant::now(),
+            error_log: RateLimit::new(Duration::from_secs(1), 1),
+            refusal_log: RateLimit::new(Duration::from_secs(1), 1),
         }
     }
 }
@@ -128,7 +101,7 @@ impl ReplayOutput {
             .and_then(|dst| allowed_transfer(&self.targets, transfer, dst));
         let Some(index) = allowed else {
             self.stats.refused_not_target += 1;
-            if let Some(suppressed) = self.refusal_log.allow(Instant::now()) {
+            if let Some(suppressed) = self.refusal_log.allow(self.started.elapsed()) {
                 log::error!(
                     "refused to send a datagram to {:?} (not a -x target; transfer {transfer}; {suppressed} more suppressed)",
                     tcp_destination(datagram)
@@ -140,7 +113,7 @@ impl ReplayOutput {
             Ok(()) => self.stats.sent += 1,
             Err(e) => {
                 self.stats.send_errors += 1;
-                if let Some(suppressed) = self.error_log.allow(Instant::now()) {
+                if let Some(suppressed) = self.error_log.allow(self.started.elapsed()) {
                     log::error!(
                         "send to back error,tot_len is:{}: {e} ({suppressed} more suppressed)",
                         datagram.len()
@@ -202,7 +175,7 @@ mod tests {
     type SentLog = std::rc::Rc<std::cell::RefCell<Vec<(usize, Vec<u8>)>>>;
     struct Recorder(SentLog);
 
-    impl SendBackend for Recorder {
+    impl Sender for Recorder {
         fn send(&mut self, datagram: &[u8], transfer: usize) -> std::io::Result<()> {
             self.0.borrow_mut().push((transfer, datagram.to_vec()));
             Ok(())
@@ -211,7 +184,8 @@ mod tests {
 
     #[test]
     fn output_refuses_everything_but_targets() {
-        use crate::cli::{parse_transfers, WireOptions};
+        use crate::addr_spec::{parse_transfers, resolve_transfers};
+        use crate::cli::WireOptions;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
             panic!("v4")
@@ -224,7 +198,9 @@ mod tests {
         let tunnels =
             Tunnels::connect_all(&[addr], 1, wire, poll.registry(), Duration::from_secs(3))
                 .unwrap();
-        let transfers = parse_transfers("80-198.18.0.30:8080,81-198.18.0.31:8081").unwrap();
+        let transfers =
+            resolve_transfers(&parse_transfers("80-198.18.0.30:8080,81-198.18.0.31:8081").unwrap())
+                .unwrap();
         let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let mut out =
             ReplayOutput::new(Box::new(Recorder(sent.clone())), &transfers, tunnels, false);
@@ -241,15 +217,5 @@ mod tests {
         assert_eq!(sent[1].0, 1);
         assert_eq!(out.stats.sent, 2);
         assert_eq!(out.stats.refused_not_target, 3);
-    }
-
-    #[test]
-    fn rate_limit() {
-        let mut l = RateLimitedLog::new(Duration::from_secs(1));
-        let t0 = Instant::now();
-        assert_eq!(l.allow(t0), Some(0));
-        assert_eq!(l.allow(t0), None);
-        assert_eq!(l.allow(t0 + Duration::from_millis(10)), None);
-        assert_eq!(l.allow(t0 + Duration::from_secs(2)), Some(2));
     }
 }

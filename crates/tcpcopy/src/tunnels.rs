@@ -20,7 +20,7 @@ use crate::cli::{WireOptions, INTERNAL_VERSION};
 pub const TUNNEL_TOKEN_BASE: usize = 1 << 16;
 const SLOTS: usize = 16;
 
-pub use tc_core::control::{CLIENT_ADD, CLIENT_MSG_LEN, RECORD_LEN, RECORD_LEN_PAYLOAD};
+use tc_core::control::CLIENT_MSG_LEN;
 /// Bytes queued for one tunnel before it counts as stuck and is dropped.
 const MAX_PENDING_WRITE: usize = 1 << 20;
 /// Queued output that has not moved for this long: the intercept is not reading.
@@ -29,24 +29,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUDGET: usize = 256 * 1024;
 /// A non-blocking reconnect that has not completed by then is abandoned.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The 14-byte `msg_clt` (spec 5.2).
-pub fn client_message(
-    kind: u16,
-    client_ip: Ipv4Addr,
-    client_port: u16,
-    target_ip: Ipv4Addr,
-    target_port: u16,
-) -> [u8; CLIENT_MSG_LEN] {
-    ClientMsg {
-        client_ip,
-        client_port,
-        kind,
-        target_ip,
-        target_port,
-    }
-    .encode()
-}
 
 /// The version record: all zero but the type (spec 5.2).
 pub fn version_message() -> [u8; CLIENT_MSG_LEN] {
@@ -182,7 +164,7 @@ impl Tunnels {
         target_ip: Ipv4Addr,
         target_port: u16,
     ) -> bool {
-        let msg = client_message(CLIENT_ADD, client_ip, client_port, target_ip, target_port);
+        let msg = ClientMsg::add(client_ip, client_port, target_ip, target_port).encode();
         let mut accepted = false;
         for i in 0..self.intercepts.len() {
             if !self.intercepts[i].active {
@@ -494,13 +476,13 @@ mod tests {
             version_message(),
             [0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0]
         );
-        let m = client_message(
-            CLIENT_ADD,
+        let m = ClientMsg::add(
             Ipv4Addr::new(203, 0, 113, 1),
             0x1234,
             Ipv4Addr::new(198, 18, 0, 30),
             8080,
-        );
+        )
+        .encode();
         assert_eq!(
             m,
             [203, 0, 113, 1, 0x12, 0x34, 0, 1, 198, 18, 0, 30, 0x1f, 0x90]

@@ -37,8 +37,9 @@ fn help_is_grouped_with_defaults_and_examples() {
         "Control channel:",
         "Capture:",
         "Send:",
-        "default 36524",
-        "default 1500",
+        // clap renders the defaults of the option definitions.
+        "[default: 36524]",
+        "[default: 1500]",
         "Example:",
         "-x 80-198.18.0.30:8080",
     ] {

@@ -13,6 +13,11 @@ use mio::unix::SourceFd;
 use super::Capture;
 use crate::packet::LinkType;
 
+/// The original's limits for `-i` and `-F` (both binaries): 32 devices, a filter shorter than
+/// 4096 bytes.
+pub const MAX_DEVICES: usize = 32;
+pub const MAX_FILTER_LEN: usize = 4095;
+
 /// How to open a live capture.
 #[derive(Debug, Clone)]
 pub struct PcapLiveOptions {
@@ -61,6 +66,8 @@ pub enum PcapLiveError {
     },
     #[error("cannot list capture devices: {0}")]
     List(#[source] pcap::Error),
+    #[error("no device available for snooping packets (tried {tried:?})")]
+    NoDevice { tried: Vec<String> },
 }
 
 /// Names of every device pcap can capture on, except the "any" pseudo-device.
@@ -71,6 +78,39 @@ pub fn list_devices() -> Result<Vec<String>, PcapLiveError> {
         .map(|d| d.name)
         .filter(|n| n != "any")
         .collect())
+}
+
+/// Opens a live capture on each of `devices`, or on every device but `any` when `devices` is
+/// empty (the `-i` of both binaries). A device that fails is logged and skipped; none working
+/// is an error.
+pub fn open_devices(
+    devices: &[String],
+    opts: &PcapLiveOptions,
+) -> Result<Vec<PcapLive>, PcapLiveError> {
+    let names = if devices.is_empty() {
+        list_devices()?
+    } else {
+        devices.to_vec()
+    };
+    let mut opened = Vec::new();
+    for name in &names {
+        match PcapLive::open(name, opts) {
+            Ok(cap) => {
+                log::info!(
+                    "pcap open,device:{name} (link type {:?}, snaplen {}, buffer {})",
+                    cap.link_type(),
+                    opts.snaplen,
+                    opts.buffer_size
+                );
+                opened.push(cap);
+            }
+            Err(e) => log::warn!("device could not work:{name}: {e}"),
+        }
+    }
+    if opened.is_empty() {
+        return Err(PcapLiveError::NoDevice { tried: names });
+    }
+    Ok(opened)
 }
 
 extern "C" {

@@ -21,7 +21,11 @@ pub mod routing;
 
 use std::net::Ipv4Addr;
 
+use crate::packet::checksum::checksum;
 use crate::packet::{Completeness, TcpPacket};
+
+/// The TCP port intercept listens on and tcpcopy connects to unless told otherwise (`-p`).
+pub const DEFAULT_PORT: u16 = 36524;
 
 /// tcpcopy -> intercept record size.
 pub const CLIENT_MSG_LEN: usize = 14;
@@ -36,6 +40,10 @@ const RECORD_IP: usize = 20;
 const RECORD_TCP: usize = 44;
 /// Largest payload a payload record carries.
 pub const MAX_RECORD_PAYLOAD: usize = 128;
+/// Most records in one combined frame: 16, or 6 with payload records (the original's limits;
+/// a receiver rejects more).
+pub const MAX_BATCH: usize = 16;
+pub const MAX_BATCH_PAYLOAD: usize = 6;
 
 /// One tcpcopy -> intercept record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +110,9 @@ impl WireFormat {
     /// Most records in one combined frame (tcpcopy rejects more).
     pub fn max_batch(&self) -> usize {
         if self.payload {
-            6
+            MAX_BATCH_PAYLOAD
         } else {
-            16
+            MAX_BATCH
         }
     }
 }
@@ -158,7 +166,7 @@ impl Record {
         if fix_checksum {
             r.bytes[10] = 0;
             r.bytes[11] = 0;
-            let sum = ip_checksum(&r.bytes[..RECORD_IP]);
+            let sum = checksum(&r.bytes[..RECORD_IP]);
             r.bytes[10..12].copy_from_slice(&sum.to_be_bytes());
         }
         let tcp_len = pkt.tcp_header_len();
@@ -180,22 +188,6 @@ impl Record {
         r
     }
 }
-
-fn ip_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for pair in header.chunks(2) {
-        let hi = u32::from(pair[0]) << 8;
-        let lo = pair.get(1).map_or(0, |&b| u32::from(b));
-        sum += hi | lo;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Default intercept port.
-pub const DEFAULT_PORT: u16 = 36524;
 
 /// What a [`ClientMsg`]'s type field says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,7 +395,7 @@ mod tests {
         let b = r.as_bytes();
         assert_eq!(b[0], 0x45);
         assert_eq!(u16::from_be_bytes([b[2], b[3]]) as usize, s.len() - 8);
-        assert_eq!(ip_checksum(&b[..20]), 0);
+        assert_eq!(checksum(&b[..20]), 0);
         assert_eq!(&b[20..64], &s[28..72]);
     }
 
@@ -419,7 +411,7 @@ mod tests {
         let b = r.as_bytes();
         assert_eq!(b.len(), 192);
         assert_eq!(&b[16..20], &[203, 0, 113, 9]);
-        assert_eq!(ip_checksum(&b[..20]), 0);
+        assert_eq!(checksum(&b[..20]), 0);
         assert_eq!(&b[52..152], &s[52..152]);
         // Too long a payload is left out entirely.
         let s = segment(0, 0, 129);

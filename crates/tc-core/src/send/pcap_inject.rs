@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::Send;
+use super::Sender;
 
 const ETHER_HEADER: usize = 14;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
@@ -48,7 +48,7 @@ pub fn frame_ipv4(frame: &mut [u8], src: [u8; 6], dst: [u8; 6], datagram: &[u8])
     Some(len)
 }
 
-impl Send for PcapInject {
+impl Sender for PcapInject {
     fn send(&mut self, datagram: &[u8], transfer: usize) -> io::Result<()> {
         let Some(&(src, dst)) = self.macs.get(transfer) else {
             return Err(io::Error::new(

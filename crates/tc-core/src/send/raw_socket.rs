@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::Send;
+use super::Sender;
 
 pub struct RawSocketSend {
     socket: Socket,
@@ -38,7 +38,7 @@ pub fn ipv4_destination(datagram: &[u8]) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::new(d[0], d[1], d[2], d[3]))
 }
 
-impl Send for RawSocketSend {
+impl Sender for RawSocketSend {
     fn send(&mut self, datagram: &[u8], _transfer: usize) -> io::Result<()> {
         let Some(dst) = ipv4_destination(datagram) else {
             return Err(io::Error::new(

@@ -1,0 +1,154 @@
+//! What tcpcopy captures: the BPF filter built from `-x` (spec 6.2), the pcap devices of `-i`,
+//! and the start-up check that it would not capture its own output (spec 6.6).
+
+use std::net::Ipv4Addr;
+
+use tc_core::capture::pcap_live::{self, PcapLiveOptions};
+use tc_core::capture::Capture;
+use tc_core::session::Transfer;
+
+use crate::cli::Input;
+
+/// The BPF filter of spec 6.2: `tcp and ((dst port P and dst host A) or ...)`.
+pub fn auto_filter(transfers: &[Transfer]) -> String {
+    let terms: Vec<String> = transfers
+        .iter()
+        .map(|t| match t.src_ip {
+            Some(ip) => format!("(dst port {} and dst host {})", t.src_port, ip),
+            None => format!("(dst port {})", t.src_port),
+        })
+        .collect();
+    format!("tcp and ({})", terms.join(" or "))
+}
+
+/// Opens the pcap captures of `-i` (every device but `any` when `devices` is empty).
+pub fn open_pcap_devices(
+    devices: &[String],
+    filter: &str,
+    snaplen: u32,
+    buffer_bytes: u32,
+) -> anyhow::Result<Vec<Box<dyn Capture>>> {
+    let opts = PcapLiveOptions {
+        filter: filter.to_string(),
+        snaplen: snaplen as i32,
+        buffer_size: buffer_bytes as i32,
+        promiscuous: true,
+    };
+    Ok(pcap_live::open_devices(devices, &opts)?
+        .into_iter()
+        .map(|c| Box::new(c) as Box<dyn Capture>)
+        .collect())
+}
+
+/// Refuses configurations in which tcpcopy would capture its own output (spec 6.6): a target
+/// equal to an online endpoint that some transfer captures. `local_ips` are this host's
+/// addresses (raw capture only sees packets addressed to them).
+pub fn check_self_capture(
+    transfers: &[Transfer],
+    input: &Input,
+    local_ips: &[Ipv4Addr],
+) -> anyhow::Result<()> {
+    let pcap_auto = matches!(input, Input::Pcap { filter: None, .. });
+    for (i, t) in transfers.iter().enumerate() {
+        for src in transfers {
+            if src.src_port != t.dst_port {
+                continue;
+            }
+            let captured = match src.src_ip {
+                Some(ip) => ip == t.dst_ip,
+                // pcap sees outgoing frames too; the raw socket only inbound local traffic.
+                None => pcap_auto || t.dst_ip.is_loopback() || local_ips.contains(&t.dst_ip),
+            };
+            if captured {
+                let hint = if pcap_auto {
+                    " (captured port and target port are equal: set -F to capture packets)"
+                } else {
+                    ""
+                };
+                anyhow::bail!(
+                    "-x transfer {}: target {}:{} would be captured again as online traffic; tcpcopy would replay its own output{hint}",
+                    i + 1,
+                    t.dst_ip,
+                    t.dst_port
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// This host's IPv4 addresses (to refuse targets that tcpcopy would capture again).
+pub fn local_ipv4_addresses() -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, released below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family tells its real type.
+            let family = unsafe { (*ifa.ifa_addr).sa_family };
+            if i32::from(family) == libc::AF_INET {
+                // SAFETY: AF_INET addresses are sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr_spec::{parse_transfers, resolve_transfers};
+
+    fn transfers(text: &str) -> Vec<Transfer> {
+        resolve_transfers(&parse_transfers(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn auto_filter_terms() {
+        let t = transfers("80-198.18.0.30:8080,198.18.0.20:443-198.18.0.30:8443");
+        assert_eq!(
+            auto_filter(&t),
+            "tcp and ((dst port 80) or (dst port 443 and dst host 198.18.0.20))"
+        );
+    }
+
+    #[test]
+    fn self_capture_refused() {
+        let local = [Ipv4Addr::new(198, 18, 0, 20)];
+        let t = transfers("80-198.18.0.20:80");
+        assert!(check_self_capture(&t, &Input::Raw, &local).is_err());
+        let t = transfers("80-127.0.0.1:80");
+        assert!(check_self_capture(&t, &Input::Raw, &local).is_err());
+        // A remote target on the same port is fine for the raw socket (it sees inbound only)...
+        let t = transfers("80-198.18.0.30:80");
+        assert!(check_self_capture(&t, &Input::Raw, &local).is_ok());
+        // ...but not with the auto pcap filter, which would match the replayed packets.
+        let pcap = |user_filter: bool| Input::Pcap {
+            devices: vec![],
+            filter: user_filter.then(|| "tcp".to_string()),
+            buffer_bytes: 0,
+            snaplen: 0,
+        };
+        let e = check_self_capture(&t, &pcap(false), &local)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("-F"), "{e}");
+        assert!(check_self_capture(&t, &pcap(true), &local).is_ok());
+        // One transfer's target captured by another transfer.
+        let t = transfers("80-198.18.0.30:8080,8080-198.18.0.20:8080");
+        assert!(check_self_capture(&t, &Input::Raw, &local).is_err());
+        let t = transfers("198.18.0.20:80-198.18.0.30:8080");
+        assert!(check_self_capture(&t, &pcap(false), &local).is_ok());
+    }
+}
