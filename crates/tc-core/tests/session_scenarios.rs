@@ -209,6 +209,24 @@ fn keep_alive_connection_with_1000_requests_keeps_pace() {
     );
 }
 
+/// Timer bookkeeping does not grow with the response records: an ACK that moves a deadline
+/// later pushes no heap entry (issue 14), only deadlines that move earlier do. (Measured: 122
+/// entries for 1883 records; pushing on every change of the deadline made 1925.)
+#[test]
+fn timer_heap_entries_do_not_follow_every_ack() {
+    let mut core = SimCore::new();
+    let c = ClientConn::new(40030, reqs(40, 100, 64 * 1024));
+    let (r, _) = replay(config(), &mut core, std::slice::from_ref(&c));
+    assert_exact(&core, &c);
+    let records = r.stats().resp;
+    let pushes = r.timer_pushes();
+    assert!(records > 40 * 40, "{records} response records");
+    assert!(
+        pushes * 4 < records,
+        "{pushes} timer heap entries for {records} response records"
+    );
+}
+
 /// Pipelined requests (several captured before any response): sent without waiting.
 #[test]
 fn pipelined_requests() {

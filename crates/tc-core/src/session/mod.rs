@@ -309,6 +309,8 @@ pub struct Replayer {
     /// Session deadlines. An entry is pushed only when a session's deadline moves earlier
     /// than its live entry; a later one is found when that entry fires early.
     timers: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Heap entries pushed so far (a measure of timer bookkeeping per packet).
+    timer_pushes: u64,
     outbox: Outbox,
     intercepts_available: bool,
     client_ips: ClientIpMap,
@@ -349,6 +351,7 @@ impl Replayer {
             drops: Drops::default(),
             sessions: HashMap::new(),
             timers: BinaryHeap::new(),
+            timer_pushes: 0,
             outbox: Outbox::default(),
             intercepts_available: true,
             ingress_buf: vec![0; BUF_LEN],
@@ -627,7 +630,7 @@ impl Replayer {
                     return;
                 }
                 s.on_client(&mut ctx, now, seg, datagram);
-                schedule(&mut self.timers, key, s);
+                schedule(&mut self.timers, &mut self.timer_pushes, key, s);
                 return;
             }
             // The old connection is done: it makes room for the new one on the same key.
@@ -663,7 +666,7 @@ impl Replayer {
 
     fn reschedule(&mut self, key: Key) {
         if let Some(s) = self.sessions.get_mut(&key) {
-            schedule(&mut self.timers, key, s);
+            schedule(&mut self.timers, &mut self.timer_pushes, key, s);
         }
     }
 
@@ -674,7 +677,7 @@ impl Replayer {
         };
         let mut ctx = ctx!(self);
         s.on_response(&mut ctx, now, r);
-        schedule(&mut self.timers, key, s);
+        schedule(&mut self.timers, &mut self.timer_pushes, key, s);
         true
     }
 
@@ -721,7 +724,7 @@ impl Replayer {
             s.scheduled = None;
             if s.next_deadline().is_some_and(|d| d > now) {
                 // The deadline moved later since this entry was pushed.
-                schedule(&mut self.timers, key, s);
+                schedule(&mut self.timers, &mut self.timer_pushes, key, s);
                 continue;
             }
             let mut ctx = ctx!(self);
@@ -743,7 +746,13 @@ impl Replayer {
         self.stats.active = self.sessions.len() as u64;
     }
 
-    /// The earliest pending timer, for the event loop's poll timeout.
+    /// Timer heap entries pushed since the start.
+    pub fn timer_pushes(&self) -> u64 {
+        self.timer_pushes
+    }
+
+    /// The earliest pending timer, for the event loop's poll timeout (possibly an entry
+    /// whose session's deadline moved later: [`Replayer::on_timer`] then finds nothing due).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
@@ -801,12 +810,18 @@ pub const TIMER_BUDGET: usize = 4096;
 /// entry (or that has none). A deadline that moved later keeps the live entry, which finds
 /// the later deadline when it fires: an ACK that pushes the retransmission back costs no
 /// heap operation. The superseded later entry is skipped when it pops.
-fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, Key)>>, key: Key, s: &mut Session) {
+fn schedule(
+    timers: &mut BinaryHeap<Reverse<(Instant, Key)>>,
+    pushes: &mut u64,
+    key: Key,
+    s: &mut Session,
+) {
     let Some(next) = s.next_deadline() else {
         return;
     };
     if s.scheduled.is_none_or(|t| next < t) {
         s.scheduled = Some(next);
         timers.push(Reverse((next, key)));
+        *pushes += 1;
     }
 }
