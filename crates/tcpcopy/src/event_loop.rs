@@ -404,11 +404,12 @@ impl EventLoop {
         let t = &self.output.tunnels.stats;
         let capture_dropped: u64 = self.captures.iter_mut().map(|c| c.dropped()).sum();
         log::info!(
-            "sent packets:{},send errors:{},refused (not a target):{},bad checksum fixed:{}",
+            "sent packets:{},send errors:{},refused (not a target):{},bad checksum fixed:{},ip options stripped:{}",
             o.sent,
             o.send_errors,
             o.refused_not_target,
-            s.bad_checksum_fixed
+            s.bad_checksum_fixed,
+            s.ip_options_stripped
         );
         log::info!(
             "capture drops:{},capture backend drops:{},capture errors:{}",

@@ -586,6 +586,30 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         &mut self.bm()[start..end]
     }
 
+    /// Removes the IP options (source routes, record route...): the TCP segment moves down
+    /// to offset 20, IHL and total length shrink and the IP checksum is recomputed (the TCP
+    /// checksum does not cover IP options). Returns the new datagram length; the view's bytes
+    /// past it are left over. Only for views holding the whole payload; a view without
+    /// options is unchanged.
+    pub fn strip_ip_options(&mut self) -> usize {
+        let opts = self.ip_len - IPV4_MIN_HEADER;
+        if opts == 0 || self.payload_end - self.ip_len - self.tcp_len != self.declared_payload {
+            return self.payload_end;
+        }
+        let (start, end) = (self.ip_len, self.payload_end);
+        self.bm().copy_within(start..end, IPV4_MIN_HEADER);
+        self.payload_end -= opts;
+        self.ip_len = IPV4_MIN_HEADER;
+        let b = self.bm();
+        b[0] = (b[0] & 0xf0) | 5;
+        let tot = (end - opts) as u16;
+        self.put16(2, tot);
+        self.put16(10, 0);
+        let c = checksum::checksum(&self.b()[..IPV4_MIN_HEADER]);
+        self.put16(10, c);
+        self.payload_end
+    }
+
     /// Drops the first `n` payload bytes (already sent): the rest moves down, the sequence
     /// advances by `n` and the IP total length shrinks. Checksums are recomputed in full.
     /// Only for views holding the whole payload; returns false (unchanged) otherwise.
@@ -682,6 +706,50 @@ mod tests {
         p.set_timestamps(at, 0x0102_0304, 0xa0b0_c0d0);
         assert_eq!(p.options().timestamps, Some((0x0102_0304, 0xa0b0_c0d0)));
         assert!(p.checksums_valid());
+    }
+
+    #[test]
+    fn ip_options_are_stripped() {
+        let seg = sample(b"GET / HTTP/1.1\r\n\r\n", true);
+        // Insert 8 bytes of options (a loose source route and padding) after the IP header.
+        let mut d = seg[..20].to_vec();
+        d.extend_from_slice(&[0x83, 0x07, 0x04, 198, 18, 0, 99, 0x00]);
+        d.extend_from_slice(&seg[20..]);
+        d[0] = 0x47;
+        let tot = d.len() as u16;
+        d[2..4].copy_from_slice(&tot.to_be_bytes());
+        TcpPacket::parse(&mut d[..], Completeness::Whole)
+            .unwrap()
+            .fill_checksums();
+        let before = TcpPacket::parse(&d[..], Completeness::Whole)
+            .unwrap()
+            .segment();
+        let mut p = TcpPacket::parse(&mut d[..], Completeness::Whole).unwrap();
+        let n = p.strip_ip_options();
+        assert_eq!(
+            &d[..n],
+            &seg[..],
+            "the segment as it was before the options"
+        );
+        let q = TcpPacket::parse(&d[..n], Completeness::Whole).unwrap();
+        assert_eq!(q.ip_header_len(), 20);
+        assert!(q.checksums_valid());
+        assert_eq!(q.payload(), b"GET / HTTP/1.1\r\n\r\n");
+        let after = q.segment();
+        assert_eq!(
+            (after.seq, after.ack, after.options),
+            (before.seq, before.ack, before.options)
+        );
+        // Without options: unchanged.
+        let mut plain = seg.clone();
+        let len = plain.len();
+        assert_eq!(
+            TcpPacket::parse(&mut plain[..], Completeness::Whole)
+                .unwrap()
+                .strip_ip_options(),
+            len
+        );
+        assert_eq!(plain, seg);
     }
 
     #[test]

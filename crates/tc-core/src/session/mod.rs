@@ -131,6 +131,8 @@ pub struct ReplayStats {
     /// on the capture side leaves partial ones): replayed with both recomputed. Not one of
     /// spec 9.2's lines.
     pub bad_checksum_fixed: u64,
+    /// Captured segments whose IP options were removed before replay.
+    pub ip_options_stripped: u64,
 }
 
 impl std::fmt::Display for ReplayStats {
@@ -507,9 +509,18 @@ impl Replayer {
             }
             self.stats.bad_checksum_fixed += 1;
         }
-        let len = p.as_bytes().len();
+        let mut len = p.as_bytes().len();
         let mut buf = std::mem::take(&mut self.ingress_buf);
         buf[..len].copy_from_slice(p.as_bytes());
+        if seg.layout.ip_len > 20 {
+            // IP options (source routes among them) are not replayed: the target gets a plain
+            // header, as intercept's records do.
+            if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
+                len = q.strip_ip_options();
+                seg.layout.ip_len = 20;
+                self.stats.ip_options_stripped += 1;
+            }
+        }
         let (syn, seq) = (seg.syn() && !seg.ack_flag(), seg.seq);
         let target = (t.dst_ip, t.dst_port);
         let syn_seq = syn.then_some(seq);
