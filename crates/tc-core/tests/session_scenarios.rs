@@ -410,6 +410,46 @@ fn client_ip_rewriting() {
     );
 }
 
+/// Two real clients mapped by `-c` onto one fake endpoint at the same time: the second is
+/// moved to the next port, both replay exactly, and the move is forgotten with its session
+/// (issue 15: the table was cleared wholesale at 65,536 moves, live ones included).
+#[test]
+fn a_moved_connection_is_remembered_exactly_as_long_as_its_session() {
+    let mut core = SimCore::new();
+    let mut cfg = config();
+    let fake = Ipv4Addr::new(203, 0, 113, 1);
+    cfg.client_ips = vec![fake];
+    let a = ClientConn::new(40040, reqs(3, 100, 300));
+    let mut b = ClientConn::new(40040, reqs(3, 120, 300));
+    b.isn = a.isn.wrapping_add(50_000_000);
+    let mut cap = a.capture(Duration::ZERO);
+    for mut c in b.capture(Duration::from_micros(100)) {
+        // Client b is another host.
+        let mut p = TcpPacket::parse(&mut c.bytes[..], Completeness::Whole).unwrap();
+        p.set_src_ip(Ipv4Addr::new(198, 18, 0, 11));
+        cap.push(c);
+    }
+    let mut r = Replayer::new(cfg);
+    run(&mut r, &mut core, cap, LIMIT);
+    assert_eq!(received(&core, (fake, 40040)), a.stream());
+    assert_eq!(received(&core, (fake, 40041)), b.stream());
+    assert_eq!(r.drops().get(DropKind::KeyReuse), 1, "one move");
+    assert_eq!(
+        r.moved_connections(),
+        1,
+        "the move lives while its session lingers"
+    );
+    // Past lingering both sessions are gone, and the move with them.
+    for _ in 0..100 {
+        let Some(d) = r.next_deadline() else { break };
+        core.now = core.now.max(d);
+        r.on_timer(core.now);
+        core.drain(&mut r);
+    }
+    assert_eq!(r.active_sessions(), 0);
+    assert_eq!(r.moved_connections(), 0, "the move outlived its session");
+}
+
 /// Spec 14.9: -n 3 gives three independent sessions with the same bytes.
 #[test]
 fn replication() {

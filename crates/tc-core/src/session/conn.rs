@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use super::endpoints::MoveId;
 use super::outbox::{ClientAdd, Outbox};
 use super::timer::{Timer, TimerTable};
 use super::{DropKind, Drops, ReplayConfig, ReplayStats};
@@ -188,6 +189,8 @@ pub struct Session {
     recon_tries: u8,
     /// The deadline of this session's live entry in the replayer's timer heap.
     pub scheduled: Option<Instant>,
+    /// The connection was moved to this port (see `endpoints::MovedPorts`).
+    pub moved_from: Option<MoveId>,
 }
 
 impl Session {
@@ -244,6 +247,7 @@ impl Session {
             dup_acks: 0,
             recon_tries: 0,
             scheduled: None,
+            moved_from: None,
         }
     }
 

@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 pub mod conn;
+pub mod endpoints;
 pub mod ingress;
 pub mod outbox;
 pub mod timer;
@@ -18,6 +19,7 @@ pub mod timer;
 use crate::packet::split::{needs_split, Splitter};
 use crate::packet::{Completeness, DropReason, Segment, TcpPacket};
 use conn::{Ctx, Phase, Session};
+use endpoints::{MoveId, MovedPorts, RecentlyClosed};
 use ingress::{ClientIpMap, Sampler};
 pub use outbox::{ClientAdd, Datagram, Outbox};
 
@@ -324,12 +326,11 @@ pub struct Replayer {
     split_buf: Vec<u8>,
     scratch: Vec<u8>,
     pool: Vec<Vec<u8>>,
-    /// Connections moved to another port because their key was held by a live session:
-    /// (fake ip, port before the move, replica index, target) -> port used.
-    moved_ports: HashMap<(Ipv4Addr, u16, u16, Ipv4Addr, u16), u16>,
+    /// Connections moved to another port because their key was held by a live session.
+    moved_ports: MovedPorts,
     /// Fake endpoints of sessions removed lately (with `-n`): the target may still hold them
     /// in TIME_WAIT, so no other connection starts there.
-    recently_closed: HashMap<Key, Instant>,
+    recently_closed: RecentlyClosed<Key>,
     /// Offline `-T` pass (0 for the first): later passes replay as other connections.
     pass: u32,
     pass_port_add: u32,
@@ -337,6 +338,10 @@ pub struct Replayer {
 
 /// How long a closed endpoint is avoided for replicas (Linux TIME_WAIT is 60 s).
 const TIME_WAIT: Duration = Duration::from_secs(60);
+/// Most connections moved to another port at once.
+const MAX_MOVED: usize = 1 << 16;
+/// Most closed endpoints remembered (beyond it the oldest are forgotten early).
+const MAX_RECENTLY_CLOSED: usize = 1 << 18;
 
 const BUF_LEN: usize = 65536 + 64;
 
@@ -360,8 +365,8 @@ impl Replayer {
             split_buf: vec![0; BUF_LEN],
             scratch: vec![0; BUF_LEN],
             pool: Vec::new(),
-            moved_ports: HashMap::new(),
-            recently_closed: HashMap::new(),
+            moved_ports: MovedPorts::new(MAX_MOVED),
+            recently_closed: RecentlyClosed::new(TIME_WAIT, MAX_RECENTLY_CLOSED),
             pass: 0,
             pass_port_add: 0,
         }
@@ -482,7 +487,7 @@ impl Replayer {
         let t = self.cfg.transfers[transfer];
         // Pure ACKs of established sessions are absorbed before any copying (spec 3.1-9).
         if seg.payload_len() == 0 && !seg.syn() && !seg.fin() && !seg.rst() {
-            let port = self.moved_port(src_ip, shifted, 0, (t.dst_ip, t.dst_port));
+            let port = self.moved_port(src_ip, shifted, 0, (t.dst_ip, t.dst_port), seg.seq);
             if let Some(s) = self.sessions.get(&(src_ip, port, t.dst_ip, t.dst_port)) {
                 if s.phase == Phase::Established && !s.wants_pure_ack() {
                     self.drops.count(DropKind::PureAck);
@@ -524,7 +529,7 @@ impl Replayer {
         let (syn, seq) = (seg.syn() && !seg.ack_flag(), seg.seq);
         let target = (t.dst_ip, t.dst_port);
         let syn_seq = syn.then_some(seq);
-        let port = self.resolve_port(now, (src_ip, shifted), 0, target, syn_seq);
+        let (port, moved) = self.resolve_port(now, (src_ip, shifted), 0, target, seq, syn_seq);
         if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
             q.set_src_ip(src_ip);
             q.set_src_port(port);
@@ -535,7 +540,7 @@ impl Replayer {
             }
         }
         (seg.src, seg.src_port, seg.dst, seg.dst_port) = (src_ip, port, t.dst_ip, t.dst_port);
-        self.session_layer(now, &seg, &buf[..len], transfer);
+        self.session_layer(now, &seg, &buf[..len], transfer, moved);
         // `-n`: independent copies with their own ports (and client IPs with `-c`).
         for i in 1..self.cfg.replicas.max(1) {
             let port = ingress::replica_port(shifted, i, self.port_offset);
@@ -547,21 +552,36 @@ impl Replayer {
                     ip = fake;
                 }
             }
-            let port = self.resolve_port(now, (ip, port), i, target, syn_seq);
+            let (port, moved) = self.resolve_port(now, (ip, port), i, target, seq, syn_seq);
             if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
                 q.set_src_ip(ip);
                 q.set_src_port(port);
             }
             (seg.src, seg.src_port) = (ip, port);
-            self.session_layer(now, &seg, &buf[..len], transfer);
+            self.session_layer(now, &seg, &buf[..len], transfer, moved);
         }
         self.ingress_buf = buf;
     }
 
-    /// The port a connection's packets use after a move by [`Self::resolve_port`].
-    fn moved_port(&self, ip: Ipv4Addr, port: u16, replica: u16, target: (Ipv4Addr, u16)) -> u16 {
+    /// The port a segment at `seq` uses after a move by [`Self::resolve_port`]. The moved
+    /// connection and the one that kept the port share the endpoint before rewriting: a
+    /// segment in the byte numbering of the session on the port belongs to it.
+    fn moved_port(
+        &self,
+        ip: Ipv4Addr,
+        port: u16,
+        replica: u16,
+        target: (Ipv4Addr, u16),
+        seq: u32,
+    ) -> u16 {
         let id = (ip, port, replica, target.0, target.1);
-        self.moved_ports.get(&id).copied().unwrap_or(port)
+        let Some(moved) = self.moved_ports.get(&id) else {
+            return port;
+        };
+        match self.sessions.get(&(ip, port, target.0, target.1)) {
+            Some(s) if !s.is_over() && !s.is_other_connection(seq) => port,
+            _ => moved,
+        }
     }
 
     /// The fake client port of a connection. Many real connections map onto few fake
@@ -569,17 +589,20 @@ impl Replayer {
     /// live session of another connection, it moves to the next free port instead of being
     /// dropped (the original ignores it until the old session ends), and its later packets
     /// follow it there. Counted as `key reuse`. `syn_seq` is the sequence number of a SYN.
+    /// Returns the port and, for a move, the connection's [`MoveId`] (recorded when its
+    /// session is created, and forgotten with it).
     fn resolve_port(
         &mut self,
         now: Instant,
         (ip, port): (Ipv4Addr, u16),
         replica: u16,
         target: (Ipv4Addr, u16),
+        seg_seq: u32,
         syn_seq: Option<u32>,
-    ) -> u16 {
+    ) -> (u16, Option<MoveId>) {
         let id = (ip, port, replica, target.0, target.1);
         let Some(seq) = syn_seq else {
-            return self.moved_port(ip, port, replica, target);
+            return (self.moved_port(ip, port, replica, target, seg_seq), None);
         };
         let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
         let mut chosen = port;
@@ -591,34 +614,36 @@ impl Replayer {
             let shared = self.cfg.replicas > 1;
             let taken = match self.sessions.get(&key) {
                 Some(s) => busy(s) || (shared && s.isn != seq),
-                None => {
-                    shared
-                        && self
-                            .recently_closed
-                            .get(&key)
-                            .is_some_and(|t| now.saturating_duration_since(*t) < TIME_WAIT)
-                }
+                None => shared && self.recently_closed.contains(&key, now),
             };
             if !taken {
+                if chosen == port {
+                    self.moved_ports.clear_move(&id);
+                    return (port, None);
+                }
+                self.drops.count(DropKind::KeyReuse);
+                return (chosen, Some(id));
+            }
+            if !self.moved_ports.has_room() {
+                // Not moved: the SYN meets the live session and is dropped as key reuse.
                 break;
             }
             chosen = chosen.wrapping_add(1).max(1024);
         }
-        if chosen == port {
-            self.moved_ports.remove(&id);
-        } else {
-            self.drops.count(DropKind::KeyReuse);
-            if self.moved_ports.len() >= 1 << 16 {
-                self.moved_ports.clear();
-            }
-            self.moved_ports.insert(id, chosen);
-        }
-        chosen
+        (port, None)
     }
 
     /// Spec 4.4: find or create the session of a rewritten client datagram (`seg` is its
-    /// view) and feed it.
-    fn session_layer(&mut self, now: Instant, seg: &Segment, datagram: &[u8], transfer: usize) {
+    /// view) and feed it. `moved`: the connection was moved to this port (a new session
+    /// records the move).
+    fn session_layer(
+        &mut self,
+        now: Instant,
+        seg: &Segment,
+        datagram: &[u8],
+        transfer: usize,
+        moved: Option<MoveId>,
+    ) {
         let target = (seg.dst, seg.dst_port);
         let key = (seg.src, seg.src_port, target.0, target.1);
         let (syn, seq, payload) = (seg.syn() && !seg.ack_flag(), seg.seq, seg.payload_len());
@@ -649,6 +674,9 @@ impl Replayer {
             old.teardown(&mut ctx, now);
             old.release(&mut ctx);
             ctx.stats.released += 1;
+            if let Some(id) = old.moved_from {
+                self.moved_ports.session_gone(&id, key.1);
+            }
         }
         if !syn && payload == 0 {
             ctx.drops.count(DropKind::NoSession);
@@ -663,6 +691,10 @@ impl Replayer {
             return;
         }
         let mut s = Session::new(now, (key.0, key.1), target, transfer, ctx.cfg);
+        if let Some(id) = moved {
+            self.moved_ports.insert(id, key.1);
+            s.moved_from = Some(id);
+        }
         let started = if syn {
             s.start_with_syn(&mut ctx, now, seg, datagram)
         } else {
@@ -743,11 +775,10 @@ impl Replayer {
                 let mut s = self.sessions.remove(&key).expect("present");
                 s.release(&mut ctx);
                 ctx.stats.released += 1;
+                if let Some(id) = s.moved_from {
+                    self.moved_ports.session_gone(&id, key.1);
+                }
                 if self.cfg.replicas > 1 {
-                    if self.recently_closed.len() >= 1 << 16 {
-                        self.recently_closed
-                            .retain(|_, t| now.saturating_duration_since(*t) < TIME_WAIT);
-                    }
                     self.recently_closed.insert(key, now);
                 }
             } else {
@@ -776,6 +807,7 @@ impl Replayer {
             s.release(&mut ctx);
             ctx.stats.released += 1;
         }
+        self.moved_ports = MovedPorts::new(MAX_MOVED);
         self.timers.clear();
         self.stats.active = 0;
         self.stats.lingering = 0;
@@ -784,6 +816,11 @@ impl Replayer {
     /// Sessions in the table (including lingering ones).
     pub fn active_sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Connections currently moved to another port (each belongs to a live session).
+    pub fn moved_connections(&self) -> usize {
+        self.moved_ports.len()
     }
 
     /// Sessions that are not finished (handshaking or established).
