@@ -12,6 +12,8 @@
 # usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS
 #        SHORT_RATE SHORT_SECONDS; TCPCOPY_BIN=<path> measures another tcpcopy binary, e.g. an
 #        older build, against the same intercept, servers and load)
+#        LAB_TX_OFFLOAD=off: the lab's links compute checksums in software (builds before the
+#        fix of issue 13 replay nothing live with offload on);
 #        PROFILE=1 also records tcpcopy's live phase with `perf record -g` (linux-perf) into
 #        the logs directory; `perf report -i <logs>/tcpcopy.perf` shows where its CPU goes.
 set -euo pipefail

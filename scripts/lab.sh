@@ -24,7 +24,9 @@ lab_up() {
     for k in all default eth0 lo; do ns "$h" sysctl -qw "net.ipv4.conf.$k.rp_filter=0"; done
     ns "$h" sysctl -qw net.ipv4.ip_local_port_range="10000 60999"
     ns "$h" sysctl -qw net.core.somaxconn=4096
-    ns "$h" ethtool -K eth0 tx on tso off gso off gro off >/dev/null 2>&1 || true
+    # Transmit checksum offload as on container/VM links (partial checksums reach tcpcopy);
+    # LAB_TX_OFFLOAD=off computes them in software (to compare with builds before issue 13).
+    ns "$h" ethtool -K eth0 tx "${LAB_TX_OFFLOAD:-on}" tso off gso off gro off >/dev/null 2>&1 || true
   done
   ns target ip route add 203.0.113.0/24 via 198.18.0.40
   ns assist sysctl -qw net.ipv4.ip_forward=0

@@ -285,6 +285,17 @@ impl Lab {
         }
     }
 
+    /// Sends `sig` to the process `name` (e.g. SIGSTOP / SIGCONT), leaving it in the lab.
+    pub fn signal(&self, name: &str, sig: i32) {
+        let children = self.children.lock().unwrap();
+        let (_, child) = children
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name} in the lab"));
+        // SAFETY: kill on the pid of our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+
     pub fn running(&self, name: &str) -> bool {
         let mut children = self.children.lock().unwrap();
         children

@@ -134,6 +134,8 @@ impl EventLoop {
     pub fn run(&mut self) -> StopReason {
         let mut events = Events::with_capacity(1024);
         let start = Instant::now();
+        let available = self.output.tunnels.active_intercepts() > 0;
+        self.replayer.set_intercepts_available(available);
         log::info!("event loop running");
         let mut next_stats = start + STATS_PERIOD;
         let mut next_memory = start + MEMORY_PERIOD;
