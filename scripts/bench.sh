@@ -81,8 +81,25 @@ if [ "${PROFILE:-0}" = 1 ]; then
   perf record -q -F 999 -g -p "$tcpcopy_pid" -o "$work/tcpcopy.perf" >/dev/null 2>&1 &
   perf_pid=$!
 fi
+# Instructions tcpcopy executes in user space: far less noisy than CPU time on a shared host.
+# stat_start NAME: sets stat_pid (empty without perf); stat_end NAME: sets stat_count (0
+# without perf). Not in $(...): the shell must wait for its own perf child.
+stat_start() {
+  stat_pid=
+  command -v perf >/dev/null || return 0
+  perf stat -x, -e instructions:u -p "$tcpcopy_pid" -o "$work/$1.stat" >/dev/null 2>&1 &
+  stat_pid=$!
+}
+stat_end() {
+  stat_count=0
+  [ -n "$stat_pid" ] || return 0
+  kill -INT "$stat_pid" 2>/dev/null; wait "$stat_pid" 2>/dev/null || true
+  stat_count=$(awk -F, '/instructions/ {print $1; exit}' "$work/$1.stat" 2>/dev/null | grep -E '^[0-9]+$' || echo 0)
+}
+stat_start live
 ns client "$bin/tc-bench-client" 198.18.0.20:80 "$LIVE_CONNS" "$RATE" "$SECONDS_LIVE" > "$work/client.out"
 sleep 1
+stat_end live; live_insns=$stat_count
 [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
 live_online=$(( $(count online) - base_online ))
 live_target=$(( $(count target) - base_target ))
@@ -92,6 +109,7 @@ ic_cpu=$(echo "$(cpu_seconds "$intercept_pid") - $ic_cpu0" | bc -l); ic_rss=$(pe
 # ---- short connections ----
 base_target=$(count target); base_online=$(count online)
 tc_cpu1=$(cpu_seconds "$tcpcopy_pid")
+stat_start short
 ns client "$bin/tc-bench-client" 198.18.0.20:80 20 "$SHORT_RATE" "$SHORT_SECONDS" short > "$work/client-short.out"
 sleep 1
 short_online=$(( $(count online) - base_online ))
@@ -99,6 +117,7 @@ short_target=$(( $(count target) - base_target ))
 # Lingering sessions end 6 s after their connection: include that time in tcpcopy's CPU.
 sleep 7
 short_cpu=$(echo "$(cpu_seconds "$tcpcopy_pid") - $tc_cpu1" | bc -l)
+stat_end short; short_insns=$stat_count
 
 ratio() { echo "scale=4; if ($2 > 0) $1 / $2 else 0" | bc -l; }
 per_us() { echo "scale=1; if ($2 > 0) $1 * 1000000 / $2 else 0" | bc -l; }
@@ -109,12 +128,14 @@ live_ratio=$(ratio "$live_target" "$live_online")
 tc_us=$(per_us "$tc_cpu" "$live_target"); ic_us=$(per_us "$ic_cpu" "$live_target")
 short_ratio=$(ratio "$short_target" "$short_online")
 short_us=$(per_us "$short_cpu" "$short_target")
+per_n() { echo "scale=0; if ($2 > 0) $1 / $2 else 0" | bc -l; }
+live_ipr=$(per_n "${live_insns:-0}" "$live_target"); short_ipc=$(per_n "${short_insns:-0}" "$short_target")
 
 if $json; then
   cat <<JSON
 {"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio},
- "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
- "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us}}
+ "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
+ "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc}}
 JSON
 else
   printf '%-44s %s\n' "offline: connections / packets / requests" "$CONNS / $packets / $cap_requests"
@@ -124,9 +145,11 @@ else
   printf '%-44s %s req/s x %s s, %s connections\n' "live: load" "$RATE" "$SECONDS_LIVE" "$LIVE_CONNS"
   printf '%-44s %s / %s = %s\n' "live: requests at target / served online" "$live_target" "$live_online" "$live_ratio"
   printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: tcpcopy" "$tc_cpu" "$tc_rss" "$tc_us"
+  printf '%-44s %s\n' "live: tcpcopy user instructions/request" "$live_ipr"
   printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: intercept" "$ic_cpu" "$ic_rss" "$ic_us"
   printf '%-44s %s conn/s x %s s, a request each\n' "short: load" "$SHORT_RATE" "$SHORT_SECONDS"
   printf '%-44s %s / %s = %s\n' "short: connections at target / online" "$short_target" "$short_online" "$short_ratio"
   printf '%-44s %s s CPU (incl. lingering), %s us CPU/connection\n' "short: tcpcopy" "$short_cpu" "$short_us"
+  printf '%-44s %s\n' "short: tcpcopy user instructions/connection" "$short_ipc"
 fi
 echo "logs: $work" >&2
