@@ -471,6 +471,71 @@ fn replay_is_exact_with_offloads_on() {
     fidelity_with("offload", &[], false, true);
 }
 
+/// `--report` and `--stats-json` (issue 16): the report parses, every session of the workload
+/// completed, every request was sent and answered, and its statistics are the log's.
+#[test]
+#[ignore = "needs root"]
+fn fidelity_report_matches_the_run() {
+    require_root("fidelity_report");
+    let s = setup();
+    let dir = std::env::temp_dir().join(format!("tcpcopy-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (report, stats) = (dir.join("report.json"), dir.join("stats.jsonl"));
+    let x = transfers();
+    let (r, st) = (report.to_str().unwrap(), stats.to_str().unwrap());
+    start_tcpcopy(
+        &s.lab,
+        "tcpcopy",
+        &[
+            "-x",
+            &x,
+            "-c",
+            "203.0.113.21",
+            "--report",
+            r,
+            "--stats-json",
+            st,
+        ],
+    );
+    let small = Workload {
+        short: 20,
+        keepalive: 4,
+        keepalive_requests: 10,
+        greeting: 0,
+        big: false,
+    };
+    let n = run_workload(&s.lab, "report", &small);
+    assert_identical_replay(&s, n, &[std::net::Ipv4Addr::new(203, 0, 113, 21)]);
+    // A finished session lingers 6 s before it counts as ended: waiting that out is the
+    // point (otherwise the report calls the last sessions still active).
+    std::thread::sleep(Duration::from_secs(7));
+    let log = stop_tcpcopy(&s.lab, "tcpcopy");
+    let text = std::fs::read_to_string(&report).expect("report written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("the report is JSON");
+    let requests = (small.short + small.keepalive * small.keepalive_requests) as u64;
+    assert_eq!(v["sessions"]["completed"], n as u64, "{text}");
+    assert_eq!(v["sessions"]["total"], n as u64, "{text}");
+    assert_eq!(v["requests"]["captured"], requests, "{text}");
+    assert_eq!(v["requests"]["sent"], requests, "{text}");
+    assert_eq!(v["requests"]["answered"], requests, "{text}");
+    assert_eq!(v["bytes"]["captured"], v["bytes"]["sent"], "{text}");
+    assert!(v["replay_lag_us"]["samples"].as_u64().unwrap() >= requests);
+    // Its statistics are the log's last statistics lines.
+    let stat = |name: &str| last_counter(&log, name);
+    let st = &v["statistics"]["stats"];
+    assert_eq!(st["conns"].as_u64(), stat("conns:"), "{log}");
+    assert_eq!(st["send"].as_u64(), stat("send:"), "{log}");
+    assert_eq!(st["resp"].as_u64(), stat("resp:"), "{log}");
+    assert_eq!(st["syn_cnt"].as_u64(), stat("syn cnt:"), "{log}");
+    assert!(log.contains("fidelity: sessions"), "{log}");
+    // --stats-json: one JSON object per line, the last one at exit.
+    let lines = std::fs::read_to_string(&stats).expect("stats written");
+    let last: serde_json::Value =
+        serde_json::from_str(lines.lines().last().expect("a line")).expect("JSON line");
+    assert_eq!(last["stats"]["conns"], st["conns"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 #[ignore = "needs root"]
 fn three_copies_of_every_connection() {

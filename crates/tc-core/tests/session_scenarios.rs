@@ -227,6 +227,62 @@ fn timer_heap_entries_do_not_follow_every_ack() {
     );
 }
 
+/// Runs every remaining timer (lingering sessions end) and then the run's end.
+fn finish(r: &mut Replayer, core: &mut SimCore) {
+    for _ in 0..1000 {
+        let Some(d) = r.next_deadline() else { break };
+        core.now = core.now.max(d);
+        r.on_timer(core.now);
+        core.drain(r);
+    }
+    r.shutdown(core.now);
+    core.drain(r);
+}
+
+/// The fidelity figures (issue 16): requests and bytes captured and sent, answers, lag, and
+/// every session by outcome.
+#[test]
+fn fidelity_figures_of_a_run() {
+    use tc_core::session::Outcome;
+    let mut core = SimCore::new();
+    let conns: Vec<ClientConn> = (0..5)
+        .map(|i| ClientConn::new(40060 + i, reqs(20, 300, 500)))
+        .collect();
+    let (mut r, _) = replay(config(), &mut core, &conns);
+    for c in &conns {
+        assert_exact(&core, c);
+    }
+    finish(&mut r, &mut core);
+    let f = r.fidelity();
+    assert_eq!(f.requests_captured, 100);
+    assert_eq!(f.requests_sent, 100);
+    assert_eq!(f.requests_answered, 100);
+    assert_eq!(f.bytes_captured, 100 * 300);
+    assert_eq!(f.bytes_sent, 100 * 300);
+    assert_eq!(f.sessions(Outcome::Completed), 5);
+    assert_eq!(f.sessions_total(), 5);
+    assert_eq!(f.lag.count(), 100);
+    assert!(f.lag.percentile_us(50.0) <= f.lag.max_us());
+
+    // Refused by the target, and a target that never answers: never established.
+    let mut core = SimCore::new();
+    core.refuse = true;
+    let c = ClientConn::new(40070, reqs(2, 100, 10));
+    let (mut r, _) = replay(config(), &mut core, std::slice::from_ref(&c));
+    finish(&mut r, &mut core);
+    assert_eq!(r.fidelity().sessions(Outcome::NeverEstablished), 1);
+    assert_eq!(r.fidelity().requests_sent, 0);
+    assert_eq!(r.fidelity().requests_captured, 2);
+
+    // A session still open when the run ends.
+    let mut core = SimCore::new();
+    let mut c = ClientConn::new(40071, reqs(2, 100, 10));
+    c.with_fin = false;
+    let (mut r, _) = replay(config(), &mut core, std::slice::from_ref(&c));
+    r.shutdown(core.now);
+    assert_eq!(r.fidelity().sessions(Outcome::StillActive), 1);
+}
+
 /// Pipelined requests (several captured before any response): sent without waiting.
 #[test]
 fn pipelined_requests() {

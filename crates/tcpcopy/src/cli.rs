@@ -50,6 +50,7 @@ const H_CAPTURE: &str = "Capture";
 const H_OFFLINE: &str = "Offline (-i <pcap file>)";
 const H_SEND: &str = "Send";
 const H_PROCESS: &str = "Process";
+const H_REPORT: &str = "Reports";
 
 const EXAMPLE: &str = "\
 Example:
@@ -214,6 +215,14 @@ struct RawArgs {
     pid_file: Option<PathBuf>,
     #[arg(short = 'd', help_heading = H_PROCESS, help = "run as a daemon")]
     daemon: bool,
+
+    #[arg(long = "report", value_name = "file", help_heading = H_REPORT,
+        help = "write the fidelity report (JSON) at exit: sessions by outcome, requests and\n\
+                bytes captured vs sent, responses, replay lag")]
+    report: Option<PathBuf>,
+    #[arg(long = "stats-json", value_name = "file", help_heading = H_REPORT,
+        help = "append the statistics as one JSON object per line, every 30 s and at exit")]
+    stats_json: Option<PathBuf>,
     #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
     help: bool,
     #[arg(short = 'v', help_heading = H_PROCESS, help = "print the version and exit")]
@@ -282,6 +291,9 @@ pub struct Options {
     pub daemon: bool,
     pub log_file: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
+    /// `--report`, `--stats-json`.
+    pub report_file: Option<PathBuf>,
+    pub stats_json_file: Option<PathBuf>,
     pub memory_limit_bytes: u64,
     /// The `-x` text as given, for the start-up log.
     pub transfers_text: String,
@@ -465,6 +477,8 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             daemon: raw.daemon,
             log_file: raw.log_file,
             pid_file: raw.pid_file,
+            report_file: raw.report,
+            stats_json_file: raw.stats_json,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
             transfers_text,
             intercepts_text,

@@ -12,6 +12,7 @@ use tc_core::session::Replayer;
 
 use crate::offline::{OfflineSource, OfflineStatus};
 use crate::output::ReplayOutput;
+use crate::report;
 use crate::tunnels::{TunnelEvent, Tunnels};
 
 const SIGNAL_TOKEN: Token = Token(60_000);
@@ -77,6 +78,9 @@ pub struct LoopConfig {
     pub ignore_sighup: bool,
     /// Offline progress is redrawn on a terminal (stderr is one and no `-l`), else logged.
     pub progress_tty: bool,
+    /// `--report`: the fidelity report at exit; `--stats-json`: statistics lines.
+    pub report_file: Option<std::path::PathBuf>,
+    pub stats_json_file: Option<std::path::PathBuf>,
 }
 
 pub struct EventLoop {
@@ -301,7 +305,35 @@ impl EventLoop {
         self.replayer.shutdown(Instant::now());
         self.flush_output();
         self.log_stats();
+        self.final_report();
         stop
+    }
+
+    fn snapshot(&self) -> report::Snapshot<'_> {
+        let o = &self.output.stats;
+        report::Snapshot {
+            stats: self.replayer.stats(),
+            fidelity: self.replayer.fidelity(),
+            drops: self.replayer.drop_counts(),
+            sent_packets: o.sent,
+            send_errors: o.send_errors,
+            refused_not_target: o.refused_not_target,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The fidelity summary at exit (logged, and `--report`).
+    fn final_report(&self) {
+        let snap = self.snapshot();
+        for line in report::summary_lines(&snap) {
+            log::info!("{line}");
+        }
+        if let Some(path) = &self.cfg.report_file {
+            match report::write_file(path, &report::fidelity_report(&snap)) {
+                Ok(()) => log::info!("fidelity report written to {}", path.display()),
+                Err(e) => log::error!("cannot write the report {}: {e}", path.display()),
+            }
+        }
     }
 
     /// Sends what the replay machine queued: CLIENT_ADDs to the tunnels first (an intercept
@@ -377,6 +409,12 @@ impl EventLoop {
     }
 
     fn log_stats(&mut self) {
+        if let Some(path) = &self.cfg.stats_json_file {
+            let line = report::stats_line(&self.snapshot());
+            if let Err(e) = report::append_line(path, &line) {
+                log::error!("cannot append statistics to {}: {e}", path.display());
+            }
+        }
         let s = self.replayer.stats();
         // Spec 9.2's lines, with the original's names (ReplayStats' Display).
         for line in s.to_string().lines() {

@@ -7,6 +7,7 @@ mod cli;
 mod event_loop;
 mod offline;
 mod output;
+mod report;
 mod tunnels;
 
 use std::io::Write;
@@ -241,6 +242,8 @@ fn run(options: Options) -> anyhow::Result<i32> {
             lonely: options.lonely,
             memory_limit_bytes: options.memory_limit_bytes,
             ignore_sighup: options.daemon,
+            report_file: options.report_file.clone(),
+            stats_json_file: options.stats_json_file.clone(),
             // SAFETY: isatty only inspects the descriptor.
             progress_tty: options.log_file.is_none()
                 && !options.daemon

@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use super::endpoints::MoveId;
+use super::fidelity::{Fidelity, Outcome};
 use super::outbox::{ClientAdd, Outbox};
 use super::timer::{Timer, TimerTable};
 use super::{DropKind, Drops, ReplayConfig, ReplayStats};
@@ -66,6 +67,10 @@ pub struct Stored {
     pub layout: Layout,
     /// Offset of the timestamps option from the TCP header, if it has one.
     pub ts_offset: Option<usize>,
+    /// When it was captured (for the replay lag).
+    pub captured_at: Instant,
+    /// Not sent yet (its first sending counts in the fidelity figures).
+    pub fresh: bool,
     pub data: Vec<u8>,
 }
 
@@ -112,6 +117,7 @@ pub struct Ctx<'a> {
     pub out: &'a mut Outbox,
     /// An input: whether any intercept can take announcements now.
     pub intercepts_available: bool,
+    pub fidelity: &'a mut Fidelity,
     pub scratch: &'a mut [u8],
     pub pool: &'a mut Vec<Vec<u8>>,
 }
@@ -191,6 +197,18 @@ pub struct Session {
     pub scheduled: Option<Instant>,
     /// The connection was moved to this port (see `endpoints::MovedPorts`).
     pub moved_from: Option<MoveId>,
+    /// For the fidelity report: a handshake with the target completed at least once; the
+    /// target reset the connection since; the session check removed it.
+    established_once: bool,
+    reset_by_target: bool,
+    timed_out: bool,
+    /// Online ack of the last captured / sent request data (a new value = a new request).
+    last_captured_req: Option<u32>,
+    /// End of the client payload captured so far (retransmissions add nothing).
+    captured_end: Option<u32>,
+    last_sent_req: Option<u32>,
+    /// The target already answered the last request sent.
+    answered: bool,
 }
 
 impl Session {
@@ -248,11 +266,33 @@ impl Session {
             recon_tries: 0,
             scheduled: None,
             moved_from: None,
+            established_once: false,
+            reset_by_target: false,
+            timed_out: false,
+            last_captured_req: None,
+            captured_end: None,
+            last_sent_req: None,
+            answered: false,
         }
     }
 
     pub fn is_over(&self) -> bool {
         self.phase == Phase::Over
+    }
+
+    /// How this session ended (or stands, when the run ends with it live).
+    pub fn outcome(&self) -> Outcome {
+        if !self.established_once {
+            Outcome::NeverEstablished
+        } else if self.timed_out {
+            Outcome::TimedOut
+        } else if self.reset_by_target {
+            Outcome::TargetReset
+        } else if self.phase != Phase::Over {
+            Outcome::StillActive
+        } else {
+            Outcome::Completed
+        }
     }
 
     /// The client already closed (a new SYN on this key is then a new connection).
@@ -424,7 +464,8 @@ impl Session {
         seg: &Segment,
         datagram: &[u8],
     ) -> bool {
-        self.enqueue(ctx, seg, datagram);
+        self.count_captured(ctx.fidelity, seg);
+        self.enqueue(ctx, now, seg, datagram);
         if self.pending.is_empty() {
             return false;
         }
@@ -456,11 +497,12 @@ impl Session {
             ctx.drops.count(DropKind::PureAck);
             return;
         }
+        self.count_captured(ctx.fidelity, seg);
         if self.phase == Phase::Over {
             ctx.drops.count(DropKind::SessionOver);
             return;
         }
-        self.enqueue(ctx, seg, datagram);
+        self.enqueue(ctx, now, seg, datagram);
         if self.phase == Phase::Established
             && self.target_fin
             && self.pending.iter().any(|q| q.payload > 0)
@@ -482,7 +524,7 @@ impl Session {
     }
 
     /// Inserts a captured segment into the pending list, ordered by sequence number.
-    fn enqueue(&mut self, ctx: &mut Ctx, seg: &Segment, datagram: &[u8]) {
+    fn enqueue(&mut self, ctx: &mut Ctx, now: Instant, seg: &Segment, datagram: &[u8]) {
         let seq = seg.seq;
         let end = seg.end();
         if self.pending.is_empty() && self.seen_end == 0 || seq_gt(end, self.seen_end) {
@@ -517,6 +559,8 @@ impl Session {
             payload: seg.payload_len(),
             layout: seg.layout,
             ts_offset: seg.options.timestamps_offset,
+            captured_at: now,
+            fresh: true,
             data: ctx.take_buf(datagram),
         };
         self.buffered += stored.data.len();
@@ -643,7 +687,11 @@ impl Session {
             if q.payload > 0 {
                 ctx.stats.send_content += 1;
                 self.sent_request = true;
+                if q.fresh {
+                    self.count_first_send(ctx.fidelity, now, &q);
+                }
             }
+            q.fresh = false;
             if is_fin {
                 ctx.stats.send_fin += 1;
                 self.client_fin_sent = true;
@@ -656,6 +704,42 @@ impl Session {
                 self.finish(now);
                 return;
             }
+        }
+    }
+
+    /// The fidelity figures of a captured client segment: new payload bytes, a new request.
+    fn count_captured(&mut self, fidelity: &mut Fidelity, seg: &Segment) {
+        let len = seg.payload_len() as u32;
+        if len == 0 {
+            return;
+        }
+        let data_end = seg.seq.wrapping_add(len);
+        let new = match self.captured_end {
+            Some(end) if seq_le(data_end, end) => 0,
+            Some(end) if seq_gt(end, seg.seq) => data_end.wrapping_sub(end),
+            _ => len,
+        };
+        if new == 0 {
+            return;
+        }
+        self.captured_end = Some(data_end);
+        fidelity.bytes_captured += u64::from(new);
+        if self.last_captured_req != Some(seg.ack) {
+            self.last_captured_req = Some(seg.ack);
+            fidelity.requests_captured += 1;
+        }
+    }
+
+    /// The fidelity figures of a request segment sent for the first time.
+    fn count_first_send(&mut self, fidelity: &mut Fidelity, now: Instant, q: &Stored) {
+        fidelity.bytes_sent += q.payload as u64;
+        fidelity
+            .lag
+            .record(now.saturating_duration_since(q.captured_at));
+        if self.last_sent_req != Some(q.online_ack) {
+            self.last_sent_req = Some(q.online_ack);
+            self.answered = false;
+            fidelity.requests_sent += 1;
         }
     }
 
@@ -772,6 +856,9 @@ impl Session {
         }
         if r.rst() {
             ctx.stats.resp_rst += 1;
+            if self.phase != Phase::Closed {
+                self.reset_by_target = true;
+            }
             match self.phase {
                 Phase::Established => self.on_target_reset(ctx, now),
                 // Only a RST answering our SYN refuses it; others are left over from the
@@ -808,6 +895,10 @@ impl Session {
                 });
                 self.resp_bytes += u64::from(new);
                 self.tgt_ack = end;
+                if !self.answered && self.last_sent_req.is_some() {
+                    self.answered = true;
+                    ctx.fidelity.requests_answered += 1;
+                }
                 self.last_resp_at = Some(now);
                 self.max_resp_seg = self.max_resp_seg.max(payload);
                 self.last_resp_full = payload >= MIN_FULL_SEGMENT && payload >= self.max_resp_seg;
@@ -886,6 +977,8 @@ impl Session {
         let opts = r.options;
         ctx.stats.conns += 1;
         self.phase = Phase::Established;
+        self.established_once = true;
+        self.reset_by_target = false;
         self.timers.stop(Timer::SynRetry);
         self.tgt_ack = r.seq.wrapping_add(1);
         self.snd_una = r.ack;
@@ -1029,6 +1122,7 @@ impl Session {
             self.timers.set(Timer::Check, now + GC_PERIOD);
             if self.obsolete(ctx, now) {
                 ctx.stats.obsolete_deleted += 1;
+                self.timed_out = true;
                 self.teardown(ctx, now);
                 return false;
             }

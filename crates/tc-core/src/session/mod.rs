@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 pub mod conn;
 pub mod endpoints;
+pub mod fidelity;
 pub mod ingress;
 pub mod outbox;
 pub mod timer;
@@ -20,6 +21,7 @@ use crate::packet::split::{needs_split, Splitter};
 use crate::packet::{Completeness, DropReason, Segment, TcpPacket};
 use conn::{Ctx, Phase, Session};
 use endpoints::{MoveId, MovedPorts, RecentlyClosed};
+pub use fidelity::{Fidelity, Outcome};
 use ingress::{ClientIpMap, Sampler};
 pub use outbox::{ClientAdd, Datagram, Outbox};
 
@@ -298,6 +300,7 @@ macro_rules! ctx {
             drops: &mut $r.drops,
             out: &mut $r.outbox,
             intercepts_available: $r.intercepts_available,
+            fidelity: &mut $r.fidelity,
             scratch: &mut $r.scratch,
             pool: &mut $r.pool,
         }
@@ -317,6 +320,7 @@ pub struct Replayer {
     timer_pushes: u64,
     outbox: Outbox,
     intercepts_available: bool,
+    fidelity: Fidelity,
     client_ips: ClientIpMap,
     sampler: Sampler,
     port_offset: u32,
@@ -361,6 +365,7 @@ impl Replayer {
             timer_pushes: 0,
             outbox: Outbox::default(),
             intercepts_available: true,
+            fidelity: Fidelity::default(),
             ingress_buf: vec![0; BUF_LEN],
             split_buf: vec![0; BUF_LEN],
             scratch: vec![0; BUF_LEN],
@@ -478,6 +483,9 @@ impl Replayer {
         let src_port = seg.src_port;
         if !self.sampler.admit(now, src_ip, src_port) {
             self.drops.count(DropKind::Sampled);
+            if seg.syn() && !seg.ack_flag() {
+                self.fidelity.sessions_sampled_out += 1;
+            }
             return;
         }
         let mut shifted = ingress::shift_port(src_port, self.cfg.port_shift, self.port_offset);
@@ -672,6 +680,7 @@ impl Replayer {
             // The old connection is done: it makes room for the new one on the same key.
             let mut old = self.sessions.remove(&key).expect("present");
             old.teardown(&mut ctx, now);
+            ctx.fidelity.count(old.outcome());
             old.release(&mut ctx);
             ctx.stats.released += 1;
             if let Some(id) = old.moved_from {
@@ -773,6 +782,7 @@ impl Replayer {
             let mut ctx = ctx!(self);
             if s.on_timer(&mut ctx, now) {
                 let mut s = self.sessions.remove(&key).expect("present");
+                ctx.fidelity.count(s.outcome());
                 s.release(&mut ctx);
                 ctx.stats.released += 1;
                 if let Some(id) = s.moved_from {
@@ -803,6 +813,8 @@ impl Replayer {
     pub fn shutdown(&mut self, now: Instant) {
         let mut ctx = ctx!(self);
         for (_, mut s) in self.sessions.drain() {
+            // Classified before the teardown makes every session look finished.
+            ctx.fidelity.count(s.outcome());
             s.teardown(&mut ctx, now);
             s.release(&mut ctx);
             ctx.stats.released += 1;
@@ -833,6 +845,12 @@ impl Replayer {
         s.active = self.sessions.len() as u64;
         s.lingering = self.sessions.values().filter(|s| s.is_over()).count() as u64;
         s
+    }
+
+    /// The fidelity figures so far. Sessions still in the table are not in the outcome
+    /// counts until they end ([`Replayer::shutdown`] counts them as still active).
+    pub fn fidelity(&self) -> &Fidelity {
+        &self.fidelity
     }
 
     pub fn drops(&self) -> &Drops {
