@@ -19,6 +19,8 @@ pub use tc_core::control::DEFAULT_PORT;
 /// [`DEFAULT_PORT`] as clap shows and parses it.
 static DEFAULT_PORT_TEXT: LazyLock<String> = LazyLock::new(|| DEFAULT_PORT.to_string());
 pub const DEFAULT_DELAY_TABLE: usize = 65536;
+/// Memory of the delay table, MiB.
+pub const DEFAULT_DELAY_MEM_MIB: usize = 32;
 pub const DEFAULT_MAX_ROUTES: usize = 1 << 20;
 /// Idle route lifetime (the original's unused `DEFAULT_TIMEOUT`).
 pub const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 1200;
@@ -65,6 +67,8 @@ pub struct Config {
     pub batch: usize,
     /// Delay table capacity (distinct connections waiting for their CLIENT_ADD).
     pub delay_table: usize,
+    /// Delay table memory cap, bytes (records, entries and bookkeeping).
+    pub delay_mem: usize,
     /// `-D A-B`: responses to A are rewritten and routed to B.
     pub docker_rewrite: Option<(Ipv4Addr, Ipv4Addr)>,
     pub log_file: Option<PathBuf>,
@@ -92,6 +96,7 @@ impl Config {
             bind: Ipv4Addr::UNSPECIFIED,
             batch: MAX_BATCH,
             delay_table: DEFAULT_DELAY_TABLE,
+            delay_mem: DEFAULT_DELAY_MEM_MIB << 20,
             docker_rewrite: None,
             log_file: None,
             pid_file: None,
@@ -219,6 +224,15 @@ fn command() -> Command {
                 .default_value("65536")
                 .help_heading(H_ROUTING)
                 .help("delay table: connections whose SYN-ACK/RST may wait (30 s) for their CLIENT_ADD; the original's bucket count (chained, unbounded), here entries, at least 65536"),
+        )
+        .arg(
+            Arg::new("delay_mem")
+                .long("delay-mem")
+                .value_name("MiB")
+                .value_parser(clap::value_parser!(u64).range(1..=4096))
+                .default_value("32")
+                .help_heading(H_ROUTING)
+                .help("memory of the delay table at most; SYN-ACKs beyond it are not held"),
         )
         .arg(
             Arg::new("rewrite")
@@ -400,6 +414,9 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
         Some(&n) => n,
         None => DEFAULT_DELAY_TABLE,
     };
+    cfg.delay_mem = m
+        .get_one::<u64>("delay_mem")
+        .map_or(DEFAULT_DELAY_MEM_MIB << 20, |&mib| (mib as usize) << 20);
     cfg.docker_rewrite = match m.get_one::<String>("rewrite") {
         None => None,
         Some(s) => Some(parse_rewrite(s)?),

@@ -21,7 +21,7 @@ use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
 use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
 use tc_core::control::routing::{
-    Admission, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId,
+    Admission, Held, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId,
 };
 use tc_core::control::{
     ClientMsg, ClientMsgKind, Record, WireFormat, CLIENT_MSG_LEN, PROTOCOL_VERSION,
@@ -141,6 +141,8 @@ pub struct Stats {
     pub responses: u64,
     /// CLIENT_ADD records processed ("route").
     pub client_adds: u64,
+    /// CLIENT_ADDs refused: another peer address owns the route.
+    pub refused_adds: u64,
     /// Frames (combined) or records (plain) queued for writing ("sock write cnt").
     pub writes: u64,
     /// Records queued on tunnels.
@@ -199,6 +201,8 @@ struct Tunnel {
     id: TunnelId,
     conn: FramedConn,
     peer: SocketAddr,
+    /// The peer's address (tunnels come from IPv4 peers only).
+    peer_ip: Ipv4Addr,
     fd: i32,
     accepted_at: Millis,
     handshaken: bool,
@@ -208,22 +212,30 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    fn push(&mut self, rec: &Record, fmt: WireFormat, max_batch: usize, stats: &mut Stats) {
+    fn push(&mut self, rec: &[u8], fmt: WireFormat, max_batch: usize, stats: &mut Stats) {
         if self.closing.is_some() {
             stats.overflow += 1;
             return;
         }
         let queued = if fmt.combined {
             self.conn
-                .queue_batched(rec.as_bytes(), max_batch)
+                .queue_batched(rec, max_batch)
                 .map(|sealed| stats.writes += u64::from(sealed))
         } else {
             stats.writes += 1;
-            self.conn.queue(rec.as_bytes())
+            self.conn.queue(rec)
         };
         stats.records_sent += 1;
         if queued.is_err() {
             self.closing = Some("send queue full (peer does not read)");
+        }
+    }
+
+    /// Marks the tunnel for the end-of-turn flush.
+    fn mark_dirty(&mut self, dirty: &mut Vec<TunnelId>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(self.id);
         }
     }
 
@@ -242,14 +254,62 @@ impl Tunnel {
     }
 }
 
-/// Routing state shared by the capture and control paths.
+/// What the loop does with a captured frame: [`Core::on_frame`] decides, the loop performs.
+// The record stays on the stack (one per captured frame): boxing it would allocate per packet.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum FrameRoute {
+    /// Queue this record on that tunnel.
+    Forward(TunnelId, Record),
+    /// No route yet: kept in the delay table until its CLIENT_ADD.
+    Held,
+    /// No tunnel for it (counted and logged).
+    Unrouted,
+    /// Not a usable TCP response (counted as a capture drop).
+    Dropped,
+}
+
+/// What the loop does after a client record: [`Core::on_client_msg`] decides, the loop
+/// performs.
+#[derive(Debug)]
+enum MsgAction {
+    Nothing,
+    /// A valid version record: the tunnel may now be used.
+    Handshaken,
+    /// Close the tunnel, for this reason.
+    Close(&'static str),
+    /// The connection just announced had responses waiting: send them on this tunnel first.
+    Deliver(Held),
+}
+
+/// The tunnel as the routing decisions see it.
+#[derive(Debug, Clone, Copy)]
+struct TunnelView {
+    id: TunnelId,
+    peer: SocketAddr,
+    peer_ip: Ipv4Addr,
+    handshaken: bool,
+}
+
+impl Tunnel {
+    fn view(&self) -> TunnelView {
+        TunnelView {
+            id: self.id,
+            peer: self.peer,
+            peer_ip: self.peer_ip,
+            handshaken: self.handshaken,
+        }
+    }
+}
+
+/// Routing state shared by the capture and control paths. It decides; the loop moves bytes.
 struct Core {
     fmt: WireFormat,
     max_batch: usize,
     dnat: bool,
     single_mode: bool,
     rewrite: Option<(Ipv4Addr, Ipv4Addr)>,
-    router: Router<Record>,
+    router: Router,
     single: SingleGroup,
     stats: Stats,
     unrouted_log: LogLimit,
@@ -257,21 +317,14 @@ struct Core {
 }
 
 impl Core {
-    /// One captured frame: decode, build the record, route it.
-    fn on_frame(
-        &mut self,
-        link: LinkType,
-        frame: &[u8],
-        now: Millis,
-        tunnels: &mut HashMap<TunnelId, Tunnel>,
-        dirty: &mut Vec<TunnelId>,
-    ) {
+    /// One captured frame: decode, build the record, decide where it goes.
+    fn on_frame(&mut self, link: LinkType, frame: &[u8], now: Millis) -> FrameRoute {
         self.stats.frames += 1;
         let ip = match ipv4_payload(link, frame) {
             Ok(ip) => ip,
             Err(reason) => {
                 self.stats.drops.count(reason);
-                return;
+                return FrameRoute::Dropped;
             }
         };
         if ip.get(9) == Some(&6) {
@@ -281,7 +334,7 @@ impl Core {
             Ok(p) => p,
             Err(reason) => {
                 self.stats.drops.count(reason);
-                return;
+                return FrameRoute::Dropped;
             }
         };
         self.stats.responses += 1;
@@ -315,7 +368,7 @@ impl Core {
             self.single.pick(&key)
         } else {
             let syn_or_rst = pkt.has_flags(flags::SYN) || pkt.has_flags(flags::RST);
-            match self.router.route(&key, syn_or_rst, &record, now) {
+            match self.router.route(&key, syn_or_rst, record.as_bytes(), now) {
                 Routed::Tunnel(t) => Some(t),
                 Routed::Delayed => {
                     if pkt.rst()
@@ -325,27 +378,17 @@ impl Core {
                     {
                         info!("reset from tcp, delayed: {key}");
                     }
-                    return;
+                    return FrameRoute::Held;
                 }
                 Routed::Dropped => None,
             }
         };
-        match target.and_then(|t| tunnels.get_mut(&t)) {
-            Some(tunnel) => {
-                tunnel.push(&record, self.fmt, self.max_batch, &mut self.stats);
-                if !tunnel.dirty {
-                    tunnel.dirty = true;
-                    dirty.push(tunnel.id);
-                }
-            }
+        match target {
+            Some(t) => FrameRoute::Forward(t, record),
             None => {
-                self.stats.unrouted += 1;
-                if self
-                    .unrouted_log
-                    .allow(now, &mut self.stats.logs_suppressed)
-                {
-                    info!(
-                        "fd is null after session is created: from bak:{}:{}-->{}:{},len {},seq={},ack={}",
+                self.unrouted(now, || {
+                    format!(
+                        "from bak:{}:{}-->{}:{},len {},seq={},ack={}",
                         pkt.src_ip(),
                         pkt.src_port(),
                         pkt.dst_ip(),
@@ -353,24 +396,37 @@ impl Core {
                         pkt.total_len(),
                         pkt.seq(),
                         pkt.ack()
-                    );
-                }
+                    )
+                });
+                FrameRoute::Unrouted
             }
         }
     }
 
+    /// Counts (and, rate-limited, logs) a response that no tunnel takes.
+    fn unrouted(&mut self, now: Millis, what: impl FnOnce() -> String) {
+        self.stats.unrouted += 1;
+        if self
+            .unrouted_log
+            .allow(now, &mut self.stats.logs_suppressed)
+        {
+            info!("fd is null after session is created: {}", what());
+        }
+    }
+
     /// One complete 14-byte record from a tunnel.
-    fn on_client_msg(&mut self, tunnel: &mut Tunnel, raw: &[u8; CLIENT_MSG_LEN], now: Millis) {
+    fn on_client_msg(
+        &mut self,
+        tunnel: TunnelView,
+        raw: &[u8; CLIENT_MSG_LEN],
+        now: Millis,
+    ) -> MsgAction {
         let msg = ClientMsg::parse(raw);
         if !tunnel.handshaken {
             match msg.check_version_record() {
                 Err(e) => {
-                    error!(
-                        "{e}: tunnel {} from {}",
-                        tunnel.id, tunnel.peer
-                    );
-                    tunnel.closing = Some("bad version record");
-                    return;
+                    error!("{e}: tunnel {} from {}", tunnel.id, tunnel.peer);
+                    return MsgAction::Close("bad version record");
                 }
                 Ok(version) if version != PROTOCOL_VERSION => warn!(
                     "not compatible,client:{version},intercept:{PROTOCOL_VERSION} (tunnel {} from {})",
@@ -378,14 +434,13 @@ impl Core {
                 ),
                 Ok(_) => {}
             }
-            tunnel.handshaken = true;
-            return;
+            return MsgAction::Handshaken;
         }
         match msg.classify() {
             ClientMsgKind::Add => {
                 self.stats.client_adds += 1;
                 if self.single_mode {
-                    return;
+                    return MsgAction::Nothing;
                 }
                 let key = RouteKey::new(
                     msg.client_ip,
@@ -395,14 +450,28 @@ impl Core {
                     self.dnat,
                 );
                 debug!("route add {key} -> tunnel {}", tunnel.id);
-                if let Some(waiting) = self.router.client_add(key, tunnel.id, now) {
-                    debug!("{} delayed responses sent for {key}", waiting.len());
-                    for rec in &waiting {
-                        tunnel.push(rec, self.fmt, self.max_batch, &mut self.stats);
+                match self.router.client_add(key, tunnel.id, tunnel.peer_ip, now) {
+                    Ok(Some(waiting)) => {
+                        debug!("{} delayed responses sent for {key}", waiting.len());
+                        MsgAction::Deliver(waiting)
+                    }
+                    Ok(None) => MsgAction::Nothing,
+                    Err(taken) => {
+                        self.stats.refused_adds += 1;
+                        if self.peer_log.allow(now, &mut self.stats.logs_suppressed) {
+                            warn!(
+                                "route add {key} from tunnel {} ({}) refused: it belongs to tunnel {} of {}",
+                                tunnel.id, tunnel.peer, taken.owner, taken.owner_peer
+                            );
+                        }
+                        MsgAction::Nothing
                     }
                 }
             }
-            ClientMsgKind::Del => debug!("client del from tunnel {}", tunnel.id),
+            ClientMsgKind::Del => {
+                debug!("client del from tunnel {}", tunnel.id);
+                MsgAction::Nothing
+            }
             ClientMsgKind::Unknown(other) => {
                 // Spec 4.1: warned and ignored; the connection stays open.
                 self.stats.unknown_msgs += 1;
@@ -412,6 +481,7 @@ impl Core {
                         tunnel.id, tunnel.peer
                     );
                 }
+                MsgAction::Nothing
             }
         }
     }
@@ -472,6 +542,7 @@ impl Server {
                 // The original's -s counts hash buckets with unbounded chains: a smaller
                 // value must not make the bounded table refuse what the original held.
                 cfg.delay_table.max(crate::cli::DEFAULT_DELAY_TABLE),
+                cfg.delay_mem,
                 0,
             ),
             single: SingleGroup::new(cfg.protect),
@@ -580,10 +651,7 @@ impl Server {
                                 if !tunnel.write_out(self.poll.registry(), &mut self.core.stats) {
                                     tunnel.closing.get_or_insert("send failed");
                                 }
-                                if !tunnel.dirty {
-                                    tunnel.dirty = true;
-                                    self.dirty.push(id);
-                                }
+                                tunnel.mark_dirty(&mut self.dirty);
                             }
                         }
                     }
@@ -655,6 +723,10 @@ impl Server {
         let allowed = match peer {
             SocketAddr::V4(a) => self.cfg.peer_allowed(*a.ip()),
             SocketAddr::V6(_) => false,
+        };
+        let peer_ip = match peer {
+            SocketAddr::V4(a) => *a.ip(),
+            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
         };
         let refuse = |core: &mut Core, why: &str| {
             core.stats.refused += 1;
@@ -729,6 +801,7 @@ impl Server {
                 id,
                 conn,
                 peer,
+                peer_ip,
                 fd,
                 accepted_at: now,
                 handshaken: false,
@@ -759,7 +832,16 @@ impl Server {
             if tunnel.closing.is_some() {
                 break;
             }
-            core.on_client_msg(tunnel, raw, now);
+            match core.on_client_msg(tunnel.view(), raw, now) {
+                MsgAction::Nothing => {}
+                MsgAction::Handshaken => tunnel.handshaken = true,
+                MsgAction::Close(why) => tunnel.closing = Some(why),
+                MsgAction::Deliver(waiting) => {
+                    for rec in waiting.records() {
+                        tunnel.push(rec, core.fmt, core.max_batch, &mut core.stats);
+                    }
+                }
+            }
         }
         let more = match status {
             Ok(ReadStatus::Drained) => false,
@@ -778,10 +860,7 @@ impl Server {
                 false
             }
         };
-        if !tunnel.dirty {
-            tunnel.dirty = true;
-            self.dirty.push(id);
-        }
+        tunnel.mark_dirty(&mut self.dirty);
         more
     }
 
@@ -794,8 +873,23 @@ impl Server {
             ..
         } = self;
         for s in sources.iter_mut().filter(|s| s.pending) {
-            let mut on_frame =
-                |link: LinkType, frame: &[u8]| core.on_frame(link, frame, now, tunnels, dirty);
+            let mut on_frame = |link: LinkType, frame: &[u8]| {
+                if let FrameRoute::Forward(t, record) = core.on_frame(link, frame, now) {
+                    match tunnels.get_mut(&t) {
+                        Some(tunnel) => {
+                            tunnel.push(
+                                record.as_bytes(),
+                                core.fmt,
+                                core.max_batch,
+                                &mut core.stats,
+                            );
+                            tunnel.mark_dirty(dirty);
+                        }
+                        // Routes leave with their tunnel, so this is not expected.
+                        None => core.unrouted(now, || format!("tunnel {t} is gone")),
+                    }
+                }
+            };
             match s.source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
                 Ok(n) => {
                     log::trace!("capture {}: {n} frames", s.name);
@@ -903,22 +997,24 @@ impl Server {
             s.responses, s.all, s.client_adds, s.writes
         );
         info!(
-            "{what}: route hit:{},lost:{},routes:{},all sessions:{},evicted:{},expired:{},purged:{}",
+            "{what}: route hit:{},lost:{},routes:{},all sessions:{},evicted:{},expired:{},purged:{},refused adds:{}",
             r.hits,
             r.lost,
             self.core.router.routes.len(),
             r.adds,
             r.evicted,
             r.expired,
-            r.purged
+            r.purged,
+            r.refused
         );
         info!(
-            "{what}: delayed:{},delay actual sent:{},delay expired:{},delay full:{},waiting:{}",
+            "{what}: delayed:{},delay actual sent:{},delay expired:{},delay full:{},waiting:{},delay bytes:{}",
             d.delayed,
             d.sent,
             d.expired,
             d.full,
-            self.core.router.delay.len()
+            self.core.router.delay.len(),
+            self.core.router.delay.bytes()
         );
         info!(
             "{what}: records sent:{},unrouted:{},overflow:{},tunnels:{},accepted:{},refused:{},closed:{},unknown msg types:{}",

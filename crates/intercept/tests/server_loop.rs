@@ -160,7 +160,23 @@ impl Peer {
     }
 
     fn connect_with(h: &Harness, combined: bool, rec_len: usize, version: u16) -> Peer {
-        let mut s = TcpStream::connect(h.addr).expect("connect");
+        Self::connect_from(h, Ipv4Addr::LOCALHOST, combined, rec_len, version)
+    }
+
+    /// From another loopback address (127.0.0.0/8 is local): another tcpcopy host.
+    fn connect_from(
+        h: &Harness,
+        from: Ipv4Addr,
+        combined: bool,
+        rec_len: usize,
+        version: u16,
+    ) -> Peer {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddr::from((from, 0)).into())
+            .expect("bind peer address");
+        sock.connect(&h.addr.into()).expect("connect");
+        let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(WAIT)).unwrap();
         s.write_all(&ClientMsg::version(version).encode()).unwrap();
         Peer {
@@ -416,6 +432,53 @@ fn last_add_wins_and_disconnects() {
     establish(&h, &mut b2, client(10), 40010);
     let stats = h.stop();
     assert!(stats.closed >= 1);
+}
+
+/// Issue 15.2: a CLIENT_ADD from another peer address for a connection whose route a live
+/// tunnel owns is refused and counted; the owner keeps receiving; once it is gone the route is
+/// free.
+#[test]
+fn another_peer_cannot_take_a_route() {
+    let h = Harness::start(cfg());
+    let mut a = Peer::connect(&h);
+    establish(&h, &mut a, client(16), 40016);
+    let mut thief = Peer::connect_from(&h, Ipv4Addr::new(127, 0, 0, 2), true, 64, 6);
+    thief.add(client(16), 40016);
+    // A marker route of the thief proves its ADD was processed before the next response.
+    establish(&h, &mut thief, client(17), 40017);
+    h.inject(&response(client(16), 40016, flags::ACK, 5, &[]));
+    assert_eq!(rec_seq(&a.records(1)[0]), 5, "the owner keeps its route");
+    // The owner leaves: its routes go with it and the other address may announce it.
+    drop(a);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        thief.add(client(16), 40016);
+        h.inject(&response(
+            client(16),
+            40016,
+            flags::SYN | flags::ACK,
+            6,
+            &[],
+        ));
+        thief
+            .s
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut c = [0u8; 2];
+        if thief.s.read_exact(&mut c).is_ok() {
+            thief.s.set_read_timeout(Some(WAIT)).unwrap();
+            let mut r = vec![0u8; 64 * usize::from(u16::from_be_bytes(c))];
+            thief.s.read_exact(&mut r).unwrap();
+            assert_eq!(rec_dst(&r[..64]), (client(16), 40016));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "route not free after its owner left"
+        );
+    }
+    let stats = h.stop();
+    assert!(stats.refused_adds >= 1, "{stats:?}");
 }
 
 #[test]
