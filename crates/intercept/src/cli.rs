@@ -46,6 +46,12 @@ pub struct PeerNet {
 }
 
 impl PeerNet {
+    /// `--allow any`: every address.
+    pub const ANY: PeerNet = PeerNet {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+    };
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = if self.prefix == 0 {
             0
@@ -80,7 +86,8 @@ pub struct Config {
     pub combined: bool,
     pub payload: bool,
     pub dnat: bool,
-    /// Empty: everyone may connect.
+    /// Empty: everyone may connect (the command line only allows that when listening on a
+    /// loopback address; `--allow any` is [`PeerNet::ANY`]).
     pub allow: Vec<PeerNet>,
     pub route_timeout: Duration,
     pub max_routes: usize,
@@ -124,6 +131,12 @@ impl Config {
     pub fn peer_allowed(&self, ip: Ipv4Addr) -> bool {
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip))
     }
+
+    /// Anyone who reaches the listener may connect (`--allow any`, or a /0 in the list).
+    pub fn open_to_anyone(&self) -> bool {
+        self.allow.iter().any(|n| n.prefix == 0)
+            || (self.allow.is_empty() && !self.bind.is_loopback())
+    }
 }
 
 /// Why parsing did not produce a config: `main` prints `message` (to stdout when `status` is
@@ -151,8 +164,9 @@ const H_PROCESS: &str = "Process";
 
 const EXAMPLES: &str = "\
 Examples:
-  intercept -F 'tcp and src port 8080' -i eth0
-      capture the answers of a test server on port 8080 arriving on eth0
+  intercept -F 'tcp and src port 8080' -i eth0 --allow 10.0.0.1
+      capture the answers of a test server on port 8080 arriving on eth0, for the tcpcopy at
+      10.0.0.1
   intercept -F 'tcp and src host 10.0.0.2 and src port 80' -b 10.0.0.5 --allow 10.0.0.1 -d -P /run/intercept.pid -l /var/log/intercept.log
       listen only on 10.0.0.5, accept only the tcpcopy at 10.0.0.1, run in the background
 
@@ -206,7 +220,7 @@ fn command() -> Command {
                 .long("allow")
                 .value_name("ip[/len][,...]")
                 .help_heading(H_CONTROL)
-                .help("accept tcpcopy connections only from these peers (others are refused and logged) [default: anyone]"),
+                .help("accept tcpcopy connections only from these peers (others are refused and logged); 'any' = everyone. Required unless -b is a loopback address"),
         )
         .arg(
             Arg::new("batch")
@@ -422,6 +436,9 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
         Some(s) => Some(parse_rewrite(s)?),
     };
     cfg.allow = match m.get_one::<String>("allow") {
+        None if !cfg.bind.is_loopback() => {
+            return Err(CliExit::error(format!("-b {}: {ALLOW_REQUIRED}", cfg.bind)))
+        }
         None => Vec::new(),
         Some(s) => parse_allow(s)?,
     };
@@ -486,9 +503,16 @@ fn parse_rewrite(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), CliExit> {
     Ok((a, b))
 }
 
+/// Why intercept does not start open to anyone by default.
+pub const ALLOW_REQUIRED: &str = "listening on a non-loopback address without --allow would let anyone who reaches the port announce connections and read their responses: add --allow <tcpcopy host address>[,...] (an address or address/prefix, e.g. --allow 10.0.0.1), or --allow any to accept every peer, or -b 127.0.0.1 to listen on loopback only";
+
 fn parse_allow(s: &str) -> Result<Vec<PeerNet>, CliExit> {
     let mut out = Vec::new();
     for item in s.split(',') {
+        if item.trim() == "any" {
+            out.push(PeerNet::ANY);
+            continue;
+        }
         let bad = || {
             CliExit::error(format!(
                 "--allow: {item:?} is not an IPv4 address or address/prefix"
@@ -550,13 +574,38 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = p(&["-F", "tcp and src port 8080"]).unwrap();
+        let c = p(&["-F", "tcp and src port 8080", "--allow", "any"]).unwrap();
         assert_eq!(c.port, 36524);
         assert_eq!(c.bind, Ipv4Addr::UNSPECIFIED);
         assert_eq!(c.devices, Devices::All);
         assert_eq!((c.batch, c.delay_table), (16, 65536));
+        assert_eq!(c.delay_mem, 32 << 20);
         assert!(c.combined && !c.payload && !c.single && !c.dnat && !c.daemon);
         assert!(c.peer_allowed(Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(c.open_to_anyone());
+    }
+
+    /// Issue 15.1: no longer open to anyone by default.
+    #[test]
+    fn open_listener_needs_an_allow_list() {
+        for args in [&["-F", "tcp"][..], &["-F", "tcp", "-b", "198.18.0.40"]] {
+            let e = p(args).unwrap_err();
+            assert_ne!(e.status, 0);
+            assert!(
+                e.message.contains("--allow <tcpcopy host address>")
+                    && e.message.contains("--allow any"),
+                "{}",
+                e.message
+            );
+        }
+        // Loopback only: nobody else can reach it.
+        let c = p(&["-F", "tcp", "-b", "127.0.0.1"]).unwrap();
+        assert!(c.allow.is_empty() && !c.open_to_anyone());
+        let c = p(&["-F", "tcp", "--allow", "198.18.0.20"]).unwrap();
+        assert!(!c.open_to_anyone());
+        assert!(!c.peer_allowed(Ipv4Addr::new(198, 18, 0, 21)));
+        let c = p(&["-F", "tcp", "--allow", "198.18.0.20,any"]).unwrap();
+        assert!(c.open_to_anyone());
     }
 
     #[test]
@@ -598,10 +647,17 @@ mod tests {
         assert!(c.peer_allowed(Ipv4Addr::new(198, 18, 1, 77)));
         assert!(!c.peer_allowed(Ipv4Addr::new(198, 18, 0, 21)));
         assert_eq!(
-            p(&["-F", "tcp", "-i", "any"]).unwrap().devices,
+            p(&["-F", "tcp", "-i", "any", "-b", "127.0.0.1"])
+                .unwrap()
+                .devices,
             Devices::All
         );
-        assert_eq!(p(&["-F", "tcp", "--payload"]).unwrap().batch, 6);
+        assert_eq!(
+            p(&["-F", "tcp", "--payload", "--allow", "any"])
+                .unwrap()
+                .batch,
+            6
+        );
     }
 
     #[test]

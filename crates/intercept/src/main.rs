@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use intercept::{cli, server};
-use log::{error, info};
+use log::{error, info, warn};
 use tc_core::{daemon, logging};
 
 fn main() -> ExitCode {
@@ -70,7 +70,12 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     if let Some((a, b)) = cfg.docker_rewrite {
         info!("-D para:{a}-{b}");
     }
-    if !cfg.allow.is_empty() {
+    if cfg.open_to_anyone() {
+        warn!(
+            "--allow any: anyone who reaches {}:{} can connect, announce connections and read their responses",
+            cfg.bind, cfg.port
+        );
+    } else if !cfg.allow.is_empty() {
         let list: Vec<String> = cfg
             .allow
             .iter()

@@ -142,6 +142,42 @@ fn port_in_use_is_a_bind_error() {
     assert!(err.contains("Bind socket"), "{err}");
 }
 
+/// Issue 15.1: on a non-loopback address intercept does not start without an allow list, and
+/// says what to add; `--allow any` starts (here up to the capture) with a warning.
+#[test]
+fn open_listener_refused_without_allow() {
+    let port = free_port().to_string();
+    let out = run(&["-F", "tcp", "-i", "nosuchdev0", "-p", &port]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("add --allow <tcpcopy host address>") && err.contains("--allow any"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("device could not work"),
+        "refused before capturing: {err}"
+    );
+
+    let out = run(&[
+        "-F",
+        "tcp",
+        "-i",
+        "nosuchdev0",
+        "-p",
+        &port,
+        "--allow",
+        "any",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[warn] --allow any: anyone who reaches 0.0.0.0"),
+        "{err}"
+    );
+    // It went on to open the capture (which does not exist here).
+    assert!(err.contains("device could not work:nosuchdev0"), "{err}");
+}
+
 #[test]
 fn no_usable_device() {
     let port = free_port().to_string();

@@ -176,7 +176,16 @@ fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client
     // removed with the lab.
     let log = lab.log_path("intercept");
     let log = log.to_str().expect("log path");
-    let mut args = vec!["-F", "tcp and src port 8080", "-i", "eth0", "-l", log];
+    let mut args = vec![
+        "-F",
+        "tcp and src port 8080",
+        "-i",
+        "eth0",
+        "-l",
+        log,
+        "--allow",
+        "198.18.0.20",
+    ];
     args.extend_from_slice(extra);
     lab.spawn_env(
         ASSIST,
