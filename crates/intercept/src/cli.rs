@@ -19,6 +19,10 @@ pub use tc_core::control::DEFAULT_PORT;
 /// [`DEFAULT_PORT`] as clap shows and parses it.
 static DEFAULT_PORT_TEXT: LazyLock<String> = LazyLock::new(|| DEFAULT_PORT.to_string());
 pub const DEFAULT_DELAY_TABLE: usize = 65536;
+/// Tunnels one peer address may hold (tcpcopy opens `-C` (at most 11) per intercept).
+pub const DEFAULT_PEER_TUNNELS: usize = 32;
+/// Seconds after which a tunnel that holds no route and sent nothing is closed.
+pub const DEFAULT_IDLE_TUNNEL_SECS: u64 = 60;
 /// Memory of the delay table, MiB.
 pub const DEFAULT_DELAY_MEM_MIB: usize = 32;
 pub const DEFAULT_MAX_ROUTES: usize = 1 << 20;
@@ -91,6 +95,15 @@ pub struct Config {
     pub allow: Vec<PeerNet>,
     pub route_timeout: Duration,
     pub max_routes: usize,
+    /// Most simultaneous tunnels (main derives it from the open-files limit unless given).
+    pub max_tunnels: usize,
+    /// `--max-tunnels` as typed.
+    pub max_tunnels_given: Option<usize>,
+    /// Most simultaneous tunnels from one peer address.
+    pub peer_tunnels: usize,
+    /// A handshaken tunnel that holds no route and sent nothing this long is closed (zero:
+    /// never).
+    pub idle_tunnel_timeout: Duration,
 }
 
 impl Config {
@@ -116,6 +129,10 @@ impl Config {
             allow: Vec::new(),
             route_timeout: Duration::from_secs(DEFAULT_ROUTE_TIMEOUT_SECS),
             max_routes: DEFAULT_MAX_ROUTES,
+            max_tunnels: crate::server::MAX_TUNNELS,
+            max_tunnels_given: None,
+            peer_tunnels: DEFAULT_PEER_TUNNELS,
+            idle_tunnel_timeout: Duration::from_secs(DEFAULT_IDLE_TUNNEL_SECS),
         }
     }
 
@@ -221,6 +238,32 @@ fn command() -> Command {
                 .value_name("ip[/len][,...]")
                 .help_heading(H_CONTROL)
                 .help("accept tcpcopy connections only from these peers (others are refused and logged); 'any' = everyone. Required unless -b is a loopback address"),
+        )
+        .arg(
+            Arg::new("peer_tunnels")
+                .long("peer-tunnels")
+                .value_name("num")
+                .value_parser(clap::value_parser!(u64).range(1..=65536))
+                .default_value("32")
+                .help_heading(H_CONTROL)
+                .help("tunnels one peer address may hold at once; more are refused"),
+        )
+        .arg(
+            Arg::new("max_tunnels")
+                .long("max-tunnels")
+                .value_name("num")
+                .value_parser(clap::value_parser!(u64).range(1..=1048576))
+                .help_heading(H_CONTROL)
+                .help("tunnels at once, all peers [default: the open-files limit (raised to its hard limit at start) less 64]"),
+        )
+        .arg(
+            Arg::new("idle_tunnel_timeout")
+                .long("idle-tunnel-timeout")
+                .value_name("secs")
+                .value_parser(clap::value_parser!(u64))
+                .default_value("60")
+                .help_heading(H_CONTROL)
+                .help("close a tunnel that holds no route and sent nothing this long (0 = never; not with --single)"),
         )
         .arg(
             Arg::new("batch")
@@ -451,6 +494,14 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
         Some(&n) => n,
         None => DEFAULT_MAX_ROUTES,
     };
+    cfg.peer_tunnels = m
+        .get_one::<u64>("peer_tunnels")
+        .map_or(DEFAULT_PEER_TUNNELS, |&n| n as usize);
+    cfg.max_tunnels_given = m.get_one::<u64>("max_tunnels").map(|&n| n as usize);
+    cfg.idle_tunnel_timeout = Duration::from_secs(
+        *m.get_one::<u64>("idle_tunnel_timeout")
+            .unwrap_or(&DEFAULT_IDLE_TUNNEL_SECS),
+    );
     cfg.log_file = m.get_one::<PathBuf>("log").cloned();
     cfg.pid_file = m.get_one::<PathBuf>("pid").cloned();
     cfg.daemon = m.get_flag("daemon");

@@ -49,8 +49,41 @@ pub const TUNNEL_OUT_LIMIT: usize = 4 << 20;
 pub const TUNNEL_INPUT_TIMEOUT_MS: Millis = 5_000;
 /// A tunnel whose pending output has not moved for this long is closed.
 pub const TUNNEL_SEND_TIMEOUT_MS: Millis = 10_000;
-/// Most simultaneous tunnels.
+/// Most simultaneous tunnels when the open-files limit allows no more (see
+/// [`tunnel_cap`]).
 pub const MAX_TUNNELS: usize = 4096;
+/// Descriptors kept for everything but tunnels (captures, listener, log, poll, a refused
+/// connection being closed).
+pub const FD_RESERVE: u64 = 64;
+/// After an accept failure (EMFILE, ENFILE...), the listener is tried again this soon even if
+/// no new connection arrives.
+pub const ACCEPT_RETRY_MS: Millis = 100;
+
+/// The tunnel cap that `nofile` open files allow: all but [`FD_RESERVE`] descriptors.
+pub fn tunnel_cap(nofile: u64) -> usize {
+    nofile.saturating_sub(FD_RESERVE).clamp(1, 1 << 20) as usize
+}
+
+/// Raises the soft open-files limit to the hard one; returns (before, after).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
+}
 const STATS_PERIOD_MS: Millis = 30_000;
 const HOUSEKEEPING_MS: Millis = 200;
 /// Per-event log lines allowed per second and category; the rest are counted.
@@ -205,6 +238,8 @@ struct Tunnel {
     peer_ip: Ipv4Addr,
     fd: i32,
     accepted_at: Millis,
+    /// When the last complete record arrived (the version record included).
+    last_input: Millis,
     handshaken: bool,
     dirty: bool,
     read_again: bool,
@@ -505,6 +540,10 @@ pub struct Server {
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     listener_pending: bool,
+    /// After an accept failure: when to try the listener again.
+    accept_retry_at: Option<Millis>,
+    /// Open tunnels per peer address.
+    per_peer: HashMap<Ipv4Addr, usize>,
 }
 
 impl Server {
@@ -566,6 +605,8 @@ impl Server {
             waker,
             signals: None,
             listener_pending: true,
+            accept_retry_at: None,
+            per_peer: HashMap::new(),
         })
     }
 
@@ -606,14 +647,21 @@ impl Server {
         let mut next_stats = STATS_PERIOD_MS;
         let mut read_again: Vec<TunnelId> = Vec::new();
         loop {
+            let now = self.now();
+            if self.accept_retry_at.is_some_and(|t| now >= t) {
+                self.accept_retry_at = None;
+                self.listener_pending = true;
+            }
             let busy = self.listener_pending
                 || !read_again.is_empty()
                 || self.sources.iter().any(|s| s.pending);
-            let now = self.now();
+            let wake_at = self
+                .accept_retry_at
+                .map_or(next_housekeeping, |t| t.min(next_housekeeping));
             let timeout = if busy {
                 Duration::ZERO
             } else {
-                Duration::from_millis(next_housekeeping.saturating_sub(now).clamp(1, 500))
+                Duration::from_millis(wake_at.saturating_sub(now).clamp(1, 500))
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -701,15 +749,17 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and the like: retry on the next turn, do not spin.
+                    // EMFILE and the like: the connections wait in the backlog, and no new
+                    // event may come for them; try again on a timer, without spinning.
                     if self
                         .core
                         .peer_log
                         .allow(now, &mut self.core.stats.logs_suppressed)
                     {
-                        error!("accept failed: {e}");
+                        error!("accept failed: {e} (retrying in {ACCEPT_RETRY_MS} ms)");
                     }
                     self.listener_pending = false;
+                    self.accept_retry_at = Some(now + ACCEPT_RETRY_MS);
                     return;
                 }
             };
@@ -738,8 +788,18 @@ impl Server {
             refuse(&mut self.core, "not in the --allow list");
             return;
         }
-        if self.tunnels.len() >= MAX_TUNNELS {
+        if self.tunnels.len() >= self.cfg.max_tunnels {
             refuse(&mut self.core, "too many tunnels");
+            return;
+        }
+        if self.per_peer.get(&peer_ip).copied().unwrap_or(0) >= self.cfg.peer_tunnels {
+            refuse(
+                &mut self.core,
+                &format!(
+                    "this address already has {} tunnels (--peer-tunnels)",
+                    self.cfg.peer_tunnels
+                ),
+            );
             return;
         }
         if let Err(e) = stream.set_nodelay(true) {
@@ -748,38 +808,12 @@ impl Server {
         }
         let id = self.next_tunnel;
         self.next_tunnel += 1;
-        if self.core.single_mode {
-            match self.core.single.admit(id, now) {
-                Admission::Joined => {}
-                Admission::Spare => warn!(
-                    "reach the fd limit for single:{}",
-                    tc_core::control::routing::SINGLE_MAX_TUNNELS
-                ),
-                Admission::NewGroup { close } => {
-                    warn!("it does not support distributed clients: new tcpcopy from {peer}, closing {} old tunnels", close.len());
-                    for old in close {
-                        if let Some(t) = self.tunnels.get_mut(&old) {
-                            t.closing
-                                .get_or_insert("replaced by a new tcpcopy (--single)");
-                        }
-                    }
-                }
-                Admission::Refused => {
-                    refuse(
-                        &mut self.core,
-                        "sth tries to connect to server (-c: the first tcpcopy is still connected)",
-                    );
-                    return;
-                }
-            }
-        }
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             Token(TUNNEL_BASE + id as usize),
             Interest::READABLE,
         ) {
             error!("cannot poll tunnel from {peer}: {e}");
-            self.core.single.remove(id);
             return;
         }
         let fd = stream.as_raw_fd();
@@ -789,11 +823,11 @@ impl Server {
             Ok(c) => c,
             Err(e) => {
                 error!("cannot set up tunnel from {peer}: {e}");
-                self.core.single.remove(id);
                 return;
             }
         };
         self.core.stats.accepted += 1;
+        *self.per_peer.entry(peer_ip).or_insert(0) += 1;
         info!("it adds fd:{fd} (tunnel {id} from {peer})");
         self.tunnels.insert(
             id,
@@ -804,6 +838,7 @@ impl Server {
                 peer_ip,
                 fd,
                 accepted_at: now,
+                last_input: now,
                 handshaken: false,
                 dirty: false,
                 read_again: false,
@@ -827,6 +862,10 @@ impl Server {
                     msgs.push(raw);
                 }
             });
+        if !msgs.is_empty() {
+            tunnel.last_input = now;
+        }
+        let mut joined = false;
         // Records that arrived before an end of stream or error are still handled.
         for raw in msgs.iter() {
             if tunnel.closing.is_some() {
@@ -834,7 +873,10 @@ impl Server {
             }
             match core.on_client_msg(tunnel.view(), raw, now) {
                 MsgAction::Nothing => {}
-                MsgAction::Handshaken => tunnel.handshaken = true,
+                MsgAction::Handshaken => {
+                    tunnel.handshaken = true;
+                    joined = core.single_mode;
+                }
                 MsgAction::Close(why) => tunnel.closing = Some(why),
                 MsgAction::Deliver(waiting) => {
                     for rec in waiting.records() {
@@ -861,7 +903,47 @@ impl Server {
             }
         };
         tunnel.mark_dirty(&mut self.dirty);
+        if joined {
+            self.single_admit(id, now);
+        }
         more
+    }
+
+    /// `--single`: a tunnel joins the group once its version record is valid, so a connection
+    /// that sends nothing valid (a port scan) cannot replace the running tcpcopy's tunnels.
+    fn single_admit(&mut self, id: TunnelId, now: Millis) {
+        let Some(peer) = self.tunnels.get(&id).map(|t| t.peer) else {
+            return;
+        };
+        match self.core.single.admit(id, now) {
+            Admission::Joined => {}
+            Admission::Spare => warn!(
+                "reach the fd limit for single:{}",
+                tc_core::control::routing::SINGLE_MAX_TUNNELS
+            ),
+            Admission::NewGroup { close } => {
+                warn!("it does not support distributed clients: new tcpcopy from {peer}, closing {} old tunnels", close.len());
+                for old in close {
+                    if let Some(t) = self.tunnels.get_mut(&old) {
+                        t.closing
+                            .get_or_insert("replaced by a new tcpcopy (--single)");
+                    }
+                }
+            }
+            Admission::Refused => {
+                self.core.stats.refused += 1;
+                if self
+                    .core
+                    .peer_log
+                    .allow(now, &mut self.core.stats.logs_suppressed)
+                {
+                    warn!("refused tcpcopy connection from {peer}: sth tries to connect to server (-c: the first tcpcopy is still connected)");
+                }
+                if let Some(t) = self.tunnels.get_mut(&id) {
+                    t.closing = Some("refused (--single -c)");
+                }
+            }
+        }
     }
 
     fn read_captures(&mut self, now: Millis) {
@@ -929,12 +1011,19 @@ impl Server {
         let clock = Instant::now();
         let input_timeout = Duration::from_millis(TUNNEL_INPUT_TIMEOUT_MS);
         let send_timeout = Duration::from_millis(TUNNEL_SEND_TIMEOUT_MS);
+        let idle_ms = self.cfg.idle_tunnel_timeout.as_millis() as Millis;
         for t in self.tunnels.values_mut() {
             if t.closing.is_some() {
                 continue;
             }
             if !t.handshaken && now.saturating_sub(t.accepted_at) >= TUNNEL_INPUT_TIMEOUT_MS {
                 t.closing = Some("no version record in time");
+            } else if idle_ms > 0
+                && !self.core.single_mode
+                && now.saturating_sub(t.last_input) >= idle_ms
+                && self.core.router.routes.tunnel_routes(t.id) == 0
+            {
+                t.closing = Some("idle: holds no route and sent nothing (--idle-tunnel-timeout)");
             } else if t.conn.input_stalled_for(clock) >= Some(input_timeout) {
                 t.closing = Some("incomplete record (peer stopped mid-record)");
             } else if t.conn.output_stalled_for(clock) >= Some(send_timeout) {
@@ -983,6 +1072,12 @@ impl Server {
             }
         );
         t.conn.deregister(self.poll.registry());
+        if let Some(n) = self.per_peer.get_mut(&t.peer_ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&t.peer_ip);
+            }
+        }
         self.core.router.tunnel_closed(id);
         self.core.single.remove(id);
         self.core.stats.closed += 1;

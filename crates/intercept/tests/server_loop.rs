@@ -597,7 +597,10 @@ fn allow_list_refuses_others() {
 
 #[test]
 fn hostile_peers_do_not_delay_a_good_one() {
-    let h = Harness::start(cfg());
+    let mut c = cfg();
+    // The 1000 connections below come from one address.
+    c.peer_tunnels = 2000;
+    let h = Harness::start(c);
     let mut good = Peer::connect(&h);
     establish(&h, &mut good, client(20), 40020);
 
@@ -652,6 +655,116 @@ fn hostile_peers_do_not_delay_a_good_one() {
     assert_eq!(stats.accepted, 1004);
     drop(half);
     drop(deaf);
+}
+
+/// Issue 15.3: one peer address holds at most `peer_tunnels` tunnels; others are not affected
+/// and a closed tunnel frees its place.
+#[test]
+fn tunnels_per_peer_address_are_capped() {
+    let mut c = cfg();
+    c.peer_tunnels = 2;
+    let h = Harness::start(c);
+    let mut a = Peer::connect(&h);
+    let mut b = Peer::connect(&h);
+    establish(&h, &mut a, client(50), 40050);
+    establish(&h, &mut b, client(51), 40051);
+    let mut third = Peer::connect(&h);
+    third.expect_closed();
+    let mut other = Peer::connect_from(&h, Ipv4Addr::new(127, 0, 0, 3), true, 64, 6);
+    establish(&h, &mut other, client(52), 40052);
+    drop(b);
+    let deadline = Instant::now() + WAIT;
+    let mut again = loop {
+        let mut p = Peer::connect(&h);
+        p.add(client(53), 40053);
+        h.inject(&response(
+            client(53),
+            40053,
+            flags::SYN | flags::ACK,
+            1,
+            &[],
+        ));
+        p.s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut c = [0u8; 2];
+        if p.s.read_exact(&mut c).is_ok() {
+            p.s.set_read_timeout(Some(WAIT)).unwrap();
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed tunnel's place was not freed"
+        );
+    };
+    let mut r = vec![0u8; 64];
+    again.s.read_exact(&mut r).unwrap();
+    assert_eq!(rec_dst(&r), (client(53), 40053));
+    let stats = h.stop();
+    assert!(stats.refused >= 1, "{stats:?}");
+}
+
+/// Issue 15.3: a tunnel that holds no route and sends nothing is closed after the idle
+/// timeout; one holding a route stays.
+#[test]
+fn idle_tunnels_without_routes_are_closed() {
+    let mut c = cfg();
+    c.idle_tunnel_timeout = Duration::from_secs(1);
+    let h = Harness::start(c);
+    let mut busy = Peer::connect(&h);
+    establish(&h, &mut busy, client(54), 40054);
+    let t = Instant::now();
+    let mut idle = Peer::connect(&h);
+    idle.expect_closed();
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // The busy tunnel is still served, well after the timeout.
+    h.inject(&response(client(54), 40054, flags::ACK, 9, &[]));
+    assert_eq!(rec_seq(&busy.records(1)[0]), 9);
+}
+
+/// Issue 15.3: in `--single` mode a connection joins the group only with a valid version
+/// record: a port scan after the 3 s window does not close the running tcpcopy's tunnels.
+#[test]
+fn single_mode_port_scan_does_not_replace_the_tcpcopy() {
+    let mut c = cfg();
+    c.single = true;
+    let h = Harness::start(c);
+    let mut a = Peer::connect(&h);
+    // The version record is processed once a response comes back.
+    let deadline = Instant::now() + WAIT;
+    a.s.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut seq = 0;
+    loop {
+        h.inject(&response(client(55), 40055, flags::ACK, seq, &[]));
+        let mut c = [0u8; 2];
+        if a.s.read_exact(&mut c).is_ok() {
+            let mut r = vec![0u8; 64 * usize::from(u16::from_be_bytes(c))];
+            a.s.set_read_timeout(Some(WAIT)).unwrap();
+            a.s.read_exact(&mut r).unwrap();
+            break;
+        }
+        seq += 1;
+        assert!(Instant::now() < deadline, "tunnel never joined");
+    }
+    // Past the window of the group (3 s), a scanner connects, and another sends garbage.
+    std::thread::sleep(Duration::from_millis(
+        tc_core::control::routing::SINGLE_WINDOW_MS + 200,
+    ));
+    let scan = TcpStream::connect(h.addr).unwrap();
+    let mut garbage = TcpStream::connect(h.addr).unwrap();
+    garbage.write_all(&[0xffu8; 14]).unwrap();
+    // The running tcpcopy is still served, and not closed.
+    for seq in 1000..1010 {
+        h.inject(&response(client(55), 40055, flags::ACK, seq, &[]));
+        assert_eq!(rec_seq(&a.records(1)[0]), seq);
+    }
+    drop((scan, garbage));
+    let stats = h.stop();
+    assert_eq!(stats.closed, 3, "a, the scanner and the garbage: {stats:?}");
 }
 
 /// Spec 4.1: a record of an unknown type after the handshake is warned about and ignored;
