@@ -23,6 +23,8 @@ pub const DEFAULT_DELAY_TABLE: usize = 65536;
 pub const DEFAULT_PEER_TUNNELS: usize = 32;
 /// Seconds after which a tunnel that holds no route and sent nothing is closed.
 pub const DEFAULT_IDLE_TUNNEL_SECS: u64 = 60;
+/// Seconds without any working capture device before intercept gives up.
+pub const DEFAULT_CAPTURE_LOST_EXIT_SECS: u64 = 60;
 /// Memory of the delay table, MiB.
 pub const DEFAULT_DELAY_MEM_MIB: usize = 32;
 pub const DEFAULT_MAX_ROUTES: usize = 1 << 20;
@@ -97,6 +99,8 @@ pub struct Config {
     pub max_routes: usize,
     /// Most simultaneous tunnels (main derives it from the open-files limit unless given).
     pub max_tunnels: usize,
+    /// Exit (non-zero) when no capture device has worked for this long.
+    pub capture_lost_exit: Duration,
     /// `--max-tunnels` as typed.
     pub max_tunnels_given: Option<usize>,
     /// Most simultaneous tunnels from one peer address.
@@ -131,6 +135,7 @@ impl Config {
             max_routes: DEFAULT_MAX_ROUTES,
             max_tunnels: crate::server::MAX_TUNNELS,
             max_tunnels_given: None,
+            capture_lost_exit: Duration::from_secs(DEFAULT_CAPTURE_LOST_EXIT_SECS),
             peer_tunnels: DEFAULT_PEER_TUNNELS,
             idle_tunnel_timeout: Duration::from_secs(DEFAULT_IDLE_TUNNEL_SECS),
         }
@@ -213,6 +218,15 @@ fn command() -> Command {
                 .value_name("dev[,dev...]")
                 .help_heading(H_CAPTURE)
                 .help("interfaces to capture on; 'any' alone = every interface [default: every interface]"),
+        )
+        .arg(
+            Arg::new("capture_lost_exit")
+                .long("capture-lost-exit")
+                .value_name("secs")
+                .value_parser(clap::value_parser!(u64).range(1..))
+                .default_value("60")
+                .help_heading(H_CAPTURE)
+                .help("a lost capture device (deleted, down) is reopened with a backoff; exit with an error when none has worked this long"),
         )
         .arg(
             Arg::new("port")
@@ -501,6 +515,10 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
     cfg.idle_tunnel_timeout = Duration::from_secs(
         *m.get_one::<u64>("idle_tunnel_timeout")
             .unwrap_or(&DEFAULT_IDLE_TUNNEL_SECS),
+    );
+    cfg.capture_lost_exit = Duration::from_secs(
+        *m.get_one::<u64>("capture_lost_exit")
+            .unwrap_or(&DEFAULT_CAPTURE_LOST_EXIT_SECS),
     );
     cfg.log_file = m.get_one::<PathBuf>("log").cloned();
     cfg.pid_file = m.get_one::<PathBuf>("pid").cloned();

@@ -108,19 +108,97 @@ impl Source for PcapLive {
     }
 }
 
-/// A named capture source.
+/// Opens a capture source again after it failed (its device deleted, for instance).
+pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn Source>, String>>;
+
+/// First wait before reopening a lost capture; doubled after each failure up to
+/// [`REOPEN_BACKOFF_MAX_MS`].
+pub const REOPEN_BACKOFF_MS: Millis = 200;
+pub const REOPEN_BACKOFF_MAX_MS: Millis = 5_000;
+
+/// A named capture source. One that fails is dropped and, if it can be reopened, reopened
+/// with a backoff.
 pub struct NamedSource {
     pub name: String,
-    pub source: Box<dyn Source>,
+    source: Option<Box<dyn Source>>,
+    reopen: Option<Reopen>,
     pending: bool,
+    /// Since when it is lost, if it is.
+    lost_at: Option<Millis>,
+    retry_at: Millis,
+    backoff: Millis,
 }
 
 impl NamedSource {
     pub fn new(name: &str, source: Box<dyn Source>) -> NamedSource {
         NamedSource {
             name: name.to_string(),
-            source,
+            source: Some(source),
+            reopen: None,
             pending: true,
+            lost_at: None,
+            retry_at: 0,
+            backoff: REOPEN_BACKOFF_MS,
+        }
+    }
+
+    /// How to open it again after a failure.
+    pub fn with_reopen(mut self, reopen: Reopen) -> NamedSource {
+        self.reopen = Some(reopen);
+        self
+    }
+
+    fn lose(&mut self, now: Millis, why: &dyn std::fmt::Display) {
+        self.source = None;
+        self.pending = false;
+        self.lost_at = Some(now);
+        self.backoff = REOPEN_BACKOFF_MS;
+        self.retry_at = now + self.backoff;
+        if self.reopen.is_some() {
+            error!(
+                "capture device {} lost: {why}; reopening it (retries back off up to {} s)",
+                self.name,
+                REOPEN_BACKOFF_MAX_MS / 1000
+            );
+        } else {
+            error!("capture device {} lost: {why}", self.name);
+        }
+    }
+
+    /// Tries to reopen a lost source when its backoff has passed.
+    fn try_reopen(&mut self, registry: &Registry, token: Token, now: Millis) {
+        let (Some(lost_at), Some(reopen)) = (self.lost_at, self.reopen.as_mut()) else {
+            return;
+        };
+        if now < self.retry_at {
+            return;
+        }
+        let opened = reopen().and_then(|mut src| {
+            src.register(registry, token)
+                .map_err(|e| format!("cannot poll it: {e}"))?;
+            Ok(src)
+        });
+        match opened {
+            Ok(src) => {
+                info!(
+                    "capture device {} reopened after {} ms",
+                    self.name,
+                    now.saturating_sub(lost_at)
+                );
+                self.source = Some(src);
+                self.lost_at = None;
+                self.pending = true;
+            }
+            Err(e) => {
+                self.backoff = (self.backoff * 2).min(REOPEN_BACKOFF_MAX_MS);
+                self.retry_at = now + self.backoff;
+                warn!(
+                    "capture device {} still lost ({} s): {e}; next try in {} ms",
+                    self.name,
+                    now.saturating_sub(lost_at) / 1000,
+                    self.backoff
+                );
+            }
         }
     }
 }
@@ -158,7 +236,12 @@ pub fn open_captures(cfg: &Config) -> anyhow::Result<Vec<NamedSource>> {
         .into_iter()
         .map(|cap| {
             let name = cap.device().to_owned();
-            NamedSource::new(&name, Box::new(cap))
+            let (device, opts) = (name.clone(), opts.clone());
+            NamedSource::new(&name, Box::new(cap)).with_reopen(Box::new(move || {
+                PcapLive::open(&device, &opts)
+                    .map(|c| Box::new(c) as Box<dyn Source>)
+                    .map_err(|e| e.to_string())
+            }))
         })
         .collect())
 }
@@ -560,9 +643,10 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         for (i, s) in sources.iter_mut().enumerate() {
-            s.source
-                .register(poll.registry(), Token(CAPTURE_BASE + i))
-                .with_context(|| format!("cannot poll capture {}", s.name))?;
+            if let Some(src) = s.source.as_mut() {
+                src.register(poll.registry(), Token(CAPTURE_BASE + i))
+                    .with_context(|| format!("cannot poll capture {}", s.name))?;
+            }
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let fmt = WireFormat {
@@ -725,6 +809,16 @@ impl Server {
             if now >= next_housekeeping {
                 self.housekeeping(now);
                 next_housekeeping = now + HOUSEKEEPING_MS;
+                let limit = self.cfg.capture_lost_exit.as_millis() as Millis;
+                if let Some(dead) = self.capture_dead_for(now).filter(|&d| d >= limit) {
+                    let names: Vec<String> = self.sources.iter().map(|s| s.name.clone()).collect();
+                    self.shutdown();
+                    anyhow::bail!(
+                        "nothing could be captured for {} s: every capture device is lost ({})",
+                        dead / 1000,
+                        names.join(",")
+                    );
+                }
             }
             if now >= next_stats {
                 self.log_stats("statistics");
@@ -955,6 +1049,10 @@ impl Server {
             ..
         } = self;
         for s in sources.iter_mut().filter(|s| s.pending) {
+            let Some(source) = s.source.as_mut() else {
+                s.pending = false;
+                continue;
+            };
             let mut on_frame = |link: LinkType, frame: &[u8]| {
                 if let FrameRoute::Forward(t, record) = core.on_frame(link, frame, now) {
                     match tunnels.get_mut(&t) {
@@ -972,20 +1070,13 @@ impl Server {
                     }
                 }
             };
-            match s.source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
+            match source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
                 Ok(n) => {
                     log::trace!("capture {}: {n} frames", s.name);
                     s.pending = n >= CAPTURE_BUDGET
                 }
-                Err(e) => {
-                    if core
-                        .unrouted_log
-                        .allow(now, &mut core.stats.logs_suppressed)
-                    {
-                        error!("capture {}: {e}", s.name);
-                    }
-                    s.pending = false;
-                }
+                // A device deleted or gone down: dropped, reopened by the housekeeping.
+                Err(e) => s.lose(now, &e),
             }
         }
     }
@@ -1006,7 +1097,19 @@ impl Server {
         self.dirty.clear();
     }
 
+    /// How long no capture has worked, if none works now.
+    fn capture_dead_for(&self, now: Millis) -> Option<Millis> {
+        if self.sources.iter().any(|s| s.source.is_some()) {
+            return None;
+        }
+        let since = self.sources.iter().filter_map(|s| s.lost_at).max()?;
+        Some(now.saturating_sub(since))
+    }
+
     fn housekeeping(&mut self, now: Millis) {
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            s.try_reopen(self.poll.registry(), Token(CAPTURE_BASE + i), now);
+        }
         self.core.router.tick(now);
         let clock = Instant::now();
         let input_timeout = Duration::from_millis(TUNNEL_INPUT_TIMEOUT_MS);
@@ -1033,7 +1136,7 @@ impl Server {
         let mut kernel = 0;
         let mut known = false;
         for s in &mut self.sources {
-            if let Some(d) = s.source.kernel_drops() {
+            if let Some(d) = s.source.as_mut().and_then(|s| s.kernel_drops()) {
                 kernel += d;
                 known = true;
             }

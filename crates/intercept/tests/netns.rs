@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tc_core::control::{ClientMsg, CLIENT_ADD};
 use tc_core::packet::{build_segment, flags, SegmentSpec};
-use tc_e2e::lab::{require, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
+use tc_e2e::lab::{require, wait_for, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intercept");
 const TARGET_PORT: u16 = 8080;
@@ -397,4 +397,94 @@ fn lab_combined_plain_and_payload() {
     run_variant("c", &[], true, 64, 10);
     run_variant("p", &["--disable-combined"], false, 64, 20);
     run_variant("y", &["--payload"], true, 192, 30);
+}
+
+/// `ip` in the namespace of `host`.
+fn ip_in(lab: &Lab, host: &str, args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(["-n", &lab.ns(host)])
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(st.success(), "ip {args:?} in {host}");
+}
+
+/// Issue 15.6: a capture device that disappears (its veth deleted) is reported, reopened
+/// with a backoff once it is back, and when nothing can be captured for `--capture-lost-exit`
+/// seconds intercept exits non-zero.
+#[test]
+#[ignore = "needs root"]
+fn lab_lost_capture_device_is_reopened_then_fatal() {
+    require("lab_lost_capture_device_is_reopened_then_fatal", &["ip"]);
+    let lab = Lab::start();
+    let add = || {
+        ip_in(
+            &lab,
+            ASSIST,
+            &[
+                "link", "add", "cap0", "type", "veth", "peer", "name", "cap0p",
+            ],
+        );
+        ip_in(&lab, ASSIST, &["link", "set", "cap0", "up"]);
+        ip_in(&lab, ASSIST, &["link", "set", "cap0p", "up"]);
+    };
+    add();
+    lab.spawn(
+        ASSIST,
+        "intercept",
+        &PathBuf::from(BIN),
+        &[
+            "-F",
+            "tcp",
+            "-i",
+            "cap0",
+            "-b",
+            "127.0.0.1",
+            "--capture-lost-exit",
+            "3",
+        ],
+    );
+    let log = |what: &'static str| {
+        let lab = &lab;
+        move || format!("{what}; intercept log:\n{}", lab.log("intercept"))
+    };
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log("intercept").contains("msg listen socket"),
+        log("intercept listening"),
+    );
+    ip_in(&lab, ASSIST, &["link", "del", "cap0"]);
+    wait_for(
+        Duration::from_secs(5),
+        || {
+            lab.log("intercept")
+                .contains("[error] capture device cap0 lost")
+        },
+        log("the loss reported"),
+    );
+    add();
+    wait_for(
+        Duration::from_secs(5),
+        || {
+            lab.log("intercept")
+                .contains("capture device cap0 reopened")
+        },
+        log("cap0 reopened"),
+    );
+    assert!(lab.running("intercept"), "{}", lab.log("intercept"));
+    ip_in(&lab, ASSIST, &["link", "del", "cap0"]);
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        || !lab.running("intercept"),
+        log("intercept to exit"),
+    );
+    let code = lab.stop("intercept", 0, Duration::from_secs(1));
+    let text = lab.log("intercept");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit code {code:?}:\n{text}"
+    );
+    assert!(text.contains("nothing could be captured for 3 s"), "{text}");
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
 }
