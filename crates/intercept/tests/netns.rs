@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tc_core::control::{ClientMsg, CLIENT_ADD};
 use tc_core::packet::{build_segment, flags, SegmentSpec};
-use tc_e2e::lab::{require, wait_for, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
+use tc_e2e::lab::{require, wait_for, Lab, ASSIST, ASSIST_IP, CLIENT, ONLINE, TARGET, TARGET_IP};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intercept");
 const TARGET_PORT: u16 = 8080;
@@ -487,4 +487,115 @@ fn lab_lost_capture_device_is_reopened_then_fatal() {
     );
     assert!(text.contains("nothing could be captured for 3 s"), "{text}");
     assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+/// A response segment from the target's server to a fake client, sent raw in the target (its
+/// route for 203.0.113.0/24 leads through the assistant, where intercept captures it).
+fn response_seg(client: Ipv4Addr, cport: u16, seq: u32, fl: u8) -> SegmentSpec<'static> {
+    SegmentSpec {
+        src: TARGET_IP,
+        dst: client,
+        src_port: TARGET_PORT,
+        dst_port: cport,
+        seq,
+        ack: 1,
+        flags: fl,
+        window: 65535,
+        ip_id: 1,
+        mss: None,
+        timestamps: None,
+        payload: &[],
+    }
+}
+
+/// A version-record-sent tunnel to intercept from `host`.
+fn tunnel_from(lab: &Lab, host: &str) -> Peer {
+    lab.in_ns(host, || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpStream::connect((ASSIST_IP, 36524)) {
+                Ok(mut s) => {
+                    s.write_all(&ClientMsg::version(6).encode()).unwrap();
+                    return Peer {
+                        s,
+                        combined: true,
+                        rec_len: 64,
+                        buf: Vec::new(),
+                        records: Vec::new(),
+                    };
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "intercept not listening: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    })
+}
+
+/// Issue 15.2: a tcpcopy on another host (the client host here) cannot take the route of a
+/// connection announced by the tcpcopy on online while its tunnel lives: its CLIENT_ADD is
+/// refused and logged, and the responses keep going to online.
+#[test]
+#[ignore = "needs root"]
+fn lab_second_peer_cannot_take_a_route() {
+    require("lab_second_peer_cannot_take_a_route", &["ip"]);
+    let lab = Lab::start();
+    lab.spawn(
+        ASSIST,
+        "intercept",
+        &PathBuf::from(BIN),
+        &[
+            "-F",
+            "tcp and src port 8080",
+            "-i",
+            "eth0",
+            "--allow",
+            "198.18.0.20,198.18.0.10",
+        ],
+    );
+    let mut owner = tunnel_from(&lab, ONLINE);
+    let mut other = tunnel_from(&lab, CLIENT);
+    let raw = lab.in_ns(TARGET, || {
+        Raw(socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .expect("raw socket"))
+    });
+    let x = Ipv4Addr::new(203, 0, 113, 60);
+    let marker = Ipv4Addr::new(203, 0, 113, 61);
+    owner.add(x, 43000);
+    let is = |port: u16, seq: u32| move |r: &[u8]| seen_of(r).1 == port && seen_of(r).2 == seq;
+    // Retransmitted until the capture is up and the route installed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while owner.pump(Duration::from_millis(100)) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no SYN-ACK for online: {}",
+            lab.log("intercept")
+        );
+        raw.send(&response_seg(x, 43000, 1, flags::SYN | flags::ACK));
+    }
+    owner.wait_for("online's SYN-ACK", is(43000, 1));
+    // The other host announces the same connection, then one of its own (a marker: when its
+    // response arrives, the ADD before it was handled).
+    other.add(x, 43000);
+    other.add(marker, 43001);
+    raw.send(&response_seg(marker, 43001, 2, flags::SYN | flags::ACK));
+    other.wait_for("the marker's SYN-ACK", is(43001, 2));
+    raw.send(&response_seg(x, 43000, 3, flags::ACK));
+    owner.wait_for("online keeps its connection", is(43000, 3));
+    other.drain_quiet(Duration::from_millis(300));
+    assert!(
+        !other.records.iter().any(|r| seen_of(r).1 == 43000),
+        "the other host got online's responses"
+    );
+    let text = lab.log("intercept");
+    assert!(
+        text.contains("route add 203.0.113.60:43000<->198.18.0.30:8080 from tunnel")
+            && text.contains("refused: it belongs to tunnel"),
+        "{text}"
+    );
 }
