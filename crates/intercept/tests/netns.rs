@@ -492,20 +492,11 @@ fn lab_lost_capture_device_is_reopened_then_fatal() {
 /// A response segment from the target's server to a fake client, sent raw in the target (its
 /// route for 203.0.113.0/24 leads through the assistant, where intercept captures it).
 fn response_seg(client: Ipv4Addr, cport: u16, seq: u32, fl: u8) -> SegmentSpec<'static> {
-    SegmentSpec {
-        src: TARGET_IP,
-        dst: client,
-        src_port: TARGET_PORT,
-        dst_port: cport,
-        seq,
-        ack: 1,
-        flags: fl,
-        window: 65535,
-        ip_id: 1,
-        mss: None,
-        timestamps: None,
-        payload: &[],
-    }
+    let mut s = seg(client, cport, seq, 1, fl, &[]);
+    std::mem::swap(&mut s.src, &mut s.dst);
+    std::mem::swap(&mut s.src_port, &mut s.dst_port);
+    s.mss = None;
+    s
 }
 
 /// A version-record-sent tunnel to intercept from `host`.

@@ -222,6 +222,24 @@ impl Peer {
         recs
     }
 
+    /// One frame if it starts within `wait`.
+    fn try_frame(&mut self, wait: Duration) -> Option<Vec<Vec<u8>>> {
+        self.s.set_read_timeout(Some(wait)).unwrap();
+        let mut c = [0u8; 2];
+        let got = self.s.read_exact(&mut c).is_ok();
+        self.s.set_read_timeout(Some(WAIT)).unwrap();
+        if !got {
+            return None;
+        }
+        let mut recs = Vec::new();
+        for _ in 0..u16::from_be_bytes(c) {
+            let mut r = vec![0u8; self.rec_len];
+            self.s.read_exact(&mut r).expect("record");
+            recs.push(r);
+        }
+        Some(recs)
+    }
+
     /// Reads records until `n` arrived.
     fn records(&mut self, n: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -264,9 +282,25 @@ fn rec_flags(r: &[u8]) -> u8 {
 }
 
 /// ADD + a SYN-ACK the peer must receive: afterwards the route is known to be installed.
-fn establish(h: &Harness, p: &mut Peer, cip: Ipv4Addr, cport: u16) {
+/// ADD, then the connection's SYN-ACK is captured.
+fn announce(h: &Harness, p: &mut Peer, cip: Ipv4Addr, cport: u16) {
     p.add(cip, cport);
     h.inject(&response(cip, cport, flags::SYN | flags::ACK, 1000, &[]));
+}
+
+/// Tries `attempt` until it gives something, for [`WAIT`] at most.
+fn retry<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(t) = attempt() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+    }
+}
+
+fn establish(h: &Harness, p: &mut Peer, cip: Ipv4Addr, cport: u16) {
+    announce(h, p, cip, cport);
     let r = p.records(1);
     assert_eq!(rec_dst(&r[0]), (cip, cport));
     assert_eq!(rec_flags(&r[0]), flags::SYN | flags::ACK);
@@ -450,33 +484,11 @@ fn another_peer_cannot_take_a_route() {
     assert_eq!(rec_seq(&a.records(1)[0]), 5, "the owner keeps its route");
     // The owner leaves: its routes go with it and the other address may announce it.
     drop(a);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        thief.add(client(16), 40016);
-        h.inject(&response(
-            client(16),
-            40016,
-            flags::SYN | flags::ACK,
-            6,
-            &[],
-        ));
-        thief
-            .s
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut c = [0u8; 2];
-        if thief.s.read_exact(&mut c).is_ok() {
-            thief.s.set_read_timeout(Some(WAIT)).unwrap();
-            let mut r = vec![0u8; 64 * usize::from(u16::from_be_bytes(c))];
-            thief.s.read_exact(&mut r).unwrap();
-            assert_eq!(rec_dst(&r[..64]), (client(16), 40016));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "route not free after its owner left"
-        );
-    }
+    let f = retry("route free after its owner left", || {
+        announce(&h, &mut thief, client(16), 40016);
+        thief.try_frame(Duration::from_millis(100))
+    });
+    assert_eq!(rec_dst(&f[0]), (client(16), 40016));
     let stats = h.stop();
     assert!(stats.refused_adds >= 1, "{stats:?}");
 }
@@ -673,32 +685,12 @@ fn tunnels_per_peer_address_are_capped() {
     let mut other = Peer::connect_from(&h, Ipv4Addr::new(127, 0, 0, 3), true, 64, 6);
     establish(&h, &mut other, client(52), 40052);
     drop(b);
-    let deadline = Instant::now() + WAIT;
-    let mut again = loop {
+    let first = retry("the closed tunnel's place freed", || {
         let mut p = Peer::connect(&h);
-        p.add(client(53), 40053);
-        h.inject(&response(
-            client(53),
-            40053,
-            flags::SYN | flags::ACK,
-            1,
-            &[],
-        ));
-        p.s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let mut c = [0u8; 2];
-        if p.s.read_exact(&mut c).is_ok() {
-            p.s.set_read_timeout(Some(WAIT)).unwrap();
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the closed tunnel's place was not freed"
-        );
-    };
-    let mut r = vec![0u8; 64];
-    again.s.read_exact(&mut r).unwrap();
-    assert_eq!(rec_dst(&r), (client(53), 40053));
+        announce(&h, &mut p, client(53), 40053);
+        p.try_frame(Duration::from_millis(200))
+    });
+    assert_eq!(rec_dst(&first[0]), (client(53), 40053));
     let stats = h.stop();
     assert!(stats.refused >= 1, "{stats:?}");
 }
@@ -734,22 +726,10 @@ fn single_mode_port_scan_does_not_replace_the_tcpcopy() {
     let h = Harness::start(c);
     let mut a = Peer::connect(&h);
     // The version record is processed once a response comes back.
-    let deadline = Instant::now() + WAIT;
-    a.s.set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let mut seq = 0;
-    loop {
-        h.inject(&response(client(55), 40055, flags::ACK, seq, &[]));
-        let mut c = [0u8; 2];
-        if a.s.read_exact(&mut c).is_ok() {
-            let mut r = vec![0u8; 64 * usize::from(u16::from_be_bytes(c))];
-            a.s.set_read_timeout(Some(WAIT)).unwrap();
-            a.s.read_exact(&mut r).unwrap();
-            break;
-        }
-        seq += 1;
-        assert!(Instant::now() < deadline, "tunnel never joined");
-    }
+    retry("the tunnel joins", || {
+        h.inject(&response(client(55), 40055, flags::ACK, 0, &[]));
+        a.try_frame(Duration::from_millis(50))
+    });
     // Past the window of the group (3 s), a scanner connects, and another sends garbage.
     std::thread::sleep(Duration::from_millis(
         tc_core::control::routing::SINGLE_WINDOW_MS + 200,

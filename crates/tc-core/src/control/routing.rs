@@ -624,6 +624,17 @@ mod tests {
         )
     }
 
+    /// The `n`th of many distinct connections (clients 203.0.x.y).
+    fn many(n: u32) -> RouteKey {
+        RouteKey::new(
+            Ipv4Addr::from(0xcb00_0000 + (n >> 16)),
+            n as u16,
+            Ipv4Addr::new(198, 18, 0, 30),
+            8080,
+            false,
+        )
+    }
+
     const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
     const OTHER_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 21);
     const BYTES: usize = 1 << 20;
@@ -745,14 +756,7 @@ mod tests {
     fn closing_tunnels_does_not_scan_the_table() {
         let mut routes = Routes::new(1 << 20, 1 << 40, 0);
         for p in 0..300_000u32 {
-            let k = RouteKey::new(
-                Ipv4Addr::from(0xcb00_0000 + (p >> 16)),
-                p as u16,
-                Ipv4Addr::new(198, 18, 0, 30),
-                8080,
-                false,
-            );
-            routes.add(k, 1, PEER, 0).unwrap();
+            routes.add(many(p), 1, PEER, 0).unwrap();
         }
         for t in 2..2002u64 {
             routes.add(key(t as u16), t, PEER, 0).unwrap();
@@ -800,13 +804,7 @@ mod tests {
         let record = [0x45u8; 192];
         let mut held_records = 0u64;
         for p in 0..200_000u32 {
-            let k = RouteKey::new(
-                Ipv4Addr::from(0xcb00_7100 + (p >> 16)),
-                p as u16,
-                Ipv4Addr::new(198, 18, 0, 30),
-                8080,
-                false,
-            );
+            let k = many(p);
             for _ in 0..3 {
                 held_records += u64::from(d.hold(k, &record, u64::from(p) / 10));
                 assert!(d.bytes() <= cap, "{} > {cap}", d.bytes());
