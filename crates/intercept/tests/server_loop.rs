@@ -685,9 +685,25 @@ fn tunnels_per_peer_address_are_capped() {
     let mut other = Peer::connect_from(&h, Ipv4Addr::new(127, 0, 0, 3), true, 64, 6);
     establish(&h, &mut other, client(52), 40052);
     drop(b);
+    // Until B's closing is handled, a new tunnel is refused (closed, possibly reset while
+    // the test writes to it).
     let first = retry("the closed tunnel's place freed", || {
-        let mut p = Peer::connect(&h);
-        announce(&h, &mut p, client(53), 40053);
+        let mut s = TcpStream::connect(h.addr).ok()?;
+        s.write_all(&ClientMsg::version(6).encode()).ok()?;
+        let add = ClientMsg::add(client(53), 40053, TARGET, TARGET_PORT);
+        s.write_all(&add.encode()).ok()?;
+        h.inject(&response(
+            client(53),
+            40053,
+            flags::SYN | flags::ACK,
+            1,
+            &[],
+        ));
+        let mut p = Peer {
+            s,
+            combined: true,
+            rec_len: 64,
+        };
         p.try_frame(Duration::from_millis(200))
     });
     assert_eq!(rec_dst(&first[0]), (client(53), 40053));
