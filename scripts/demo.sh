@@ -57,7 +57,7 @@ start target-http target $py -m http.server 8080 --bind 198.18.0.30 --directory 
 wait_port online 80 || exit 1
 wait_port target 8080 || exit 1
 
-start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0
+start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0 --allow 198.18.0.20
 wait_port assist 36524 || exit 1
 
 traffic() {

@@ -216,11 +216,12 @@ impl Topo {
     }
 
     /// intercept `name` in `host` (address `ip`) capturing the target's answers on `dev`, with
-    /// `extra` options; waits until it listens (probed from the client host, so the probe is
-    /// not counted as a tunnel from online).
+    /// `extra` options, accepting the tcpcopy hosts (online, online2); waits until it listens
+    /// (probed from the client host, so the probe is not counted as a tunnel from online).
     fn intercept_on(&self, name: &str, host: &str, ip: Ipv4Addr, dev: &str, extra: &[&str]) {
         let filter = format!("tcp and (src port {HTTP_TARGET_PORT} or src port {TARGET_PORT2})");
-        let mut args = vec!["-F", filter.as_str(), "-i", dev];
+        let allow = format!("{ONLINE_IP},{ONLINE2_IP}");
+        let mut args = vec!["-F", filter.as_str(), "-i", dev, "--allow", allow.as_str()];
         args.extend_from_slice(extra);
         self.lab.spawn(host, name, &bin("intercept"), &args);
         assert!(

@@ -79,7 +79,7 @@ fn start_intercept(lab: &Lab) {
         ASSIST,
         "intercept",
         &bin("intercept"),
-        &["-F", &filter, "-i", "eth0"],
+        &["-F", &filter, "-i", "eth0", "--allow", "198.18.0.20"],
     );
     assert!(
         lab.wait_listening(

@@ -19,6 +19,14 @@ pub use tc_core::control::DEFAULT_PORT;
 /// [`DEFAULT_PORT`] as clap shows and parses it.
 static DEFAULT_PORT_TEXT: LazyLock<String> = LazyLock::new(|| DEFAULT_PORT.to_string());
 pub const DEFAULT_DELAY_TABLE: usize = 65536;
+/// Tunnels one peer address may hold (tcpcopy opens `-C` (at most 11) per intercept).
+pub const DEFAULT_PEER_TUNNELS: usize = 32;
+/// Seconds after which a tunnel that holds no route and sent nothing is closed.
+pub const DEFAULT_IDLE_TUNNEL_SECS: u64 = 60;
+/// Seconds without any working capture device before intercept gives up.
+pub const DEFAULT_CAPTURE_LOST_EXIT_SECS: u64 = 60;
+/// Memory of the delay table, MiB.
+pub const DEFAULT_DELAY_MEM_MIB: usize = 32;
 pub const DEFAULT_MAX_ROUTES: usize = 1 << 20;
 /// Idle route lifetime (the original's unused `DEFAULT_TIMEOUT`).
 pub const DEFAULT_ROUTE_TIMEOUT_SECS: u64 = 1200;
@@ -44,6 +52,12 @@ pub struct PeerNet {
 }
 
 impl PeerNet {
+    /// `--allow any`: every address.
+    pub const ANY: PeerNet = PeerNet {
+        addr: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+    };
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = if self.prefix == 0 {
             0
@@ -65,6 +79,8 @@ pub struct Config {
     pub batch: usize,
     /// Delay table capacity (distinct connections waiting for their CLIENT_ADD).
     pub delay_table: usize,
+    /// Delay table memory cap, bytes (records, entries and bookkeeping).
+    pub delay_mem: usize,
     /// `-D A-B`: responses to A are rewritten and routed to B.
     pub docker_rewrite: Option<(Ipv4Addr, Ipv4Addr)>,
     pub log_file: Option<PathBuf>,
@@ -76,10 +92,22 @@ pub struct Config {
     pub combined: bool,
     pub payload: bool,
     pub dnat: bool,
-    /// Empty: everyone may connect.
+    /// Empty: everyone may connect (the command line only allows that when listening on a
+    /// loopback address; `--allow any` is [`PeerNet::ANY`]).
     pub allow: Vec<PeerNet>,
     pub route_timeout: Duration,
     pub max_routes: usize,
+    /// Most simultaneous tunnels (main derives it from the open-files limit unless given).
+    pub max_tunnels: usize,
+    /// Exit (non-zero) when no capture device has worked for this long.
+    pub capture_lost_exit: Duration,
+    /// `--max-tunnels` as typed.
+    pub max_tunnels_given: Option<usize>,
+    /// Most simultaneous tunnels from one peer address.
+    pub peer_tunnels: usize,
+    /// A handshaken tunnel that holds no route and sent nothing this long is closed (zero:
+    /// never).
+    pub idle_tunnel_timeout: Duration,
 }
 
 impl Config {
@@ -92,6 +120,7 @@ impl Config {
             bind: Ipv4Addr::UNSPECIFIED,
             batch: MAX_BATCH,
             delay_table: DEFAULT_DELAY_TABLE,
+            delay_mem: DEFAULT_DELAY_MEM_MIB << 20,
             docker_rewrite: None,
             log_file: None,
             pid_file: None,
@@ -104,6 +133,11 @@ impl Config {
             allow: Vec::new(),
             route_timeout: Duration::from_secs(DEFAULT_ROUTE_TIMEOUT_SECS),
             max_routes: DEFAULT_MAX_ROUTES,
+            max_tunnels: crate::server::MAX_TUNNELS,
+            max_tunnels_given: None,
+            capture_lost_exit: Duration::from_secs(DEFAULT_CAPTURE_LOST_EXIT_SECS),
+            peer_tunnels: DEFAULT_PEER_TUNNELS,
+            idle_tunnel_timeout: Duration::from_secs(DEFAULT_IDLE_TUNNEL_SECS),
         }
     }
 
@@ -118,6 +152,12 @@ impl Config {
 
     pub fn peer_allowed(&self, ip: Ipv4Addr) -> bool {
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip))
+    }
+
+    /// Anyone who reaches the listener may connect (`--allow any`, or a /0 in the list).
+    pub fn open_to_anyone(&self) -> bool {
+        self.allow.iter().any(|n| n.prefix == 0)
+            || (self.allow.is_empty() && !self.bind.is_loopback())
     }
 }
 
@@ -146,8 +186,9 @@ const H_PROCESS: &str = "Process";
 
 const EXAMPLES: &str = "\
 Examples:
-  intercept -F 'tcp and src port 8080' -i eth0
-      capture the answers of a test server on port 8080 arriving on eth0
+  intercept -F 'tcp and src port 8080' -i eth0 --allow 10.0.0.1
+      capture the answers of a test server on port 8080 arriving on eth0, for the tcpcopy at
+      10.0.0.1
   intercept -F 'tcp and src host 10.0.0.2 and src port 80' -b 10.0.0.5 --allow 10.0.0.1 -d -P /run/intercept.pid -l /var/log/intercept.log
       listen only on 10.0.0.5, accept only the tcpcopy at 10.0.0.1, run in the background
 
@@ -179,6 +220,15 @@ fn command() -> Command {
                 .help("interfaces to capture on; 'any' alone = every interface [default: every interface]"),
         )
         .arg(
+            Arg::new("capture_lost_exit")
+                .long("capture-lost-exit")
+                .value_name("secs")
+                .value_parser(clap::value_parser!(u64).range(1..))
+                .default_value("60")
+                .help_heading(H_CAPTURE)
+                .help("a lost capture device (deleted, down) is reopened with a backoff; exit with an error when none has worked this long"),
+        )
+        .arg(
             Arg::new("port")
                 .short('p')
                 .value_name("port")
@@ -201,7 +251,33 @@ fn command() -> Command {
                 .long("allow")
                 .value_name("ip[/len][,...]")
                 .help_heading(H_CONTROL)
-                .help("accept tcpcopy connections only from these peers (others are refused and logged) [default: anyone]"),
+                .help("accept tcpcopy connections only from these peers (others are refused and logged); 'any' = everyone. Required unless -b is a loopback address"),
+        )
+        .arg(
+            Arg::new("peer_tunnels")
+                .long("peer-tunnels")
+                .value_name("num")
+                .value_parser(clap::value_parser!(u64).range(1..=65536))
+                .default_value("32")
+                .help_heading(H_CONTROL)
+                .help("tunnels one peer address may hold at once; more are refused"),
+        )
+        .arg(
+            Arg::new("max_tunnels")
+                .long("max-tunnels")
+                .value_name("num")
+                .value_parser(clap::value_parser!(u64).range(1..=1048576))
+                .help_heading(H_CONTROL)
+                .help("tunnels at once, all peers [default: the open-files limit (raised to its hard limit at start) less 64]"),
+        )
+        .arg(
+            Arg::new("idle_tunnel_timeout")
+                .long("idle-tunnel-timeout")
+                .value_name("secs")
+                .value_parser(clap::value_parser!(u64))
+                .default_value("60")
+                .help_heading(H_CONTROL)
+                .help("close a tunnel that holds no route and sent nothing this long (0 = never; not with --single)"),
         )
         .arg(
             Arg::new("batch")
@@ -219,6 +295,15 @@ fn command() -> Command {
                 .default_value("65536")
                 .help_heading(H_ROUTING)
                 .help("delay table: connections whose SYN-ACK/RST may wait (30 s) for their CLIENT_ADD; the original's bucket count (chained, unbounded), here entries, at least 65536"),
+        )
+        .arg(
+            Arg::new("delay_mem")
+                .long("delay-mem")
+                .value_name("MiB")
+                .value_parser(clap::value_parser!(u64).range(1..=4096))
+                .default_value("32")
+                .help_heading(H_ROUTING)
+                .help("memory of the delay table at most; SYN-ACKs beyond it are not held"),
         )
         .arg(
             Arg::new("rewrite")
@@ -400,11 +485,17 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
         Some(&n) => n,
         None => DEFAULT_DELAY_TABLE,
     };
+    cfg.delay_mem = m
+        .get_one::<u64>("delay_mem")
+        .map_or(DEFAULT_DELAY_MEM_MIB << 20, |&mib| (mib as usize) << 20);
     cfg.docker_rewrite = match m.get_one::<String>("rewrite") {
         None => None,
         Some(s) => Some(parse_rewrite(s)?),
     };
     cfg.allow = match m.get_one::<String>("allow") {
+        None if !cfg.bind.is_loopback() => {
+            return Err(CliExit::error(format!("-b {}: {ALLOW_REQUIRED}", cfg.bind)))
+        }
         None => Vec::new(),
         Some(s) => parse_allow(s)?,
     };
@@ -417,6 +508,18 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
         Some(&n) => n,
         None => DEFAULT_MAX_ROUTES,
     };
+    cfg.peer_tunnels = m
+        .get_one::<u64>("peer_tunnels")
+        .map_or(DEFAULT_PEER_TUNNELS, |&n| n as usize);
+    cfg.max_tunnels_given = m.get_one::<u64>("max_tunnels").map(|&n| n as usize);
+    cfg.idle_tunnel_timeout = Duration::from_secs(
+        *m.get_one::<u64>("idle_tunnel_timeout")
+            .unwrap_or(&DEFAULT_IDLE_TUNNEL_SECS),
+    );
+    cfg.capture_lost_exit = Duration::from_secs(
+        *m.get_one::<u64>("capture_lost_exit")
+            .unwrap_or(&DEFAULT_CAPTURE_LOST_EXIT_SECS),
+    );
     cfg.log_file = m.get_one::<PathBuf>("log").cloned();
     cfg.pid_file = m.get_one::<PathBuf>("pid").cloned();
     cfg.daemon = m.get_flag("daemon");
@@ -469,9 +572,16 @@ fn parse_rewrite(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), CliExit> {
     Ok((a, b))
 }
 
+/// Why intercept does not start open to anyone by default.
+pub const ALLOW_REQUIRED: &str = "listening on a non-loopback address without --allow would let anyone who reaches the port announce connections and read their responses: add --allow <tcpcopy host address>[,...] (an address or address/prefix, e.g. --allow 10.0.0.1), or --allow any to accept every peer, or -b 127.0.0.1 to listen on loopback only";
+
 fn parse_allow(s: &str) -> Result<Vec<PeerNet>, CliExit> {
     let mut out = Vec::new();
     for item in s.split(',') {
+        if item.trim() == "any" {
+            out.push(PeerNet::ANY);
+            continue;
+        }
         let bad = || {
             CliExit::error(format!(
                 "--allow: {item:?} is not an IPv4 address or address/prefix"
@@ -533,13 +643,38 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = p(&["-F", "tcp and src port 8080"]).unwrap();
+        let c = p(&["-F", "tcp and src port 8080", "--allow", "any"]).unwrap();
         assert_eq!(c.port, 36524);
         assert_eq!(c.bind, Ipv4Addr::UNSPECIFIED);
         assert_eq!(c.devices, Devices::All);
         assert_eq!((c.batch, c.delay_table), (16, 65536));
+        assert_eq!(c.delay_mem, 32 << 20);
         assert!(c.combined && !c.payload && !c.single && !c.dnat && !c.daemon);
         assert!(c.peer_allowed(Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(c.open_to_anyone());
+    }
+
+    /// Issue 15.1: no longer open to anyone by default.
+    #[test]
+    fn open_listener_needs_an_allow_list() {
+        for args in [&["-F", "tcp"][..], &["-F", "tcp", "-b", "198.18.0.40"]] {
+            let e = p(args).unwrap_err();
+            assert_ne!(e.status, 0);
+            assert!(
+                e.message.contains("--allow <tcpcopy host address>")
+                    && e.message.contains("--allow any"),
+                "{}",
+                e.message
+            );
+        }
+        // Loopback only: nobody else can reach it.
+        let c = p(&["-F", "tcp", "-b", "127.0.0.1"]).unwrap();
+        assert!(c.allow.is_empty() && !c.open_to_anyone());
+        let c = p(&["-F", "tcp", "--allow", "198.18.0.20"]).unwrap();
+        assert!(!c.open_to_anyone());
+        assert!(!c.peer_allowed(Ipv4Addr::new(198, 18, 0, 21)));
+        let c = p(&["-F", "tcp", "--allow", "198.18.0.20,any"]).unwrap();
+        assert!(c.open_to_anyone());
     }
 
     #[test]
@@ -581,10 +716,17 @@ mod tests {
         assert!(c.peer_allowed(Ipv4Addr::new(198, 18, 1, 77)));
         assert!(!c.peer_allowed(Ipv4Addr::new(198, 18, 0, 21)));
         assert_eq!(
-            p(&["-F", "tcp", "-i", "any"]).unwrap().devices,
+            p(&["-F", "tcp", "-i", "any", "-b", "127.0.0.1"])
+                .unwrap()
+                .devices,
             Devices::All
         );
-        assert_eq!(p(&["-F", "tcp", "--payload"]).unwrap().batch, 6);
+        assert_eq!(
+            p(&["-F", "tcp", "--payload", "--allow", "any"])
+                .unwrap()
+                .batch,
+            6
+        );
     }
 
     #[test]

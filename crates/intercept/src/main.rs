@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use intercept::{cli, server};
-use log::{error, info};
+use log::{error, info, warn};
 use tc_core::{daemon, logging};
 
 fn main() -> ExitCode {
@@ -39,6 +39,32 @@ fn main() -> ExitCode {
 
 fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     info!("intercept version:{}", cli::VERSION);
+    let mut cfg = cfg.clone();
+    let fd_cap = match server::raise_nofile_limit() {
+        Ok((before, after)) => {
+            info!("open files limit:{after} (soft limit was {before})");
+            Some(server::tunnel_cap(after))
+        }
+        Err(e) => {
+            warn!("cannot read or raise the open files limit: {e}");
+            None
+        }
+    };
+    cfg.max_tunnels = match (cfg.max_tunnels_given, fd_cap) {
+        (Some(n), Some(cap)) if n > cap => {
+            warn!("--max-tunnels {n} is more than the open files limit allows ({cap}): accepts may fail with EMFILE");
+            n
+        }
+        (Some(n), _) => n,
+        (None, Some(cap)) => cap,
+        (None, None) => server::MAX_TUNNELS,
+    };
+    cfg.peer_tunnels = cfg.peer_tunnels.min(cfg.max_tunnels);
+    info!(
+        "tunnels at most:{}, per peer address:{}",
+        cfg.max_tunnels, cfg.peer_tunnels
+    );
+    let cfg = &cfg;
     info!(
         "intercept internal version:{}",
         tc_core::control::PROTOCOL_VERSION
@@ -70,7 +96,12 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     if let Some((a, b)) = cfg.docker_rewrite {
         info!("-D para:{a}-{b}");
     }
-    if !cfg.allow.is_empty() {
+    if cfg.open_to_anyone() {
+        warn!(
+            "--allow any: anyone who reaches {}:{} can connect, announce connections and read their responses",
+            cfg.bind, cfg.port
+        );
+    } else if !cfg.allow.is_empty() {
         let list: Vec<String> = cfg
             .allow
             .iter()

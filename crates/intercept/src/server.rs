@@ -21,7 +21,7 @@ use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
 use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
 use tc_core::control::routing::{
-    Admission, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId,
+    Admission, Held, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId,
 };
 use tc_core::control::{
     ClientMsg, ClientMsgKind, Record, WireFormat, CLIENT_MSG_LEN, PROTOCOL_VERSION,
@@ -49,8 +49,41 @@ pub const TUNNEL_OUT_LIMIT: usize = 4 << 20;
 pub const TUNNEL_INPUT_TIMEOUT_MS: Millis = 5_000;
 /// A tunnel whose pending output has not moved for this long is closed.
 pub const TUNNEL_SEND_TIMEOUT_MS: Millis = 10_000;
-/// Most simultaneous tunnels.
+/// Most simultaneous tunnels when the open-files limit allows no more (see
+/// [`tunnel_cap`]).
 pub const MAX_TUNNELS: usize = 4096;
+/// Descriptors kept for everything but tunnels (captures, listener, log, poll, a refused
+/// connection being closed).
+pub const FD_RESERVE: u64 = 64;
+/// After an accept failure (EMFILE, ENFILE...), the listener is tried again this soon even if
+/// no new connection arrives.
+pub const ACCEPT_RETRY_MS: Millis = 100;
+
+/// The tunnel cap that `nofile` open files allow: all but [`FD_RESERVE`] descriptors.
+pub fn tunnel_cap(nofile: u64) -> usize {
+    nofile.saturating_sub(FD_RESERVE).clamp(1, 1 << 20) as usize
+}
+
+/// Raises the soft open-files limit to the hard one; returns (before, after).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, lim.rlim_cur))
+}
 const STATS_PERIOD_MS: Millis = 30_000;
 const HOUSEKEEPING_MS: Millis = 200;
 /// Per-event log lines allowed per second and category; the rest are counted.
@@ -75,19 +108,97 @@ impl Source for PcapLive {
     }
 }
 
-/// A named capture source.
+/// Opens a capture source again after it failed (its device deleted, for instance).
+pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn Source>, String>>;
+
+/// First wait before reopening a lost capture; doubled after each failure up to
+/// [`REOPEN_BACKOFF_MAX_MS`].
+pub const REOPEN_BACKOFF_MS: Millis = 200;
+pub const REOPEN_BACKOFF_MAX_MS: Millis = 5_000;
+
+/// A named capture source. One that fails is dropped and, if it can be reopened, reopened
+/// with a backoff.
 pub struct NamedSource {
     pub name: String,
-    pub source: Box<dyn Source>,
+    source: Option<Box<dyn Source>>,
+    reopen: Option<Reopen>,
     pending: bool,
+    /// Since when it is lost, if it is.
+    lost_at: Option<Millis>,
+    retry_at: Millis,
+    backoff: Millis,
 }
 
 impl NamedSource {
     pub fn new(name: &str, source: Box<dyn Source>) -> NamedSource {
         NamedSource {
             name: name.to_string(),
-            source,
+            source: Some(source),
+            reopen: None,
             pending: true,
+            lost_at: None,
+            retry_at: 0,
+            backoff: REOPEN_BACKOFF_MS,
+        }
+    }
+
+    /// How to open it again after a failure.
+    pub fn with_reopen(mut self, reopen: Reopen) -> NamedSource {
+        self.reopen = Some(reopen);
+        self
+    }
+
+    fn lose(&mut self, now: Millis, why: &dyn std::fmt::Display) {
+        self.source = None;
+        self.pending = false;
+        self.lost_at = Some(now);
+        self.backoff = REOPEN_BACKOFF_MS;
+        self.retry_at = now + self.backoff;
+        if self.reopen.is_some() {
+            error!(
+                "capture device {} lost: {why}; reopening it (retries back off up to {} s)",
+                self.name,
+                REOPEN_BACKOFF_MAX_MS / 1000
+            );
+        } else {
+            error!("capture device {} lost: {why}", self.name);
+        }
+    }
+
+    /// Tries to reopen a lost source when its backoff has passed.
+    fn try_reopen(&mut self, registry: &Registry, token: Token, now: Millis) {
+        let (Some(lost_at), Some(reopen)) = (self.lost_at, self.reopen.as_mut()) else {
+            return;
+        };
+        if now < self.retry_at {
+            return;
+        }
+        let opened = reopen().and_then(|mut src| {
+            src.register(registry, token)
+                .map_err(|e| format!("cannot poll it: {e}"))?;
+            Ok(src)
+        });
+        match opened {
+            Ok(src) => {
+                info!(
+                    "capture device {} reopened after {} ms",
+                    self.name,
+                    now.saturating_sub(lost_at)
+                );
+                self.source = Some(src);
+                self.lost_at = None;
+                self.pending = true;
+            }
+            Err(e) => {
+                self.backoff = (self.backoff * 2).min(REOPEN_BACKOFF_MAX_MS);
+                self.retry_at = now + self.backoff;
+                warn!(
+                    "capture device {} still lost ({} s): {e}; next try in {} ms",
+                    self.name,
+                    now.saturating_sub(lost_at) / 1000,
+                    self.backoff
+                );
+            }
         }
     }
 }
@@ -125,7 +236,12 @@ pub fn open_captures(cfg: &Config) -> anyhow::Result<Vec<NamedSource>> {
         .into_iter()
         .map(|cap| {
             let name = cap.device().to_owned();
-            NamedSource::new(&name, Box::new(cap))
+            let (device, opts) = (name.clone(), opts.clone());
+            NamedSource::new(&name, Box::new(cap)).with_reopen(Box::new(move || {
+                PcapLive::open(&device, &opts)
+                    .map(|c| Box::new(c) as Box<dyn Source>)
+                    .map_err(|e| e.to_string())
+            }))
         })
         .collect())
 }
@@ -141,6 +257,8 @@ pub struct Stats {
     pub responses: u64,
     /// CLIENT_ADD records processed ("route").
     pub client_adds: u64,
+    /// CLIENT_ADDs refused: another peer address owns the route.
+    pub refused_adds: u64,
     /// Frames (combined) or records (plain) queued for writing ("sock write cnt").
     pub writes: u64,
     /// Records queued on tunnels.
@@ -199,8 +317,12 @@ struct Tunnel {
     id: TunnelId,
     conn: FramedConn,
     peer: SocketAddr,
+    /// The peer's address (tunnels come from IPv4 peers only).
+    peer_ip: Ipv4Addr,
     fd: i32,
     accepted_at: Millis,
+    /// When the last complete record arrived (the version record included).
+    last_input: Millis,
     handshaken: bool,
     dirty: bool,
     read_again: bool,
@@ -208,22 +330,30 @@ struct Tunnel {
 }
 
 impl Tunnel {
-    fn push(&mut self, rec: &Record, fmt: WireFormat, max_batch: usize, stats: &mut Stats) {
+    fn push(&mut self, rec: &[u8], fmt: WireFormat, max_batch: usize, stats: &mut Stats) {
         if self.closing.is_some() {
             stats.overflow += 1;
             return;
         }
         let queued = if fmt.combined {
             self.conn
-                .queue_batched(rec.as_bytes(), max_batch)
+                .queue_batched(rec, max_batch)
                 .map(|sealed| stats.writes += u64::from(sealed))
         } else {
             stats.writes += 1;
-            self.conn.queue(rec.as_bytes())
+            self.conn.queue(rec)
         };
         stats.records_sent += 1;
         if queued.is_err() {
             self.closing = Some("send queue full (peer does not read)");
+        }
+    }
+
+    /// Marks the tunnel for the end-of-turn flush.
+    fn mark_dirty(&mut self, dirty: &mut Vec<TunnelId>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(self.id);
         }
     }
 
@@ -242,14 +372,62 @@ impl Tunnel {
     }
 }
 
-/// Routing state shared by the capture and control paths.
+/// What the loop does with a captured frame: [`Core::on_frame`] decides, the loop performs.
+// The record stays on the stack (one per captured frame): boxing it would allocate per packet.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum FrameRoute {
+    /// Queue this record on that tunnel.
+    Forward(TunnelId, Record),
+    /// No route yet: kept in the delay table until its CLIENT_ADD.
+    Held,
+    /// No tunnel for it (counted and logged).
+    Unrouted,
+    /// Not a usable TCP response (counted as a capture drop).
+    Dropped,
+}
+
+/// What the loop does after a client record: [`Core::on_client_msg`] decides, the loop
+/// performs.
+#[derive(Debug)]
+enum MsgAction {
+    Nothing,
+    /// A valid version record: the tunnel may now be used.
+    Handshaken,
+    /// Close the tunnel, for this reason.
+    Close(&'static str),
+    /// The connection just announced had responses waiting: send them on this tunnel first.
+    Deliver(Held),
+}
+
+/// The tunnel as the routing decisions see it.
+#[derive(Debug, Clone, Copy)]
+struct TunnelView {
+    id: TunnelId,
+    peer: SocketAddr,
+    peer_ip: Ipv4Addr,
+    handshaken: bool,
+}
+
+impl Tunnel {
+    fn view(&self) -> TunnelView {
+        TunnelView {
+            id: self.id,
+            peer: self.peer,
+            peer_ip: self.peer_ip,
+            handshaken: self.handshaken,
+        }
+    }
+}
+
+/// Routing state shared by the capture and control paths. It decides; the loop moves bytes.
 struct Core {
     fmt: WireFormat,
     max_batch: usize,
     dnat: bool,
     single_mode: bool,
     rewrite: Option<(Ipv4Addr, Ipv4Addr)>,
-    router: Router<Record>,
+    router: Router,
     single: SingleGroup,
     stats: Stats,
     unrouted_log: LogLimit,
@@ -257,21 +435,14 @@ struct Core {
 }
 
 impl Core {
-    /// One captured frame: decode, build the record, route it.
-    fn on_frame(
-        &mut self,
-        link: LinkType,
-        frame: &[u8],
-        now: Millis,
-        tunnels: &mut HashMap<TunnelId, Tunnel>,
-        dirty: &mut Vec<TunnelId>,
-    ) {
+    /// One captured frame: decode, build the record, decide where it goes.
+    fn on_frame(&mut self, link: LinkType, frame: &[u8], now: Millis) -> FrameRoute {
         self.stats.frames += 1;
         let ip = match ipv4_payload(link, frame) {
             Ok(ip) => ip,
             Err(reason) => {
                 self.stats.drops.count(reason);
-                return;
+                return FrameRoute::Dropped;
             }
         };
         if ip.get(9) == Some(&6) {
@@ -281,7 +452,7 @@ impl Core {
             Ok(p) => p,
             Err(reason) => {
                 self.stats.drops.count(reason);
-                return;
+                return FrameRoute::Dropped;
             }
         };
         self.stats.responses += 1;
@@ -315,7 +486,7 @@ impl Core {
             self.single.pick(&key)
         } else {
             let syn_or_rst = pkt.has_flags(flags::SYN) || pkt.has_flags(flags::RST);
-            match self.router.route(&key, syn_or_rst, &record, now) {
+            match self.router.route(&key, syn_or_rst, record.as_bytes(), now) {
                 Routed::Tunnel(t) => Some(t),
                 Routed::Delayed => {
                     if pkt.rst()
@@ -325,27 +496,17 @@ impl Core {
                     {
                         info!("reset from tcp, delayed: {key}");
                     }
-                    return;
+                    return FrameRoute::Held;
                 }
                 Routed::Dropped => None,
             }
         };
-        match target.and_then(|t| tunnels.get_mut(&t)) {
-            Some(tunnel) => {
-                tunnel.push(&record, self.fmt, self.max_batch, &mut self.stats);
-                if !tunnel.dirty {
-                    tunnel.dirty = true;
-                    dirty.push(tunnel.id);
-                }
-            }
+        match target {
+            Some(t) => FrameRoute::Forward(t, record),
             None => {
-                self.stats.unrouted += 1;
-                if self
-                    .unrouted_log
-                    .allow(now, &mut self.stats.logs_suppressed)
-                {
-                    info!(
-                        "fd is null after session is created: from bak:{}:{}-->{}:{},len {},seq={},ack={}",
+                self.unrouted(now, || {
+                    format!(
+                        "from bak:{}:{}-->{}:{},len {},seq={},ack={}",
                         pkt.src_ip(),
                         pkt.src_port(),
                         pkt.dst_ip(),
@@ -353,24 +514,37 @@ impl Core {
                         pkt.total_len(),
                         pkt.seq(),
                         pkt.ack()
-                    );
-                }
+                    )
+                });
+                FrameRoute::Unrouted
             }
         }
     }
 
+    /// Counts (and, rate-limited, logs) a response that no tunnel takes.
+    fn unrouted(&mut self, now: Millis, what: impl FnOnce() -> String) {
+        self.stats.unrouted += 1;
+        if self
+            .unrouted_log
+            .allow(now, &mut self.stats.logs_suppressed)
+        {
+            info!("fd is null after session is created: {}", what());
+        }
+    }
+
     /// One complete 14-byte record from a tunnel.
-    fn on_client_msg(&mut self, tunnel: &mut Tunnel, raw: &[u8; CLIENT_MSG_LEN], now: Millis) {
+    fn on_client_msg(
+        &mut self,
+        tunnel: TunnelView,
+        raw: &[u8; CLIENT_MSG_LEN],
+        now: Millis,
+    ) -> MsgAction {
         let msg = ClientMsg::parse(raw);
         if !tunnel.handshaken {
             match msg.check_version_record() {
                 Err(e) => {
-                    error!(
-                        "{e}: tunnel {} from {}",
-                        tunnel.id, tunnel.peer
-                    );
-                    tunnel.closing = Some("bad version record");
-                    return;
+                    error!("{e}: tunnel {} from {}", tunnel.id, tunnel.peer);
+                    return MsgAction::Close("bad version record");
                 }
                 Ok(version) if version != PROTOCOL_VERSION => warn!(
                     "not compatible,client:{version},intercept:{PROTOCOL_VERSION} (tunnel {} from {})",
@@ -378,14 +552,13 @@ impl Core {
                 ),
                 Ok(_) => {}
             }
-            tunnel.handshaken = true;
-            return;
+            return MsgAction::Handshaken;
         }
         match msg.classify() {
             ClientMsgKind::Add => {
                 self.stats.client_adds += 1;
                 if self.single_mode {
-                    return;
+                    return MsgAction::Nothing;
                 }
                 let key = RouteKey::new(
                     msg.client_ip,
@@ -395,14 +568,28 @@ impl Core {
                     self.dnat,
                 );
                 debug!("route add {key} -> tunnel {}", tunnel.id);
-                if let Some(waiting) = self.router.client_add(key, tunnel.id, now) {
-                    debug!("{} delayed responses sent for {key}", waiting.len());
-                    for rec in &waiting {
-                        tunnel.push(rec, self.fmt, self.max_batch, &mut self.stats);
+                match self.router.client_add(key, tunnel.id, tunnel.peer_ip, now) {
+                    Ok(Some(waiting)) => {
+                        debug!("{} delayed responses sent for {key}", waiting.len());
+                        MsgAction::Deliver(waiting)
+                    }
+                    Ok(None) => MsgAction::Nothing,
+                    Err(taken) => {
+                        self.stats.refused_adds += 1;
+                        if self.peer_log.allow(now, &mut self.stats.logs_suppressed) {
+                            warn!(
+                                "route add {key} from tunnel {} ({}) refused: it belongs to tunnel {} of {}",
+                                tunnel.id, tunnel.peer, taken.owner, taken.owner_peer
+                            );
+                        }
+                        MsgAction::Nothing
                     }
                 }
             }
-            ClientMsgKind::Del => debug!("client del from tunnel {}", tunnel.id),
+            ClientMsgKind::Del => {
+                debug!("client del from tunnel {}", tunnel.id);
+                MsgAction::Nothing
+            }
             ClientMsgKind::Unknown(other) => {
                 // Spec 4.1: warned and ignored; the connection stays open.
                 self.stats.unknown_msgs += 1;
@@ -412,6 +599,7 @@ impl Core {
                         tunnel.id, tunnel.peer
                     );
                 }
+                MsgAction::Nothing
             }
         }
     }
@@ -435,6 +623,10 @@ pub struct Server {
     waker: Arc<Waker>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     listener_pending: bool,
+    /// After an accept failure: when to try the listener again.
+    accept_retry_at: Option<Millis>,
+    /// Open tunnels per peer address.
+    per_peer: HashMap<Ipv4Addr, usize>,
 }
 
 impl Server {
@@ -451,9 +643,10 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         for (i, s) in sources.iter_mut().enumerate() {
-            s.source
-                .register(poll.registry(), Token(CAPTURE_BASE + i))
-                .with_context(|| format!("cannot poll capture {}", s.name))?;
+            if let Some(src) = s.source.as_mut() {
+                src.register(poll.registry(), Token(CAPTURE_BASE + i))
+                    .with_context(|| format!("cannot poll capture {}", s.name))?;
+            }
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let fmt = WireFormat {
@@ -472,6 +665,7 @@ impl Server {
                 // The original's -s counts hash buckets with unbounded chains: a smaller
                 // value must not make the bounded table refuse what the original held.
                 cfg.delay_table.max(crate::cli::DEFAULT_DELAY_TABLE),
+                cfg.delay_mem,
                 0,
             ),
             single: SingleGroup::new(cfg.protect),
@@ -495,6 +689,8 @@ impl Server {
             waker,
             signals: None,
             listener_pending: true,
+            accept_retry_at: None,
+            per_peer: HashMap::new(),
         })
     }
 
@@ -535,14 +731,21 @@ impl Server {
         let mut next_stats = STATS_PERIOD_MS;
         let mut read_again: Vec<TunnelId> = Vec::new();
         loop {
+            let now = self.now();
+            if self.accept_retry_at.is_some_and(|t| now >= t) {
+                self.accept_retry_at = None;
+                self.listener_pending = true;
+            }
             let busy = self.listener_pending
                 || !read_again.is_empty()
                 || self.sources.iter().any(|s| s.pending);
-            let now = self.now();
+            let wake_at = self
+                .accept_retry_at
+                .map_or(next_housekeeping, |t| t.min(next_housekeeping));
             let timeout = if busy {
                 Duration::ZERO
             } else {
-                Duration::from_millis(next_housekeeping.saturating_sub(now).clamp(1, 500))
+                Duration::from_millis(wake_at.saturating_sub(now).clamp(1, 500))
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -580,10 +783,7 @@ impl Server {
                                 if !tunnel.write_out(self.poll.registry(), &mut self.core.stats) {
                                     tunnel.closing.get_or_insert("send failed");
                                 }
-                                if !tunnel.dirty {
-                                    tunnel.dirty = true;
-                                    self.dirty.push(id);
-                                }
+                                tunnel.mark_dirty(&mut self.dirty);
                             }
                         }
                     }
@@ -609,6 +809,16 @@ impl Server {
             if now >= next_housekeeping {
                 self.housekeeping(now);
                 next_housekeeping = now + HOUSEKEEPING_MS;
+                let limit = self.cfg.capture_lost_exit.as_millis() as Millis;
+                if let Some(dead) = self.capture_dead_for(now).filter(|&d| d >= limit) {
+                    let names: Vec<String> = self.sources.iter().map(|s| s.name.clone()).collect();
+                    self.shutdown();
+                    anyhow::bail!(
+                        "nothing could be captured for {} s: every capture device is lost ({})",
+                        dead / 1000,
+                        names.join(",")
+                    );
+                }
             }
             if now >= next_stats {
                 self.log_stats("statistics");
@@ -633,15 +843,17 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and the like: retry on the next turn, do not spin.
+                    // EMFILE and the like: the connections wait in the backlog, and no new
+                    // event may come for them; try again on a timer, without spinning.
                     if self
                         .core
                         .peer_log
                         .allow(now, &mut self.core.stats.logs_suppressed)
                     {
-                        error!("accept failed: {e}");
+                        error!("accept failed: {e} (retrying in {ACCEPT_RETRY_MS} ms)");
                     }
                     self.listener_pending = false;
+                    self.accept_retry_at = Some(now + ACCEPT_RETRY_MS);
                     return;
                 }
             };
@@ -656,6 +868,10 @@ impl Server {
             SocketAddr::V4(a) => self.cfg.peer_allowed(*a.ip()),
             SocketAddr::V6(_) => false,
         };
+        let peer_ip = match peer {
+            SocketAddr::V4(a) => *a.ip(),
+            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
         let refuse = |core: &mut Core, why: &str| {
             core.stats.refused += 1;
             if core.peer_log.allow(now, &mut core.stats.logs_suppressed) {
@@ -666,8 +882,18 @@ impl Server {
             refuse(&mut self.core, "not in the --allow list");
             return;
         }
-        if self.tunnels.len() >= MAX_TUNNELS {
+        if self.tunnels.len() >= self.cfg.max_tunnels {
             refuse(&mut self.core, "too many tunnels");
+            return;
+        }
+        if self.per_peer.get(&peer_ip).copied().unwrap_or(0) >= self.cfg.peer_tunnels {
+            refuse(
+                &mut self.core,
+                &format!(
+                    "this address already has {} tunnels (--peer-tunnels)",
+                    self.cfg.peer_tunnels
+                ),
+            );
             return;
         }
         if let Err(e) = stream.set_nodelay(true) {
@@ -676,38 +902,12 @@ impl Server {
         }
         let id = self.next_tunnel;
         self.next_tunnel += 1;
-        if self.core.single_mode {
-            match self.core.single.admit(id, now) {
-                Admission::Joined => {}
-                Admission::Spare => warn!(
-                    "reach the fd limit for single:{}",
-                    tc_core::control::routing::SINGLE_MAX_TUNNELS
-                ),
-                Admission::NewGroup { close } => {
-                    warn!("it does not support distributed clients: new tcpcopy from {peer}, closing {} old tunnels", close.len());
-                    for old in close {
-                        if let Some(t) = self.tunnels.get_mut(&old) {
-                            t.closing
-                                .get_or_insert("replaced by a new tcpcopy (--single)");
-                        }
-                    }
-                }
-                Admission::Refused => {
-                    refuse(
-                        &mut self.core,
-                        "sth tries to connect to server (-c: the first tcpcopy is still connected)",
-                    );
-                    return;
-                }
-            }
-        }
         if let Err(e) = self.poll.registry().register(
             &mut stream,
             Token(TUNNEL_BASE + id as usize),
             Interest::READABLE,
         ) {
             error!("cannot poll tunnel from {peer}: {e}");
-            self.core.single.remove(id);
             return;
         }
         let fd = stream.as_raw_fd();
@@ -717,11 +917,11 @@ impl Server {
             Ok(c) => c,
             Err(e) => {
                 error!("cannot set up tunnel from {peer}: {e}");
-                self.core.single.remove(id);
                 return;
             }
         };
         self.core.stats.accepted += 1;
+        *self.per_peer.entry(peer_ip).or_insert(0) += 1;
         info!("it adds fd:{fd} (tunnel {id} from {peer})");
         self.tunnels.insert(
             id,
@@ -729,8 +929,10 @@ impl Server {
                 id,
                 conn,
                 peer,
+                peer_ip,
                 fd,
                 accepted_at: now,
+                last_input: now,
                 handshaken: false,
                 dirty: false,
                 read_again: false,
@@ -754,12 +956,28 @@ impl Server {
                     msgs.push(raw);
                 }
             });
+        if !msgs.is_empty() {
+            tunnel.last_input = now;
+        }
+        let mut joined = false;
         // Records that arrived before an end of stream or error are still handled.
         for raw in msgs.iter() {
             if tunnel.closing.is_some() {
                 break;
             }
-            core.on_client_msg(tunnel, raw, now);
+            match core.on_client_msg(tunnel.view(), raw, now) {
+                MsgAction::Nothing => {}
+                MsgAction::Handshaken => {
+                    tunnel.handshaken = true;
+                    joined = core.single_mode;
+                }
+                MsgAction::Close(why) => tunnel.closing = Some(why),
+                MsgAction::Deliver(waiting) => {
+                    for rec in waiting.records() {
+                        tunnel.push(rec, core.fmt, core.max_batch, &mut core.stats);
+                    }
+                }
+            }
         }
         let more = match status {
             Ok(ReadStatus::Drained) => false,
@@ -778,11 +996,48 @@ impl Server {
                 false
             }
         };
-        if !tunnel.dirty {
-            tunnel.dirty = true;
-            self.dirty.push(id);
+        tunnel.mark_dirty(&mut self.dirty);
+        if joined {
+            self.single_admit(id, now);
         }
         more
+    }
+
+    /// `--single`: a tunnel joins the group once its version record is valid, so a connection
+    /// that sends nothing valid (a port scan) cannot replace the running tcpcopy's tunnels.
+    fn single_admit(&mut self, id: TunnelId, now: Millis) {
+        let Some(peer) = self.tunnels.get(&id).map(|t| t.peer) else {
+            return;
+        };
+        match self.core.single.admit(id, now) {
+            Admission::Joined => {}
+            Admission::Spare => warn!(
+                "reach the fd limit for single:{}",
+                tc_core::control::routing::SINGLE_MAX_TUNNELS
+            ),
+            Admission::NewGroup { close } => {
+                warn!("it does not support distributed clients: new tcpcopy from {peer}, closing {} old tunnels", close.len());
+                for old in close {
+                    if let Some(t) = self.tunnels.get_mut(&old) {
+                        t.closing
+                            .get_or_insert("replaced by a new tcpcopy (--single)");
+                    }
+                }
+            }
+            Admission::Refused => {
+                self.core.stats.refused += 1;
+                if self
+                    .core
+                    .peer_log
+                    .allow(now, &mut self.core.stats.logs_suppressed)
+                {
+                    warn!("refused tcpcopy connection from {peer}: sth tries to connect to server (-c: the first tcpcopy is still connected)");
+                }
+                if let Some(t) = self.tunnels.get_mut(&id) {
+                    t.closing = Some("refused (--single -c)");
+                }
+            }
+        }
     }
 
     fn read_captures(&mut self, now: Millis) {
@@ -794,22 +1049,34 @@ impl Server {
             ..
         } = self;
         for s in sources.iter_mut().filter(|s| s.pending) {
-            let mut on_frame =
-                |link: LinkType, frame: &[u8]| core.on_frame(link, frame, now, tunnels, dirty);
-            match s.source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
+            let Some(source) = s.source.as_mut() else {
+                s.pending = false;
+                continue;
+            };
+            let mut on_frame = |link: LinkType, frame: &[u8]| {
+                if let FrameRoute::Forward(t, record) = core.on_frame(link, frame, now) {
+                    match tunnels.get_mut(&t) {
+                        Some(tunnel) => {
+                            tunnel.push(
+                                record.as_bytes(),
+                                core.fmt,
+                                core.max_batch,
+                                &mut core.stats,
+                            );
+                            tunnel.mark_dirty(dirty);
+                        }
+                        // Routes leave with their tunnel, so this is not expected.
+                        None => core.unrouted(now, || format!("tunnel {t} is gone")),
+                    }
+                }
+            };
+            match source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
                 Ok(n) => {
                     log::trace!("capture {}: {n} frames", s.name);
                     s.pending = n >= CAPTURE_BUDGET
                 }
-                Err(e) => {
-                    if core
-                        .unrouted_log
-                        .allow(now, &mut core.stats.logs_suppressed)
-                    {
-                        error!("capture {}: {e}", s.name);
-                    }
-                    s.pending = false;
-                }
+                // A device deleted or gone down: dropped, reopened by the housekeeping.
+                Err(e) => s.lose(now, &e),
             }
         }
     }
@@ -830,17 +1097,36 @@ impl Server {
         self.dirty.clear();
     }
 
+    /// How long no capture has worked, if none works now.
+    fn capture_dead_for(&self, now: Millis) -> Option<Millis> {
+        if self.sources.iter().any(|s| s.source.is_some()) {
+            return None;
+        }
+        let since = self.sources.iter().filter_map(|s| s.lost_at).max()?;
+        Some(now.saturating_sub(since))
+    }
+
     fn housekeeping(&mut self, now: Millis) {
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            s.try_reopen(self.poll.registry(), Token(CAPTURE_BASE + i), now);
+        }
         self.core.router.tick(now);
         let clock = Instant::now();
         let input_timeout = Duration::from_millis(TUNNEL_INPUT_TIMEOUT_MS);
         let send_timeout = Duration::from_millis(TUNNEL_SEND_TIMEOUT_MS);
+        let idle_ms = self.cfg.idle_tunnel_timeout.as_millis() as Millis;
         for t in self.tunnels.values_mut() {
             if t.closing.is_some() {
                 continue;
             }
             if !t.handshaken && now.saturating_sub(t.accepted_at) >= TUNNEL_INPUT_TIMEOUT_MS {
                 t.closing = Some("no version record in time");
+            } else if idle_ms > 0
+                && !self.core.single_mode
+                && now.saturating_sub(t.last_input) >= idle_ms
+                && self.core.router.routes.tunnel_routes(t.id) == 0
+            {
+                t.closing = Some("idle: holds no route and sent nothing (--idle-tunnel-timeout)");
             } else if t.conn.input_stalled_for(clock) >= Some(input_timeout) {
                 t.closing = Some("incomplete record (peer stopped mid-record)");
             } else if t.conn.output_stalled_for(clock) >= Some(send_timeout) {
@@ -850,7 +1136,7 @@ impl Server {
         let mut kernel = 0;
         let mut known = false;
         for s in &mut self.sources {
-            if let Some(d) = s.source.kernel_drops() {
+            if let Some(d) = s.source.as_mut().and_then(|s| s.kernel_drops()) {
                 kernel += d;
                 known = true;
             }
@@ -889,6 +1175,12 @@ impl Server {
             }
         );
         t.conn.deregister(self.poll.registry());
+        if let Some(n) = self.per_peer.get_mut(&t.peer_ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&t.peer_ip);
+            }
+        }
         self.core.router.tunnel_closed(id);
         self.core.single.remove(id);
         self.core.stats.closed += 1;
@@ -903,22 +1195,24 @@ impl Server {
             s.responses, s.all, s.client_adds, s.writes
         );
         info!(
-            "{what}: route hit:{},lost:{},routes:{},all sessions:{},evicted:{},expired:{},purged:{}",
+            "{what}: route hit:{},lost:{},routes:{},all sessions:{},evicted:{},expired:{},purged:{},refused adds:{}",
             r.hits,
             r.lost,
             self.core.router.routes.len(),
             r.adds,
             r.evicted,
             r.expired,
-            r.purged
+            r.purged,
+            r.refused
         );
         info!(
-            "{what}: delayed:{},delay actual sent:{},delay expired:{},delay full:{},waiting:{}",
+            "{what}: delayed:{},delay actual sent:{},delay expired:{},delay full:{},waiting:{},delay bytes:{}",
             d.delayed,
             d.sent,
             d.expired,
             d.full,
-            self.core.router.delay.len()
+            self.core.router.delay.len(),
+            self.core.router.delay.bytes()
         );
         info!(
             "{what}: records sent:{},unrouted:{},overflow:{},tunnels:{},accepted:{},refused:{},closed:{},unknown msg types:{}",

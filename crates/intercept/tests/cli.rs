@@ -142,26 +142,122 @@ fn port_in_use_is_a_bind_error() {
     assert!(err.contains("Bind socket"), "{err}");
 }
 
+/// Issue 15.1: on a non-loopback address intercept does not start without an allow list, and
+/// says what to add; `--allow any` starts (here up to the capture) with a warning.
 #[test]
-fn no_usable_device() {
+fn open_listener_refused_without_allow() {
     let port = free_port().to_string();
-    let out = run(&[
-        "-F",
-        "tcp",
-        "-i",
-        "nosuchdev0",
-        "-b",
-        "127.0.0.1",
-        "-p",
-        &port,
-    ]);
+    let out = run(&["-F", "tcp", "-i", "nosuchdev0", "-p", &port]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("add --allow <tcpcopy host address>") && err.contains("--allow any"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("device could not work"),
+        "refused before capturing: {err}"
+    );
+
+    // It goes on to open the capture (which does not exist here).
+    let err = run_without_device(&["--allow", "any"]);
+    assert!(
+        err.contains("[warn] --allow any: anyone who reaches 0.0.0.0"),
+        "{err}"
+    );
+}
+
+/// Issue 15.4: when accept fails for lack of descriptors (EMFILE), the connections waiting in
+/// the backlog are accepted once descriptors are free again, without any new connection to
+/// wake the listener. Here the hard limit is 40 descriptors and `--max-tunnels` lets
+/// intercept try more; every peer sends a bad version record, so each one it accepts is
+/// closed: all 60 must see their connection closed.
+#[test]
+#[ignore = "needs root"]
+fn accept_retries_after_emfile() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    require_root("accept_retries_after_emfile");
+    let port = free_port();
+    let log = tmp("emfile.log");
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-F", "tcp and port 1", "-i", "lo", "-b", "127.0.0.1"])
+        .args(["--max-tunnels", "1000", "--peer-tunnels", "1000", "-p"])
+        .arg(port.to_string())
+        .arg("-l")
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 40,
+                rlim_max: 40,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _g = Guard(cmd.spawn().unwrap());
+    assert!(wait_listening(port), "not listening");
+    let mut bad = [0u8; 14];
+    bad[0] = 1; // a client address in the version record: refused and closed
+    bad[7] = 6;
+    let mut peers: Vec<TcpStream> = (0..60)
+        .map(|_| {
+            let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+            s.write_all(&bad).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut closed = 0;
+    while !peers.is_empty() && Instant::now() < deadline {
+        peers.retain_mut(|s| {
+            let mut b = [0u8; 16];
+            match s.read(&mut b) {
+                Ok(0) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+                _ => true,
+            }
+        });
+        closed = 60 - peers.len();
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(closed, 60, "peers left waiting in the backlog:\n{text}");
+    assert!(text.contains("open files limit:40"), "{text}");
+    assert!(
+        text.contains("accept failed"),
+        "EMFILE not reached:\n{text}"
+    );
+}
+
+/// Runs intercept with `extra` options on a device that does not exist: it fails there; its
+/// stderr.
+fn run_without_device(extra: &[&str]) -> String {
+    let port = free_port().to_string();
+    let mut args = vec!["-F", "tcp", "-i", "nosuchdev0", "-p", &port];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("device could not work:nosuchdev0"), "{err}");
+    err
+}
+
+#[test]
+fn no_usable_device() {
+    let err = run_without_device(&["-b", "127.0.0.1"]);
     assert!(
         err.contains("no device available for snooping packets"),
         "{err}"
     );
-    assert!(err.contains("device could not work:nosuchdev0"), "{err}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tc_core::control::{ClientMsg, CLIENT_ADD};
 use tc_core::packet::{build_segment, flags, SegmentSpec};
-use tc_e2e::lab::{require, Lab, ASSIST, ASSIST_IP, ONLINE, TARGET, TARGET_IP};
+use tc_e2e::lab::{require, wait_for, Lab, ASSIST, ASSIST_IP, CLIENT, ONLINE, TARGET, TARGET_IP};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intercept");
 const TARGET_PORT: u16 = 8080;
@@ -176,7 +176,16 @@ fn run_variant(tag: &str, extra: &[&str], combined: bool, rec_len: usize, client
     // removed with the lab.
     let log = lab.log_path("intercept");
     let log = log.to_str().expect("log path");
-    let mut args = vec!["-F", "tcp and src port 8080", "-i", "eth0", "-l", log];
+    let mut args = vec![
+        "-F",
+        "tcp and src port 8080",
+        "-i",
+        "eth0",
+        "-l",
+        log,
+        "--allow",
+        "198.18.0.20",
+    ];
     args.extend_from_slice(extra);
     lab.spawn_env(
         ASSIST,
@@ -388,4 +397,196 @@ fn lab_combined_plain_and_payload() {
     run_variant("c", &[], true, 64, 10);
     run_variant("p", &["--disable-combined"], false, 64, 20);
     run_variant("y", &["--payload"], true, 192, 30);
+}
+
+/// `ip` in the namespace of `host`.
+fn ip_in(lab: &Lab, host: &str, args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(["-n", &lab.ns(host)])
+        .args(args)
+        .status()
+        .expect("run ip");
+    assert!(st.success(), "ip {args:?} in {host}");
+}
+
+/// Issue 15.6: a capture device that disappears (its veth deleted) is reported, reopened
+/// with a backoff once it is back, and when nothing can be captured for `--capture-lost-exit`
+/// seconds intercept exits non-zero.
+#[test]
+#[ignore = "needs root"]
+fn lab_lost_capture_device_is_reopened_then_fatal() {
+    require("lab_lost_capture_device_is_reopened_then_fatal", &["ip"]);
+    let lab = Lab::start();
+    let add = || {
+        ip_in(
+            &lab,
+            ASSIST,
+            &[
+                "link", "add", "cap0", "type", "veth", "peer", "name", "cap0p",
+            ],
+        );
+        ip_in(&lab, ASSIST, &["link", "set", "cap0", "up"]);
+        ip_in(&lab, ASSIST, &["link", "set", "cap0p", "up"]);
+    };
+    add();
+    lab.spawn(
+        ASSIST,
+        "intercept",
+        &PathBuf::from(BIN),
+        &[
+            "-F",
+            "tcp",
+            "-i",
+            "cap0",
+            "-b",
+            "127.0.0.1",
+            "--capture-lost-exit",
+            "3",
+        ],
+    );
+    let log = |what: &'static str| {
+        let lab = &lab;
+        move || format!("{what}; intercept log:\n{}", lab.log("intercept"))
+    };
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log("intercept").contains("msg listen socket"),
+        log("intercept listening"),
+    );
+    ip_in(&lab, ASSIST, &["link", "del", "cap0"]);
+    wait_for(
+        Duration::from_secs(5),
+        || {
+            lab.log("intercept")
+                .contains("[error] capture device cap0 lost")
+        },
+        log("the loss reported"),
+    );
+    add();
+    wait_for(
+        Duration::from_secs(5),
+        || {
+            lab.log("intercept")
+                .contains("capture device cap0 reopened")
+        },
+        log("cap0 reopened"),
+    );
+    assert!(lab.running("intercept"), "{}", lab.log("intercept"));
+    ip_in(&lab, ASSIST, &["link", "del", "cap0"]);
+    let t = Instant::now();
+    wait_for(
+        Duration::from_secs(10),
+        || !lab.running("intercept"),
+        log("intercept to exit"),
+    );
+    let code = lab.stop("intercept", 0, Duration::from_secs(1));
+    let text = lab.log("intercept");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit code {code:?}:\n{text}"
+    );
+    assert!(text.contains("nothing could be captured for 3 s"), "{text}");
+    assert!(t.elapsed() >= Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+/// A response segment from the target's server to a fake client, sent raw in the target (its
+/// route for 203.0.113.0/24 leads through the assistant, where intercept captures it).
+fn response_seg(client: Ipv4Addr, cport: u16, seq: u32, fl: u8) -> SegmentSpec<'static> {
+    let mut s = seg(client, cport, seq, 1, fl, &[]);
+    std::mem::swap(&mut s.src, &mut s.dst);
+    std::mem::swap(&mut s.src_port, &mut s.dst_port);
+    s.mss = None;
+    s
+}
+
+/// A version-record-sent tunnel to intercept from `host`.
+fn tunnel_from(lab: &Lab, host: &str) -> Peer {
+    lab.in_ns(host, || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match TcpStream::connect((ASSIST_IP, 36524)) {
+                Ok(mut s) => {
+                    s.write_all(&ClientMsg::version(6).encode()).unwrap();
+                    return Peer {
+                        s,
+                        combined: true,
+                        rec_len: 64,
+                        buf: Vec::new(),
+                        records: Vec::new(),
+                    };
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "intercept not listening: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    })
+}
+
+/// Issue 15.2: a tcpcopy on another host (the client host here) cannot take the route of a
+/// connection announced by the tcpcopy on online while its tunnel lives: its CLIENT_ADD is
+/// refused and logged, and the responses keep going to online.
+#[test]
+#[ignore = "needs root"]
+fn lab_second_peer_cannot_take_a_route() {
+    require("lab_second_peer_cannot_take_a_route", &["ip"]);
+    let lab = Lab::start();
+    lab.spawn(
+        ASSIST,
+        "intercept",
+        &PathBuf::from(BIN),
+        &[
+            "-F",
+            "tcp and src port 8080",
+            "-i",
+            "eth0",
+            "--allow",
+            "198.18.0.20,198.18.0.10",
+        ],
+    );
+    let mut owner = tunnel_from(&lab, ONLINE);
+    let mut other = tunnel_from(&lab, CLIENT);
+    let raw = lab.in_ns(TARGET, || {
+        Raw(socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+        )
+        .expect("raw socket"))
+    });
+    let x = Ipv4Addr::new(203, 0, 113, 60);
+    let marker = Ipv4Addr::new(203, 0, 113, 61);
+    owner.add(x, 43000);
+    let is = |port: u16, seq: u32| move |r: &[u8]| seen_of(r).1 == port && seen_of(r).2 == seq;
+    // Retransmitted until the capture is up and the route installed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while owner.pump(Duration::from_millis(100)) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no SYN-ACK for online: {}",
+            lab.log("intercept")
+        );
+        raw.send(&response_seg(x, 43000, 1, flags::SYN | flags::ACK));
+    }
+    owner.wait_for("online's SYN-ACK", is(43000, 1));
+    // The other host announces the same connection, then one of its own (a marker: when its
+    // response arrives, the ADD before it was handled).
+    other.add(x, 43000);
+    other.add(marker, 43001);
+    raw.send(&response_seg(marker, 43001, 2, flags::SYN | flags::ACK));
+    other.wait_for("the marker's SYN-ACK", is(43001, 2));
+    raw.send(&response_seg(x, 43000, 3, flags::ACK));
+    owner.wait_for("online keeps its connection", is(43000, 3));
+    other.drain_quiet(Duration::from_millis(300));
+    assert!(
+        !other.records.iter().any(|r| seen_of(r).1 == 43000),
+        "the other host got online's responses"
+    );
+    let text = lab.log("intercept");
+    assert!(
+        text.contains("route add 203.0.113.60:43000<->198.18.0.30:8080 from tunnel")
+            && text.contains("refused: it belongs to tunnel"),
+        "{text}"
+    );
 }

@@ -160,7 +160,23 @@ impl Peer {
     }
 
     fn connect_with(h: &Harness, combined: bool, rec_len: usize, version: u16) -> Peer {
-        let mut s = TcpStream::connect(h.addr).expect("connect");
+        Self::connect_from(h, Ipv4Addr::LOCALHOST, combined, rec_len, version)
+    }
+
+    /// From another loopback address (127.0.0.0/8 is local): another tcpcopy host.
+    fn connect_from(
+        h: &Harness,
+        from: Ipv4Addr,
+        combined: bool,
+        rec_len: usize,
+        version: u16,
+    ) -> Peer {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddr::from((from, 0)).into())
+            .expect("bind peer address");
+        sock.connect(&h.addr.into()).expect("connect");
+        let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(WAIT)).unwrap();
         s.write_all(&ClientMsg::version(version).encode()).unwrap();
         Peer {
@@ -206,6 +222,24 @@ impl Peer {
         recs
     }
 
+    /// One frame if it starts within `wait`.
+    fn try_frame(&mut self, wait: Duration) -> Option<Vec<Vec<u8>>> {
+        self.s.set_read_timeout(Some(wait)).unwrap();
+        let mut c = [0u8; 2];
+        let got = self.s.read_exact(&mut c).is_ok();
+        self.s.set_read_timeout(Some(WAIT)).unwrap();
+        if !got {
+            return None;
+        }
+        let mut recs = Vec::new();
+        for _ in 0..u16::from_be_bytes(c) {
+            let mut r = vec![0u8; self.rec_len];
+            self.s.read_exact(&mut r).expect("record");
+            recs.push(r);
+        }
+        Some(recs)
+    }
+
     /// Reads records until `n` arrived.
     fn records(&mut self, n: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
@@ -248,9 +282,25 @@ fn rec_flags(r: &[u8]) -> u8 {
 }
 
 /// ADD + a SYN-ACK the peer must receive: afterwards the route is known to be installed.
-fn establish(h: &Harness, p: &mut Peer, cip: Ipv4Addr, cport: u16) {
+/// ADD, then the connection's SYN-ACK is captured.
+fn announce(h: &Harness, p: &mut Peer, cip: Ipv4Addr, cport: u16) {
     p.add(cip, cport);
     h.inject(&response(cip, cport, flags::SYN | flags::ACK, 1000, &[]));
+}
+
+/// Tries `attempt` until it gives something, for [`WAIT`] at most.
+fn retry<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(t) = attempt() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+    }
+}
+
+fn establish(h: &Harness, p: &mut Peer, cip: Ipv4Addr, cport: u16) {
+    announce(h, p, cip, cport);
     let r = p.records(1);
     assert_eq!(rec_dst(&r[0]), (cip, cport));
     assert_eq!(rec_flags(&r[0]), flags::SYN | flags::ACK);
@@ -418,6 +468,31 @@ fn last_add_wins_and_disconnects() {
     assert!(stats.closed >= 1);
 }
 
+/// Issue 15.2: a CLIENT_ADD from another peer address for a connection whose route a live
+/// tunnel owns is refused and counted; the owner keeps receiving; once it is gone the route is
+/// free.
+#[test]
+fn another_peer_cannot_take_a_route() {
+    let h = Harness::start(cfg());
+    let mut a = Peer::connect(&h);
+    establish(&h, &mut a, client(16), 40016);
+    let mut thief = Peer::connect_from(&h, Ipv4Addr::new(127, 0, 0, 2), true, 64, 6);
+    thief.add(client(16), 40016);
+    // A marker route of the thief proves its ADD was processed before the next response.
+    establish(&h, &mut thief, client(17), 40017);
+    h.inject(&response(client(16), 40016, flags::ACK, 5, &[]));
+    assert_eq!(rec_seq(&a.records(1)[0]), 5, "the owner keeps its route");
+    // The owner leaves: its routes go with it and the other address may announce it.
+    drop(a);
+    let f = retry("route free after its owner left", || {
+        announce(&h, &mut thief, client(16), 40016);
+        thief.try_frame(Duration::from_millis(100))
+    });
+    assert_eq!(rec_dst(&f[0]), (client(16), 40016));
+    let stats = h.stop();
+    assert!(stats.refused_adds >= 1, "{stats:?}");
+}
+
 #[test]
 fn dnat_and_docker_rewrite() {
     let mut c = cfg();
@@ -534,7 +609,10 @@ fn allow_list_refuses_others() {
 
 #[test]
 fn hostile_peers_do_not_delay_a_good_one() {
-    let h = Harness::start(cfg());
+    let mut c = cfg();
+    // The 1000 connections below come from one address.
+    c.peer_tunnels = 2000;
+    let h = Harness::start(c);
     let mut good = Peer::connect(&h);
     establish(&h, &mut good, client(20), 40020);
 
@@ -589,6 +667,100 @@ fn hostile_peers_do_not_delay_a_good_one() {
     assert_eq!(stats.accepted, 1004);
     drop(half);
     drop(deaf);
+}
+
+/// Issue 15.3: one peer address holds at most `peer_tunnels` tunnels; others are not affected
+/// and a closed tunnel frees its place.
+#[test]
+fn tunnels_per_peer_address_are_capped() {
+    let mut c = cfg();
+    c.peer_tunnels = 2;
+    let h = Harness::start(c);
+    let mut a = Peer::connect(&h);
+    let mut b = Peer::connect(&h);
+    establish(&h, &mut a, client(50), 40050);
+    establish(&h, &mut b, client(51), 40051);
+    let mut third = Peer::connect(&h);
+    third.expect_closed();
+    let mut other = Peer::connect_from(&h, Ipv4Addr::new(127, 0, 0, 3), true, 64, 6);
+    establish(&h, &mut other, client(52), 40052);
+    drop(b);
+    // Until B's closing is handled, a new tunnel is refused (closed, possibly reset while
+    // the test writes to it).
+    let first = retry("the closed tunnel's place freed", || {
+        let mut s = TcpStream::connect(h.addr).ok()?;
+        s.write_all(&ClientMsg::version(6).encode()).ok()?;
+        let add = ClientMsg::add(client(53), 40053, TARGET, TARGET_PORT);
+        s.write_all(&add.encode()).ok()?;
+        h.inject(&response(
+            client(53),
+            40053,
+            flags::SYN | flags::ACK,
+            1,
+            &[],
+        ));
+        let mut p = Peer {
+            s,
+            combined: true,
+            rec_len: 64,
+        };
+        p.try_frame(Duration::from_millis(200))
+    });
+    assert_eq!(rec_dst(&first[0]), (client(53), 40053));
+    let stats = h.stop();
+    assert!(stats.refused >= 1, "{stats:?}");
+}
+
+/// Issue 15.3: a tunnel that holds no route and sends nothing is closed after the idle
+/// timeout; one holding a route stays.
+#[test]
+fn idle_tunnels_without_routes_are_closed() {
+    let mut c = cfg();
+    c.idle_tunnel_timeout = Duration::from_secs(1);
+    let h = Harness::start(c);
+    let mut busy = Peer::connect(&h);
+    establish(&h, &mut busy, client(54), 40054);
+    let t = Instant::now();
+    let mut idle = Peer::connect(&h);
+    idle.expect_closed();
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // The busy tunnel is still served, well after the timeout.
+    h.inject(&response(client(54), 40054, flags::ACK, 9, &[]));
+    assert_eq!(rec_seq(&busy.records(1)[0]), 9);
+}
+
+/// Issue 15.3: in `--single` mode a connection joins the group only with a valid version
+/// record: a port scan after the 3 s window does not close the running tcpcopy's tunnels.
+#[test]
+fn single_mode_port_scan_does_not_replace_the_tcpcopy() {
+    let mut c = cfg();
+    c.single = true;
+    let h = Harness::start(c);
+    let mut a = Peer::connect(&h);
+    // The version record is processed once a response comes back.
+    retry("the tunnel joins", || {
+        h.inject(&response(client(55), 40055, flags::ACK, 0, &[]));
+        a.try_frame(Duration::from_millis(50))
+    });
+    // Past the window of the group (3 s), a scanner connects, and another sends garbage.
+    std::thread::sleep(Duration::from_millis(
+        tc_core::control::routing::SINGLE_WINDOW_MS + 200,
+    ));
+    let scan = TcpStream::connect(h.addr).unwrap();
+    let mut garbage = TcpStream::connect(h.addr).unwrap();
+    garbage.write_all(&[0xffu8; 14]).unwrap();
+    // The running tcpcopy is still served, and not closed.
+    for seq in 1000..1010 {
+        h.inject(&response(client(55), 40055, flags::ACK, seq, &[]));
+        assert_eq!(rec_seq(&a.records(1)[0]), seq);
+    }
+    drop((scan, garbage));
+    let stats = h.stop();
+    assert_eq!(stats.closed, 3, "a, the scanner and the garbage: {stats:?}");
 }
 
 /// Spec 4.1: a record of an unknown type after the handshake is warned about and ignored;

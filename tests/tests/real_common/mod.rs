@@ -146,7 +146,7 @@ pub fn start_intercept(lab: &Lab, target_port: u16) {
         ASSIST,
         "intercept",
         &bin("intercept"),
-        &["-F", &filter, "-i", "eth0"],
+        &["-F", &filter, "-i", "eth0", "--allow", "198.18.0.20"],
     );
     assert!(
         lab.wait_listening(

@@ -81,6 +81,8 @@ impl std::fmt::Display for RouteKey {
 #[derive(Debug, Clone, Copy)]
 struct RouteEntry {
     tunnel: TunnelId,
+    /// The address of the tcpcopy that announced the route: only it may move the route.
+    peer: Ipv4Addr,
     last_used: Millis,
 }
 
@@ -89,6 +91,8 @@ struct RouteEntry {
 pub struct RouteStats {
     /// CLIENT_ADDs installed ("route" / "all sessions" of the original).
     pub adds: u64,
+    /// CLIENT_ADDs refused: the route belongs to a live tunnel of another peer address.
+    pub refused: u64,
     /// Responses that found their route.
     pub hits: u64,
     /// Responses without a route.
@@ -101,11 +105,24 @@ pub struct RouteStats {
     pub purged: u64,
 }
 
+/// A CLIENT_ADD refused because another peer address owns the route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTaken {
+    /// The tunnel that keeps the route.
+    pub owner: TunnelId,
+    pub owner_peer: Ipv4Addr,
+}
+
 /// Exact-tuple routes. Two generations: new and refreshed routes live in `current`; when it is
 /// half the capacity, or one idle period has passed, `previous` (routes untouched since the
 /// last rotation) is dropped and `current` becomes `previous`. A lookup that finds a route in
 /// `previous` moves it back to `current`. So the table never exceeds its capacity, a route used
 /// at least once per idle period is never expired, and the maps keep their allocations.
+///
+/// Each tunnel's routes are also listed by tunnel, so closing a tunnel costs its own routes,
+/// not a scan of the table. A route belongs to the peer address that announced it while its
+/// tunnel lives: another address cannot take it (the same address may move it to another of
+/// its tunnels, as a tcpcopy re-announcing does).
 #[derive(Debug)]
 pub struct Routes {
     current: HashMap<RouteKey, RouteEntry>,
@@ -113,8 +130,7 @@ pub struct Routes {
     half_capacity: usize,
     idle_ms: Millis,
     rotated_at: Millis,
-    /// Tunnels that ever announced a route: only their closing needs a purge scan.
-    announcers: HashSet<TunnelId>,
+    by_tunnel: HashMap<TunnelId, HashSet<RouteKey>>,
     pub stats: RouteStats,
 }
 
@@ -127,7 +143,7 @@ impl Routes {
             half_capacity: capacity.div_ceil(2).max(1),
             idle_ms: idle_ms.max(1),
             rotated_at: now,
-            announcers: HashSet::new(),
+            by_tunnel: HashMap::new(),
             stats: RouteStats::default(),
         }
     }
@@ -140,42 +156,87 @@ impl Routes {
         self.len() == 0
     }
 
-    fn rotate(&mut self) {
-        self.previous.clear();
-        std::mem::swap(&mut self.current, &mut self.previous);
+    /// Routes that lead to `tunnel`.
+    pub fn tunnel_routes(&self, tunnel: TunnelId) -> usize {
+        self.by_tunnel.get(&tunnel).map_or(0, HashSet::len)
+    }
+
+    fn unlink(&mut self, tunnel: TunnelId, key: &RouteKey) {
+        if let Some(keys) = self.by_tunnel.get_mut(&tunnel) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_tunnel.remove(&tunnel);
+            }
+        }
+    }
+
+    /// Drops `previous` (returns how many routes went) and makes `current` the previous one.
+    fn rotate(&mut self) -> u64 {
+        let mut dropped = std::mem::take(&mut self.previous);
+        let n = dropped.len() as u64;
+        for (key, e) in dropped.drain() {
+            self.unlink(e.tunnel, &key);
+        }
+        self.previous = std::mem::replace(&mut self.current, dropped);
+        n
     }
 
     /// Drops idle routes; call about once a second.
     pub fn expire(&mut self, now: Millis) {
         if now.saturating_sub(self.rotated_at) >= self.idle_ms {
-            self.stats.expired += self.previous.len() as u64;
-            self.rotate();
+            self.stats.expired += self.rotate();
             self.rotated_at = now;
         }
     }
 
     fn make_room(&mut self) {
         if self.current.len() >= self.half_capacity {
-            self.stats.evicted += self.previous.len() as u64;
-            self.rotate();
+            self.stats.evicted += self.rotate();
         }
     }
 
-    /// Installs or moves the route of `key` to `tunnel` (the last ADD wins).
-    pub fn add(&mut self, key: RouteKey, tunnel: TunnelId, now: Millis) {
+    /// Installs the route of `key` to `tunnel` of `peer`, or moves it there when the same peer
+    /// address announced it before (the last ADD wins). Refused, and counted, when a live
+    /// tunnel of another address owns it.
+    pub fn add(
+        &mut self,
+        key: RouteKey,
+        tunnel: TunnelId,
+        peer: Ipv4Addr,
+        now: Millis,
+    ) -> Result<(), RouteTaken> {
+        let existing = self
+            .current
+            .get(&key)
+            .or_else(|| self.previous.get(&key))
+            .copied();
+        if let Some(e) = existing {
+            if e.peer != peer {
+                self.stats.refused += 1;
+                return Err(RouteTaken {
+                    owner: e.tunnel,
+                    owner_peer: e.peer,
+                });
+            }
+            if e.tunnel != tunnel {
+                self.unlink(e.tunnel, &key);
+            }
+        }
         self.stats.adds += 1;
-        self.announcers.insert(tunnel);
+        self.by_tunnel.entry(tunnel).or_default().insert(key);
         let entry = RouteEntry {
             tunnel,
+            peer,
             last_used: now,
         };
         if let Some(e) = self.current.get_mut(&key) {
             *e = entry;
-            return;
+            return Ok(());
         }
         self.previous.remove(&key);
         self.make_room();
         self.current.insert(key, entry);
+        Ok(())
     }
 
     /// The tunnel of `key`, refreshing the route.
@@ -200,15 +261,17 @@ impl Routes {
         }
     }
 
-    /// Forgets every route to `tunnel` (it closed).
+    /// Forgets every route to `tunnel` (it closed): the cost is its own routes.
     pub fn remove_tunnel(&mut self, tunnel: TunnelId) {
-        if !self.announcers.remove(&tunnel) {
+        let Some(keys) = self.by_tunnel.remove(&tunnel) else {
             return;
+        };
+        for key in &keys {
+            if self.current.remove(key).is_none() {
+                self.previous.remove(key);
+            }
         }
-        let before = self.len();
-        self.current.retain(|_, e| e.tunnel != tunnel);
-        self.previous.retain(|_, e| e.tunnel != tunnel);
-        self.stats.purged += (before - self.len()) as u64;
+        self.stats.purged += keys.len() as u64;
     }
 }
 
@@ -221,37 +284,72 @@ pub struct DelayStats {
     pub sent: u64,
     /// Records discarded after waiting 30 s.
     pub expired: u64,
-    /// Records refused because the table (or the connection's queue) was full.
+    /// Records refused because the table (entries or bytes) or the connection's queue was
+    /// full.
     pub full: u64,
 }
 
+/// Bytes a delayed connection costs beyond its records (map slot, entry, bookkeeping).
+pub const DELAY_ENTRY_COST: usize = 96;
+/// Bytes of one item of the expiry order (kept until its entry's hold time ends).
+pub const DELAY_ORDER_COST: usize = 24;
+
 #[derive(Debug)]
-struct DelayEntry<R> {
+struct DelayEntry {
     created: Millis,
-    records: Vec<R>,
+    rec_len: usize,
+    /// The records, back to back.
+    bytes: Vec<u8>,
+}
+
+/// Records handed over by the delay table: same-length records back to back, in capture order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    rec_len: usize,
+    bytes: Vec<u8>,
+}
+
+impl Held {
+    pub fn records(&self) -> std::slice::ChunksExact<'_, u8> {
+        self.bytes.chunks_exact(self.rec_len.max(1))
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.rec_len.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
 }
 
 /// Responses waiting for the CLIENT_ADD of their connection. An entry lives `hold_ms` from its
-/// creation (not refreshed), at most `capacity` entries of at most `per_key` records.
+/// creation (not refreshed), at most `capacity` entries of at most `per_key` records, and at
+/// most `byte_cap` bytes in all: records are stored at their own length (64 or 192 bytes) and
+/// every entry and expiry item is counted, so no flood of SYN-ACKs grows it beyond the cap.
 #[derive(Debug)]
-pub struct DelayTable<R> {
-    entries: HashMap<RouteKey, DelayEntry<R>>,
+pub struct DelayTable {
+    entries: HashMap<RouteKey, DelayEntry>,
     /// Creation order, for expiry; items of entries already taken are skipped.
     order: VecDeque<(Millis, RouteKey)>,
     capacity: usize,
     per_key: usize,
     hold_ms: Millis,
+    byte_cap: usize,
+    bytes: usize,
     pub stats: DelayStats,
 }
 
-impl<R> DelayTable<R> {
-    pub fn new(capacity: usize, per_key: usize, hold_ms: Millis) -> DelayTable<R> {
+impl DelayTable {
+    pub fn new(capacity: usize, per_key: usize, hold_ms: Millis, byte_cap: usize) -> DelayTable {
         DelayTable {
             entries: HashMap::new(),
             order: VecDeque::new(),
             capacity: capacity.max(1),
             per_key: per_key.max(1),
             hold_ms,
+            byte_cap,
+            bytes: 0,
             stats: DelayStats::default(),
         }
     }
@@ -264,41 +362,75 @@ impl<R> DelayTable<R> {
         self.entries.is_empty()
     }
 
-    /// Queues `record` for `key`; false if it was refused (table or queue full).
-    pub fn hold(&mut self, key: RouteKey, record: R, now: Millis) -> bool {
-        if let Some(e) = self.entries.get_mut(&key) {
-            if e.records.len() >= self.per_key {
-                self.stats.full += 1;
-                return false;
-            }
-            e.records.push(record);
-            self.stats.delayed += 1;
+    /// Bytes held now (records, entries and expiry items), never above the cap.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn byte_cap(&self) -> usize {
+        self.byte_cap
+    }
+
+    fn fits(&mut self, cost: usize, new_entry: bool, now: Millis) -> bool {
+        let ok =
+            |t: &Self| t.bytes + cost <= t.byte_cap && (!new_entry || t.entries.len() < t.capacity);
+        if ok(self) {
             return true;
         }
-        if self.entries.len() >= self.capacity {
-            self.expire(now);
-            if self.entries.len() >= self.capacity {
+        self.expire(now);
+        ok(self)
+    }
+
+    /// Queues `record` for `key`; false if it was refused (table, bytes or queue full).
+    pub fn hold(&mut self, key: RouteKey, record: &[u8], now: Millis) -> bool {
+        if let Some(e) = self.entries.get(&key) {
+            let queue_full =
+                e.bytes.len() / e.rec_len.max(1) >= self.per_key || e.rec_len != record.len();
+            if queue_full || !self.fits(record.len(), false, now) {
                 self.stats.full += 1;
                 return false;
             }
+            // Expiry (to make room) may have removed it: then it starts anew below.
+            if let Some(e) = self.entries.get_mut(&key) {
+                e.bytes.reserve_exact(record.len());
+                e.bytes.extend_from_slice(record);
+                self.bytes += record.len();
+                self.stats.delayed += 1;
+                return true;
+            }
         }
+        let cost = DELAY_ENTRY_COST + DELAY_ORDER_COST + record.len();
+        if !self.fits(cost, true, now) {
+            self.stats.full += 1;
+            return false;
+        }
+        let mut bytes = Vec::with_capacity(record.len());
+        bytes.extend_from_slice(record);
         self.entries.insert(
             key,
             DelayEntry {
                 created: now,
-                records: vec![record],
+                rec_len: record.len(),
+                bytes,
             },
         );
         self.order.push_back((now, key));
+        self.bytes += cost;
         self.stats.delayed += 1;
         true
     }
 
     /// The records waiting for `key`, in capture order.
-    pub fn take(&mut self, key: &RouteKey) -> Option<Vec<R>> {
+    pub fn take(&mut self, key: &RouteKey) -> Option<Held> {
         let e = self.entries.remove(key)?;
-        self.stats.sent += e.records.len() as u64;
-        Some(e.records)
+        // The expiry item stays (and is counted) until its time.
+        self.bytes -= DELAY_ENTRY_COST + e.bytes.len();
+        let held = Held {
+            rec_len: e.rec_len,
+            bytes: e.bytes,
+        };
+        self.stats.sent += held.len() as u64;
+        Some(held)
     }
 
     /// Discards entries older than the hold time.
@@ -308,9 +440,11 @@ impl<R> DelayTable<R> {
                 break;
             }
             self.order.pop_front();
+            self.bytes -= DELAY_ORDER_COST;
             if self.entries.get(&key).is_some_and(|e| e.created == created) {
                 if let Some(e) = self.entries.remove(&key) {
-                    self.stats.expired += e.records.len() as u64;
+                    self.bytes -= DELAY_ENTRY_COST + e.bytes.len();
+                    self.stats.expired += (e.bytes.len() / e.rec_len.max(1)) as u64;
                 }
             }
         }
@@ -330,32 +464,56 @@ pub enum Routed {
 
 /// Routes plus delay table (the non-single mode).
 #[derive(Debug)]
-pub struct Router<R> {
+pub struct Router {
     pub routes: Routes,
-    pub delay: DelayTable<R>,
+    pub delay: DelayTable,
 }
 
-impl<R: Clone> Router<R> {
-    pub fn new(max_routes: usize, idle_ms: Millis, delay_capacity: usize, now: Millis) -> Self {
+impl Router {
+    pub fn new(
+        max_routes: usize,
+        idle_ms: Millis,
+        delay_capacity: usize,
+        delay_bytes: usize,
+        now: Millis,
+    ) -> Self {
         Router {
             routes: Routes::new(max_routes, idle_ms, now),
-            delay: DelayTable::new(delay_capacity, DELAY_RECORDS_PER_KEY, DELAY_HOLD_MS),
+            delay: DelayTable::new(
+                delay_capacity,
+                DELAY_RECORDS_PER_KEY,
+                DELAY_HOLD_MS,
+                delay_bytes,
+            ),
         }
     }
 
-    /// CLIENT_ADD from `tunnel`: installs the route and returns the responses that were waiting
-    /// for it, in capture order, to be sent on `tunnel` before anything newer.
-    pub fn client_add(&mut self, key: RouteKey, tunnel: TunnelId, now: Millis) -> Option<Vec<R>> {
-        self.routes.add(key, tunnel, now);
-        self.delay.take(&key)
+    /// CLIENT_ADD from `tunnel` of `peer`: installs the route and returns the responses that
+    /// were waiting for it, in capture order, to be sent on `tunnel` before anything newer.
+    /// Refused when another peer address owns the route.
+    pub fn client_add(
+        &mut self,
+        key: RouteKey,
+        tunnel: TunnelId,
+        peer: Ipv4Addr,
+        now: Millis,
+    ) -> Result<Option<Held>, RouteTaken> {
+        self.routes.add(key, tunnel, peer, now)?;
+        Ok(self.delay.take(&key))
     }
 
     /// Routes one response. `syn_or_rst`: it may be delayed when there is no route yet.
-    pub fn route(&mut self, key: &RouteKey, syn_or_rst: bool, record: &R, now: Millis) -> Routed {
+    pub fn route(
+        &mut self,
+        key: &RouteKey,
+        syn_or_rst: bool,
+        record: &[u8],
+        now: Millis,
+    ) -> Routed {
         if let Some(t) = self.routes.lookup(key, now) {
             return Routed::Tunnel(t);
         }
-        if syn_or_rst && self.delay.hold(*key, record.clone(), now) {
+        if syn_or_rst && self.delay.hold(*key, record, now) {
             Routed::Delayed
         } else {
             Routed::Dropped
@@ -466,18 +624,50 @@ mod tests {
         )
     }
 
+    /// The `n`th of many distinct connections (clients 203.0.x.y).
+    fn many(n: u32) -> RouteKey {
+        RouteKey::new(
+            Ipv4Addr::from(0xcb00_0000 + (n >> 16)),
+            n as u16,
+            Ipv4Addr::new(198, 18, 0, 30),
+            8080,
+            false,
+        )
+    }
+
+    const PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+    const OTHER_PEER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 21);
+    const BYTES: usize = 1 << 20;
+
+    fn router() -> Router {
+        Router::new(100, 60_000, 10, BYTES, 0)
+    }
+
+    /// A one-byte record.
+    fn rec(v: u8) -> [u8; 1] {
+        [v]
+    }
+
+    fn held(h: Option<Held>) -> Option<Vec<u8>> {
+        h.map(|h| h.records().map(|r| r[0]).collect())
+    }
+
+    fn add(r: &mut Router, k: RouteKey, t: TunnelId, now: Millis) -> Option<Vec<u8>> {
+        held(r.client_add(k, t, PEER, now).expect("route taken"))
+    }
+
     #[test]
     fn exact_tuple_routing_and_last_add_wins() {
-        let mut r: Router<u32> = Router::new(100, 60_000, 10, 0);
-        assert_eq!(r.client_add(key(1000), 1, 0), None);
-        assert_eq!(r.route(&key(1000), false, &0, 1), Routed::Tunnel(1));
+        let mut r = router();
+        assert_eq!(add(&mut r, key(1000), 1, 0), None);
+        assert_eq!(r.route(&key(1000), false, &rec(0), 1), Routed::Tunnel(1));
         // Another port, another target ip: no route.
-        assert_eq!(r.route(&key(1001), false, &0, 1), Routed::Dropped);
+        assert_eq!(r.route(&key(1001), false, &rec(0), 1), Routed::Dropped);
         let mut other = key(1000);
         other.target_ip = Ipv4Addr::new(198, 18, 0, 31);
-        assert_eq!(r.route(&other, false, &0, 1), Routed::Dropped);
-        r.client_add(key(1000), 2, 2);
-        assert_eq!(r.route(&key(1000), false, &0, 3), Routed::Tunnel(2));
+        assert_eq!(r.route(&other, false, &rec(0), 1), Routed::Dropped);
+        add(&mut r, key(1000), 2, 2);
+        assert_eq!(r.route(&key(1000), false, &rec(0), 3), Routed::Tunnel(2));
         assert_eq!(r.routes.stats.adds, 2);
         assert_eq!(r.routes.stats.hits, 2);
         assert_eq!(r.routes.stats.lost, 2);
@@ -508,37 +698,157 @@ mod tests {
             true,
         );
         assert_ne!(a, c);
-        let mut r: Router<u8> = Router::new(10, 1000, 10, 0);
-        r.client_add(a, 7, 0);
-        assert_eq!(r.route(&b, false, &0, 0), Routed::Tunnel(7));
+        let mut r = Router::new(10, 1000, 10, BYTES, 0);
+        add(&mut r, a, 7, 0);
+        assert_eq!(r.route(&b, false, &rec(0), 0), Routed::Tunnel(7));
     }
 
     #[test]
     fn closed_tunnel_routes_are_purged() {
-        let mut r: Router<u8> = Router::new(100, 60_000, 10, 0);
-        r.client_add(key(1), 1, 0);
-        r.client_add(key(2), 1, 0);
-        r.client_add(key(3), 2, 0);
+        let mut r = router();
+        add(&mut r, key(1), 1, 0);
+        add(&mut r, key(2), 1, 0);
+        add(&mut r, key(3), 2, 0);
         r.tunnel_closed(1);
         assert_eq!(r.routes.stats.purged, 2);
-        assert_eq!(r.route(&key(1), false, &0, 1), Routed::Dropped);
-        assert_eq!(r.route(&key(3), false, &0, 1), Routed::Tunnel(2));
+        assert_eq!(r.route(&key(1), false, &rec(0), 1), Routed::Dropped);
+        assert_eq!(r.route(&key(3), false, &rec(0), 1), Routed::Tunnel(2));
         // A tunnel that never announced anything needs no scan and purges nothing.
         r.tunnel_closed(99);
         assert_eq!(r.routes.stats.purged, 2);
+    }
+
+    /// Issue 15.2: a route announced by one peer address cannot be taken by another while
+    /// its tunnel lives; the same address may move it; once the owner closes it is free.
+    #[test]
+    fn another_peer_cannot_take_a_live_route() {
+        let mut r = router();
+        add(&mut r, key(1), 1, 0);
+        assert_eq!(
+            r.client_add(key(1), 9, OTHER_PEER, 1),
+            Err(RouteTaken {
+                owner: 1,
+                owner_peer: PEER
+            })
+        );
+        assert_eq!(r.routes.stats.refused, 1);
+        assert_eq!(r.route(&key(1), false, &rec(0), 2), Routed::Tunnel(1));
+        // Same address, another tunnel: moved (a tcpcopy re-announcing).
+        add(&mut r, key(1), 2, 3);
+        assert_eq!(r.route(&key(1), false, &rec(0), 4), Routed::Tunnel(2));
+        assert_eq!(
+            (r.routes.tunnel_routes(1), r.routes.tunnel_routes(2)),
+            (0, 1)
+        );
+        // Tunnel 1 closing does not take tunnel 2's route.
+        r.tunnel_closed(1);
+        assert_eq!(r.route(&key(1), false, &rec(0), 5), Routed::Tunnel(2));
+        // The owner closes: the route is free for anyone.
+        r.tunnel_closed(2);
+        assert!(r.client_add(key(1), 9, OTHER_PEER, 6).is_ok());
+        assert_eq!(r.route(&key(1), false, &rec(0), 7), Routed::Tunnel(9));
+    }
+
+    /// Issue 15.5: closing a tunnel costs its own routes, not a scan of the table. 2000
+    /// one-route tunnels close next to 300,000 routes of another tunnel; a scan per close
+    /// (600 million entries visited) takes far longer than the bound.
+    #[test]
+    fn closing_tunnels_does_not_scan_the_table() {
+        let mut routes = Routes::new(1 << 20, 1 << 40, 0);
+        for p in 0..300_000u32 {
+            routes.add(many(p), 1, PEER, 0).unwrap();
+        }
+        for t in 2..2002u64 {
+            routes.add(key(t as u16), t, PEER, 0).unwrap();
+        }
+        let t0 = std::time::Instant::now();
+        for t in 2..2002u64 {
+            routes.remove_tunnel(t);
+        }
+        let took = t0.elapsed();
+        assert_eq!(routes.stats.purged, 2000);
+        assert_eq!(routes.len(), 300_000);
+        assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+        routes.remove_tunnel(1);
+        assert!(routes.is_empty());
+    }
+
+    /// Routes dropped by eviction or expiry leave their tunnel's list too.
+    #[test]
+    fn tunnel_lists_follow_eviction_and_expiry() {
+        let mut routes = Routes::new(4, 1000, 0);
+        for p in 0..4 {
+            routes.add(key(p), 1, PEER, 0).unwrap();
+        }
+        for p in 10..14 {
+            routes.add(key(p), 2, PEER, 0).unwrap();
+        }
+        assert_eq!(
+            routes.tunnel_routes(1) + routes.tunnel_routes(2),
+            routes.len()
+        );
+        routes.expire(1000);
+        routes.expire(2000);
+        assert!(routes.is_empty());
+        assert_eq!((routes.tunnel_routes(1), routes.tunnel_routes(2)), (0, 0));
+        // A route evicted from under tunnel 1 can be announced by another address.
+        assert!(routes.add(key(0), 3, OTHER_PEER, 2001).is_ok());
+    }
+
+    /// Issue 15.5: the delay table stays under its byte cap whatever a SYN-ACK flood at the
+    /// target captures: many connections, and many records per connection, of 192 bytes.
+    #[test]
+    fn delay_table_memory_is_bounded_in_bytes() {
+        let cap = 1 << 20;
+        let mut d = DelayTable::new(usize::MAX, DELAY_RECORDS_PER_KEY, DELAY_HOLD_MS, cap);
+        let record = [0x45u8; 192];
+        let mut held_records = 0u64;
+        for p in 0..200_000u32 {
+            let k = many(p);
+            for _ in 0..3 {
+                held_records += u64::from(d.hold(k, &record, u64::from(p) / 10));
+                assert!(d.bytes() <= cap, "{} > {cap}", d.bytes());
+            }
+        }
+        assert!(d.stats.full > 0);
+        assert!(held_records > 1000);
+        // Records are stored at their own size: 64-byte records take a third of the room.
+        let mut small = DelayTable::new(usize::MAX, 1, DELAY_HOLD_MS, cap);
+        let mut n = 0;
+        while small.hold(key(n), &[0u8; 64], 0) {
+            n += 1;
+        }
+        let per = DELAY_ENTRY_COST + DELAY_ORDER_COST + 64;
+        assert_eq!(usize::from(n), cap / per);
+        // Everything expires back to zero.
+        small.expire(DELAY_HOLD_MS);
+        assert_eq!(small.bytes(), 0);
+    }
+
+    #[test]
+    fn delay_bytes_return_on_take() {
+        let mut d = DelayTable::new(10, 4, 1000, BYTES);
+        d.hold(key(1), &[1u8; 64], 0);
+        d.hold(key(1), &[2u8; 64], 0);
+        let h = d.take(&key(1)).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.records().map(|r| r[0]).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(d.bytes(), DELAY_ORDER_COST);
+        d.expire(1000);
+        assert_eq!(d.bytes(), 0);
     }
 
     #[test]
     fn bounded_size_evicts_least_recently_used() {
         let mut routes = Routes::new(4, 1_000_000, 0);
         for p in 0..4 {
-            routes.add(key(p), 1, 0);
+            routes.add(key(p), 1, PEER, 0).unwrap();
         }
         assert_eq!(routes.len(), 4);
         // Use 0 so that it survives; 1..3 are older.
         assert_eq!(routes.lookup(&key(0), 1), Some(1));
         for p in 10..20 {
-            routes.add(key(p), 2, 2);
+            routes.add(key(p), 2, PEER, 2).unwrap();
             assert!(routes.len() <= 4, "len {}", routes.len());
         }
         assert!(routes.stats.evicted >= 8);
@@ -554,8 +864,8 @@ mod tests {
     #[test]
     fn idle_routes_expire_used_ones_stay() {
         let mut routes = Routes::new(100, 1000, 0);
-        routes.add(key(1), 1, 0);
-        routes.add(key(2), 1, 0);
+        routes.add(key(1), 1, PEER, 0).unwrap();
+        routes.add(key(2), 1, PEER, 0).unwrap();
         let mut now = 0;
         while now < 5000 {
             now += 100;
@@ -570,58 +880,58 @@ mod tests {
 
     #[test]
     fn delay_table_delivers_after_add_in_order() {
-        let mut r: Router<u32> = Router::new(100, 60_000, 10, 0);
-        assert_eq!(r.route(&key(1), true, &10, 0), Routed::Delayed);
-        assert_eq!(r.route(&key(1), true, &11, 5), Routed::Delayed);
+        let mut r = router();
+        assert_eq!(r.route(&key(1), true, &rec(10), 0), Routed::Delayed);
+        assert_eq!(r.route(&key(1), true, &rec(11), 5), Routed::Delayed);
         // A plain ACK without route is dropped, never kept.
-        assert_eq!(r.route(&key(1), false, &12, 6), Routed::Dropped);
-        assert_eq!(r.client_add(key(1), 3, 10), Some(vec![10, 11]));
+        assert_eq!(r.route(&key(1), false, &rec(12), 6), Routed::Dropped);
+        assert_eq!(add(&mut r, key(1), 3, 10), Some(vec![10, 11]));
         assert_eq!(r.delay.stats.sent, 2);
-        assert_eq!(r.client_add(key(1), 3, 11), None);
-        assert_eq!(r.route(&key(1), false, &13, 12), Routed::Tunnel(3));
+        assert_eq!(add(&mut r, key(1), 3, 11), None);
+        assert_eq!(r.route(&key(1), false, &rec(13), 12), Routed::Tunnel(3));
     }
 
     #[test]
     fn delay_table_drops_after_30_s_not_refreshed() {
-        let mut r: Router<u32> = Router::new(100, 60_000, 10, 0);
-        assert_eq!(r.route(&key(1), true, &1, 1_000), Routed::Delayed);
-        assert_eq!(r.route(&key(1), true, &2, 20_000), Routed::Delayed);
+        let mut r = router();
+        assert_eq!(r.route(&key(1), true, &rec(1), 1_000), Routed::Delayed);
+        assert_eq!(r.route(&key(1), true, &rec(2), 20_000), Routed::Delayed);
         r.tick(30_999);
         assert_eq!(r.delay.len(), 1);
         r.tick(31_000);
         assert_eq!(r.delay.len(), 0);
         assert_eq!(r.delay.stats.expired, 2);
-        assert_eq!(r.client_add(key(1), 3, 31_001), None);
+        assert_eq!(add(&mut r, key(1), 3, 31_001), None);
         // A new entry after expiry lives its own 30 s.
         assert_eq!(r.routes.lookup(&key(1), 31_002), Some(3));
-        assert_eq!(r.route(&key(2), true, &5, 31_000), Routed::Delayed);
+        assert_eq!(r.route(&key(2), true, &rec(5), 31_000), Routed::Delayed);
         r.tick(60_999);
-        assert_eq!(r.client_add(key(2), 3, 60_999), Some(vec![5]));
+        assert_eq!(add(&mut r, key(2), 3, 60_999), Some(vec![5]));
     }
 
     #[test]
     fn delay_table_is_bounded() {
-        let mut d: DelayTable<u32> = DelayTable::new(2, 3, DELAY_HOLD_MS);
-        assert!(d.hold(key(1), 1, 0));
-        assert!(d.hold(key(2), 1, 0));
-        assert!(!d.hold(key(3), 1, 0), "table full");
+        let mut d = DelayTable::new(2, 3, DELAY_HOLD_MS, BYTES);
+        assert!(d.hold(key(1), &rec(1), 0));
+        assert!(d.hold(key(2), &rec(1), 0));
+        assert!(!d.hold(key(3), &rec(1), 0), "table full");
         for _ in 0..2 {
-            assert!(d.hold(key(1), 2, 0));
+            assert!(d.hold(key(1), &rec(2), 0));
         }
-        assert!(!d.hold(key(1), 9, 0), "per-connection queue full");
+        assert!(!d.hold(key(1), &rec(9), 0), "per-connection queue full");
         assert_eq!(d.stats.full, 2);
         // Expiry makes room.
-        assert!(d.hold(key(3), 1, DELAY_HOLD_MS));
+        assert!(d.hold(key(3), &rec(1), DELAY_HOLD_MS));
         assert_eq!(d.len(), 1);
         assert_eq!(d.stats.expired, 4);
     }
 
     #[test]
     fn taken_then_recreated_entry_is_not_expired_by_stale_order() {
-        let mut d: DelayTable<u32> = DelayTable::new(10, 4, 1000);
-        d.hold(key(1), 1, 0);
-        assert_eq!(d.take(&key(1)), Some(vec![1]));
-        d.hold(key(1), 2, 500);
+        let mut d = DelayTable::new(10, 4, 1000, BYTES);
+        d.hold(key(1), &rec(1), 0);
+        assert_eq!(held(d.take(&key(1))), Some(vec![1]));
+        d.hold(key(1), &rec(2), 500);
         d.expire(1000);
         assert_eq!(d.len(), 1, "entry created at 500 lives until 1500");
         d.expire(1500);
