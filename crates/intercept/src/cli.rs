@@ -22,7 +22,10 @@ pub const DEFAULT_DELAY_TABLE: usize = 65536;
 /// Tunnels one peer address may hold (tcpcopy opens `-C` (at most 11) per intercept).
 pub const DEFAULT_PEER_TUNNELS: usize = 32;
 /// Seconds after which a tunnel that holds no route and sent nothing is closed.
-pub const DEFAULT_IDLE_TUNNEL_SECS: u64 = 60;
+/// Off by default: the original tcpcopy sends nothing on a tunnel between sessions, so a
+/// quiet production would lose its tunnels (and, without `-L`, its tcpcopy). tcpcopy-rs sends
+/// a keepalive every 20 s: with only tcpcopy-rs peers, 60 is safe.
+pub const DEFAULT_IDLE_TUNNEL_SECS: u64 = 0;
 /// Seconds without any working capture device before intercept gives up.
 pub const DEFAULT_CAPTURE_LOST_EXIT_SECS: u64 = 60;
 /// Memory of the delay table, MiB.
@@ -274,10 +277,16 @@ fn command() -> Command {
             Arg::new("idle_tunnel_timeout")
                 .long("idle-tunnel-timeout")
                 .value_name("secs")
-                .value_parser(clap::value_parser!(u64))
-                .default_value("60")
+                .value_parser(|v: &str| -> Result<u64, String> {
+                    let n: u64 = v.parse().map_err(|e| format!("{e}"))?;
+                    if n != 0 && n < 30 {
+                        return Err("0 (never) or at least 30: tcpcopy-rs sends a keepalive every 20 s, the original tcpcopy none".into());
+                    }
+                    Ok(n)
+                })
+                .default_value("0")
                 .help_heading(H_CONTROL)
-                .help("close a tunnel that holds no route and sent nothing this long (0 = never; not with --single)"),
+                .help("close a tunnel that holds no route and sent nothing this long: 0 (never) or >= 30; not with --single. tcpcopy-rs sends a keepalive every 20 s, the original tcpcopy nothing between sessions: set it only when every peer is tcpcopy-rs"),
         )
         .arg(
             Arg::new("batch")

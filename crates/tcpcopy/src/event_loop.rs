@@ -25,6 +25,8 @@ const MEMORY_PERIOD: Duration = Duration::from_secs(60);
 const RECONNECT_PERIOD: Duration = Duration::from_secs(12);
 /// How often tunnels are checked for an intercept that stopped reading.
 const TUNNEL_CHECK_PERIOD: Duration = Duration::from_secs(2);
+/// A keepalive record on every tunnel this often (intercept closes tunnels idle for 60 s).
+const KEEPALIVE_PERIOD: Duration = Duration::from_secs(20);
 /// Offline progress: a line this often (on a terminal the line is redrawn every second).
 const PROGRESS_PERIOD: Duration = Duration::from_secs(5);
 const PROGRESS_PERIOD_TTY: Duration = Duration::from_secs(1);
@@ -145,6 +147,7 @@ impl EventLoop {
         let mut next_memory = start + MEMORY_PERIOD;
         let mut next_reconnect = start + RECONNECT_PERIOD;
         let mut next_tunnel_check = start + TUNNEL_CHECK_PERIOD;
+        let mut next_keepalive = start + KEEPALIVE_PERIOD;
         let mut read_again = Vec::new();
         // On a terminal (and logging to it) the progress line is redrawn in place.
         let tty = self.cfg.progress_tty;
@@ -160,7 +163,10 @@ impl EventLoop {
         let mut offline_wake = self.offline.as_ref().map(|_| start);
         let stop = loop {
             let now = Instant::now();
-            let mut deadline = next_stats.min(next_memory).min(next_tunnel_check);
+            let mut deadline = next_stats
+                .min(next_memory)
+                .min(next_tunnel_check)
+                .min(next_keepalive);
             if self.cfg.lonely {
                 deadline = deadline.min(next_reconnect);
             }
@@ -280,6 +286,12 @@ impl EventLoop {
             if now >= next_tunnel_check {
                 next_tunnel_check = now + TUNNEL_CHECK_PERIOD;
                 for addr in self.output.tunnels.close_stuck(now) {
+                    log::warn!("intercept {addr} is gone");
+                }
+            }
+            if now >= next_keepalive {
+                next_keepalive = now + KEEPALIVE_PERIOD;
+                for addr in self.output.tunnels.keepalive() {
                     log::warn!("intercept {addr} is gone");
                 }
             }
@@ -468,7 +480,7 @@ impl EventLoop {
             );
         }
         log::info!(
-            "intercepts active:{}/{},tunnels open:{},connects:{},disconnects:{},reconnect attempts:{},client add:{},client add failed:{},response records:{},broken frames:{},stuck (not reading):{}",
+            "intercepts active:{}/{},tunnels open:{},connects:{},disconnects:{},reconnect attempts:{},client add:{},client add failed:{},response records:{},broken frames:{},stuck (not reading):{},keepalives:{}",
             self.output.tunnels.active_intercepts(),
             self.output.tunnels.total_intercepts(),
             self.output.tunnels.open_connections(),
@@ -479,7 +491,8 @@ impl EventLoop {
             t.client_add_failed,
             t.records,
             t.broken_frames,
-            t.stuck
+            t.stuck,
+            t.keepalives,
         );
         log::debug!("running for {:?}", self.started.elapsed());
     }

@@ -46,6 +46,8 @@ pub struct TunnelStats {
     pub broken_frames: u64,
     /// Tunnels closed because the intercept stopped reading (queue full or no progress).
     pub stuck: u64,
+    /// Keepalive records sent.
+    pub keepalives: u64,
 }
 
 enum Conn {
@@ -335,6 +337,35 @@ impl Tunnels {
         }
     }
 
+    /// A keepalive record on every open tunnel, so that an intercept's idle-tunnel timeout
+    /// never closes the tunnels of a tcpcopy whose traffic is quiet for a while (without `-L`
+    /// tcpcopy would then stop). Returns the intercepts that went down on a send error.
+    pub fn keepalive(&mut self) -> Vec<SocketAddrV4> {
+        let msg = ClientMsg::keepalive().encode();
+        let mut down = Vec::new();
+        for i in 0..self.intercepts.len() {
+            for c in 0..self.intercepts[i].conns.len() {
+                let Some(Conn::Up(conn)) = self.intercepts[i].conns[c].as_mut() else {
+                    continue;
+                };
+                if let Err(e) = conn.queue(&msg).and_then(|()| conn.flush(&self.registry)) {
+                    log::error!(
+                        "intercept {}: keepalive send error: {e}",
+                        self.intercepts[i].addr
+                    );
+                    let was_active = self.intercepts[i].active;
+                    self.close(i, c);
+                    if was_active && !self.intercepts[i].active {
+                        down.push(self.intercepts[i].addr);
+                    }
+                } else {
+                    self.stats.keepalives += 1;
+                }
+            }
+        }
+        down
+    }
+
     /// Closes tunnels whose queued output has not moved for [`SEND_TIMEOUT`] (the intercept
     /// stopped reading). Returns the intercepts that went down.
     pub fn close_stuck(&mut self, now: Instant) -> Vec<SocketAddrV4> {
@@ -487,6 +518,24 @@ mod tests {
             m,
             [203, 0, 113, 1, 0x12, 0x34, 0, 1, 198, 18, 0, 30, 0x1f, 0x90]
         );
+    }
+
+    /// The keepalive is a CLIENT_DEL naming no connection, on every tunnel.
+    #[test]
+    fn keepalive_on_every_tunnel() {
+        let (listener, _poll, mut tunnels) = one_intercept_two_tunnels();
+        let mut peers: Vec<_> = (0..2).map(|_| listener.accept().unwrap().0).collect();
+        let mut v = [0u8; 14];
+        for p in &mut peers {
+            p.read_exact(&mut v).unwrap();
+            assert_eq!(v, version_message());
+        }
+        assert!(tunnels.keepalive().is_empty());
+        assert_eq!(tunnels.stats.keepalives, 2);
+        for p in &mut peers {
+            p.read_exact(&mut v).unwrap();
+            assert_eq!(v, [0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]);
+        }
     }
 
     #[test]

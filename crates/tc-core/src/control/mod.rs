@@ -213,6 +213,19 @@ impl ClientMsg {
         }
     }
 
+    /// A CLIENT_DEL naming no connection: tcpcopy's keepalive on an idle tunnel. Both the
+    /// original intercept and ours ignore CLIENT_DEL (spec 4.1: a debug line), and it counts as
+    /// input for intercept's idle-tunnel timeout.
+    pub fn keepalive() -> ClientMsg {
+        ClientMsg {
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            client_port: 0,
+            kind: CLIENT_DEL,
+            target_ip: Ipv4Addr::UNSPECIFIED,
+            target_port: 0,
+        }
+    }
+
     /// The type of a record after the first one.
     pub fn classify(&self) -> ClientMsgKind {
         match self.kind {
