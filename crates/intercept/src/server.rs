@@ -18,6 +18,7 @@ use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
+use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
 use tc_core::control::routing::{
@@ -109,96 +110,46 @@ impl Source for PcapLive {
 }
 
 /// Opens a capture source again after it failed (its device deleted, for instance).
-pub type Reopen = Box<dyn FnMut() -> Result<Box<dyn Source>, String>>;
+pub type Reopen = tc_core::capture::reopen::Reopen<dyn Source>;
 
-/// First wait before reopening a lost capture; doubled after each failure up to
-/// [`REOPEN_BACKOFF_MAX_MS`].
-pub const REOPEN_BACKOFF_MS: Millis = 200;
-pub const REOPEN_BACKOFF_MAX_MS: Millis = 5_000;
-
-/// A named capture source. One that fails is dropped and, if it can be reopened, reopened
-/// with a backoff.
+/// A named capture source: lost and reopened as tc-core's [`Reopening`] says, plus whether it
+/// may hold more frames (mio is edge-triggered).
 pub struct NamedSource {
-    pub name: String,
-    source: Option<Box<dyn Source>>,
-    reopen: Option<Reopen>,
+    inner: Reopening<dyn Source>,
     pending: bool,
-    /// Since when it is lost, if it is.
-    lost_at: Option<Millis>,
-    retry_at: Millis,
-    backoff: Millis,
 }
 
 impl NamedSource {
     pub fn new(name: &str, source: Box<dyn Source>) -> NamedSource {
         NamedSource {
-            name: name.to_string(),
-            source: Some(source),
-            reopen: None,
+            inner: Reopening::new(name, source),
             pending: true,
-            lost_at: None,
-            retry_at: 0,
-            backoff: REOPEN_BACKOFF_MS,
         }
     }
 
     /// How to open it again after a failure.
     pub fn with_reopen(mut self, reopen: Reopen) -> NamedSource {
-        self.reopen = Some(reopen);
+        self.inner = self.inner.with_reopen(reopen);
         self
     }
 
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
     fn lose(&mut self, now: Millis, why: &dyn std::fmt::Display) {
-        self.source = None;
         self.pending = false;
-        self.lost_at = Some(now);
-        self.backoff = REOPEN_BACKOFF_MS;
-        self.retry_at = now + self.backoff;
-        if self.reopen.is_some() {
-            error!(
-                "capture device {} lost: {why}; reopening it (retries back off up to {} s)",
-                self.name,
-                REOPEN_BACKOFF_MAX_MS / 1000
-            );
-        } else {
-            error!("capture device {} lost: {why}", self.name);
-        }
+        self.inner.lose(Duration::from_millis(now), why);
     }
 
     /// Tries to reopen a lost source when its backoff has passed.
     fn try_reopen(&mut self, registry: &Registry, token: Token, now: Millis) {
-        let (Some(lost_at), Some(reopen)) = (self.lost_at, self.reopen.as_mut()) else {
-            return;
-        };
-        if now < self.retry_at {
-            return;
-        }
-        let opened = reopen().and_then(|mut src| {
+        let reopened = self.inner.try_reopen(Duration::from_millis(now), |src| {
             src.register(registry, token)
-                .map_err(|e| format!("cannot poll it: {e}"))?;
-            Ok(src)
+                .map_err(|e| format!("cannot poll it: {e}"))
         });
-        match opened {
-            Ok(src) => {
-                info!(
-                    "capture device {} reopened after {} ms",
-                    self.name,
-                    now.saturating_sub(lost_at)
-                );
-                self.source = Some(src);
-                self.lost_at = None;
-                self.pending = true;
-            }
-            Err(e) => {
-                self.backoff = (self.backoff * 2).min(REOPEN_BACKOFF_MAX_MS);
-                self.retry_at = now + self.backoff;
-                warn!(
-                    "capture device {} still lost ({} s): {e}; next try in {} ms",
-                    self.name,
-                    now.saturating_sub(lost_at) / 1000,
-                    self.backoff
-                );
-            }
+        if reopened {
+            self.pending = true;
         }
     }
 }
@@ -643,9 +594,10 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         for (i, s) in sources.iter_mut().enumerate() {
-            if let Some(src) = s.source.as_mut() {
+            let name = s.name().to_string();
+            if let Some(src) = s.inner.source_mut() {
                 src.register(poll.registry(), Token(CAPTURE_BASE + i))
-                    .with_context(|| format!("cannot poll capture {}", s.name))?;
+                    .with_context(|| format!("cannot poll capture {name}"))?;
             }
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -811,7 +763,8 @@ impl Server {
                 next_housekeeping = now + HOUSEKEEPING_MS;
                 let limit = self.cfg.capture_lost_exit.as_millis() as Millis;
                 if let Some(dead) = self.capture_dead_for(now).filter(|&d| d >= limit) {
-                    let names: Vec<String> = self.sources.iter().map(|s| s.name.clone()).collect();
+                    let names: Vec<String> =
+                        self.sources.iter().map(|s| s.name().to_string()).collect();
                     self.shutdown();
                     anyhow::bail!(
                         "nothing could be captured for {} s: every capture device is lost ({})",
@@ -1049,7 +1002,7 @@ impl Server {
             ..
         } = self;
         for s in sources.iter_mut().filter(|s| s.pending) {
-            let Some(source) = s.source.as_mut() else {
+            let Some(source) = s.inner.source_mut() else {
                 s.pending = false;
                 continue;
             };
@@ -1072,7 +1025,7 @@ impl Server {
             };
             match source.read_frames(CAPTURE_BUDGET, &mut on_frame) {
                 Ok(n) => {
-                    log::trace!("capture {}: {n} frames", s.name);
+                    log::trace!("capture {}: {n} frames", s.name());
                     s.pending = n >= CAPTURE_BUDGET
                 }
                 // A device deleted or gone down: dropped, reopened by the housekeeping.
@@ -1099,11 +1052,15 @@ impl Server {
 
     /// How long no capture has worked, if none works now.
     fn capture_dead_for(&self, now: Millis) -> Option<Millis> {
-        if self.sources.iter().any(|s| s.source.is_some()) {
+        if self.sources.iter().any(|s| !s.inner.is_lost()) {
             return None;
         }
-        let since = self.sources.iter().filter_map(|s| s.lost_at).max()?;
-        Some(now.saturating_sub(since))
+        let since = self
+            .sources
+            .iter()
+            .filter_map(|s| s.inner.lost_at())
+            .max()?;
+        Some((now as u128).saturating_sub(since.as_millis()) as Millis)
     }
 
     fn housekeeping(&mut self, now: Millis) {
@@ -1136,7 +1093,7 @@ impl Server {
         let mut kernel = 0;
         let mut known = false;
         for s in &mut self.sources {
-            if let Some(d) = s.source.as_mut().and_then(|s| s.kernel_drops()) {
+            if let Some(d) = s.inner.source_mut().and_then(|s| s.kernel_drops()) {
                 kernel += d;
                 known = true;
             }

@@ -2,6 +2,7 @@
 //! the caller's mio loop; on readiness the caller drains it with [`Capture::read_frames`].
 
 pub mod pcap_live;
+pub mod reopen;
 
 use std::io;
 
