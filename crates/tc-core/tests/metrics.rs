@@ -1,7 +1,7 @@
 //! `MetricsServer` on a real mio poll over loopback, with blocking std clients in threads: a
 //! scrape, bad requests, a client that never finishes its request, more clients than allowed,
-//! a taken port; and the rendered text through `promtool check metrics` (required when
-//! CI=true).
+//! random bytes from many clients, a taken port; and the rendered text through
+//! `promtool check metrics` (required when CI=true).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -265,6 +265,53 @@ fn more_clients_than_allowed_get_503_and_the_others_are_served() {
         assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
     }
     // Slots freed: a new client is served.
+    let got = h.run(vec![client(addr, b"GET /metrics HTTP/1.1\r\n\r\n")]);
+    assert!(got[0].starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[test]
+fn arbitrary_bytes_from_many_clients_leave_the_server_serving() {
+    let mut h = Harness::new(Limits {
+        max_clients: 32,
+        max_request: 512,
+        ..Limits::default()
+    });
+    let addr = h.addr();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let clients = (0..24)
+        .map(|i| {
+            let len = (next() % 1500) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 3 == 0 {
+                bytes.extend_from_slice(b"\r\n\r\n");
+            }
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(DEADLINE)).unwrap();
+                // The server may answer and close before it has read everything: errors
+                // here are fine, a hang or a panic of the server is not.
+                let _ = s.write_all(&bytes);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                out
+            })
+        })
+        .collect();
+    for resp in h.run(clients) {
+        assert!(
+            resp.is_empty() || resp.starts_with(b"HTTP/1.1 "),
+            "{:?}",
+            String::from_utf8_lossy(&resp)
+        );
+    }
+    assert_eq!(h.settle(), 0);
     let got = h.run(vec![client(addr, b"GET /metrics HTTP/1.1\r\n\r\n")]);
     assert!(got[0].starts_with("HTTP/1.1 200 OK\r\n"));
 }
