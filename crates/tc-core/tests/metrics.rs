@@ -338,6 +338,11 @@ fn tokens_outside_the_range_are_not_taken() {
     assert!(!h.server.owns(Token(99)));
     assert!((100..104).all(|t| h.server.owns(Token(t))));
     assert!(!h.server.owns(Token(104)));
+    let none = Limits {
+        max_clients: 0,
+        ..Limits::default()
+    };
+    assert_eq!(none.tokens(), 2, "at least one client slot");
 }
 
 /// `promtool check metrics` on a scrape served over HTTP; without promtool the test is

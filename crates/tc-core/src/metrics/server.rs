@@ -41,9 +41,9 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Consecutive tokens the server takes from its base token.
+    /// Consecutive tokens the server takes from its base token (`max_clients` 0 counts as 1).
     pub fn tokens(&self) -> usize {
-        1 + self.max_clients
+        1 + self.max_clients.max(1)
     }
 }
 
