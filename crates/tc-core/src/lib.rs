@@ -6,7 +6,7 @@
 //!
 //! The pure core (`packet`, `session`, the `control` codecs and routing) touches no socket and
 //! reads no clock: time comes in as arguments. Everything that does I/O (`capture`, `send`,
-//! `control::conn`, `logging`) is behind the default feature `io`, so
+//! `control::conn`, `logging`, `metrics`) is behind the default feature `io`, so
 //! `cargo build -p tc-core --no-default-features` proves the core needs none of mio, libc,
 //! pcap, socket2 or env_logger.
 
@@ -17,6 +17,8 @@ pub mod control;
 pub mod daemon;
 #[cfg(feature = "io")]
 pub mod logging;
+#[cfg(feature = "io")]
+pub mod metrics;
 pub mod packet;
 #[cfg(feature = "io")]
 pub mod send;
