@@ -104,6 +104,8 @@ pub struct Config {
     pub max_tunnels: usize,
     /// Exit (non-zero) when no capture device has worked for this long.
     pub capture_lost_exit: Duration,
+    /// `--metrics ADDR:PORT`: serve Prometheus metrics there (off by default).
+    pub metrics: Option<std::net::SocketAddr>,
     /// `--max-tunnels` as typed.
     pub max_tunnels_given: Option<usize>,
     /// Most simultaneous tunnels from one peer address.
@@ -139,6 +141,7 @@ impl Config {
             max_tunnels: crate::server::MAX_TUNNELS,
             max_tunnels_given: None,
             capture_lost_exit: Duration::from_secs(DEFAULT_CAPTURE_LOST_EXIT_SECS),
+            metrics: None,
             peer_tunnels: DEFAULT_PEER_TUNNELS,
             idle_tunnel_timeout: Duration::from_secs(DEFAULT_IDLE_TUNNEL_SECS),
         }
@@ -221,6 +224,14 @@ fn command() -> Command {
                 .value_name("dev[,dev...]")
                 .help_heading(H_CAPTURE)
                 .help("interfaces to capture on; 'any' alone = every interface [default: every interface]"),
+        )
+        .arg(
+            Arg::new("metrics")
+                .long("metrics")
+                .value_name("addr:port")
+                .value_parser(clap::value_parser!(std::net::SocketAddr))
+                .help_heading(H_PROCESS)
+                .help("serve Prometheus metrics (intercept_*) at http://ADDR:PORT/metrics [default: off]"),
         )
         .arg(
             Arg::new("capture_lost_exit")
@@ -525,6 +536,7 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
         *m.get_one::<u64>("idle_tunnel_timeout")
             .unwrap_or(&DEFAULT_IDLE_TUNNEL_SECS),
     );
+    cfg.metrics = m.get_one::<std::net::SocketAddr>("metrics").copied();
     cfg.capture_lost_exit = Duration::from_secs(
         *m.get_one::<u64>("capture_lost_exit")
             .unwrap_or(&DEFAULT_CAPTURE_LOST_EXIT_SECS),

@@ -28,6 +28,7 @@ use tc_core::control::{
     ClientMsg, ClientMsgKind, Record, WireFormat, CLIENT_MSG_LEN, PROTOCOL_VERSION,
 };
 use tc_core::logging::RateLimit;
+use tc_core::metrics::{Exposition, Limits as MetricsLimits, MetricsServer};
 use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
 
 use crate::cli::{Config, Devices};
@@ -37,6 +38,8 @@ const WAKER: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const CAPTURE_BASE: usize = 16;
 const TUNNEL_BASE: usize = 1 << 20;
+/// The metrics endpoint's listener and client slots (below the tunnels, above any capture).
+const METRICS_BASE: usize = TUNNEL_BASE - 64;
 
 /// Frames read from one capture per loop turn before the others get their turn.
 const CAPTURE_BUDGET: usize = 256;
@@ -578,6 +581,8 @@ pub struct Server {
     accept_retry_at: Option<Millis>,
     /// Open tunnels per peer address.
     per_peer: HashMap<Ipv4Addr, usize>,
+    /// `--metrics`.
+    metrics: Option<MetricsServer>,
 }
 
 impl Server {
@@ -625,6 +630,17 @@ impl Server {
             unrouted_log: LogLimit::default(),
             peer_log: LogLimit::default(),
         };
+        let metrics = match cfg.metrics {
+            Some(addr) => {
+                let mut m = MetricsServer::bind(addr, MetricsLimits::default())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                m.register(poll.registry(), Token(METRICS_BASE))
+                    .context("cannot poll the metrics listener")?;
+                info!("metrics at http://{}/metrics", m.local_addr());
+                Some(m)
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             listener,
@@ -641,6 +657,7 @@ impl Server {
             waker,
             signals: None,
             listener_pending: true,
+            metrics,
             accept_retry_at: None,
             per_peer: HashMap::new(),
         })
@@ -648,6 +665,106 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `--metrics` listens, if it does.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
+    }
+
+    /// The Prometheus text of the statistics (the same counters as the statistics lines).
+    fn render_metrics(&self) -> String {
+        let s = &self.core.stats;
+        let r = &self.core.router.routes.stats;
+        let d = &self.core.router.delay.stats;
+        let mut e = Exposition::new();
+        e.counter(
+            "intercept_frames_total",
+            "Frames read from the captures.",
+            s.frames,
+        )
+        .counter(
+            "intercept_responses_total",
+            "Responses with valid headers (total resp packs).",
+            s.responses,
+        )
+        .counter(
+            "intercept_client_adds_total",
+            "CLIENT_ADD records (route).",
+            s.client_adds,
+        )
+        .counter(
+            "intercept_refused_adds_total",
+            "CLIENT_ADDs refused: another peer address owns the route.",
+            r.refused,
+        )
+        .counter(
+            "intercept_records_sent_total",
+            "Records queued on tunnels.",
+            s.records_sent,
+        )
+        .counter(
+            "intercept_unrouted_total",
+            "Responses without a tunnel.",
+            s.unrouted,
+        )
+        .counter(
+            "intercept_overflow_total",
+            "Records lost with a tunnel closed for not reading.",
+            s.overflow,
+        )
+        .counter(
+            "intercept_route_hits_total",
+            "Responses routed by a route.",
+            r.hits,
+        )
+        .counter(
+            "intercept_delayed_total",
+            "Responses held for their CLIENT_ADD.",
+            d.delayed,
+        )
+        .counter(
+            "intercept_tunnels_accepted_total",
+            "Tunnels accepted.",
+            s.accepted,
+        )
+        .counter(
+            "intercept_tunnels_refused_total",
+            "Tunnels refused.",
+            s.refused,
+        )
+        .counter(
+            "intercept_tunnels_closed_total",
+            "Tunnels closed.",
+            s.closed,
+        )
+        .counter(
+            "intercept_capture_drops_total",
+            "Frames dropped by the packet layer.",
+            s.drops.total(),
+        )
+        .counter(
+            "intercept_kernel_drops_total",
+            "Frames the capture's kernel buffer dropped.",
+            s.kernel_drops,
+        )
+        .gauge("intercept_tunnels", "Open tunnels.", self.tunnels.len())
+        .gauge(
+            "intercept_routes",
+            "Routes in the table.",
+            self.core.router.routes.len(),
+        )
+        .gauge(
+            "intercept_delay_waiting",
+            "Connections with responses held.",
+            self.core.router.delay.len(),
+        )
+        .gauge(
+            "intercept_captures_lost",
+            "Capture devices lost now.",
+            self.sources.iter().filter(|s| s.inner.is_lost()).count(),
+        );
+        e.finish()
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -705,6 +822,9 @@ impl Server {
                 Err(e) => return Err(e).context("event loop poll failed"),
             }
             let now = self.now();
+            if let Some(m) = self.metrics.as_mut() {
+                m.tick(self.poll.registry(), Instant::now());
+            }
             let mut to_read = std::mem::take(&mut read_again);
             for ev in events.iter() {
                 match ev.token() {
@@ -716,6 +836,12 @@ impl Server {
                                 warn!("sig {sig} received");
                                 self.stop_flag.store(true, Ordering::SeqCst);
                             }
+                        }
+                    }
+                    token if self.metrics.as_ref().is_some_and(|m| m.owns(token)) => {
+                        let text = self.render_metrics();
+                        if let Some(m) = self.metrics.as_mut() {
+                            m.on_event(self.poll.registry(), token, Instant::now(), || text);
                         }
                     }
                     Token(t) if (CAPTURE_BASE..TUNNEL_BASE).contains(&t) => {

@@ -60,6 +60,7 @@ impl Source for DgramCapture {}
 
 struct Harness {
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
     frames: UnixDatagram,
     stop: StopHandle,
     thread: Option<JoinHandle<Stats>>,
@@ -78,13 +79,18 @@ impl Harness {
             let listener = server::bind_listener(Ipv4Addr::LOCALHOST, 0).expect("bind");
             let src = NamedSource::new("fake0", Box::new(DgramCapture { sock: theirs, link }));
             let mut server = Server::new(&cfg, listener, vec![src]).expect("server");
-            tx.send((server.local_addr(), server.stop_handle()))
-                .unwrap();
+            tx.send((
+                server.local_addr(),
+                server.metrics_addr(),
+                server.stop_handle(),
+            ))
+            .unwrap();
             server.run().expect("run")
         });
-        let (addr, stop) = rx.recv_timeout(WAIT).expect("server did not start");
+        let (addr, metrics, stop) = rx.recv_timeout(WAIT).expect("server did not start");
         Harness {
             addr,
+            metrics,
             frames: ours,
             stop,
             thread: Some(thread),
@@ -586,6 +592,41 @@ fn robust_capture_counts_drops() {
     assert_eq!(stats.drops.get(DropReason::NotTcp), 1);
     assert_eq!(stats.drops.get(DropReason::Truncated), 2);
     assert_eq!(stats.drops.get(DropReason::BadTcpHeader), 1);
+}
+
+/// `--metrics` (issue 16): GET /metrics serves the statistics in the Prometheus text format
+/// (promtool accepts it), and its counters are the statistics'.
+#[test]
+fn metrics_endpoint_serves_the_statistics() {
+    let mut c = cfg();
+    c.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let h = Harness::start(c);
+    let addr = h.metrics.expect("metrics listening");
+    let mut a = Peer::connect(&h);
+    a.add(client(16), 40016);
+    h.inject(&response(
+        client(16),
+        40016,
+        flags::SYN | flags::ACK,
+        1,
+        &[],
+    ));
+    h.inject(&response(client(17), 40017, flags::ACK, 1, b"nobody"));
+    a.records(1);
+    let body = retry("two frames in the metrics", || {
+        let (status, body) = tc_test_support::http_get(addr, "/metrics").ok()?;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        body.contains("intercept_frames_total 2\n").then_some(body)
+    });
+    assert!(body.contains("intercept_client_adds_total 1\n"), "{body}");
+    assert!(body.contains("intercept_records_sent_total 1\n"), "{body}");
+    assert!(body.contains("intercept_tunnels 1\n"), "{body}");
+    tc_test_support::promtool_check(&body);
+    let (status, _) = tc_test_support::http_get(addr, "/other").unwrap();
+    assert!(status.contains("404"), "{status}");
+    let stats = h.stop();
+    assert_eq!(stats.frames, 2);
+    assert_eq!(stats.client_adds, 1);
 }
 
 #[test]

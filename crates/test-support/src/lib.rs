@@ -109,3 +109,55 @@ mod tests {
         wait_for(Duration::from_millis(20), || false, || "nothing".into());
     }
 }
+
+/// `GET path` over HTTP/1.0 from `addr`: the status line and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head.lines().next().unwrap_or("").to_string();
+    Ok((status, body.to_string()))
+}
+
+/// `promtool check metrics` on `text` must pass. Without promtool (Debian's `prometheus`
+/// package) the check is skipped with a visible line, except under CI=true, where it fails.
+/// Returns whether it ran.
+pub fn promtool_check(text: &str) -> bool {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    if !on_path("promtool") {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "promtool not found on PATH: install Debian's `prometheus` package"
+        );
+        eprintln!("SKIPPED: promtool check metrics (promtool not on PATH)");
+        return false;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}\non:\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
