@@ -79,37 +79,6 @@ pub fn wait_for(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wait_for_returns_once_the_condition_holds() {
-        let mut n = 0;
-        wait_for(
-            Duration::from_secs(5),
-            || {
-                n += 1;
-                n == 3
-            },
-            || "three calls".into(),
-        );
-        assert_eq!(n, 3);
-    }
-
-    #[test]
-    fn programs_on_path() {
-        assert!(on_path("sh"));
-        assert!(!on_path("no-such-program-tc"));
-    }
-
-    #[test]
-    #[should_panic(expected = "timed out after 20ms waiting for nothing")]
-    fn wait_for_fails_with_what_it_waited_for() {
-        wait_for(Duration::from_millis(20), || false, || "nothing".into());
-    }
-}
-
 /// `GET path` over HTTP/1.0 from `addr`: the status line and the body.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(String, String)> {
     use std::io::{Read, Write};
@@ -160,4 +129,35 @@ pub fn promtool_check(text: &str) -> bool {
         String::from_utf8_lossy(&out.stderr)
     );
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_for_returns_once_the_condition_holds() {
+        let mut n = 0;
+        wait_for(
+            Duration::from_secs(5),
+            || {
+                n += 1;
+                n == 3
+            },
+            || "three calls".into(),
+        );
+        assert_eq!(n, 3);
+    }
+
+    #[test]
+    fn programs_on_path() {
+        assert!(on_path("sh"));
+        assert!(!on_path("no-such-program-tc"));
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 20ms waiting for nothing")]
+    fn wait_for_fails_with_what_it_waited_for() {
+        wait_for(Duration::from_millis(20), || false, || "nothing".into());
+    }
 }
