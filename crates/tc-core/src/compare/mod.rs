@@ -3,15 +3,24 @@
 //! Sans-IO, like the rest of the pure core: the caller feeds bytes and events, nothing here
 //! reads a socket or a clock.
 //!
+//! - `pairing`: within one connection, which production response goes with which target
+//!   response (lock-step by request boundaries, or by position for pipelined protocols), with
+//!   a bound on the bytes buffered per session; unpaired responses are reported as such.
 //! - `http`, `resp`, and the byte comparison here: one `Comparison` per pair: equal, or the
 //!   first difference found with its kind and short excerpts of both sides.
 //! - `body`: HTTP body decoding (de-chunking, gzip/deflate), bounded in output size.
+//! - `summary`: counters over many comparisons.
 //!
 //! No input makes any of this panic: malformed messages fall back to a byte comparison.
 
 pub mod body;
 pub mod http;
+pub mod pairing;
 pub mod resp;
+pub mod summary;
+
+pub use pairing::{Gone, Pair, Pairer, Pairing, Record, Response, Side, Unpaired};
+pub use summary::Summary;
 
 /// Longest excerpt of one side kept in a difference, in input bytes.
 pub const EXCERPT_MAX: usize = 200;
@@ -109,6 +118,10 @@ impl DiffKind {
             DiffKind::Truncated => "truncated",
             DiffKind::Malformed => "malformed",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -312,6 +325,23 @@ impl Comparator {
         }
     }
 
+    /// Compares a pair from the `Pairer`. When a side was cut by the buffer bound and both
+    /// agree on the bytes kept, the result is a `Truncated` difference (the rest is unknown);
+    /// otherwise the protocol comparison decides.
+    pub fn compare_pair(&self, pair: &Pair) -> Comparison {
+        let (p, t) = (&pair.production, &pair.target);
+        if p.truncated || t.truncated {
+            let n = p.bytes.len().min(t.bytes.len());
+            if p.bytes[..n] == t.bytes[..n] {
+                return Comparison::Different(Difference::at_first_mismatch(
+                    DiffKind::Truncated,
+                    &p.bytes,
+                    &t.bytes,
+                ));
+            }
+        }
+        self.compare(&p.bytes, &t.bytes)
+    }
 }
 
 /// Byte-for-byte comparison: `Length` when one is a strict prefix of the other, `Body`
