@@ -225,7 +225,8 @@ pub fn message_len(bytes: &[u8], eof: bool) -> Option<usize> {
         return Some(start);
     }
     if head.chunked() {
-        let (d, used) = body::dechunk(&bytes[start..], usize::MAX);
+        // Only the framing matters here: keep no body byte.
+        let (d, used) = body::dechunk(&bytes[start..], 0);
         return (!d.incomplete || eof).then_some(start + used);
     }
     if let Some(len) = head.content_length() {
@@ -239,25 +240,37 @@ pub fn message_len(bytes: &[u8], eof: bool) -> Option<usize> {
     eof.then_some(bytes.len())
 }
 
-/// Compares two HTTP responses: status code, then headers (names in order), then body.
-/// If one side is not an HTTP response the result is `Malformed`; if neither is, bytes.
+/// Compares two HTTP responses: status code, then headers (names in order), then body. When
+/// a side holds several messages (an interim `100 Continue` before the answer), they are
+/// compared in order and a missing one is a `Length` difference. If one side is not an HTTP
+/// response the result is `Malformed`; if neither is, bytes.
 pub fn compare(
     production: &[u8],
     target: &[u8],
     filter: &HeaderFilter,
     max_body: usize,
 ) -> Comparison {
-    if production == target {
-        return Comparison::Equal;
-    }
-    match (parse(production, max_body), parse(target, max_body)) {
-        (Some(p), Some(t)) => compare_messages(&p, &t, filter),
-        (None, None) => compare_bytes(production, target),
-        _ => Comparison::Different(Difference::at_first_mismatch(
-            DiffKind::Malformed,
-            production,
-            target,
-        )),
+    let (mut p, mut t) = (production, target);
+    loop {
+        if p == t {
+            return Comparison::Equal;
+        }
+        let kind = match (parse(p, max_body), parse(t, max_body)) {
+            (Some(pm), Some(tm)) => {
+                let c = compare_messages(&pm, &tm, filter);
+                if !c.is_equal() {
+                    return c;
+                }
+                // Both framings end within the input at its end (eof).
+                p = &p[message_len(p, true).unwrap_or(p.len())..];
+                t = &t[message_len(t, true).unwrap_or(t.len())..];
+                continue;
+            }
+            _ if p.is_empty() || t.is_empty() => DiffKind::Length,
+            (None, None) => return compare_bytes(p, t),
+            _ => DiffKind::Malformed,
+        };
+        return Comparison::Different(Difference::at_first_mismatch(kind, p, t));
     }
 }
 

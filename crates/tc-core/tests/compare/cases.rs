@@ -239,6 +239,32 @@ fn http_bodiless_and_head_parse() {
 }
 
 #[test]
+fn http_several_messages_in_one_response() {
+    let cont = "HTTP/1.1 100 Continue\r\n\r\n";
+    let ok = "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok";
+    let p = format!("{cont}{ok}");
+    let t = format!("{cont}HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nko");
+    assert_eq!(
+        kind(&cmp(p.as_bytes(), t.as_bytes())),
+        Some(DiffKind::Status)
+    );
+    let t = format!("{cont}{}", ok.replace("ok", "OK"));
+    assert_eq!(kind(&cmp(p.as_bytes(), t.as_bytes())), Some(DiffKind::Body));
+    // The interim answer on one side only.
+    assert_eq!(
+        kind(&cmp(p.as_bytes(), ok.as_bytes())),
+        Some(DiffKind::Status)
+    );
+    // A second message on one side only.
+    let two = format!("{ok}{ok}");
+    let d = cmp(two.as_bytes(), ok.as_bytes()).difference().cloned();
+    let d = d.expect("different");
+    assert_eq!(d.kind, DiffKind::Length);
+    assert!(d.production.as_str().starts_with("HTTP/1.1 201 Created"));
+    assert_eq!(d.target.as_str(), "");
+}
+
+#[test]
 fn http_message_len() {
     let a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1";
     assert_eq!(http::message_len(a, false), Some(a.len() - 8));
