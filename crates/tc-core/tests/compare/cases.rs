@@ -431,6 +431,11 @@ fn run(p: &mut Pairer, steps: &[Step]) -> Vec<Record> {
     std::iter::from_fn(|| p.poll()).collect()
 }
 
+/// Feeds `steps` and checks the records that come out.
+fn expect(p: &mut Pairer, steps: &[Step], want: &[Record]) {
+    assert_eq!(run(p, steps), want);
+}
+
 fn assert_finished(p: &Pairer) {
     assert!(p.is_finished());
     assert_eq!(p.held_bytes(), 0);
@@ -469,22 +474,21 @@ fn lockstep_pairs_by_request_with_a_lagging_target() {
             Bytes(Production, &[b'a', i]),
             Bytes(Production, &[b'b', i]),
         ];
-        assert_eq!(run(&mut p, &steps), vec![]);
+        expect(&mut p, &steps, &[]);
     }
-    assert_eq!(run(&mut p, &[End(Production, Gone::Closed)]), vec![]);
-    assert_eq!(
-        run(
-            &mut p,
-            &[Req(Target), Bytes(Target, b"a\x01b\x01"), Req(Target)]
-        ),
-        vec![pair(1, b"a\x01b\x01", b"a\x01b\x01")]
+    expect(&mut p, &[End(Production, Gone::Closed)], &[]);
+    expect(
+        &mut p,
+        &[Req(Target), Bytes(Target, b"a\x01b\x01"), Req(Target)],
+        &[pair(1, b"a\x01b\x01", b"a\x01b\x01")],
     );
-    assert_eq!(
-        run(&mut p, &[Bytes(Target, b"x"), End(Target, Gone::TimedOut)]),
-        vec![
+    expect(
+        &mut p,
+        &[Bytes(Target, b"x"), End(Target, Gone::TimedOut)],
+        &[
             pair(2, b"a\x02b\x02", b"x"),
-            unpaired(3, Production, b"a\x03b\x03", Gone::TimedOut)
-        ]
+            unpaired(3, Production, b"a\x03b\x03", Gone::TimedOut),
+        ],
     );
     assert_finished(&p);
 }
@@ -498,28 +502,24 @@ fn lockstep_greeting_and_no_response() {
         Req(Production),
         Req(Target),
     ];
-    assert_eq!(
-        run(&mut p, &greet),
-        vec![pair(0, b"220 hello\r\n", b"220 hi\r\n")]
-    );
+    expect(&mut p, &greet, &[pair(0, b"220 hello\r\n", b"220 hi\r\n")]);
     // Request 1: production answers, target does not and moves on.
-    assert_eq!(
-        run(
-            &mut p,
-            &[Bytes(Production, b"ok"), Req(Production), Req(Target)]
-        ),
-        vec![unpaired(1, Production, b"ok", Gone::NoResponse)]
+    expect(
+        &mut p,
+        &[Bytes(Production, b"ok"), Req(Production), Req(Target)],
+        &[unpaired(1, Production, b"ok", Gone::NoResponse)],
     );
     // Request 2: neither answers: nothing.
-    assert_eq!(run(&mut p, &[Req(Production), Req(Target)]), vec![]);
+    expect(&mut p, &[Req(Production), Req(Target)], &[]);
     let last = [
         Bytes(Target, b"late"),
         End(Production, Gone::Closed),
         End(Target, Gone::Closed),
     ];
-    assert_eq!(
-        run(&mut p, &last),
-        vec![unpaired(3, Target, b"late", Gone::NoResponse)]
+    expect(
+        &mut p,
+        &last,
+        &[unpaired(3, Target, b"late", Gone::NoResponse)],
     );
     assert_finished(&p);
 }
@@ -534,7 +534,7 @@ fn lockstep_bound_truncates_and_counts() {
         Req(Target),
         Bytes(Target, b"01234"),
     ];
-    assert_eq!(run(&mut p, &steps), vec![]);
+    expect(&mut p, &steps, &[]);
     assert_eq!(p.held_bytes(), 10);
     assert_eq!((p.truncated_bytes(), p.truncated_responses()), (8, 1));
     let recs = run(
@@ -565,16 +565,17 @@ fn positional_http_pipelined() {
     let mut p = Pairer::new(Pairing::Positional(Protocol::Http), 1 << 16);
     let mut steps = vec![Req(Production), Req(Production), Bytes(Production, &both)];
     steps.extend(both.chunks(5).map(|piece| Bytes(Target, piece)));
-    assert_eq!(run(&mut p, &steps), vec![pair(1, a, a), pair(2, b, b)]);
+    expect(&mut p, &steps, &[pair(1, a, a), pair(2, b, b)]);
     let close_delimited = b"HTTP/1.0 200 OK\r\n\r\ntail";
     let last = [
         Bytes(Production, close_delimited),
         End(Production, Gone::Closed),
         End(Target, Gone::TimedOut),
     ];
-    assert_eq!(
-        run(&mut p, &last),
-        vec![unpaired(3, Production, close_delimited, Gone::TimedOut)]
+    expect(
+        &mut p,
+        &last,
+        &[unpaired(3, Production, close_delimited, Gone::TimedOut)],
     );
     assert_eq!(p.requests(Production), 2);
     assert_finished(&p);
@@ -584,35 +585,35 @@ fn positional_http_pipelined() {
 fn positional_redis_and_overflow() {
     // 24 bytes per side.
     let mut p = Pairer::new(Pairing::Positional(Protocol::Redis), 48);
-    assert_eq!(
-        run(
-            &mut p,
-            &[
-                Bytes(Production, b"+OK\r\n:1\r\n$3\r\nab"),
-                Bytes(Target, b"+OK\r\n:2\r\n")
-            ]
-        ),
-        vec![
+    expect(
+        &mut p,
+        &[
+            Bytes(Production, b"+OK\r\n:1\r\n$3\r\nab"),
+            Bytes(Target, b"+OK\r\n:2\r\n"),
+        ],
+        &[
             pair(1, b"+OK\r\n", b"+OK\r\n"),
-            pair(2, b":1\r\n", b":2\r\n")
-        ]
+            pair(2, b":1\r\n", b":2\r\n"),
+        ],
     );
     // Past the bound: the partial reply goes out cut, and the side is no longer followed.
     let over = [Bytes(Production, b"c\r\n$20\r\n01234567890123456789\r\n")];
-    assert_eq!(run(&mut p, &over), vec![]);
+    expect(&mut p, &over, &[]);
     assert_eq!((p.truncated_bytes(), p.truncated_responses()), (12, 1));
-    assert_eq!(
-        run(&mut p, &[Bytes(Target, b"$3\r\nabc\r\n")]),
-        vec![pair(3, b"$3\r\nabc\r\n", b"$3\r\nabc\r\n")]
+    expect(
+        &mut p,
+        &[Bytes(Target, b"$3\r\nabc\r\n")],
+        &[pair(3, b"$3\r\nabc\r\n", b"$3\r\nabc\r\n")],
     );
     let cut = Record::Pair(Pair {
         request: 4,
         production: response(b"$20\r\n0123456789", true),
         target: response(b"+more\r\n", false),
     });
-    assert_eq!(
-        run(&mut p, &[Bytes(Target, b"+more\r\n+again\r\n")]),
-        vec![cut, unpaired(5, Target, b"+again\r\n", Gone::Overflow)]
+    expect(
+        &mut p,
+        &[Bytes(Target, b"+more\r\n+again\r\n")],
+        &[cut, unpaired(5, Target, b"+again\r\n", Gone::Overflow)],
     );
 }
 
@@ -624,26 +625,25 @@ fn max_pending_ends_a_side() {
         steps.extend([Req(Production), Bytes(Production, b"r")]);
     }
     steps.extend([Req(Target), Bytes(Target, b"r"), End(Target, Gone::Closed)]);
-    assert_eq!(run(&mut p, &steps), vec![pair(1, b"r", b"r")]);
-    assert_eq!(run(&mut p, &[End(Production, Gone::Closed)]), vec![]);
+    expect(&mut p, &steps, &[pair(1, b"r", b"r")]);
+    expect(&mut p, &[End(Production, Gone::Closed)], &[]);
     assert_finished(&p);
 
     // By position: the messages past the limit and the unframed rest are dropped.
     let mut p = Pairer::new(Pairing::Positional(Protocol::Redis), 1 << 16).with_max_pending(2);
-    assert_eq!(
-        run(&mut p, &[Bytes(Production, b"+a\r\n+b\r\n+c\r\n+d\r\n+e")]),
-        vec![]
+    expect(
+        &mut p,
+        &[Bytes(Production, b"+a\r\n+b\r\n+c\r\n+d\r\n+e")],
+        &[],
     );
     assert_eq!((p.held_bytes(), p.truncated_bytes()), (8, 10));
-    assert_eq!(
-        run(
-            &mut p,
-            &[Bytes(Target, b"+a\r\n"), End(Target, Gone::Closed)]
-        ),
-        vec![
+    expect(
+        &mut p,
+        &[Bytes(Target, b"+a\r\n"), End(Target, Gone::Closed)],
+        &[
             pair(1, b"+a\r\n", b"+a\r\n"),
-            unpaired(2, Production, b"+b\r\n", Gone::Closed)
-        ]
+            unpaired(2, Production, b"+b\r\n", Gone::Closed),
+        ],
     );
     assert_finished(&p);
 }
