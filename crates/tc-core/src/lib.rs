@@ -12,6 +12,7 @@
 
 #[cfg(feature = "io")]
 pub mod capture;
+pub mod compare;
 pub mod control;
 #[cfg(feature = "io")]
 pub mod daemon;
