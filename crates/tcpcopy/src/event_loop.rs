@@ -418,12 +418,15 @@ impl EventLoop {
         );
         if let Some(o) = &self.offline {
             log::info!(
-                "offline read:{},dispatched:{},truncated:{},unsupported link:{},passes done:{}",
+                "offline read:{},dispatched:{},truncated:{},unsupported link:{},passes done:{},ts backwards:{},ts jumps cut:{},gaps cut:{}",
                 o.stats.read,
                 o.stats.dispatched,
                 o.stats.truncated,
                 o.stats.unsupported_link,
-                o.stats.passes_done
+                o.stats.passes_done,
+                o.stats.pacing.backwards,
+                o.stats.pacing.jumps,
+                o.stats.pacing.gaps_cut
             );
         }
         log::info!(
