@@ -70,11 +70,21 @@ pub struct Inputs {
     pub offline: Option<OfflineSource>,
 }
 
+/// What SIGHUP does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighup {
+    /// In the foreground without `-l` (the terminal is gone): stop, as the original.
+    Stop,
+    /// With `-l`: the log file is reopened (logrotate), see `tc_core::logging`.
+    ReopenLog,
+    /// With `-d` and no log file: nothing to do.
+    Ignore,
+}
+
 pub struct LoopConfig {
     pub lonely: bool,
     pub memory_limit_bytes: u64,
-    /// With `-d`, SIGHUP is ignored.
-    pub ignore_sighup: bool,
+    pub sighup: Sighup,
     /// Offline progress is redrawn on a terminal (stderr is one and no `-l`), else logged.
     pub progress_tty: bool,
 }
@@ -187,7 +197,14 @@ impl EventLoop {
                 let token = event.token();
                 if token == SIGNAL_TOKEN {
                     for sig in self.signals.pending() {
-                        if sig == SIGPIPE || (sig == SIGHUP && self.cfg.ignore_sighup) {
+                        if sig == SIGHUP && self.cfg.sighup != Sighup::Stop {
+                            if self.cfg.sighup == Sighup::ReopenLog {
+                                // This line is the first one of the reopened file.
+                                log::info!("SIGHUP: log file reopened");
+                            }
+                            continue;
+                        }
+                        if sig == SIGPIPE {
                             continue;
                         }
                         stop = Some(StopReason::Signal(sig));

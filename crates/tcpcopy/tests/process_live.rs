@@ -271,6 +271,79 @@ fn daemon_writes_its_pid_file() {
     assert!(log.contains("tcpcopy version:1.3.0"), "{log}");
 }
 
+/// Issue 15 point 11: with -d, a start-up step that fails after the fork (the pid file names
+/// a running process) gives a non-zero exit and the message on the terminal.
+#[test]
+#[ignore = "needs root"]
+fn daemon_start_failure_reaches_the_terminal() {
+    require_root("daemon_start_failure_reaches_the_terminal");
+    let ns = Netns::new();
+    let l = ns.listen(36524);
+    let dir = std::env::temp_dir().join(format!("tcpcopy-daemon-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file: PathBuf = dir.join("busy.pid");
+    // pid 1 always runs: the pid file is refused.
+    std::fs::write(&pid_file, "1\n").unwrap();
+    let mut parent = Guard(Some(ns.spawn_tcpcopy(&[
+        "-x",
+        X,
+        "-s",
+        "127.0.0.1",
+        "-d",
+        "-P",
+        pid_file.to_str().unwrap(),
+    ])));
+    let (code, err) = parent
+        .wait_exit(Duration::from_secs(15))
+        .expect("the foreground process did not exit");
+    let kept = std::fs::read_to_string(&pid_file).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("process 1"), "{err}");
+    assert_eq!(kept, "1\n");
+    drop(l);
+}
+
+/// Issue 15 point 11: SIGHUP with -l reopens the log file (logrotate moved it); tcpcopy runs
+/// on.
+#[test]
+#[ignore = "needs root"]
+fn sighup_reopens_the_log_file() {
+    require_root("sighup_reopens_the_log_file");
+    let ns = Netns::new();
+    let l = ns.listen(36524);
+    let dir = std::env::temp_dir().join(format!("tcpcopy-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_file: PathBuf = dir.join("tcpcopy.log");
+    let rotated: PathBuf = dir.join("tcpcopy.log.1");
+    let mut tc = Guard(Some(ns.spawn_tcpcopy(&[
+        "-x",
+        X,
+        "-s",
+        "127.0.0.1",
+        "-l",
+        log_file.to_str().unwrap(),
+    ])));
+    let _tunnels = accept_tunnels(&l, 2, Duration::from_secs(10));
+    std::fs::rename(&log_file, &rotated).unwrap();
+    tc.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        tc.child().try_wait().unwrap().is_none(),
+        "SIGHUP ended tcpcopy"
+    );
+    tc.signal(libc::SIGTERM);
+    let (code, err) = tc.wait_exit(Duration::from_secs(10)).expect("no exit");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log_file).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(old.contains("tcpcopy version:1.3.0"), "{old}");
+    assert!(!old.contains("sig 15 received"), "{old}");
+    assert!(new.contains("SIGHUP: log file reopened"), "{new}");
+    assert!(new.contains("sig 15 received"), "{new}");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn offline_replay_runs_its_passes_and_exits_zero() {
