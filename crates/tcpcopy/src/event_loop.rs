@@ -15,6 +15,13 @@ use crate::output::ReplayOutput;
 use crate::tunnels::{TunnelEvent, Tunnels};
 
 const SIGNAL_TOKEN: Token = Token(60_000);
+/// The send backend's writable readiness.
+const OUTPUT_TOKEN: Token = Token(60_001);
+/// While datagrams wait for the send backend, it is retried at least this often (the
+/// writable event is the main trigger; a backend without a descriptor only has this).
+const SEND_RETRY_PERIOD: Duration = Duration::from_millis(5);
+/// At exit, how long the datagrams still waiting for the backend (the sessions' RSTs) get.
+const SEND_DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
 /// Capture sources use tokens 0..MAX_CAPTURES.
 pub const MAX_CAPTURES: usize = 64;
 /// Frames read from one source per turn, so tunnels and timers are not starved.
@@ -114,6 +121,8 @@ impl EventLoop {
         cfg: LoopConfig,
         record_len: usize,
     ) -> anyhow::Result<EventLoop> {
+        let mut output = output;
+        output.register(poll.registry(), OUTPUT_TOKEN);
         let Inputs {
             mut captures,
             offline,
@@ -177,6 +186,9 @@ impl EventLoop {
             if let Some(d) = next_progress {
                 deadline = deadline.min(d);
             }
+            if self.output.waiting() > 0 {
+                deadline = deadline.min(now + SEND_RETRY_PERIOD);
+            }
             let busy = pending.iter().any(|p| *p) || self.output.tunnels.has_reads_pending();
             let timeout = if busy {
                 Duration::ZERO
@@ -209,6 +221,8 @@ impl EventLoop {
                         }
                         stop = Some(StopReason::Signal(sig));
                     }
+                } else if token == OUTPUT_TOKEN {
+                    self.output.retry();
                 } else if token.0 < self.captures.len() {
                     pending[token.0] = true;
                 } else if Tunnels::owns(token) {
@@ -249,6 +263,9 @@ impl EventLoop {
                 }
             }
             let now = Instant::now();
+            if self.output.waiting() > 0 {
+                self.output.retry();
+            }
             if self.replayer.next_deadline().is_some_and(|d| d <= now) {
                 self.replayer.on_timer(now);
                 self.flush_output();
@@ -315,6 +332,11 @@ impl EventLoop {
         }
         self.replayer.shutdown(Instant::now());
         self.flush_output();
+        let give_up = Instant::now() + SEND_DRAIN_AT_EXIT;
+        while self.output.waiting() > 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+            self.output.retry();
+        }
         self.log_stats();
         stop
     }
@@ -426,6 +448,14 @@ impl EventLoop {
             o.send_errors,
             o.refused_not_target,
             s.bad_checksum_fixed
+        );
+        log::info!(
+            "send queue: waiting:{},deferred:{},overflow dropped:{},socket full:{},send calls:{}",
+            self.output.waiting(),
+            o.deferred,
+            o.overflow,
+            o.socket_full,
+            o.send_calls
         );
         log::info!(
             "capture drops:{},capture backend drops:{},capture errors:{}",
