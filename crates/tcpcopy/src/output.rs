@@ -336,8 +336,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn output_refuses_everything_but_targets() {
+    /// An output for the transfers `x` (the `-x` grammar) with one tunnel to a local listener.
+    fn output_with(x: &str, backend: Box<dyn Sender>) -> ReplayOutput {
         use crate::addr_spec::{parse_transfers, resolve_transfers};
         use crate::cli::WireOptions;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -352,12 +352,17 @@ mod tests {
         let tunnels =
             Tunnels::connect_all(&[addr], 1, wire, poll.registry(), Duration::from_secs(3))
                 .unwrap();
-        let transfers =
-            resolve_transfers(&parse_transfers("80-198.18.0.30:8080,81-198.18.0.31:8081").unwrap())
-                .unwrap();
+        let transfers = resolve_transfers(&parse_transfers(x).unwrap()).unwrap();
+        ReplayOutput::new(backend, &transfers, tunnels, false)
+    }
+
+    #[test]
+    fn output_refuses_everything_but_targets() {
         let sent = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        let mut out =
-            ReplayOutput::new(Box::new(Recorder(sent.clone())), &transfers, tunnels, false);
+        let mut out = output_with(
+            "80-198.18.0.30:8080,81-198.18.0.31:8081",
+            Box::new(Recorder(sent.clone())),
+        );
         out.send_to_target(&datagram([198, 18, 0, 30], 8080), 0);
         // Wrong index hint, right target: sent with the matching transfer's index.
         out.send_to_target(&datagram([198, 18, 0, 31], 8081), 0);
@@ -403,22 +408,6 @@ mod tests {
         std::rc::Rc<std::cell::Cell<usize>>,
         std::rc::Rc<std::cell::Cell<usize>>,
     ) {
-        use crate::addr_spec::{parse_transfers, resolve_transfers};
-        use crate::cli::WireOptions;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
-            panic!("v4")
-        };
-        let poll = mio::Poll::new().unwrap();
-        let wire = WireOptions {
-            combined: true,
-            payload: false,
-        };
-        let tunnels =
-            Tunnels::connect_all(&[addr], 1, wire, poll.registry(), Duration::from_secs(3))
-                .unwrap();
-        let transfers =
-            resolve_transfers(&parse_transfers("80-198.18.0.30:8080").unwrap()).unwrap();
         let sent: SentLog = Default::default();
         let room = std::rc::Rc::new(std::cell::Cell::new(room));
         let calls = std::rc::Rc::new(std::cell::Cell::new(0));
@@ -427,7 +416,7 @@ mod tests {
             room: room.clone(),
             calls: calls.clone(),
         };
-        let out = ReplayOutput::new(Box::new(backend), &transfers, tunnels, false);
+        let out = output_with("80-198.18.0.30:8080", Box::new(backend));
         (out, sent, room, calls)
     }
 

@@ -61,6 +61,13 @@ impl Netns {
             .spawn()
             .expect("spawn tcpcopy")
     }
+
+    /// tcpcopy copying port 1 with the fake intercept at 127.0.0.1, plus `extra`.
+    fn spawn_copy(&self, extra: &[&str]) -> Child {
+        let mut args = vec!["-x", X, "-s", "127.0.0.1"];
+        args.extend_from_slice(extra);
+        self.spawn_tcpcopy(&args)
+    }
 }
 
 impl Drop for Netns {
@@ -149,6 +156,17 @@ fn accept_tunnels(l: &TcpListener, n: usize, within: Duration) -> Vec<TcpStream>
 
 const X: &str = "1-198.18.0.30:8080";
 
+/// Root check, a namespace with a fake intercept on the default port, and a scratch folder
+/// named after `what`.
+fn lab_with_dir(what: &str) -> (Netns, TcpListener, PathBuf) {
+    require_root(what);
+    let ns = Netns::new();
+    let l = ns.listen(36524);
+    let dir = std::env::temp_dir().join(format!("tcpcopy-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    (ns, l, dir)
+}
+
 #[test]
 #[ignore = "needs root"]
 fn losing_every_intercept_without_l_ends_the_run() {
@@ -223,18 +241,10 @@ fn sigint_is_a_graceful_exit() {
 #[test]
 #[ignore = "needs root"]
 fn daemon_writes_its_pid_file() {
-    require_root("daemon_writes_its_pid_file");
-    let ns = Netns::new();
-    let l = ns.listen(36524);
-    let dir = std::env::temp_dir().join(format!("tcpcopy-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (ns, l, dir) = lab_with_dir("daemon_writes_its_pid_file");
     let pid_file: PathBuf = dir.join("tcpcopy.pid");
     let log_file: PathBuf = dir.join("tcpcopy.log");
-    let mut parent = Guard(Some(ns.spawn_tcpcopy(&[
-        "-x",
-        X,
-        "-s",
-        "127.0.0.1",
+    let mut parent = Guard(Some(ns.spawn_copy(&[
         "-d",
         "-P",
         pid_file.to_str().unwrap(),
@@ -276,19 +286,11 @@ fn daemon_writes_its_pid_file() {
 #[test]
 #[ignore = "needs root"]
 fn daemon_start_failure_reaches_the_terminal() {
-    require_root("daemon_start_failure_reaches_the_terminal");
-    let ns = Netns::new();
-    let l = ns.listen(36524);
-    let dir = std::env::temp_dir().join(format!("tcpcopy-daemon-fail-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (ns, l, dir) = lab_with_dir("daemon_start_failure_reaches_the_terminal");
     let pid_file: PathBuf = dir.join("busy.pid");
     // pid 1 always runs: the pid file is refused.
     std::fs::write(&pid_file, "1\n").unwrap();
-    let mut parent = Guard(Some(ns.spawn_tcpcopy(&[
-        "-x",
-        X,
-        "-s",
-        "127.0.0.1",
+    let mut parent = Guard(Some(ns.spawn_copy(&[
         "-d",
         "-P",
         pid_file.to_str().unwrap(),
@@ -309,21 +311,10 @@ fn daemon_start_failure_reaches_the_terminal() {
 #[test]
 #[ignore = "needs root"]
 fn sighup_reopens_the_log_file() {
-    require_root("sighup_reopens_the_log_file");
-    let ns = Netns::new();
-    let l = ns.listen(36524);
-    let dir = std::env::temp_dir().join(format!("tcpcopy-hup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (ns, l, dir) = lab_with_dir("sighup_reopens_the_log_file");
     let log_file: PathBuf = dir.join("tcpcopy.log");
     let rotated: PathBuf = dir.join("tcpcopy.log.1");
-    let mut tc = Guard(Some(ns.spawn_tcpcopy(&[
-        "-x",
-        X,
-        "-s",
-        "127.0.0.1",
-        "-l",
-        log_file.to_str().unwrap(),
-    ])));
+    let mut tc = Guard(Some(ns.spawn_copy(&["-l", log_file.to_str().unwrap()])));
     let _tunnels = accept_tunnels(&l, 2, Duration::from_secs(10));
     std::fs::rename(&log_file, &rotated).unwrap();
     tc.signal(libc::SIGHUP);
