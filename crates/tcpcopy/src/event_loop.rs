@@ -121,8 +121,6 @@ impl EventLoop {
         cfg: LoopConfig,
         record_len: usize,
     ) -> anyhow::Result<EventLoop> {
-        let mut output = output;
-        output.register(poll.registry(), OUTPUT_TOKEN);
         let Inputs {
             mut captures,
             offline,
@@ -189,6 +187,8 @@ impl EventLoop {
             if self.output.waiting() > 0 {
                 deadline = deadline.min(now + SEND_RETRY_PERIOD);
             }
+            self.output
+                .watch_writable(self.poll.registry(), OUTPUT_TOKEN);
             let busy = pending.iter().any(|p| *p) || self.output.tunnels.has_reads_pending();
             let timeout = if busy {
                 Duration::ZERO

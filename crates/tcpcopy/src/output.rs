@@ -49,6 +49,8 @@ pub struct ReplayOutput {
     error_log: RateLimit,
     refusal_log: RateLimit,
     overflow_log: RateLimit,
+    /// The backend is registered for writable readiness (only while datagrams wait).
+    armed: bool,
     /// Checked datagrams (with their transfer) the backend could not take yet, oldest first.
     waiting: VecDeque<(Box<[u8]>, usize)>,
     waiting_bytes: usize,
@@ -71,19 +73,31 @@ impl ReplayOutput {
             error_log: RateLimit::new(Duration::from_secs(1), 1),
             refusal_log: RateLimit::new(Duration::from_secs(1), 1),
             overflow_log: RateLimit::new(Duration::from_secs(1), 1),
+            armed: false,
             waiting: VecDeque::new(),
             waiting_bytes: 0,
         }
     }
 
-    /// Registers the backend for writable readiness (false: it has no descriptor, retry on a
-    /// timer).
-    pub fn register(&mut self, registry: &mio::Registry, token: mio::Token) -> bool {
-        match self.sender.register(registry, token) {
-            Ok(r) => r,
+    /// Watches the backend's writable readiness while datagrams wait for it, and only then
+    /// (a registered socket reports every buffer it frees). Without a descriptor to watch,
+    /// the caller's retry timer does the work.
+    pub fn watch_writable(&mut self, registry: &mio::Registry, token: mio::Token) {
+        let want = !self.waiting.is_empty();
+        if want == self.armed {
+            return;
+        }
+        let done = if want {
+            self.sender.register(registry, token).map(|_| ())
+        } else {
+            self.sender.deregister(registry)
+        };
+        match done {
+            Ok(()) => self.armed = want,
             Err(e) => {
-                log::warn!("send backend: no writable readiness ({e}): retrying on a timer");
-                false
+                // Registered or not, the retry timer still runs while datagrams wait.
+                self.armed = want;
+                log::warn!("send backend: writable readiness ({e}): retrying on a timer");
             }
         }
     }

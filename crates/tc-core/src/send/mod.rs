@@ -41,9 +41,15 @@ pub trait Sender {
     }
 
     /// Registers the backend's descriptor for writable readiness; `false` when it has none to
-    /// wait on (the driver then retries on a timer).
+    /// wait on (the driver then retries on a timer). Drivers register only while datagrams
+    /// wait: a registered socket reports every freed buffer.
     fn register(&mut self, _registry: &mio::Registry, _token: mio::Token) -> io::Result<bool> {
         Ok(false)
+    }
+
+    /// Undoes [`Sender::register`].
+    fn deregister(&mut self, _registry: &mio::Registry) -> io::Result<()> {
+        Ok(())
     }
 }
 

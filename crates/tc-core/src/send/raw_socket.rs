@@ -127,4 +127,9 @@ impl Sender for RawSocketSend {
         )?;
         Ok(true)
     }
+
+    fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        let fd = self.socket.as_raw_fd();
+        registry.deregister(&mut mio::unix::SourceFd(&fd))
+    }
 }
