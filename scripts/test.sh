@@ -75,4 +75,9 @@ if [ -n "$left" ]; then
   echo "$left" >&2
   exit 1
 fi
+# Every cargo-fuzz target of crates/tc-core/fuzz for a short run from its committed seeds
+# (FUZZ_SECONDS each, 20 by default; scripts/fuzz.sh SECONDS runs them longer). Needs the
+# nightly toolchain: without it scripts/fuzz.sh says so loudly and the run goes on.
+echo "== fuzz targets (${FUZZ_SECONDS:-20} s each)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 echo "== all tests passed"

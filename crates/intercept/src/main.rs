@@ -1,5 +1,6 @@
 //! intercept: see the library crate for the parts; this only wires them in startup order
-//! (arguments, log, listener, captures, then daemon and pid file, then the loop).
+//! (arguments, log and SIGHUP, `-d` detach, captures, listener, signals, pid file, then the
+//! parent of `-d` exits and the loop runs).
 
 use std::os::unix::io::AsRawFd;
 use std::process::ExitCode;
@@ -38,6 +39,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: &cli::Config) -> anyhow::Result<()> {
+    // SIGHUP reopens the log file (logrotate) and no longer ends intercept.
+    logging::reopen_on_sighup().context("cannot install the SIGHUP handler")?;
+    // -d: the start-up below runs in the daemon while the parent waits for its outcome, so a
+    // failure still reaches the terminal with a non-zero exit.
+    let detached = if cfg.daemon {
+        Some(daemon::detach().context("cannot become a daemon")?)
+    } else {
+        None
+    };
     info!("intercept version:{}", cli::VERSION);
     let mut cfg = cfg.clone();
     let fd_cap = match server::raise_nofile_limit() {
@@ -117,9 +127,6 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
         listener.as_raw_fd(),
         listener.local_addr()?
     );
-    if cfg.daemon {
-        daemon::daemonize().context("cannot become a daemon")?;
-    }
     let mut server = server::Server::new(cfg, listener, sources)?;
     // Signals are handled before the pid file exists: whoever reads it may stop us at once.
     server.handle_signals()?;
@@ -128,5 +135,8 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
         Some(p) => Some(daemon::PidFile::create(p)?),
         None => None,
     };
+    if let Some(d) = detached {
+        d.ready().context("cannot detach from the terminal")?;
+    }
     server.run().map(|_| ())
 }

@@ -360,3 +360,77 @@ fn daemon_detaches_and_writes_pid() {
     }
     assert!(!pid_file.exists(), "pid file removed at exit");
 }
+
+/// Issue 15 point 11: with -d, a start-up step that fails after the fork (here the pid file,
+/// which names a running process) still gives a non-zero exit and a message on the terminal.
+#[test]
+#[ignore = "needs root"]
+fn daemon_start_failure_reaches_the_terminal() {
+    require_root("daemon_start_failure_reaches_the_terminal");
+    let port = free_port();
+    let pid_file = tmp("busy.pid");
+    // pid 1 always runs: the pid file is refused.
+    std::fs::write(&pid_file, "1\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["-F", "tcp and port 1", "-i", "lo", "-b", "127.0.0.1", "-d"])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-P")
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit {:?}: {err}", out.status);
+    assert!(err.contains("process 1"), "{err}");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), "1\n");
+    // Nothing stays behind listening.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
+    std::fs::remove_file(&pid_file).unwrap();
+}
+
+/// Issue 15 point 11: SIGHUP reopens the log file (logrotate moved it) and does not end a
+/// foreground intercept.
+#[test]
+#[ignore = "needs root"]
+fn sighup_reopens_the_log_file() {
+    require_root("sighup_reopens_the_log_file");
+    let port = free_port();
+    let log = tmp("hup.log");
+    let rotated = tmp("hup.log.1");
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+    let child = Command::new(BIN)
+        .args(["-F", "tcp and port 1", "-i", "lo", "-b", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .arg("-l")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Guard(child);
+    assert!(wait_listening(port), "not listening");
+    std::fs::rename(&log, &rotated).unwrap();
+    let pid = child.0.id() as i32;
+    signal(pid, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGHUP ended intercept"
+    );
+    signal(pid, libc::SIGTERM);
+    let status = wait_exit(&mut child.0, Duration::from_secs(5)).expect("no exit");
+    assert!(status.success(), "{status:?}");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log).expect("log file not reopened");
+    assert!(old.contains("intercept version"), "{old}");
+    assert!(
+        !new.contains("intercept version") && !new.is_empty(),
+        "{new}"
+    );
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+}

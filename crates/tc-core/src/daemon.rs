@@ -1,42 +1,101 @@
 //! Running in the background (`-d`) and the pid file (`-P`), for both binaries.
 //!
-//! Order in a binary: open what can fail visibly (sockets, captures), then [`daemonize`], then
-//! [`PidFile::create`] (the pid written is the daemon's), and keep the [`PidFile`] alive until
-//! exit: dropping it removes the file.
+//! Order in a binary: [`detach`] first (the process goes on in a child that is already in a
+//! new session, while the parent waits), then every start-up step that can fail (sockets,
+//! captures, intercepts, [`PidFile::create`]: the pid written is the daemon's), then
+//! [`Detached::ready`]. Only then does the parent exit, with status 0; a start-up step that
+//! fails makes the child print its error on the still attached terminal and exit non-zero,
+//! and the parent exits with the child's status. Keep the [`PidFile`] alive until exit:
+//! dropping it removes the file.
 
 use std::fs::OpenOptions;
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Forks; the parent exits 0 at once, the child starts a new session with stdin, stdout and
-/// stderr on /dev/null. SIGHUP is ignored from here on. Call while the process has a single
-/// thread (before any thread is started).
-pub fn daemonize() -> io::Result<()> {
-    // SAFETY: single-threaded at this point (documented contract); the parent only calls
-    // _exit, the child goes on with plain syscalls on its own process and descriptors.
-    unsafe {
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        match libc::fork() {
-            -1 => return Err(os_error("fork")),
-            0 => {}
-            _ => libc::_exit(0),
-        }
-        if libc::setsid() == -1 {
-            return Err(os_error("setsid"));
-        }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null < 0 {
-            return Err(os_error("cannot open /dev/null"));
-        }
-        for fd in 0..3 {
-            libc::dup2(null, fd);
-        }
-        if null > 2 {
-            libc::close(null);
-        }
+/// The daemon side of [`detach`]: tells the waiting parent that start-up succeeded.
+#[derive(Debug)]
+pub struct Detached {
+    /// Write end of the pipe the parent reads.
+    notify: OwnedFd,
+}
+
+/// Forks. The parent waits until the child calls [`Detached::ready`] (then exits 0) or ends
+/// (then exits with the child's status: a failed start gives a non-zero exit). The child,
+/// which returns, starts a new session; its stdin, stdout and stderr stay as they are until
+/// [`Detached::ready`], so start-up errors reach the terminal. Signal dispositions are left
+/// alone (SIGHUP is the binaries' business). Call while the process has a single thread.
+pub fn detach() -> io::Result<Detached> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into our array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(os_error("pipe"));
     }
-    Ok(())
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: single-threaded at this point (documented contract); the parent only reads the
+    // pipe, waits for the child and calls _exit; the child goes on with its own descriptors.
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        return Err(os_error("fork"));
+    }
+    if pid > 0 {
+        drop(write);
+        let mut byte = [0u8; 1];
+        let n = loop {
+            // SAFETY: reads at most one byte into our buffer from a descriptor we own.
+            let n = unsafe { libc::read(read.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+            if n == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break n;
+        };
+        if n == 1 {
+            // SAFETY: ends the parent without running anything of the child's state.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let code = if waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+            libc::WEXITSTATUS(status)
+        } else {
+            1
+        };
+        // SAFETY: as above.
+        unsafe { libc::_exit(code) };
+    }
+    drop(read);
+    // SAFETY: plain syscall on our own process.
+    if unsafe { libc::setsid() } == -1 {
+        return Err(os_error("setsid"));
+    }
+    Ok(Detached { notify: write })
+}
+
+impl Detached {
+    /// Start-up is complete: puts stdin, stdout and stderr on /dev/null and lets the parent
+    /// exit 0.
+    pub fn ready(self) -> io::Result<()> {
+        // SAFETY: plain syscalls on descriptors of our own process.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null < 0 {
+                return Err(os_error("cannot open /dev/null"));
+            }
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+            if libc::write(self.notify.as_raw_fd(), [1u8].as_ptr().cast(), 1) != 1 {
+                return Err(os_error("cannot notify the parent"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn os_error(what: &str) -> io::Error {

@@ -1,10 +1,11 @@
 //! tc-core: everything of tcpcopy-rs that is not a binary.
 //!
-//! Modules follow the data: `packet` (decode, validate, rewrite), `session` (the sans-IO TCP
-//! replay machine), `control` (the tcpcopy <-> intercept wire protocol), `capture` and `send`
-//! (I/O backends behind small traits).
+//! Modules follow the data: `packet` (decode, validate, rewrite), `offline` (pacing of a
+//! capture file's records), `session` (the sans-IO TCP replay machine), `control` (the
+//! tcpcopy <-> intercept wire protocol), `capture` and `send` (I/O backends behind small
+//! traits).
 //!
-//! The pure core (`packet`, `session`, the `control` codecs and routing) touches no socket and
+//! The pure core (`packet`, `offline`, `session`, the `control` codecs and routing) touches no socket and
 //! reads no clock: time comes in as arguments. Everything that does I/O (`capture`, `send`,
 //! `control::conn`, `logging`, `metrics`) is behind the default feature `io`, so
 //! `cargo build -p tc-core --no-default-features` proves the core needs none of mio, libc,
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod logging;
 #[cfg(feature = "io")]
 pub mod metrics;
+pub mod offline;
 pub mod packet;
 #[cfg(feature = "io")]
 pub mod send;

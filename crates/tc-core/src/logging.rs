@@ -1,11 +1,17 @@
 //! Log lines like the original's: `YYYY/MM/DD HH:MM:SS +mmm [level] message`, local time,
 //! level filter from `RUST_LOG` (default `info`), to stderr or an appended file. Shared by
 //! both binaries; only the name of the info level differs (tcpcopy says `notice`).
+//!
+//! Log rotation: after [`reopen_on_sighup`], a SIGHUP makes the next line reopen the log file
+//! by its path (logrotate moves the file, then signals; nothing is lost or written to the
+//! moved file after the signal).
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,22 +69,65 @@ pub fn init(file: Option<&Path>, info_name: &'static str) -> Result<(), LogInitE
         writeln!(buf, "{} [{level}] {}", timestamp(), record.args())
     });
     if let Some(path) = file {
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(path)
-            .map_err(|source| LogInitError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        builder.target(env_logger::Target::Pipe(Box::new(f)));
+        let f = open_log(path).map_err(|source| LogInitError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        builder.target(env_logger::Target::Pipe(Box::new(LogFile {
+            path: path.to_path_buf(),
+            file: f,
+            reopen: reopen_flag().clone(),
+        })));
     } else {
         builder.target(env_logger::Target::Stderr);
     }
     builder
         .try_init()
         .map_err(|_| LogInitError::AlreadyInstalled)
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(path)
+}
+
+/// Set by SIGHUP (after [`reopen_on_sighup`]): the log file is reopened before the next line.
+fn reopen_flag() -> &'static Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+}
+
+/// From now on SIGHUP reopens the log file (`-l`) before the next line is written, instead of
+/// ending the process; without a log file it does nothing. Other handlers of SIGHUP (an
+/// event loop's) still see the signal.
+pub fn reopen_on_sighup() -> io::Result<()> {
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reopen_flag().clone()).map(|_| ())
+}
+
+/// The log file: reopened by its path once SIGHUP has set `reopen`. If reopening fails the
+/// old file is kept (and retried at the next SIGHUP).
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.reopen.swap(false, Ordering::Relaxed) {
+            if let Ok(f) = open_log(&self.path) {
+                self.file = f;
+            }
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Rate limit for a log line that may repeat for every packet or event: at most `burst` lines

@@ -211,3 +211,79 @@ fn pcap_inject_frames_reach_the_peer_with_the_configured_macs() {
     assert_eq!(&frame[14..], &datagram[..]);
     assert!(inject.send(&datagram, 5).is_err(), "no MACs for transfer 5");
 }
+
+/// Issue 15 point 9: a full raw send socket (the device's queue drains at 8 kbit/s) refuses
+/// at once with `WouldBlock` instead of blocking the event loop (the old socket waited up to
+/// 100 ms per send); a batch goes out in one call.
+#[test]
+#[ignore = "needs root"]
+fn raw_send_never_blocks_when_the_socket_is_full() {
+    require_root("raw_send_never_blocks_when_the_socket_is_full");
+    let pair = Pair::new();
+    let mac = pair.mac(&pair.b, "vb");
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    // No ARP wait (the neighbour queue would drop, not hold, the datagrams), and a qdisc that
+    // keeps up to 256 MB while sending 1 KB/s: the socket's buffer fills.
+    sh(&[
+        "ip",
+        "-n",
+        &pair.a,
+        "neigh",
+        "replace",
+        "198.18.1.2",
+        "lladdr",
+        &mac,
+        "dev",
+        "va",
+        "nud",
+        "permanent",
+    ]);
+    sh(&[
+        "tc",
+        "-n",
+        &pair.a,
+        "qdisc",
+        "replace",
+        "dev",
+        "va",
+        "root",
+        "tbf",
+        "rate",
+        "8kbit",
+        "burst",
+        "1600",
+        "limit",
+        "268435456",
+    ]);
+    let mut send = in_ns(&pair.a, || RawSocketSend::open().unwrap());
+    let datagram = segment(9003, &[7u8; 1400]);
+    let batch: Vec<tc_core::send::Outgoing<'_>> = (0..10)
+        .map(|_| tc_core::send::Outgoing {
+            bytes: &datagram,
+            transfer: 0,
+        })
+        .collect();
+    assert_eq!(send.send_batch(&batch).unwrap(), 10);
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut full = false;
+    for _ in 0..50_000 {
+        let t = Instant::now();
+        let r = send.send(&datagram, 0);
+        slowest = slowest.max(t.elapsed());
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never full");
+    }
+    assert!(full, "the socket never filled");
+    assert!(
+        slowest < Duration::from_millis(50),
+        "a send blocked {slowest:?}"
+    );
+}

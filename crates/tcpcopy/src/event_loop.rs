@@ -16,6 +16,13 @@ use crate::report;
 use crate::tunnels::{TunnelEvent, Tunnels};
 
 const SIGNAL_TOKEN: Token = Token(60_000);
+/// The send backend's writable readiness.
+const OUTPUT_TOKEN: Token = Token(60_001);
+/// While datagrams wait for the send backend, it is retried at least this often (the
+/// writable event is the main trigger; a backend without a descriptor only has this).
+const SEND_RETRY_PERIOD: Duration = Duration::from_millis(5);
+/// At exit, how long the datagrams still waiting for the backend (the sessions' RSTs) get.
+const SEND_DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
 /// Capture sources use tokens 0..MAX_CAPTURES.
 pub const MAX_CAPTURES: usize = 64;
 /// Frames read from one source per turn, so tunnels and timers are not starved.
@@ -73,11 +80,21 @@ pub struct Inputs {
     pub offline: Option<OfflineSource>,
 }
 
+/// What SIGHUP does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sighup {
+    /// In the foreground without `-l` (the terminal is gone): stop, as the original.
+    Stop,
+    /// With `-l`: the log file is reopened (logrotate), see `tc_core::logging`.
+    ReopenLog,
+    /// With `-d` and no log file: nothing to do.
+    Ignore,
+}
+
 pub struct LoopConfig {
     pub lonely: bool,
     pub memory_limit_bytes: u64,
-    /// With `-d`, SIGHUP is ignored.
-    pub ignore_sighup: bool,
+    pub sighup: Sighup,
     /// Offline progress is redrawn on a terminal (stderr is one and no `-l`), else logged.
     pub progress_tty: bool,
     /// `--report`: the fidelity report at exit; `--stats-json`: statistics lines.
@@ -179,6 +196,11 @@ impl EventLoop {
             if let Some(d) = next_progress {
                 deadline = deadline.min(d);
             }
+            if self.output.waiting() > 0 {
+                deadline = deadline.min(now + SEND_RETRY_PERIOD);
+            }
+            self.output
+                .watch_writable(self.poll.registry(), OUTPUT_TOKEN);
             let busy = pending.iter().any(|p| *p) || self.output.tunnels.has_reads_pending();
             let timeout = if busy {
                 Duration::ZERO
@@ -199,11 +221,20 @@ impl EventLoop {
                 let token = event.token();
                 if token == SIGNAL_TOKEN {
                     for sig in self.signals.pending() {
-                        if sig == SIGPIPE || (sig == SIGHUP && self.cfg.ignore_sighup) {
+                        if sig == SIGHUP && self.cfg.sighup != Sighup::Stop {
+                            if self.cfg.sighup == Sighup::ReopenLog {
+                                // This line is the first one of the reopened file.
+                                log::info!("SIGHUP: log file reopened");
+                            }
+                            continue;
+                        }
+                        if sig == SIGPIPE {
                             continue;
                         }
                         stop = Some(StopReason::Signal(sig));
                     }
+                } else if token == OUTPUT_TOKEN {
+                    self.output.retry();
                 } else if token.0 < self.captures.len() {
                     pending[token.0] = true;
                 } else if Tunnels::owns(token) {
@@ -244,6 +275,9 @@ impl EventLoop {
                 }
             }
             let now = Instant::now();
+            if self.output.waiting() > 0 {
+                self.output.retry();
+            }
             if self.replayer.next_deadline().is_some_and(|d| d <= now) {
                 self.replayer.on_timer(now);
                 self.flush_output();
@@ -316,6 +350,11 @@ impl EventLoop {
         }
         self.replayer.shutdown(Instant::now());
         self.flush_output();
+        let give_up = Instant::now() + SEND_DRAIN_AT_EXIT;
+        while self.output.waiting() > 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+            self.output.retry();
+        }
         self.log_stats();
         self.final_report();
         stop
@@ -464,6 +503,14 @@ impl EventLoop {
             s.ip_options_stripped
         );
         log::info!(
+            "send queue: waiting:{},deferred:{},overflow dropped:{},socket full:{},send calls:{}",
+            self.output.waiting(),
+            o.deferred,
+            o.overflow,
+            o.socket_full,
+            o.send_calls
+        );
+        log::info!(
             "capture drops:{},capture backend drops:{},capture errors:{}",
             self.link_drops,
             capture_dropped,
@@ -471,12 +518,15 @@ impl EventLoop {
         );
         if let Some(o) = &self.offline {
             log::info!(
-                "offline read:{},dispatched:{},truncated:{},unsupported link:{},passes done:{}",
+                "offline read:{},dispatched:{},truncated:{},unsupported link:{},passes done:{},ts backwards:{},ts jumps cut:{},gaps cut:{}",
                 o.stats.read,
                 o.stats.dispatched,
                 o.stats.truncated,
                 o.stats.unsupported_link,
-                o.stats.passes_done
+                o.stats.passes_done,
+                o.stats.pacing.backwards,
+                o.stats.pacing.jumps,
+                o.stats.pacing.gaps_cut
             );
         }
         log::info!(

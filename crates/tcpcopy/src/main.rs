@@ -72,6 +72,17 @@ fn main() -> ExitCode {
 
 fn run(options: Options) -> anyhow::Result<i32> {
     let signals = event_loop::install_signals().context("cannot install signal handlers")?;
+    if options.log_file.is_some() {
+        // logrotate: SIGHUP reopens the log file (the event loop then logs a line to it).
+        logging::reopen_on_sighup().context("cannot install the SIGHUP handler")?;
+    }
+    // -d: the rest of the start-up runs in the daemon while the parent waits, so a failure
+    // (intercept, capture, output, pid file) still gives a message and a non-zero exit.
+    let detached = if options.daemon {
+        Some(daemon::detach().context("cannot become a daemon")?)
+    } else {
+        None
+    };
     log::info!("{}", cli::version_line());
     log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);
     log::info!("target:{}", options.transfers_text);
@@ -224,9 +235,6 @@ fn run(options: Options) -> anyhow::Result<i32> {
     let record_len = options.wire.record_len();
     let replayer = Replayer::new(options.replay.clone());
 
-    if options.daemon {
-        daemon::daemonize().context("cannot become a daemon")?;
-    }
     let _pid_file = match &options.pid_file {
         Some(path) => Some(daemon::PidFile::create(path)?),
         None => None,
@@ -241,7 +249,13 @@ fn run(options: Options) -> anyhow::Result<i32> {
         event_loop::LoopConfig {
             lonely: options.lonely,
             memory_limit_bytes: options.memory_limit_bytes,
-            ignore_sighup: options.daemon,
+            sighup: if options.log_file.is_some() {
+                event_loop::Sighup::ReopenLog
+            } else if options.daemon {
+                event_loop::Sighup::Ignore
+            } else {
+                event_loop::Sighup::Stop
+            },
             report_file: options.report_file.clone(),
             stats_json_file: options.stats_json_file.clone(),
             // SAFETY: isatty only inspects the descriptor.
@@ -251,6 +265,9 @@ fn run(options: Options) -> anyhow::Result<i32> {
         },
         record_len,
     )?;
+    if let Some(d) = detached {
+        d.ready().context("cannot detach from the terminal")?;
+    }
     let stop = event_loop.run();
     let code = stop.exit_code();
     match &stop {

@@ -8,13 +8,18 @@
 //! IPv4 packet of the file, since the replay machine does not report which ones it used.
 //!
 //! Files are read with tc-core's [`PcapReader`] (classic pcap and pcapng, each record tagged
-//! with its interface's link type).
+//! with its interface's link type) and paced by tc-core's [`Pacer`]: timestamps that go back,
+//! or jump by more than an hour, are due at once and counted (see `tc_core::offline` for the
+//! rule), so no file makes tcpcopy panic or wait for years. A record the reader cannot make
+//! sense of ends the replay with "corrupt capture file at record N".
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use tc_core::logging::RateLimit;
+use tc_core::offline::{Pacer, PacingStats, Step};
 use tc_core::packet::{LinkType, PcapReader};
 
 /// What the source wants next.
@@ -36,22 +41,22 @@ pub struct OfflineStats {
     /// Records of a link type we do not decode.
     pub unsupported_link: u64,
     pub passes_done: u32,
+    /// Timestamps not paced as they are: back in time, jumps beyond an hour, gaps over `-I`.
+    pub pacing: PacingStats,
 }
 
 pub struct OfflineSource {
     file: PathBuf,
     reader: PcapReader<BufReader<File>>,
-    accel: u32,
-    max_gap: Option<Duration>,
+    pacer: Pacer,
     passes_left: u32,
     tail: Duration,
     wall_base: Instant,
-    pcap_base: Option<Duration>,
-    skipped: Duration,
-    prev_ts: Option<Duration>,
     pending: Vec<u8>,
     pending_link: LinkType,
-    pending_ts: Option<Duration>,
+    /// When the packet in `pending` is due (offset from `wall_base`).
+    pending_due: Option<Duration>,
+    jump_log: RateLimit,
     eof_at: Option<Instant>,
     pub stats: OfflineStats,
     file_len: u64,
@@ -77,17 +82,14 @@ impl OfflineSource {
         Ok(OfflineSource {
             file: file.to_path_buf(),
             reader,
-            accel: accel.max(1),
-            max_gap,
+            pacer: Pacer::new(accel, max_gap),
             passes_left: passes.max(1),
             tail,
             wall_base: now,
-            pcap_base: None,
-            skipped: Duration::ZERO,
-            prev_ts: None,
             pending: Vec::with_capacity(65536),
             pending_link: LinkType::RawIp,
-            pending_ts: None,
+            pending_due: None,
+            jump_log: RateLimit::new(Duration::from_secs(1), 1),
             eof_at: None,
             stats: OfflineStats::default(),
             file_len: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
@@ -142,11 +144,10 @@ impl OfflineSource {
         )
     }
 
-    /// When the packet with capture time `ts` is due.
-    fn due(&self, ts: Duration) -> Instant {
-        let base = self.pcap_base.unwrap_or(ts);
-        let offset = ts.saturating_sub(base).saturating_sub(self.skipped) / self.accel;
-        self.wall_base + offset
+    /// When a packet `offset` after the start of the pass is due (at once should the clock
+    /// overflow, which the pacer's bound of an hour per record makes impossible in practice).
+    fn due(&self, offset: Duration, now: Instant) -> Instant {
+        self.wall_base.checked_add(offset).unwrap_or(now)
     }
 
     /// Reads ahead one packet into `pending`. False at the end of the file.
@@ -171,18 +172,20 @@ impl OfflineSource {
                 log::debug!("unsupported DLT type {}", r.dlt);
                 continue;
             };
-            let ts = r.timestamp;
+            let (ts, index) = (r.timestamp, r.index);
             self.pending.clear();
             self.pending.extend_from_slice(r.data);
             self.pending_link = link;
-            self.pending_ts = Some(ts);
-            if self.pcap_base.is_none() {
-                self.pcap_base = Some(ts);
-            }
-            if let (Some(prev), Some(max_gap)) = (self.prev_ts, self.max_gap) {
-                let gap = ts.saturating_sub(prev);
-                if gap > max_gap {
-                    self.skipped += gap;
+            let (due, step) = self.pacer.schedule(ts);
+            self.pending_due = Some(due);
+            self.stats.pacing = self.pacer.stats;
+            if step == Step::Jump {
+                if let Some(suppressed) = self.jump_log.allow(self.started.elapsed()) {
+                    log::warn!(
+                        "capture timestamp {:.6}s at record {index} jumps more than {} s: replayed at once ({suppressed} more suppressed)",
+                        ts.as_secs_f64(),
+                        tc_core::offline::MAX_TIMESTAMP_JUMP.as_secs()
+                    );
                 }
             }
             return Ok(true);
@@ -213,20 +216,18 @@ impl OfflineSource {
                 }
                 self.reader = open(&self.file)?;
                 self.wall_base = now;
-                self.pcap_base = None;
-                self.skipped = Duration::ZERO;
-                self.prev_ts = None;
+                self.pacer.restart();
                 self.eof_at = None;
             }
-            if self.pending_ts.is_none() && !self.read_next()? {
+            if self.pending_due.is_none() && !self.read_next()? {
                 log::info!("stop, null from pcap_next");
                 self.eof_at = Some(now);
                 continue;
             }
-            let Some(ts) = self.pending_ts else {
+            let Some(offset) = self.pending_due else {
                 continue;
             };
-            let due = self.due(ts);
+            let due = self.due(offset, now);
             if due > now {
                 return Ok(OfflineStatus::WakeAt(due));
             }
@@ -236,8 +237,7 @@ impl OfflineSource {
             on_frame(self.stats.passes_done, self.pending_link, &self.pending);
             sent += 1;
             self.stats.dispatched += 1;
-            self.prev_ts = Some(ts);
-            self.pending_ts = None;
+            self.pending_due = None;
         }
     }
 }
@@ -397,6 +397,111 @@ mod tests {
         );
         assert_eq!(seen, vec![1, 2, 3]);
         assert_eq!(src.stats.truncated, 1);
+    }
+
+    /// A pcapng file, little-endian: interfaces given as (if_tsresol, if_tsoffset), packets
+    /// as (interface, timestamp units, marker byte), raw IP.
+    fn write_pcapng(path: &Path, interfaces: &[(u8, i64)], packets: &[(u32, u64, u8)]) {
+        fn block(out: &mut Vec<u8>, kind: u32, body: &[u8]) {
+            let total = (12 + body.len().div_ceil(4) * 4) as u32;
+            out.extend_from_slice(&kind.to_le_bytes());
+            out.extend_from_slice(&total.to_le_bytes());
+            out.extend_from_slice(body);
+            out.resize(out.len() + (4 - body.len() % 4) % 4, 0);
+            out.extend_from_slice(&total.to_le_bytes());
+        }
+        let mut out = Vec::new();
+        let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
+        shb.extend_from_slice(&[1, 0, 0, 0]);
+        shb.extend_from_slice(&u64::MAX.to_le_bytes());
+        block(&mut out, 0x0a0d_0d0a, &shb);
+        for &(resol, offset) in interfaces {
+            let mut idb = 101u16.to_le_bytes().to_vec(); // LINKTYPE_RAW
+            idb.extend_from_slice(&[0, 0]);
+            idb.extend_from_slice(&0u32.to_le_bytes());
+            idb.extend_from_slice(&[9, 0, 1, 0, resol, 0, 0, 0]);
+            idb.extend_from_slice(&[14, 0, 8, 0]);
+            idb.extend_from_slice(&offset.to_le_bytes());
+            idb.extend_from_slice(&[0, 0, 0, 0]);
+            block(&mut out, 1, &idb);
+        }
+        for &(interface, units, marker) in packets {
+            let mut epb = interface.to_le_bytes().to_vec();
+            epb.extend_from_slice(&((units >> 32) as u32).to_le_bytes());
+            epb.extend_from_slice(&(units as u32).to_le_bytes());
+            epb.extend_from_slice(&5u32.to_le_bytes());
+            epb.extend_from_slice(&5u32.to_le_bytes());
+            epb.extend_from_slice(&[0x45, 0, 0, 20, marker]);
+            block(&mut out, 6, &epb);
+        }
+        std::fs::write(path, out).unwrap();
+    }
+
+    /// Runs a source to its end on a virtual clock: the markers seen and the virtual time it
+    /// took. Fails on a wait of more than an hour or on a source that never finishes.
+    fn run_to_end(src: &mut OfflineSource, t0: Instant) -> (Vec<u8>, Duration) {
+        let mut seen = Vec::new();
+        let mut now = t0;
+        for _ in 0..1000 {
+            match collect(src, now, &mut seen) {
+                OfflineStatus::WakeAt(t) => {
+                    let wait = t.saturating_duration_since(now);
+                    assert!(wait <= Duration::from_secs(3600), "waits {wait:?}");
+                    now = now.max(t);
+                }
+                OfflineStatus::Finished => return (seen, now - t0),
+            }
+        }
+        panic!("the offline source never finishes");
+    }
+
+    /// Issue 15 point 7: timestamps at 0 and u64::MAX seconds (pcapng `if_tsresol` 0), an
+    /// interface whose `if_tsoffset` is i64::MAX, a classic pcap jumping from 0 to 2^32-1 s:
+    /// every record is replayed at once (the jumps are counted), with and without `-a`/`-I`,
+    /// instead of panicking on `Instant + Duration` or `skipped += gap`, or waiting 136 years.
+    #[test]
+    fn absurd_timestamps_neither_panic_nor_hang() {
+        let ng = temp("absurd.pcapng");
+        write_pcapng(
+            &ng.0,
+            &[(0, 0), (6, i64::MAX)],
+            &[
+                (0, 0, 1),
+                (0, u64::MAX, 2),
+                (0, 0, 3),
+                (0, u64::MAX, 4),
+                (1, 5, 5),
+                (0, 1, 6),
+            ],
+        );
+        let classic = temp("absurd.pcap");
+        write_pcap(
+            &classic.0,
+            &[
+                (0, 1),
+                (0xFFFF_FFFF * 1000, 2),
+                (0, 3),
+                (0xFFFF_FFFF * 1000, 4),
+            ],
+            None,
+        );
+        for (file, markers) in [(&ng, vec![1, 2, 3, 4, 5, 6]), (&classic, vec![1, 2, 3, 4])] {
+            for accel in [1, 7] {
+                for max_gap in [None, Some(Duration::from_millis(100))] {
+                    let t0 = Instant::now();
+                    let tail = Duration::from_secs(1);
+                    let mut src =
+                        OfflineSource::open(&file.0, accel, max_gap, 2, tail, t0).unwrap();
+                    let (seen, took) = run_to_end(&mut src, t0);
+                    let mut want = markers.clone();
+                    want.extend_from_slice(&markers);
+                    assert_eq!(seen, want, "{accel} {max_gap:?}");
+                    // Two passes, two tails, and the one-second step of the last record.
+                    assert!(took <= Duration::from_secs(4), "{took:?}");
+                    assert!(src.stats.pacing.jumps >= 6, "{:?}", src.stats.pacing);
+                }
+            }
+        }
     }
 
     #[test]

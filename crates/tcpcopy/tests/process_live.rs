@@ -61,6 +61,13 @@ impl Netns {
             .spawn()
             .expect("spawn tcpcopy")
     }
+
+    /// tcpcopy copying port 1 with the fake intercept at 127.0.0.1, plus `extra`.
+    fn spawn_copy(&self, extra: &[&str]) -> Child {
+        let mut args = vec!["-x", X, "-s", "127.0.0.1"];
+        args.extend_from_slice(extra);
+        self.spawn_tcpcopy(&args)
+    }
 }
 
 impl Drop for Netns {
@@ -149,6 +156,17 @@ fn accept_tunnels(l: &TcpListener, n: usize, within: Duration) -> Vec<TcpStream>
 
 const X: &str = "1-198.18.0.30:8080";
 
+/// Root check, a namespace with a fake intercept on the default port, and a scratch folder
+/// named after `what`.
+fn lab_with_dir(what: &str) -> (Netns, TcpListener, PathBuf) {
+    require_root(what);
+    let ns = Netns::new();
+    let l = ns.listen(36524);
+    let dir = std::env::temp_dir().join(format!("tcpcopy-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    (ns, l, dir)
+}
+
 #[test]
 #[ignore = "needs root"]
 fn losing_every_intercept_without_l_ends_the_run() {
@@ -223,18 +241,10 @@ fn sigint_is_a_graceful_exit() {
 #[test]
 #[ignore = "needs root"]
 fn daemon_writes_its_pid_file() {
-    require_root("daemon_writes_its_pid_file");
-    let ns = Netns::new();
-    let l = ns.listen(36524);
-    let dir = std::env::temp_dir().join(format!("tcpcopy-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let (ns, l, dir) = lab_with_dir("daemon_writes_its_pid_file");
     let pid_file: PathBuf = dir.join("tcpcopy.pid");
     let log_file: PathBuf = dir.join("tcpcopy.log");
-    let mut parent = Guard(Some(ns.spawn_tcpcopy(&[
-        "-x",
-        X,
-        "-s",
-        "127.0.0.1",
+    let mut parent = Guard(Some(ns.spawn_copy(&[
         "-d",
         "-P",
         pid_file.to_str().unwrap(),
@@ -269,6 +279,60 @@ fn daemon_writes_its_pid_file() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(log.contains("sig 15 received"), "{log}");
     assert!(log.contains("tcpcopy version:1.3.0"), "{log}");
+}
+
+/// Issue 15 point 11: with -d, a start-up step that fails after the fork (the pid file names
+/// a running process) gives a non-zero exit and the message on the terminal.
+#[test]
+#[ignore = "needs root"]
+fn daemon_start_failure_reaches_the_terminal() {
+    let (ns, l, dir) = lab_with_dir("daemon_start_failure_reaches_the_terminal");
+    let pid_file: PathBuf = dir.join("busy.pid");
+    // pid 1 always runs: the pid file is refused.
+    std::fs::write(&pid_file, "1\n").unwrap();
+    let mut parent = Guard(Some(ns.spawn_copy(&[
+        "-d",
+        "-P",
+        pid_file.to_str().unwrap(),
+    ])));
+    let (code, err) = parent
+        .wait_exit(Duration::from_secs(15))
+        .expect("the foreground process did not exit");
+    let kept = std::fs::read_to_string(&pid_file).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("process 1"), "{err}");
+    assert_eq!(kept, "1\n");
+    drop(l);
+}
+
+/// Issue 15 point 11: SIGHUP with -l reopens the log file (logrotate moved it); tcpcopy runs
+/// on.
+#[test]
+#[ignore = "needs root"]
+fn sighup_reopens_the_log_file() {
+    let (ns, l, dir) = lab_with_dir("sighup_reopens_the_log_file");
+    let log_file: PathBuf = dir.join("tcpcopy.log");
+    let rotated: PathBuf = dir.join("tcpcopy.log.1");
+    let mut tc = Guard(Some(ns.spawn_copy(&["-l", log_file.to_str().unwrap()])));
+    let _tunnels = accept_tunnels(&l, 2, Duration::from_secs(10));
+    std::fs::rename(&log_file, &rotated).unwrap();
+    tc.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        tc.child().try_wait().unwrap().is_none(),
+        "SIGHUP ended tcpcopy"
+    );
+    tc.signal(libc::SIGTERM);
+    let (code, err) = tc.wait_exit(Duration::from_secs(10)).expect("no exit");
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log_file).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(old.contains("tcpcopy version:1.3.0"), "{old}");
+    assert!(!old.contains("sig 15 received"), "{old}");
+    assert!(new.contains("SIGHUP: log file reopened"), "{new}");
+    assert!(new.contains("sig 15 received"), "{new}");
 }
 
 #[test]

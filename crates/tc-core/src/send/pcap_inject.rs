@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::Sender;
+use super::{Outgoing, Sender};
 
 const ETHER_HEADER: usize = 14;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
@@ -49,7 +49,19 @@ pub fn frame_ipv4(frame: &mut [u8], src: [u8; 6], dst: [u8; 6], datagram: &[u8])
 }
 
 impl Sender for PcapInject {
-    fn send(&mut self, datagram: &[u8], transfer: usize) -> io::Result<()> {
+    /// One `pcap_inject` per datagram (libpcap has no batch send); stops at the first error.
+    fn send_batch(&mut self, batch: &[Outgoing<'_>]) -> io::Result<usize> {
+        for (i, d) in batch.iter().enumerate() {
+            if let Err(e) = self.send_one(d.bytes, d.transfer) {
+                return if i == 0 { Err(e) } else { Ok(i) };
+            }
+        }
+        Ok(batch.len())
+    }
+}
+
+impl PcapInject {
+    fn send_one(&mut self, datagram: &[u8], transfer: usize) -> io::Result<()> {
         let Some(&(src, dst)) = self.macs.get(transfer) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
