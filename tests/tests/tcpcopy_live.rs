@@ -536,6 +536,76 @@ fn fidelity_report_matches_the_run() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 15.6: a pcap capture device that disappears is reported, reopened when it is back,
+/// and when nothing can be captured for `--capture-lost-exit` tcpcopy stops with status 1.
+#[test]
+#[ignore = "needs root"]
+fn lost_capture_device_is_reopened_then_fatal() {
+    require_root("lost_capture_device");
+    let s = setup();
+    let ns = s.lab.ns(ONLINE);
+    let ip = |args: &[&str]| {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    };
+    let make = || {
+        ip(&[
+            "link", "add", "cap0", "type", "veth", "peer", "name", "cap1",
+        ]);
+        ip(&["link", "set", "cap0", "up"]);
+        ip(&["link", "set", "cap1", "up"]);
+    };
+    make();
+    let x = transfers();
+    start_tcpcopy(
+        &s.lab,
+        "tcpcopy",
+        &[
+            "-x",
+            &x,
+            "-c",
+            "203.0.113.31",
+            "--capture",
+            "pcap",
+            "-i",
+            "cap0",
+            "--capture-lost-exit",
+            "3",
+        ],
+    );
+    ip(&["link", "del", "cap0"]);
+    wait_for(
+        Duration::from_secs(10),
+        || s.lab.log("tcpcopy").contains("capture device cap0 lost"),
+        || format!("the loss reported: {}", s.lab.log("tcpcopy")),
+    );
+    make();
+    wait_for(
+        Duration::from_secs(15),
+        || {
+            s.lab
+                .log("tcpcopy")
+                .contains("capture device cap0 reopened")
+        },
+        || format!("the device reopened: {}", s.lab.log("tcpcopy")),
+    );
+    assert!(s.lab.running("tcpcopy"), "{}", s.lab.log("tcpcopy"));
+    ip(&["link", "del", "cap0"]);
+    wait_for(
+        Duration::from_secs(20),
+        || !s.lab.running("tcpcopy"),
+        || format!("tcpcopy to stop: {}", s.lab.log("tcpcopy")),
+    );
+    let code = s.lab.stop("tcpcopy", 0, Duration::from_secs(5));
+    let log = s.lab.log("tcpcopy");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("nothing could be captured for"), "{log}");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn three_copies_of_every_connection() {

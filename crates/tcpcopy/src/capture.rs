@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use tc_core::capture::pcap_live::{self, PcapLiveOptions};
+use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::session::Transfer;
 
@@ -21,13 +22,14 @@ pub fn auto_filter(transfers: &[Transfer]) -> String {
     format!("tcp and ({})", terms.join(" or "))
 }
 
-/// Opens the pcap captures of `-i` (every device but `any` when `devices` is empty).
+/// Opens the pcap captures of `-i` (every device but `any` when `devices` is empty); each is
+/// reopened by its device name when it is lost (interface deleted or gone down).
 pub fn open_pcap_devices(
     devices: &[String],
     filter: &str,
     snaplen: u32,
     buffer_bytes: u32,
-) -> anyhow::Result<Vec<Box<dyn Capture>>> {
+) -> anyhow::Result<Vec<Reopening<dyn Capture>>> {
     let opts = PcapLiveOptions {
         filter: filter.to_string(),
         snaplen: snaplen as i32,
@@ -36,7 +38,16 @@ pub fn open_pcap_devices(
     };
     Ok(pcap_live::open_devices(devices, &opts)?
         .into_iter()
-        .map(|c| Box::new(c) as Box<dyn Capture>)
+        .map(|c| {
+            let (device, opts) = (c.device().to_string(), opts.clone());
+            Reopening::new(&device.clone(), Box::new(c) as Box<dyn Capture>).with_reopen(Box::new(
+                move || {
+                    pcap_live::PcapLive::open(&device, &opts)
+                        .map(|c| Box::new(c) as Box<dyn Capture>)
+                        .map_err(|e| e.to_string())
+                },
+            ))
+        })
         .collect())
 }
 

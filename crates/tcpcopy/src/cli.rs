@@ -177,6 +177,11 @@ struct RawArgs {
         default_value_t = 65535, value_parser = clap::value_parser!(u32).range(64..=65535),
         help = "pcap snaplen, 64..65535")]
     snaplen: u32,
+    #[arg(long = "capture-lost-exit", value_name = "secs", help_heading = H_CAPTURE,
+        default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..),
+        help = "a lost capture device (deleted, down) is reopened with a backoff; stop with an\n\
+                error when none has worked this long")]
+    capture_lost_exit: u64,
 
     #[arg(short = 'a', value_name = "n", help_heading = H_OFFLINE,
         default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000),
@@ -295,6 +300,8 @@ pub struct Options {
     pub report_file: Option<PathBuf>,
     pub stats_json_file: Option<PathBuf>,
     pub memory_limit_bytes: u64,
+    /// `--capture-lost-exit`.
+    pub capture_lost_exit: Duration,
     /// The `-x` text as given, for the start-up log.
     pub transfers_text: String,
     pub intercepts_text: String,
@@ -480,6 +487,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             report_file: raw.report,
             stats_json_file: raw.stats_json,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
+            capture_lost_exit: Duration::from_secs(raw.capture_lost_exit),
             transfers_text,
             intercepts_text,
             client_ips_text: raw.client_ips,

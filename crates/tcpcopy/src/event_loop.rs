@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
+use tc_core::capture::reopen::{all_lost_for, Reopening};
 use tc_core::capture::Capture;
 use tc_core::packet::{ipv4_payload, DropCounters};
 use tc_core::session::Replayer;
@@ -76,7 +77,7 @@ impl StopReason {
 
 /// Where captured packets come from: live sources (fd-driven) and/or a pcap file (clock-driven).
 pub struct Inputs {
-    pub captures: Vec<Box<dyn Capture>>,
+    pub captures: Vec<Reopening<dyn Capture>>,
     pub offline: Option<OfflineSource>,
 }
 
@@ -99,6 +100,8 @@ pub struct LoopConfig {
     pub progress_tty: bool,
     /// `--report`: the fidelity report at exit; `--stats-json`: statistics lines.
     pub report_file: Option<std::path::PathBuf>,
+    /// `--capture-lost-exit`: stop when no capture device has worked this long.
+    pub capture_lost_exit: Duration,
     pub stats_json_file: Option<std::path::PathBuf>,
 }
 
@@ -106,7 +109,7 @@ pub struct EventLoop {
     poll: Poll,
     replayer: Replayer,
     output: ReplayOutput,
-    captures: Vec<Box<dyn Capture>>,
+    captures: Vec<Reopening<dyn Capture>>,
     offline: Option<OfflineSource>,
     signals: Signals,
     cfg: LoopConfig,
@@ -132,7 +135,11 @@ impl EventLoop {
             offline,
         } = inputs;
         anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
-        for (i, c) in captures.iter_mut().enumerate() {
+        for (i, c) in captures
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, c)| Some((i, c.source_mut()?)))
+        {
             c.register(poll.registry(), Token(i))?;
         }
         poll.registry()
@@ -246,12 +253,17 @@ impl EventLoop {
                     match self.drain_capture(i) {
                         Ok(n) => *more = n >= CAPTURE_BUDGET,
                         Err(e) => {
+                            // A device deleted or gone down: reported, reopened with a backoff.
                             *more = false;
                             self.capture_errors += 1;
-                            log::error!("capture read error: {e}");
+                            let since = start.elapsed();
+                            self.captures[i].lose(since, &e);
                         }
                     }
                 }
+            }
+            if let Some(s) = self.reopen_captures(start) {
+                stop = stop.or(Some(s));
             }
             // After the end of the file the tail ends early once every session is closed.
             if let Some(o) = self.offline.as_mut() {
@@ -400,6 +412,31 @@ impl EventLoop {
         self.replayer.set_intercepts_available(available);
     }
 
+    /// Reopens lost capture devices whose backoff passed; the run stops (exit 1) when no
+    /// capture has worked for `--capture-lost-exit`.
+    fn reopen_captures(&mut self, start: Instant) -> Option<StopReason> {
+        if !self.captures.iter().any(|c| c.is_lost()) {
+            return None;
+        }
+        let now = start.elapsed();
+        let registry = self.poll.registry();
+        for (i, c) in self.captures.iter_mut().enumerate() {
+            c.try_reopen(now, |src| {
+                src.register(registry, Token(i))
+                    .map_err(|e| format!("cannot poll it: {e}"))
+            });
+        }
+        let dead = all_lost_for(&self.captures, now)?;
+        (dead >= self.cfg.capture_lost_exit).then(|| {
+            let names: Vec<&str> = self.captures.iter().map(|c| c.name.as_str()).collect();
+            StopReason::CaptureFailed(format!(
+                "nothing could be captured for {} s: every capture device is lost ({})",
+                dead.as_secs(),
+                names.join(",")
+            ))
+        })
+    }
+
     fn drain_capture(&mut self, i: usize) -> std::io::Result<usize> {
         let Self {
             captures,
@@ -407,7 +444,9 @@ impl EventLoop {
             link_drops,
             ..
         } = self;
-        let capture = &mut captures[i];
+        let Some(capture) = captures[i].source_mut() else {
+            return Ok(0);
+        };
         let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
             link, frame,
         ) {
@@ -493,7 +532,12 @@ impl EventLoop {
         }
         let o = &self.output.stats;
         let t = &self.output.tunnels.stats;
-        let capture_dropped: u64 = self.captures.iter_mut().map(|c| c.dropped()).sum();
+        let capture_dropped: u64 = self
+            .captures
+            .iter_mut()
+            .filter_map(|c| c.source_mut())
+            .map(|c| c.dropped())
+            .sum();
         log::info!(
             "sent packets:{},send errors:{},refused (not a target):{},bad checksum fixed:{},ip options stripped:{}",
             o.sent,

@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
+use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::daemon;
 use tc_core::logging;
@@ -160,7 +161,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         }
     };
 
-    let captures: Vec<Box<dyn Capture>> = match &options.input {
+    let captures: Vec<Reopening<dyn Capture>> = match &options.input {
         Input::Raw => {
             let c = RawSocketCapture::open().context("Create raw socket to input failed")?;
             let ports: Vec<u16> = options
@@ -178,7 +179,11 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 "capture: raw socket, receive buffer {} bytes",
                 c.receive_buffer().unwrap_or(0)
             );
-            vec![Box::new(c)]
+            // Not bound to a device: nothing to reopen.
+            vec![Reopening::new(
+                "raw socket",
+                Box::new(c) as Box<dyn Capture>,
+            )]
         }
         Input::Pcap {
             devices,
@@ -257,6 +262,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 event_loop::Sighup::Stop
             },
             report_file: options.report_file.clone(),
+            capture_lost_exit: options.capture_lost_exit,
             stats_json_file: options.stats_json_file.clone(),
             // SAFETY: isatty only inspects the descriptor.
             progress_tty: options.log_file.is_none()
