@@ -495,6 +495,8 @@ fn fidelity_report_matches_the_run() {
             r,
             "--stats-json",
             st,
+            "--metrics",
+            "127.0.0.1:9477",
         ],
     );
     let small = Workload {
@@ -509,6 +511,22 @@ fn fidelity_report_matches_the_run() {
     // A finished session lingers 6 s before it counts as ended: waiting that out is the
     // point (otherwise the report calls the last sessions still active).
     std::thread::sleep(Duration::from_secs(7));
+    // --metrics (issue 16): the Prometheus text passes promtool and says what the report says.
+    let (status, metrics) = s
+        .lab
+        .in_ns(ONLINE, || {
+            tc_test_support::http_get("127.0.0.1:9477".parse().unwrap(), "/metrics")
+        })
+        .expect("scrape /metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    tc_test_support::promtool_check(&metrics);
+    let metric = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
     let log = stop_tcpcopy(&s.lab, "tcpcopy");
     let text = std::fs::read_to_string(&report).expect("report written");
     let v: serde_json::Value = serde_json::from_str(&text).expect("the report is JSON");
@@ -528,6 +546,17 @@ fn fidelity_report_matches_the_run() {
     assert_eq!(st["resp"].as_u64(), stat("resp:"), "{log}");
     assert_eq!(st["syn_cnt"].as_u64(), stat("syn cnt:"), "{log}");
     assert!(log.contains("fidelity: sessions"), "{log}");
+    assert_eq!(
+        Some(metric("tcpcopy_handshakes_total")),
+        stat("conns:"),
+        "{metrics}"
+    );
+    assert_eq!(
+        Some(metric("tcpcopy_syn_total")),
+        stat("syn cnt:"),
+        "{metrics}"
+    );
+    assert_eq!(metric("tcpcopy_requests_sent_total"), requests, "{metrics}");
     // --stats-json: one JSON object per line, the last one at exit.
     let lines = std::fs::read_to_string(&stats).expect("stats written");
     let last: serde_json::Value =

@@ -228,6 +228,9 @@ struct RawArgs {
     #[arg(long = "stats-json", value_name = "file", help_heading = H_REPORT,
         help = "append the statistics as one JSON object per line, every 30 s and at exit")]
     stats_json: Option<PathBuf>,
+    #[arg(long = "metrics", value_name = "addr:port", help_heading = H_REPORT,
+        help = "serve Prometheus metrics (tcpcopy_*) at http://ADDR:PORT/metrics [default: off]")]
+    metrics: Option<std::net::SocketAddr>,
     #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
     help: bool,
     #[arg(short = 'v', help_heading = H_PROCESS, help = "print the version and exit")]
@@ -299,6 +302,8 @@ pub struct Options {
     /// `--report`, `--stats-json`.
     pub report_file: Option<PathBuf>,
     pub stats_json_file: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
     pub memory_limit_bytes: u64,
     /// `--capture-lost-exit`.
     pub capture_lost_exit: Duration,
@@ -486,6 +491,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             pid_file: raw.pid_file,
             report_file: raw.report,
             stats_json_file: raw.stats_json,
+            metrics: raw.metrics,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
             capture_lost_exit: Duration::from_secs(raw.capture_lost_exit),
             transfers_text,

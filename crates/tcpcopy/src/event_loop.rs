@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tc_core::capture::reopen::{all_lost_for, Reopening};
 use tc_core::capture::Capture;
+use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
 use tc_core::packet::{ipv4_payload, DropCounters};
 use tc_core::session::Replayer;
 
@@ -19,6 +20,8 @@ use crate::tunnels::{TunnelEvent, Tunnels};
 const SIGNAL_TOKEN: Token = Token(60_000);
 /// The send backend's writable readiness.
 const OUTPUT_TOKEN: Token = Token(60_001);
+/// The metrics endpoint's listener and client slots.
+const METRICS_TOKEN: Token = Token(60_100);
 /// While datagrams wait for the send backend, it is retried at least this often (the
 /// writable event is the main trigger; a backend without a descriptor only has this).
 const SEND_RETRY_PERIOD: Duration = Duration::from_millis(5);
@@ -102,6 +105,8 @@ pub struct LoopConfig {
     pub report_file: Option<std::path::PathBuf>,
     /// `--capture-lost-exit`: stop when no capture device has worked this long.
     pub capture_lost_exit: Duration,
+    /// `--metrics`: serve the statistics there in the Prometheus text format.
+    pub metrics: Option<std::net::SocketAddr>,
     pub stats_json_file: Option<std::path::PathBuf>,
 }
 
@@ -118,6 +123,7 @@ pub struct EventLoop {
     records: Vec<u8>,
     record_len: usize,
     started: Instant,
+    metrics: Option<MetricsServer>,
 }
 
 impl EventLoop {
@@ -144,7 +150,18 @@ impl EventLoop {
         }
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
+        let metrics = match cfg.metrics {
+            Some(addr) => {
+                let mut m = MetricsServer::bind(addr, MetricsLimits::default())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                m.register(poll.registry(), METRICS_TOKEN)?;
+                log::info!("metrics at http://{}/metrics", m.local_addr());
+                Some(m)
+            }
+            None => None,
+        };
         Ok(EventLoop {
+            metrics,
             poll,
             replayer,
             output,
@@ -240,6 +257,11 @@ impl EventLoop {
                         }
                         stop = Some(StopReason::Signal(sig));
                     }
+                } else if self.metrics.as_ref().is_some_and(|m| m.owns(token)) {
+                    let text = self.render_metrics();
+                    if let Some(m) = self.metrics.as_mut() {
+                        m.on_event(self.poll.registry(), token, Instant::now(), || text);
+                    }
                 } else if token == OUTPUT_TOKEN {
                     self.output.retry();
                 } else if token.0 < self.captures.len() {
@@ -264,6 +286,9 @@ impl EventLoop {
             }
             if let Some(s) = self.reopen_captures(start) {
                 stop = stop.or(Some(s));
+            }
+            if let Some(m) = self.metrics.as_mut() {
+                m.tick(self.poll.registry(), Instant::now());
             }
             // After the end of the file the tail ends early once every session is closed.
             if let Some(o) = self.offline.as_mut() {
@@ -370,6 +395,11 @@ impl EventLoop {
         self.log_stats();
         self.final_report();
         stop
+    }
+
+    /// The Prometheus text of the statistics (`--metrics`).
+    fn render_metrics(&self) -> String {
+        report::metrics(&self.snapshot(), &self.output.tunnels)
     }
 
     fn snapshot(&self) -> report::Snapshot<'_> {

@@ -263,6 +263,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
             },
             report_file: options.report_file.clone(),
             capture_lost_exit: options.capture_lost_exit,
+            metrics: options.metrics,
             stats_json_file: options.stats_json_file.clone(),
             // SAFETY: isatty only inspects the descriptor.
             progress_tty: options.log_file.is_none()

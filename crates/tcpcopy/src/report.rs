@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
+use tc_core::metrics::{Exposition, Kind};
 use tc_core::session::{Fidelity, Outcome, ReplayStats};
 
 /// Everything a report is made of, read from the loop at one moment.
@@ -116,6 +117,155 @@ pub fn summary_lines(s: &Snapshot) -> [String; 3] {
             f.lag.count()
         ),
     ]
+}
+
+/// The `--metrics` text: the statistics lines' counters and the fidelity figures, in the
+/// Prometheus text format.
+pub fn metrics(s: &Snapshot, tunnels: &crate::tunnels::Tunnels) -> String {
+    let st = &s.stats;
+    let f = s.fidelity;
+    let t = &tunnels.stats;
+    let mut e = Exposition::new();
+    e.counter(
+        "tcpcopy_captured_packets_total",
+        "Packets captured (total captured packets).",
+        st.captured,
+    )
+    .counter(
+        "tcpcopy_client_packets_total",
+        "Client packets handled (all clt).",
+        st.all_clt,
+    )
+    .counter(
+        "tcpcopy_syn_total",
+        "Client SYNs captured (syn cnt).",
+        st.syn_cnt,
+    )
+    .counter(
+        "tcpcopy_sent_total",
+        "Segments sent to the target (send).",
+        st.send,
+    )
+    .counter(
+        "tcpcopy_sent_content_total",
+        "Segments with payload sent (send content).",
+        st.send_content,
+    )
+    .counter(
+        "tcpcopy_retransmits_total",
+        "Segments retransmitted (retransmit).",
+        st.retransmit,
+    )
+    .counter(
+        "tcpcopy_handshakes_total",
+        "Handshakes completed with the target (conns).",
+        st.conns,
+    )
+    .counter(
+        "tcpcopy_responses_total",
+        "Response records from intercept (resp).",
+        st.resp,
+    )
+    .counter(
+        "tcpcopy_responses_content_total",
+        "Response records with payload (c-resp).",
+        st.resp_content,
+    )
+    .counter(
+        "tcpcopy_target_resets_total",
+        "Resets from the target (resp rst).",
+        st.resp_rst,
+    )
+    .counter(
+        "tcpcopy_reconnects_total",
+        "Reconnections to the target (reconnect).",
+        st.reconnect,
+    )
+    .counter(
+        "tcpcopy_sessions_released_total",
+        "Sessions removed (rel).",
+        st.released,
+    )
+    .counter(
+        "tcpcopy_bad_checksum_fixed_total",
+        "Captured segments whose checksums were recomputed.",
+        st.bad_checksum_fixed,
+    )
+    .counter(
+        "tcpcopy_packets_sent_total",
+        "Datagrams the send backend took.",
+        s.sent_packets,
+    )
+    .counter(
+        "tcpcopy_send_errors_total",
+        "Datagrams the send backend refused.",
+        s.send_errors,
+    )
+    .counter(
+        "tcpcopy_refused_not_target_total",
+        "Datagrams refused: not addressed to a -x target.",
+        s.refused_not_target,
+    )
+    .counter(
+        "tcpcopy_requests_captured_total",
+        "Requests captured.",
+        f.requests_captured,
+    )
+    .counter(
+        "tcpcopy_requests_sent_total",
+        "Requests sent to the target.",
+        f.requests_sent,
+    )
+    .counter(
+        "tcpcopy_requests_answered_total",
+        "Requests the target answered.",
+        f.requests_answered,
+    )
+    .counter(
+        "tcpcopy_client_add_total",
+        "CLIENT_ADDs sent to intercepts.",
+        t.client_add_sent,
+    )
+    .counter(
+        "tcpcopy_tunnel_disconnects_total",
+        "Control tunnels lost.",
+        t.disconnects,
+    )
+    .gauge(
+        "tcpcopy_sessions_active",
+        "Sessions in the table (active).",
+        st.active,
+    )
+    .gauge(
+        "tcpcopy_intercepts_active",
+        "Intercepts with an open tunnel.",
+        tunnels.active_intercepts(),
+    )
+    .gauge(
+        "tcpcopy_replay_lag_p99_seconds",
+        "Replay lag (capture to send), 99th percentile.",
+        f.lag.percentile_us(99.0) as f64 / 1e6,
+    );
+    let mut drops = e.family(
+        "tcpcopy_dropped_packets_total",
+        "Packets not replayed, by reason (session drops).",
+        Kind::Counter,
+    );
+    for (name, n) in &s.drops {
+        let reason = name.replace(' ', "_");
+        drops.sample(&[("reason", reason.as_str())], *n);
+    }
+    drop(drops);
+    let mut sessions = e.family(
+        "tcpcopy_sessions_ended_total",
+        "Sessions by outcome.",
+        Kind::Counter,
+    );
+    for o in Outcome::ALL {
+        sessions.sample(&[("outcome", o.name())], f.sessions(o));
+    }
+    drop(sessions);
+    e.finish()
 }
 
 /// Appends `value` as one line to `path`.
