@@ -66,7 +66,7 @@ echo "== cargo build (binaries used by the end-to-end tests)"
 cargo build --workspace --bins
 before=$(ip netns list | awk '{print $1}' | sort)
 echo "== cargo test (with the tests that need root: #[ignore = \"needs root\"])"
-cargo test --workspace -- --include-ignored
+cargo test --workspace --no-fail-fast -- --include-ignored
 echo "== leftover namespaces check"
 after=$(ip netns list | awk '{print $1}' | sort)
 left=$(comm -13 <(echo "$before") <(echo "$after") | grep . || true)

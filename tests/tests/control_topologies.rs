@@ -460,6 +460,19 @@ fn packet_socket(dev: &str) -> OwnedFd {
             &tv as *const libc::timeval as *const libc::c_void,
             std::mem::size_of::<libc::timeval>() as u32,
         );
+        // A user-space copier falls behind on a busy machine (the suite runs these tests in
+        // parallel): a deep buffer keeps bursts instead of dropping response headers the
+        // intercept behind it must see (the default ~200 KB lost a few under load).
+        let size: libc::c_int = 16 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
         fd
     }
 }
