@@ -506,6 +506,28 @@ fn a_moved_connection_is_remembered_exactly_as_long_as_its_session() {
     assert_eq!(r.moved_connections(), 0, "the move outlived its session");
 }
 
+/// The client closed and reused its port for a new connection before the target answered
+/// the old one (the target lags behind online): the old session is not reset (a reset
+/// aborts the target's answer: nginx logged it with 0 bytes); the new connection moves to the
+/// next port and both replay exactly.
+#[test]
+fn a_port_reused_before_the_target_answered_resets_nothing() {
+    let mut core = SimCore::new();
+    core.record_stall = Some((1, Duration::from_millis(200)));
+    let a = ClientConn::new(40090, reqs(1, 100, 2000));
+    let mut b = ClientConn::new(40090, reqs(1, 120, 2000));
+    b.isn = a.isn.wrapping_add(30_000_000);
+    let cap_a = a.capture(Duration::ZERO);
+    let end_a = cap_a.last().unwrap().at;
+    let mut cap = cap_a;
+    cap.extend(b.capture(end_a + Duration::from_millis(1)));
+    let mut r = Replayer::new(config());
+    run(&mut r, &mut core, cap, LIMIT);
+    assert_eq!(r.stats().send_rst, 0, "a session was reset");
+    assert_eq!(received(&core, key(&a)), a.stream());
+    assert_eq!(received(&core, (CLIENT, 40091)), b.stream());
+}
+
 /// Spec 14.9: -n 3 gives three independent sessions with the same bytes.
 #[test]
 fn replication() {

@@ -612,7 +612,10 @@ impl Replayer {
         let Some(seq) = syn_seq else {
             return (self.moved_port(ip, port, replica, target, seg_seq), None);
         };
-        let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
+        // A session is busy until it is over, also once its client closed: the target may
+        // still be answering it (it lags behind online under load), and tearing it down for
+        // the new connection would reset that answer.
+        let busy = |s: &Session| !s.is_over() && s.isn != seq;
         let mut chosen = port;
         for _ in 0..256 {
             let key = (ip, chosen, target.0, target.1);
