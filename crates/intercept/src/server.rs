@@ -1190,6 +1190,11 @@ impl Server {
     }
 
     fn housekeeping(&mut self, now: Millis) {
+        for s in self.sources.iter_mut() {
+            if s.inner.check_device(Duration::from_millis(now)) {
+                s.pending = false;
+            }
+        }
         for (i, s) in self.sources.iter_mut().enumerate() {
             s.try_reopen(self.poll.registry(), Token(CAPTURE_BASE + i), now);
         }

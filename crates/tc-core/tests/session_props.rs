@@ -152,6 +152,23 @@ mod any_checksum {
         buf
     }
 
+    /// A replayer copying port 80 to the target from the fake client `FAKE`.
+    fn replayer(dont_wait: bool) -> Replayer {
+        Replayer::new(ReplayConfig {
+            transfers: vec![Transfer {
+                src_ip: None,
+                src_port: 80,
+                dst_ip: TARGET.0,
+                dst_port: TARGET.1,
+                src_mac: None,
+                dst_mac: None,
+            }],
+            client_ips: vec![FAKE],
+            dont_wait,
+            ..ReplayConfig::default()
+        })
+    }
+
     /// Issue 15: captured IP options (a loose source route here) are not replayed; the
     /// segment goes out with a plain 20-byte header, valid checksums and the same payload.
     #[test]
@@ -168,18 +185,7 @@ mod any_checksum {
                 .fill_checksums();
             d
         };
-        let mut r = Replayer::new(ReplayConfig {
-            transfers: vec![Transfer {
-                src_ip: None,
-                src_port: 80,
-                dst_ip: TARGET.0,
-                dst_port: TARGET.1,
-                src_mac: None,
-                dst_mac: None,
-            }],
-            client_ips: vec![FAKE],
-            ..ReplayConfig::default()
-        });
+        let mut r = replayer(false);
         let mut out = Sent::default();
         let now = Instant::now();
         let syn = with_options(client_segment(1_000, flags::SYN, &[], Field::Valid, false));
@@ -221,19 +227,7 @@ mod any_checksum {
                 ),
                 syn in (field(), any::<bool>()),
             ) {
-                let mut r = Replayer::new(ReplayConfig {
-                    transfers: vec![Transfer {
-                        src_ip: None,
-                        src_port: 80,
-                        dst_ip: TARGET.0,
-                        dst_port: TARGET.1,
-                        src_mac: None,
-                        dst_mac: None,
-                    }],
-                    client_ips: vec![FAKE],
-                    dont_wait: true,
-                    ..ReplayConfig::default()
-                });
+                let mut r = replayer(true);
                 let mut out = Sent::default();
                 let mut now = Instant::now();
                 let isn = 1_000u32;

@@ -124,6 +124,8 @@ pub struct EventLoop {
     record_len: usize,
     started: Instant,
     metrics: Option<MetricsServer>,
+    /// When the capture devices are next checked for existence (offset from the start).
+    next_device_check: Duration,
 }
 
 impl EventLoop {
@@ -161,6 +163,7 @@ impl EventLoop {
             None => None,
         };
         Ok(EventLoop {
+            next_device_check: Duration::ZERO,
             metrics,
             poll,
             replayer,
@@ -445,10 +448,16 @@ impl EventLoop {
     /// Reopens lost capture devices whose backoff passed; the run stops (exit 1) when no
     /// capture has worked for `--capture-lost-exit`.
     fn reopen_captures(&mut self, start: Instant) -> Option<StopReason> {
+        let now = start.elapsed();
+        if now >= self.next_device_check {
+            self.next_device_check = now + Duration::from_secs(1);
+            for c in self.captures.iter_mut() {
+                c.check_device(now);
+            }
+        }
         if !self.captures.iter().any(|c| c.is_lost()) {
             return None;
         }
-        let now = start.elapsed();
         let registry = self.poll.registry();
         for (i, c) in self.captures.iter_mut().enumerate() {
             c.try_reopen(now, |src| {
@@ -569,12 +578,13 @@ impl EventLoop {
             .map(|c| c.dropped())
             .sum();
         log::info!(
-            "sent packets:{},send errors:{},refused (not a target):{},bad checksum fixed:{},ip options stripped:{}",
+            "sent packets:{},send errors:{},refused (not a target):{},bad checksum fixed:{},ip options stripped:{},deferred:{}",
             o.sent,
             o.send_errors,
             o.refused_not_target,
             s.bad_checksum_fixed,
-            s.ip_options_stripped
+            s.ip_options_stripped,
+            s.deferred
         );
         log::info!(
             "send queue: waiting:{},deferred:{},overflow dropped:{},socket full:{},send calls:{}",

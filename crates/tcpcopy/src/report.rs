@@ -31,7 +31,7 @@ fn stats_value(s: &ReplayStats) -> Value {
         "for_no_syn": s.for_no_syn, "retransmit": s.retransmit,
         "recv_after_retransmit": s.recv_after_retransmit, "syn_cnt": s.syn_cnt,
         "all_clt": s.all_clt, "clt_cont": s.clt_cont, "clt_retransmit": s.clt_retransmit,
-        "frag": s.frag, "captured": s.captured, "bad_checksum_fixed": s.bad_checksum_fixed,
+        "frag": s.frag, "captured": s.captured, "bad_checksum_fixed": s.bad_checksum_fixed, "deferred": s.deferred,
         "ip_options_stripped": s.ip_options_stripped,
     })
 }

@@ -115,6 +115,33 @@ impl<C: ?Sized> Reopening<C> {
     }
 }
 
+/// Whether the network device `name` no longer exists. A capture whose device is deleted
+/// does not always get a read error (an edge-triggered poll may have reported it before the
+/// handle saw it), so the loops also check the device itself. `any` and names that are not
+/// devices are never "gone".
+pub fn device_gone(name: &str) -> bool {
+    if name == "any" || name.is_empty() || name.contains(' ') {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) == 0 }
+}
+
+impl<C: ?Sized> Reopening<C> {
+    /// Declares the source lost when it has a reopen and its device is gone (see
+    /// [`device_gone`]). True when it was lost now.
+    pub fn check_device(&mut self, now: Duration) -> bool {
+        if self.source.is_none() || self.reopen.is_none() || !device_gone(&self.name) {
+            return false;
+        }
+        self.lose(now, &"the interface is gone");
+        true
+    }
+}
+
 /// How long none of `sources` has worked, if none works now (and at least one was lost).
 pub fn all_lost_for<C: ?Sized>(sources: &[Reopening<C>], now: Duration) -> Option<Duration> {
     if sources.is_empty() || sources.iter().any(|s| !s.is_lost()) {

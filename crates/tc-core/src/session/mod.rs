@@ -135,6 +135,8 @@ pub struct ReplayStats {
     /// on the capture side leaves partial ones): replayed with both recomputed. Not one of
     /// spec 9.2's lines.
     pub bad_checksum_fixed: u64,
+    /// Packets of new connections that waited for the old session on their endpoint to end.
+    pub deferred: u64,
     /// Captured segments whose IP options were removed before replay.
     pub ip_options_stripped: u64,
 }
@@ -335,6 +337,8 @@ pub struct Replayer {
     /// Fake endpoints of sessions removed lately (with `-n`): the target may still hold them
     /// in TIME_WAIT, so no other connection starts there.
     recently_closed: RecentlyClosed<Key>,
+    /// New connections waiting for the session on their fake endpoint to end.
+    deferred: HashMap<Key, Deferred>,
     /// Offline `-T` pass (0 for the first): later passes replay as other connections.
     pass: u32,
     pass_port_add: u32,
@@ -342,6 +346,24 @@ pub struct Replayer {
 
 /// How long a closed endpoint is avoided for replicas (Linux TIME_WAIT is 60 s).
 const TIME_WAIT: Duration = Duration::from_secs(60);
+/// A new connection captured on the fake endpoint of a session whose client closed but whose
+/// target has not finished yet (it lags behind online: a client that reuses its port at once
+/// is common when the server closes first). Tearing the old session down would reset the
+/// target's answer; moving the new one to another port would meet that port's TIME_WAIT on
+/// the target with an unrelated sequence number. So the new connection's packets wait, and
+/// it starts on the same endpoint (with the online client's own ISN, which the target, like
+/// the online server, accepts) once the old session is over, or after [`DEFER_WAIT`].
+struct Deferred {
+    since: Instant,
+    transfer: usize,
+    packets: Vec<(Segment, Vec<u8>)>,
+}
+
+/// Longest wait of a deferred connection; then the old session is torn down.
+const DEFER_WAIT: Duration = Duration::from_secs(3);
+/// Most packets a deferred connection keeps (beyond: counted as key reuse).
+const DEFER_MAX_PACKETS: usize = 256;
+
 /// Most connections moved to another port at once.
 const MAX_MOVED: usize = 1 << 16;
 /// Most closed endpoints remembered (beyond it the oldest are forgotten early).
@@ -372,6 +394,7 @@ impl Replayer {
             pool: Vec::new(),
             moved_ports: MovedPorts::new(MAX_MOVED),
             recently_closed: RecentlyClosed::new(TIME_WAIT, MAX_RECENTLY_CLOSED),
+            deferred: HashMap::new(),
             pass: 0,
             pass_port_add: 0,
         }
@@ -612,10 +635,9 @@ impl Replayer {
         let Some(seq) = syn_seq else {
             return (self.moved_port(ip, port, replica, target, seg_seq), None);
         };
-        // A session is busy until it is over, also once its client closed: the target may
-        // still be answering it (it lags behind online under load), and tearing it down for
-        // the new connection would reset that answer.
-        let busy = |s: &Session| !s.is_over() && s.isn != seq;
+        // A session whose client closed is not busy: a new connection on its endpoint waits
+        // for it to end there (see `Deferred`) rather than move.
+        let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
         let mut chosen = port;
         for _ in 0..256 {
             let key = (ip, chosen, target.0, target.1);
@@ -660,6 +682,27 @@ impl Replayer {
         let (syn, seq, payload) = (seg.syn() && !seg.ack_flag(), seg.seq, seg.payload_len());
         let mut ctx = ctx!(self);
         if let Some(s) = self.sessions.get_mut(&key) {
+            let waiting = self.deferred.contains_key(&key);
+            let new_conn = if syn {
+                s.isn != seq
+            } else {
+                waiting && s.is_other_connection(seq)
+            };
+            if new_conn && !s.is_over() && (s.client_closed() || waiting) {
+                // The old connection ended at the client but not yet at the target.
+                let d = self.deferred.entry(key).or_insert_with(|| Deferred {
+                    since: now,
+                    transfer,
+                    packets: Vec::new(),
+                });
+                if d.packets.len() < DEFER_MAX_PACKETS {
+                    d.packets.push((*seg, datagram.to_vec()));
+                    ctx.stats.deferred += 1;
+                } else {
+                    ctx.drops.count(DropKind::KeyReuse);
+                }
+                return;
+            }
             let replace = if syn {
                 if s.isn == seq && s.phase != Phase::Over {
                     ctx.drops.count(DropKind::DupSyn);
@@ -678,6 +721,7 @@ impl Replayer {
                 }
                 s.on_client(&mut ctx, now, seg, datagram);
                 schedule(&mut self.timers, &mut self.timer_pushes, key, s);
+                self.start_deferred(now, key, false);
                 return;
             }
             // The old connection is done: it makes room for the new one on the same key.
@@ -719,6 +763,29 @@ impl Replayer {
         self.reschedule(key);
     }
 
+    /// Starts the connection waiting on `key` once its old session is over or gone (or, with
+    /// `expired`, once it waited [`DEFER_WAIT`]: the old session is torn down first).
+    fn start_deferred(&mut self, now: Instant, key: Key, expired: bool) {
+        let Some(d) = self.deferred.get(&key) else {
+            return;
+        };
+        let old_done = self.sessions.get(&key).is_none_or(|s| s.is_over());
+        let waited = expired && now.saturating_duration_since(d.since) >= DEFER_WAIT;
+        if !old_done && !waited {
+            return;
+        }
+        let d = self.deferred.remove(&key).expect("present");
+        if !old_done {
+            if let Some(s) = self.sessions.get_mut(&key) {
+                let mut ctx = ctx!(self);
+                s.teardown(&mut ctx, now);
+            }
+        }
+        for (seg, bytes) in &d.packets {
+            self.session_layer(now, seg, bytes, d.transfer, None);
+        }
+    }
+
     fn reschedule(&mut self, key: Key) {
         if let Some(s) = self.sessions.get_mut(&key) {
             schedule(&mut self.timers, &mut self.timer_pushes, key, s);
@@ -733,6 +800,7 @@ impl Replayer {
         let mut ctx = ctx!(self);
         s.on_response(&mut ctx, now, r);
         schedule(&mut self.timers, &mut self.timer_pushes, key, s);
+        self.start_deferred(now, key, false);
         true
     }
 
@@ -797,6 +865,7 @@ impl Replayer {
             } else {
                 self.reschedule(key);
             }
+            self.start_deferred(now, key, true);
         }
         self.stats.active = self.sessions.len() as u64;
     }
@@ -815,6 +884,7 @@ impl Replayer {
     /// Ends every live session (teardown RST to the target), for a graceful exit.
     pub fn shutdown(&mut self, now: Instant) {
         let mut ctx = ctx!(self);
+        self.deferred.clear();
         for (_, mut s) in self.sessions.drain() {
             // Classified before the teardown makes every session look finished.
             ctx.fidelity.count(s.outcome());
