@@ -119,6 +119,8 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
             .collect();
         info!("allowed tcpcopy peers:{}", list.join(","));
     }
+    // Before anything listens: a stop signal from then on is a graceful stop.
+    let signals = server::install_signals()?;
     // Captures first: once tcpcopy can connect, responses are already being captured.
     let sources = server::open_captures(cfg)?;
     let listener = server::bind_listener(cfg.bind, cfg.port)?;
@@ -129,7 +131,7 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     );
     let mut server = server::Server::new(cfg, listener, sources)?;
     // Signals are handled before the pid file exists: whoever reads it may stop us at once.
-    server.handle_signals()?;
+    server.handle_signals(signals)?;
     // Removed when dropped, at the end of this function.
     let _pid_file = match &cfg.pid_file {
         Some(p) => Some(daemon::PidFile::create(p)?),

@@ -559,6 +559,14 @@ impl Core {
     }
 }
 
+/// Installs the SIGINT/SIGTERM handlers (their default action kills the process): done
+/// first thing at start-up, before anything listens, so a stop signal that arrives while
+/// intercept starts is a graceful stop once the loop runs.
+pub fn install_signals() -> anyhow::Result<signal_hook_mio::v1_0::Signals> {
+    signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM])
+        .context("cannot install signal handlers")
+}
+
 /// The server: listener, captures, tunnels, router.
 pub struct Server {
     poll: Poll,
@@ -774,10 +782,12 @@ impl Server {
         }
     }
 
-    /// SIGINT and SIGTERM stop the loop.
-    pub fn handle_signals(&mut self) -> anyhow::Result<()> {
-        let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM])
-            .context("cannot install signal handlers")?;
+    /// SIGINT and SIGTERM stop the loop; `signals` were installed early by the caller (see
+    /// [`install_signals`]), so a signal before the loop runs is not fatal.
+    pub fn handle_signals(
+        &mut self,
+        mut signals: signal_hook_mio::v1_0::Signals,
+    ) -> anyhow::Result<()> {
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
