@@ -44,14 +44,7 @@ lab_up
 # cpu_seconds PID: user+system CPU time; peak_rss_kb PID: VmHWM.
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$1/stat"; }
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-count() { cat "$work/$1.count" 2>/dev/null || echo 0; }
-
-start target-srv target "$bin/tc-bench-server" 198.18.0.30:8080 "$work/target.count"
-start online-srv online "$bin/tc-bench-server" 198.18.0.20:80 "$work/online.count"
-wait_port target 8080; wait_port online 80
-start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0 --allow 198.18.0.20
-intercept_pid=${pids[-1]}
-wait_port assist 36524
+start_bench_lab
 
 # ---- offline ----
 gen=$("$bin/tc-bench-gen" "$work/bench.pcap" "$CONNS" "$REQUESTS")

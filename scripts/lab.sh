@@ -73,3 +73,16 @@ install_missing() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
 }
+
+# The bench protocol's servers on online:80 and target:8080 (requests counted in
+# $work/{online,target}.count, read with `count`), and intercept on assist for tcpcopy on
+# online (its pid in intercept_pid). Needs `bin` (the tc-bench-* and intercept binaries).
+count() { cat "$work/$1.count" 2>/dev/null || echo 0; }
+start_bench_lab() {
+  start target-srv target "$bin/tc-bench-server" 198.18.0.30:8080 "$work/target.count"
+  start online-srv online "$bin/tc-bench-server" 198.18.0.20:80 "$work/online.count"
+  wait_port target 8080; wait_port online 80
+  start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0 --allow 198.18.0.20
+  intercept_pid=${pids[-1]}
+  wait_port assist 36524
+}

@@ -30,14 +30,7 @@ trap 'exit 130' INT TERM
 lab_up
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-count() { cat "$work/$1.count" 2>/dev/null || echo 0; }
-
-start target-srv target "$bin/tc-bench-server" 198.18.0.30:8080 "$work/target.count"
-start online-srv online "$bin/tc-bench-server" 198.18.0.20:80 "$work/online.count"
-wait_port target 8080; wait_port online 80
-start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0 --allow 198.18.0.20
-intercept_pid=${pids[-1]}
-wait_port assist 36524
+start_bench_lab
 start tcpcopy online "$bin/tcpcopy" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
   -l "$work/tcpcopy.log"
 tcpcopy_pid=${pids[-1]}
