@@ -17,6 +17,7 @@ pub mod compare;
 pub mod control;
 #[cfg(feature = "io")]
 pub mod daemon;
+pub mod diagnose;
 #[cfg(feature = "io")]
 pub mod logging;
 #[cfg(feature = "io")]

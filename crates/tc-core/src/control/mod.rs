@@ -17,6 +17,7 @@
 
 #[cfg(feature = "io")]
 pub mod conn;
+pub mod probe;
 pub mod routing;
 
 use std::net::Ipv4Addr;
