@@ -103,6 +103,12 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
         cli::Devices::List(l) => info!("device:{}", l.join(",")),
     }
     info!("user filter:{}", cfg.filter);
+    if let Some(w) = intercept::probe::filter_warning(&cfg.filter) {
+        warn!("{w}");
+    }
+    if intercept::probe::ip_forward() == Some(true) {
+        warn!("this host forwards IP packets (net.ipv4.ip_forward=1): the target's answers intercept captures also go on to the fake clients, which answer or reset them; on this host: sysctl -w net.ipv4.ip_forward=0");
+    }
     if let Some((a, b)) = cfg.docker_rewrite {
         info!("-D para:{a}-{b}");
     }

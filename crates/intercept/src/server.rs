@@ -32,6 +32,8 @@ use tc_core::metrics::{Exposition, Limits as MetricsLimits, MetricsServer};
 use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
 
 use crate::cli::{Config, Devices};
+use crate::probe::Watches;
+use tc_core::control::probe::{PROBE_HELLO, PROBE_QUERY};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -352,6 +354,8 @@ enum MsgAction {
     Close(&'static str),
     /// The connection just announced had responses waiting: send them on this tunnel first.
     Deliver(Held),
+    /// A path probe question of tcpcopy's (`--check`): answer it on this tunnel.
+    Probe(ClientMsg),
 }
 
 /// The tunnel as the routing decisions see it.
@@ -544,6 +548,7 @@ impl Core {
                 debug!("client del from tunnel {}", tunnel.id);
                 MsgAction::Nothing
             }
+            ClientMsgKind::Unknown(PROBE_HELLO | PROBE_QUERY) => MsgAction::Probe(msg),
             ClientMsgKind::Unknown(other) => {
                 // Spec 4.1: warned and ignored; the connection stays open.
                 self.stats.unknown_msgs += 1;
@@ -591,6 +596,21 @@ pub struct Server {
     per_peer: HashMap<Ipv4Addr, usize>,
     /// `--metrics`.
     metrics: Option<MetricsServer>,
+    /// Broad captures for tcpcopy's path probes.
+    watches: Watches,
+    /// Responses captured and peers' CLIENT_ADDs when the capture was last seen working.
+    capture_watch: CaptureWatch,
+}
+
+/// "Captured nothing for 30 s while peers announce sessions": the numbers it is judged by.
+#[derive(Debug, Default)]
+struct CaptureWatch {
+    responses: u64,
+    client_adds: u64,
+    /// The first announcement after the last captured response.
+    since: Option<Millis>,
+    warned_at: Option<Millis>,
+    adds_at_warning: u64,
 }
 
 impl Server {
@@ -668,6 +688,8 @@ impl Server {
             metrics,
             accept_retry_at: None,
             per_peer: HashMap::new(),
+            watches: Watches::new(&cfg.devices, fmt),
+            capture_watch: CaptureWatch::default(),
         })
     }
 
@@ -1036,6 +1058,7 @@ impl Server {
             return false;
         };
         let core = &mut self.core;
+        let watches = &mut self.watches;
         let msgs = &mut self.msg_scratch;
         msgs.clear();
         let status = tunnel
@@ -1065,6 +1088,17 @@ impl Server {
                     for rec in waiting.records() {
                         tunnel.push(rec, core.fmt, core.max_batch, &mut core.stats);
                     }
+                }
+                MsgAction::Probe(msg) => {
+                    let client = SocketAddrV4::new(msg.client_ip, msg.client_port);
+                    let target = SocketAddrV4::new(msg.target_ip, msg.target_port);
+                    let reply = if msg.kind == PROBE_HELLO {
+                        watches.hello(id, client, target, now)
+                    } else {
+                        watches.query(id, client, target, core.stats.responses)
+                    };
+                    let rec = reply.encode(core.fmt.record_len());
+                    tunnel.push(&rec, core.fmt, core.max_batch, &mut core.stats);
                 }
             }
         }
@@ -1209,6 +1243,8 @@ impl Server {
             s.try_reopen(self.poll.registry(), Token(CAPTURE_BASE + i), now);
         }
         self.core.router.tick(now);
+        self.watches.tick(now);
+        self.check_capture_alive(now);
         let clock = Instant::now();
         let input_timeout = Duration::from_millis(TUNNEL_INPUT_TIMEOUT_MS);
         let send_timeout = Duration::from_millis(TUNNEL_SEND_TIMEOUT_MS);
@@ -1244,6 +1280,46 @@ impl Server {
         }
     }
 
+    /// Warns (at most once a minute) when the capture has taken nothing for 30 s while
+    /// tcpcopy peers keep announcing sessions: the target's answers do not reach this host,
+    /// or `-F` does not match them.
+    fn check_capture_alive(&mut self, now: Millis) {
+        const QUIET_MS: Millis = 30_000;
+        const REPEAT_MS: Millis = 60_000;
+        let s = &self.core.stats;
+        let w = &mut self.capture_watch;
+        if s.responses != w.responses {
+            // Working: judge the announcements from here on.
+            *w = CaptureWatch {
+                responses: s.responses,
+                client_adds: s.client_adds,
+                since: None,
+                warned_at: w.warned_at,
+                adds_at_warning: w.adds_at_warning,
+            };
+            return;
+        }
+        if s.client_adds == w.client_adds {
+            return;
+        }
+        let since = *w.since.get_or_insert(now);
+        let quiet = now.saturating_sub(since);
+        if quiet >= QUIET_MS
+            && s.client_adds > w.adds_at_warning
+            && w.warned_at
+                .is_none_or(|t| now.saturating_sub(t) >= REPEAT_MS)
+        {
+            w.warned_at = Some(now);
+            w.adds_at_warning = s.client_adds;
+            warn!(
+                "captured no response for {} s while tcpcopy announced {} sessions: the target's answers do not reach this host (on the target: ip route add FAKE_CLIENT_NET via THIS_HOST) or the filter '{}' does not match them (run tcpcopy --check)",
+                quiet / 1000,
+                s.client_adds - w.client_adds,
+                self.cfg.filter
+            );
+        }
+    }
+
     fn close_finished(&mut self) {
         let finished: Vec<TunnelId> = self
             .tunnels
@@ -1257,6 +1333,7 @@ impl Server {
     }
 
     fn release(&mut self, id: TunnelId) {
+        self.watches.forget_tunnel(id);
         let Some(mut t) = self.tunnels.remove(&id) else {
             return;
         };

@@ -23,6 +23,7 @@ pub const PROBE_QUERY: u16 = 0x7471;
 const MAGIC: [u8; 4] = [0, b'T', b'C', b'R'];
 /// The bytes of a reply (it fits the smallest record, 64 bytes).
 const REPLY_LEN: usize = 42;
+const _: () = assert!(REPLY_LEN <= RECORD_LEN);
 
 /// Builds a probe question.
 pub fn question(kind: u16, client: SocketAddrV4, target: SocketAddrV4) -> ClientMsg {
@@ -106,7 +107,6 @@ impl ProbeReply {
         b[29] = self.to_client_flags;
         b[30..34].copy_from_slice(&self.other_destination.octets());
         b[34..38].copy_from_slice(&self.captured_total.to_be_bytes());
-        debug_assert!(REPLY_LEN <= RECORD_LEN);
         b
     }
 
