@@ -51,6 +51,7 @@ const H_OFFLINE: &str = "Offline (-i <pcap file>)";
 const H_SEND: &str = "Send";
 const H_PROCESS: &str = "Process";
 const H_REPORT: &str = "Reports";
+const H_DIAGNOSIS: &str = "Diagnosis";
 
 const EXAMPLE: &str = "\
 Example:
@@ -231,6 +232,18 @@ struct RawArgs {
     #[arg(long = "metrics", value_name = "addr:port", help_heading = H_REPORT,
         help = "serve Prometheus metrics (tcpcopy_*) at http://ADDR:PORT/metrics [default: off]")]
     metrics: Option<std::net::SocketAddr>,
+
+    #[arg(long = "check", help_heading = H_DIAGNOSIS,
+        help = "check the path and exit (0: it works, 1: it does not): connect to each intercept,\n\
+                send one probe SYN per target from a fake client and name the broken hop")]
+    check: bool,
+    #[arg(long = "no-probe", help_heading = H_DIAGNOSIS,
+        help = "no probe at start-up and no probe when sessions fail while running")]
+    no_probe: bool,
+    #[arg(long = "probe-client", value_name = "ip", help_heading = H_DIAGNOSIS,
+        help = "the probe's fake client address [default: the first -c address; while\n\
+                running without -c, the address of a captured client]")]
+    probe_client: Option<String>,
     #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
     help: bool,
     #[arg(short = 'v', help_heading = H_PROCESS, help = "print the version and exit")]
@@ -304,6 +317,12 @@ pub struct Options {
     pub stats_json_file: Option<PathBuf>,
     /// `--metrics`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--check`: probe the path and exit.
+    pub check: bool,
+    /// Probe at start-up and when sessions fail (not `--no-probe`).
+    pub probe: bool,
+    /// `--probe-client`.
+    pub probe_client: Option<Ipv4Addr>,
     pub memory_limit_bytes: u64,
     /// `--capture-lost-exit`.
     pub capture_lost_exit: Duration,
@@ -405,6 +424,17 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         None => None,
     };
 
+    let probe_client = match &raw.probe_client {
+        Some(text) => Some(addr_spec::parse_ip(text, "--probe-client")?),
+        None => None,
+    };
+    if raw.check && raw.no_probe {
+        return err("--check and --no-probe exclude each other");
+    }
+    if raw.check && probe_client.is_none() && client_ips.is_none() {
+        return err("--check needs a fake client address to probe from: -c (e.g. -c 203.0.113.x) or --probe-client IP, one whose answers the target routes to intercept");
+    }
+
     let input = input_mode(&raw, m)?;
     let output = match raw.send {
         SendKind::Raw => {
@@ -492,6 +522,9 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             report_file: raw.report,
             stats_json_file: raw.stats_json,
             metrics: raw.metrics,
+            check: raw.check,
+            probe: !raw.no_probe,
+            probe_client,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
             capture_lost_exit: Duration::from_secs(raw.capture_lost_exit),
             transfers_text,

@@ -1,6 +1,7 @@
 //! The single-threaded mio loop: capture sources, control tunnels, the replay machine's timers,
 //! periodic statistics / memory checks / reconnects, and signals.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
@@ -12,6 +13,7 @@ use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
 use tc_core::packet::{ipv4_payload, DropCounters};
 use tc_core::session::Replayer;
 
+use crate::diagnosis::{Diagnostician, ProbePlan};
 use crate::offline::{OfflineSource, OfflineStatus};
 use crate::output::ReplayOutput;
 use crate::report;
@@ -108,6 +110,8 @@ pub struct LoopConfig {
     /// `--metrics`: serve the statistics there in the Prometheus text format.
     pub metrics: Option<std::net::SocketAddr>,
     pub stats_json_file: Option<std::path::PathBuf>,
+    /// The path probe at start-up and when sessions fail (`None`: `--no-probe`).
+    pub probe: Option<ProbePlan>,
 }
 
 pub struct EventLoop {
@@ -126,6 +130,7 @@ pub struct EventLoop {
     metrics: Option<MetricsServer>,
     /// When the capture devices are next checked for existence (offset from the start).
     next_device_check: Duration,
+    diagnostician: Option<Diagnostician>,
 }
 
 impl EventLoop {
@@ -162,7 +167,12 @@ impl EventLoop {
             }
             None => None,
         };
+        let diagnostician = cfg
+            .probe
+            .clone()
+            .map(|plan| Diagnostician::new(plan, Instant::now()));
         Ok(EventLoop {
+            diagnostician,
             next_device_check: Duration::ZERO,
             metrics,
             poll,
@@ -187,6 +197,9 @@ impl EventLoop {
         let available = self.output.tunnels.active_intercepts() > 0;
         self.replayer.set_intercepts_available(available);
         log::info!("event loop running");
+        if let Some(d) = self.diagnostician.as_mut() {
+            d.start_up(Instant::now(), &mut self.output);
+        }
         let mut next_stats = start + STATS_PERIOD;
         let mut next_memory = start + MEMORY_PERIOD;
         let mut next_reconnect = start + RECONNECT_PERIOD;
@@ -216,6 +229,9 @@ impl EventLoop {
             }
             if let Some(d) = self.replayer.next_deadline() {
                 deadline = deadline.min(d);
+            }
+            if let Some(d) = &self.diagnostician {
+                deadline = deadline.min(d.next_deadline());
             }
             if let Some(d) = offline_wake {
                 deadline = deadline.min(d);
@@ -335,6 +351,11 @@ impl EventLoop {
                     } else {
                         log::info!("{line}");
                     }
+                }
+            }
+            if let Some(d) = self.diagnostician.as_mut() {
+                if now >= d.next_deadline() {
+                    d.tick(now, &self.replayer.stats(), &mut self.output);
                 }
             }
             if now >= next_stats {
@@ -481,15 +502,23 @@ impl EventLoop {
             captures,
             replayer,
             link_drops,
+            diagnostician,
             ..
         } = self;
         let Some(capture) = captures[i].source_mut() else {
             return Ok(0);
         };
+        // Without -c or --probe-client, a probe comes from a captured client's address.
+        let mut learned = diagnostician.as_mut().filter(|d| d.learns_client());
         let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
             link, frame,
         ) {
-            Ok(datagram) => replayer.on_client_packet(Instant::now(), datagram),
+            Ok(datagram) => {
+                if let (Some(d), Some(src)) = (learned.as_mut(), datagram.get(12..16)) {
+                    d.learned_client = Some(Ipv4Addr::new(src[0], src[1], src[2], src[3]));
+                }
+                replayer.on_client_packet(Instant::now(), datagram)
+            }
             Err(reason) => link_drops.count(reason),
         });
         self.flush_output();
@@ -521,6 +550,7 @@ impl EventLoop {
 
     fn on_tunnel_event(&mut self, token: Token, readable: bool, writable: bool) {
         self.records.clear();
+        let intercept = self.output.tunnels.intercept_of(token);
         match self
             .output
             .tunnels
@@ -532,6 +562,13 @@ impl EventLoop {
         }
         let now = Instant::now();
         for record in self.records.chunks_exact(self.record_len) {
+            // The probe's replies and the target's answers to the probe client are not
+            // the replay's.
+            if let Some(d) = self.diagnostician.as_mut() {
+                if d.on_record(intercept, record, now) {
+                    continue;
+                }
+            }
             self.replayer.on_response(now, record);
         }
         self.flush_output();

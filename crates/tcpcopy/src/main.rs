@@ -3,7 +3,9 @@
 
 mod addr_spec;
 mod capture;
+mod check;
 mod cli;
+mod diagnosis;
 mod event_loop;
 mod offline;
 mod output;
@@ -71,7 +73,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// The send backend of `-o`/`--send`.
+fn open_sender(options: &Options) -> anyhow::Result<Box<dyn Sender>> {
+    Ok(match &options.output {
+        OutputKind::Raw => {
+            log::info!("send: raw socket");
+            Box::new(RawSocketSend::open().context("Create raw socket to output failed")?)
+        }
+        OutputKind::Pcap { device } => {
+            log::info!("send: pcap inject on {device}");
+            let macs = options
+                .replay
+                .transfers
+                .iter()
+                .map(|t| (t.src_mac.unwrap_or_default(), t.dst_mac.unwrap_or_default()))
+                .collect();
+            Box::new(PcapInject::open(device, options.replay.mtu, macs)?)
+        }
+    })
+}
+
 fn run(options: Options) -> anyhow::Result<i32> {
+    if options.check {
+        // No capture, no daemon: one probe per target, findings on stdout.
+        let poll = mio::Poll::new().context("cannot create the event loop")?;
+        let sender = open_sender(&options)?;
+        return check::run(&options, sender, poll);
+    }
     let signals = event_loop::install_signals().context("cannot install signal handlers")?;
     if options.log_file.is_some() {
         // logrotate: SIGHUP reopens the log file (the event loop then logs a line to it).
@@ -144,22 +172,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         STARTUP_CONNECT_TIMEOUT,
     )?;
 
-    let sender: Box<dyn Sender> = match &options.output {
-        OutputKind::Raw => {
-            log::info!("send: raw socket");
-            Box::new(RawSocketSend::open().context("Create raw socket to output failed")?)
-        }
-        OutputKind::Pcap { device } => {
-            log::info!("send: pcap inject on {device}");
-            let macs = options
-                .replay
-                .transfers
-                .iter()
-                .map(|t| (t.src_mac.unwrap_or_default(), t.dst_mac.unwrap_or_default()))
-                .collect();
-            Box::new(PcapInject::open(device, options.replay.mtu, macs)?)
-        }
-    };
+    let sender = open_sender(&options)?;
 
     let captures: Vec<Reopening<dyn Capture>> = match &options.input {
         Input::Raw => {
@@ -265,6 +278,10 @@ fn run(options: Options) -> anyhow::Result<i32> {
             capture_lost_exit: options.capture_lost_exit,
             metrics: options.metrics,
             stats_json_file: options.stats_json_file.clone(),
+            // Offline runs probe too: the path to the target is the same.
+            probe: options
+                .probe
+                .then(|| diagnosis::ProbePlan::of(&options)),
             // SAFETY: isatty only inspects the descriptor.
             progress_tty: options.log_file.is_none()
                 && !options.daemon

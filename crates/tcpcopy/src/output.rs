@@ -160,6 +160,32 @@ impl ReplayOutput {
         self.send_in_order(&batch);
     }
 
+    /// Sends a probe segment now, if (and only if) it goes to a configured `-x` target;
+    /// the error is the probe's evidence (`tcpcopy --check`).
+    pub fn send_probe(&mut self, datagram: &[u8]) -> Result<(), String> {
+        let Some(index) = self.target_of(datagram, 0) else {
+            return Err("not addressed to a -x target (refused)".into());
+        };
+        self.stats.send_calls += 1;
+        match self.sender.send_batch(&[Outgoing {
+            bytes: datagram,
+            transfer: index,
+        }]) {
+            Ok(1) => {
+                self.stats.sent += 1;
+                Ok(())
+            }
+            Ok(_) => {
+                self.stats.socket_full += 1;
+                Err("the send socket is full".into())
+            }
+            Err(e) => {
+                self.stats.send_errors += 1;
+                Err(e.to_string())
+            }
+        }
+    }
+
     /// Sends one datagram, if (and only if) it goes to a configured `-x` target.
     #[cfg(test)]
     pub fn send_to_target(&mut self, datagram: &[u8], transfer: usize) {

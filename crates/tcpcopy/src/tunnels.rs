@@ -73,6 +73,8 @@ pub struct Tunnels {
     registry: Registry,
     /// Tunnels that used their read budget with data possibly left (mio is edge-triggered).
     read_again: Vec<Token>,
+    /// Broken frames since the path probe last looked: (intercept, error), a few at most.
+    protocol_errors: Vec<(usize, String)>,
     pub stats: TunnelStats,
 }
 
@@ -130,6 +132,7 @@ impl Tunnels {
             framing,
             registry,
             read_again: Vec::new(),
+            protocol_errors: Vec::new(),
             stats: TunnelStats {
                 connects,
                 ..TunnelStats::default()
@@ -151,6 +154,36 @@ impl Tunnels {
             .flat_map(|i| i.conns.iter())
             .filter(|c| matches!(c, Some(Conn::Up(_))))
             .count()
+    }
+
+    /// Which intercept a tunnel token belongs to.
+    pub fn intercept_of(&self, tok: Token) -> Option<usize> {
+        self.slot(tok).map(|(i, _)| i)
+    }
+
+    /// Broken frames since the last call (intercept index, error).
+    pub fn take_protocol_errors(&mut self) -> Vec<(usize, String)> {
+        std::mem::take(&mut self.protocol_errors)
+    }
+
+    /// A probe question to one intercept, on its next open connection. False if none took it.
+    pub fn ask(&mut self, intercept: usize, msg: &ClientMsg) -> bool {
+        let Some(ic) = self.intercepts.get_mut(intercept) else {
+            return false;
+        };
+        let bytes = msg.encode();
+        for slot in ic.conns.iter_mut() {
+            if let Some(Conn::Up(conn)) = slot.as_mut() {
+                if conn
+                    .queue(&bytes)
+                    .and_then(|()| conn.flush(&self.registry))
+                    .is_ok()
+                {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     pub fn owns(token: Token) -> bool {
@@ -228,6 +261,9 @@ impl Tunnels {
                 "intercept {}: tunnel closed: {e}{hint}",
                 self.intercepts[i].addr
             );
+            if matches!(e, ConnError::Protocol(_)) && self.protocol_errors.len() < 16 {
+                self.protocol_errors.push((i, e.to_string()));
+            }
             match e {
                 ConnError::Protocol(_) => self.stats.broken_frames += 1,
                 ConnError::Overflow { .. } => self.stats.stuck += 1,
@@ -447,7 +483,7 @@ fn token(intercept: usize, conn: usize) -> Token {
     Token(TUNNEL_TOKEN_BASE + intercept * SLOTS + conn)
 }
 
-fn connect_blocking(addr: SocketAddrV4, timeout: Duration) -> io::Result<StdTcpStream> {
+pub fn connect_blocking(addr: SocketAddrV4, timeout: Duration) -> io::Result<StdTcpStream> {
     let mut stream = StdTcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
     stream.set_write_timeout(Some(Duration::from_secs(3)))?;
     stream.write_all(&version_message())?;
