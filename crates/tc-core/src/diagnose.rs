@@ -229,23 +229,6 @@ impl Probe {
             self.finish();
         } else if flags & (SYN | ACK) == SYN | ACK {
             self.answer = Some(Answer::SynAck { intercept });
-            // Leave nothing half-open at the target: reset the probe connection.
-            let (c, t) = (self.setup.client, self.setup.target);
-            let spec = SegmentSpec {
-                src: *c.ip(),
-                dst: *t.ip(),
-                src_port: c.port(),
-                dst_port: t.port(),
-                seq: self.setup.isn.wrapping_add(1),
-                ack: 0,
-                flags: RST,
-                window: 0,
-                ip_id: 0,
-                mss: None,
-                timestamps: None,
-                payload: &[],
-            };
-            self.push_segment(&spec);
             let _ = now;
             self.finish();
         }
@@ -345,6 +328,27 @@ impl Probe {
     }
 
     fn finish(&mut self) {
+        if self.syns > 0 && !matches!(self.answer, Some(Answer::Reset { .. })) {
+            // Leave nothing half-open at the target (answered, or answered where intercept
+            // did not see it): reset the probe connection; in its SYN-RECV state the
+            // target takes a RST with the sequence number after the SYN.
+            let (c, t) = (self.setup.client, self.setup.target);
+            let spec = SegmentSpec {
+                src: *c.ip(),
+                dst: *t.ip(),
+                src_port: c.port(),
+                dst_port: t.port(),
+                seq: self.setup.isn.wrapping_add(1),
+                ack: 0,
+                flags: RST,
+                window: 0,
+                ip_id: 0,
+                mss: None,
+                timestamps: None,
+                payload: &[],
+            };
+            self.push_segment(&spec);
+        }
         self.step = Step::Done;
         self.verdict = Some(self.conclude());
     }

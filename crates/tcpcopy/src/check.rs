@@ -81,7 +81,9 @@ pub fn run(
         let now = Instant::now();
         let wait = diagnosis
             .next_deadline()
-            .map_or(Duration::from_millis(100), |d| d.saturating_duration_since(now))
+            .map_or(Duration::from_millis(100), |d| {
+                d.saturating_duration_since(now)
+            })
             .min(Duration::from_millis(100));
         if let Err(e) = poll.poll(&mut events, Some(wait)) {
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -104,7 +106,11 @@ pub fn run(
         diagnosis.pump(&mut output);
     }
     let Some(verdicts) = diagnosis.verdicts() else {
-        let _ = writeln!(out, "[FAIL] check: no verdict within {} s", CHECK_LIMIT.as_secs());
+        let _ = writeln!(
+            out,
+            "[FAIL] check: no verdict within {} s",
+            CHECK_LIMIT.as_secs()
+        );
         return Ok(1);
     };
     let mut ok = true;

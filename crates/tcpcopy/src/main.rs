@@ -279,9 +279,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
             metrics: options.metrics,
             stats_json_file: options.stats_json_file.clone(),
             // Offline runs probe too: the path to the target is the same.
-            probe: options
-                .probe
-                .then(|| diagnosis::ProbePlan::of(&options)),
+            probe: options.probe.then(|| diagnosis::ProbePlan::of(&options)),
             // SAFETY: isatty only inspects the descriptor.
             progress_tty: options.log_file.is_none()
                 && !options.daemon
