@@ -21,6 +21,9 @@ const MAX_WATCHES: usize = 4;
 const WATCH_LIFETIME_MS: u64 = 15_000;
 const WATCH_SNAPLEN: i32 = 128;
 const WATCH_BUFFER: i32 = 1 << 20;
+/// At most this many watches are opened per second (opening one costs a pcap handle per
+/// device): questions beyond are answered without a watch.
+const MAX_OPENS_PER_SECOND: usize = 8;
 
 /// `net.ipv4.ip_forward` of this host (network namespace): `None` if unreadable.
 pub fn ip_forward() -> Option<bool> {
@@ -89,6 +92,8 @@ pub struct Watches {
     devices: Vec<String>,
     fmt: WireFormat,
     list: Vec<Watch>,
+    /// When the last watches were opened (ms), for the rate limit.
+    opened: Vec<u64>,
 }
 
 impl Watches {
@@ -100,6 +105,7 @@ impl Watches {
             },
             fmt,
             list: Vec::new(),
+            opened: Vec::new(),
         }
     }
 
@@ -135,10 +141,16 @@ impl Watches {
         if self.list.len() >= MAX_WATCHES {
             self.list.remove(0);
         }
+        let mut reply = self.reply(ReplyKind::Hello, client, target);
+        self.opened.retain(|&t| now.saturating_sub(t) < 1000);
+        if self.opened.len() >= MAX_OPENS_PER_SECOND {
+            log::warn!("probe from tunnel {tunnel}: too many probes this second, no watch");
+            return reply;
+        }
+        self.opened.push(now);
         let mut opts = PcapLiveOptions::new(&format!("tcp and src host {}", target.ip()));
         opts.snaplen = WATCH_SNAPLEN;
         opts.buffer_size = WATCH_BUFFER;
-        let mut reply = self.reply(ReplyKind::Hello, client, target);
         match pcap_live::open_devices(&self.devices, &opts) {
             Ok(captures) if !captures.is_empty() => {
                 log::info!(

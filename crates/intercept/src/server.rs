@@ -232,6 +232,8 @@ pub struct Stats {
     pub logs_suppressed: u64,
     /// Client records of an unknown type (ignored).
     pub unknown_msgs: u64,
+    /// Answers to tcpcopy's path probe questions.
+    pub probe_replies: u64,
 }
 
 /// A handle to stop a running server from another thread.
@@ -1098,7 +1100,10 @@ impl Server {
                         watches.query(id, client, target, core.stats.responses)
                     };
                     let rec = reply.encode(core.fmt.record_len());
-                    tunnel.push(&rec, core.fmt, core.max_batch, &mut core.stats);
+                    // Counted apart: the records and frames counters are the responses'.
+                    let mut not_counted = Stats::default();
+                    tunnel.push(&rec, core.fmt, core.max_batch, &mut not_counted);
+                    core.stats.probe_replies += 1;
                 }
             }
         }
@@ -1390,7 +1395,7 @@ impl Server {
             self.core.router.delay.bytes()
         );
         info!(
-            "{what}: records sent:{},unrouted:{},overflow:{},tunnels:{},accepted:{},refused:{},closed:{},unknown msg types:{}",
+            "{what}: records sent:{},unrouted:{},overflow:{},tunnels:{},accepted:{},refused:{},closed:{},unknown msg types:{},probe replies:{}",
             s.records_sent,
             s.unrouted,
             s.overflow,
@@ -1398,7 +1403,8 @@ impl Server {
             s.accepted,
             s.refused,
             s.closed,
-            s.unknown_msgs
+            s.unknown_msgs,
+            s.probe_replies
         );
         info!(
             "{what}: capture frames:{},drops:{},kernel drops:{},log lines suppressed:{}",

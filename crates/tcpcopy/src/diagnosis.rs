@@ -136,14 +136,7 @@ impl Diagnosis {
                     ProbeOutput::Ask { intercept, msg } => {
                         output.tunnels.ask(intercept, &msg);
                     }
-                    ProbeOutput::Announce(m) => {
-                        output.tunnels.client_add(
-                            m.client_ip,
-                            m.client_port,
-                            m.target_ip,
-                            m.target_port,
-                        );
-                    }
+                    ProbeOutput::Announce(m) => output.announce_probe(&m),
                     ProbeOutput::Send(datagram) => {
                         if let Err(e) = output.send_probe(&datagram) {
                             p.on_send_error(e);

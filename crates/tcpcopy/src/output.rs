@@ -160,6 +160,14 @@ impl ReplayOutput {
         self.send_in_order(&batch);
     }
 
+    /// The path probe's CLIENT_ADD (none with `--single`: intercept sends everything).
+    pub fn announce_probe(&mut self, m: &tc_core::control::ClientMsg) {
+        if !self.single {
+            self.tunnels
+                .announce(m.client_ip, m.client_port, m.target_ip, m.target_port);
+        }
+    }
+
     /// Sends a probe segment now, if (and only if) it goes to a configured `-x` target;
     /// the error is the probe's evidence (`tcpcopy --check`).
     pub fn send_probe(&mut self, datagram: &[u8]) -> Result<(), String> {

@@ -199,6 +199,24 @@ impl Tunnels {
         target_ip: Ipv4Addr,
         target_port: u16,
     ) -> bool {
+        let accepted = self.announce(client_ip, client_port, target_ip, target_port);
+        if accepted {
+            self.stats.client_add_sent += 1;
+        } else {
+            self.stats.client_add_failed += 1;
+        }
+        accepted
+    }
+
+    /// CLIENT_ADD as [`Tunnels::client_add`], not counted in the replay's statistics (the
+    /// path probe's).
+    pub fn announce(
+        &mut self,
+        client_ip: Ipv4Addr,
+        client_port: u16,
+        target_ip: Ipv4Addr,
+        target_port: u16,
+    ) -> bool {
         let msg = ClientMsg::add(client_ip, client_port, target_ip, target_port).encode();
         let mut accepted = false;
         for i in 0..self.intercepts.len() {
@@ -226,11 +244,6 @@ impl Tunnels {
                     }
                 }
             }
-        }
-        if accepted {
-            self.stats.client_add_sent += 1;
-        } else {
-            self.stats.client_add_failed += 1;
         }
         accepted
     }
