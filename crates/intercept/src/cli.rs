@@ -215,7 +215,7 @@ fn command() -> Command {
             "intercept 1.0.0 (tcpcopy-rs): captures the test server's responses and passes \
              their headers back to the tcpcopy that announced each connection",
         )
-        .override_usage("intercept -F <filter> [options]")
+        .override_usage("intercept -F <filter> [options]\n       intercept --route <prefix> [options]")
         .disable_version_flag(true)
         .disable_help_flag(true)
         .after_help(EXAMPLES)
@@ -224,7 +224,7 @@ fn command() -> Command {
                 .short('F')
                 .value_name("filter")
                 .help_heading(H_CAPTURE)
-                .help("pcap filter selecting the responses, e.g. 'tcp and src port 8080' (required)"),
+                .help("pcap filter selecting the responses, e.g. 'tcp and src port 8080' (required unless --route)"),
         )
         .arg(
             Arg::new("route")
