@@ -627,20 +627,25 @@ impl RouteDevice {
 impl Drop for RouteDevice {
     fn drop(&mut self) {
         let prefix = self.prefix;
-        match self.rtnl.del_route(prefix, self.index) {
-            Ok(()) => {}
-            // Gone with its device already (deleted by someone, or the source closed last).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENODEV)) => {}
-            Err(e) => warn!("cannot delete the route {prefix} dev {DEVICE}: {e}"),
-        }
+        let already_gone = match self.rtnl.del_route(prefix, self.index) {
+            Ok(()) => false,
+            // Deleted with its device by someone else while intercept ran.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENODEV)) => true,
+            Err(e) => {
+                warn!("cannot delete the route {prefix} dev {DEVICE}: {e}");
+                false
+            }
+        };
         drop(self.fd.take());
         match self.rtnl.link_by_name(DEVICE) {
-            Ok(None) => info!("removed the route {prefix} and the device {DEVICE}"),
             Ok(Some(l)) if l.index == self.index => warn!(
                 "the device {DEVICE} is still there: another process holds its descriptor; it \
                  goes when that process ends"
             ),
-            Ok(Some(_)) => info!("removed the route {prefix} and the device {DEVICE}"),
+            Ok(_) if already_gone => {
+                info!("the route {prefix} and the device {DEVICE} were already gone")
+            }
+            Ok(_) => info!("removed the route {prefix} and the device {DEVICE}"),
             Err(e) => warn!("cannot check that {DEVICE} is gone: {e}"),
         }
     }
