@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# One-command demo: a single-host TCPCopy lab in network namespaces (see ../shared/spec/lab.md
-# for the recipe). An HTTP server runs on "online" and on "target"; intercept runs on "assist";
-# tcpcopy on "online" copies every request to the target; curl in "client" makes traffic.
+# One-command demo: a TCPCopy lab in network namespaces on this machine (see
+# ../shared/spec/lab.md for the recipe). An HTTP server runs on "online" and a test server on
+# "target"; tcpcopy on "online" copies every request to the test server; curl in "client"
+# makes traffic; the report compares the requests served online and at the target.
 #
-#   sudo scripts/demo.sh            live replay
-#   sudo scripts/demo.sh --offline  capture to a pcap first, then replay the file
+#   sudo scripts/demo.sh             three hosts: intercept on "assist", the target routes the
+#                                    fake clients to it (the original deployment)
+#   sudo scripts/demo.sh --offline   three hosts, capture to a pcap first, then replay the file
+#   sudo scripts/demo.sh --two-hosts intercept --route on the target itself, no assist host
+#   sudo scripts/demo.sh --one-host  test server on online:8080 beside the online :80, tcpcopy
+#                                    and intercept --route on that host too
 #
 # Addresses: lab hosts 198.18.0.0/24, fake clients 203.0.113.0/24. Everything is removed on
 # exit (also on Ctrl-C).
@@ -12,11 +17,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=live
+deploy=three
 case "${1:-}" in
   "") ;;
   --offline) mode=offline ;;
-  -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--offline]" >&2; exit 2 ;;
+  --two-hosts) deploy=two; hosts=(client online target) ;;
+  --one-host) deploy=one; hosts=(client online) ;;
+  -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--offline | --two-hosts | --one-host]" >&2; exit 2 ;;
 esac
 requests=${DEMO_REQUESTS:-100}
 
@@ -47,18 +55,33 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "== building the lab ($run-{client,online,target,assist} on a bridge)"
+echo "== building the lab ($run-{$(IFS=,; echo "${hosts[*]}")} on a bridge)"
 lab_up
+
+# Where the test server and intercept run, and where tcpcopy sends and connects.
+case $deploy in
+  three) target_host=target; target_ip=198.18.0.30; intercept_host=assist
+         intercept_at=198.18.0.40
+         intercept_args=(-F "tcp and src port 8080" -i eth0 --allow 198.18.0.20) ;;
+  two)   target_host=target; target_ip=198.18.0.30; intercept_host=target
+         intercept_at=198.18.0.30
+         intercept_args=(--route 203.0.113.0/24 --allow 198.18.0.20) ;;
+  one)   target_host=online; target_ip=198.18.0.20; intercept_host=online
+         intercept_at=127.0.0.1
+         intercept_args=(--route 203.0.113.0/24 -b 127.0.0.1) ;;
+esac
 
 mkdir -p "$work/www"
 echo "hello from tcpcopy-rs demo" > "$work/www/index.html"
 start online-http online $py -m http.server 80 --bind 198.18.0.20 --directory "$work/www"
-start target-http target $py -m http.server 8080 --bind 198.18.0.30 --directory "$work/www"
+start target-http "$target_host" $py -m http.server 8080 --bind "$target_ip" --directory "$work/www"
 wait_port online 80 || exit 1
-wait_port target 8080 || exit 1
+wait_port "$target_host" 8080 "$target_ip" || exit 1
 
-start intercept assist "$bin/intercept" -F "tcp and src port 8080" -i eth0 --allow 198.18.0.20
-wait_port assist 36524 || exit 1
+echo "== intercept on $intercept_host: intercept ${intercept_args[*]}"
+start intercept "$intercept_host" "$bin/intercept" "${intercept_args[@]}"
+intercept_pid=${pids[-1]}
+wait_port "$intercept_host" 36524 "$intercept_at" || { cat "$work/intercept.log" >&2; exit 1; }
 
 traffic() {
   for i in $(seq 1 "$requests"); do
@@ -69,10 +92,11 @@ traffic() {
 served() { grep -c '"GET /index.html' "$work/$1-http.log" 2>/dev/null || true; }
 
 if [ "$mode" = live ]; then
-  start tcpcopy online "$bin/tcpcopy" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x
+  echo "== tcpcopy on online: tcpcopy -x 80-$target_ip:8080 -s $intercept_at -c 203.0.113.x"
+  start tcpcopy online "$bin/tcpcopy" -x "80-$target_ip:8080" -s "$intercept_at" -c 203.0.113.x
   tcpcopy_pid=${pids[-1]}
   for _ in $(seq 1 100); do grep -q "event loop running" "$work/tcpcopy.log" && break; sleep 0.1; done
-  echo "== sending $requests HTTP requests from client to online:80 (tcpcopy copies them to target:8080)"
+  echo "== sending $requests HTTP requests from client to online:80 (tcpcopy copies them to $target_host:8080)"
   traffic
 else
   echo "== capturing $requests HTTP requests on online to $work/online.pcap"
@@ -97,13 +121,28 @@ if [ "$mode" = live ]; then
   kill -INT "$tcpcopy_pid" 2>/dev/null || true
   wait "$tcpcopy_pid" 2>/dev/null || true
 fi
+leftover=
+if [ "$deploy" != three ]; then
+  # intercept --route removes its device and route when it stops.
+  kill -TERM "$intercept_pid" 2>/dev/null || true
+  wait "$intercept_pid" 2>/dev/null || true
+  ns "$intercept_host" ip link show tcrs0 >/dev/null 2>&1 && leftover="device tcrs0"
+  [ -z "$(ns "$intercept_host" ip route show 203.0.113.0/24)" ] || leftover="$leftover route"
+fi
 
 echo
-echo "== report"
+echo "== report ($deploy-host deployment)"
 echo "requests served online:        $online"
 echo "requests received by target:   $target"
 grep -E "conns:|syn cnt:|send:" "$work/tcpcopy.log" | tail -3 | sed 's/^/tcpcopy: /' || true
 echo "logs: $work (online-http.log, target-http.log, intercept.log, tcpcopy.log)"
+if [ "$deploy" != three ]; then
+  if [ -n "$leftover" ]; then
+    echo "FAILED: intercept --route left on $intercept_host: $leftover" >&2
+    exit 1
+  fi
+  echo "intercept --route stopped: device tcrs0 and route 203.0.113.0/24 removed from $intercept_host"
+fi
 if [ "$target" -ge "$online" ] && [ "$online" -gt 0 ]; then
   echo "OK: the target received every request the online server served"
 else

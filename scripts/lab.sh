@@ -1,9 +1,11 @@
 # Shared by demo.sh and bench.sh (source it): a single-host TCPCopy lab of network namespaces
 # (recipe: ../shared/spec/lab.md). Hosts client/online/target/assist on a bridge in "sw";
 # lab addresses 198.18.0.0/24, fake clients 203.0.113.0/24 routed from target to assist.
-# Set `run` (a unique prefix) and `work` (a log directory) before calling lab_up.
+# Set `run` (a unique prefix) and `work` (a log directory) before calling lab_up; to build
+# fewer hosts, set `hosts` too (without assist, the target gets no route to it: the two-host
+# and one-host deployments run intercept --route on the target instead).
 
-hosts=(client online target assist)
+hosts=(${hosts[@]:-client online target assist})
 declare -A ip=([client]=198.18.0.10 [online]=198.18.0.20 [target]=198.18.0.30 [assist]=198.18.0.40)
 pids=()
 
@@ -28,8 +30,10 @@ lab_up() {
     # LAB_TX_OFFLOAD=off computes them in software (to compare with builds before issue 13).
     ns "$h" ethtool -K eth0 tx "${LAB_TX_OFFLOAD:-on}" tso off gso off gro off >/dev/null 2>&1 || true
   done
-  ns target ip route add 203.0.113.0/24 via 198.18.0.40
-  ns assist sysctl -qw net.ipv4.ip_forward=0
+  if [[ " ${hosts[*]} " == *" assist "* ]]; then
+    ns target ip route add 203.0.113.0/24 via 198.18.0.40
+    ns assist sysctl -qw net.ipv4.ip_forward=0
+  fi
 }
 
 # Kills what `start` started and removes the namespaces.
@@ -49,14 +53,15 @@ start() {
   pids+=($!)
 }
 
-# wait_port HOST PORT: until something listens on HOST's address (bounded, 10 s).
+# wait_port HOST PORT [ADDR]: until something listens on ADDR (default: HOST's address)
+# inside HOST (bounded, 10 s).
 wait_port() {
-  local _
+  local _ addr=${3:-${ip[$1]}}
   for _ in $(seq 1 100); do
-    ns "$1" bash -c "exec 3<>/dev/tcp/${ip[$1]}/$2" 2>/dev/null && return 0
+    ns "$1" bash -c "exec 3<>/dev/tcp/$addr/$2" 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "nothing listens on ${ip[$1]}:$2" >&2
+  echo "nothing listens on $addr:$2" >&2
   return 1
 }
 

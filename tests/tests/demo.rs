@@ -1,5 +1,6 @@
-//! The README's first command, `scripts/demo.sh`, runs to its report in CI: live and offline,
-//! the target receiving every request the online server served, nothing left behind.
+//! The README's first command, `scripts/demo.sh`, runs to its report in CI: live and offline
+//! with three hosts, then with two hosts and on one host (`intercept --route`), the target
+//! receiving every request the online server served, nothing left behind.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -8,7 +9,7 @@ fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn run_demo(args: &[&str]) {
+fn run_demo(args: &[&str]) -> String {
     tc_test_support::require_root("demo");
     let bins = std::env::var("TC_BIN_DIR")
         .map(PathBuf::from)
@@ -44,11 +45,20 @@ fn run_demo(args: &[&str]) {
         text.contains("OK: the target received every request"),
         "{text}"
     );
+    // This run's namespaces only (the other demo test may run meanwhile).
+    let run = text
+        .split("cleaned up (namespaces ")
+        .nth(1)
+        .and_then(|rest| rest.split("-*)").next())
+        .unwrap_or_else(|| panic!("no cleanup line:\n{text}"))
+        .to_string();
+    assert!(run.starts_with("tcdemo"), "{run}");
     let left: Vec<String> = netns_list()
         .into_iter()
-        .filter(|n| n.starts_with("tcdemo") && !before.contains(n))
+        .filter(|n| n.starts_with(&format!("{run}-")) && !before.contains(n))
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    text
 }
 
 fn netns_list() -> Vec<String> {
@@ -65,6 +75,29 @@ fn netns_list() -> Vec<String> {
 #[test]
 #[ignore = "needs root"]
 fn demo_live_and_offline() {
-    run_demo(&[]);
+    assert!(run_demo(&[]).contains("report (three-host deployment)"));
     run_demo(&["--offline"]);
+}
+
+/// Issue 17: the two-host and one-host deployments, intercept --route cleaning up after
+/// itself.
+#[test]
+#[ignore = "needs root"]
+fn demo_two_hosts_and_one_host() {
+    for (flag, deploy, host) in [
+        ("--two-hosts", "two", "target"),
+        ("--one-host", "one", "online"),
+    ] {
+        let text = run_demo(&[flag]);
+        assert!(
+            text.contains(&format!("report ({deploy}-host deployment)")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "device tcrs0 and route 203.0.113.0/24 removed from {host}"
+            )),
+            "{text}"
+        );
+    }
 }

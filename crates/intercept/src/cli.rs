@@ -106,6 +106,9 @@ pub struct Config {
     pub capture_lost_exit: Duration,
     /// `--metrics ADDR:PORT`: serve Prometheus metrics there (off by default).
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--route PREFIX`: answers to PREFIX are routed to a TUN device and read there instead
+    /// of captured (the filter and devices are then unused).
+    pub route: Option<crate::route::Ipv4Prefix>,
     /// `--max-tunnels` as typed.
     pub max_tunnels_given: Option<usize>,
     /// Most simultaneous tunnels from one peer address.
@@ -142,6 +145,7 @@ impl Config {
             max_tunnels_given: None,
             capture_lost_exit: Duration::from_secs(DEFAULT_CAPTURE_LOST_EXIT_SECS),
             metrics: None,
+            route: None,
             peer_tunnels: DEFAULT_PEER_TUNNELS,
             idle_tunnel_timeout: Duration::from_secs(DEFAULT_IDLE_TUNNEL_SECS),
         }
@@ -192,6 +196,10 @@ const H_PROCESS: &str = "Process";
 
 const EXAMPLES: &str = "\
 Examples:
+  intercept --route 203.0.113.0/24 --allow 10.0.0.1
+      on the target host itself: answers to the fake clients 203.0.113.0/24 are routed to the
+      TUN device tcrs0 (created at start, removed at exit) and read there; needs CAP_NET_ADMIN
+      and rp_filter loose (2) or off (0) on the interface tcpcopy's packets arrive on
   intercept -F 'tcp and src port 8080' -i eth0 --allow 10.0.0.1
       capture the answers of a test server on port 8080 arriving on eth0, for the tcpcopy at
       10.0.0.1
@@ -207,7 +215,7 @@ fn command() -> Command {
             "intercept 1.0.0 (tcpcopy-rs): captures the test server's responses and passes \
              their headers back to the tcpcopy that announced each connection",
         )
-        .override_usage("intercept -F <filter> [options]")
+        .override_usage("intercept -F <filter> [options]\n       intercept --route <prefix> [options]")
         .disable_version_flag(true)
         .disable_help_flag(true)
         .after_help(EXAMPLES)
@@ -216,7 +224,14 @@ fn command() -> Command {
                 .short('F')
                 .value_name("filter")
                 .help_heading(H_CAPTURE)
-                .help("pcap filter selecting the responses, e.g. 'tcp and src port 8080' (required)"),
+                .help("pcap filter selecting the responses, e.g. 'tcp and src port 8080' (required unless --route)"),
+        )
+        .arg(
+            Arg::new("route")
+                .long("route")
+                .value_name("prefix")
+                .help_heading(H_CAPTURE)
+                .help(ROUTE_HELP),
         )
         .arg(
             Arg::new("devices")
@@ -459,8 +474,21 @@ where
 }
 
 fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
+    let route = match m.get_one::<String>("route") {
+        None => None,
+        Some(s) => Some(
+            crate::route::Ipv4Prefix::parse(s)
+                .map_err(|e| CliExit::error(format!("--route {e}")))?,
+        ),
+    };
+    if route.is_some() && (m.contains_id("filter") || m.contains_id("devices")) {
+        return Err(CliExit::error(
+            "--route reads the answers from its TUN device: -F and -i do not apply with it",
+        ));
+    }
     let filter = match m.get_one::<String>("filter") {
         Some(f) if !f.trim().is_empty() => f.clone(),
+        _ if route.is_some() => String::new(),
         _ => {
             return Err(CliExit {
                 message: MISSING_FILTER.to_string(),
@@ -537,6 +565,7 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
             .unwrap_or(&DEFAULT_IDLE_TUNNEL_SECS),
     );
     cfg.metrics = m.get_one::<std::net::SocketAddr>("metrics").copied();
+    cfg.route = route;
     cfg.capture_lost_exit = Duration::from_secs(
         *m.get_one::<u64>("capture_lost_exit")
             .unwrap_or(&DEFAULT_CAPTURE_LOST_EXIT_SECS),
@@ -592,6 +621,8 @@ fn parse_rewrite(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), CliExit> {
     let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
     Ok((a, b))
 }
+
+const ROUTE_HELP: &str = "run on the target host itself: route PREFIX (the fake clients of tcpcopy -c, e.g. 203.0.113.0/24) to the TUN device tcrs0 and read the answers there, instead of capturing with -F/-i; the device and route are removed at exit [default: off]";
 
 /// Why intercept does not start open to anyone by default.
 pub const ALLOW_REQUIRED: &str = "listening on a non-loopback address without --allow would let anyone who reaches the port announce connections and read their responses: add --allow <tcpcopy host address>[,...] (an address or address/prefix, e.g. --allow 10.0.0.1), or --allow any to accept every peer, or -b 127.0.0.1 to listen on loopback only";
@@ -748,6 +779,52 @@ mod tests {
                 .batch,
             6
         );
+    }
+
+    /// Issue 17: `--route PREFIX` replaces -F/-i.
+    #[test]
+    fn route_takes_a_prefix_and_replaces_the_filter() {
+        let c = p(&["--route", "203.0.113.0/24", "--allow", "198.18.0.20"]).unwrap();
+        assert_eq!(
+            c.route,
+            Some(crate::route::Ipv4Prefix {
+                addr: Ipv4Addr::new(203, 0, 113, 0),
+                len: 24
+            })
+        );
+        assert!(c.filter.is_empty());
+        assert_eq!(
+            p(&["-F", "tcp", "-b", "127.0.0.1"]).unwrap().route,
+            None,
+            "off by default"
+        );
+        let h = p(&["-h"]).unwrap_err().message;
+        assert!(h.contains("--route") && h.contains("tcrs0"), "{h}");
+        for (args, says) in [
+            (
+                &["--route", "203.0.113.0/24", "-F", "tcp", "-b", "127.0.0.1"][..],
+                "-F and -i do not apply",
+            ),
+            (
+                &["--route", "203.0.113.0/24", "-i", "eth0", "-b", "127.0.0.1"],
+                "-F and -i do not apply",
+            ),
+            (
+                &["--route", "203.0.113.9/24", "-b", "127.0.0.1"],
+                "did you mean 203.0.113.0/24",
+            ),
+            (
+                &["--route", "0.0.0.0/0", "-b", "127.0.0.1"],
+                "whole traffic",
+            ),
+            (&["--route", "x", "-b", "127.0.0.1"], "not an IPv4 prefix"),
+            // The allow list is still required off loopback.
+            (&["--route", "203.0.113.0/24"], "--allow"),
+        ] {
+            let e = p(args).unwrap_err();
+            assert_ne!(e.status, 0, "{args:?}");
+            assert!(e.message.contains(says), "{args:?}: {}", e.message);
+        }
     }
 
     #[test]

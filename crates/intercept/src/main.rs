@@ -6,7 +6,7 @@ use std::os::unix::io::AsRawFd;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use intercept::{cli, server};
+use intercept::{cli, route, server};
 use log::{error, info, warn};
 use tc_core::{daemon, logging};
 
@@ -98,16 +98,22 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
         cfg.batch,
         tc_core::capture::pcap_live::lib_version()
     );
-    match &cfg.devices {
-        cli::Devices::All => info!("device:all"),
-        cli::Devices::List(l) => info!("device:{}", l.join(",")),
+    match (&cfg.route, &cfg.devices) {
+        (Some(prefix), _) => info!("route:{prefix} (TUN device {})", route::DEVICE),
+        (None, cli::Devices::All) => info!("device:all"),
+        (None, cli::Devices::List(l)) => info!("device:{}", l.join(",")),
     }
-    info!("user filter:{}", cfg.filter);
-    if let Some(w) = intercept::probe::filter_warning(&cfg.filter) {
-        warn!("{w}");
+    if cfg.route.is_none() {
+        info!("user filter:{}", cfg.filter);
     }
-    if intercept::probe::ip_forward() == Some(true) {
-        warn!("this host forwards IP packets (net.ipv4.ip_forward=1): the target's answers intercept captures also go on to the fake clients, which answer or reset them; on this host: sysctl -w net.ipv4.ip_forward=0");
+    if cfg.route.is_none() {
+        // With --route the answers go into the TUN device: no filter, nothing forwarded.
+        if let Some(w) = intercept::probe::filter_warning(&cfg.filter) {
+            warn!("{w}");
+        }
+        if intercept::probe::ip_forward() == Some(true) {
+            warn!("this host forwards IP packets (net.ipv4.ip_forward=1): the target's answers intercept captures also go on to the fake clients, which answer or reset them; on this host: sysctl -w net.ipv4.ip_forward=0");
+        }
     }
     if let Some((a, b)) = cfg.docker_rewrite {
         info!("-D para:{a}-{b}");
@@ -128,7 +134,16 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     // Before anything listens: a stop signal from then on is a graceful stop.
     let signals = server::install_signals()?;
     // Captures first: once tcpcopy can connect, responses are already being captured.
-    let sources = server::open_captures(cfg)?;
+    // With --route, the TUN device instead; its guard is dropped after the server (declared
+    // before it), deleting the route and the device at any exit from here on.
+    let (_route, sources) = match cfg.route {
+        Some(prefix) => {
+            let (guard, tun) = route::RouteDevice::create(prefix)?;
+            let source = server::NamedSource::new(route::DEVICE, Box::new(tun));
+            (Some(guard), vec![source])
+        }
+        None => (None, server::open_captures(cfg)?),
+    };
     let listener = server::bind_listener(cfg.bind, cfg.port)?;
     info!(
         "msg listen socket:{} on {}",

@@ -91,19 +91,22 @@ impl Watch {
 pub struct Watches {
     devices: Vec<String>,
     fmt: WireFormat,
+    /// `--route`: answers go into our TUN device, whatever IP forwarding says.
+    route_mode: bool,
     list: Vec<Watch>,
     /// When the last watches were opened (ms), for the rate limit.
     opened: Vec<u64>,
 }
 
 impl Watches {
-    pub fn new(devices: &Devices, fmt: WireFormat) -> Watches {
+    pub fn new(devices: &Devices, fmt: WireFormat, route_mode: bool) -> Watches {
         Watches {
             devices: match devices {
                 Devices::All => Vec::new(),
                 Devices::List(l) => l.clone(),
             },
             fmt,
+            route_mode,
             list: Vec::new(),
             opened: Vec::new(),
         }
@@ -115,7 +118,11 @@ impl Watches {
             version: version(),
             combined: self.fmt.combined,
             payload: self.fmt.payload,
-            ip_forward: ip_forward(),
+            ip_forward: if self.route_mode {
+                Some(false)
+            } else {
+                ip_forward()
+            },
             watching: false,
             client,
             target,

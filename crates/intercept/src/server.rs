@@ -690,7 +690,7 @@ impl Server {
             metrics,
             accept_retry_at: None,
             per_peer: HashMap::new(),
-            watches: Watches::new(&cfg.devices, fmt),
+            watches: Watches::new(&cfg.devices, fmt, cfg.route.is_some()),
             capture_watch: CaptureWatch::default(),
         })
     }
