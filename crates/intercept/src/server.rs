@@ -615,6 +615,40 @@ struct CaptureWatch {
     adds_at_warning: u64,
 }
 
+impl CaptureWatch {
+    const QUIET_MS: Millis = 30_000;
+    const REPEAT_MS: Millis = 60_000;
+
+    /// Called on every housekeeping turn with the counters: `Some((quiet ms, sessions
+    /// announced meanwhile))` when it is time to warn (at most once a minute, and only if
+    /// more sessions were announced since the last warning).
+    fn judge(&mut self, now: Millis, responses: u64, client_adds: u64) -> Option<(Millis, u64)> {
+        if responses != self.responses {
+            // Working: judge the announcements from here on.
+            self.responses = responses;
+            self.client_adds = client_adds;
+            self.since = None;
+            return None;
+        }
+        if client_adds == self.client_adds {
+            return None;
+        }
+        let since = *self.since.get_or_insert(now);
+        let quiet = now.saturating_sub(since);
+        if quiet >= Self::QUIET_MS
+            && client_adds > self.adds_at_warning
+            && self
+                .warned_at
+                .is_none_or(|t| now.saturating_sub(t) >= Self::REPEAT_MS)
+        {
+            self.warned_at = Some(now);
+            self.adds_at_warning = client_adds;
+            return Some((quiet, client_adds - self.client_adds));
+        }
+        None
+    }
+}
+
 impl Server {
     /// Builds the loop around an already bound listener and opened captures.
     pub fn new(
@@ -1289,37 +1323,11 @@ impl Server {
     /// tcpcopy peers keep announcing sessions: the target's answers do not reach this host,
     /// or `-F` does not match them.
     fn check_capture_alive(&mut self, now: Millis) {
-        const QUIET_MS: Millis = 30_000;
-        const REPEAT_MS: Millis = 60_000;
         let s = &self.core.stats;
-        let w = &mut self.capture_watch;
-        if s.responses != w.responses {
-            // Working: judge the announcements from here on.
-            *w = CaptureWatch {
-                responses: s.responses,
-                client_adds: s.client_adds,
-                since: None,
-                warned_at: w.warned_at,
-                adds_at_warning: w.adds_at_warning,
-            };
-            return;
-        }
-        if s.client_adds == w.client_adds {
-            return;
-        }
-        let since = *w.since.get_or_insert(now);
-        let quiet = now.saturating_sub(since);
-        if quiet >= QUIET_MS
-            && s.client_adds > w.adds_at_warning
-            && w.warned_at
-                .is_none_or(|t| now.saturating_sub(t) >= REPEAT_MS)
-        {
-            w.warned_at = Some(now);
-            w.adds_at_warning = s.client_adds;
+        if let Some((quiet, adds)) = self.capture_watch.judge(now, s.responses, s.client_adds) {
             warn!(
-                "captured no response for {} s while tcpcopy announced {} sessions: the target's answers do not reach this host (on the target: ip route add FAKE_CLIENT_NET via THIS_HOST) or the filter '{}' does not match them (run tcpcopy --check)",
+                "captured no response for {} s while tcpcopy announced {adds} sessions: the target's answers do not reach this host (on the target: ip route add FAKE_CLIENT_NET via THIS_HOST) or the filter '{}' does not match them (run tcpcopy --check)",
                 quiet / 1000,
-                s.client_adds - w.client_adds,
                 self.cfg.filter
             );
         }
@@ -1426,5 +1434,28 @@ impl Server {
         }
         self.log_stats("final");
         info!("release_resources end");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CaptureWatch;
+
+    #[test]
+    fn nothing_captured_for_30_s_while_sessions_are_announced_warns_once_a_minute() {
+        let mut w = CaptureWatch::default();
+        // Nobody announces anything: no warning however long.
+        assert_eq!(w.judge(100_000, 0, 0), None);
+        // Announcements from 100 s on, nothing captured.
+        assert_eq!(w.judge(100_000, 0, 3), None);
+        assert_eq!(w.judge(129_800, 0, 5), None);
+        assert_eq!(w.judge(130_000, 0, 6), Some((30_000, 6)));
+        // Not again within a minute, nor without new announcements.
+        assert_eq!(w.judge(150_000, 0, 9), None);
+        assert_eq!(w.judge(190_000, 0, 9), Some((90_000, 9)));
+        assert_eq!(w.judge(260_000, 0, 9), None);
+        // A response captured: all is well again.
+        assert_eq!(w.judge(261_000, 1, 10), None);
+        assert_eq!(w.judge(300_000, 1, 11), None);
     }
 }

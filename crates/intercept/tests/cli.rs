@@ -434,3 +434,29 @@ fn sighup_reopens_the_log_file() {
     let _ = std::fs::remove_file(&log);
     let _ = std::fs::remove_file(&rotated);
 }
+
+/// Issue 16: the start-up warnings: a filter that cannot match a TCP answer.
+#[test]
+#[ignore = "needs root"]
+fn a_filter_that_cannot_match_tcp_answers_is_warned_about() {
+    require_root("a_filter_that_cannot_match_tcp_answers_is_warned_about");
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["-F", "udp and src port 53", "-b", "127.0.0.1", "-i", "lo"])
+        .args(["-p", &port.to_string()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut g = Guard(child);
+    assert!(wait_listening(port), "intercept did not listen");
+    signal(g.0.id() as i32, libc::SIGTERM);
+    let _ = wait_exit(&mut g.0, Duration::from_secs(10));
+    let mut err = String::new();
+    use std::io::Read;
+    g.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        err.contains("matches none of the TCP answers tried"),
+        "no filter warning in:\n{err}"
+    );
+}
