@@ -5,6 +5,7 @@ mod addr_spec;
 mod capture;
 mod cli;
 mod event_loop;
+mod numbers;
 mod offline;
 mod output;
 mod report;
@@ -85,6 +86,9 @@ fn run(options: Options) -> anyhow::Result<i32> {
         None
     };
     log::info!("{}", cli::version_line());
+    for w in &options.warnings {
+        log::warn!("{w}");
+    }
     log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);
     log::info!("target:{}", options.transfers_text);
     log::info!("s parameter:{}", options.intercepts_text);
