@@ -11,6 +11,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tc_core::control::{ClientMsg, CLIENT_ADD, PROTOCOL_VERSION};
+use tc_core::packet::{build_segment, flags, SegmentSpec};
+use tc_core::send::raw_socket::RawSocketSend;
+use tc_core::send::Sender;
 use tc_e2e::lab::*;
 use tc_e2e::replay::*;
 
@@ -659,7 +663,8 @@ fn request_pacing_w_r_and_wire_behaviours() {
 ///   first packet; measured over the first 16 s only);
 /// * `-H`: connections to 127.0.0.1 on the online host are replayed from the `-H` address;
 /// * `-f 1` and `-f 2`: two instances with the same `-c` address share one intercept without
-///   colliding: every online connection is replayed exactly once by each, whole.
+///   colliding: every online connection is replayed exactly once by each, whole;
+/// * intercept's delay table meanwhile (intercept spec 10 #6, [`delay_table_under_traffic`]).
 #[test]
 #[ignore = "needs root"]
 fn gradual_ramp_localhost_source_and_port_shift() {
@@ -723,6 +728,7 @@ fn gradual_ramp_localhost_source_and_port_shift() {
             .expect("loopback connection");
         }
     });
+    delay_table_under_traffic(&lab);
     let mut started: Vec<(u16, Duration)> = Vec::new();
     for c in clients {
         started.extend(c.join().unwrap());
@@ -833,4 +839,138 @@ fn gradual_ramp_localhost_source_and_port_shift() {
     for name in ["h", "f1", "f2"] {
         stop_tcpcopy(&lab, name);
     }
+}
+
+/// The first segment `sniff` saw that matches `what` (bounded wait).
+fn wait_seen(sniff: &Sniffer, what: &str, f: impl Fn(&Seen) -> bool) -> Seen {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(p) = sniff.snapshot().into_iter().find(&f) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "never saw {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// intercept spec 10 #6, while the test's clients are being replayed: a SYN-ACK captured
+/// before its CLIENT_ADD is delivered right after the ADD; a data response without a route is
+/// dropped, logged (`fd is null after session is created`) and not delivered later.
+fn delay_table_under_traffic(lab: &Lab) {
+    let fake = Ipv4Addr::new(203, 0, 113, 99);
+    let cport = 40099u16;
+    let sniff = Sniffer::start(lab, TARGET, &format!("tcp and host {fake}"));
+    let mut raw = lab.in_ns(ONLINE, || RawSocketSend::open().expect("raw socket"));
+    let mut send = |seq: u32, ack: u32, fl: u8, payload: &[u8]| {
+        let spec = SegmentSpec {
+            src: fake,
+            dst: TARGET_IP,
+            src_port: cport,
+            dst_port: TARGET_PORT,
+            seq,
+            ack,
+            flags: fl,
+            window: 65535,
+            ip_id: 1,
+            mss: (fl & flags::SYN != 0).then_some(1460),
+            timestamps: None,
+            payload,
+        };
+        let mut buf = [0u8; 1500];
+        let n = build_segment(&spec, &mut buf).unwrap();
+        raw.send(&buf[..n], 0).expect("raw send");
+    };
+    // A connection nobody announced: SYN, then a request once the target answered.
+    let isn = 7_000_000u32;
+    send(isn, 0, flags::SYN, &[]);
+    let synack = wait_seen(&sniff, "the SYN-ACK", |p| p.src == TARGET_IP && p.syn());
+    let req = request("delay", 10, 20);
+    send(
+        isn + 1,
+        synack.seq.wrapping_add(1),
+        flags::ACK | flags::PSH,
+        &req,
+    );
+    wait_seen(&sniff, "the answer", |p| p.src == TARGET_IP && p.len > 0);
+    // Reset: the target forgets the connection and sends nothing more.
+    send(isn + 1 + req.len() as u32, 0, flags::RST, &[]);
+    wait_for(
+        Duration::from_secs(10),
+        || {
+            lab.log("intercept")
+                .contains("fd is null after session is created")
+        },
+        || {
+            format!(
+                "intercept to drop the unrouted answer: {}",
+                lab.log("intercept")
+            )
+        },
+    );
+    // A tcpcopy stand-in announces the connection now.
+    let records: Vec<Vec<u8>> = lab.in_ns(ONLINE, || {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(ASSIST_IP, INTERCEPT_PORT)),
+            Duration::from_secs(5),
+        )
+        .expect("tunnel");
+        let version = ClientMsg {
+            client_ip: Ipv4Addr::UNSPECIFIED,
+            client_port: 0,
+            kind: PROTOCOL_VERSION,
+            target_ip: Ipv4Addr::UNSPECIFIED,
+            target_port: 0,
+        };
+        let add = ClientMsg {
+            client_ip: fake,
+            client_port: cport,
+            kind: CLIENT_ADD,
+            target_ip: TARGET_IP,
+            target_port: TARGET_PORT,
+        };
+        s.write_all(&version.encode()).unwrap();
+        s.write_all(&add.encode()).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut bytes = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        // Combined frames: a big-endian count, then 64-byte records.
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 2 <= bytes.len() {
+            let count = usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]));
+            at += 2;
+            assert!(
+                (1..=16).contains(&count) && at + count * 64 <= bytes.len(),
+                "a broken frame from intercept"
+            );
+            for _ in 0..count {
+                out.push(bytes[at..at + 64].to_vec());
+                at += 64;
+            }
+        }
+        out
+    });
+    let syn_acks = records.iter().filter(|r| r[33] & 0x12 == 0x12).count();
+    assert!(
+        syn_acks >= 1,
+        "the delayed SYN-ACK was not delivered after the ADD: {} records",
+        records.len()
+    );
+    assert!(
+        records.iter().all(|r| {
+            let total = u16::from_be_bytes([r[2], r[3]]);
+            total == 20 + u16::from(r[32] >> 4) * 4
+        }),
+        "an answer captured without a route was delivered later"
+    );
+    drop(sniff);
 }
