@@ -1144,9 +1144,11 @@ impl Session {
             }
             Phase::SynSent => now >= self.syn_sent_at + HANDSHAKE_DEADLINE,
             Phase::Established => {
-                (silent > ctx.cfg.session_timeout
-                    && (!self.pending.is_empty() || !self.sent_request))
-                    || silent > ctx.cfg.keepalive_timeout
+                // Spec 4.19: -t for a session holding captured data or without a request
+                // yet, -k for an idle one whose requests were sent (also when -k < -t).
+                let idle_keepalive = self.sent_request && self.pending.is_empty();
+                (silent > ctx.cfg.session_timeout && !idle_keepalive)
+                    || (silent > ctx.cfg.keepalive_timeout && idle_keepalive)
                     || (self.target_fin && silent > LINGER)
                     || self.buffered > ctx.cfg.max_session_bytes
             }
