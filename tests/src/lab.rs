@@ -408,8 +408,29 @@ pub struct Server {
     accept_thread: Option<JoinHandle<()>>,
 }
 
+/// How a [`Server`] answers: [`Answer::default`] is at once and in full, as the online
+/// servers; a target can be slower or answer shorter than online did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Answer {
+    /// Waits this long before each answer.
+    pub delay: Duration,
+    /// Answers this many bytes fewer than asked (at least 1 byte).
+    pub short_by: usize,
+}
+
 impl Server {
     pub fn start(lab: &Lab, host: &str, addr: SocketAddrV4, greeting: bool) -> Server {
+        Server::start_answering(lab, host, addr, greeting, Answer::default())
+    }
+
+    /// [`Server::start`] with answers shaped by `answer`.
+    pub fn start_answering(
+        lab: &Lab,
+        host: &str,
+        addr: SocketAddrV4,
+        greeting: bool,
+        answer: Answer,
+    ) -> Server {
         let conns: Arc<Mutex<Vec<ConnLog>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let listener = lab.in_ns(host, move || {
@@ -432,7 +453,7 @@ impl Server {
                             all.len() - 1
                         };
                         let c2 = c.clone();
-                        std::thread::spawn(move || serve_conn(stream, greeting, c2, index));
+                        std::thread::spawn(move || serve_conn(stream, greeting, answer, c2, index));
                     }
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -463,7 +484,13 @@ impl Drop for Server {
     }
 }
 
-fn serve_conn(mut stream: TcpStream, greeting: bool, log: Arc<Mutex<Vec<ConnLog>>>, index: usize) {
+fn serve_conn(
+    mut stream: TcpStream,
+    greeting: bool,
+    answer: Answer,
+    log: Arc<Mutex<Vec<ConnLog>>>,
+    index: usize,
+) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(120)));
     let _ = stream.set_nodelay(true);
@@ -496,6 +523,10 @@ fn serve_conn(mut stream: TcpStream, greeting: bool, log: Arc<Mutex<Vec<ConnLog>
                 break;
             }
             pending.drain(..eol + 1 + body);
+            if !answer.delay.is_zero() {
+                std::thread::sleep(answer.delay);
+            }
+            let resp = resp.saturating_sub(answer.short_by).max(1);
             if stream.write_all(&pattern(resp)).is_err() {
                 return;
             }

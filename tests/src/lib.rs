@@ -2,3 +2,4 @@
 //! ([`lab`]) and the benchmark helpers in `src/bin`.
 
 pub mod lab;
+pub mod replay;

@@ -14,6 +14,7 @@ use tc_core::capture::pcap_live::{PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
 use tc_core::packet::{ipv4_payload, Completeness, LinkType, PcapWriter, TcpPacket};
 use tc_e2e::lab::*;
+use tc_e2e::replay::{self, last_counter, start_tcpcopy, stop_tcpcopy};
 
 const ONLINE_PORT: u16 = 80;
 const ONLINE_GREET_PORT: u16 = 81;
@@ -75,45 +76,7 @@ fn setup() -> Setup {
 
 fn start_intercept(lab: &Lab) {
     let filter = format!("tcp and (src port {TARGET_PORT} or src port {TARGET_GREET_PORT})");
-    lab.spawn(
-        ASSIST,
-        "intercept",
-        &bin("intercept"),
-        &["-F", &filter, "-i", "eth0", "--allow", "198.18.0.20"],
-    );
-    assert!(
-        lab.wait_listening(
-            ONLINE,
-            SocketAddrV4::new(ASSIST_IP, INTERCEPT_PORT),
-            Duration::from_secs(10)
-        ),
-        "intercept does not listen: {}",
-        lab.log("intercept")
-    );
-}
-
-/// Starts tcpcopy on online and waits for its event loop.
-fn start_tcpcopy(lab: &Lab, name: &str, args: &[&str]) {
-    let mut all: Vec<&str> = vec!["-s", "198.18.0.40"];
-    all.extend_from_slice(args);
-    lab.spawn(ONLINE, name, &bin("tcpcopy"), &all);
-    wait_for(
-        Duration::from_secs(15),
-        || {
-            let log = lab.log(name);
-            assert!(lab.running(name), "tcpcopy did not start: {log}");
-            log.contains("event loop running")
-        },
-        || format!("tcpcopy's event loop: {}", lab.log(name)),
-    );
-}
-
-/// Stops tcpcopy with SIGTERM; it must exit 0. Returns its log.
-fn stop_tcpcopy(lab: &Lab, name: &str) -> String {
-    let code = lab.stop(name, libc::SIGTERM, Duration::from_secs(15));
-    let log = lab.log(name);
-    assert_eq!(code, Some(0), "tcpcopy exit: {log}");
-    log
+    replay::start_intercept(lab, &filter);
 }
 
 /// The standard workload (run from the client namespace): short connections, keep-alive
@@ -888,15 +851,6 @@ fn lab_workload_reaches_the_online_servers() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("via 198.18.0.40"));
-}
-
-/// The number after `name:` in the last statistics line that has it.
-fn last_counter(log: &str, name: &str) -> Option<u64> {
-    log.lines().rev().find_map(|l| {
-        let at = l.find(name)? + name.len();
-        let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    })
 }
 
 /// Plumbing: with the real intercept, both capture backends see the clients' packets and the

@@ -424,6 +424,28 @@ fn silent_target_times_out() {
     assert!(r.stats().send_syn >= 2, "SYN retried");
 }
 
+/// Spec 4.19: `-t` drops a session whose target is silent while it has sent no request (or
+/// holds captured data); `-k` only an idle session that has sent its requests, also when
+/// `-k` is below `-t`.
+#[test]
+fn session_timeout_and_keepalive_apply_to_their_own_sessions() {
+    for (requests, least, most) in [(0, 8, 12), (1, 2, 6)] {
+        let mut core = SimCore::new();
+        let mut c = ClientConn::new(40016 + requests as u16, reqs(requests, 100, 10));
+        c.with_fin = false;
+        let mut cfg = config();
+        cfg.session_timeout = Duration::from_secs(8);
+        cfg.keepalive_timeout = Duration::from_secs(2);
+        let (r, took) = replay(cfg, &mut core, std::slice::from_ref(&c));
+        assert_eq!(r.live_sessions(), 0);
+        assert!(
+            took >= Duration::from_secs(least) && took < Duration::from_secs(most),
+            "{requests} request(s): dropped after {took:?}"
+        );
+        assert_eq!(r.stats().obsolete_deleted, 1);
+    }
+}
+
 /// 10,000 concurrent sessions.
 #[test]
 fn ten_thousand_concurrent_sessions() {

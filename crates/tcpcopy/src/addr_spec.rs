@@ -56,7 +56,7 @@ impl Host {
             && !text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
         if !plausible {
             return err(format!(
-                "{what}: \"{text}\" is not a valid IPv4 address or host name"
+                "{what}: \"{text}\" is not a valid IPv4 address or host name (the original's inet_addr made it 255.255.255.255)"
             ));
         }
         Ok(Host::Name(text.to_string()))
@@ -106,7 +106,11 @@ impl std::fmt::Display for Host {
 pub fn parse_ip(text: &str, what: &str) -> Result<Ipv4Addr, SpecError> {
     text.trim()
         .parse::<Ipv4Addr>()
-        .or_else(|_| err(format!("{what}: \"{text}\" is not a valid IPv4 address")))
+        .or_else(|_| {
+            err(format!(
+                "{what}: \"{text}\" is not a valid IPv4 address (the original's inet_addr made it 255.255.255.255)"
+            ))
+        })
 }
 
 fn parse_port(text: &str, what: &str) -> Result<u16, SpecError> {
@@ -184,7 +188,7 @@ pub fn parse_transfers(text: &str) -> Result<Vec<TransferSpec>, SpecError> {
         let (dst, dst_port, dst_mac) = parse_endpoint(dst, &format!("{what} target"))?;
         let Some(dst) = dst else {
             return err(format!(
-                "{what}: the target needs an IP address (e.g. 198.18.0.30:{dst_port})"
+                "{what}: the target needs an IP address (e.g. 198.18.0.30:{dst_port}); the original would have sent to 0.0.0.0"
             ));
         };
         if transfers.len() == MAX_TRANSFERS {
@@ -291,7 +295,9 @@ pub fn parse_intercepts(text: &str, default_port: u16) -> Result<Vec<InterceptSp
             check_intercept(ip)?;
         }
         if out.len() == MAX_INTERCEPTS {
-            return err(format!("-s: at most {MAX_INTERCEPTS} intercepts"));
+            return err(format!(
+                "-s: at most {MAX_INTERCEPTS} intercepts (the original used the first {MAX_INTERCEPTS} and ignored the rest with a warning)"
+            ));
         }
         out.push(InterceptSpec { host, port });
     }
@@ -316,11 +322,13 @@ pub fn parse_client_ips(text: &str) -> Result<Vec<Ipv4Addr>, SpecError> {
     let mut out: Vec<Ipv4Addr> = Vec::new();
     for item in text.split(',').map(str::trim) {
         if item.is_empty() {
-            return err(format!("-c: empty item in \"{text}\""));
+            return err(format!(
+                "-c: empty item in \"{text}\" (the original stopped reading -c there)"
+            ));
         }
         if item.ends_with('*') {
             return err(format!(
-                "-c: {item} not valid, use x instead of * (e.g. 203.0.113.x)"
+                "-c: {item} not valid, use x instead of * (e.g. 203.0.113.x); the original skipped this item with an error and went on without it"
             ));
         }
         if let Some(prefix) = item.strip_suffix('x').or_else(|| item.strip_suffix('X')) {
@@ -348,10 +356,16 @@ pub fn parse_client_ips(text: &str) -> Result<Vec<Ipv4Addr>, SpecError> {
         }
         // Targets left out later are at most a few: bound the expansion of absurd lists.
         if out.len() > 16 * MAX_CLIENT_IPS {
-            return err(format!("-c: more than {MAX_CLIENT_IPS} client addresses"));
+            return err(too_many_client_ips());
         }
     }
     Ok(out)
+}
+
+fn too_many_client_ips() -> String {
+    format!(
+        "-c: more than {MAX_CLIENT_IPS} client addresses (the original used the first {MAX_CLIENT_IPS} and ignored the rest with a warning)"
+    )
 }
 
 /// The client addresses of `-c` without the targets (a fake client must not be a target), at
@@ -366,7 +380,7 @@ pub fn select_client_ips(
         .filter(|ip| !targets.contains(ip))
         .collect();
     if kept.len() > MAX_CLIENT_IPS {
-        return err(format!("-c: more than {MAX_CLIENT_IPS} client addresses"));
+        return err(too_many_client_ips());
     }
     if kept.is_empty() {
         return err("-c: no client address left (every one is a target address)");

@@ -36,7 +36,24 @@ pub fn open_pcap_devices(
         buffer_size: buffer_bytes as i32,
         promiscuous: true,
     };
-    Ok(pcap_live::open_devices(devices, &opts)?
+    let opened = pcap_live::open_devices(devices, &opts).map_err(|e| {
+        // `-i NAME` without a `/` or a capture extension is a device (cli::input_names_file):
+        // say so when no interface has that name, in case a file was meant.
+        let unknown: Vec<&str> = devices
+            .iter()
+            .map(String::as_str)
+            .filter(|d| !std::path::Path::new("/sys/class/net").join(d).exists())
+            .collect();
+        if unknown.is_empty() {
+            anyhow::anyhow!(e)
+        } else {
+            anyhow::anyhow!(
+                "{e}; no network interface is named {}: -i takes a name without a / as a device (write ./NAME for a pcap file)",
+                unknown.join(",")
+            )
+        }
+    })?;
+    Ok(opened
         .into_iter()
         .map(|c| {
             let (device, opts) = (c.device().to_string(), opts.clone());

@@ -19,6 +19,7 @@ use tc_core::control::DEFAULT_PORT;
 use tc_core::session::ReplayConfig;
 
 use crate::addr_spec::{self, InterceptSpec, SpecError, TransferSpec};
+use crate::numbers;
 
 pub const VERSION: &str = "1.3.0";
 /// Control-protocol version sent in the first record of every tunnel.
@@ -86,11 +87,11 @@ struct RawArgs {
     intercepts: Option<String>,
 
     #[arg(short = 'p', value_name = "port", help_heading = H_CONTROL,
-        default_value_t = DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..),
+        default_value_t = DEFAULT_PORT, value_parser = numbers::parse_port,
         help = "intercept port for -s entries without one")]
     intercept_port: u16,
     #[arg(short = 'C', value_name = "n", help_heading = H_CONTROL,
-        default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=11),
+        default_value_t = 2, value_parser = numbers::parse_conns,
         help = "connections per intercept, 1..11")]
     conns: u16,
     #[arg(short = 'L', help_heading = H_CONTROL,
@@ -114,15 +115,16 @@ struct RawArgs {
         help = "source IP for captured packets from 127.0.0.1")]
     localhost_replacement: Option<String>,
     #[arg(short = 'n', value_name = "n", help_heading = H_REPLAY,
-        default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1023),
+        default_value_t = 1, value_parser = numbers::parse_replicas,
         help = "copies of every session, 1..1023")]
     replicas: u16,
     #[arg(short = 'f', value_name = "n", help_heading = H_REPLAY,
-        default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=31),
-        help = "port-shift factor for several tcpcopy instances, 0..31")]
+        default_value_t = 0, value_parser = numbers::parse_port_shift,
+        help = "port-shift factor for several tcpcopy instances, 0..255; above 31 the\n\
+                shift wraps as in the original (one port for every connection)")]
     port_shift: u16,
     #[arg(short = 'r', value_name = "percent", help_heading = H_REPLAY,
-        default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100),
+        default_value_t = 0, value_parser = numbers::parse_percent,
         help = "replay this percentage of sessions, 0..100 (0 = all)")]
     sample_percent: u8,
     #[arg(short = 'g', help_heading = H_REPLAY,
@@ -135,27 +137,27 @@ struct RawArgs {
         help = "do not wait for the response before sending the next request")]
     dont_wait: bool,
     #[arg(short = 'M', value_name = "bytes", help_heading = H_REPLAY,
-        default_value_t = 1500, value_parser = clap::value_parser!(u16).range(128..),
+        default_value_t = 1500, value_parser = numbers::parse_mtu,
         help = "MTU: longer captured packets are split, 128..65535")]
     mtu: u16,
     #[arg(short = 'D', value_name = "bytes", help_heading = H_REPLAY,
-        default_value_t = 1460, value_parser = clap::value_parser!(u16).range(1..),
+        default_value_t = 1460, value_parser = numbers::parse_mss,
         help = "MSS in faked SYNs")]
     mss: u16,
     #[arg(short = 'R', value_name = "ms", help_heading = H_REPLAY,
-        default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..),
+        default_value_t = 0, value_parser = numbers::parse_rtt,
         help = "fixed RTT instead of the measured one (0 = measure)")]
     rtt_ms: u16,
     #[arg(short = 't', value_name = "s", help_heading = H_REPLAY,
-        default_value_t = 600, value_parser = clap::value_parser!(u32).range(0..=31_536_000),
+        default_value_t = 600, value_parser = numbers::parse_session_timeout,
         help = "session timeout: target silent this long")]
     session_timeout: u32,
     #[arg(short = 'k', value_name = "s", help_heading = H_REPLAY,
-        value_parser = clap::value_parser!(u32).range(1..=31_536_000),
+        value_parser = numbers::parse_keepalive_timeout,
         help = "keepalive timeout of idle sessions [default: -t + 120]")]
     keepalive_timeout: Option<u32>,
     #[arg(short = 'U', value_name = "KB", help_heading = H_REPLAY,
-        value_parser = clap::value_parser!(u16).range(1..=63),
+        value_parser = numbers::parse_pool_kb,
         help = "session pool size, accepted and ignored (1..63)")]
     pool_kb: Option<u16>,
 
@@ -165,17 +167,18 @@ struct RawArgs {
     capture: Option<CaptureKind>,
     /// pcap capture devices, or (offline) the pcap file.
     #[arg(short = 'i', value_name = "dev[,dev]", help_heading = H_CAPTURE,
-        help = "pcap devices [default: all but `any`]; -i <file> = offline replay")]
+        help = "pcap devices [default: all but `any`]; -i <file> = offline replay\n\
+                (a file: exists, contains a /, or ends in .pcap/.pcapng/.cap)")]
     input: Option<String>,
     #[arg(short = 'F', value_name = "filter", help_heading = H_CAPTURE,
         help = "pcap BPF filter [default: built from -x]")]
     filter: Option<String>,
     #[arg(short = 'B', value_name = "MB", help_heading = H_CAPTURE,
-        default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=2047),
+        default_value_t = 16, value_parser = numbers::parse_pcap_buffer_mb,
         help = "pcap kernel buffer, 1..2047")]
     pcap_buffer_mb: u32,
     #[arg(short = 'S', value_name = "bytes", help_heading = H_CAPTURE,
-        default_value_t = 65535, value_parser = clap::value_parser!(u32).range(64..=65535),
+        default_value_t = 65535, value_parser = numbers::parse_snaplen,
         help = "pcap snaplen, 64..65535")]
     snaplen: u32,
     #[arg(long = "capture-lost-exit", value_name = "secs", help_heading = H_CAPTURE,
@@ -185,15 +188,15 @@ struct RawArgs {
     capture_lost_exit: u64,
 
     #[arg(short = 'a', value_name = "n", help_heading = H_OFFLINE,
-        default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000),
+        default_value_t = 1, value_parser = numbers::parse_accel,
         help = "replay n times faster")]
     accel: u32,
     #[arg(short = 'I', value_name = "ms", help_heading = H_OFFLINE,
-        value_parser = clap::value_parser!(u32).range(1..),
-        help = "skip gaps longer than this [default: off]")]
+        value_parser = numbers::parse_interval_ms,
+        help = "skip gaps longer than this, 0 = off [default: off]")]
     interval_ms: Option<u32>,
     #[arg(short = 'T', value_name = "n", help_heading = H_OFFLINE,
-        default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        default_value_t = 1, value_parser = numbers::parse_passes,
         help = "passes over the file")]
     passes: u32,
     #[arg(long = "offline-tail", value_name = "s", help_heading = H_OFFLINE,
@@ -210,7 +213,7 @@ struct RawArgs {
     output_device: Option<String>,
 
     #[arg(short = 'm', value_name = "MB", help_heading = H_PROCESS,
-        default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_048_576),
+        default_value_t = 2048, value_parser = numbers::parse_memory_mb,
         help = "stop when the resident memory exceeds this")]
     memory_mb: u64,
     #[arg(short = 'l', value_name = "file", help_heading = H_PROCESS,
@@ -330,6 +333,8 @@ pub struct Options {
     pub transfers_text: String,
     pub intercepts_text: String,
     pub client_ips_text: Option<String>,
+    /// Settings the original accepted that work against the operator (logged at start-up).
+    pub warnings: Vec<String>,
 }
 
 /// A validated command line whose host names are not looked up yet: [`Args::resolve`] gives
@@ -468,6 +473,15 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         }
     };
 
+    let mut warnings = Vec::new();
+    if raw.port_shift > 31 {
+        // Spec 2.6: F*2048 + R no longer fits 16 bits, so wrap() maps every port P to
+        // (1024 + F*2048 + R) mod 65536, the same port for every connection of a client.
+        warnings.push(format!(
+            "-f {}: above 31 the port shift wraps as in the original: every client port becomes one port ((1024 + {}*2048 + R) mod 65536, R random in 0..512), so the connections of one client address collide; use -f 1..31",
+            raw.port_shift, raw.port_shift
+        ));
+    }
     let keepalive_timeout = raw
         .keepalive_timeout
         .unwrap_or(raw.session_timeout.saturating_add(120));
@@ -530,6 +544,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             transfers_text,
             intercepts_text,
             client_ips_text: raw.client_ips,
+            warnings,
         },
     })
 }
@@ -550,14 +565,39 @@ impl Args {
     }
 }
 
-/// Chooses the capture: `--capture` when given; otherwise `-i` naming an existing regular file
-/// means offline, `-i` naming anything else means pcap devices, no `-i` means the raw socket.
+/// Extensions that make `-i` a pcap file even when the file does not exist.
+const CAPTURE_EXTENSIONS: [&str; 3] = [".pcap", ".pcapng", ".cap"];
+
+/// How `-i` tells a pcap file from capture devices (the original had two builds for the two):
+/// the text names a file when such a file exists, when it contains a `/` (no interface name
+/// does), or when it ends in `.pcap`, `.pcapng` or `.cap`; anything else is a comma-separated
+/// list of devices. `Err` for a file that does not exist or is not a regular file, so a
+/// mistyped path says "no such file" instead of being opened as a device.
+fn input_names_file(text: &str) -> Result<bool, CliError> {
+    let lower = text.to_ascii_lowercase();
+    let looks_like_file =
+        text.contains('/') || CAPTURE_EXTENSIONS.iter().any(|e| lower.ends_with(e));
+    match std::fs::metadata(text) {
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(_) if looks_like_file => err(format!(
+            "-i {text}: not a regular file (offline replay reads a pcap file)"
+        )),
+        Err(e) if looks_like_file && e.kind() == std::io::ErrorKind::NotFound => err(format!(
+            "-i {text}: no such file (offline replay needs an existing pcap file)"
+        )),
+        Err(e) if looks_like_file => err(format!("-i {text}: {e}")),
+        _ => Ok(false),
+    }
+}
+
+/// Chooses the capture: `--capture` when given; otherwise `-i` naming a file (see
+/// [`input_names_file`]) means offline, `-i` naming devices means pcap capture, no `-i`
+/// means the raw socket.
 fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
-    let input_is_file = raw
-        .input
-        .as_deref()
-        .map(|p| std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false))
-        .unwrap_or(false);
+    let input_is_file = match raw.input.as_deref() {
+        Some(text) => input_names_file(text)?,
+        None => false,
+    };
     let pcap_only = [
         ("-F", raw.filter.is_some()),
         ("-B", typed(m, "pcap_buffer_mb")),
@@ -590,6 +630,7 @@ fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
                 accel: raw.accel,
                 max_gap: raw
                     .interval_ms
+                    .filter(|ms| *ms > 0)
                     .map(|ms| Duration::from_millis(u64::from(ms))),
                 passes: raw.passes,
                 tail: Duration::from_secs(u64::from(raw.offline_tail)),
@@ -654,7 +695,9 @@ fn parse_devices(list: &str) -> Result<Vec<String>, CliError> {
             return Ok(devices);
         }
         if devices.len() == MAX_DEVICES {
-            return err(format!("-i: at most {MAX_DEVICES} devices"));
+            return err(format!(
+                "-i: at most {MAX_DEVICES} devices (the original used the first {MAX_DEVICES} and ignored the rest)"
+            ));
         }
         devices.push(name.to_string());
     }
@@ -853,7 +896,8 @@ mod tests {
             ("-C", "-1"),
             ("-n", "0"),
             ("-n", "1024"),
-            ("-f", "32"),
+            ("-f", "256"),
+            ("-f", "-1"),
             ("-r", "101"),
             ("-r", "150"),
             ("-m", "0"),
@@ -870,7 +914,24 @@ mod tests {
         ] {
             let e = run_err(&with(&[flag, value]));
             assert!(e.contains(flag), "{flag} {value}: {e}");
+            assert!(e.contains("the original"), "{flag} {value}: {e}");
         }
+    }
+
+    /// `-f`: the original's 8-bit field, with a warning where the shift wraps (spec 2.6).
+    #[test]
+    fn port_shift_accepts_the_original_range() {
+        let o = run(&with(&["-f", "31"])).unwrap();
+        assert_eq!(o.replay.port_shift, 31);
+        assert!(o.warnings.is_empty());
+        for f in ["32", "255"] {
+            let o = run(&with(&["-f", f])).unwrap();
+            assert_eq!(o.replay.port_shift.to_string(), f);
+            assert_eq!(o.warnings.len(), 1);
+            assert!(o.warnings[0].contains("wraps"), "{:?}", o.warnings);
+        }
+        let e = run_err(&with(&["-f", "256"]));
+        assert!(e.contains("cut to 8 bits = 0: no shift"), "{e}");
     }
 
     #[test]
@@ -935,6 +996,22 @@ mod tests {
         assert!(run_err(&with(&["-T", "1"])).contains("offline"));
         assert!(run_err(&with(&["--capture", "pcap", "-S", "10"])).contains("-S"));
         assert!(run_err(&with(&["--capture", "bogus"])).contains("bogus"));
+    }
+
+    /// The rule by which `-i` names a file or devices (README "Offline replay").
+    #[test]
+    fn input_file_or_devices() {
+        for devices in ["eth0", "eth0.100", "eth0,eth1", "any", "br-1a2b"] {
+            assert_eq!(input_names_file(devices), Ok(false), "{devices}");
+        }
+        for missing in ["./eth0", "/no/such/file", "cap.PCAP", "x.pcapng", "x.cap"] {
+            let e = input_names_file(missing).unwrap_err().0;
+            assert!(e.contains("no such file"), "{missing}: {e}");
+        }
+        assert!(input_names_file("/")
+            .unwrap_err()
+            .0
+            .contains("not a regular file"));
     }
 
     #[test]

@@ -364,6 +364,7 @@ impl EventLoop {
             }
             if now >= next_memory {
                 next_memory = now + MEMORY_PERIOD;
+                log_resources();
                 if let Some(rss) = current_rss_bytes() {
                     log::info!("memory size:{} KB", rss / 1024);
                     if rss > self.cfg.memory_limit_bytes {
@@ -417,6 +418,7 @@ impl EventLoop {
             self.output.retry();
         }
         self.log_stats();
+        log_resources();
         self.final_report();
         stop
     }
@@ -669,6 +671,33 @@ impl EventLoop {
     }
 }
 
+/// Spec 9.3's resource lines (every 60 s and at exit): CPU time used so far and the peak
+/// resident size, from getrusage.
+fn log_resources() {
+    if let Some((user, sys, max_rss_kb)) = resource_usage() {
+        log::info!("user time used:{}", user.as_secs());
+        log::info!("sys  time used:{}", sys.as_secs());
+        log::info!("max memory size:{max_rss_kb}");
+    }
+}
+
+/// (user time, system time, peak RSS in KB) of this process.
+fn resource_usage() -> Option<(Duration, Duration, u64)> {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return None;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    // Linux reports ru_maxrss in KB.
+    let max_rss = u64::try_from(u.ru_maxrss).unwrap_or(0);
+    Some((time(u.ru_utime), time(u.ru_stime), max_rss))
+}
+
 /// Current resident set size from /proc/self/statm.
 pub fn current_rss_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -682,6 +711,12 @@ pub fn current_rss_bytes() -> Option<u64> {
 mod tests {
     use super::*;
     use tc_core::session::ReplayStats;
+
+    #[test]
+    fn resource_usage_is_readable() {
+        let (_, _, max_rss) = resource_usage().unwrap();
+        assert!(max_rss > 0);
+    }
 
     #[test]
     fn rss_is_readable() {

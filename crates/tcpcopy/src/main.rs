@@ -7,6 +7,7 @@ mod check;
 mod cli;
 mod diagnosis;
 mod event_loop;
+mod numbers;
 mod offline;
 mod output;
 mod report;
@@ -113,6 +114,9 @@ fn run(options: Options) -> anyhow::Result<i32> {
         None
     };
     log::info!("{}", cli::version_line());
+    for w in &options.warnings {
+        log::warn!("{w}");
+    }
     log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);
     log::info!("target:{}", options.transfers_text);
     log::info!("s parameter:{}", options.intercepts_text);
@@ -188,10 +192,15 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 Ok(false) => {}
                 Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
             }
-            log::info!(
-                "capture: raw socket, receive buffer {} bytes",
-                c.receive_buffer().unwrap_or(0)
-            );
+            let rcvbuf = c.receive_buffer().unwrap_or(0);
+            log::info!("capture: raw socket, receive buffer {rcvbuf} bytes");
+            // The kernel reports twice the size set; 64 MiB past net.core.rmem_max needs
+            // SO_RCVBUFFORCE, i.e. CAP_NET_ADMIN (CAP_NET_RAW alone gets rmem_max).
+            if rcvbuf < tc_core::capture::raw_socket::RAW_CAPTURE_RCVBUF {
+                log::warn!(
+                    "capture: receive buffer {rcvbuf} bytes, below the original's 64 MiB: give tcpcopy CAP_NET_ADMIN or raise net.core.rmem_max, or bursts are dropped in the kernel"
+                );
+            }
             // Not bound to a device: nothing to reopen.
             vec![Reopening::new(
                 "raw socket",

@@ -76,6 +76,16 @@ fn usage_errors_exit_non_zero_with_a_message() {
         (&["-x", X, "-s", S, "-p", "abc"], "-p"),
         (&["-x", X, "-s", S, "--send", "pcap"], "-o"),
         (&["-x", X, "-s", S, "-F", "tcp"], "--capture pcap"),
+        // A mistyped pcap path is not taken for a device name.
+        (
+            &["-x", X, "-s", S, "-i", "/no/such/dir/in.pcap"],
+            "no such file",
+        ),
+        (
+            &["-x", X, "-s", S, "-i", "no-such-capture.pcapng"],
+            "no such file",
+        ),
+        (&["-x", X, "-s", S, "-i", "/"], "not a regular file"),
     ];
     for (args, needle) in cases {
         let o = tcpcopy(args);
@@ -114,4 +124,69 @@ fn offline_file_that_is_not_a_capture_fails_start_up() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("open "), "{}", stderr(&o));
+}
+
+/// What we refuse on purpose, the original clamped, truncated or skipped: the error says what
+/// the original would have done (issue 20).
+#[test]
+fn refusals_say_what_the_original_did() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["-f", "256"], "256 cut to 8 bits = 0: no shift"),
+        (
+            &["-r", "150"],
+            "150 cut to 7 bits = 22 and replayed 22% of the sessions",
+        ),
+        (&["-C", "12"], "opened 11 connections per intercept"),
+        (&["-n", "1024"], "no copies"),
+        (&["-t", "-5"], "default of 600 s"),
+        (&["-c", "203.0.113.*"], "the original skipped this item"),
+        (&["-M", "70000"], "cut to 16 bits = 4464"),
+        (&["--capture", "pcap", "-S", "40"], "first 40 bytes"),
+        (&["-p", "x"], "atoi made it 0"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["-x", X, "-s", S];
+        args.extend_from_slice(extra);
+        let o = tcpcopy(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{args:?}: {e:?} lacks {needle:?}");
+    }
+    let many: Vec<String> = (1..=33).map(|i| format!("198.18.1.{i}")).collect();
+    let o = tcpcopy(&["-x", X, "-s", &many.join(",")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("ignored the rest"), "{}", stderr(&o));
+}
+
+/// `-f` takes the original's 8-bit range; above 31 it warns that the shift wraps.
+#[test]
+fn port_shift_above_31_is_accepted_with_a_warning() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = format!("127.0.0.1:{port}");
+    let o = tcpcopy(&["-x", X, "-s", &s, "-f", "200"]);
+    // Accepted: start-up goes on to the intercept, which is not there.
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("-f 200: above 31 the port shift wraps"), "{e}");
+    let o = tcpcopy(&["-x", X, "-s", &s, "-f", "31"]);
+    assert!(!stderr(&o).contains("wraps"), "{}", stderr(&o));
+}
+
+/// `-i NAME` without a `/` or a capture extension is a device; when no interface has that
+/// name the error says how to name a file.
+#[test]
+fn unknown_device_hints_at_the_file_rule() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let s = listener.local_addr().unwrap().to_string();
+    let o = tcpcopy(&["-x", X, "-s", &s, "-i", "nosuchdev0"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("no network interface is named nosuchdev0"),
+        "{e}"
+    );
+    assert!(e.contains("./NAME"), "{e}");
 }

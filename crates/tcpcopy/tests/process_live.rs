@@ -210,6 +210,10 @@ fn with_l_it_keeps_running_and_reconnects() {
     assert!(err.contains("sig 15 received"), "{err}");
     assert!(err.contains("all clt:"), "final statistics missing: {err}");
     assert!(err.contains("connects:4,disconnects:2"), "{err}");
+    // The original's resource lines (spec 9.3) at exit.
+    for line in ["user time used:", "sys  time used:", "max memory size:"] {
+        assert!(err.contains(line), "{line} missing: {err}");
+    }
 }
 
 #[test]

@@ -634,7 +634,9 @@ impl Session {
             }
             self.timers.stop(Timer::CaptureGap);
             if is_rst {
-                if !ctx.cfg.dont_wait && !self.response_complete(now, ack, true) {
+                // Spec 4.6-3: a client RST is held while a response is expected, also with
+                // -W (which only lets requests go without waiting, 4.11).
+                if !self.response_complete(now, ack, true) {
                     self.holding_since.get_or_insert(now);
                     break;
                 }
@@ -653,7 +655,10 @@ impl Session {
                 return;
             }
             if payload > 0 || is_fin {
-                if !ctx.cfg.dont_wait && !self.response_complete(now, ack, payload == 0) {
+                // -W sends requests without waiting; a bare FIN still waits for the
+                // response, as in the original (spec 4.11: "FIN handling is unchanged").
+                let wait = payload == 0 || !ctx.cfg.dont_wait;
+                if wait && !self.response_complete(now, ack, payload == 0) {
                     self.holding_since.get_or_insert(now);
                     break;
                 }
@@ -1139,9 +1144,11 @@ impl Session {
             }
             Phase::SynSent => now >= self.syn_sent_at + HANDSHAKE_DEADLINE,
             Phase::Established => {
-                (silent > ctx.cfg.session_timeout
-                    && (!self.pending.is_empty() || !self.sent_request))
-                    || silent > ctx.cfg.keepalive_timeout
+                // Spec 4.19: -t for a session holding captured data or without a request
+                // yet, -k for an idle one whose requests were sent (also when -k < -t).
+                let idle_keepalive = self.sent_request && self.pending.is_empty();
+                (silent > ctx.cfg.session_timeout && !idle_keepalive)
+                    || (silent > ctx.cfg.keepalive_timeout && idle_keepalive)
                     || (self.target_fin && silent > LINGER)
                     || self.buffered > ctx.cfg.max_session_bytes
             }
