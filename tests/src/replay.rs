@@ -15,9 +15,11 @@ use tc_core::packet::{ipv4_payload, Completeness, TcpPacket};
 use crate::lab::{bin, wait_for, Lab, ASSIST, ASSIST_IP, ONLINE, ONLINE_IP};
 
 pub const INTERCEPT_PORT: u16 = 36524;
+/// Where the intercept of [`start_intercept`] serves its metrics (loopback of the assistant).
+pub const INTERCEPT_METRICS: &str = "127.0.0.1:9478";
 
-/// Starts intercept on the assistant with `filter`, accepting the online host, and waits
-/// until it listens.
+/// Starts intercept on the assistant with `filter`, accepting the online host and serving
+/// its metrics at [`INTERCEPT_METRICS`], and waits until it listens.
 pub fn start_intercept(lab: &Lab, filter: &str) {
     lab.spawn(
         ASSIST,
@@ -30,6 +32,8 @@ pub fn start_intercept(lab: &Lab, filter: &str) {
             "eth0",
             "--allow",
             &ONLINE_IP.to_string(),
+            "--metrics",
+            INTERCEPT_METRICS,
         ],
     );
     assert!(

@@ -14,7 +14,7 @@ use tc_core::capture::pcap_live::{PcapLive, PcapLiveOptions};
 use tc_core::capture::Capture;
 use tc_core::packet::{ipv4_payload, Completeness, LinkType, PcapWriter, TcpPacket};
 use tc_e2e::lab::*;
-use tc_e2e::replay::{self, last_counter, start_tcpcopy, stop_tcpcopy};
+use tc_e2e::replay::{self, last_counter, start_tcpcopy, stop_tcpcopy, INTERCEPT_METRICS};
 
 const ONLINE_PORT: u16 = 80;
 const ONLINE_GREET_PORT: u16 = 81;
@@ -520,6 +520,39 @@ fn fidelity_report_matches_the_run() {
         "{metrics}"
     );
     assert_eq!(metric("tcpcopy_requests_sent_total"), requests, "{metrics}");
+    // intercept's --metrics during the same replay: promtool passes, and its counters are
+    // those of its final statistics lines.
+    let (status, imetrics) = s
+        .lab
+        .in_ns(ASSIST, || {
+            tc_test_support::http_get(INTERCEPT_METRICS.parse().unwrap(), "/metrics")
+        })
+        .expect("scrape intercept's /metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    tc_test_support::promtool_check(&imetrics);
+    assert_eq!(
+        s.lab
+            .stop("intercept", libc::SIGTERM, Duration::from_secs(10)),
+        Some(0)
+    );
+    let ilog = s.lab.log("intercept");
+    let imetric = |name: &str| -> Option<u64> {
+        let line = imetrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))?;
+        line[name.len() + 1..].parse().ok()
+    };
+    assert_eq!(
+        imetric("intercept_responses_total"),
+        last_counter(&ilog, "total resp packs:"),
+        "{imetrics}\n{ilog}"
+    );
+    assert_eq!(
+        imetric("intercept_client_adds_total"),
+        last_counter(&ilog, "route:"),
+        "{imetrics}\n{ilog}"
+    );
+    assert!(imetric("intercept_client_adds_total") >= Some(n as u64));
     // --stats-json: one JSON object per line, the last one at exit.
     let lines = std::fs::read_to_string(&stats).expect("stats written");
     let last: serde_json::Value =
