@@ -71,6 +71,10 @@ fn ip(lab: &Lab, host: &str, args: &[&str]) {
 
 /// Runs `tcpcopy --check` on online: (exit status, stdout, elapsed).
 fn check(lab: &Lab) -> (i32, String, Duration) {
+    check_with(lab, &[])
+}
+
+fn check_with(lab: &Lab, extra: &[&str]) -> (i32, String, Duration) {
     let started = Instant::now();
     let out = Command::new("timeout")
         .args(["30", "ip", "netns", "exec", &lab.ns(ONLINE)])
@@ -84,6 +88,7 @@ fn check(lab: &Lab) -> (i32, String, Duration) {
             "-c",
             "203.0.113.x",
         ])
+        .args(extra)
         .output()
         .unwrap();
     let text = format!(
@@ -140,6 +145,11 @@ fn check_names_each_misconfiguration_and_passes_a_healthy_lab() {
         !left.contains("203.0.113."),
         "the probe left a connection at the target:\n{left}"
     );
+
+    // A variant mismatch (tcpcopy --payload, intercept without): named, with the fix.
+    let (code, text, _) = check_with(&lab, &["--payload"]);
+    assert_eq!(code, 1, "{text}");
+    assert_named(&text, "same --payload", "variant mismatch");
 
     // 1. The target does not route the fake clients to the intercept host.
     ip(
