@@ -58,7 +58,14 @@ fn net_state(lab: &Lab, host: &str) -> String {
     ] {
         let mut all = vec!["-n", ns.as_str()];
         all.extend_from_slice(args);
-        out.push_str(&must(None, "root", 10, "ip", &all, None));
+        // IPv6 link-local addresses and their routes come and go with the kernel's duplicate
+        // address detection on a new namespace (`tentative`, then a local route): not ours.
+        for line in must(None, "root", 10, "ip", &all, None).lines() {
+            if !line.contains("fe80") {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
     }
     out.push_str(&must(
         Some(lab),

@@ -258,7 +258,19 @@ fn session_and_keepalive_timeouts_and_periodic_statistics() {
     start_tcpcopy(
         &lab,
         "tcpcopy",
-        &["-x", &x, "-c", "203.0.113.31", "-t", "3", "-k", "12"],
+        // --no-probe: intercept's route count is compared with tcpcopy's CLIENT_ADDs, and
+        // the start-up probe announces one of its own.
+        &[
+            "-x",
+            &x,
+            "-c",
+            "203.0.113.31",
+            "-t",
+            "3",
+            "-k",
+            "12",
+            "--no-probe",
+        ],
     );
     let started = Instant::now();
     // No request: a connection that only shakes hands. Keep-alive: one request, then idle.
