@@ -44,6 +44,30 @@ fn start_intercept(lab: &Lab, name: &str, filter_port: u16) {
     );
 }
 
+/// The target's route to the fake clients via the intercept host (lab.md): "add" or "del".
+fn fake_client_route(lab: &Lab, verb: &str) {
+    ip(
+        lab,
+        TARGET,
+        &[
+            "route",
+            verb,
+            "203.0.113.0/24",
+            "via",
+            &ASSIST_IP.to_string(),
+        ],
+    );
+}
+
+fn target_server(lab: &Lab) -> Server {
+    Server::start(
+        lab,
+        TARGET,
+        SocketAddrV4::new(TARGET_IP, TARGET_PORT),
+        false,
+    )
+}
+
 fn sysctl(lab: &Lab, host: &str, setting: &str) {
     let st = Command::new("ip")
         .args([
@@ -121,12 +145,7 @@ fn assert_named(text: &str, what: &str, context: &str) {
 fn check_names_each_misconfiguration_and_passes_a_healthy_lab() {
     require_root("diagnosis::check");
     let lab = Lab::start();
-    let _target = Server::start(
-        &lab,
-        TARGET,
-        SocketAddrV4::new(TARGET_IP, TARGET_PORT),
-        false,
-    );
+    let _target = target_server(&lab);
     start_intercept(&lab, "intercept", TARGET_PORT);
 
     // Healthy: exit 0, and nothing left at the target from the probe.
@@ -152,17 +171,7 @@ fn check_names_each_misconfiguration_and_passes_a_healthy_lab() {
     assert_named(&text, "same --payload", "variant mismatch");
 
     // 1. The target does not route the fake clients to the intercept host.
-    ip(
-        &lab,
-        TARGET,
-        &[
-            "route",
-            "del",
-            "203.0.113.0/24",
-            "via",
-            &ASSIST_IP.to_string(),
-        ],
-    );
+    fake_client_route(&lab, "del");
     let (code, text, took) = check(&lab);
     eprintln!("--- check ({took:?}):\n{text}");
     assert_eq!(code, 1, "{text}");
@@ -171,17 +180,7 @@ fn check_names_each_misconfiguration_and_passes_a_healthy_lab() {
         text.contains("on the target: ip route add 203.0.113.0/24 via 198.18.0.40"),
         "{text}"
     );
-    ip(
-        &lab,
-        TARGET,
-        &[
-            "route",
-            "add",
-            "203.0.113.0/24",
-            "via",
-            &ASSIST_IP.to_string(),
-        ],
-    );
+    fake_client_route(&lab, "add");
 
     // 2. The intercept host forwards.
     sysctl(&lab, ASSIST, "net.ipv4.ip_forward=1");
@@ -197,12 +196,7 @@ fn check_names_each_misconfiguration_and_passes_a_healthy_lab() {
     eprintln!("--- check ({took:?}):\n{text}");
     assert_eq!(code, 1, "{text}");
     assert_named(&text, "closed", "target port closed");
-    let _target = Server::start(
-        &lab,
-        TARGET,
-        SocketAddrV4::new(TARGET_IP, TARGET_PORT),
-        false,
-    );
+    let _target = target_server(&lab);
 
     // 4. intercept's filter on the wrong port.
     lab.stop("intercept", libc::SIGTERM, Duration::from_secs(10));
@@ -343,42 +337,17 @@ fn a_running_tcpcopy_names_the_broken_hop_within_10_s() {
         SocketAddrV4::new(ONLINE_IP, ONLINE_PORT),
         false,
     );
-    let target = Server::start(
-        &lab,
-        TARGET,
-        SocketAddrV4::new(TARGET_IP, TARGET_PORT),
-        false,
-    );
+    let target = target_server(&lab);
     start_intercept(&lab, "intercept", TARGET_PORT);
 
-    ip(
-        &lab,
-        TARGET,
-        &[
-            "route",
-            "del",
-            "203.0.113.0/24",
-            "via",
-            &ASSIST_IP.to_string(),
-        ],
-    );
+    fake_client_route(&lab, "del");
     running_verdict(
         &lab,
         "tcpcopy-route",
         "route",
         Some("ip route add 203.0.113.0/24"),
     );
-    ip(
-        &lab,
-        TARGET,
-        &[
-            "route",
-            "add",
-            "203.0.113.0/24",
-            "via",
-            &ASSIST_IP.to_string(),
-        ],
-    );
+    fake_client_route(&lab, "add");
 
     sysctl(&lab, ASSIST, "net.ipv4.ip_forward=1");
     running_verdict(&lab, "tcpcopy-forward", "ip_forward=1", None);
@@ -386,12 +355,7 @@ fn a_running_tcpcopy_names_the_broken_hop_within_10_s() {
 
     drop(target);
     running_verdict(&lab, "tcpcopy-closed", "closed", Some("closed"));
-    let _target = Server::start(
-        &lab,
-        TARGET,
-        SocketAddrV4::new(TARGET_IP, TARGET_PORT),
-        false,
-    );
+    let _target = target_server(&lab);
 
     lab.stop("intercept", libc::SIGTERM, Duration::from_secs(10));
     start_intercept(&lab, "intercept-wrong", TARGET_PORT + 1);
