@@ -442,6 +442,16 @@ fn command() -> Command {
         )
 }
 
+/// The second line of `-v`: this implementation's version and the git commit it was built
+/// from (build.rs; "unknown" without git).
+pub fn build_line() -> String {
+    format!(
+        "tcpcopy-rs {} (git commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("TC_GIT_COMMIT")
+    )
+}
+
 /// Parses and validates the command line (`args` includes the program name).
 pub fn parse<I, T>(args: I) -> Result<Config, CliExit>
 where
@@ -466,7 +476,7 @@ where
     }
     if m.get_flag("version") {
         return Err(CliExit {
-            message: format!("intercept version:{VERSION}"),
+            message: format!("intercept version:{VERSION}\n{}", build_line()),
             status: 0,
         });
     }
@@ -675,10 +685,11 @@ mod tests {
     #[test]
     fn version_and_help() {
         let v = p(&["-v"]).unwrap_err();
-        assert_eq!(
-            (v.message.as_str(), v.status),
-            ("intercept version:1.0.0", 0)
-        );
+        assert_eq!(v.status, 0);
+        let lines: Vec<&str> = v.message.lines().collect();
+        assert_eq!(lines[0], "intercept version:1.0.0");
+        let build = format!("tcpcopy-rs {} (git commit ", env!("CARGO_PKG_VERSION"));
+        assert!(lines[1].starts_with(&build), "{lines:?}");
         let h = p(&["-h"]).unwrap_err();
         assert_eq!(h.status, 0);
         for flag in [

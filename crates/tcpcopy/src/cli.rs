@@ -383,6 +383,16 @@ pub fn version_line() -> String {
     format!("tcpcopy version:{VERSION}")
 }
 
+/// The second line of `-v`: this implementation's version and the git commit it was built
+/// from (build.rs; "unknown" without git).
+pub fn build_line() -> String {
+    format!(
+        "tcpcopy-rs {} (git commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("TC_GIT_COMMIT")
+    )
+}
+
 /// Parses and validates the command line (`args` includes the program name). No host name
 /// is looked up here.
 pub fn parse<I, T>(args: I) -> Result<Command, CliError>
@@ -771,6 +781,8 @@ mod tests {
         assert!(matches!(parse(["tcpcopy", "-h"]), Ok(Command::Help)));
         assert!(matches!(parse(["tcpcopy", "-v"]), Ok(Command::Version)));
         assert_eq!(version_line(), "tcpcopy version:1.3.0");
+        let build = format!("tcpcopy-rs {} (git commit ", env!("CARGO_PKG_VERSION"));
+        assert!(build_line().starts_with(&build), "{}", build_line());
         let help = help();
         for flag in [
             "-x", "-c", "-H", "-s", "-p", "-C", "-n", "-f", "-r", "-g", "-m", "-M", "-D", "-R",

@@ -43,7 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            let _ = writeln!(std::io::stdout(), "{}", cli::version_line());
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}\n{}",
+                cli::version_line(),
+                cli::build_line()
+            );
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run(args)) => args,

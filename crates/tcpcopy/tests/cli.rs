@@ -21,10 +21,39 @@ const S: &str = "198.18.0.40";
 fn version() {
     let o = tcpcopy(&["-v"]);
     assert!(o.status.success());
+    // The original's line first (scripts read it), then the build.
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        "tcpcopy version:1.3.0"
+        String::from_utf8_lossy(&o.stdout),
+        format!("tcpcopy version:1.3.0\n{}\n", expected_build_line())
     );
+}
+
+/// The second line `-v` must print: the version of this package and the commit HEAD is at
+/// (build.rs reads the same), or "unknown" outside a git checkout.
+fn expected_build_line() -> String {
+    let commit = std::env::var("TC_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| {
+            let out = Command::new("git")
+                .args([
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    format!(
+        "tcpcopy-rs {} (git commit {commit})",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 #[test]
