@@ -3,7 +3,8 @@
 //! `--payload`, `--dnat`) and an allow list of tcpcopy peers.
 //!
 //! [`parse`] turns the arguments into a validated [`Config`] or a [`CliExit`] telling `main` what
-//! to print and which status to return; nothing here touches the network.
+//! to print and which status to return; nothing here touches the network (the hidden
+//! `--generate-docs <dir>` of packaging writes files and exits).
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
@@ -440,6 +441,31 @@ fn command() -> Command {
                 .help_heading(H_PROCESS)
                 .help("print this help and exit"),
         )
+        .arg(
+            Arg::new("generate_docs")
+                .long("generate-docs")
+                .value_name("dir")
+                .value_parser(clap::value_parser!(PathBuf))
+                .hide(true)
+                .help("Packaging: writes the man page and shell completions (scripts/package.sh)"),
+        )
+}
+
+/// `--generate-docs <dir>`: intercept.8 and the bash, zsh and fish completions, from the same
+/// definitions as `-h`. Returns the files written.
+pub fn generate_docs(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let cmd = command()
+        .about("pass a test server's responses back to tcpcopy")
+        .long_about(format!(
+            "intercept {VERSION} (tcpcopy-rs): captures the test server's responses and passes \
+             their headers back to the tcpcopy that announced each connection."
+        ));
+    let package = format!("tcpcopy-rs {}", env!("CARGO_PKG_VERSION"));
+    let extras = tc_core::docs::ManExtras {
+        package: &package,
+        see_also: &["tcpcopy(8)"],
+    };
+    tc_core::docs::generate(cmd, &extras, dir)
 }
 
 /// The second line of `-v`: this implementation's version and the git commit it was built
@@ -478,6 +504,19 @@ where
         return Err(CliExit {
             message: format!("intercept version:{VERSION}\n{}", build_line()),
             status: 0,
+        });
+    }
+    if let Some(dir) = m.get_one::<PathBuf>("generate_docs") {
+        return Err(match generate_docs(dir) {
+            Ok(files) => CliExit {
+                message: files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                status: 0,
+            },
+            Err(e) => CliExit::error(format!("writing the docs to {}: {e}", dir.display())),
         });
     }
     from_matches(&m)

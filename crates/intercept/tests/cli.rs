@@ -144,6 +144,26 @@ fn version_and_help() {
 }
 
 #[test]
+fn generate_docs_writes_the_man_page_and_completions() {
+    let dir = std::env::temp_dir().join(format!("intercept-docs-it-{}", std::process::id()));
+    let o = run(&["--generate-docs", dir.to_str().unwrap()]);
+    let man = std::fs::read_to_string(dir.join("intercept.8"));
+    let listed = String::from_utf8_lossy(&o.stdout).lines().count();
+    let present = ["intercept.bash", "_intercept", "intercept.fish"].map(|f| dir.join(f).is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(listed, 4, "{o:?}");
+    assert_eq!(present, [true; 3]);
+    let man = man.unwrap();
+    assert!(man.contains(".TH INTERCEPT 8 "), "{man}");
+    assert!(man.contains(".SH EXAMPLES"), "{man}");
+    // Hidden: not an option operators need in -h or the man page.
+    assert!(!man.contains("generate"), "{man}");
+    let help = run(&["-h"]);
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("generate"));
+}
+
+#[test]
 fn bad_arguments() {
     for args in [
         &["-F", "tcp", "-x"][..],

@@ -51,6 +51,20 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Ok(Command::GenerateDocs(dir)) => {
+            return match cli::generate_docs(&dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tcpcopy: writing the docs to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Ok(Command::Run(args)) => args,
         Err(e) => {
             eprintln!("tcpcopy: {e}");

@@ -77,6 +77,26 @@ fn help_is_grouped_with_defaults_and_examples() {
 }
 
 #[test]
+fn generate_docs_writes_the_man_page_and_completions() {
+    let dir = std::env::temp_dir().join(format!("tcpcopy-docs-it-{}", std::process::id()));
+    let o = tcpcopy(&["--generate-docs", dir.to_str().unwrap()]);
+    let man = std::fs::read_to_string(dir.join("tcpcopy.8"));
+    let listed = String::from_utf8_lossy(&o.stdout).lines().count();
+    let present = ["tcpcopy.bash", "_tcpcopy", "tcpcopy.fish"].map(|f| dir.join(f).is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(listed, 4, "{o:?}");
+    assert_eq!(present, [true; 3]);
+    let man = man.unwrap();
+    assert!(man.contains(".TH TCPCOPY 8 "), "{man}");
+    assert!(man.contains(".SH EXAMPLES"), "{man}");
+    // Hidden: not an option operators need in -h or the man page.
+    assert!(!man.contains("generate"), "{man}");
+    let help = tcpcopy(&["-h"]);
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("generate"));
+}
+
+#[test]
 fn usage_errors_exit_non_zero_with_a_message() {
     let cases: &[(&[&str], &str)] = &[
         (&["-s", S], "no -x"),
