@@ -110,8 +110,8 @@ Homepage: https://example.invalid/tcpcopy-rs
 Description: live TCP traffic replay (tcpcopy and intercept)
  tcpcopy copies live TCP traffic of a production host to a test server;
  intercept, on the test server's side, passes the responses back to it.
- A Rust re-implementation of TCPCopy. The binaries get file capabilities
- (CAP_NET_RAW, and CAP_NET_ADMIN for tcpcopy) for root and the group tcpcopy;
+ A Rust re-implementation of TCPCopy. The binaries get the file capabilities
+ CAP_NET_RAW and CAP_NET_ADMIN, for root and the group tcpcopy only;
  intercept.service and tcpcopy@.service run them as the user tcpcopy.
 EOF
 

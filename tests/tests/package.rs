@@ -204,7 +204,7 @@ fn deb_installs_man_pages_capabilities_and_units_then_purges_to_nothing() {
     // File capabilities instead of root, for root and the group tcpcopy only.
     for (name, caps) in [
         ("tcpcopy", "cap_net_admin,cap_net_raw=ep"),
-        ("intercept", "cap_net_raw=ep"),
+        ("intercept", "cap_net_admin,cap_net_raw=ep"),
     ] {
         let path = format!("/usr/sbin/{name}");
         let got = ok("getcap", &[&path]);
