@@ -3,7 +3,8 @@
 //! `--payload`, `--dnat`) and an allow list of tcpcopy peers.
 //!
 //! [`parse`] turns the arguments into a validated [`Config`] or a [`CliExit`] telling `main` what
-//! to print and which status to return; nothing here touches the network.
+//! to print and which status to return; nothing here touches the network (the hidden
+//! `--generate-docs <dir>` of packaging writes files and exits).
 
 use std::ffi::OsString;
 use std::net::Ipv4Addr;
@@ -440,6 +441,41 @@ fn command() -> Command {
                 .help_heading(H_PROCESS)
                 .help("print this help and exit"),
         )
+        .arg(
+            Arg::new("generate_docs")
+                .long("generate-docs")
+                .value_name("dir")
+                .value_parser(clap::value_parser!(PathBuf))
+                .hide(true)
+                .help("Packaging: writes the man page and shell completions (scripts/package.sh)"),
+        )
+}
+
+/// `--generate-docs <dir>`: intercept.8 and the bash, zsh and fish completions, from the same
+/// definitions as `-h`. Returns the files written.
+pub fn generate_docs(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let cmd = command()
+        .about("pass a test server's responses back to tcpcopy")
+        .long_about(format!(
+            "intercept {VERSION} (tcpcopy-rs): captures the test server's responses and passes \
+             their headers back to the tcpcopy that announced each connection."
+        ));
+    let package = format!("tcpcopy-rs {}", env!("CARGO_PKG_VERSION"));
+    let extras = tc_core::docs::ManExtras {
+        package: &package,
+        see_also: &["tcpcopy(8)"],
+    };
+    tc_core::docs::generate(cmd, &extras, dir)
+}
+
+/// The second line of `-v`: this implementation's version and the git commit it was built
+/// from (build.rs; "unknown" without git).
+pub fn build_line() -> String {
+    format!(
+        "tcpcopy-rs {} (git commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("TC_GIT_COMMIT")
+    )
 }
 
 /// Parses and validates the command line (`args` includes the program name).
@@ -466,8 +502,21 @@ where
     }
     if m.get_flag("version") {
         return Err(CliExit {
-            message: format!("intercept version:{VERSION}"),
+            message: format!("intercept version:{VERSION}\n{}", build_line()),
             status: 0,
+        });
+    }
+    if let Some(dir) = m.get_one::<PathBuf>("generate_docs") {
+        return Err(match generate_docs(dir) {
+            Ok(files) => CliExit {
+                message: files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                status: 0,
+            },
+            Err(e) => CliExit::error(format!("writing the docs to {}: {e}", dir.display())),
         });
     }
     from_matches(&m)
@@ -675,10 +724,11 @@ mod tests {
     #[test]
     fn version_and_help() {
         let v = p(&["-v"]).unwrap_err();
-        assert_eq!(
-            (v.message.as_str(), v.status),
-            ("intercept version:1.0.0", 0)
-        );
+        assert_eq!(v.status, 0);
+        let lines: Vec<&str> = v.message.lines().collect();
+        assert_eq!(lines[0], "intercept version:1.0.0");
+        let build = format!("tcpcopy-rs {} (git commit ", env!("CARGO_PKG_VERSION"));
+        assert!(lines[1].starts_with(&build), "{lines:?}");
         let h = p(&["-h"]).unwrap_err();
         assert_eq!(h.status, 0);
         for flag in [

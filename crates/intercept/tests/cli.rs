@@ -79,13 +79,42 @@ fn missing_filter() {
         .contains("please set filter (-F param) for capturing packets"));
 }
 
+/// The second line `-v` must print: the version of this package and the commit HEAD is at
+/// (build.rs reads the same), or "unknown" outside a git checkout.
+fn expected_build_line() -> String {
+    let commit = std::env::var("TC_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| {
+            let out = Command::new("git")
+                .args([
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    format!(
+        "tcpcopy-rs {} (git commit {commit})",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 #[test]
 fn version_and_help() {
     let out = run(&["-v"]);
     assert!(out.status.success());
+    // The original's line first (scripts read it), then the build.
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "intercept version:1.0.0"
+        String::from_utf8_lossy(&out.stdout),
+        format!("intercept version:1.0.0\n{}\n", expected_build_line())
     );
     let out = run(&["-h"]);
     assert!(out.status.success());
@@ -112,6 +141,26 @@ fn version_and_help() {
         assert!(help.contains(flag), "help lacks {flag}");
     }
     assert!(help.contains("36524") && help.contains("Examples"));
+}
+
+#[test]
+fn generate_docs_writes_the_man_page_and_completions() {
+    let dir = std::env::temp_dir().join(format!("intercept-docs-it-{}", std::process::id()));
+    let o = run(&["--generate-docs", dir.to_str().unwrap()]);
+    let man = std::fs::read_to_string(dir.join("intercept.8"));
+    let listed = String::from_utf8_lossy(&o.stdout).lines().count();
+    let present = ["intercept.bash", "_intercept", "intercept.fish"].map(|f| dir.join(f).is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(listed, 4, "{o:?}");
+    assert_eq!(present, [true; 3]);
+    let man = man.unwrap();
+    assert!(man.contains(".TH INTERCEPT 8 "), "{man}");
+    assert!(man.contains(".SH EXAMPLES"), "{man}");
+    // Hidden: not an option operators need in -h or the man page.
+    assert!(!man.contains("generate"), "{man}");
+    let help = run(&["-h"]);
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("generate"));
 }
 
 #[test]

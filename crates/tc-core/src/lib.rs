@@ -9,7 +9,8 @@
 //! reads no clock: time comes in as arguments. Everything that does I/O (`capture`, `send`,
 //! `control::conn`, `logging`, `metrics`) is behind the default feature `io`, so
 //! `cargo build -p tc-core --no-default-features` proves the core needs none of mio, libc,
-//! pcap, socket2 or env_logger.
+//! pcap, socket2 or env_logger. The binaries' man pages and shell completions (`docs`) are
+//! behind the feature `docs`, which the binaries enable.
 
 #[cfg(feature = "io")]
 pub mod capture;
@@ -18,6 +19,8 @@ pub mod control;
 #[cfg(feature = "io")]
 pub mod daemon;
 pub mod diagnose;
+#[cfg(feature = "docs")]
+pub mod docs;
 #[cfg(feature = "io")]
 pub mod logging;
 #[cfg(feature = "io")]

@@ -251,6 +251,9 @@ struct RawArgs {
     help: bool,
     #[arg(short = 'v', help_heading = H_PROCESS, help = "print the version and exit")]
     version: bool,
+    /// Packaging: writes the man page and shell completions (scripts/package.sh).
+    #[arg(long = "generate-docs", value_name = "dir", hide = true)]
+    generate_docs: Option<PathBuf>,
 }
 
 /// The clap command: [`RawArgs`] with the texts built at run time.
@@ -265,6 +268,23 @@ fn command() -> clap::Command {
 /// The `-h` text, generated from the option definitions.
 pub fn help() -> String {
     command().render_help().to_string()
+}
+
+/// `--generate-docs <dir>`: tcpcopy.8 and the bash, zsh and fish completions, from the same
+/// definitions as `-h`. Returns the files written.
+pub fn generate_docs(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let cmd = command()
+        .about("copy live TCP traffic to a test server")
+        .long_about(format!(
+            "tcpcopy {VERSION} (tcpcopy-rs): copies live TCP traffic to a test server. \
+             intercept, on the test server's side, passes the responses back."
+        ));
+    let package = format!("tcpcopy-rs {}", env!("CARGO_PKG_VERSION"));
+    let extras = tc_core::docs::ManExtras {
+        package: &package,
+        see_also: &["intercept(8)"],
+    };
+    tc_core::docs::generate(cmd, &extras, dir)
 }
 
 /// Where packets come from.
@@ -355,6 +375,8 @@ pub enum Command {
     Run(Box<Args>),
     Help,
     Version,
+    /// `--generate-docs <dir>` (hidden).
+    GenerateDocs(PathBuf),
 }
 
 /// A command-line error: printed on stderr, exit status [`EXIT_USAGE`].
@@ -383,6 +405,16 @@ pub fn version_line() -> String {
     format!("tcpcopy version:{VERSION}")
 }
 
+/// The second line of `-v`: this implementation's version and the git commit it was built
+/// from (build.rs; "unknown" without git).
+pub fn build_line() -> String {
+    format!(
+        "tcpcopy-rs {} (git commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("TC_GIT_COMMIT")
+    )
+}
+
 /// Parses and validates the command line (`args` includes the program name). No host name
 /// is looked up here.
 pub fn parse<I, T>(args: I) -> Result<Command, CliError>
@@ -402,6 +434,9 @@ where
     }
     if raw.version {
         return Ok(Command::Version);
+    }
+    if let Some(dir) = raw.generate_docs {
+        return Ok(Command::GenerateDocs(dir));
     }
     validate(raw, &matches).map(|a| Command::Run(Box::new(a)))
 }
@@ -771,6 +806,8 @@ mod tests {
         assert!(matches!(parse(["tcpcopy", "-h"]), Ok(Command::Help)));
         assert!(matches!(parse(["tcpcopy", "-v"]), Ok(Command::Version)));
         assert_eq!(version_line(), "tcpcopy version:1.3.0");
+        let build = format!("tcpcopy-rs {} (git commit ", env!("CARGO_PKG_VERSION"));
+        assert!(build_line().starts_with(&build), "{}", build_line());
         let help = help();
         for flag in [
             "-x", "-c", "-H", "-s", "-p", "-C", "-n", "-f", "-r", "-g", "-m", "-M", "-D", "-R",

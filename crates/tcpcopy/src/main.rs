@@ -43,8 +43,27 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            let _ = writeln!(std::io::stdout(), "{}", cli::version_line());
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}\n{}",
+                cli::version_line(),
+                cli::build_line()
+            );
             return ExitCode::SUCCESS;
+        }
+        Ok(Command::GenerateDocs(dir)) => {
+            return match cli::generate_docs(&dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tcpcopy: writing the docs to {}: {e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            };
         }
         Ok(Command::Run(args)) => args,
         Err(e) => {

@@ -21,10 +21,39 @@ const S: &str = "198.18.0.40";
 fn version() {
     let o = tcpcopy(&["-v"]);
     assert!(o.status.success());
+    // The original's line first (scripts read it), then the build.
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout).trim(),
-        "tcpcopy version:1.3.0"
+        String::from_utf8_lossy(&o.stdout),
+        format!("tcpcopy version:1.3.0\n{}\n", expected_build_line())
     );
+}
+
+/// The second line `-v` must print: the version of this package and the commit HEAD is at
+/// (build.rs reads the same), or "unknown" outside a git checkout.
+fn expected_build_line() -> String {
+    let commit = std::env::var("TC_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| {
+            let out = Command::new("git")
+                .args([
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "rev-parse",
+                    "--short",
+                    "HEAD",
+                ])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    format!(
+        "tcpcopy-rs {} (git commit {commit})",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 #[test]
@@ -45,6 +74,26 @@ fn help_is_grouped_with_defaults_and_examples() {
     ] {
         assert!(text.contains(needle), "help lacks {needle:?}");
     }
+}
+
+#[test]
+fn generate_docs_writes_the_man_page_and_completions() {
+    let dir = std::env::temp_dir().join(format!("tcpcopy-docs-it-{}", std::process::id()));
+    let o = tcpcopy(&["--generate-docs", dir.to_str().unwrap()]);
+    let man = std::fs::read_to_string(dir.join("tcpcopy.8"));
+    let listed = String::from_utf8_lossy(&o.stdout).lines().count();
+    let present = ["tcpcopy.bash", "_tcpcopy", "tcpcopy.fish"].map(|f| dir.join(f).is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(listed, 4, "{o:?}");
+    assert_eq!(present, [true; 3]);
+    let man = man.unwrap();
+    assert!(man.contains(".TH TCPCOPY 8 "), "{man}");
+    assert!(man.contains(".SH EXAMPLES"), "{man}");
+    // Hidden: not an option operators need in -h or the man page.
+    assert!(!man.contains("generate"), "{man}");
+    let help = tcpcopy(&["-h"]);
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("generate"));
 }
 
 #[test]
