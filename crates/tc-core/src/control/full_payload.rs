@@ -260,11 +260,7 @@ mod tests {
                 stream.extend_from_slice(&[0, 2]);
             }
             stream.extend_from_slice(&rec);
-            if !combined {
-                stream.extend_from_slice(&[0x46; 64]);
-            } else {
-                stream.extend_from_slice(&[0x46; 64]);
-            }
+            stream.extend_from_slice(&[0x46; 64]);
             stream.extend(data(b"hello", 0));
             if combined {
                 stream.extend_from_slice(&[0, 1]);
