@@ -255,7 +255,7 @@ struct RawArgs {
                 ETag, Last-Modified, Set-Cookie, Expires, Age, trace ids and framing")]
     diff_ignore_header: Vec<String>,
     #[arg(long = "diff-session-kb", value_name = "KiB", help_heading = H_DIFF,
-        default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=65_536),
+        default_value_t = 4096, value_parser = clap::value_parser!(u32).range(4..=65_536),
         help = "response bytes held per connection while waiting for the other side; beyond\n\
                 it responses are cut and reported as truncated")]
     diff_session_kb: u32,

@@ -36,11 +36,12 @@ use tc_core::session::Key;
 pub const MAX_CONNECTIONS: usize = 200_000;
 /// A connection with no new bytes on either side this long is ended on both sides.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Client segments whose first bytes are kept per connection (the request excerpts).
-const REQUESTS_KEPT: usize = 16;
+/// Client segments whose first bytes are kept per connection until the first side answers
+/// past them (the request excerpts; production's capture may lag the client's).
+const REQUESTS_KEPT: usize = 256;
 const REQUEST_EXCERPT: usize = 96;
-/// Acks of the recent responses kept per side (to find a request's first byte).
-const ACKS_KEPT: usize = 32;
+/// Request excerpts waiting for their pair, per connection (past it the oldest go).
+const EXCERPTS_KEPT: usize = 1024;
 
 /// `--diff FILE` and its options.
 #[derive(Debug, Clone)]
@@ -80,7 +81,6 @@ struct SideTrack {
     count: u64,
     /// Bytes of the current response taken (the per-response cap).
     resp_bytes: usize,
-    acks: VecDeque<(u64, u32)>,
     ended: bool,
 }
 
@@ -89,7 +89,13 @@ struct Conn {
     pairer: Pairer,
     sides: [SideTrack; 2],
     first_data: Option<u32>,
-    requests: VecDeque<(u32, u8, [u8; REQUEST_EXCERPT])>,
+    /// Recent client segments: (seq, end, excerpt length, excerpt).
+    requests: VecDeque<(u32, u32, u8, [u8; REQUEST_EXCERPT])>,
+    /// The excerpt of request n, taken when the first side starts answering it (the
+    /// request is then among the last client segments).
+    /// (request number, its first byte, the ack that ended it, the excerpt: empty while
+    /// its segment has not been seen, filled when it comes).
+    excerpts: VecDeque<(u64, Option<u32>, u32, String)>,
     last_active: Instant,
 }
 
@@ -197,6 +203,7 @@ impl DiffEngine {
                         p.seq()
                     }),
                     requests: VecDeque::new(),
+                    excerpts: VecDeque::new(),
                     last_active: now,
                 },
             );
@@ -213,7 +220,14 @@ impl DiffEngine {
             let n = payload.len().min(REQUEST_EXCERPT);
             let mut b = [0u8; REQUEST_EXCERPT];
             b[..n].copy_from_slice(&payload[..n]);
-            c.requests.push_back((p.seq(), n as u8, b));
+            let end = p.seq().wrapping_add(payload.len() as u32);
+            c.requests.push_back((p.seq(), end, n as u8, b));
+            // An answer captured before its request (two captures, two sockets).
+            for e in c.excerpts.iter_mut().filter(|e| e.3.is_empty()) {
+                if e.1 == Some(p.seq()) || e.2 == end {
+                    e.3 = Excerpt::of(&b[..n]).as_str().to_string();
+                }
+            }
         }
     }
 
@@ -300,14 +314,31 @@ impl DiffEngine {
             let end = seq.wrapping_add(payload.len() as u32);
             s.next_seq = Some(end);
             if s.last_ack.is_none_or(|a| seq_gt(ack, a)) {
+                // Request n runs from the ack of answer n - 1 (or the first byte) to `ack`.
+                let start = s.last_ack.or(c.first_data);
                 s.last_ack = Some(ack);
                 s.count += 1;
                 s.resp_bytes = 0;
-                if s.acks.len() >= ACKS_KEPT {
-                    s.acks.pop_front();
-                }
-                s.acks.push_back((s.count, ack));
+                let n = s.count;
                 c.pairer.request(side);
+                if c.excerpts.back().is_none_or(|e| e.0 < n) {
+                    // The segment where the request starts, else the one where it ends.
+                    let text = start
+                        .and_then(|start| c.requests.iter().find(|r| r.0 == start))
+                        .or_else(|| c.requests.iter().find(|r| r.1 == ack))
+                        .map(|(_, _, len, b)| {
+                            Excerpt::of(&b[..usize::from(*len)]).as_str().to_string()
+                        })
+                        .unwrap_or_default();
+                    if c.excerpts.len() >= EXCERPTS_KEPT {
+                        c.excerpts.pop_front();
+                    }
+                    c.excerpts.push_back((n, start, ack, text));
+                    // The leading side answered up to `ack`: earlier requests are done with.
+                    while c.requests.front().is_some_and(|r| !seq_gt(r.1, ack)) {
+                        c.requests.pop_front();
+                    }
+                }
             }
             if gap {
                 self.counters.gaps += 1;
@@ -387,6 +418,19 @@ impl DiffEngine {
     }
 
     fn record(&mut self, key: Key, r: Record) {
+        let n = match &r {
+            Record::Pair(p) => p.request,
+            Record::Unpaired(u) => u.request,
+        };
+        self.record_one(key, r);
+        if let Some(c) = self.conns.get_mut(&key) {
+            while c.excerpts.front().is_some_and(|e| e.0 <= n) {
+                c.excerpts.pop_front();
+            }
+        }
+    }
+
+    fn record_one(&mut self, key: Key, r: Record) {
         match r {
             Record::Pair(pair) => {
                 let cmp = self.comparator.compare_pair(&pair);
@@ -449,26 +493,15 @@ impl DiffEngine {
         }
     }
 
-    /// The first bytes of request `n`: the client bytes from the ack of response `n - 1`
-    /// (or from the connection's first byte).
+    /// The first bytes of request `n` (see `Conn::excerpts`).
     fn request_excerpt(&self, key: Key, n: u64) -> String {
         let Some(c) = self.conns.get(&key) else {
             return String::new();
         };
-        let start = if n <= 1 {
-            c.first_data
-        } else {
-            c.sides
-                .iter()
-                .find_map(|s| s.acks.iter().find(|(k, _)| *k == n - 1).map(|(_, a)| *a))
-        };
-        let Some(start) = start else {
-            return String::new();
-        };
-        c.requests
+        c.excerpts
             .iter()
-            .find(|(seq, _, _)| *seq == start)
-            .map(|(_, len, b)| Excerpt::of(&b[..usize::from(*len)]).as_str().to_string())
+            .find(|e| e.0 == n)
+            .map(|e| e.3.clone())
             .unwrap_or_default()
     }
 
