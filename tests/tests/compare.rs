@@ -93,10 +93,19 @@ fn metric(lab: &Lab, name: &str) -> u64 {
 /// Waits until `expected` responses were compared or reported unpaired, stops tcpcopy and
 /// returns the diff file's objects and the report.
 fn finish(lab: &Lab, expected: u64, diff: &Path, report: &Path) -> (Vec<Value>, Value) {
+    // Done when the count reached `expected` and stayed for a second (clients such as
+    // redis-benchmark send a few requests of their own).
+    let mut last = (0, Instant::now());
     let (done, seen) = poll(Duration::from_secs(40), || {
         let n =
             metric(lab, "tcpcopy_diff_compared_total") + metric(lab, "tcpcopy_diff_unpaired_total");
-        (n >= expected, n)
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        (
+            n >= expected && last.1.elapsed() >= Duration::from_secs(1),
+            n,
+        )
     });
     let code = lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(15));
     assert!(
