@@ -95,6 +95,9 @@ pub struct Config {
     pub protect: bool,
     pub combined: bool,
     pub payload: bool,
+    /// `--full-payload`: grant tcpcopies that ask (`tcpcopy --full-payload`) the target's
+    /// response bytes, up to a cap per response.
+    pub full_payload: bool,
     pub dnat: bool,
     /// Empty: everyone may connect (the command line only allows that when listening on a
     /// loopback address; `--allow any` is [`PeerNet::ANY`]).
@@ -138,6 +141,7 @@ impl Config {
             protect: false,
             combined: true,
             payload: false,
+            full_payload: false,
             dnat: false,
             allow: Vec::new(),
             route_timeout: Duration::from_secs(DEFAULT_ROUTE_TIMEOUT_SECS),
@@ -397,6 +401,13 @@ fn command() -> Command {
                 .help("192-byte records carrying up to 128 bytes of response payload"),
         )
         .arg(
+            Arg::new("full_payload")
+                .long("full-payload")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("send the target's response bytes (up to 64 KiB per response) to a tcpcopy that asks with --full-payload (tcpcopy --diff); others get the records only"),
+        )
+        .arg(
             Arg::new("dnat")
                 .long("dnat")
                 .action(ArgAction::SetTrue)
@@ -559,6 +570,7 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
     let mut cfg = Config::with_filter(&filter);
     cfg.devices = devices;
     cfg.payload = payload;
+    cfg.full_payload = m.get_flag("full_payload");
     cfg.port = *m.get_one::<u16>("port").unwrap_or(&DEFAULT_PORT);
     cfg.bind = *m
         .get_one::<Ipv4Addr>("bind")

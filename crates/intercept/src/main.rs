@@ -86,6 +86,9 @@ fn run(cfg: &cli::Config) -> anyhow::Result<()> {
     if cfg.payload {
         modes.push("TC_PAYLOAD");
     }
+    if cfg.full_payload {
+        modes.push("FULL_PAYLOAD");
+    }
     if cfg.single {
         modes.push("TC_SINGLE");
     }

@@ -93,6 +93,8 @@ pub struct Watches {
     fmt: WireFormat,
     /// `--route`: answers go into our TUN device, whatever IP forwarding says.
     route_mode: bool,
+    /// intercept runs with `--full-payload` (told in the hello reply).
+    full_payload: bool,
     list: Vec<Watch>,
     /// When the last watches were opened (ms), for the rate limit.
     opened: Vec<u64>,
@@ -107,9 +109,15 @@ impl Watches {
             },
             fmt,
             route_mode,
+            full_payload: false,
             list: Vec::new(),
             opened: Vec::new(),
         }
+    }
+
+    pub fn with_full_payload(mut self, on: bool) -> Watches {
+        self.full_payload = on;
+        self
     }
 
     fn reply(&self, kind: ReplyKind, client: SocketAddrV4, target: SocketAddrV4) -> ProbeReply {
@@ -118,6 +126,7 @@ impl Watches {
             version: version(),
             combined: self.fmt.combined,
             payload: self.fmt.payload,
+            full_payload: self.full_payload,
             ip_forward: if self.route_mode {
                 Some(false)
             } else {

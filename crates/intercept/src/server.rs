@@ -33,6 +33,7 @@ use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType,
 
 use crate::cli::{Config, Devices};
 use crate::probe::Watches;
+use tc_core::control::full_payload::{self, Data, Grant, FULL_PAYLOAD_REQUEST};
 use tc_core::control::probe::{PROBE_HELLO, PROBE_QUERY};
 
 const LISTENER: Token = Token(0);
@@ -100,6 +101,14 @@ const LOG_BURST: u32 = 10;
 pub const SNAPLEN: i32 = 200;
 pub const SNAPLEN_PAYLOAD: i32 = 330;
 pub const CAPTURE_BUFFER: i32 = 16 << 20;
+/// Snap length with `--full-payload`: whole segments.
+pub const SNAPLEN_FULL: i32 = 65535;
+/// Data messages wait in a tunnel's output up to this much; beyond it they are dropped
+/// (counted) so that a slow tcpcopy never loses the records the replay needs.
+const DATA_OUT_LIMIT: usize = TUNNEL_OUT_LIMIT / 2;
+/// Connections whose bytes per response are counted for the cap (a fixed table: a
+/// connection whose slot is taken by another starts its count again).
+const CAP_SLOTS: usize = 4096;
 
 /// A capture source as the server sees it: a [`Capture`] that may report kernel drops.
 pub trait Source: Capture {
@@ -182,7 +191,9 @@ pub fn open_captures(cfg: &Config) -> anyhow::Result<Vec<NamedSource>> {
         Devices::List(l) => l.clone(),
     };
     let mut opts = PcapLiveOptions::new(&cfg.filter);
-    opts.snaplen = if cfg.payload {
+    opts.snaplen = if cfg.full_payload {
+        SNAPLEN_FULL
+    } else if cfg.payload {
         SNAPLEN_PAYLOAD
     } else {
         SNAPLEN
@@ -234,6 +245,13 @@ pub struct Stats {
     pub unknown_msgs: u64,
     /// Answers to tcpcopy's path probe questions.
     pub probe_replies: u64,
+    /// `--full-payload`: tunnels granted, data messages sent, payload bytes sent, bytes left
+    /// out at the per-response cap, messages dropped because the tunnel was backed up.
+    pub full_payload_tunnels: u64,
+    pub data_messages: u64,
+    pub data_bytes: u64,
+    pub data_capped_bytes: u64,
+    pub data_dropped: u64,
 }
 
 /// A handle to stop a running server from another thread.
@@ -282,6 +300,8 @@ struct Tunnel {
     /// When the last complete record arrived (the version record included).
     last_input: Millis,
     handshaken: bool,
+    /// The peer asked for full payloads and was granted them.
+    full_payload: bool,
     dirty: bool,
     read_again: bool,
     closing: Option<&'static str>,
@@ -358,6 +378,8 @@ enum MsgAction {
     Deliver(Held),
     /// A path probe question of tcpcopy's (`--check`): answer it on this tunnel.
     Probe(ClientMsg),
+    /// tcpcopy asks for full payloads: grant or refuse on this tunnel.
+    FullPayload,
 }
 
 /// The tunnel as the routing decisions see it.
@@ -383,6 +405,8 @@ impl Tunnel {
 /// Routing state shared by the capture and control paths. It decides; the loop moves bytes.
 struct Core {
     fmt: WireFormat,
+    /// `--full-payload`: the per-response byte counts and the message being built.
+    full_payload: Option<FullPayload>,
     max_batch: usize,
     dnat: bool,
     single_mode: bool,
@@ -551,6 +575,7 @@ impl Core {
                 MsgAction::Nothing
             }
             ClientMsgKind::Unknown(PROBE_HELLO | PROBE_QUERY) => MsgAction::Probe(msg),
+            ClientMsgKind::Unknown(FULL_PAYLOAD_REQUEST) => MsgAction::FullPayload,
             ClientMsgKind::Unknown(other) => {
                 // Spec 4.1: warned and ignored; the connection stays open.
                 self.stats.unknown_msgs += 1;
@@ -676,6 +701,7 @@ impl Server {
         };
         let core = Core {
             fmt,
+            full_payload: cfg.full_payload.then(FullPayload::new),
             max_batch: cfg.batch.clamp(1, fmt.max_batch()),
             dnat: cfg.dnat,
             single_mode: cfg.single,
@@ -724,7 +750,8 @@ impl Server {
             metrics,
             accept_retry_at: None,
             per_peer: HashMap::new(),
-            watches: Watches::new(&cfg.devices, fmt, cfg.route.is_some()),
+            watches: Watches::new(&cfg.devices, fmt, cfg.route.is_some())
+                .with_full_payload(cfg.full_payload),
             capture_watch: CaptureWatch::default(),
         })
     }
@@ -1081,6 +1108,7 @@ impl Server {
                 accepted_at: now,
                 last_input: now,
                 handshaken: false,
+                full_payload: false,
                 dirty: false,
                 read_again: false,
                 closing: None,
@@ -1138,6 +1166,31 @@ impl Server {
                     let mut not_counted = Stats::default();
                     tunnel.push(&rec, core.fmt, core.max_batch, &mut not_counted);
                     core.stats.probe_replies += 1;
+                }
+                MsgAction::FullPayload => {
+                    let grant = Grant {
+                        granted: core.full_payload.is_some(),
+                        cap: full_payload::DEFAULT_CAP,
+                    };
+                    if grant.granted {
+                        if !tunnel.full_payload {
+                            core.stats.full_payload_tunnels += 1;
+                        }
+                        tunnel.full_payload = true;
+                        info!(
+                            "tunnel {id} from {}: full payloads granted (up to {} bytes per response)",
+                            tunnel.peer, grant.cap
+                        );
+                    } else {
+                        warn!(
+                            "tunnel {id} from {} asks for full payloads (tcpcopy --full-payload): refused, intercept runs without --full-payload",
+                            tunnel.peer
+                        );
+                    }
+                    let rec = grant.encode(core.fmt.record_len());
+                    // Counted apart, like the probe's replies.
+                    let mut not_counted = Stats::default();
+                    tunnel.push(&rec, core.fmt, core.max_batch, &mut not_counted);
                 }
             }
         }
@@ -1225,6 +1278,11 @@ impl Server {
                                 core.max_batch,
                                 &mut core.stats,
                             );
+                            if tunnel.full_payload && tunnel.closing.is_none() {
+                                if let Some(fp) = core.full_payload.as_mut() {
+                                    fp.send(link, frame, core.rewrite, tunnel, &mut core.stats);
+                                }
+                            }
                             tunnel.mark_dirty(dirty);
                         }
                         // Routes leave with their tunnel, so this is not expected.
@@ -1418,6 +1476,16 @@ impl Server {
             "{what}: capture frames:{},drops:{},kernel drops:{},log lines suppressed:{}",
             s.frames, s.drops, s.kernel_drops, s.logs_suppressed
         );
+        if self.core.full_payload.is_some() {
+            info!(
+                "{what}: full payload tunnels:{},data messages:{},data bytes:{},capped bytes:{},dropped (tunnel backed up):{}",
+                s.full_payload_tunnels,
+                s.data_messages,
+                s.data_bytes,
+                s.data_capped_bytes,
+                s.data_dropped
+            );
+        }
     }
 
     fn shutdown(&mut self) {
@@ -1435,6 +1503,115 @@ impl Server {
         self.log_stats("final");
         info!("release_resources end");
     }
+}
+
+/// `--full-payload`: what intercept sends a granted tunnel after each record (see
+/// `tc_core::control::full_payload`).
+struct FullPayload {
+    /// Per connection slot: (connection hash, the response's ack, bytes sent, cut).
+    slots: Box<[(u64, u32, u32, bool)]>,
+    /// The message being built (reused).
+    message: Vec<u8>,
+}
+
+impl FullPayload {
+    fn new() -> FullPayload {
+        FullPayload {
+            slots: vec![(0, 0, 0, false); CAP_SLOTS].into_boxed_slice(),
+            message: Vec::with_capacity(full_payload::MAX_UNIT),
+        }
+    }
+
+    /// The data message of a captured response that carries data, FIN or RST, queued on
+    /// `tunnel` (at most the cap per response; dropped and counted when the tunnel is backed
+    /// up).
+    fn send(
+        &mut self,
+        link: LinkType,
+        frame: &[u8],
+        rewrite: Option<(Ipv4Addr, Ipv4Addr)>,
+        tunnel: &mut Tunnel,
+        stats: &mut Stats,
+    ) {
+        let Ok(ip) = ipv4_payload(link, frame) else {
+            return;
+        };
+        let Ok(pkt) = TcpPacket::parse(ip, Completeness::HeadersOnly) else {
+            return;
+        };
+        let payload = pkt.payload();
+        let payload = &payload[..payload.len().min(pkt.payload_len())];
+        let mut flags_ = 0;
+        if pkt.has_flags(flags::FIN) {
+            flags_ |= full_payload::DATA_FIN;
+        }
+        if pkt.has_flags(flags::RST) {
+            flags_ |= full_payload::DATA_RST;
+        }
+        if payload.is_empty() && flags_ == 0 {
+            return;
+        }
+        let mut client_ip = pkt.dst_ip();
+        if let Some((from, to)) = rewrite {
+            if client_ip == from {
+                client_ip = to;
+            }
+        }
+        let client = SocketAddrV4::new(client_ip, pkt.dst_port());
+        let target = SocketAddrV4::new(pkt.src_ip(), pkt.src_port());
+        // The bytes of one response: sent while the target's ack stays the same.
+        let h = conn_hash(client, target);
+        let slot = &mut self.slots[(h % CAP_SLOTS as u64) as usize];
+        if slot.0 != h || slot.1 != pkt.ack() {
+            *slot = (h, pkt.ack(), 0, false);
+        }
+        let room = full_payload::DEFAULT_CAP.saturating_sub(slot.2) as usize;
+        let mut keep = payload.len().min(room);
+        if payload.len() < pkt.payload_len() {
+            // Not all captured (a frame beyond the snap length): the rest is unknown.
+            flags_ |= full_payload::DATA_CUT;
+        }
+        if keep < payload.len() {
+            stats.data_capped_bytes += (payload.len() - keep) as u64;
+            if slot.3 && flags_ == 0 {
+                return;
+            }
+            slot.3 = true;
+            flags_ |= full_payload::DATA_CUT;
+        }
+        keep = keep.min(full_payload::MAX_DATA);
+        slot.2 += keep as u32;
+        self.message.clear();
+        Data {
+            flags: flags_,
+            client,
+            target,
+            seq: pkt.seq(),
+            ack: pkt.ack(),
+            payload: &payload[..keep],
+        }
+        .encode(&mut self.message);
+        if tunnel.conn.pending_output() + self.message.len() > DATA_OUT_LIMIT {
+            stats.data_dropped += 1;
+            return;
+        }
+        if tunnel.conn.queue_data(&self.message).is_err() {
+            tunnel.closing = Some("send queue full (peer does not read)");
+            return;
+        }
+        stats.data_messages += 1;
+        stats.data_bytes += keep as u64;
+    }
+}
+
+/// A hash of a connection for the cap table (never 0 for a real one).
+fn conn_hash(client: SocketAddrV4, target: SocketAddrV4) -> u64 {
+    let a = u64::from(u32::from(*client.ip())) << 16 | u64::from(client.port());
+    let b = u64::from(u32::from(*target.ip())) << 16 | u64::from(target.port());
+    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b;
+    h ^= h >> 31;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (h ^ (h >> 29)) | 1
 }
 
 #[cfg(test)]

@@ -391,7 +391,14 @@ impl Probe {
                     findings.push(Finding {
                         ok: theirs == ours,
                         hop,
-                        seen: format!("tcpcopy-rs intercept {a}.{b}.{c}, {theirs}"),
+                        seen: format!(
+                            "tcpcopy-rs intercept {a}.{b}.{c}, {theirs}{}",
+                            if h.full_payload {
+                                ", full payloads granted (--full-payload)"
+                            } else {
+                                ""
+                            }
+                        ),
                         fix: (theirs != ours).then(|| {
                             format!("tcpcopy uses {ours}: give both sides the same --payload and --disable-combined")
                         }),
@@ -610,6 +617,7 @@ mod tests {
             version: (0, 1, 0),
             combined: true,
             payload: false,
+            full_payload: false,
             ip_forward: Some(false),
             watching: true,
             client: p.setup.client,

@@ -53,6 +53,7 @@ const H_SEND: &str = "Send";
 const H_PROCESS: &str = "Process";
 const H_REPORT: &str = "Reports";
 const H_DIAGNOSIS: &str = "Diagnosis";
+const H_DIFF: &str = "Compare the target's answers with production's";
 
 const EXAMPLE: &str = "\
 Example:
@@ -236,6 +237,34 @@ struct RawArgs {
         help = "serve Prometheus metrics (tcpcopy_*) at http://ADDR:PORT/metrics [default: off]")]
     metrics: Option<std::net::SocketAddr>,
 
+    #[arg(long = "full-payload", help_heading = H_CONTROL,
+        help = "ask each intercept for the target's response bytes (intercept --full-payload;\n\
+                stops with an error if one does not grant them) [default with --diff]")]
+    full_payload: bool,
+    #[arg(long = "diff", value_name = "file", help_heading = H_DIFF,
+        help = "compare each target response with production's and write one JSON object per\n\
+                difference to FILE (needs intercept --full-payload); summary in the statistics")]
+    diff: Option<PathBuf>,
+    #[arg(long = "diff-protocol", value_name = "http|redis|bytes", help_heading = H_DIFF,
+        value_parser = ["http", "redis", "bytes"],
+        help = "compare as this protocol [default: detected from each response's first bytes]")]
+    diff_protocol: Option<String>,
+    #[arg(long = "diff-ignore-header", value_name = "name", help_heading = H_DIFF,
+        action = clap::ArgAction::Append,
+        help = "HTTP header left out of the comparison (repeatable), besides Date, Server,\n\
+                ETag, Last-Modified, Set-Cookie, Expires, Age, trace ids and framing")]
+    diff_ignore_header: Vec<String>,
+    #[arg(long = "diff-session-kb", value_name = "KiB", help_heading = H_DIFF,
+        default_value_t = 4096, value_parser = clap::value_parser!(u32).range(4..=65_536),
+        help = "response bytes held per connection while waiting for the other side; beyond\n\
+                it responses are cut and reported as truncated")]
+    diff_session_kb: u32,
+    #[arg(long = "diff-memory-mb", value_name = "MiB", help_heading = H_DIFF,
+        default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536),
+        help = "response bytes held for comparison in all; beyond it responses are cut\n\
+                (counted as memory cap hits)")]
+    diff_memory_mb: u32,
+
     #[arg(long = "check", help_heading = H_DIAGNOSIS,
         help = "check the path and exit (0: it works, 1: it does not): connect to each intercept,\n\
                 send one probe SYN per target from a fake client and name the broken hop")]
@@ -355,6 +384,10 @@ pub struct Options {
     pub client_ips_text: Option<String>,
     /// Settings the original accepted that work against the operator (logged at start-up).
     pub warnings: Vec<String>,
+    /// `--full-payload` (implied by `--diff`).
+    pub full_payload: bool,
+    /// `--diff` and its options.
+    pub diff: Option<crate::diff::DiffConfig>,
 }
 
 /// A validated command line whose host names are not looked up yet: [`Args::resolve`] gives
@@ -550,6 +583,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         ..ReplayConfig::default()
     };
 
+    let diff = diff_config(&raw, m)?;
     Ok(Args {
         transfers,
         intercepts,
@@ -580,8 +614,40 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             intercepts_text,
             client_ips_text: raw.client_ips,
             warnings,
+            full_payload: raw.full_payload || diff.is_some(),
+            diff,
         },
     })
+}
+
+/// `--diff` and its options (which need it).
+fn diff_config(raw: &RawArgs, m: &ArgMatches) -> Result<Option<crate::diff::DiffConfig>, CliError> {
+    let Some(file) = raw.diff.clone() else {
+        for id in [
+            "diff_protocol",
+            "diff_ignore_header",
+            "diff_session_kb",
+            "diff_memory_mb",
+        ] {
+            if typed(m, id) {
+                return err(format!("--{} needs --diff FILE", id.replace('_', "-")));
+            }
+        }
+        return Ok(None);
+    };
+    if raw.check {
+        return err("--check and --diff exclude each other");
+    }
+    Ok(Some(crate::diff::DiffConfig {
+        file,
+        protocol: raw
+            .diff_protocol
+            .as_deref()
+            .and_then(tc_core::compare::Protocol::from_name),
+        ignore_headers: raw.diff_ignore_header.clone(),
+        max_session_bytes: raw.diff_session_kb as usize * 1024,
+        max_total_bytes: raw.diff_memory_mb as usize * 1024 * 1024,
+    }))
 }
 
 impl Args {

@@ -9,17 +9,25 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use tc_core::capture::reopen::{all_lost_for, Reopening};
 use tc_core::capture::Capture;
+use tc_core::control::full_payload;
 use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
 use tc_core::packet::{ipv4_payload, DropCounters};
 use tc_core::session::Replayer;
 
 use crate::diagnosis::{Diagnostician, ProbePlan};
+use crate::diff::DiffEngine;
 use crate::offline::{OfflineSource, OfflineStatus};
 use crate::output::ReplayOutput;
 use crate::report;
 use crate::tunnels::{TunnelEvent, Tunnels};
 
 const SIGNAL_TOKEN: Token = Token(60_000);
+/// `--diff`: the capture of production's answers.
+const RESPONSES_TOKEN: Token = Token(60_002);
+/// `--diff`: idle connections are given up and the file flushed this often.
+const DIFF_PERIOD: Duration = Duration::from_secs(5);
+/// `--full-payload`: how long an intercept has to answer the request.
+const GRANT_WAIT: Duration = Duration::from_secs(5);
 /// The send backend's writable readiness.
 const OUTPUT_TOKEN: Token = Token(60_001);
 /// The metrics endpoint's listener and client slots.
@@ -63,6 +71,8 @@ pub enum StopReason {
     CaptureFailed(String),
     /// Every offline pass is done.
     OfflineDone,
+    /// `--full-payload`: an intercept refused or did not answer.
+    FullPayload(String),
 }
 
 impl StopReason {
@@ -76,6 +86,7 @@ impl StopReason {
             StopReason::NoIntercept => 0,
             StopReason::CaptureFailed(_) => 1,
             StopReason::OfflineDone => 0,
+            StopReason::FullPayload(_) => 1,
         }
     }
 }
@@ -84,6 +95,8 @@ impl StopReason {
 pub struct Inputs {
     pub captures: Vec<Reopening<dyn Capture>>,
     pub offline: Option<OfflineSource>,
+    /// `--diff` online: production's answers (this host's outgoing segments).
+    pub responses: Option<Box<dyn Capture>>,
 }
 
 /// What SIGHUP does.
@@ -112,6 +125,10 @@ pub struct LoopConfig {
     pub stats_json_file: Option<std::path::PathBuf>,
     /// The path probe at start-up and when sessions fail (`None`: `--no-probe`).
     pub probe: Option<ProbePlan>,
+    /// `--diff`: the comparison engine.
+    pub diff: Option<DiffEngine>,
+    /// `--full-payload`: every intercept must grant the target's bytes.
+    pub full_payload: bool,
 }
 
 pub struct EventLoop {
@@ -131,6 +148,12 @@ pub struct EventLoop {
     /// When the capture devices are next checked for existence (offset from the start).
     next_device_check: Duration,
     diagnostician: Option<Diagnostician>,
+    diff: Option<DiffEngine>,
+    responses: Option<Box<dyn Capture>>,
+    /// `--full-payload`: each intercept's answer (`None`: none yet).
+    grants: Vec<Option<bool>>,
+    /// Why the run must stop, found while handling an event.
+    pending_stop: Option<StopReason>,
 }
 
 impl EventLoop {
@@ -146,7 +169,11 @@ impl EventLoop {
         let Inputs {
             mut captures,
             offline,
+            mut responses,
         } = inputs;
+        if let Some(r) = responses.as_mut() {
+            r.register(poll.registry(), RESPONSES_TOKEN)?;
+        }
         anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
         for (i, c) in captures
             .iter_mut()
@@ -171,7 +198,14 @@ impl EventLoop {
             .probe
             .clone()
             .map(|plan| Diagnostician::new(plan, Instant::now()));
+        let mut cfg = cfg;
+        let diff = cfg.diff.take();
+        let grants = vec![None; output.tunnels.total_intercepts()];
         Ok(EventLoop {
+            diff,
+            responses,
+            grants,
+            pending_stop: None,
             diagnostician,
             next_device_check: Duration::ZERO,
             metrics,
@@ -205,6 +239,9 @@ impl EventLoop {
         let mut next_reconnect = start + RECONNECT_PERIOD;
         let mut next_tunnel_check = start + TUNNEL_CHECK_PERIOD;
         let mut next_keepalive = start + KEEPALIVE_PERIOD;
+        let mut next_diff = start + DIFF_PERIOD;
+        let mut grant_deadline = self.cfg.full_payload.then_some(start + GRANT_WAIT);
+        let mut responses_pending = false;
         let mut read_again = Vec::new();
         // On a terminal (and logging to it) the progress line is redrawn in place.
         let tty = self.cfg.progress_tty;
@@ -236,6 +273,12 @@ impl EventLoop {
             if let Some(d) = offline_wake {
                 deadline = deadline.min(d);
             }
+            if self.diff.is_some() {
+                deadline = deadline.min(next_diff);
+            }
+            if let Some(d) = grant_deadline {
+                deadline = deadline.min(d);
+            }
             if let Some(d) = next_progress {
                 deadline = deadline.min(d);
             }
@@ -244,7 +287,9 @@ impl EventLoop {
             }
             self.output
                 .watch_writable(self.poll.registry(), OUTPUT_TOKEN);
-            let busy = pending.iter().any(|p| *p) || self.output.tunnels.has_reads_pending();
+            let busy = pending.iter().any(|p| *p)
+                || responses_pending
+                || self.output.tunnels.has_reads_pending();
             let timeout = if busy {
                 Duration::ZERO
             } else {
@@ -283,6 +328,8 @@ impl EventLoop {
                     }
                 } else if token == OUTPUT_TOKEN {
                     self.output.retry();
+                } else if token == RESPONSES_TOKEN {
+                    responses_pending = true;
                 } else if token.0 < self.captures.len() {
                     pending[token.0] = true;
                 } else if Tunnels::owns(token) {
@@ -302,6 +349,12 @@ impl EventLoop {
                         }
                     }
                 }
+            }
+            if responses_pending {
+                responses_pending = self.drain_responses();
+            }
+            if let Some(s) = self.pending_stop.take() {
+                stop = stop.or(Some(s));
             }
             if let Some(s) = self.reopen_captures(start) {
                 stop = stop.or(Some(s));
@@ -362,6 +415,18 @@ impl EventLoop {
                 next_stats = now + STATS_PERIOD;
                 self.log_stats();
             }
+            if now >= next_diff {
+                next_diff = now + DIFF_PERIOD;
+                if let Some(d) = self.diff.as_mut() {
+                    d.tick(now);
+                }
+            }
+            if grant_deadline.is_some_and(|d| now >= d) {
+                grant_deadline = None;
+                if let Some(s) = self.missing_grants() {
+                    stop = stop.or(Some(s));
+                }
+            }
             if now >= next_memory {
                 next_memory = now + MEMORY_PERIOD;
                 log_resources();
@@ -417,15 +482,95 @@ impl EventLoop {
             std::thread::sleep(Duration::from_millis(5));
             self.output.retry();
         }
+        if let Some(d) = self.diff.as_mut() {
+            // Answers still on their way are reported as unpaired (timed out).
+            d.shutdown();
+        }
         self.log_stats();
         log_resources();
         self.final_report();
         stop
     }
 
+    /// Reads production's answers (`--diff`); true if more may be waiting.
+    fn drain_responses(&mut self) -> bool {
+        let (Some(capture), Some(diff)) = (self.responses.as_mut(), self.diff.as_mut()) else {
+            return false;
+        };
+        let link_drops = &mut self.link_drops;
+        let now = Instant::now();
+        let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
+            link, frame,
+        ) {
+            Ok(datagram) => diff.on_production(now, datagram),
+            Err(reason) => link_drops.count(reason),
+        });
+        match read {
+            Ok(n) => n >= CAPTURE_BUDGET,
+            Err(e) => {
+                log::error!("--diff: the capture of production's answers failed: {e}");
+                self.responses = None;
+                false
+            }
+        }
+    }
+
+    /// `--full-payload`: the intercepts that have not answered the request in time.
+    fn missing_grants(&self) -> Option<StopReason> {
+        let silent: Vec<String> = self
+            .grants
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.is_none())
+            .filter_map(|(i, _)| self.output.tunnels.intercept_addr(i))
+            .map(|a| a.to_string())
+            .collect();
+        if silent.is_empty() {
+            return None;
+        }
+        Some(StopReason::FullPayload(format!(
+            "intercept {} did not answer the --full-payload request within {} s: it is the original intercept or an older one; --diff and --full-payload need intercept-rs started with --full-payload",
+            silent.join(","),
+            GRANT_WAIT.as_secs()
+        )))
+    }
+
+    /// An intercept's answer to the `--full-payload` request.
+    fn on_grant(&mut self, intercept: Option<usize>, record: &[u8]) {
+        let Some(i) = intercept else {
+            return;
+        };
+        let Some(g) = tc_core::control::full_payload::Grant::parse(record) else {
+            return;
+        };
+        let addr = self
+            .output
+            .tunnels
+            .intercept_addr(i)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        if !g.granted {
+            self.pending_stop = Some(StopReason::FullPayload(format!(
+                "intercept {addr} refuses full payloads: start it with --full-payload (tcpcopy --diff / --full-payload needs the target's response bytes)"
+            )));
+        } else if self.grants.get(i).copied().flatten().is_none() {
+            log::info!(
+                "intercept {addr} grants full payloads (up to {} bytes per response)",
+                g.cap
+            );
+        }
+        if let Some(slot) = self.grants.get_mut(i) {
+            *slot = Some(g.granted);
+        }
+    }
+
     /// The Prometheus text of the statistics (`--metrics`).
     fn render_metrics(&self) -> String {
-        report::metrics(&self.snapshot(), &self.output.tunnels)
+        let mut text = report::metrics(&self.snapshot(), &self.output.tunnels);
+        if let Some(d) = &self.diff {
+            text.push_str(&d.metrics());
+        }
+        text
     }
 
     fn snapshot(&self) -> report::Snapshot<'_> {
@@ -447,8 +592,20 @@ impl EventLoop {
         for line in report::summary_lines(&snap) {
             log::info!("{line}");
         }
+        if let Some(d) = &self.diff {
+            log::info!("{}", d.stats_line());
+            log::info!(
+                "diff: {} lines written to {}",
+                d.counters.differences_written,
+                d.path()
+            );
+        }
         if let Some(path) = &self.cfg.report_file {
-            match report::write_file(path, &report::fidelity_report(&snap)) {
+            let mut value = report::fidelity_report(&snap);
+            if let Some(d) = &self.diff {
+                value["diff"] = d.report_value();
+            }
+            match report::write_file(path, &value) {
                 Ok(()) => log::info!("fidelity report written to {}", path.display()),
                 Err(e) => log::error!("cannot write the report {}: {e}", path.display()),
             }
@@ -505,6 +662,7 @@ impl EventLoop {
             replayer,
             link_drops,
             diagnostician,
+            diff,
             ..
         } = self;
         let Some(capture) = captures[i].source_mut() else {
@@ -519,7 +677,11 @@ impl EventLoop {
                 if let (Some(d), Some(src)) = (learned.as_mut(), datagram.get(12..16)) {
                     d.learned_client = Some(Ipv4Addr::new(src[0], src[1], src[2], src[3]));
                 }
-                replayer.on_client_packet(Instant::now(), datagram)
+                let now = Instant::now();
+                replayer.on_client_packet(now, datagram);
+                if let Some(d) = diff.as_mut() {
+                    d.on_client(now, datagram, replayer.last_mapping());
+                }
             }
             Err(reason) => link_drops.count(reason),
         });
@@ -532,8 +694,10 @@ impl EventLoop {
             offline,
             replayer,
             link_drops,
+            diff,
             ..
         } = self;
+        let transfers = replayer.config().transfers.clone();
         let Some(source) = offline.as_mut() else {
             return Ok(OfflineStatus::Finished);
         };
@@ -542,7 +706,20 @@ impl EventLoop {
             // `-T`: each pass replays as connections distinct from the last pass's.
             replayer.start_pass(pass);
             match ipv4_payload(link, frame) {
-                Ok(datagram) => replayer.on_client_packet(now, datagram),
+                Ok(datagram) => {
+                    // `--diff`: the file's answers of production are compared, its requests
+                    // replayed.
+                    if let Some(d) = diff.as_mut() {
+                        if crate::diff::is_production(datagram, &transfers) {
+                            d.on_production(now, datagram);
+                            return;
+                        }
+                    }
+                    replayer.on_client_packet(now, datagram);
+                    if let Some(d) = diff.as_mut() {
+                        d.on_client(now, datagram, replayer.last_mapping());
+                    }
+                }
                 Err(reason) => link_drops.count(reason),
             }
         });
@@ -563,7 +740,27 @@ impl EventLoop {
             TunnelEvent::Nothing => {}
         }
         let now = Instant::now();
-        for record in self.records.chunks_exact(self.record_len) {
+        let records = std::mem::take(&mut self.records);
+        let len = self.record_len;
+        let mut at = 0;
+        while at + len <= records.len() {
+            let slot = &records[at..];
+            // `--full-payload`: a data message, padded to whole record slots.
+            if let Some(n) = full_payload::data_len(slot).filter(|&n| n <= slot.len()) {
+                at += crate::tunnels::data_slots(n, len) * len;
+                if let (Some(d), Some(data)) =
+                    (self.diff.as_mut(), full_payload::parse_data(&slot[..n]))
+                {
+                    d.on_target(now, &data);
+                }
+                continue;
+            }
+            let record = &slot[..len];
+            at += len;
+            if full_payload::Grant::is_grant(record) {
+                self.on_grant(intercept, record);
+                continue;
+            }
             // The probe's replies and the target's answers to the probe client are not
             // the replay's.
             if let Some(d) = self.diagnostician.as_mut() {
@@ -573,12 +770,16 @@ impl EventLoop {
             }
             self.replayer.on_response(now, record);
         }
+        self.records = records;
         self.flush_output();
     }
 
     fn log_stats(&mut self) {
         if let Some(path) = &self.cfg.stats_json_file {
-            let line = report::stats_line(&self.snapshot());
+            let mut line = report::stats_line(&self.snapshot());
+            if let Some(d) = &self.diff {
+                line["diff"] = d.report_value();
+            }
             if let Err(e) = report::append_line(path, &line) {
                 log::error!("cannot append statistics to {}: {e}", path.display());
             }
@@ -667,6 +868,9 @@ impl EventLoop {
             t.stuck,
             t.keepalives,
         );
+        if let Some(d) = &self.diff {
+            log::info!("{}", d.stats_line());
+        }
         log::debug!("running for {:?}", self.started.elapsed());
     }
 }

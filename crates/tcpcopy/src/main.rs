@@ -6,6 +6,7 @@ mod capture;
 mod check;
 mod cli;
 mod diagnosis;
+mod diff;
 mod event_loop;
 mod numbers;
 mod offline;
@@ -187,13 +188,17 @@ fn run(options: Options) -> anyhow::Result<i32> {
     let poll = mio::Poll::new().context("cannot create the event loop")?;
 
     // Start-up order of the original: intercepts, then output, then input.
-    let tunnels = tunnels::Tunnels::connect_all(
+    let tunnels = tunnels::Tunnels::connect_all_with(
         &options.intercepts,
         options.conns_per_intercept,
         options.wire,
         poll.registry(),
         STARTUP_CONNECT_TIMEOUT,
+        options.full_payload,
     )?;
+    if options.full_payload {
+        log::info!("full payload: asked each intercept for the target's response bytes");
+    }
 
     let sender = open_sender(&options)?;
 
@@ -272,6 +277,42 @@ fn run(options: Options) -> anyhow::Result<i32> {
         _ => None,
     };
 
+    // --diff: production's answers come from this host's outgoing segments (the raw socket
+    // sees incoming ones only), or from the offline file.
+    let diff =
+        match &options.diff {
+            Some(cfg) => {
+                let engine = diff::DiffEngine::open(cfg.clone())?;
+                log::info!(
+                "diff: comparing the target's answers with production's ({}), differences to {}",
+                cfg.protocol.map(|p| p.name()).unwrap_or("protocol detected"),
+                engine.path()
+            );
+                if options.replay.replicas > 1 {
+                    log::info!("diff: only the first copy of each session (-n) is compared");
+                }
+                Some(engine)
+            }
+            None => None,
+        };
+    let responses: Option<Box<dyn Capture>> = match (&options.diff, &options.input) {
+        (Some(_), Input::Raw | Input::Pcap { .. }) => {
+            let filter = diff::production_filter(&options.replay.transfers);
+            let opts = pcap_live::PcapLiveOptions {
+                filter: filter.clone(),
+                snaplen: 65535,
+                buffer_size: 32 << 20,
+                promiscuous: false,
+            };
+            let c = pcap_live::PcapLive::open("any", &opts).with_context(|| {
+                format!("--diff: cannot capture production's answers (pcap on any, {filter})")
+            })?;
+            log::info!("diff: production's answers captured on any with filter {filter}");
+            Some(Box::new(c))
+        }
+        _ => None,
+    };
+
     let output = output::ReplayOutput::new(
         sender,
         &options.replay.transfers,
@@ -290,7 +331,11 @@ fn run(options: Options) -> anyhow::Result<i32> {
         poll,
         replayer,
         output,
-        event_loop::Inputs { captures, offline },
+        event_loop::Inputs {
+            captures,
+            offline,
+            responses,
+        },
         signals,
         event_loop::LoopConfig {
             lonely: options.lonely,
@@ -308,6 +353,8 @@ fn run(options: Options) -> anyhow::Result<i32> {
             stats_json_file: options.stats_json_file.clone(),
             // Offline runs probe too: the path to the target is the same.
             probe: options.probe.then(|| diagnosis::ProbePlan::of(&options)),
+            diff,
+            full_payload: options.full_payload,
             // SAFETY: isatty only inspects the descriptor.
             progress_tty: options.log_file.is_none()
                 && !options.daemon
@@ -331,7 +378,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
             log::error!("{msg}");
             eprintln!("tcpcopy: {msg}");
         }
-        event_loop::StopReason::CaptureFailed(e) => {
+        event_loop::StopReason::CaptureFailed(e) | event_loop::StopReason::FullPayload(e) => {
             log::error!("{e}");
             eprintln!("tcpcopy: {e}");
         }

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-use tc_core::control::conn::{ConnError, FramedConn, Framing, ReadStatus, ResponseFrames};
-use tc_core::control::ClientMsg;
+use tc_core::control::conn::{
+    ConnError, FramedConn, Framing, FullPayloadFrames, ReadStatus, ResponseFrames,
+};
+use tc_core::control::{full_payload, ClientMsg};
 
 use crate::cli::{WireOptions, INTERNAL_VERSION};
 
@@ -70,6 +72,9 @@ pub struct Tunnels {
     intercepts: Vec<Intercept>,
     conns_per_intercept: usize,
     framing: ResponseFrames,
+    /// `--full-payload`: every tunnel asks for the target's bytes after its version record,
+    /// and its input is split with [`FullPayloadFrames`].
+    full_payload: bool,
     registry: Registry,
     /// Tunnels that used their read budget with data possibly left (mio is edge-triggered).
     read_again: Vec<Token>,
@@ -98,8 +103,29 @@ impl Tunnels {
         registry: &Registry,
         timeout: Duration,
     ) -> anyhow::Result<Tunnels> {
+        Self::connect_all_with(
+            intercepts,
+            conns_per_intercept,
+            wire,
+            registry,
+            timeout,
+            false,
+        )
+    }
+
+    /// [`Tunnels::connect_all`], and with `full_payload` each tunnel asks for the target's
+    /// response bytes (`--full-payload`).
+    pub fn connect_all_with(
+        intercepts: &[SocketAddrV4],
+        conns_per_intercept: usize,
+        wire: WireOptions,
+        registry: &Registry,
+        timeout: Duration,
+        full_payload: bool,
+    ) -> anyhow::Result<Tunnels> {
         let registry = registry.try_clone()?;
         let framing = ResponseFrames(wire);
+        let max_frame = max_frame_len(wire, full_payload);
         let mut all = Vec::with_capacity(intercepts.len());
         for (i, &addr) in intercepts.iter().enumerate() {
             let mut conns = Vec::with_capacity(conns_per_intercept);
@@ -110,12 +136,11 @@ impl Tunnels {
                 log::info!("connect to remote server({addr})");
                 let mut stream = TcpStream::from_std(std);
                 registry.register(&mut stream, token(i, c), Interest::READABLE)?;
-                let conn = FramedConn::new(
-                    stream,
-                    token(i, c),
-                    framing.max_frame_len(),
-                    MAX_PENDING_WRITE,
-                )?;
+                let mut conn = FramedConn::new(stream, token(i, c), max_frame, MAX_PENDING_WRITE)?;
+                if full_payload {
+                    conn.queue(&full_payload_request())?;
+                    conn.flush(&registry)?;
+                }
                 conns.push(Some(Conn::Up(conn)));
             }
             all.push(Intercept {
@@ -130,6 +155,7 @@ impl Tunnels {
             intercepts: all,
             conns_per_intercept,
             framing,
+            full_payload,
             registry,
             read_again: Vec::new(),
             protocol_errors: Vec::new(),
@@ -157,6 +183,11 @@ impl Tunnels {
     }
 
     /// Which intercept a tunnel token belongs to.
+    /// The address of intercept `i`.
+    pub fn intercept_addr(&self, i: usize) -> Option<SocketAddrV4> {
+        self.intercepts.get(i).map(|x| x.addr)
+    }
+
     pub fn intercept_of(&self, tok: Token) -> Option<usize> {
         self.slot(tok).map(|(i, _)| i)
     }
@@ -336,11 +367,14 @@ impl Tunnels {
             let mut conn = FramedConn::new(
                 stream,
                 token(i, c),
-                self.framing.max_frame_len(),
+                max_frame_len(self.framing.0, self.full_payload),
                 MAX_PENDING_WRITE,
             )?;
             // The version record goes first; the queue is empty on a fresh connection.
             conn.queue(&version_message())?;
+            if self.full_payload {
+                conn.queue(&full_payload_request())?;
+            }
             *slot = Some(Conn::Up(conn));
             self.stats.connects += 1;
             log::info!("connect to remote server({addr})");
@@ -355,9 +389,22 @@ impl Tunnels {
         if readable {
             let record_len = self.framing.0.record_len();
             let before = records.len();
-            let status =
-                conn.read_units(&self.framing, READ_BUDGET, |r| records.extend_from_slice(r));
-            self.stats.records += ((records.len() - before) / record_len) as u64;
+            let mut data = 0;
+            let status = if self.full_payload {
+                // A data message goes in whole, padded to a multiple of the record length:
+                // the reader walks the records and skips the padding (see `data_slots`).
+                conn.read_units(&FullPayloadFrames(self.framing.0), READ_BUDGET, |r| {
+                    records.extend_from_slice(r);
+                    if full_payload::is_data(r) {
+                        data += data_slots(r.len(), record_len);
+                        let pad = data_slots(r.len(), record_len) * record_len - r.len();
+                        records.extend(std::iter::repeat_n(0u8, pad));
+                    }
+                })
+            } else {
+                conn.read_units(&self.framing, READ_BUDGET, |r| records.extend_from_slice(r))
+            };
+            self.stats.records += ((records.len() - before) / record_len - data) as u64;
             if status? == ReadStatus::BudgetUsed {
                 self.read_again.push(token(i, c));
             }
@@ -490,6 +537,29 @@ impl Tunnels {
             }
         }
     }
+}
+
+/// The input buffer a tunnel needs: a whole frame, or a whole data message.
+fn max_frame_len(wire: WireOptions, full_payload: bool) -> usize {
+    if full_payload {
+        FullPayloadFrames(wire).max_frame_len()
+    } else {
+        ResponseFrames(wire).max_frame_len()
+    }
+}
+
+/// The `--full-payload` request (sent after the version record).
+pub fn full_payload_request() -> [u8; CLIENT_MSG_LEN] {
+    ClientMsg {
+        kind: full_payload::FULL_PAYLOAD_REQUEST,
+        ..ClientMsg::version(0)
+    }
+    .encode()
+}
+
+/// Record slots a data message of `len` bytes takes in the records buffer.
+pub fn data_slots(len: usize, record_len: usize) -> usize {
+    len.div_ceil(record_len)
 }
 
 fn token(intercept: usize, conn: usize) -> Token {

@@ -210,6 +210,17 @@ impl Pairer {
         self.emit();
     }
 
+    /// Some of `side`'s current response was lost before it reached the pairer (a capture
+    /// gap, a cap upstream, a global memory bound): the response is flagged `truncated`, and
+    /// compared as such.
+    pub fn mark_truncated(&mut self, side: Side) {
+        let s = &mut self.sides[idx(side)];
+        if s.ended.is_none() && !s.current.truncated {
+            s.current.truncated = true;
+            self.truncated_responses += 1;
+        }
+    }
+
     /// `side` ended: closed, or timed out (`Gone::Closed` or `Gone::TimedOut`). Its current
     /// response is complete; later input for it is ignored.
     pub fn end(&mut self, side: Side, why: Gone) {

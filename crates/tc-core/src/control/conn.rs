@@ -62,6 +62,23 @@ impl Framing for ResponseFrames {
     }
 }
 
+/// intercept -> tcpcopy on a tunnel that asked for full payloads: response frames or records,
+/// and data messages (see [`super::full_payload`]), each a unit.
+#[derive(Debug, Clone, Copy)]
+pub struct FullPayloadFrames(pub WireFormat);
+
+impl Framing for FullPayloadFrames {
+    fn max_frame_len(&self) -> usize {
+        ResponseFrames(self.0)
+            .max_frame_len()
+            .max(super::full_payload::MAX_UNIT)
+    }
+
+    fn split(&self, buf: &[u8], on_unit: &mut impl FnMut(&[u8])) -> Result<usize, FrameError> {
+        super::full_payload::split_full(buf, self.0, on_unit)
+    }
+}
+
 /// Why a connection must be closed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -256,6 +273,15 @@ impl FramedConn {
         self.batch_count += 1;
         let sealed = self.batch_count >= max_batch && self.seal();
         self.check_limit().map(|()| sealed)
+    }
+
+    /// Queues a full-payload data message after the records queued so far (an open combined
+    /// frame is sealed first: the message goes between frames).
+    pub fn queue_data(&mut self, message: &[u8]) -> Result<(), ConnError> {
+        self.seal();
+        self.note_pending();
+        self.output.extend_from_slice(message);
+        self.check_limit()
     }
 
     /// Closes the open combined frame (writes its count). True if there was one.

@@ -17,6 +17,7 @@
 
 #[cfg(feature = "io")]
 pub mod conn;
+pub mod full_payload;
 pub mod probe;
 pub mod routing;
 

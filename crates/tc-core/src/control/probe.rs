@@ -54,6 +54,8 @@ pub struct ProbeReply {
     /// intercept's wire variant.
     pub combined: bool,
     pub payload: bool,
+    /// intercept runs with `--full-payload` (grants the target's response bytes).
+    pub full_payload: bool,
     /// `net.ipv4.ip_forward` on intercept's host: `None` when it could not be read.
     pub ip_forward: Option<bool>,
     /// The broad capture on packets from the target could be opened.
@@ -97,6 +99,9 @@ impl ProbeReply {
         if self.watching {
             flags |= 16;
         }
+        if self.full_payload {
+            flags |= 32;
+        }
         b[8] = flags;
         b[9..13].copy_from_slice(&self.target.ip().octets());
         b[13..15].copy_from_slice(&self.target.port().to_be_bytes());
@@ -135,6 +140,7 @@ impl ProbeReply {
             version: (b[5], b[6], b[7]),
             combined: flags & 1 != 0,
             payload: flags & 2 != 0,
+            full_payload: flags & 32 != 0,
             ip_forward: if flags & 8 != 0 {
                 None
             } else {
@@ -162,6 +168,7 @@ mod tests {
             version: (0, 3, 1),
             combined: true,
             payload: false,
+            full_payload: true,
             ip_forward: Some(true),
             watching: true,
             client: "203.0.113.7:61001".parse().unwrap(),

@@ -290,7 +290,7 @@ impl Drops {
 /// A session: fake client address and port, target address and port. The target is part
 /// of the key: two real connections that map onto the same fake endpoint but go to
 /// different targets (`-x` with several transfers) are different connections.
-type Key = (Ipv4Addr, u16, Ipv4Addr, u16);
+pub type Key = (Ipv4Addr, u16, Ipv4Addr, u16);
 
 /// The [`Ctx`] of a session call: the Replayer's fields a session touches, borrowed apart
 /// from `self.sessions` (a method could not split the borrow).
@@ -342,6 +342,9 @@ pub struct Replayer {
     /// Offline `-T` pass (0 for the first): later passes replay as other connections.
     pass: u32,
     pass_port_add: u32,
+    /// The last client packet's online connection and the replayed one it became (its first
+    /// copy), for `tcpcopy --diff`: see [`Replayer::last_mapping`].
+    last_mapping: Option<(Key, Key)>,
 }
 
 /// How long a closed endpoint is avoided for replicas (Linux TIME_WAIT is 60 s).
@@ -397,7 +400,16 @@ impl Replayer {
             deferred: HashMap::new(),
             pass: 0,
             pass_port_add: 0,
+            last_mapping: None,
         }
+    }
+
+    /// The connection of the last [`Replayer::on_client_packet`] as captured (client ip,
+    /// client port, server ip, server port) and as replayed (fake client ip, port, target ip,
+    /// port; the first copy with `-n`), if the packet got that far (not sampled out or
+    /// dropped before its connection was known).
+    pub fn last_mapping(&self) -> Option<(Key, Key)> {
+        self.last_mapping
     }
 
     pub fn config(&self) -> &ReplayConfig {
@@ -443,6 +455,7 @@ impl Replayer {
     /// Runs the ingress pipeline (spec 3) and the session machine (spec 4).
     pub fn on_client_packet(&mut self, now: Instant, datagram: &[u8]) {
         self.stats.captured += 1;
+        self.last_mapping = None;
         let mtu = usize::from(self.cfg.mtu.max(68));
         if needs_split(datagram, mtu) {
             let splitter = match Splitter::new(datagram, mtu) {
@@ -570,6 +583,10 @@ impl Replayer {
                 q.fill_checksums();
             }
         }
+        self.last_mapping = Some((
+            (seg.src, seg.src_port, seg.dst, seg.dst_port),
+            (src_ip, port, t.dst_ip, t.dst_port),
+        ));
         (seg.src, seg.src_port, seg.dst, seg.dst_port) = (src_ip, port, t.dst_ip, t.dst_port);
         self.session_layer(now, &seg, &buf[..len], transfer, moved);
         // `-n`: independent copies with their own ports (and client IPs with `-c`).
