@@ -2,6 +2,8 @@
 //! reported back by intercept. See ../../shared/spec/tcpcopy.md for the behaviour.
 
 mod addr_spec;
+#[cfg(test)]
+mod alloc_steady;
 mod capture;
 mod check;
 mod cli;
