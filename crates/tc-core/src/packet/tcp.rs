@@ -423,6 +423,22 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         checksum::checksum(&b[..self.ip_len]) == 0 && self.tcp_sum_over_segment() == 0
     }
 
+    /// Copies the datagram ([`TcpPacket::as_bytes`]) to the start of `out` (at least as long)
+    /// and tells whether both checksums are valid, as [`TcpPacket::checksums_valid`] would,
+    /// in one pass over the bytes.
+    pub fn copy_verified(&self, out: &mut [u8]) -> bool {
+        let b = self.as_bytes();
+        let (head, seg) = b.split_at(self.ip_len);
+        out[..self.ip_len].copy_from_slice(head);
+        let src = [b[12], b[13], b[14], b[15]];
+        let dst = [b[16], b[17], b[18], b[19]];
+        let acc = checksum::pseudo_header_sum(src, dst, IPPROTO_TCP, seg.len() as u16);
+        let tcp = !checksum::fold(checksum::copy_and_sum(seg, &mut out[self.ip_len..], acc));
+        b.len() >= self.ip_len + self.tcp_len + self.declared_payload
+            && checksum::checksum(head) == 0
+            && tcp == 0
+    }
+
     fn tcp_sum_over_segment(&self) -> u16 {
         let b = self.as_bytes();
         let seg = &b[self.ip_len..];

@@ -565,7 +565,10 @@ impl Replayer {
         // an invalid one invalid: a capture side that offloads transmit checksums (veth,
         // containers, VMs, tcpdump on the sending host) hands over partial ones, and the
         // target's kernel drops every segment that still carries one.
-        let checksums_valid = p.checksums_valid();
+        let mut len = p.as_bytes().len();
+        let mut buf = std::mem::take(&mut self.ingress_buf);
+        // Copied and verified in one pass.
+        let checksums_valid = p.copy_verified(&mut buf);
         if !checksums_valid {
             if self.stats.bad_checksum_fixed == 0 {
                 log::info!(
@@ -574,9 +577,6 @@ impl Replayer {
             }
             self.stats.bad_checksum_fixed += 1;
         }
-        let mut len = p.as_bytes().len();
-        let mut buf = std::mem::take(&mut self.ingress_buf);
-        buf[..len].copy_from_slice(p.as_bytes());
         if seg.layout.ip_len > 20 {
             // IP options (source routes among them) are not replayed: the target gets a plain
             // header, as intercept's records do.
