@@ -94,7 +94,7 @@ stat_start() {
 stat_end() {
   stat_count=0
   [ -n "$stat_pid" ] || return 0
-  kill -INT "$stat_pid" 2>/dev/null; wait "$stat_pid" 2>/dev/null || true
+  kill -INT "$stat_pid" 2>/dev/null || true; wait "$stat_pid" 2>/dev/null || true
   stat_count=$(awk -F, '/instructions/ {print $1; exit}' "$work/$1.stat" 2>/dev/null | grep -E '^[0-9]+$' || echo 0)
 }
 stat_start live

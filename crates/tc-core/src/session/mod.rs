@@ -942,6 +942,11 @@ impl Replayer {
         self.moved_ports.len()
     }
 
+    /// Bytes of client packets the sessions hold (waiting for the target's answers).
+    pub fn buffered_bytes(&self) -> usize {
+        self.sessions.values().map(|s| s.buffered).sum()
+    }
+
     /// Sessions that are not finished (handshaking or established).
     pub fn live_sessions(&self) -> usize {
         self.sessions.values().filter(|s| !s.is_over()).count()
