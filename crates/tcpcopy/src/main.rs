@@ -241,8 +241,9 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 .iter()
                 .map(|t| t.src_port)
                 .collect();
-            let c = RingCapture::open(&ports, RingOptions::default())
-                .context("Create capture ring to input failed")?;
+            let c = RingCapture::open(&ports, RingOptions::default()).context(
+                "Create capture ring to input failed (--capture raw reads a raw socket instead)",
+            )?;
             log::info!(
                 "capture: TPACKET_V3 ring of {} bytes, kernel filter keeps tcp dst ports {ports:?}",
                 c.ring_bytes()
