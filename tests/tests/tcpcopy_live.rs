@@ -433,7 +433,7 @@ fn replay_is_exact_with_pcap_capture() {
     fidelity("pcap_capture", &["--capture", "pcap", "-i", "eth0"], false);
 }
 
-/// Issue 18: the memory-mapped ring (the default capture) captures what the raw socket does;
+/// Issue 18: the memory-mapped ring (`--capture ring`) captures what the raw socket does;
 /// nothing is lost in the kernel on the way (PACKET_STATISTICS).
 #[test]
 #[ignore = "needs root"]

@@ -30,11 +30,11 @@ pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CaptureKind {
-    /// AF_INET raw socket: packets addressed to this host (the original's default).
+    /// AF_INET raw socket: packets addressed to this host (default, as the original).
     Raw,
     /// libpcap on devices (`-i dev,...`, `-F`, `-B`, `-S`).
     Pcap,
-    /// What the raw socket captures, read from a memory-mapped ring (TPACKET_V3; default).
+    /// What the raw socket captures, read from a memory-mapped ring (TPACKET_V3).
     Ring,
 }
 
@@ -167,7 +167,7 @@ struct RawArgs {
     #[arg(long = "capture", value_name = "raw|ring|pcap", value_enum, hide_possible_values = true,
         help_heading = H_CAPTURE,
         help = "raw IP socket, the same read from a memory-mapped ring (TPACKET_V3, reports\n\
-                kernel drops), or libpcap on devices [default: ring; -i <dev> implies pcap]")]
+                kernel drops), or libpcap on devices [default: raw; -i <dev> implies pcap]")]
     capture: Option<CaptureKind>,
     /// pcap capture devices, or (offline) the pcap file.
     #[arg(short = 'i', value_name = "dev[,dev]", help_heading = H_CAPTURE,
@@ -720,8 +720,8 @@ fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
             let name = if k == CaptureKind::Raw { "raw" } else { "ring" };
             return err(format!("-i does not apply to --capture {name} (use --capture pcap -i <dev>, or -i <pcap file> for offline)"));
         }
-        (Some(CaptureKind::Ring), None) | (None, None) => CaptureKind::Ring,
-        (Some(CaptureKind::Raw), None) => CaptureKind::Raw,
+        (Some(CaptureKind::Ring), None) => CaptureKind::Ring,
+        (Some(CaptureKind::Raw), None) | (None, None) => CaptureKind::Raw,
         (Some(CaptureKind::Pcap), Some(_)) if input_is_file => {
             return err(
                 "-i names a file: offline replay is chosen by -i <file> without --capture pcap",
@@ -869,7 +869,7 @@ mod tests {
         assert_eq!(o.replay.session_timeout, Duration::from_secs(600));
         assert_eq!(o.replay.keepalive_timeout, Duration::from_secs(720));
         assert!(o.replay.client_ips.is_empty());
-        assert_eq!(o.input, Input::Ring);
+        assert_eq!(o.input, Input::Raw);
         assert_eq!(o.output, OutputKind::Raw);
         assert_eq!(
             o.wire,
