@@ -184,22 +184,6 @@ fn bench(c: &mut Criterion) {
     k.bench_function("sum_bytes (native-endian words, 32-bit lanes)", |b| {
         b.iter(|| black_box(checksum::fold(checksum::sum_bytes(black_box(seg), 0))))
     });
-    let mut dst = vec![0u8; 1500];
-    k.bench_function("copy, then sum_bytes", |b| {
-        b.iter(|| {
-            dst[..seg.len()].copy_from_slice(black_box(seg));
-            black_box(checksum::fold(checksum::sum_bytes(&dst[..seg.len()], 0)))
-        })
-    });
-    k.bench_function("copy_and_sum (one pass)", |b| {
-        b.iter(|| {
-            black_box(checksum::fold(checksum::copy_and_sum(
-                black_box(seg),
-                &mut dst,
-                0,
-            )))
-        })
-    });
     k.finish();
 
     let mut d = c.benchmark_group("decode_1500");

@@ -56,62 +56,6 @@ fn sum_native(data: &[u8]) -> u64 {
     sum_native_portable(data)
 }
 
-/// Copies `src` to the start of `dst` (which must be at least as long) and returns what
-/// [`sum_bytes`]`(src, acc)` returns: one pass over a captured segment instead of a copy and
-/// a verification pass.
-#[inline]
-pub fn copy_and_sum(src: &[u8], dst: &mut [u8], acc: u64) -> u64 {
-    let dst = &mut dst[..src.len()];
-    let native = fold(copy_sum_native(src, dst));
-    let be = if cfg!(target_endian = "little") {
-        native.swap_bytes()
-    } else {
-        native
-    };
-    acc + u64::from(be)
-}
-
-/// 32 bytes a step into sixteen 32-bit lanes (one vector register with AVX2, two without);
-/// the lanes cannot overflow within 64 KiB.
-#[inline(always)]
-fn copy_sum_portable(src: &[u8], dst: &mut [u8]) -> u64 {
-    let mut total = 0u64;
-    for (s, d) in src.chunks(1 << 16).zip(dst.chunks_mut(1 << 16)) {
-        let mut lanes = [0u32; 16];
-        let mut sc = s.chunks_exact(32);
-        let mut dc = d.chunks_exact_mut(32);
-        for (s32, d32) in (&mut sc).zip(&mut dc) {
-            let a: &[u8; 32] = s32.try_into().expect("32 bytes");
-            d32.copy_from_slice(a);
-            for (i, lane) in lanes.iter_mut().enumerate() {
-                *lane = lane.wrapping_add(u32::from(u16::from_ne_bytes([a[2 * i], a[2 * i + 1]])));
-            }
-        }
-        let s_rest = sc.remainder();
-        dc.into_remainder().copy_from_slice(s_rest);
-        total += lanes.iter().map(|&l| u64::from(l)).sum::<u64>() + sum_native_portable(s_rest);
-    }
-    total
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn copy_sum_avx2(src: &[u8], dst: &mut [u8]) -> u64 {
-    copy_sum_portable(src, dst)
-}
-
-#[inline]
-fn copy_sum_native(src: &[u8], dst: &mut [u8]) -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if src.len() >= 64 && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { copy_sum_avx2(src, dst) };
-        }
-    }
-    copy_sum_portable(src, dst)
-}
-
 /// Folds a sum into 16 bits (end-around carry).
 #[inline]
 pub fn fold(mut acc: u64) -> u16 {
@@ -199,7 +143,6 @@ mod tests {
             .collect();
         assert_eq!(checksum(&big), naive(&big));
         assert_eq!(checksum(&[0xff; 70_001]), naive(&[0xff; 70_001]));
-        let mut copy = vec![0u8; big.len() + 3];
         for len in [0, 1, 31, 33, 63, 64, 65, 1500, 65_537, 200_001] {
             let d = &big[..len];
             assert_eq!(
@@ -207,17 +150,6 @@ mod tests {
                 fold(sum_native(d)),
                 "length {len}"
             );
-            copy.fill(0);
-            let both = copy_and_sum(d, &mut copy, 7);
-            assert_eq!(fold(both), fold(sum_bytes(d, 7)), "length {len}");
-            assert_eq!(&copy[..len], d);
-            assert!(copy[len..].iter().all(|&b| b == 0));
-            copy.fill(0);
-            assert_eq!(
-                fold(copy_sum_portable(d, &mut copy[..len])),
-                fold(sum_native(d))
-            );
-            assert_eq!(&copy[..len], d);
         }
     }
 

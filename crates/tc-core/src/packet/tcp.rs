@@ -424,19 +424,21 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Copies the datagram ([`TcpPacket::as_bytes`]) to the start of `out` (at least as long)
-    /// and tells whether both checksums are valid, as [`TcpPacket::checksums_valid`] would,
-    /// in one pass over the bytes.
+    /// and tells whether both checksums are valid, as [`TcpPacket::checksums_valid`] would.
+    /// The copy is summed while it is in the cache (a copy that sums as it goes measured
+    /// slower than `memcpy` and the vectorised sum: `checksum_1500` in the packet bench).
     pub fn copy_verified(&self, out: &mut [u8]) -> bool {
         let b = self.as_bytes();
-        let (head, seg) = b.split_at(self.ip_len);
-        out[..self.ip_len].copy_from_slice(head);
-        let src = [b[12], b[13], b[14], b[15]];
-        let dst = [b[16], b[17], b[18], b[19]];
-        let acc = checksum::pseudo_header_sum(src, dst, IPPROTO_TCP, seg.len() as u16);
-        let tcp = !checksum::fold(checksum::copy_and_sum(seg, &mut out[self.ip_len..], acc));
-        b.len() >= self.ip_len + self.tcp_len + self.declared_payload
-            && checksum::checksum(head) == 0
-            && tcp == 0
+        let out = &mut out[..b.len()];
+        out.copy_from_slice(b);
+        let copy = TcpPacket {
+            buf: &*out,
+            ip_len: self.ip_len,
+            tcp_len: self.tcp_len,
+            payload_end: self.payload_end,
+            declared_payload: self.declared_payload,
+        };
+        copy.checksums_valid()
     }
 
     fn tcp_sum_over_segment(&self) -> u16 {
