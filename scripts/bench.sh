@@ -14,6 +14,7 @@
 #        older build, against the same intercept, servers and load)
 #        LAB_TX_OFFLOAD=off: the lab's links compute checksums in software (builds before the
 #        fix of issue 13 replay nothing live with offload on);
+#        CAPTURE=ring|pcap: the live tcpcopy's --capture (default: tcpcopy's own);
 #        PROFILE=1 also records tcpcopy's live phase with `perf record -g` (linux-perf) into
 #        the logs directory; `perf report -i <logs>/tcpcopy.perf` shows where its CPU goes.
 set -euo pipefail
@@ -30,7 +31,7 @@ SHORT_SECONDS=${SHORT_SECONDS:-10}
 
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 source scripts/lab.sh
-install_missing libpcap-dev iproute2 ethtool pkg-config bc
+install_missing libpcap-dev iproute2 ethtool pkg-config bc time
 cargo build --release --bins -q -p tcpcopy -p intercept -p tc-e2e
 bin=$PWD/target/release
 tcpcopy_bin=${TCPCOPY_BIN:-$bin/tcpcopy}
@@ -50,10 +51,15 @@ start_bench_lab
 gen=$("$bin/tc-bench-gen" "$work/bench.pcap" "$CONNS" "$REQUESTS")
 packets=$(echo "$gen" | awk '{print $2}')
 cap_requests=$(echo "$gen" | awk '{print $4}')
+cap_duration=$(echo "$gen" | awk '{print $8}')
 t0=$(date +%s.%N)
-ns online "$tcpcopy_bin" -i "$work/bench.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
+# /usr/bin/time: tcpcopy's own CPU (user, system) and peak RSS (KB).
+ns online /usr/bin/time -f "%U %S %M" -o "$work/offline.time" \
+  "$tcpcopy_bin" -i "$work/bench.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
   -c 203.0.113.x -a 100000 --offline-tail 30 -l "$work/tcpcopy-offline.log"
 t1=$(date +%s.%N)
+off_cpu=$(awk 'END {printf "%.2f", $1 + $2}' "$work/offline.time")
+off_rss=$(awk 'END {print $3}' "$work/offline.time")
 # The target server writes its count as it goes: wait until it is complete (bounded).
 for _ in $(seq 1 50); do
   [ "$(count target)" -ge "$cap_requests" ] 2>/dev/null && break
@@ -64,8 +70,10 @@ off_wall=$(echo "$t1 - $t0" | bc -l)
 
 # ---- live ----
 echo 0 > "$work/target.count.base"; base_target=$(count target); base_online=$(count online)
+capture_args=()
+[ -n "${CAPTURE:-}" ] && capture_args=(--capture "$CAPTURE")
 start tcpcopy online "$tcpcopy_bin" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
-  -l "$work/tcpcopy-live.log"
+  "${capture_args[@]}" -l "$work/tcpcopy-live.log"
 tcpcopy_pid=${pids[-1]}
 for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
 ic_cpu0=$(cpu_seconds "$intercept_pid")
@@ -86,11 +94,20 @@ stat_start() {
 stat_end() {
   stat_count=0
   [ -n "$stat_pid" ] || return 0
-  kill -INT "$stat_pid" 2>/dev/null; wait "$stat_pid" 2>/dev/null || true
+  kill -INT "$stat_pid" 2>/dev/null || true; wait "$stat_pid" 2>/dev/null || true
   stat_count=$(awk -F, '/instructions/ {print $1; exit}' "$work/$1.stat" 2>/dev/null | grep -E '^[0-9]+$' || echo 0)
 }
 stat_start live
+c0=$(date +%s.%N)
 ns client "$bin/tc-bench-client" 198.18.0.20:80 "$LIVE_CONNS" "$RATE" "$SECONDS_LIVE" > "$work/client.out"
+c1=$(date +%s.%N)
+# The replay has finished when the target has served what online served (bounded, 10 s).
+for _ in $(seq 1 1000); do
+  [ $(( $(count target) - base_target )) -ge $(( $(count online) - base_online )) ] && break
+  sleep 0.01
+done
+r1=$(date +%s.%N)
+replay_lag_ratio=$(echo "scale=3; ($r1 - $c0) / ($c1 - $c0)" | bc -l)
 sleep 1
 stat_end live; live_insns=$stat_count
 [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
@@ -117,6 +134,8 @@ per_us() { echo "scale=1; if ($2 > 0) $1 * 1000000 / $2 else 0" | bc -l; }
 off_pps=$(echo "scale=0; $packets / $off_wall" | bc -l)
 off_rps=$(echo "scale=0; $cap_requests / $off_wall" | bc -l)
 off_ratio=$(ratio "$off_target" "$cap_requests")
+off_us=$(per_us "$off_cpu" "$cap_requests")
+off_wall_ratio=$(ratio "$off_wall" "$cap_duration")
 live_ratio=$(ratio "$live_target" "$live_online")
 tc_us=$(per_us "$tc_cpu" "$live_target"); ic_us=$(per_us "$ic_cpu" "$live_target")
 short_ratio=$(ratio "$short_target" "$short_online")
@@ -126,8 +145,8 @@ live_ipr=$(per_n "${live_insns:-0}" "$live_target"); short_ipc=$(per_n "${short_
 
 if $json; then
   cat <<JSON
-{"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio},
- "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
+{"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio,"capture_duration_s":$cap_duration,"wall_over_capture_duration":$off_wall_ratio,"tcpcopy_cpu_s":$off_cpu,"tcpcopy_cpu_us_per_request":$off_us,"tcpcopy_peak_rss_kb":$off_rss},
+ "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"replay_finished_over_client_finished":$replay_lag_ratio,"capture":"${CAPTURE:-default}","tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
  "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc}}
 JSON
 else
@@ -135,8 +154,11 @@ else
   printf '%-44s %.2f s\n' "offline: wall time (max speed, tail ends early)" "$off_wall"
   printf '%-44s %s pkt/s, %s req/s\n' "offline: throughput" "$off_pps" "$off_rps"
   printf '%-44s %s / %s = %s\n' "offline: requests at target / in capture" "$off_target" "$cap_requests" "$off_ratio"
+  printf '%-44s %s / %s s = %s\n' "offline: wall time / capture duration" "$off_wall" "$cap_duration" "$off_wall_ratio"
+  printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "offline: tcpcopy" "$off_cpu" "$off_rss" "$off_us"
   printf '%-44s %s req/s x %s s, %s connections\n' "live: load" "$RATE" "$SECONDS_LIVE" "$LIVE_CONNS"
   printf '%-44s %s / %s = %s\n' "live: requests at target / served online" "$live_target" "$live_online" "$live_ratio"
+  printf '%-44s %s (capture: %s)\n' "live: replay finished / client finished" "$replay_lag_ratio" "${CAPTURE:-default}"
   printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: tcpcopy" "$tc_cpu" "$tc_rss" "$tc_us"
   printf '%-44s %s\n' "live: tcpcopy user instructions/request" "$live_ipr"
   printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: intercept" "$ic_cpu" "$ic_rss" "$ic_us"

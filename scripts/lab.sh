@@ -82,7 +82,17 @@ install_missing() {
 # The bench protocol's servers on online:80 and target:8080 (requests counted in
 # $work/{online,target}.count, read with `count`), and intercept on assist for tcpcopy on
 # online (its pid in intercept_pid). Needs `bin` (the tc-bench-* and intercept binaries).
-count() { cat "$work/$1.count" 2>/dev/null || echo 0; }
+# count NAME: the server's request count (its file is rewritten as it goes: a read that
+# races a rewrite finds it empty, and is retried).
+count() {
+  local v _
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    v=$(cat "$work/$1.count" 2>/dev/null || true)
+    [[ $v =~ ^[0-9]+$ ]] && { echo "$v"; return; }
+    sleep 0.01
+  done
+  echo 0
+}
 start_bench_lab() {
   start target-srv target "$bin/tc-bench-server" 198.18.0.30:8080 "$work/target.count"
   start online-srv online "$bin/tc-bench-server" 198.18.0.20:80 "$work/online.count"

@@ -17,7 +17,9 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tc_core::packet::{build_segment, decode_frame, flags, LinkType, SegmentSpec, TcpPacket};
+use tc_core::packet::{
+    build_segment, checksum, decode_frame, flags, LinkType, SegmentSpec, TcpPacket,
+};
 
 /// An Ethernet frame with a 1500-byte IPv4 datagram (timestamps option, 1448 payload bytes).
 fn frame() -> Vec<u8> {
@@ -43,8 +45,27 @@ fn frame() -> Vec<u8> {
     f
 }
 
+/// The word sum before issue 18 (big-endian 32-bit words, a byte swap per word), kept here
+/// to show the ratio in one run (`checksum_1500`).
+fn sum_bytes_before(data: &[u8], mut acc: u64) -> u64 {
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        acc += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = rest.remainder() {
+        acc += u64::from(*last) << 8;
+    }
+    acc
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Checksums {
+    /// As before issue 18: verify with the old word sum, then copy (two passes).
+    VerifyBeforeIssue18,
     /// Incremental updates only (valid only when the captured checksums were).
     Incremental,
     /// Verify the captured segment, then incremental updates (recompute if it was invalid).
@@ -56,10 +77,30 @@ enum Checksums {
 /// Decode, copy into the send buffer, and rewrite, keeping checksums as `how` says.
 fn forward(frame: &[u8], out: &mut [u8], i: u32, how: Checksums) -> u16 {
     let p = decode_frame(LinkType::Ethernet, frame).expect("decodes");
-    let valid = how != Checksums::VerifyThenIncremental || p.checksums_valid();
-    let ts_at = p.options().timestamps_offset;
     let len = p.as_bytes().len();
-    out[..len].copy_from_slice(p.as_bytes());
+    let valid = match how {
+        // What the replayer does: copy and verify in one pass.
+        Checksums::VerifyThenIncremental => p.copy_verified(out),
+        Checksums::VerifyBeforeIssue18 => {
+            let b = p.as_bytes();
+            let ip_ok = checksum::fold(sum_bytes_before(&b[..20], 0)) == 0xffff;
+            let seg = &b[20..];
+            let acc = checksum::pseudo_header_sum(
+                [b[12], b[13], b[14], b[15]],
+                [b[16], b[17], b[18], b[19]],
+                6,
+                seg.len() as u16,
+            );
+            let tcp_ok = checksum::fold(sum_bytes_before(seg, acc)) == 0xffff;
+            out[..len].copy_from_slice(b);
+            ip_ok && tcp_ok
+        }
+        _ => {
+            out[..len].copy_from_slice(p.as_bytes());
+            true
+        }
+    };
+    let ts_at = p.options().timestamps_offset;
     let mut q = TcpPacket::parse(&mut out[..len], tc_core::packet::Completeness::Whole)
         .expect("copy parses");
     q.set_dst_ip(Ipv4Addr::new(198, 18, 0, 30));
@@ -88,6 +129,20 @@ fn bench(c: &mut Criterion) {
             black_box(forward(black_box(&f), &mut out, i, Checksums::Incremental))
         })
     });
+    g.bench_function(
+        "verify+decode+rewrite, as before issue 18 (two passes)",
+        |b| {
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                black_box(forward(
+                    black_box(&f),
+                    &mut out,
+                    i,
+                    Checksums::VerifyBeforeIssue18,
+                ))
+            })
+        },
+    );
     g.bench_function("verify+decode+rewrite incremental checksums", |b| {
         b.iter(|| {
             i = i.wrapping_add(1);
@@ -119,6 +174,17 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    let mut k = c.benchmark_group("checksum_1500");
+    k.throughput(Throughput::Bytes(1480));
+    let seg = &f[34..];
+    k.bench_function("word sum before issue 18 (big-endian words)", |b| {
+        b.iter(|| black_box(checksum::fold(sum_bytes_before(black_box(seg), 0))))
+    });
+    k.bench_function("sum_bytes (native-endian words, 32-bit lanes)", |b| {
+        b.iter(|| black_box(checksum::fold(checksum::sum_bytes(black_box(seg), 0))))
+    });
+    k.finish();
 
     let mut d = c.benchmark_group("decode_1500");
     d.throughput(Throughput::Elements(1));

@@ -30,10 +30,12 @@ pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CaptureKind {
-    /// AF_INET raw socket: packets addressed to this host (default).
+    /// AF_INET raw socket: packets addressed to this host (default, as the original).
     Raw,
     /// libpcap on devices (`-i dev,...`, `-F`, `-B`, `-S`).
     Pcap,
+    /// What the raw socket captures, read from a memory-mapped ring (TPACKET_V3).
+    Ring,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,9 +164,10 @@ struct RawArgs {
         help = "session pool size, accepted and ignored (1..63)")]
     pool_kb: Option<u16>,
 
-    #[arg(long = "capture", value_name = "raw|pcap", value_enum, hide_possible_values = true,
+    #[arg(long = "capture", value_name = "raw|ring|pcap", value_enum, hide_possible_values = true,
         help_heading = H_CAPTURE,
-        help = "raw IP socket or libpcap on devices [default: raw; -i <dev> implies pcap]")]
+        help = "raw IP socket, the same read from a memory-mapped ring (TPACKET_V3, reports\n\
+                kernel drops), or libpcap on devices [default: raw; -i <dev> implies pcap]")]
     capture: Option<CaptureKind>,
     /// pcap capture devices, or (offline) the pcap file.
     #[arg(short = 'i', value_name = "dev[,dev]", help_heading = H_CAPTURE,
@@ -320,6 +323,8 @@ pub fn generate_docs(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Raw,
+    /// `--capture ring`: what `Raw` captures, from a TPACKET_V3 ring.
+    Ring,
     Pcap {
         /// Empty = every device except `any`.
         devices: Vec<String>,
@@ -711,18 +716,24 @@ fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
         ("--offline-tail", typed(m, "offline_tail")),
     ];
     let kind = match (raw.capture, raw.input.as_deref()) {
-        (Some(CaptureKind::Raw), Some(_)) => {
-            return err("-i does not apply to --capture raw (use --capture pcap -i <dev>, or -i <pcap file> for offline)")
+        (Some(k @ (CaptureKind::Raw | CaptureKind::Ring)), Some(_)) => {
+            let name = if k == CaptureKind::Raw { "raw" } else { "ring" };
+            return err(format!("-i does not apply to --capture {name} (use --capture pcap -i <dev>, or -i <pcap file> for offline)"));
         }
+        (Some(CaptureKind::Ring), None) => CaptureKind::Ring,
         (Some(CaptureKind::Raw), None) | (None, None) => CaptureKind::Raw,
         (Some(CaptureKind::Pcap), Some(_)) if input_is_file => {
-            return err("-i names a file: offline replay is chosen by -i <file> without --capture pcap")
+            return err(
+                "-i names a file: offline replay is chosen by -i <file> without --capture pcap",
+            )
         }
         (Some(CaptureKind::Pcap), _) => CaptureKind::Pcap,
         (None, Some(_)) if input_is_file => {
             for (flag, set) in pcap_only {
                 if set {
-                    return err(format!("{flag} only applies to --capture pcap, not to offline replay"));
+                    return err(format!(
+                        "{flag} only applies to --capture pcap, not to offline replay"
+                    ));
                 }
             }
             let file = PathBuf::from(raw.input.clone().unwrap_or_default());
@@ -747,13 +758,17 @@ fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
         }
     }
     match kind {
-        CaptureKind::Raw => {
+        CaptureKind::Raw | CaptureKind::Ring => {
             for (flag, set) in pcap_only {
                 if set {
                     return err(format!("{flag} only applies to --capture pcap"));
                 }
             }
-            Ok(Input::Raw)
+            Ok(if kind == CaptureKind::Ring {
+                Input::Ring
+            } else {
+                Input::Raw
+            })
         }
         CaptureKind::Pcap => {
             let devices = match raw.input.as_deref() {
@@ -1046,6 +1061,12 @@ mod tests {
 
     #[test]
     fn capture_modes() {
+        assert_eq!(
+            run(&with(&["--capture", "ring"])).unwrap().input,
+            Input::Ring
+        );
+        assert!(run_err(&with(&["--capture", "ring", "-i", "eth0"])).contains("ring"));
+        assert!(run_err(&with(&["--capture", "ring", "-B", "8"])).contains("--capture pcap"));
         let o = run(&with(&["--capture", "pcap"])).unwrap();
         match o.input {
             Input::Pcap {

@@ -41,6 +41,9 @@ const SEND_DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
 pub const MAX_CAPTURES: usize = 64;
 /// Frames read from one source per turn, so tunnels and timers are not starved.
 const CAPTURE_BUDGET: usize = 256;
+/// Offline: client bytes the sessions may hold before reading the file pauses.
+const OFFLINE_MAX_BUFFERED: usize = 2 << 20;
+const OFFLINE_BUFFERED_RETRY: Duration = Duration::from_millis(1);
 const STATS_PERIOD: Duration = Duration::from_secs(30);
 const MEMORY_PERIOD: Duration = Duration::from_secs(60);
 const RECONNECT_PERIOD: Duration = Duration::from_secs(12);
@@ -616,13 +619,7 @@ impl EventLoop {
     /// must know a session before its SYN's answer), then the datagrams. Called after each
     /// batch of input; also tells the machine whether an intercept can take sessions now.
     fn flush_output(&mut self) {
-        let out = self.replayer.output();
-        if !out.is_empty() {
-            self.output.flush(out);
-            self.replayer.clear_output();
-        }
-        let available = self.output.tunnels.active_intercepts() > 0;
-        self.replayer.set_intercepts_available(available);
+        flush_output(&mut self.replayer, &mut self.output);
     }
 
     /// Reopens lost capture devices whose backoff passed; the run stops (exit 1) when no
@@ -660,6 +657,7 @@ impl EventLoop {
         let Self {
             captures,
             replayer,
+            output,
             link_drops,
             diagnostician,
             diff,
@@ -670,23 +668,21 @@ impl EventLoop {
         };
         // Without -c or --probe-client, a probe comes from a captured client's address.
         let mut learned = diagnostician.as_mut().filter(|d| d.learns_client());
-        let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
-            link, frame,
-        ) {
-            Ok(datagram) => {
+        capture_turn(
+            capture,
+            replayer,
+            output,
+            link_drops,
+            &mut |replayer, now, datagram| {
                 if let (Some(d), Some(src)) = (learned.as_mut(), datagram.get(12..16)) {
                     d.learned_client = Some(Ipv4Addr::new(src[0], src[1], src[2], src[3]));
                 }
-                let now = Instant::now();
                 replayer.on_client_packet(now, datagram);
                 if let Some(d) = diff.as_mut() {
                     d.on_client(now, datagram, replayer.last_mapping());
                 }
-            }
-            Err(reason) => link_drops.count(reason),
-        });
-        self.flush_output();
-        read
+            },
+        )
     }
 
     fn poll_offline(&mut self) -> anyhow::Result<OfflineStatus> {
@@ -702,6 +698,11 @@ impl EventLoop {
             return Ok(OfflineStatus::Finished);
         };
         let now = Instant::now();
+        // A file read faster than the target answers piles up in the sessions: reading waits
+        // while they hold this much (the target's service rate is the limit either way).
+        if !source.in_tail() && replayer.buffered_bytes() > OFFLINE_MAX_BUFFERED {
+            return Ok(OfflineStatus::WakeAt(now + OFFLINE_BUFFERED_RETRY));
+        }
         let status = source.poll(now, CAPTURE_BUDGET, &mut |pass, link, frame| {
             // `-T`: each pass replays as connections distinct from the last pass's.
             replayer.start_pass(pass);
@@ -900,6 +901,39 @@ fn resource_usage() -> Option<(Duration, Duration, u64)> {
     // Linux reports ru_maxrss in KB.
     let max_rss = u64::try_from(u.ru_maxrss).unwrap_or(0);
     Some((time(u.ru_utime), time(u.ru_stime), max_rss))
+}
+
+/// The live replay path for one capture source's turn: at most [`CAPTURE_BUDGET`] frames from
+/// the capture buffer, each decoded down to its IPv4 datagram and run through the replay
+/// machine (`on_datagram` calls [`Replayer::on_client_packet`] and what else watches client
+/// packets), then what the machine queued sent. Allocates nothing in steady state (see
+/// `alloc_steady`).
+pub(crate) fn capture_turn(
+    capture: &mut dyn Capture,
+    replayer: &mut Replayer,
+    output: &mut ReplayOutput,
+    link_drops: &mut DropCounters,
+    on_datagram: &mut dyn FnMut(&mut Replayer, Instant, &[u8]),
+) -> std::io::Result<usize> {
+    let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
+        link, frame,
+    ) {
+        Ok(datagram) => on_datagram(replayer, Instant::now(), datagram),
+        Err(reason) => link_drops.count(reason),
+    });
+    flush_output(replayer, output);
+    read
+}
+
+/// Sends what the replay machine queued (see [`EventLoop::flush_output`]).
+pub(crate) fn flush_output(replayer: &mut Replayer, output: &mut ReplayOutput) {
+    let out = replayer.output();
+    if !out.is_empty() {
+        output.flush(out);
+        replayer.clear_output();
+    }
+    let available = output.tunnels.active_intercepts() > 0;
+    replayer.set_intercepts_available(available);
 }
 
 /// Current resident set size from /proc/self/statm.

@@ -2,6 +2,8 @@
 //! reported back by intercept. See ../../shared/spec/tcpcopy.md for the behaviour.
 
 mod addr_spec;
+#[cfg(test)]
+mod alloc_steady;
 mod capture;
 mod check;
 mod cli;
@@ -22,6 +24,7 @@ use anyhow::Context;
 use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::reopen::Reopening;
+use tc_core::capture::ring::{RingCapture, RingOptions};
 use tc_core::capture::Capture;
 use tc_core::daemon;
 use tc_core::logging;
@@ -228,6 +231,25 @@ fn run(options: Options) -> anyhow::Result<i32> {
             // Not bound to a device: nothing to reopen.
             vec![Reopening::new(
                 "raw socket",
+                Box::new(c) as Box<dyn Capture>,
+            )]
+        }
+        Input::Ring => {
+            let ports: Vec<u16> = options
+                .replay
+                .transfers
+                .iter()
+                .map(|t| t.src_port)
+                .collect();
+            let c = RingCapture::open(&ports, RingOptions::default()).context(
+                "Create capture ring to input failed (--capture raw reads a raw socket instead)",
+            )?;
+            log::info!(
+                "capture: TPACKET_V3 ring of {} bytes, kernel filter keeps tcp dst ports {ports:?}",
+                c.ring_bytes()
+            );
+            vec![Reopening::new(
+                "capture ring",
                 Box::new(c) as Box<dyn Capture>,
             )]
         }

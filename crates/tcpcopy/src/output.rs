@@ -54,6 +54,15 @@ pub struct ReplayOutput {
     /// Checked datagrams (with their transfer) the backend could not take yet, oldest first.
     waiting: VecDeque<(Box<[u8]>, usize)>,
     waiting_bytes: usize,
+    /// The allocation of the batch handed to the backend, kept (empty) between flushes.
+    batch: Vec<Outgoing<'static>>,
+}
+
+/// Empties `v` and gives its allocation back for borrows of another lifetime (the in-place
+/// `collect` of an empty iterator keeps the buffer: nothing is allocated per flush).
+fn recycle<'b>(mut v: Vec<Outgoing<'_>>) -> Vec<Outgoing<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("emptied")).collect()
 }
 
 impl ReplayOutput {
@@ -76,6 +85,7 @@ impl ReplayOutput {
             armed: false,
             waiting: VecDeque::new(),
             waiting_bytes: 0,
+            batch: Vec::new(),
         }
     }
 
@@ -148,7 +158,7 @@ impl ReplayOutput {
                     .client_add(a.client_ip, a.client_port, a.target_ip, a.target_port);
             }
         }
-        let mut batch = Vec::with_capacity(outbox.datagrams().len());
+        let mut batch = recycle(std::mem::take(&mut self.batch));
         for d in outbox.datagrams() {
             if let Some(index) = self.target_of(d.bytes, d.transfer) {
                 batch.push(Outgoing {
@@ -158,6 +168,7 @@ impl ReplayOutput {
             }
         }
         self.send_in_order(&batch);
+        self.batch = recycle(batch);
     }
 
     /// The path probe's CLIENT_ADD (none with `--single`: intercept sends everything).
@@ -209,15 +220,16 @@ impl ReplayOutput {
     /// fired).
     pub fn retry(&mut self) {
         while !self.waiting.is_empty() {
-            let batch: Vec<Outgoing<'_>> = self
-                .waiting
-                .iter()
-                .take(DRAIN_CHUNK)
-                .map(|(bytes, transfer)| Outgoing {
-                    bytes,
-                    transfer: *transfer,
-                })
-                .collect();
+            let mut batch = recycle(std::mem::take(&mut self.batch));
+            batch.extend(
+                self.waiting
+                    .iter()
+                    .take(DRAIN_CHUNK)
+                    .map(|(bytes, transfer)| Outgoing {
+                        bytes,
+                        transfer: *transfer,
+                    }),
+            );
             let offered = batch.len();
             let done = Self::send_now(
                 &mut *self.sender,
@@ -226,7 +238,7 @@ impl ReplayOutput {
                 self.started,
                 &batch,
             );
-            drop(batch);
+            self.batch = recycle(batch);
             for (bytes, _) in self.waiting.drain(..done) {
                 self.waiting_bytes -= bytes.len();
             }

@@ -86,10 +86,15 @@ fn main() {
         w.write(base + *t, p).expect("write");
     }
     w.flush().expect("flush");
+    let duration = match (packets.first(), packets.last()) {
+        (Some(a), Some(b)) => b.0 - a.0,
+        _ => Duration::ZERO,
+    };
     println!(
-        "packets {} requests {} connections {}",
+        "packets {} requests {} connections {} duration_s {:.3}",
         packets.len(),
         total_requests,
-        conns
+        conns,
+        duration.as_secs_f64()
     );
 }

@@ -169,7 +169,13 @@ pub fn start_tcpcopy(lab: &Lab, online_port: u16, target_port: u16) {
 /// Starts tcpcopy on online with the caller's whole argument list (named "tcpcopy") and
 /// waits for its event loop.
 pub fn start_tcpcopy_args(lab: &Lab, args: &[&str]) {
-    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), args);
+    // TC_CAPTURE=ring (or pcap...) runs these tests with another capture backend.
+    let capture = std::env::var("TC_CAPTURE").ok();
+    let mut args = args.to_vec();
+    if let Some(c) = capture.as_deref().filter(|c| !c.is_empty()) {
+        args.extend(["--capture", c]);
+    }
+    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), &args);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !lab.log("tcpcopy").contains("event loop running") {
         assert!(

@@ -29,3 +29,4 @@ pub trait Capture {
 }
 
 pub mod raw_socket;
+pub mod ring;

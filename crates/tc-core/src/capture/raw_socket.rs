@@ -80,7 +80,7 @@ impl RawSocketCapture {
 
 /// `X = IP header length; A = TCP destination port; accept if A is one of ports`.
 /// The filter sees a raw IPv4 socket's datagrams from the IP header on.
-fn dst_port_filter(ports: &[u16]) -> Option<Vec<libc::sock_filter>> {
+pub(crate) fn dst_port_filter(ports: &[u16]) -> Option<Vec<libc::sock_filter>> {
     if ports.is_empty() || ports.len() > 250 {
         return None;
     }

@@ -423,6 +423,24 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         checksum::checksum(&b[..self.ip_len]) == 0 && self.tcp_sum_over_segment() == 0
     }
 
+    /// Copies the datagram ([`TcpPacket::as_bytes`]) to the start of `out` (at least as long)
+    /// and tells whether both checksums are valid, as [`TcpPacket::checksums_valid`] would.
+    /// The copy is summed while it is in the cache (a copy that sums as it goes measured
+    /// slower than `memcpy` and the vectorised sum: `checksum_1500` in the packet bench).
+    pub fn copy_verified(&self, out: &mut [u8]) -> bool {
+        let b = self.as_bytes();
+        let out = &mut out[..b.len()];
+        out.copy_from_slice(b);
+        let copy = TcpPacket {
+            buf: &*out,
+            ip_len: self.ip_len,
+            tcp_len: self.tcp_len,
+            payload_end: self.payload_end,
+            declared_payload: self.declared_payload,
+        };
+        copy.checksums_valid()
+    }
+
     fn tcp_sum_over_segment(&self) -> u16 {
         let b = self.as_bytes();
         let seg = &b[self.ip_len..];

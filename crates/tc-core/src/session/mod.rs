@@ -386,7 +386,8 @@ impl Replayer {
             stats: ReplayStats::default(),
             drops: Drops::default(),
             sessions: HashMap::new(),
-            timers: BinaryHeap::new(),
+            // Room for the entries [`Replayer::compact_timers`] lets pile up over a few sessions.
+            timers: BinaryHeap::with_capacity(2 * TIMER_COMPACT_SLACK),
             timer_pushes: 0,
             outbox: Outbox::default(),
             intercepts_available: true,
@@ -476,6 +477,21 @@ impl Replayer {
             self.ingress(now, datagram);
         }
         self.stats.active = self.sessions.len() as u64;
+        self.compact_timers();
+    }
+
+    /// Drops the superseded timer entries once they outnumber the sessions: each deadline
+    /// that moved earlier left one behind, and in a long keep-alive session they would pile
+    /// up until their (late) time. Amortised over the pushes that made them; it keeps the
+    /// heap within a small multiple of the session count, so it stops growing (and
+    /// allocating) in steady state.
+    fn compact_timers(&mut self) {
+        if self.timers.len() <= 2 * self.sessions.len() + TIMER_COMPACT_SLACK {
+            return;
+        }
+        let sessions = &self.sessions;
+        self.timers
+            .retain(|Reverse((t, key))| sessions.get(key).is_some_and(|s| s.scheduled == Some(*t)));
     }
 
     /// Spec 3.1 for one (split) datagram, then the session layer and replication.
@@ -549,7 +565,10 @@ impl Replayer {
         // an invalid one invalid: a capture side that offloads transmit checksums (veth,
         // containers, VMs, tcpdump on the sending host) hands over partial ones, and the
         // target's kernel drops every segment that still carries one.
-        let checksums_valid = p.checksums_valid();
+        let mut len = p.as_bytes().len();
+        let mut buf = std::mem::take(&mut self.ingress_buf);
+        // Copied and verified in one pass.
+        let checksums_valid = p.copy_verified(&mut buf);
         if !checksums_valid {
             if self.stats.bad_checksum_fixed == 0 {
                 log::info!(
@@ -558,9 +577,6 @@ impl Replayer {
             }
             self.stats.bad_checksum_fixed += 1;
         }
-        let mut len = p.as_bytes().len();
-        let mut buf = std::mem::take(&mut self.ingress_buf);
-        buf[..len].copy_from_slice(p.as_bytes());
         if seg.layout.ip_len > 20 {
             // IP options (source routes among them) are not replayed: the target gets a plain
             // header, as intercept's records do.
@@ -842,6 +858,7 @@ impl Replayer {
         if !found.is_some_and(|k| self.respond(k, now, &r)) {
             self.drops.count(DropKind::UnknownResponse);
         }
+        self.compact_timers();
     }
 
     /// Fires the timers due at `now`, at most [`TIMER_BUDGET`] of them (the rest stay due:
@@ -925,6 +942,11 @@ impl Replayer {
         self.moved_ports.len()
     }
 
+    /// Bytes of client packets the sessions hold (waiting for the target's answers).
+    pub fn buffered_bytes(&self) -> usize {
+        self.sessions.values().map(|s| s.buffered).sum()
+    }
+
     /// Sessions that are not finished (handshaking or established).
     pub fn live_sessions(&self) -> usize {
         self.sessions.values().filter(|s| !s.is_over()).count()
@@ -958,6 +980,9 @@ impl Replayer {
             .collect()
     }
 }
+
+/// Superseded timer entries tolerated beyond two per session before the heap is compacted.
+const TIMER_COMPACT_SLACK: usize = 64;
 
 /// Most timers [`Replayer::on_timer`] fires in one call.
 pub const TIMER_BUDGET: usize = 4096;

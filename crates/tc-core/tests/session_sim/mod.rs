@@ -488,6 +488,12 @@ impl Default for SimCore {
 }
 
 impl SimCore {
+    /// A datagram tcpcopy sent reaches the simulated target (for drivers that send through
+    /// their own backend instead of [`SimCore::drain`]).
+    pub fn on_sent(&mut self, datagram: &[u8]) {
+        self.on_datagram(datagram);
+    }
+
     /// Takes what the machine queued, as tcpcopy's event loop does after each batch of input:
     /// announcements, then datagrams to the simulated target; then tells it whether
     /// intercepts take sessions.
