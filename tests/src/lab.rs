@@ -256,6 +256,12 @@ impl Lab {
         }
     }
 
+    /// How many lines of `name`'s log contain `marker`. A process started again under the
+    /// same name appends to the same log: wait for this count to grow, not for the marker.
+    pub fn log_count(&self, name: &str, marker: &str) -> usize {
+        self.log(name).matches(marker).count()
+    }
+
     pub fn log_path(&self, name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("{}-{name}.log", self.prefix))
     }

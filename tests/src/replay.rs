@@ -53,13 +53,17 @@ pub fn start_tcpcopy(lab: &Lab, name: &str, args: &[&str]) {
     let assist = ASSIST_IP.to_string();
     let mut all: Vec<&str> = vec!["-s", &assist];
     all.extend_from_slice(args);
+    let before = lab.log_count(name, "event loop running");
     lab.spawn(ONLINE, name, &bin("tcpcopy"), &all);
     wait_for(
         Duration::from_secs(15),
         || {
-            let log = lab.log(name);
-            assert!(lab.running(name), "tcpcopy did not start: {log}");
-            log.contains("event loop running")
+            assert!(
+                lab.running(name),
+                "tcpcopy did not start: {}",
+                lab.log(name)
+            );
+            lab.log_count(name, "event loop running") > before
         },
         || format!("tcpcopy's event loop: {}", lab.log(name)),
     );

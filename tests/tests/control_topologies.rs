@@ -245,10 +245,14 @@ impl Topo {
 
     /// tcpcopy `name` in `host` with `args`; waits for its event loop.
     fn tcpcopy_on(&self, name: &str, host: &str, args: &[&str]) {
+        // A tcpcopy started again under the same name appends to the same log: wait for a
+        // new "event loop running" line, not the last run's (the workload would otherwise
+        // start before this run captures: its first connections were missed, under load).
+        let before = self.lab.log_count(name, "event loop running");
         self.lab.spawn(host, name, &bin("tcpcopy"), args);
         let (up, _) = poll(Duration::from_secs(15), || {
             (
-                self.lab.log(name).contains("event loop running") || !self.lab.running(name),
+                self.lab.log_count(name, "event loop running") > before || !self.lab.running(name),
                 (),
             )
         });

@@ -37,10 +37,11 @@ fn setup(tcpcopy_args: &[&str]) -> Setup {
     let x = format!("{ONLINE_PORT}-{TARGET_IP}:{TARGET_PORT}");
     let mut args = vec!["-x", x.as_str(), "-s", "198.18.0.40", "-c", "203.0.113.61"];
     args.extend_from_slice(tcpcopy_args);
+    let before = lab.log_count("tcpcopy", "event loop running");
     lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), &args);
     wait_for(
         Duration::from_secs(15),
-        || lab.log("tcpcopy").contains("event loop running"),
+        || lab.log_count("tcpcopy", "event loop running") > before,
         || format!("tcpcopy's event loop: {}", lab.log("tcpcopy")),
     );
     Setup {

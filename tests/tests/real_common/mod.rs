@@ -175,9 +175,10 @@ pub fn start_tcpcopy_args(lab: &Lab, args: &[&str]) {
     if let Some(c) = capture.as_deref().filter(|c| !c.is_empty()) {
         args.extend(["--capture", c]);
     }
+    let before = lab.log_count("tcpcopy", "event loop running");
     lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), &args);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !lab.log("tcpcopy").contains("event loop running") {
+    while lab.log_count("tcpcopy", "event loop running") <= before {
         assert!(
             Instant::now() < deadline && lab.running("tcpcopy"),
             "tcpcopy did not start: {}",
