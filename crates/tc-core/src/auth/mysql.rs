@@ -463,6 +463,7 @@ impl Machine {
                 seq: server_seq,
             } => {
                 let Some(user) = self.user.clone() else {
+                    self.state = State::Done;
                     return ClientVerdict::Pass;
                 };
                 let Some(creds) = creds else {

@@ -341,7 +341,10 @@ impl Machine {
                 ClientVerdict::Wait
             }
             // Its verdict was not seen (too long for a record): nothing more to follow.
-            State::Verdict => ClientVerdict::Pass,
+            State::Verdict => {
+                self.state = State::Done;
+                ClientVerdict::Pass
+            }
             State::Password(m) => self.on_password(creds, m, payload),
             State::ClientFinal {
                 bare,
