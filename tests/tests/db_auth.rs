@@ -413,3 +413,301 @@ fn postgres_scram_sha_256_logins_replay() {
 fn postgres_md5_logins_replay() {
     pg_case("postgres_md5_logins_replay", "md5");
 }
+
+// ------------------------------------------------------------------------------------------
+// MariaDB
+
+const MY_ONLINE_PORT: u16 = 3306;
+const MY_TARGET_PORT: u16 = 3307;
+
+/// A mariadbd in a lab host; shut down (mariadb-admin over its socket, then the lab's
+/// SIGTERM) on drop. Declare after the lab: dropped before it.
+struct MariaDb {
+    sock: PathBuf,
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        let _ = run(
+            None,
+            "root",
+            20,
+            "mariadb-admin",
+            &[
+                "--no-defaults",
+                "-S",
+                s(&self.sock),
+                "-u",
+                "root",
+                "shutdown",
+            ],
+            None,
+        );
+    }
+}
+
+impl MariaDb {
+    fn try_query(&self, sql: &str) -> Option<String> {
+        let out = run(
+            None,
+            "root",
+            10,
+            "mariadb",
+            &[
+                "--no-defaults",
+                "-S",
+                s(&self.sock),
+                "-u",
+                "root",
+                "-N",
+                "-B",
+                "-e",
+                sql,
+            ],
+            None,
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn query(&self, sql: &str) -> String {
+        self.try_query(sql)
+            .unwrap_or_else(|| panic!("mariadb {}: {sql}", self.sock.display()))
+    }
+
+    /// A global status counter (Com_select, Questions, Access_denied_errors...).
+    fn status(&self, name: &str) -> u64 {
+        self.try_query(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .and_then(|t| t.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    }
+}
+
+fn mariadb_template(tmp: &TempDir) -> PathBuf {
+    let dir = tmp.path().join("template");
+    must(
+        None,
+        "root",
+        90,
+        "mariadb-install-db",
+        &[
+            "--no-defaults",
+            &format!("--datadir={}", s(&dir)),
+            "--user=mysql",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
+        None,
+    );
+    dir
+}
+
+fn start_mariadb(
+    lab: &Lab,
+    host: &str,
+    name: &str,
+    port: u16,
+    template: &Path,
+    dir: &Path,
+) -> MariaDb {
+    let ip = if host == ONLINE { ONLINE_IP } else { TARGET_IP };
+    std::fs::create_dir_all(dir).unwrap();
+    let data = dir.join("data");
+    must(None, "root", 30, "cp", &["-a", s(template), s(&data)], None);
+    must(
+        None,
+        "root",
+        10,
+        "chown",
+        &["-R", "mysql:mysql", s(dir)],
+        None,
+    );
+    let sock = dir.join("sock");
+    let args = [
+        "--no-defaults".to_string(),
+        format!("--datadir={}", s(&data)),
+        format!("--socket={}", s(&sock)),
+        format!("--pid-file={}", s(&dir.join("pid"))),
+        format!("--port={port}"),
+        format!("--bind-address={ip}"),
+        "--user=mysql".into(),
+        "--skip-name-resolve".into(),
+        "--max-connections=60".into(),
+        "--innodb-buffer-pool-size=16M".into(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(host, name, &PathBuf::from("/usr/sbin/mariadbd"), &args);
+    let db = MariaDb { sock };
+    let (ready, _) = poll(Duration::from_secs(30), || {
+        (db.try_query("SELECT 1").is_some(), ())
+    });
+    assert!(ready, "{name} does not start: {}", tail(&lab.log(name), 30));
+    db.query(&format!(
+        "CREATE USER bench@'%' IDENTIFIED BY '{PASSWORD}'; GRANT ALL ON *.* TO bench@'%'; \
+         CREATE DATABASE slap"
+    ));
+    let plugin = db.query("SELECT plugin FROM mysql.user WHERE user = 'bench'");
+    assert_eq!(plugin.trim(), "mysql_native_password");
+    db
+}
+
+/// mysqlslap as `bench` against online: `clients` connections per iteration, each logging
+/// in and running its share of `queries` SELECTs.
+fn mysqlslap(lab: &Lab, clients: u32, iterations: u32, queries: u32) {
+    let host = ONLINE_IP.to_string();
+    let port = MY_ONLINE_PORT.to_string();
+    let pw = format!("-p{PASSWORD}");
+    let (c, i, q) = (
+        clients.to_string(),
+        iterations.to_string(),
+        queries.to_string(),
+    );
+    must(
+        Some(lab),
+        CLIENT,
+        60,
+        "mysqlslap",
+        &[
+            "--no-defaults",
+            "-h",
+            &host,
+            "-P",
+            &port,
+            "-u",
+            "bench",
+            &pw,
+            "--create-schema=slap",
+            "--no-drop",
+            "--query=SELECT COUNT(*) FROM mysql.user",
+            "--concurrency",
+            &c,
+            "--iterations",
+            &i,
+            "--number-of-queries",
+            &q,
+        ],
+        None,
+    );
+}
+
+/// Waits until the target's `Com_select` grew by `want` since `base`.
+fn wait_selects(lab: &Lab, target: &MariaDb, base: u64, want: u64, what: &str, tcpcopy: &str) {
+    let (same, got) = poll(Duration::from_secs(30), || {
+        let n = target.status("Com_select") - base;
+        (n == want, n)
+    });
+    assert!(
+        same,
+        "{what}: the target ran {got} SELECTs, online {want}\n--- {tcpcopy} ---\n{}\n\
+         --- mariadb-target log (tail) ---\n{}",
+        tail(&lab.log(tcpcopy), 40),
+        tail(&lab.log("mariadb-target"), 20)
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn mariadb_native_password_logins_replay() {
+    let test = "mariadb_native_password_logins_replay";
+    require_root(test);
+    let started = Instant::now();
+    let tmp = TempDir::new("mariadb-auth");
+    let template = mariadb_template(&tmp);
+    let lab = Lab::start();
+    let online = start_mariadb(
+        &lab,
+        ONLINE,
+        "mariadb-online",
+        MY_ONLINE_PORT,
+        &template,
+        &tmp.sub("online"),
+    );
+    let target = start_mariadb(
+        &lab,
+        TARGET,
+        "mariadb-target",
+        MY_TARGET_PORT,
+        &template,
+        &tmp.sub("target"),
+    );
+    let auth = auth_file(tmp.path(), "bench");
+    start_intercept_payload(&lab, MY_TARGET_PORT);
+
+    // Live, recorded at the same time for the offline replay.
+    let (online_base, target_base) = (online.status("Com_select"), target.status("Com_select"));
+    let rec = record(&lab, &tmp.path().join("mariadb.pcap"), MY_ONLINE_PORT);
+    start_live(
+        &lab,
+        "tcpcopy",
+        MY_ONLINE_PORT,
+        MY_TARGET_PORT,
+        &["--auth-file", s(&auth)],
+    );
+    mysqlslap(&lab, 3, 5, 30);
+    let selects = online.status("Com_select") - online_base;
+    // A connection per client and iteration (mysqlslap's own first one comes on top).
+    let logins = 3 * 5;
+    assert!(selects >= 150, "online ran {selects} SELECTs");
+    wait_selects(&lab, &target, target_base, selects, "live", "tcpcopy");
+    let log = stop_tcpcopy(&lab, "tcpcopy");
+    let pcap = rec.stop(&lab);
+    let rewritten = stat(&log, "rewritten");
+    assert!(
+        rewritten >= logins && stat(&log, "accepted") == rewritten,
+        "live: {rewritten} logins rewritten, {logins} made: {}",
+        tail(&log, 30)
+    );
+    assert_eq!(target.status("Access_denied_errors"), 0);
+    assert!(!log.contains(PASSWORD), "the password is in tcpcopy's log");
+
+    // Offline: the target's greeting gives the nonce at replay time.
+    let log = replay_offline(
+        &lab,
+        &pcap,
+        MY_ONLINE_PORT,
+        MY_TARGET_PORT,
+        &["--auth-file", s(&auth)],
+    );
+    wait_selects(
+        &lab,
+        &target,
+        target_base,
+        2 * selects,
+        "offline",
+        "offline",
+    );
+    assert!(
+        stat(&log, "rewritten") >= logins,
+        "offline: {}",
+        tail(&log, 30)
+    );
+
+    // Without --auth-file: access denied at the target, counted by tcpcopy.
+    let denied = target.status("Access_denied_errors");
+    start_live(
+        &lab,
+        "watch",
+        MY_ONLINE_PORT,
+        MY_TARGET_PORT,
+        &["--protocol", "mysql"],
+    );
+    mysqlslap(&lab, 2, 2, 4);
+    let more = 2 * 2;
+    let (failed, n) = poll(Duration::from_secs(20), || {
+        let n = target.status("Access_denied_errors") - denied;
+        (n >= more, n)
+    });
+    let log = stop_tcpcopy(&lab, "watch");
+    assert!(failed, "the target denied {n} of {more} replayed logins");
+    let rejected = stat(&log, "rejected by target");
+    assert!(
+        rejected >= more,
+        "{rejected} refusals counted for {more} failed logins: {}",
+        tail(&log, 30)
+    );
+    eprintln!(
+        "{test}: {selects} SELECTs over {logins} logins live ({rewritten} rewritten) and offline, {rejected} refusals counted without --auth-file; {:?}",
+        started.elapsed()
+    );
+}
