@@ -18,6 +18,8 @@ const SSL_REQUEST: u32 = 80_877_103;
 const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// Most SCRAM iterations answered (a login asking for more is not replayed).
+pub const MAX_ITERATIONS: u32 = 100_000;
 
 /// `md5` + hex(md5(hex(md5(password + user)) + salt)).
 pub fn md5_password(user: &[u8], password: &[u8], salt: &[u8]) -> String {
@@ -73,7 +75,8 @@ pub fn parse_server_first(s: &str) -> Option<ServerFirst> {
         }
     }
     let iterations = iterations?;
-    if !(1..=10_000_000).contains(&iterations) {
+    // More would stall the event loop: PBKDF2 runs in it (PostgreSQL uses 4096).
+    if !(1..=MAX_ITERATIONS).contains(&iterations) {
         return None;
     }
     Some(ServerFirst {
