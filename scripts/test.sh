@@ -13,14 +13,15 @@ need_root() {
 }
 need_root
 
-# redis-server .. apache2-utils, wrk: the real servers and clients of tests/tests/real_*.rs
+# redis-server .. apache2-utils, wrk, mariadb-*: the real servers and clients of tests/tests/real_*.rs
+# and db_auth.rs
 # (their Debian service instances, if started, listen in the root namespace: no conflict).
 # prometheus: its promtool checks the metrics text (crates/tc-core/tests/metrics.rs).
 # dpkg-dev .. systemd: tests/tests/package.rs builds, installs (man -w, getcap,
 # systemd-analyze verify) and purges the Debian package of scripts/package.sh.
 packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc wrk memcached
   redis-server redis-tools postgresql postgresql-client nginx-light apache2-utils prometheus
-  dpkg-dev binutils man-db libcap2-bin systemd)
+  dpkg-dev binutils man-db libcap2-bin systemd mariadb-server mariadb-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

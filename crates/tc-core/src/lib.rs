@@ -12,6 +12,7 @@
 //! pcap, socket2 or env_logger. The binaries' man pages and shell completions (`docs`) are
 //! behind the feature `docs`, which the binaries enable.
 
+pub mod auth;
 #[cfg(feature = "io")]
 pub mod capture;
 pub mod compare;

@@ -56,6 +56,7 @@ const H_PROCESS: &str = "Process";
 const H_REPORT: &str = "Reports";
 const H_DIAGNOSIS: &str = "Diagnosis";
 const H_DIFF: &str = "Compare the target's answers with production's";
+const H_LOGINS: &str = "Database logins (need --payload here and on intercept)";
 
 const EXAMPLE: &str = "\
 Example:
@@ -109,6 +110,16 @@ struct RawArgs {
     #[arg(long = "single", help_heading = H_CONTROL,
         help = "send no CLIENT_ADD (intercept --single)")]
     single: bool,
+
+    #[arg(long = "auth-file", value_name = "file", help_heading = H_LOGINS,
+        help = "user:password lines (mode 0600, owned by this user): recompute captured\n\
+                MySQL/MariaDB and PostgreSQL password logins for the target's challenge")]
+    auth_file: Option<PathBuf>,
+    #[arg(long = "protocol", value_name = "proto", help_heading = H_LOGINS,
+        value_parser = ["mysql", "mariadb", "postgres", "postgresql"],
+        help = "protocol of the logins: mysql or postgres (default: detected per session);\n\
+                without --auth-file logins are only watched: refusals are counted")]
+    protocol: Option<String>,
 
     #[arg(short = 'c', value_name = "ips", help_heading = H_REPLAY,
         help = "rewrite client IPs: a.b.c.d or a.b.c.x (= .1-.254), comma separated,\n\
@@ -513,6 +524,30 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         return err("--check needs a fake client address to probe from: -c (e.g. -c 203.0.113.x) or --probe-client IP, one whose answers the target routes to intercept");
     }
 
+    let auth = match (&raw.auth_file, &raw.protocol) {
+        (None, None) => None,
+        (file, protocol) => {
+            if !raw.payload {
+                return err(format!(
+                    "{} needs --payload here and on intercept: the target's challenge comes in the response payload",
+                    if file.is_some() { "--auth-file" } else { "--protocol" }
+                ));
+            }
+            let credentials = match file {
+                Some(path) => Some(crate::auth_file::load(path).map_err(CliError)?),
+                None => None,
+            };
+            let protocol = match protocol {
+                Some(p) => Some(p.parse().map_err(CliError)?),
+                None => None,
+            };
+            Some(std::sync::Arc::new(tc_core::auth::AuthConfig {
+                credentials,
+                protocol,
+            }))
+        }
+    };
+
     let input = input_mode(&raw, m)?;
     let output = match raw.send {
         SendKind::Raw => {
@@ -580,6 +615,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         only_with_syn: raw.only_with_syn,
         dont_wait: raw.dont_wait,
         single: raw.single,
+        auth,
         seed: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -603,6 +603,11 @@ impl EventLoop {
                 d.path()
             );
         }
+        let logins = self.replayer.auth_report().counts();
+        if !logins.is_empty() {
+            let text: Vec<String> = logins.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+            log::info!("logins at exit:{}", text.join(","));
+        }
         if let Some(path) = &self.cfg.report_file {
             let mut value = report::fidelity_report(&snap);
             if let Some(d) = &self.diff {
@@ -809,6 +814,11 @@ impl EventLoop {
         if !drops.is_empty() {
             let text: Vec<String> = drops.iter().map(|(n, c)| format!("{n}:{c}")).collect();
             log::info!("session drops:{}", text.join(","));
+        }
+        let logins = self.replayer.auth_report().counts();
+        if !logins.is_empty() {
+            let text: Vec<String> = logins.iter().map(|(n, c)| format!("{n}:{c}")).collect();
+            log::info!("logins:{}", text.join(","));
         }
         let o = &self.output.stats;
         let t = &self.output.tunnels.stats;

@@ -4,6 +4,7 @@
 mod addr_spec;
 #[cfg(test)]
 mod alloc_steady;
+mod auth_file;
 mod capture;
 mod check;
 mod cli;
@@ -176,6 +177,20 @@ fn run(options: Options) -> anyhow::Result<i32> {
         },
         if r.single { ", single mode" } else { "" }
     );
+    if let Some(auth) = &r.auth {
+        log::info!(
+            "database logins: {}, {}",
+            auth.protocol
+                .map_or("protocol detected per session", |p| p.as_str()),
+            match &auth.credentials {
+                Some(c) => format!(
+                    "answers recomputed for {} user(s) of the auth file",
+                    c.len()
+                ),
+                None => "watched only (no --auth-file): refusals are counted".into(),
+            }
+        );
+    }
 
     let local_ips = capture::local_ipv4_addresses().context("cannot list local addresses")?;
     capture::check_self_capture(&options.replay.transfers, &options.input, &local_ips)?;

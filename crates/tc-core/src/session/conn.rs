@@ -16,6 +16,9 @@ use super::timer::{Timer, TimerTable};
 use super::{DropKind, Drops, ReplayConfig, ReplayStats};
 use crate::packet::{build_segment, flags, Layout, Segment, SegmentSpec, TcpPacket};
 
+mod login;
+use login::LoginStep;
+
 /// Wrap-around aware sequence comparisons.
 #[inline]
 pub fn seq_lt(a: u32, b: u32) -> bool {
@@ -120,6 +123,8 @@ pub struct Ctx<'a> {
     pub fidelity: &'a mut Fidelity,
     pub scratch: &'a mut [u8],
     pub pool: &'a mut Vec<Vec<u8>>,
+    /// Database logins of all sessions (`--auth-file`, `--protocol`).
+    pub auth: &'a mut crate::auth::AuthReport,
 }
 
 impl Ctx<'_> {
@@ -209,6 +214,10 @@ pub struct Session {
     last_sent_req: Option<u32>,
     /// The target already answered the last request sent.
     answered: bool,
+    /// The database login being followed (`login.rs`); `None` once it is over.
+    login: Option<Box<crate::auth::Login>>,
+    /// Added to captured sequence numbers: a rewritten login answer changed the length.
+    seq_shift: u32,
 }
 
 impl Session {
@@ -273,6 +282,8 @@ impl Session {
             captured_end: None,
             last_sent_req: None,
             answered: false,
+            login: Session::new_login(cfg),
+            seq_shift: 0,
         }
     }
 
@@ -475,6 +486,13 @@ impl Session {
 
     /// A captured non-SYN client packet of this session.
     pub fn on_client(&mut self, ctx: &mut Ctx, now: Instant, seg: &Segment, datagram: &[u8]) {
+        let shifted;
+        let seg = if self.seq_shift != 0 {
+            shifted = self.shifted(seg);
+            &shifted
+        } else {
+            seg
+        };
         let end = seg.end();
         if seq_gt(end, self.seen_end) && !self.is_other_connection(seg.seq) {
             self.seen_end = end;
@@ -551,7 +569,7 @@ impl Session {
             ctx.drops.count(DropKind::SessionTooBig);
             return;
         }
-        let stored = Stored {
+        let mut stored = Stored {
             seq,
             end,
             online_ack: seg.ack,
@@ -563,6 +581,9 @@ impl Session {
             fresh: true,
             data: ctx.take_buf(datagram),
         };
+        if self.seq_shift != 0 {
+            login::set_stored_seq(&mut stored);
+        }
         self.buffered += stored.data.len();
         self.ip_id = seg.ip_id;
         // Insert after every pending segment that does not start after it.
@@ -686,6 +707,14 @@ impl Session {
                 let front = self.pending.front_mut().expect("front exists");
                 let removed = front.trim_front(n);
                 self.buffered -= removed;
+            }
+            if payload > 0 && self.login.is_some() && self.pending.front().is_some_and(|q| q.fresh)
+            {
+                match self.login_client(ctx, now) {
+                    LoginStep::Go => {}
+                    LoginStep::Hold => break,
+                    LoginStep::Dropped => return,
+                }
             }
             let mut q = self.pop_pending();
             self.emit(ctx, &mut q);
@@ -849,7 +878,8 @@ impl Session {
     // ----- target side -------------------------------------------------------------------
 
     /// One response record (headers of a segment the target sent to this session).
-    pub fn on_response(&mut self, ctx: &mut Ctx, now: Instant, r: &Segment) {
+    /// `data`: its payload when the record carried it (`--payload`), else empty.
+    pub fn on_response(&mut self, ctx: &mut Ctx, now: Instant, r: &Segment, data: &[u8]) {
         ctx.stats.resp += 1;
         self.last_target_at = now;
         if self.phase == Phase::Over {
@@ -893,6 +923,9 @@ impl Session {
             ctx.stats.resp_content += 1;
             let end = r.seq.wrapping_add(payload);
             if seq_gt(end, self.tgt_ack) {
+                if self.login.is_some() && self.login_server(ctx, now, r.seq, payload, data) {
+                    return;
+                }
                 let new = end.wrapping_sub(if seq_gt(r.seq, self.tgt_ack) {
                     r.seq
                 } else {

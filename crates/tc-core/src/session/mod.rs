@@ -77,6 +77,9 @@ pub struct ReplayConfig {
     pub max_session_bytes: usize,
     /// Seed for the random port offset `R` of `-n`/`-f` (drawn in [0, 512)).
     pub seed: u64,
+    /// `--auth-file` / `--protocol`: database logins are followed (and with credentials
+    /// their answers recomputed for the target's challenge). See [`crate::auth`].
+    pub auth: Option<std::sync::Arc<crate::auth::AuthConfig>>,
 }
 
 impl Default for ReplayConfig {
@@ -100,6 +103,7 @@ impl Default for ReplayConfig {
             max_sessions: 1 << 20,
             max_session_bytes: 64 << 20,
             seed: 0,
+            auth: None,
         }
     }
 }
@@ -305,6 +309,7 @@ macro_rules! ctx {
             fidelity: &mut $r.fidelity,
             scratch: &mut $r.scratch,
             pool: &mut $r.pool,
+            auth: &mut $r.auth_report,
         }
     };
 }
@@ -345,6 +350,8 @@ pub struct Replayer {
     /// The last client packet's online connection and the replayed one it became (its first
     /// copy), for `tcpcopy --diff`: see [`Replayer::last_mapping`].
     last_mapping: Option<(Key, Key)>,
+    /// Database logins (with [`ReplayConfig::auth`]).
+    auth_report: crate::auth::AuthReport,
 }
 
 /// How long a closed endpoint is avoided for replicas (Linux TIME_WAIT is 60 s).
@@ -402,6 +409,7 @@ impl Replayer {
             pass: 0,
             pass_port_add: 0,
             last_mapping: None,
+            auth_report: crate::auth::AuthReport::default(),
         }
     }
 
@@ -826,12 +834,13 @@ impl Replayer {
     }
 
     /// Hands a response to the session `key`, if there is one (one table lookup).
-    fn respond(&mut self, key: Key, now: Instant, r: &Segment) -> bool {
+    /// `payload`: the response's whole payload when the record carries it, else empty.
+    fn respond(&mut self, key: Key, now: Instant, r: &Segment, payload: &[u8]) -> bool {
         let Some(s) = self.sessions.get_mut(&key) else {
             return false;
         };
         let mut ctx = ctx!(self);
-        s.on_response(&mut ctx, now, r);
+        s.on_response(&mut ctx, now, r, payload);
         schedule(&mut self.timers, &mut self.timer_pushes, key, s);
         self.start_deferred(now, key, false);
         true
@@ -844,8 +853,14 @@ impl Replayer {
             self.drops.count(DropKind::BadResponse);
             return;
         };
+        // The payload only when the record carries all of it (--payload, at most 128 bytes).
+        let payload = if r.payload().len() == r.payload_len() {
+            r.payload()
+        } else {
+            &[]
+        };
         let r = r.segment();
-        if self.respond((r.dst, r.dst_port, r.src, r.src_port), now, &r) {
+        if self.respond((r.dst, r.dst_port, r.src, r.src_port), now, &r, payload) {
             return;
         }
         // Spec 4.9 looks sessions up by the response's destination alone: behind a DNAT
@@ -855,7 +870,7 @@ impl Replayer {
             let k = (r.dst, r.dst_port, t.dst_ip, t.dst_port);
             (t.dst_port == r.src_port && self.sessions.contains_key(&k)).then_some(k)
         });
-        if !found.is_some_and(|k| self.respond(k, now, &r)) {
+        if !found.is_some_and(|k| self.respond(k, now, &r, payload)) {
             self.drops.count(DropKind::UnknownResponse);
         }
         self.compact_timers();
@@ -967,6 +982,11 @@ impl Replayer {
 
     pub fn drops(&self) -> &Drops {
         &self.drops
+    }
+
+    /// The database logins followed so far (with [`ReplayConfig::auth`]).
+    pub fn auth_report(&self) -> &crate::auth::AuthReport {
+        &self.auth_report
     }
 
     /// Drops by reason for every packet that is not replayed (name, count), for the stats line.
