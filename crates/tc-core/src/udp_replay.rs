@@ -1,0 +1,633 @@
+//! UDP replay (`tcpcopy --udp`, the original's "udpcopy" build, spec 8): every captured
+//! datagram to a `-x` source is rewritten for the transfer's target and queued for sending.
+//! Stateless: the target's answers are not tracked and no intercept is involved.
+//!
+//! Per captured IPv4 packet:
+//! 1. the IPv4 header is checked; a fragment goes to the [`Reassembler`] and the datagram
+//!    continues only once it is whole (so a datagram is replayed whole or not at all; the raw
+//!    socket capture hands over datagrams the kernel already reassembled);
+//! 2. the UDP header is checked and the destination matched against the transfers;
+//! 3. as for TCP sessions (spec 2.4-2.7): `-H` replaces a loopback source, `-c` maps the
+//!    client address, `-r`/`-g` sample by (client address, port) so a flow is kept or left
+//!    out as a whole, `-f` shifts the source port and `-n` adds copies with their own ports
+//!    (and client addresses with `-c`);
+//! 4. each copy is written with a fresh 20-byte IPv4 header (IP options are not replayed) and
+//!    a UDP checksum computed in full; a copy longer than `-M` is cut into IPv4 fragments
+//!    (offsets in 8-byte units, MF on all but the last, DF cleared) under an IP id of its own,
+//!    so copies that share a source address never mix their fragments at the target.
+//!
+//! The queue of datagrams waiting for the send backend is bounded
+//! ([`UdpConfig::max_queued_bytes`]); past it new datagrams are dropped and counted. Nothing
+//! here does I/O or reads a clock: time comes in as arguments.
+
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use crate::packet::fragments::{FragStats, Outcome, Reassembler, ReassemblyLimits};
+use crate::packet::udp::{
+    fragment, write_udp_datagram, HeaderError, Ipv4Info, UdpDatagram, UdpSpec, IPPROTO_UDP,
+    IPV4_HEADER_LEN, MAX_IPV4_LEN, UDP_HEADER_LEN,
+};
+use crate::session::ingress::{self, ClientIpMap, Sampler};
+use crate::session::{ReplayConfig, Transfer};
+
+/// What UDP replay needs from the command line.
+#[derive(Debug, Clone)]
+pub struct UdpConfig {
+    pub transfers: Vec<Transfer>,
+    /// `-c`, expanded, targets left out; empty = keep client addresses.
+    pub client_ips: Vec<Ipv4Addr>,
+    pub localhost_replacement: Option<Ipv4Addr>,
+    pub replicas: u16,
+    pub port_shift: u16,
+    pub sample_percent: u8,
+    pub gradual: bool,
+    /// `-M`: longer datagrams leave as fragments of at most this many bytes.
+    pub mtu: u16,
+    /// Seed of the random port offset `R` of `-n`/`-f`.
+    pub seed: u64,
+    pub reassembly: ReassemblyLimits,
+    /// Most bytes waiting for the send backend.
+    pub max_queued_bytes: usize,
+}
+
+impl UdpConfig {
+    /// The UDP part of the TCP replay's configuration.
+    pub fn from_replay(cfg: &ReplayConfig) -> UdpConfig {
+        UdpConfig {
+            transfers: cfg.transfers.clone(),
+            client_ips: cfg.client_ips.clone(),
+            localhost_replacement: cfg.localhost_replacement,
+            replicas: cfg.replicas,
+            port_shift: cfg.port_shift,
+            sample_percent: cfg.sample_percent,
+            gradual: cfg.gradual,
+            mtu: cfg.mtu,
+            seed: cfg.seed,
+            reassembly: ReassemblyLimits::default(),
+            max_queued_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Why a captured packet was not replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UdpDrop {
+    Truncated,
+    BadIpHeader,
+    NotUdp,
+    BadUdpHeader,
+    /// Not addressed to a `-x` source.
+    NoTransfer,
+    /// Left out by `-r`/`-g`.
+    Sampled,
+    /// The send queue is full (the backend cannot keep up).
+    QueueFull,
+    /// Rewritten, longer than an IPv4 datagram may be.
+    TooLong,
+}
+
+impl UdpDrop {
+    pub const ALL: [UdpDrop; 8] = [
+        UdpDrop::Truncated,
+        UdpDrop::BadIpHeader,
+        UdpDrop::NotUdp,
+        UdpDrop::BadUdpHeader,
+        UdpDrop::NoTransfer,
+        UdpDrop::Sampled,
+        UdpDrop::QueueFull,
+        UdpDrop::TooLong,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpDrop::Truncated => "truncated",
+            UdpDrop::BadIpHeader => "bad ip header",
+            UdpDrop::NotUdp => "not udp",
+            UdpDrop::BadUdpHeader => "bad udp header",
+            UdpDrop::NoTransfer => "no transfer",
+            UdpDrop::Sampled => "sampled out",
+            UdpDrop::QueueFull => "send queue full",
+            UdpDrop::TooLong => "too long",
+        }
+    }
+}
+
+impl From<HeaderError> for UdpDrop {
+    fn from(e: HeaderError) -> Self {
+        match e {
+            HeaderError::Truncated => UdpDrop::Truncated,
+            HeaderError::BadIpHeader => UdpDrop::BadIpHeader,
+            HeaderError::NotUdp => UdpDrop::NotUdp,
+            HeaderError::BadUdpHeader => UdpDrop::BadUdpHeader,
+        }
+    }
+}
+
+/// Counters of UDP replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// IPv4 packets handed in (fragments each count).
+    pub packets: u64,
+    /// Whole datagrams to a `-x` source (after reassembly): the original's "udp packets
+    /// captured".
+    pub captured: u64,
+    /// Datagrams queued for the target (copies of `-n` included).
+    pub queued: u64,
+    /// Of those, datagrams cut into fragments, and the fragments queued for them.
+    pub fragmented: u64,
+    pub fragments_queued: u64,
+    /// Packets (whole datagrams and fragments) queued.
+    pub packets_queued: u64,
+    /// Dropped, by [`UdpDrop`] (in the order of [`UdpDrop::ALL`]).
+    pub dropped: [u64; 8],
+}
+
+impl UdpStats {
+    pub fn dropped(&self, reason: UdpDrop) -> u64 {
+        self.dropped[reason as usize]
+    }
+
+    fn count(&mut self, reason: UdpDrop) {
+        self.dropped[reason as usize] += 1;
+    }
+}
+
+/// One packet waiting for the send backend.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    start: usize,
+    end: usize,
+    transfer: usize,
+}
+
+/// The UDP replay machine. See the module docs.
+pub struct UdpReplayer {
+    cfg: UdpConfig,
+    client_ips: ClientIpMap,
+    sampler: Sampler,
+    port_offset: u32,
+    reassembly: Reassembler,
+    /// Copy of a reassembled datagram while it is replayed.
+    whole: Vec<u8>,
+    /// One rewritten copy before it is queued (whole or in fragments).
+    copy: Vec<u8>,
+    piece: Vec<u8>,
+    queue_bytes: Vec<u8>,
+    queue: Vec<Queued>,
+    /// Packets of `queue` already sent.
+    head: usize,
+    next_id: u16,
+    stats: UdpStats,
+}
+
+impl UdpReplayer {
+    pub fn new(cfg: UdpConfig) -> UdpReplayer {
+        let mtu = usize::from(cfg.mtu.max(68));
+        UdpReplayer {
+            client_ips: ClientIpMap::new(cfg.client_ips.clone()),
+            sampler: Sampler::new(cfg.sample_percent, cfg.gradual),
+            port_offset: ingress::port_offset(cfg.seed),
+            reassembly: Reassembler::new(cfg.reassembly),
+            whole: vec![0u8; MAX_IPV4_LEN],
+            copy: vec![0u8; MAX_IPV4_LEN],
+            piece: vec![0u8; mtu],
+            queue_bytes: Vec::with_capacity(1 << 16),
+            queue: Vec::with_capacity(256),
+            head: 0,
+            next_id: (cfg.seed >> 16) as u16,
+            stats: UdpStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn stats(&self) -> UdpStats {
+        self.stats
+    }
+
+    pub fn fragment_stats(&self) -> FragStats {
+        self.reassembly.stats
+    }
+
+    /// Datagrams being reassembled.
+    pub fn reassembling(&self) -> usize {
+        self.reassembly.in_progress()
+    }
+
+    /// When [`UdpReplayer::on_timer`] has work (incomplete datagrams to time out).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.reassembly.next_deadline()
+    }
+
+    /// Times out incomplete datagrams.
+    pub fn on_timer(&mut self, now: Instant) {
+        self.reassembly.expire(now);
+    }
+
+    /// A captured IPv4 packet (starting at its header; link padding after it allowed).
+    pub fn on_packet(&mut self, now: Instant, ip: &[u8]) {
+        self.stats.packets += 1;
+        let info = match Ipv4Info::parse(ip) {
+            Ok(i) => i,
+            Err(e) => return self.stats.count(e.into()),
+        };
+        if info.protocol != IPPROTO_UDP {
+            return self.stats.count(UdpDrop::NotUdp);
+        }
+        if !info.is_fragment() {
+            return self.on_datagram(now, ip);
+        }
+        // Fragments for an address no transfer captures are not worth holding.
+        if !self
+            .cfg
+            .transfers
+            .iter()
+            .any(|t| t.src_ip.is_none_or(|a| a == info.dst))
+        {
+            return self.stats.count(UdpDrop::NoTransfer);
+        }
+        let len = match self.reassembly.add(now, ip, &info) {
+            Outcome::Complete(whole) => {
+                self.whole[..whole.len()].copy_from_slice(whole);
+                whole.len()
+            }
+            Outcome::Pending | Outcome::Dropped(_) => return,
+        };
+        let whole = std::mem::take(&mut self.whole);
+        self.on_datagram(now, &whole[..len]);
+        self.whole = whole;
+    }
+
+    /// A whole datagram: steps 2 to 4 of the module docs.
+    fn on_datagram(&mut self, now: Instant, ip: &[u8]) {
+        let d = match UdpDatagram::parse(ip) {
+            Ok(d) => d,
+            Err(e) => return self.stats.count(e.into()),
+        };
+        let Some(transfer) = self
+            .cfg
+            .transfers
+            .iter()
+            .position(|t| t.src_port == d.dst_port && t.src_ip.is_none_or(|a| a == d.ip.dst))
+        else {
+            return self.stats.count(UdpDrop::NoTransfer);
+        };
+        self.stats.captured += 1;
+        let t = self.cfg.transfers[transfer];
+        let mut src = d.ip.src;
+        if src.is_loopback() {
+            if let Some(h) = self.cfg.localhost_replacement {
+                src = h;
+            }
+        }
+        if let Some(fake) = self.client_ips.map(src) {
+            src = fake;
+        }
+        if !self.sampler.admit(now, src, d.src_port) {
+            return self.stats.count(UdpDrop::Sampled);
+        }
+        let port = ingress::shift_port(d.src_port, self.cfg.port_shift, self.port_offset);
+        let mut spec = UdpSpec {
+            src,
+            dst: t.dst_ip,
+            src_port: port,
+            dst_port: t.dst_port,
+            tos: d.ip.tos,
+            ttl: d.ip.ttl,
+            id: d.ip.id,
+            dont_fragment: d.ip.dont_fragment(),
+            payload: d.payload,
+        };
+        self.queue_copy(&spec, transfer);
+        for i in 1..self.cfg.replicas.max(1) {
+            let p = ingress::replica_port(port, i, self.port_offset);
+            spec.src_port = ingress::shift_port(p, self.cfg.port_shift, self.port_offset);
+            if self.client_ips.is_active() {
+                let key = ingress::replica_ip_key(d.ip.src, i, self.port_offset);
+                if let Some(fake) = self.client_ips.map_key(key) {
+                    spec.src = fake;
+                }
+            }
+            self.queue_copy(&spec, transfer);
+        }
+    }
+
+    /// Writes one copy and queues it, whole or in fragments.
+    fn queue_copy(&mut self, spec: &UdpSpec<'_>, transfer: usize) {
+        let total = IPV4_HEADER_LEN + UDP_HEADER_LEN + spec.payload.len();
+        if total > MAX_IPV4_LEN {
+            return self.stats.count(UdpDrop::TooLong);
+        }
+        if self.queued_bytes() + total + IPV4_HEADER_LEN * (total / 8) > self.cfg.max_queued_bytes {
+            return self.stats.count(UdpDrop::QueueFull);
+        }
+        let mtu = usize::from(self.cfg.mtu.max(68));
+        let mut spec = *spec;
+        if total > mtu {
+            // Fragments of copies that share addresses must not share an id.
+            spec.id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            spec.dont_fragment = false;
+        }
+        let n = match write_udp_datagram(&mut self.copy, &spec) {
+            Ok(n) => n,
+            Err(_) => return self.stats.count(UdpDrop::TooLong),
+        };
+        let Self {
+            copy,
+            piece,
+            queue_bytes,
+            queue,
+            ..
+        } = self;
+        let mut pieces = 0u64;
+        let result = fragment(&copy[..n], mtu, piece, &mut |p| {
+            let start = queue_bytes.len();
+            queue_bytes.extend_from_slice(p);
+            queue.push(Queued {
+                start,
+                end: queue_bytes.len(),
+                transfer,
+            });
+            pieces += 1;
+        });
+        if result.is_err() {
+            return self.stats.count(UdpDrop::TooLong);
+        }
+        self.stats.queued += 1;
+        self.stats.packets_queued += pieces;
+        if pieces > 1 {
+            self.stats.fragmented += 1;
+            self.stats.fragments_queued += pieces;
+        }
+    }
+
+    /// Bytes waiting for the send backend.
+    pub fn queued_bytes(&self) -> usize {
+        match self.queue.get(self.head) {
+            Some(q) => self.queue_bytes.len() - q.start,
+            None => 0,
+        }
+    }
+
+    /// Packets waiting for the send backend.
+    pub fn queued_packets(&self) -> usize {
+        self.queue.len() - self.head
+    }
+
+    /// The packets waiting, oldest first: (bytes, transfer index).
+    pub fn queued(&self) -> impl Iterator<Item = (&[u8], usize)> + '_ {
+        self.queue[self.head..]
+            .iter()
+            .map(|q| (&self.queue_bytes[q.start..q.end], q.transfer))
+    }
+
+    /// The first `n` waiting packets were sent (or given up on).
+    pub fn consume(&mut self, n: usize) {
+        self.head = (self.head + n).min(self.queue.len());
+        if self.head == self.queue.len() {
+            self.queue.clear();
+            self.queue_bytes.clear();
+            self.head = 0;
+        } else if self.head >= 1024 && self.head * 2 >= self.queue.len() {
+            // A backend that keeps up only partly: move the rest to the front.
+            let base = self.queue[self.head].start;
+            self.queue_bytes.drain(..base);
+            self.queue.drain(..self.head);
+            for q in &mut self.queue {
+                q.start -= base;
+                q.end -= base;
+            }
+            self.head = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::checksum::checksum;
+    use crate::packet::udp::IP_DF;
+    use std::time::Duration;
+
+    const ONLINE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
+    const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+
+    fn config() -> UdpConfig {
+        let mut cfg = UdpConfig::from_replay(&ReplayConfig::default());
+        cfg.transfers = vec![Transfer {
+            src_ip: None,
+            src_port: 53,
+            dst_ip: TARGET,
+            dst_port: 5353,
+            src_mac: None,
+            dst_mac: None,
+        }];
+        cfg.seed = 42;
+        cfg
+    }
+
+    fn captured(src: Ipv4Addr, src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; MAX_IPV4_LEN];
+        let n = write_udp_datagram(
+            &mut out,
+            &UdpSpec {
+                src,
+                dst: ONLINE,
+                src_port,
+                dst_port,
+                tos: 0x10,
+                ttl: 63,
+                id: 777,
+                dont_fragment: true,
+                payload,
+            },
+        )
+        .unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn sent(r: &mut UdpReplayer) -> Vec<Vec<u8>> {
+        let v: Vec<Vec<u8>> = r
+            .queued()
+            .map(|(b, t)| {
+                assert_eq!(t, 0);
+                b.to_vec()
+            })
+            .collect();
+        r.consume(v.len());
+        v
+    }
+
+    #[test]
+    fn a_datagram_goes_to_the_target_with_valid_checksums() {
+        let mut r = UdpReplayer::new(config());
+        let now = Instant::now();
+        r.on_packet(now, &captured(CLIENT, 40000, 53, b"query"));
+        r.on_packet(now, &captured(CLIENT, 40000, 54, b"other port"));
+        let out = sent(&mut r);
+        assert_eq!(out.len(), 1);
+        let d = UdpDatagram::parse(&out[0]).unwrap();
+        assert_eq!((d.ip.src, d.ip.dst), (CLIENT, TARGET));
+        assert_eq!(
+            (d.src_port, d.dst_port, d.payload),
+            (40000, 5353, &b"query"[..])
+        );
+        assert_eq!((d.ip.tos, d.ip.ttl, d.ip.frag_word), (0x10, 63, IP_DF));
+        assert_eq!(checksum(&out[0][..20]), 0);
+        let s = r.stats();
+        assert_eq!((s.packets, s.captured, s.queued), (2, 1, 1));
+        assert_eq!(s.dropped(UdpDrop::NoTransfer), 1);
+        assert_eq!(r.queued_packets(), 0);
+    }
+
+    #[test]
+    fn replicas_fake_clients_and_shift() {
+        let mut cfg = config();
+        cfg.replicas = 3;
+        cfg.port_shift = 1;
+        cfg.client_ips = vec![Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
+        let mut r = UdpReplayer::new(cfg);
+        r.on_packet(Instant::now(), &captured(CLIENT, 40000, 53, b"q"));
+        let out: Vec<UdpDatagram> = Vec::new();
+        drop(out);
+        let out = sent(&mut r);
+        assert_eq!(out.len(), 3);
+        let mut ports = Vec::new();
+        for b in &out {
+            let d = UdpDatagram::parse(b).unwrap();
+            assert_eq!(d.ip.src.octets()[..3], [203, 0, 113]);
+            assert_eq!(d.dst_port, 5353);
+            ports.push(d.src_port);
+        }
+        let offset = ingress::port_offset(42);
+        assert_eq!(ports[0], ingress::shift_port(40000, 1, offset));
+        ports.dedup();
+        assert_eq!(ports.len(), 3, "each copy has its own port: {ports:?}");
+    }
+
+    #[test]
+    fn sampling_keeps_or_drops_a_flow_whole() {
+        let mut cfg = config();
+        cfg.sample_percent = 50;
+        let mut r = UdpReplayer::new(cfg);
+        let now = Instant::now();
+        for port in 20000..20200u16 {
+            for _ in 0..3 {
+                r.on_packet(now, &captured(CLIENT, port, 53, b"q"));
+            }
+        }
+        let s = r.stats();
+        assert_eq!(s.queued % 3, 0);
+        assert_eq!(s.dropped(UdpDrop::Sampled) % 3, 0);
+        assert!((150..450).contains(&s.queued), "{}", s.queued);
+    }
+
+    #[test]
+    fn fragments_in_whole_out_fragmented_again() {
+        let mut cfg = config();
+        cfg.replicas = 2;
+        let mut r = UdpReplayer::new(cfg);
+        let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let mut d = captured(CLIENT, 40000, 53, &payload);
+        d[6..8].copy_from_slice(&0u16.to_be_bytes());
+        let mut pieces = Vec::new();
+        fragment(&d, 1000, &mut [0u8; 1000], &mut |p| pieces.push(p.to_vec())).unwrap();
+        let now = Instant::now();
+        // Half of them: nothing goes out.
+        for p in &pieces[..2] {
+            r.on_packet(now, p);
+        }
+        assert_eq!(r.queued_packets(), 0);
+        for p in &pieces[2..] {
+            r.on_packet(now, p);
+        }
+        let out = sent(&mut r);
+        // Two copies of 3028 bytes, three 1500-byte fragments each, each copy its own id.
+        assert_eq!(out.len(), 6);
+        let mut reasm = Reassembler::new(ReassemblyLimits::default());
+        let mut whole = Vec::new();
+        for p in &out {
+            assert!(p.len() <= 1500);
+            let info = Ipv4Info::parse(p).unwrap();
+            assert_eq!(info.dst, TARGET);
+            if let Outcome::Complete(w) = reasm.add(now, p, &info) {
+                whole.push(w.to_vec());
+            }
+        }
+        assert_eq!(whole.len(), 2);
+        for w in &whole {
+            let d = UdpDatagram::parse(w).unwrap();
+            assert_eq!(d.payload, &payload[..]);
+            let mut z = w[20..].to_vec();
+            z[6..8].copy_from_slice(&[0, 0]);
+            assert_eq!(
+                crate::packet::udp::udp_checksum(d.ip.src, d.ip.dst, &z),
+                u16::from_be_bytes([w[26], w[27]])
+            );
+        }
+        let s = r.stats();
+        assert_eq!(
+            (s.captured, s.queued, s.fragmented, s.fragments_queued),
+            (1, 2, 2, 6)
+        );
+        assert_eq!(r.fragment_stats().reassembled, 1);
+        // An incomplete one times out, counted, and nothing of it is sent.
+        r.on_packet(now, &pieces[0]);
+        r.on_timer(now + Duration::from_secs(31));
+        assert_eq!(
+            r.fragment_stats()
+                .dropped(crate::packet::fragments::FragDrop::Timeout),
+            1
+        );
+        assert_eq!(r.queued_packets(), 0);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_drains_in_order() {
+        let mut cfg = config();
+        cfg.max_queued_bytes = 10_000;
+        let mut r = UdpReplayer::new(cfg);
+        let now = Instant::now();
+        for i in 0..200u16 {
+            r.on_packet(now, &captured(CLIENT, 30000 + i, 53, &[0u8; 100]));
+        }
+        let s = r.stats();
+        assert!(s.dropped(UdpDrop::QueueFull) > 0);
+        assert!(r.queued_bytes() <= 10_000);
+        let first: Vec<u16> = r
+            .queued()
+            .take(3)
+            .map(|(b, _)| UdpDatagram::parse(b).unwrap().src_port)
+            .collect();
+        assert_eq!(first, [30000, 30001, 30002]);
+        r.consume(2);
+        assert_eq!(
+            UdpDatagram::parse(r.queued().next().unwrap().0)
+                .unwrap()
+                .src_port,
+            30002
+        );
+        let n = r.queued_packets();
+        r.consume(n);
+        assert_eq!((r.queued_packets(), r.queued_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn garbage_is_counted_not_sent() {
+        let mut r = UdpReplayer::new(config());
+        let now = Instant::now();
+        r.on_packet(now, &[]);
+        r.on_packet(now, &[0x60; 40]);
+        let mut tcp = captured(CLIENT, 1, 53, b"x");
+        tcp[9] = 6;
+        r.on_packet(now, &tcp);
+        let s = r.stats();
+        assert_eq!(s.dropped(UdpDrop::Truncated), 1);
+        assert_eq!(s.dropped(UdpDrop::BadIpHeader), 1);
+        assert_eq!(s.dropped(UdpDrop::NotUdp), 1);
+        assert_eq!(r.queued_packets(), 0);
+    }
+}
