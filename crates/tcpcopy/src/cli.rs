@@ -57,6 +57,7 @@ const H_REPORT: &str = "Reports";
 const H_DIAGNOSIS: &str = "Diagnosis";
 const H_DIFF: &str = "Compare the target's answers with production's";
 const H_LOGINS: &str = "Database logins (need --payload here and on intercept)";
+const H_UDP: &str = "UDP";
 
 const EXAMPLE: &str = "\
 Example:
@@ -290,6 +291,13 @@ struct RawArgs {
         help = "the probe's fake client address [default: the first -c address; while\n\
                 running without -c, the address of a captured client]")]
     probe_client: Option<String>,
+    #[arg(long = "udp", help_heading = H_UDP,
+        help = "replay UDP datagrams to the -x ports instead of TCP sessions (udpcopy): each\n\
+                datagram is rewritten for the target and sent; the target's answers are NOT\n\
+                tracked and no intercept is used (no -s). Applies -c, -H, -n, -r, -g, -f, -M\n\
+                (longer datagrams leave as IPv4 fragments); captured fragments are\n\
+                reassembled first (bounded, 30 s), so a datagram goes whole or not at all")]
+    udp: bool,
     #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
     help: bool,
     #[arg(short = 'v', help_heading = H_PROCESS, help = "print the version and exit")]
@@ -387,6 +395,8 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--check`: probe the path and exit.
     pub check: bool,
+    /// `--udp`: stateless UDP replay (no intercept, no sessions).
+    pub udp: bool,
     /// Probe at start-up and when sessions fail (not `--no-probe`).
     pub probe: bool,
     /// `--probe-client`.
@@ -490,6 +500,47 @@ where
     validate(raw, &matches).map(|a| Command::Run(Box::new(a)))
 }
 
+/// `--udp` replays datagrams without sessions or intercepts: the options of those are
+/// refused rather than silently ignored.
+fn udp_only_flags(raw: &RawArgs, m: &ArgMatches) -> Result<(), CliError> {
+    let session_only = [
+        ("-s", raw.intercepts.is_some()),
+        ("-p", typed(m, "intercept_port")),
+        ("-C", typed(m, "conns")),
+        ("-L", raw.lonely),
+        ("--disable-combined", raw.disable_combined),
+        ("--payload", raw.payload),
+        ("--single", raw.single),
+        ("-O", raw.only_with_syn),
+        ("-W", raw.dont_wait),
+        ("-D", typed(m, "mss")),
+        ("-R", typed(m, "rtt_ms")),
+        ("-t", typed(m, "session_timeout")),
+        ("-k", raw.keepalive_timeout.is_some()),
+        ("-U", raw.pool_kb.is_some()),
+        ("--check", raw.check),
+        ("--probe-client", raw.probe_client.is_some()),
+        ("--report", raw.report.is_some()),
+        ("--stats-json", raw.stats_json.is_some()),
+        ("--metrics", raw.metrics.is_some()),
+        ("--full-payload", raw.full_payload),
+        ("--diff", raw.diff.is_some()),
+        ("--auth-file", raw.auth_file.is_some()),
+        ("--protocol", raw.protocol.is_some()),
+    ];
+    if raw.capture == Some(CaptureKind::Ring) {
+        return err("--capture ring reads TCP only: with --udp use --capture raw or pcap");
+    }
+    for (flag, set) in session_only {
+        if set {
+            return err(format!(
+                "{flag} does not apply to --udp (UDP replay has no sessions and no intercept: the target's answers are not tracked)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether the option was typed (not just its default).
 fn typed(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
@@ -499,11 +550,20 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
     let Some(transfers_text) = raw.transfers.clone() else {
         return err("no -x argument (what to copy and where, e.g. -x 80-198.18.0.30:8080)");
     };
-    let Some(intercepts_text) = raw.intercepts.clone() else {
-        return err("tcpcopy needs -s (intercept addresses, e.g. -s 198.18.0.40)");
+    if raw.udp {
+        udp_only_flags(&raw, m)?;
+    }
+    let intercepts_text = match raw.intercepts.clone() {
+        Some(text) => text,
+        None if raw.udp => String::new(),
+        None => return err("tcpcopy needs -s (intercept addresses, e.g. -s 198.18.0.40)"),
     };
     let transfers = addr_spec::parse_transfers(&transfers_text)?;
-    let intercepts = addr_spec::parse_intercepts(&intercepts_text, raw.intercept_port)?;
+    let intercepts = if raw.udp {
+        Vec::new()
+    } else {
+        addr_spec::parse_intercepts(&intercepts_text, raw.intercept_port)?
+    };
     let client_ips = match &raw.client_ips {
         Some(text) => Some(addr_spec::parse_client_ips(text)?),
         None => None,
@@ -647,6 +707,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             stats_json_file: raw.stats_json,
             metrics: raw.metrics,
             check: raw.check,
+            udp: raw.udp,
             probe: !raw.no_probe,
             probe_client,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
@@ -1277,5 +1338,44 @@ mod tests {
             }
         );
         assert!(o.replay.single && o.lonely && o.daemon);
+    }
+
+    #[test]
+    fn udp_needs_no_intercept_and_refuses_session_options() {
+        let o = run(&[
+            "--udp",
+            "-x",
+            "53-198.18.0.30:53",
+            "-c",
+            "203.0.113.x",
+            "-n",
+            "2",
+        ])
+        .unwrap();
+        assert!(o.udp && o.intercepts.is_empty());
+        assert_eq!(o.replay.replicas, 2);
+        assert_eq!(o.replay.client_ips.len(), 254);
+        for extra in [
+            &["-s", "198.18.0.40"][..],
+            &["-W"],
+            &["-t", "60"],
+            &["--single"],
+            &["--check"],
+            &["--diff", "/tmp/x.json"],
+        ] {
+            let mut args = vec!["--udp", "-x", "53-198.18.0.30:53"];
+            args.extend_from_slice(extra);
+            let e = run_err(&args);
+            assert!(
+                e.contains(extra[0]) && e.contains("does not apply to --udp"),
+                "{e}"
+            );
+        }
+        // Offline and pcap capture work with --udp.
+        let o = run(&["--udp", "-x", "53-198.18.0.30:53", "--capture", "pcap"]).unwrap();
+        assert!(matches!(o.input, Input::Pcap { .. }));
+        let help = help();
+        assert!(help.contains("  --udp "), "{help}");
+        assert!(help.contains("answers are NOT"), "{help}");
     }
 }

@@ -16,6 +16,7 @@ mod offline;
 mod output;
 mod report;
 mod tunnels;
+mod udp_mode;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -140,6 +141,11 @@ fn run(options: Options) -> anyhow::Result<i32> {
     log::info!("{}", cli::version_line());
     for w in &options.warnings {
         log::warn!("{w}");
+    }
+    if options.udp {
+        // Stateless UDP replay: no intercept, no sessions (udp_mode).
+        let sender = open_sender(&options)?;
+        return udp_mode::run(options, sender, signals, detached);
     }
     log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);
     log::info!("target:{}", options.transfers_text);

@@ -1,0 +1,599 @@
+//! `--udp`: the stateless UDP replay (the original's "udpcopy" build, spec 8) as a run-time
+//! mode of the same binary. A loop of its own, much smaller than the TCP one: capture (raw
+//! UDP socket with a kernel port filter, pcap, or a pcap file), `tc_core::udp_replay` to
+//! rewrite, reassemble and fragment, the send backend, signals, statistics every 30 s and
+//! at exit, the `-m` memory check. No intercept, no sessions: the target's answers are not
+//! tracked.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use mio::{Events, Poll, Token};
+use signal_hook::consts::{SIGHUP, SIGPIPE};
+use signal_hook_mio::v1_0::Signals;
+use tc_core::capture::pcap_live;
+use tc_core::capture::raw_socket::RawSocketCapture;
+use tc_core::capture::reopen::{all_lost_for, Reopening};
+use tc_core::capture::Capture;
+use tc_core::daemon;
+use tc_core::logging::RateLimit;
+use tc_core::packet::fragments::FragDrop;
+use tc_core::packet::{ipv4_payload, DropCounters};
+use tc_core::send::{Outgoing, Sender};
+use tc_core::session::Transfer;
+use tc_core::udp_replay::{UdpConfig, UdpDrop, UdpReplayer};
+
+use crate::cli::{Input, Options};
+use crate::event_loop::{current_rss_bytes, StopReason};
+use crate::offline::{OfflineSource, OfflineStatus};
+
+const SIGNAL_TOKEN: Token = Token(60_000);
+const OUTPUT_TOKEN: Token = Token(60_001);
+const MAX_CAPTURES: usize = 64;
+const CAPTURE_BUDGET: usize = 256;
+const STATS_PERIOD: Duration = Duration::from_secs(30);
+const MEMORY_PERIOD: Duration = Duration::from_secs(60);
+const SEND_RETRY_PERIOD: Duration = Duration::from_millis(5);
+const SEND_DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
+/// Packets handed to the send backend per call.
+const SEND_BATCH: usize = 64;
+
+/// The pcap filter of `--udp` without `-F`: datagrams to each transfer's source, and the
+/// non-first fragments of datagrams (they carry no port) to the transfers' addresses; the
+/// targets' addresses are left out of the fragment term where no transfer captures them, so
+/// the fragments tcpcopy sends are not captured again.
+pub fn auto_filter(transfers: &[Transfer]) -> String {
+    let terms: Vec<String> = transfers
+        .iter()
+        .map(|t| match t.src_ip {
+            Some(ip) => format!("(dst port {} and dst host {})", t.src_port, ip),
+            None => format!("(dst port {})", t.src_port),
+        })
+        .collect();
+    let mut hosts: Vec<String> = Vec::new();
+    let any_host = transfers.iter().any(|t| t.src_ip.is_none());
+    if !any_host {
+        for t in transfers {
+            if let Some(ip) = t.src_ip {
+                let term = format!("dst host {ip}");
+                if !hosts.contains(&term) {
+                    hosts.push(term);
+                }
+            }
+        }
+    }
+    let mut fragments = "(ip[6:2] & 0x1fff != 0".to_string();
+    if !hosts.is_empty() {
+        fragments.push_str(&format!(" and ({})", hosts.join(" or ")));
+    } else {
+        let mut targets: Vec<String> = Vec::new();
+        for t in transfers {
+            let term = format!("not dst host {}", t.dst_ip);
+            if !transfers.iter().any(|s| s.src_ip == Some(t.dst_ip)) && !targets.contains(&term) {
+                targets.push(term);
+            }
+        }
+        for t in targets {
+            fragments.push_str(&format!(" and {t}"));
+        }
+    }
+    fragments.push(')');
+    format!("ip and udp and ({} or {fragments})", terms.join(" or "))
+}
+
+/// Opens the capture of `options.input` for UDP (none offline).
+fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>>> {
+    Ok(match &options.input {
+        Input::Raw => {
+            let c = RawSocketCapture::open_protocol(libc::IPPROTO_UDP)
+                .context("Create raw socket to input failed")?;
+            let ports: Vec<u16> = options
+                .replay
+                .transfers
+                .iter()
+                .map(|t| t.src_port)
+                .collect();
+            // The raw socket sees datagrams after the kernel reassembled them: the port
+            // filter sees every datagram whole.
+            match c.keep_only_dst_ports(&ports) {
+                Ok(true) => log::info!("capture: kernel filter keeps udp dst ports {ports:?}"),
+                Ok(false) => {}
+                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
+            }
+            log::info!(
+                "capture: raw udp socket, receive buffer {} bytes",
+                c.receive_buffer().unwrap_or(0)
+            );
+            vec![Reopening::new(
+                "raw socket",
+                Box::new(c) as Box<dyn Capture>,
+            )]
+        }
+        Input::Pcap {
+            devices,
+            filter,
+            buffer_bytes,
+            snaplen,
+        } => {
+            log::info!("pcap version:{}", pcap_live::lib_version());
+            let filter = match filter {
+                Some(f) => {
+                    log::info!("user filter:{f}");
+                    f.clone()
+                }
+                None => {
+                    let f = auto_filter(&options.replay.transfers);
+                    log::info!("filter = {f}");
+                    f
+                }
+            };
+            crate::capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
+        }
+        Input::Offline { .. } => Vec::new(),
+        // Refused with --udp on the command line: the ring keeps TCP only.
+        Input::Ring => {
+            anyhow::bail!("--capture ring reads TCP only: with --udp use --capture raw or pcap")
+        }
+    })
+}
+
+/// Runs `--udp` until a signal, the end of an offline replay, or a failure; the exit code.
+pub fn run(
+    options: Options,
+    sender: Box<dyn Sender>,
+    mut signals: Signals,
+    detached: Option<daemon::Detached>,
+) -> anyhow::Result<i32> {
+    log::info!("TC_UDP mode: datagrams are replayed without sessions; the target's answers are not tracked");
+    log::info!("target:{}", options.transfers_text);
+    if let Some(c) = &options.client_ips_text {
+        log::info!("raw_clt_tf_ip:{c}");
+    }
+    if options.replay.replicas > 1 {
+        log::info!("repl num:{}", options.replay.replicas);
+    }
+    let local_ips =
+        crate::capture::local_ipv4_addresses().context("cannot list local addresses")?;
+    crate::capture::check_self_capture(&options.replay.transfers, &options.input, &local_ips)?;
+    let poll = Poll::new().context("cannot create the event loop")?;
+    let mut captures = open_captures(&options)?;
+    anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
+    for (i, c) in captures
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.source_mut()?)))
+    {
+        c.register(poll.registry(), Token(i))?;
+    }
+    poll.registry()
+        .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
+    let offline = match &options.input {
+        Input::Offline {
+            file,
+            accel,
+            max_gap,
+            passes,
+            tail,
+        } => {
+            log::info!(
+                "TC_OFFLINE mode: accelerated {accel} times,interval:{} ms, passes:{passes}",
+                max_gap.map(|g| g.as_millis()).unwrap_or(0)
+            );
+            Some(OfflineSource::open(
+                file,
+                *accel,
+                *max_gap,
+                *passes,
+                *tail,
+                Instant::now(),
+            )?)
+        }
+        _ => None,
+    };
+    let _pid_file = match &options.pid_file {
+        Some(path) => Some(daemon::PidFile::create(path)?),
+        None => None,
+    };
+    let mut udp = UdpLoop {
+        poll,
+        replayer: UdpReplayer::new(UdpConfig::from_replay(&options.replay)),
+        sender,
+        captures,
+        offline,
+        signals,
+        link_drops: DropCounters::default(),
+        capture_errors: 0,
+        sent_packets: 0,
+        send_errors: 0,
+        send_error_log: RateLimit::new(Duration::from_secs(10), 3),
+        writable_watched: false,
+        started: Instant::now(),
+        sighup_stops: options.log_file.is_none() && !options.daemon,
+        memory_limit_bytes: options.memory_limit_bytes,
+        capture_lost_exit: options.capture_lost_exit,
+    };
+    if let Some(d) = detached {
+        d.ready().context("cannot detach from the terminal")?;
+    }
+    let stop = udp.run();
+    if let StopReason::CaptureFailed(e) = &stop {
+        log::error!("{e}");
+        eprintln!("tcpcopy: {e}");
+    }
+    Ok(stop.exit_code())
+}
+
+struct UdpLoop {
+    poll: Poll,
+    replayer: UdpReplayer,
+    sender: Box<dyn Sender>,
+    captures: Vec<Reopening<dyn Capture>>,
+    offline: Option<OfflineSource>,
+    signals: Signals,
+    link_drops: DropCounters,
+    capture_errors: u64,
+    sent_packets: u64,
+    send_errors: u64,
+    send_error_log: RateLimit,
+    writable_watched: bool,
+    started: Instant,
+    /// SIGHUP stops the run in the foreground without `-l` (as the TCP loop).
+    sighup_stops: bool,
+    memory_limit_bytes: u64,
+    capture_lost_exit: Duration,
+}
+
+impl UdpLoop {
+    fn run(&mut self) -> StopReason {
+        let mut events = Events::with_capacity(1024);
+        let start = self.started;
+        log::info!("event loop running (udp)");
+        let mut next_stats = start + STATS_PERIOD;
+        let mut next_memory = start + MEMORY_PERIOD;
+        let mut next_device_check = Duration::ZERO;
+        let mut pending = vec![false; self.captures.len()];
+        let mut offline_wake = self.offline.as_ref().map(|_| start);
+        let stop = loop {
+            let now = Instant::now();
+            let mut deadline = next_stats.min(next_memory);
+            if let Some(d) = self.replayer.next_deadline() {
+                deadline = deadline.min(d);
+            }
+            if let Some(d) = offline_wake {
+                deadline = deadline.min(d);
+            }
+            if self.replayer.queued_packets() > 0 {
+                deadline = deadline.min(now + SEND_RETRY_PERIOD);
+            }
+            let timeout = if pending.iter().any(|p| *p) {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(now)
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break StopReason::CaptureFailed(format!("poll: {e}"));
+                }
+            }
+            let mut stop = None;
+            for event in events.iter() {
+                let token = event.token();
+                if token == SIGNAL_TOKEN {
+                    for sig in self.signals.pending() {
+                        if sig == SIGPIPE || (sig == SIGHUP && !self.sighup_stops) {
+                            continue;
+                        }
+                        stop = Some(StopReason::Signal(sig));
+                    }
+                } else if token == OUTPUT_TOKEN {
+                    self.flush();
+                } else if token.0 < self.captures.len() {
+                    pending[token.0] = true;
+                }
+            }
+            for (i, more) in pending.iter_mut().enumerate() {
+                if *more {
+                    match self.drain_capture(i) {
+                        Ok(n) => *more = n >= CAPTURE_BUDGET,
+                        Err(e) => {
+                            *more = false;
+                            self.capture_errors += 1;
+                            self.captures[i].lose(start.elapsed(), &e);
+                        }
+                    }
+                }
+            }
+            if let Some(s) = self.reopen_captures(&mut next_device_check) {
+                stop = stop.or(Some(s));
+            }
+            if offline_wake.is_some_and(|d| d <= Instant::now()) {
+                match self.poll_offline() {
+                    Ok(OfflineStatus::WakeAt(t)) => offline_wake = Some(t),
+                    Ok(OfflineStatus::Finished) => {
+                        offline_wake = None;
+                        stop = stop.or(Some(StopReason::OfflineDone));
+                    }
+                    Err(e) => {
+                        offline_wake = None;
+                        stop = stop.or(Some(StopReason::CaptureFailed(format!("{e:#}"))));
+                    }
+                }
+            }
+            let now = Instant::now();
+            if self.replayer.next_deadline().is_some_and(|d| d <= now) {
+                self.replayer.on_timer(now);
+            }
+            self.flush();
+            if now >= next_stats {
+                next_stats = now + STATS_PERIOD;
+                self.log_stats();
+            }
+            if now >= next_memory {
+                next_memory = now + MEMORY_PERIOD;
+                if let Some(rss) = current_rss_bytes() {
+                    log::info!("memory size:{} KB", rss / 1024);
+                    if rss > self.memory_limit_bytes {
+                        log::warn!(
+                            "occupies too much memory, limit:{} KB",
+                            self.memory_limit_bytes / 1024
+                        );
+                        stop = stop.or(Some(StopReason::MemoryLimit {
+                            rss,
+                            limit: self.memory_limit_bytes,
+                        }));
+                    }
+                }
+            }
+            if let Some(s) = stop {
+                break s;
+            }
+        };
+        match &stop {
+            StopReason::Signal(sig) => log::warn!("sig {sig} received"),
+            other => log::warn!("stopping: {other:?}"),
+        }
+        let give_up = Instant::now() + SEND_DRAIN_AT_EXIT;
+        self.flush();
+        while self.replayer.queued_packets() > 0 && Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(5));
+            self.flush();
+        }
+        if self.replayer.queued_packets() > 0 {
+            log::warn!(
+                "{} packets still waiting for the send backend at exit: not sent",
+                self.replayer.queued_packets()
+            );
+        }
+        self.log_stats();
+        stop
+    }
+
+    fn drain_capture(&mut self, i: usize) -> io::Result<usize> {
+        let Self {
+            captures,
+            replayer,
+            link_drops,
+            ..
+        } = self;
+        let Some(capture) = captures[i].source_mut() else {
+            return Ok(0);
+        };
+        let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
+            link, frame,
+        ) {
+            Ok(ip) => replayer.on_packet(Instant::now(), ip),
+            Err(reason) => link_drops.count(reason),
+        });
+        self.flush();
+        read
+    }
+
+    fn poll_offline(&mut self) -> anyhow::Result<OfflineStatus> {
+        let Self {
+            offline,
+            replayer,
+            link_drops,
+            ..
+        } = self;
+        let Some(source) = offline.as_mut() else {
+            return Ok(OfflineStatus::Finished);
+        };
+        let now = Instant::now();
+        // No session waits for answers: the tail after each pass ends at once.
+        if source.in_tail() {
+            source.end_tail(now);
+        }
+        let status = source.poll(
+            now,
+            CAPTURE_BUDGET,
+            &mut |_, link, frame| match ipv4_payload(link, frame) {
+                Ok(ip) => replayer.on_packet(now, ip),
+                Err(reason) => link_drops.count(reason),
+            },
+        );
+        if source.in_tail() {
+            source.end_tail(now);
+            self.flush();
+            return Ok(OfflineStatus::WakeAt(now));
+        }
+        self.flush();
+        status
+    }
+
+    /// Hands the waiting packets to the send backend until it is empty or full.
+    fn flush(&mut self) {
+        loop {
+            let mut batch = [Outgoing {
+                bytes: &[],
+                transfer: 0,
+            }; SEND_BATCH];
+            let mut n = 0;
+            for (bytes, transfer) in self.replayer.queued().take(SEND_BATCH) {
+                batch[n] = Outgoing { bytes, transfer };
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            let result = self.sender.send_batch(&batch[..n]);
+            let first_len = batch[0].bytes.len();
+            match result {
+                Ok(sent) => {
+                    self.sent_packets += sent as u64;
+                    self.replayer.consume(sent.max(1).min(n));
+                    if sent == 0 {
+                        self.send_errors += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.writable_watched {
+                        self.writable_watched = self
+                            .sender
+                            .register(self.poll.registry(), OUTPUT_TOKEN)
+                            .unwrap_or(false);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    // This packet is given up (the rest go on): counted and logged.
+                    self.send_errors += 1;
+                    if let Some(suppressed) = self.send_error_log.allow(self.started.elapsed()) {
+                        log::warn!(
+                            "send of a {first_len}-byte packet failed: {e} ({suppressed} more suppressed){}",
+                            if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                                ": longer than the route's MTU, lower -M"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                    self.replayer.consume(1);
+                }
+            }
+        }
+        if self.writable_watched {
+            self.writable_watched = false;
+            let _ = self.sender.deregister(self.poll.registry());
+        }
+    }
+
+    fn reopen_captures(&mut self, next_check: &mut Duration) -> Option<StopReason> {
+        let now = self.started.elapsed();
+        if now >= *next_check {
+            *next_check = now + Duration::from_secs(1);
+            for c in self.captures.iter_mut() {
+                c.check_device(now);
+            }
+        }
+        if !self.captures.iter().any(|c| c.is_lost()) {
+            return None;
+        }
+        let registry = self.poll.registry();
+        for (i, c) in self.captures.iter_mut().enumerate() {
+            c.try_reopen(now, |src| {
+                src.register(registry, Token(i))
+                    .map_err(|e| format!("cannot poll it: {e}"))
+            });
+        }
+        let dead = all_lost_for(&self.captures, now)?;
+        (dead >= self.capture_lost_exit).then(|| {
+            StopReason::CaptureFailed(format!(
+                "nothing could be captured for {} s: every capture device is lost",
+                dead.as_secs()
+            ))
+        })
+    }
+
+    fn log_stats(&mut self) {
+        for line in self.stats_lines() {
+            log::info!("{line}");
+        }
+    }
+
+    fn stats_lines(&mut self) -> Vec<String> {
+        let s = self.replayer.stats();
+        let f = self.replayer.fragment_stats();
+        let kernel_drops: u64 = self
+            .captures
+            .iter_mut()
+            .filter_map(|c| c.source_mut())
+            .map(|c| c.dropped())
+            .sum();
+        let mut dropped: Vec<String> = UdpDrop::ALL
+            .iter()
+            .filter(|r| s.dropped(**r) > 0)
+            .map(|r| format!("{}:{}", r.as_str(), s.dropped(*r)))
+            .collect();
+        if self.link_drops.total() > 0 {
+            dropped.push(format!("link:{}", self.link_drops));
+        }
+        if dropped.is_empty() {
+            dropped.push("none".into());
+        }
+        let mut frag_dropped: Vec<String> = FragDrop::ALL
+            .iter()
+            .filter(|r| f.dropped(**r) > 0)
+            .map(|r| format!("{}:{}", r.as_str(), f.dropped(*r)))
+            .collect();
+        if frag_dropped.is_empty() {
+            frag_dropped.push("none".into());
+        }
+        vec![
+            // The original's line.
+            format!(
+                "udp packets captured:{},packets sent:{}",
+                s.captured, self.sent_packets
+            ),
+            format!(
+                "udp datagrams replayed:{},fragmented:{} ({} fragments),packets queued:{},sent:{},send errors:{},waiting:{}",
+                s.queued,
+                s.fragmented,
+                s.fragments_queued,
+                s.packets_queued,
+                self.sent_packets,
+                self.send_errors,
+                self.replayer.queued_packets()
+            ),
+            format!(
+                "udp packets in:{},dropped:{},capture errors:{},kernel drops:{}",
+                s.packets,
+                dropped.join(","),
+                self.capture_errors,
+                kernel_drops
+            ),
+            format!(
+                "udp fragments in:{},reassembled datagrams:{},duplicates:{},in progress:{},dropped:{}",
+                f.fragments,
+                f.reassembled,
+                f.duplicates,
+                self.replayer.reassembling(),
+                frag_dropped.join(",")
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr_spec::{parse_transfers, resolve_transfers};
+
+    fn transfers(text: &str) -> Vec<Transfer> {
+        resolve_transfers(&parse_transfers(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn auto_filter_takes_the_fragments_too() {
+        assert_eq!(
+            auto_filter(&transfers("53-198.18.0.30:53")),
+            "ip and udp and ((dst port 53) or (ip[6:2] & 0x1fff != 0 and not dst host 198.18.0.30))"
+        );
+        assert_eq!(
+            auto_filter(&transfers(
+                "198.18.0.20:53-198.18.0.30:53,198.18.0.21:514-198.18.0.30:514"
+            )),
+            "ip and udp and ((dst port 53 and dst host 198.18.0.20) or (dst port 514 and dst host 198.18.0.21) or (ip[6:2] & 0x1fff != 0 and (dst host 198.18.0.20 or dst host 198.18.0.21)))"
+        );
+    }
+}
