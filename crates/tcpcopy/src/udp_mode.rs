@@ -412,11 +412,13 @@ impl UdpLoop {
                 Err(reason) => link_drops.count(reason),
             },
         );
-        if source.in_tail() {
-            source.end_tail(now);
-            self.flush();
-            return Ok(OfflineStatus::WakeAt(now));
-        }
+        let status = match status {
+            Ok(OfflineStatus::WakeAt(_)) if source.in_tail() => {
+                source.end_tail(now);
+                Ok(OfflineStatus::WakeAt(now))
+            }
+            other => other,
+        };
         self.flush();
         status
     }
@@ -546,7 +548,7 @@ impl UdpLoop {
                 s.captured, self.sent_packets
             ),
             format!(
-                "udp datagrams replayed:{},fragmented:{} ({} fragments),packets queued:{},sent:{},send errors:{},waiting:{}",
+                "udp datagrams replayed:{},fragmented:{},fragments:{},packets queued:{},sent:{},send errors:{},waiting:{}",
                 s.queued,
                 s.fragmented,
                 s.fragments_queued,

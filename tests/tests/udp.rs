@@ -1,0 +1,354 @@
+//! `tcpcopy --udp` end to end (issue 21): a real DNS server (dnsmasq) on online and on the
+//! target, a real client load (dnsperf from the client host), and the queries counted in the
+//! target's dnsmasq query log: every query of the load must reach the target once, live (raw
+//! socket and pcap capture) and offline (a tcpdump recording replayed with `-i`). Part of the
+//! load are queries larger than the lab's 1500-byte MTU (a 2000-byte EDNS option): they cross
+//! the wire as IPv4 fragments, and must be counted once each at the target (whole, never half),
+//! and in tcpcopy's statistics as datagrams sent in fragments.
+//!
+//! Needs root and dnsmasq, dnsperf and tcpdump (scripts/test.sh installs them).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tc_e2e::lab::*;
+
+/// Small queries and large (fragmented) queries of one load.
+const SMALL: usize = 300;
+const LARGE: usize = 20;
+/// Bytes of the EDNS option that makes a query larger than the MTU.
+const LARGE_OPTION: usize = 2000;
+
+const TOOLS: [&str; 3] = ["dnsmasq", "dnsperf", "tcpdump"];
+
+/// Starts dnsmasq in `host` on `ip:53`, answering every name under udp.test itself and
+/// logging each query to its stderr (the lab log `name`).
+fn dnsmasq(lab: &Lab, host: &str, name: &str, ip: Ipv4Addr) {
+    let listen = format!("--listen-address={ip}");
+    lab.spawn(
+        host,
+        name,
+        &PathBuf::from("/usr/sbin/dnsmasq"),
+        &[
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--user=root",
+            "--port=53",
+            &listen,
+            "--bind-interfaces",
+            "--address=/udp.test/198.18.0.99",
+            // Large queries: dnsmasq's receive buffer follows its EDNS size.
+            "--edns-packet-max=4096",
+            "--log-queries",
+            "--log-facility=-",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log(name).contains("started"),
+        || format!("dnsmasq {name} did not start: {}", lab.log(name)),
+    );
+}
+
+/// Queries for names starting with `prefix` logged by the dnsmasq whose lab log is `log`,
+/// from `from` (a prefix of the client address).
+fn queries(lab: &Lab, log: &str, prefix: &str, from: &str) -> usize {
+    let (name, client) = (format!("query[A] {prefix}"), format!(" from {from}"));
+    lab.log(log)
+        .lines()
+        .filter(|l| l.contains(&name) && l.contains(&client))
+        .count()
+}
+
+/// Distinct names: `<tag>-<i>.udp.test`; counted by the prefix `<tag>-`.
+fn query_file(dir: &Path, tag: &str, n: usize) -> PathBuf {
+    let path = dir.join(format!("{tag}.txt"));
+    let text: String = (0..n).map(|i| format!("{tag}-{i}.udp.test A\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs dnsperf in the client host against online: each query of `file` once, at most 500 a
+/// second, `option` an EDNS option to add. Returns the queries it saw answered.
+fn dnsperf(lab: &Lab, file: &Path, option: Option<&str>) -> usize {
+    let file = file.to_str().unwrap().to_string();
+    let mut args: Vec<String> = [
+        "netns",
+        "exec",
+        &lab.ns(CLIENT),
+        "timeout",
+        "60",
+        "dnsperf",
+        "-s",
+        "198.18.0.20",
+        "-p",
+        "53",
+        "-d",
+        &file,
+        "-n",
+        "1",
+        "-Q",
+        "500",
+        "-t",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(o) = option {
+        args.push("-E".into());
+        args.push(o.into());
+    }
+    let out = Command::new("ip").args(&args).output().expect("dnsperf");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "dnsperf: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Queries completed:")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no 'Queries completed' in dnsperf's output: {text}"))
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tc-udp-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn large_option() -> String {
+    format!("65001:{}", "ab".repeat(LARGE_OPTION))
+}
+
+/// Runs the load (small then large queries) from the client; both must be fully answered by
+/// online.
+fn client_load(lab: &Lab, dir: &Path, tag: &str) {
+    let small = query_file(dir, &format!("{tag}s"), SMALL);
+    let large = query_file(dir, &format!("{tag}l"), LARGE);
+    assert_eq!(
+        dnsperf(lab, &small, None),
+        SMALL,
+        "online answered every small query"
+    );
+    assert_eq!(
+        dnsperf(lab, &large, Some(&large_option())),
+        LARGE,
+        "online answered every large query"
+    );
+    assert_eq!(
+        queries(lab, "dns-online", &format!("{tag}s-"), "198.18.0.10"),
+        SMALL
+    );
+    assert_eq!(
+        queries(lab, "dns-online", &format!("{tag}l-"), "198.18.0.10"),
+        LARGE
+    );
+}
+
+/// Waits until the target logged every query of the load tagged `tag` from the fake clients,
+/// then checks none came twice.
+fn target_got_everything(lab: &Lab, tag: &str) {
+    let (s, l) = (format!("{tag}s-"), format!("{tag}l-"));
+    wait_for(
+        Duration::from_secs(20),
+        || {
+            queries(lab, "dns-target", &s, "203.0.113.") >= SMALL
+                && queries(lab, "dns-target", &l, "203.0.113.") >= LARGE
+        },
+        || {
+            format!(
+                "target got {} of {SMALL} small and {} of {LARGE} large queries\ntcpcopy: {}",
+                queries(lab, "dns-target", &s, "203.0.113."),
+                queries(lab, "dns-target", &l, "203.0.113."),
+                lab.log("tcpcopy")
+            )
+        },
+    );
+    assert_eq!(
+        queries(lab, "dns-target", &s, ""),
+        SMALL,
+        "no small query twice"
+    );
+    assert_eq!(
+        queries(lab, "dns-target", &l, ""),
+        LARGE,
+        "no large query twice"
+    );
+}
+
+/// The value after `key` in tcpcopy's last statistics line that has it.
+fn stat(log: &str, key: &str) -> u64 {
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            let at = l.find(key)? + key.len();
+            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no {key} in tcpcopy's log:\n{log}"))
+}
+
+/// Stops tcpcopy (SIGTERM: statistics at exit) and checks its counts: every datagram
+/// captured once, the large ones sent in two fragments each, nothing dropped on the way.
+fn check_tcpcopy_counts(lab: &Lab, reassembled: bool) {
+    assert_eq!(
+        lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(10)),
+        Some(0)
+    );
+    let log = lab.log("tcpcopy");
+    let total = (SMALL + LARGE) as u64;
+    assert_eq!(stat(&log, "udp packets captured:"), total, "{log}");
+    assert_eq!(stat(&log, "udp datagrams replayed:"), total, "{log}");
+    assert_eq!(stat(&log, ",fragmented:"), LARGE as u64, "{log}");
+    assert_eq!(stat(&log, ",fragments:"), 2 * LARGE as u64, "{log}");
+    assert_eq!(stat(&log, ",packets sent:"), total + LARGE as u64, "{log}");
+    assert_eq!(stat(&log, ",send errors:"), 0, "{log}");
+    // pcap and files see the fragments; the raw socket gets datagrams the kernel reassembled.
+    let expect = if reassembled { LARGE as u64 } else { 0 };
+    assert_eq!(stat(&log, "reassembled datagrams:"), expect, "{log}");
+}
+
+fn start_tcpcopy(lab: &Lab, args: &[&str]) {
+    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), args);
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log("tcpcopy").contains("event loop running (udp)"),
+        || format!("tcpcopy did not start: {}", lab.log("tcpcopy")),
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_live_raw_socket_dns() {
+    require("udp_live_raw_socket_dns", &TOOLS);
+    let lab = Lab::start();
+    let dir = TempDir::new("raw");
+    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP);
+    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP);
+    start_tcpcopy(
+        &lab,
+        &["--udp", "-x", "53-198.18.0.30:53", "-c", "203.0.113.x"],
+    );
+    client_load(&lab, &dir.0, "raw");
+    target_got_everything(&lab, "raw");
+    check_tcpcopy_counts(&lab, false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_live_pcap_reassembles_fragments() {
+    require("udp_live_pcap_reassembles_fragments", &TOOLS);
+    let lab = Lab::start();
+    let dir = TempDir::new("pcap");
+    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP);
+    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP);
+    // pcap also sees what tcpcopy sends: the online address in -x keeps it apart.
+    start_tcpcopy(
+        &lab,
+        &[
+            "--udp",
+            "-x",
+            "198.18.0.20:53-198.18.0.30:53",
+            "-c",
+            "203.0.113.x",
+            "--capture",
+            "pcap",
+            "-i",
+            "eth0",
+        ],
+    );
+    client_load(&lab, &dir.0, "pcap");
+    target_got_everything(&lab, "pcap");
+    check_tcpcopy_counts(&lab, true);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn udp_offline_from_a_recording() {
+    require("udp_offline_from_a_recording", &TOOLS);
+    let lab = Lab::start();
+    let dir = TempDir::new("offline");
+    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP);
+    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP);
+    // Record on online as an operator would: both directions, fragments included.
+    let file = dir.0.join("dns.pcap");
+    let file_s = file.to_str().unwrap().to_string();
+    lab.spawn(
+        ONLINE,
+        "tcpdump",
+        &PathBuf::from("/usr/bin/tcpdump"),
+        &[
+            "-Z",
+            "root",
+            "-U",
+            "--immediate-mode",
+            "-i",
+            "eth0",
+            "-s",
+            "4096",
+            "-w",
+            &file_s,
+            "udp port 53 or (ip[6:2] & 0x1fff != 0)",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log("tcpdump").contains("listening on"),
+        || format!("tcpdump: {}", lab.log("tcpdump")),
+    );
+    client_load(&lab, &dir.0, "off");
+    // tcpdump writes every packet at once (-U); SIGINT closes the file.
+    lab.stop("tcpdump", libc::SIGINT, Duration::from_secs(10));
+    assert_eq!(
+        queries(&lab, "dns-target", "off", ""),
+        0,
+        "nothing replayed yet"
+    );
+    lab.spawn(
+        ONLINE,
+        "tcpcopy",
+        &bin("tcpcopy"),
+        &[
+            "--udp",
+            "-x",
+            "53-198.18.0.30:53",
+            "-c",
+            "203.0.113.x",
+            "-i",
+            &file_s,
+            "-a",
+            "10",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || !lab.running("tcpcopy"),
+        || format!("offline tcpcopy did not finish: {}", lab.log("tcpcopy")),
+    );
+    assert!(lab.log("tcpcopy").contains("offline replay is complete"));
+    target_got_everything(&lab, "off");
+    check_tcpcopy_counts(&lab, true);
+}
