@@ -64,6 +64,9 @@ Example:
   tcpcopy -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x
       copy port 80 of this host to 198.18.0.30:8080, intercept at 198.18.0.40, fake clients
       203.0.113.1-254
+  tcpcopy --udp -x 53-198.18.0.30:53 -c 203.0.113.x
+      copy the datagrams to port 53 of this host (DNS queries) to 198.18.0.30:53 from fake
+      clients 203.0.113.1-254; no intercept, the answers are not tracked
 
 Log level: RUST_LOG (error, warn, info, debug, trace; default info).";
 
