@@ -16,6 +16,7 @@
 pub mod build;
 pub mod checksum;
 pub mod fragments;
+pub mod ipv6;
 pub mod link;
 pub mod pcapfile;
 pub mod split;
