@@ -16,14 +16,20 @@
 //!    (offsets in 8-byte units, MF on all but the last, DF cleared) under an IP id of its own,
 //!    so copies that share a source address never mix their fragments at the target.
 //!
+//! IPv6 (transfers of [`Transfer6`], a run is of one family): extension headers are skipped,
+//! fragments are counted and dropped ([`UdpDrop::Ipv6Fragment`]), `-c` takes a prefix
+//! ([`ClientPrefix6`]), the checksum covers the IPv6 pseudo-header, and a copy longer than
+//! `-M` is dropped and counted ([`UdpDrop::Ipv6TooBig`]: IPv6 fragments are not sent).
+//!
 //! The queue of datagrams waiting for the send backend is bounded
 //! ([`UdpConfig::max_queued_bytes`]); past it new datagrams are dropped and counted. Nothing
 //! here does I/O or reads a clock: time comes in as arguments.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use crate::packet::fragments::{FragStats, Outcome, Reassembler, ReassemblyLimits};
+use crate::packet::ipv6::{write_udp6_datagram, Udp6Datagram, Udp6Spec, V6Error};
 use crate::packet::udp::{
     fragment, write_udp_datagram, HeaderError, Ipv4Info, UdpDatagram, UdpSpec, IPPROTO_UDP,
     IPV4_HEADER_LEN, MAX_IPV4_LEN, UDP_HEADER_LEN,
@@ -49,6 +55,67 @@ pub struct UdpConfig {
     pub reassembly: ReassemblyLimits,
     /// Most bytes waiting for the send backend.
     pub max_queued_bytes: usize,
+    /// IPv6 transfers (`-x [v6]:port-[v6]:port`); queued packets of these carry their index.
+    pub transfers6: Vec<Transfer6>,
+    /// `-c` with an IPv6 prefix.
+    pub client_prefix6: Option<ClientPrefix6>,
+}
+
+/// One IPv6 `-x` transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transfer6 {
+    /// Online address to match; `None` = any local address.
+    pub src_ip: Option<Ipv6Addr>,
+    pub src_port: u16,
+    pub dst_ip: Ipv6Addr,
+    pub dst_port: u16,
+}
+
+/// `-c PREFIX/LEN` for IPv6: fake clients PREFIX+1 .. PREFIX+count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPrefix6 {
+    pub prefix: Ipv6Addr,
+    pub len: u8,
+}
+
+impl ClientPrefix6 {
+    /// Most fake clients taken from a prefix.
+    pub const MAX_CLIENTS: u32 = 4096;
+
+    /// How many fake clients the prefix gives (its host part, without the all-zero address
+    /// and the last one; at most [`Self::MAX_CLIENTS`]).
+    pub fn count(&self) -> u32 {
+        let host_bits = 128 - u32::from(self.len.min(128));
+        if host_bits >= 13 {
+            Self::MAX_CLIENTS
+        } else {
+            ((1u32 << host_bits).saturating_sub(2)).min(Self::MAX_CLIENTS)
+        }
+    }
+
+    /// Fake client `i` (0-based, below [`Self::count`]).
+    pub fn client(&self, i: u32) -> Ipv6Addr {
+        let host_bits = 128 - u32::from(self.len.min(128));
+        let mask = if host_bits == 0 {
+            0
+        } else {
+            u128::MAX >> (128 - host_bits)
+        };
+        Ipv6Addr::from((u128::from(self.prefix) & !mask) | (u128::from(i) + 1))
+    }
+}
+
+/// The 16-bit key of an IPv6 client address (its eight 16-bit words added), the IPv6
+/// counterpart of `session::ingress::ip_key16`.
+pub fn ip6_key16(ip: Ipv6Addr) -> u16 {
+    ip.segments().iter().fold(0u16, |a, w| a.wrapping_add(*w))
+}
+
+/// The address `-r` sampling looks at for an IPv6 client: its four 32-bit words xor-ed.
+fn sample_addr6(ip: Ipv6Addr) -> Ipv4Addr {
+    let o = ip.octets();
+    let w = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    Ipv4Addr::from(w(0) ^ w(4) ^ w(8) ^ w(12))
 }
 
 impl UdpConfig {
@@ -66,6 +133,8 @@ impl UdpConfig {
             seed: cfg.seed,
             reassembly: ReassemblyLimits::default(),
             max_queued_bytes: 8 << 20,
+            transfers6: Vec::new(),
+            client_prefix6: None,
         }
     }
 }
@@ -85,10 +154,16 @@ pub enum UdpDrop {
     QueueFull,
     /// Rewritten, longer than an IPv4 datagram may be.
     TooLong,
+    /// An IPv6 fragment (not reassembled).
+    Ipv6Fragment,
+    /// IPv6 whose upper layer cannot be read (ESP, no next header, a long extension chain).
+    Ipv6Unreadable,
+    /// An IPv6 copy longer than `-M` (IPv6 fragments are not sent).
+    Ipv6TooBig,
 }
 
 impl UdpDrop {
-    pub const ALL: [UdpDrop; 8] = [
+    pub const ALL: [UdpDrop; 11] = [
         UdpDrop::Truncated,
         UdpDrop::BadIpHeader,
         UdpDrop::NotUdp,
@@ -97,6 +172,9 @@ impl UdpDrop {
         UdpDrop::Sampled,
         UdpDrop::QueueFull,
         UdpDrop::TooLong,
+        UdpDrop::Ipv6Fragment,
+        UdpDrop::Ipv6Unreadable,
+        UdpDrop::Ipv6TooBig,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +187,22 @@ impl UdpDrop {
             UdpDrop::Sampled => "sampled out",
             UdpDrop::QueueFull => "send queue full",
             UdpDrop::TooLong => "too long",
+            UdpDrop::Ipv6Fragment => "ipv6 fragment",
+            UdpDrop::Ipv6Unreadable => "ipv6 unreadable",
+            UdpDrop::Ipv6TooBig => "ipv6 over mtu",
+        }
+    }
+}
+
+impl From<V6Error> for UdpDrop {
+    fn from(e: V6Error) -> Self {
+        match e {
+            V6Error::Truncated => UdpDrop::Truncated,
+            V6Error::BadHeader => UdpDrop::BadIpHeader,
+            V6Error::Fragment => UdpDrop::Ipv6Fragment,
+            V6Error::Unreadable => UdpDrop::Ipv6Unreadable,
+            V6Error::NotUdp => UdpDrop::NotUdp,
+            V6Error::BadUdpHeader => UdpDrop::BadUdpHeader,
         }
     }
 }
@@ -140,7 +234,7 @@ pub struct UdpStats {
     /// Packets (whole datagrams and fragments) queued.
     pub packets_queued: u64,
     /// Dropped, by [`UdpDrop`] (in the order of [`UdpDrop::ALL`]).
-    pub dropped: [u64; 8],
+    pub dropped: [u64; 11],
 }
 
 impl UdpStats {
@@ -178,6 +272,9 @@ pub struct UdpReplayer {
     /// Packets of `queue` already sent.
     head: usize,
     next_id: u16,
+    /// `-c` prefix for IPv6: slot+1 per 16-bit client key, 0 = unassigned.
+    slots6: Vec<u16>,
+    next6: u32,
     stats: UdpStats,
 }
 
@@ -196,6 +293,12 @@ impl UdpReplayer {
             queue: Vec::with_capacity(256),
             head: 0,
             next_id: (cfg.seed >> 16) as u16,
+            slots6: if cfg.client_prefix6.is_some() {
+                vec![0; 1 << 16]
+            } else {
+                Vec::new()
+            },
+            next6: 0,
             stats: UdpStats::default(),
             cfg,
         }
@@ -227,6 +330,9 @@ impl UdpReplayer {
     /// A captured IPv4 packet (starting at its header; link padding after it allowed).
     pub fn on_packet(&mut self, now: Instant, ip: &[u8]) {
         self.stats.packets += 1;
+        if ip.first().is_some_and(|v| v >> 4 == 6) {
+            return self.on_packet6(now, ip);
+        }
         let info = match Ipv4Info::parse(ip) {
             Ok(i) => i,
             Err(e) => return self.stats.count(e.into()),
@@ -309,6 +415,91 @@ impl UdpReplayer {
                 }
             }
             self.queue_copy(&spec, transfer);
+        }
+    }
+
+    /// An IPv6 packet: steps 2 to 4 of the module docs for IPv6.
+    fn on_packet6(&mut self, now: Instant, ip: &[u8]) {
+        let d = match Udp6Datagram::parse(ip) {
+            Ok(d) => d,
+            Err(e) => return self.stats.count(e.into()),
+        };
+        let Some(transfer) = self
+            .cfg
+            .transfers6
+            .iter()
+            .position(|t| t.src_port == d.dst_port && t.src_ip.is_none_or(|a| a == d.ip.dst))
+        else {
+            return self.stats.count(UdpDrop::NoTransfer);
+        };
+        self.stats.captured += 1;
+        let t = self.cfg.transfers6[transfer];
+        let src = self.fake6(ip6_key16(d.ip.src)).unwrap_or(d.ip.src);
+        if !self.sampler.admit(now, sample_addr6(src), d.src_port) {
+            return self.stats.count(UdpDrop::Sampled);
+        }
+        let port = ingress::shift_port(d.src_port, self.cfg.port_shift, self.port_offset);
+        let mut spec = Udp6Spec {
+            src,
+            dst: t.dst_ip,
+            src_port: port,
+            dst_port: t.dst_port,
+            traffic_class: d.ip.traffic_class,
+            flow_label: d.ip.flow_label,
+            hop_limit: d.ip.hop_limit,
+            payload: d.payload,
+        };
+        self.queue_copy6(&spec, transfer);
+        for i in 1..self.cfg.replicas.max(1) {
+            let p = ingress::replica_port(port, i, self.port_offset);
+            spec.src_port = ingress::shift_port(p, self.cfg.port_shift, self.port_offset);
+            let key = ip6_key16(d.ip.src)
+                .wrapping_add(((2 * u32::from(i) - 1) * 32 + self.port_offset) as u16);
+            if let Some(fake) = self.fake6(key) {
+                spec.src = fake;
+            }
+            self.queue_copy6(&spec, transfer);
+        }
+    }
+
+    /// The `-c` prefix's fake client for the client key `key` (sticky, first-seen round
+    /// robin); `None` without a prefix.
+    fn fake6(&mut self, key: u16) -> Option<Ipv6Addr> {
+        let prefix = self.cfg.client_prefix6?;
+        let count = prefix.count().max(1);
+        let slot = &mut self.slots6[usize::from(key)];
+        if *slot == 0 {
+            *slot = (self.next6 % count) as u16 + 1;
+            self.next6 = self.next6.wrapping_add(1);
+        }
+        Some(prefix.client(u32::from(*slot) - 1))
+    }
+
+    fn queue_copy6(&mut self, spec: &Udp6Spec<'_>, transfer: usize) {
+        let total = crate::packet::ipv6::IPV6_HEADER_LEN + UDP_HEADER_LEN + spec.payload.len();
+        if total > usize::from(self.cfg.mtu.max(1280)) {
+            return self.stats.count(UdpDrop::Ipv6TooBig);
+        }
+        if self.queued_bytes() + total > self.cfg.max_queued_bytes {
+            return self.stats.count(UdpDrop::QueueFull);
+        }
+        let start = self.queue_bytes.len();
+        self.queue_bytes.resize(start + total, 0);
+        match write_udp6_datagram(&mut self.queue_bytes[start..], spec) {
+            Some(n) => {
+                self.queue_bytes.truncate(start + n);
+                self.queue.push(Queued {
+                    start,
+                    end: start + n,
+                    transfer,
+                });
+                self.stats.queued += 1;
+                self.stats.packets_queued += 1;
+            }
+            None => {
+                self.queue_bytes.truncate(start);
+                self.stats.count(UdpDrop::TooLong);
+            }
         }
     }
 
@@ -620,14 +811,124 @@ mod tests {
         let mut r = UdpReplayer::new(config());
         let now = Instant::now();
         r.on_packet(now, &[]);
+        r.on_packet(now, &[0x70; 40]);
+        // IPv6 claiming more payload than captured.
         r.on_packet(now, &[0x60; 40]);
         let mut tcp = captured(CLIENT, 1, 53, b"x");
         tcp[9] = 6;
         r.on_packet(now, &tcp);
         let s = r.stats();
-        assert_eq!(s.dropped(UdpDrop::Truncated), 1);
+        assert_eq!(s.dropped(UdpDrop::Truncated), 2);
         assert_eq!(s.dropped(UdpDrop::BadIpHeader), 1);
         assert_eq!(s.dropped(UdpDrop::NotUdp), 1);
         assert_eq!(r.queued_packets(), 0);
+    }
+
+    fn config6() -> UdpConfig {
+        let mut cfg = UdpConfig::from_replay(&ReplayConfig::default());
+        cfg.transfers6 = vec![Transfer6 {
+            src_ip: None,
+            src_port: 53,
+            dst_ip: "2001:db8::30".parse().unwrap(),
+            dst_port: 5353,
+        }];
+        cfg.seed = 7;
+        cfg
+    }
+
+    fn captured6(src: &str, src_port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; MAX_IPV4_LEN];
+        let n = write_udp6_datagram(
+            &mut out,
+            &Udp6Spec {
+                src: src.parse().unwrap(),
+                dst: "2001:db8::20".parse().unwrap(),
+                src_port,
+                dst_port: 53,
+                traffic_class: 0,
+                flow_label: 9,
+                hop_limit: 64,
+                payload,
+            },
+        )
+        .unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn ipv6_datagrams_to_the_target_from_the_prefix() {
+        let mut cfg = config6();
+        cfg.client_prefix6 = Some(ClientPrefix6 {
+            prefix: "2001:db8:ffff::".parse().unwrap(),
+            len: 64,
+        });
+        cfg.replicas = 2;
+        let mut r = UdpReplayer::new(cfg);
+        let now = Instant::now();
+        r.on_packet(now, &captured6("2001:db8::10", 40000, b"query"));
+        r.on_packet(now, &captured6("2001:db8::11", 40000, b"query 2"));
+        let out = sent(&mut r);
+        assert_eq!(out.len(), 4);
+        let mut srcs = Vec::new();
+        for b in &out {
+            let d = Udp6Datagram::parse(b).unwrap();
+            assert_eq!(d.ip.dst, "2001:db8::30".parse::<Ipv6Addr>().unwrap());
+            assert_eq!(d.dst_port, 5353);
+            assert_eq!(d.ip.src.segments()[..4], [0x2001, 0xdb8, 0xffff, 0]);
+            let mut z = b[40..].to_vec();
+            z[6..8].copy_from_slice(&[0, 0]);
+            assert_eq!(
+                crate::packet::ipv6::udp6_checksum(d.ip.src, d.ip.dst, &z),
+                u16::from_be_bytes([b[46], b[47]])
+            );
+            srcs.push((d.ip.src, d.src_port));
+        }
+        srcs.sort();
+        srcs.dedup();
+        assert_eq!(srcs.len(), 4, "copies and clients apart: {srcs:?}");
+        // Sticky: the first client again gets the same fake address.
+        r.on_packet(now, &captured6("2001:db8::10", 40001, b"q"));
+        let again = sent(&mut r);
+        let first = Udp6Datagram::parse(&out[0]).unwrap().ip.src;
+        assert_eq!(Udp6Datagram::parse(&again[0]).unwrap().ip.src, first);
+    }
+
+    #[test]
+    fn ipv6_fragments_and_oversize_copies_are_counted_drops() {
+        let mut r = UdpReplayer::new(config6());
+        let now = Instant::now();
+        let mut frag = captured6("2001:db8::10", 40000, b"abcdefgh");
+        // Turn it into a fragment: next header 44, an 8-byte fragment header before UDP.
+        let udp = frag.split_off(40);
+        frag[6] = crate::packet::ipv6::NH_FRAGMENT;
+        frag.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 5]);
+        frag.extend_from_slice(&udp);
+        let plen = (frag.len() - 40) as u16;
+        frag[4..6].copy_from_slice(&plen.to_be_bytes());
+        r.on_packet(now, &frag);
+        r.on_packet(now, &captured6("2001:db8::10", 40000, &[0u8; 1500]));
+        // An IPv4 datagram in an IPv6 run matches no transfer.
+        r.on_packet(now, &captured(CLIENT, 40000, 53, b"v4"));
+        let s = r.stats();
+        assert_eq!(s.dropped(UdpDrop::Ipv6Fragment), 1);
+        assert_eq!(s.dropped(UdpDrop::Ipv6TooBig), 1);
+        assert_eq!(s.dropped(UdpDrop::NoTransfer), 1);
+        assert_eq!(r.queued_packets(), 0);
+    }
+
+    #[test]
+    fn prefix_sizes() {
+        let p = |text: &str, len| ClientPrefix6 {
+            prefix: text.parse().unwrap(),
+            len,
+        };
+        assert_eq!(p("2001:db8::", 64).count(), ClientPrefix6::MAX_CLIENTS);
+        assert_eq!(p("2001:db8::", 126).count(), 2);
+        assert_eq!(p("2001:db8::", 128).count(), 0);
+        assert_eq!(
+            p("2001:db8::ff00", 120).client(0),
+            "2001:db8::ff01".parse::<Ipv6Addr>().unwrap()
+        );
     }
 }

@@ -6,20 +6,23 @@
 //! together) be a UDP datagram with a valid checksum to the target's port; no panic; the
 //! reassembly stays within its limits.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use tc_core::packet::checksum::checksum;
 use tc_core::packet::fragments::{Outcome, ReassemblyLimits, Reassembler};
+use tc_core::packet::ipv6::{udp6_checksum, Udp6Datagram};
 use tc_core::packet::udp::{udp_checksum, Ipv4Info, UdpDatagram};
 use tc_core::session::{ReplayConfig, Transfer};
-use tc_core::udp_replay::{UdpConfig, UdpReplayer};
+use tc_core::udp_replay::{ClientPrefix6, Transfer6, UdpConfig, UdpReplayer};
 
 const TARGETS: [(Ipv4Addr, u16); 2] = [
     (Ipv4Addr::new(198, 18, 0, 30), 5353),
     (Ipv4Addr::new(198, 18, 0, 31), 514),
 ];
+/// The IPv6 transfer: port 53 of any address to [2001:db8::30]:5353.
+const TARGET6: (Ipv6Addr, u16) = (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x30), 5353);
 const FAKES: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
 
 fn config(a: u8, b: u8) -> UdpConfig {
@@ -42,6 +45,18 @@ fn config(a: u8, b: u8) -> UdpConfig {
             dst_mac: None,
         },
     ];
+    cfg.transfers6 = vec![Transfer6 {
+        src_ip: None,
+        src_port: 53,
+        dst_ip: TARGET6.0,
+        dst_port: TARGET6.1,
+    }];
+    if b & 4 != 0 {
+        cfg.client_prefix6 = Some(ClientPrefix6 {
+            prefix: Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 0),
+            len: 64,
+        });
+    }
     cfg.mtu = 68 + (u16::from(a) << 4);
     cfg.replicas = 1 + u16::from(b & 3);
     if b & 4 != 0 {
@@ -107,6 +122,21 @@ fuzz_target!(|data: &[u8]| {
         let mut seen = 0;
         for (p, transfer) in r.queued() {
             seen += 1;
+            if p[0] >> 4 == 6 {
+                // IPv6: whole datagrams only, within the MTU (at least 1280), valid checksum.
+                assert!(p.len() <= mtu.max(1280));
+                assert_eq!(transfer, 0);
+                let d = Udp6Datagram::parse(p).expect("a queued IPv6 datagram parses");
+                assert_eq!((d.ip.dst, d.dst_port), TARGET6);
+                assert!(!fakes || d.ip.src.segments()[..3] == [0x2001, 0xdb8, 0xffff]);
+                let mut zeroed = p[40..].to_vec();
+                zeroed[6..8].copy_from_slice(&[0, 0]);
+                assert_eq!(
+                    udp6_checksum(d.ip.src, d.ip.dst, &zeroed),
+                    u16::from_be_bytes([p[46], p[47]])
+                );
+                continue;
+            }
             assert!(p.len() <= mtu.max(28), "{} > {mtu}", p.len());
             assert!(transfer < TARGETS.len());
             let info = Ipv4Info::parse(p).expect("a queued packet has a valid header");
