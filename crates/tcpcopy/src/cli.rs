@@ -19,6 +19,7 @@ use tc_core::control::DEFAULT_PORT;
 use tc_core::session::ReplayConfig;
 
 use crate::addr_spec::{self, InterceptSpec, SpecError, TransferSpec};
+use crate::addr_spec6;
 use crate::numbers;
 
 pub const VERSION: &str = "1.3.0";
@@ -299,7 +300,9 @@ struct RawArgs {
                 datagram is rewritten for the target and sent; the target's answers are NOT\n\
                 tracked and no intercept is used (no -s). Applies -c, -H, -n, -r, -g, -f, -M\n\
                 (longer datagrams leave as IPv4 fragments); captured fragments are\n\
-                reassembled first (bounded, 30 s), so a datagram goes whole or not at all")]
+                reassembled first (bounded, 30 s), so a datagram goes whole or not at all.\n\
+                IPv6: -x 53-[2001:db8::30]:53 (literal addresses in brackets, one family per\n\
+                run), -c 2001:db8:ffff::/64; IPv6 fragments are counted and dropped")]
     udp: bool,
     #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
     help: bool,
@@ -400,6 +403,10 @@ pub struct Options {
     pub check: bool,
     /// `--udp`: stateless UDP replay (no intercept, no sessions).
     pub udp: bool,
+    /// `-x` in its IPv6 form (`--udp` only); then `replay.transfers` is empty.
+    pub transfers6: Vec<tc_core::udp_replay::Transfer6>,
+    /// `-c PREFIX/LEN` with IPv6 transfers.
+    pub client_prefix6: Option<tc_core::udp_replay::ClientPrefix6>,
     /// Probe at start-up and when sessions fail (not `--no-probe`).
     pub probe: bool,
     /// `--probe-client`.
@@ -561,16 +568,42 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         None if raw.udp => String::new(),
         None => return err("tcpcopy needs -s (intercept addresses, e.g. -s 198.18.0.40)"),
     };
-    let transfers = addr_spec::parse_transfers(&transfers_text)?;
+    let ipv6 = addr_spec6::is_ipv6_transfers(&transfers_text);
+    let (transfers, transfers6) = if ipv6 {
+        if !raw.udp {
+            return err("-x: IPv6 transfers need --udp: TCP replay over IPv6 is not supported yet");
+        }
+        (Vec::new(), addr_spec6::parse_transfers6(&transfers_text)?)
+    } else {
+        (addr_spec::parse_transfers(&transfers_text)?, Vec::new())
+    };
     let intercepts = if raw.udp {
         Vec::new()
     } else {
         addr_spec::parse_intercepts(&intercepts_text, raw.intercept_port)?
     };
+    let mut client_prefix6 = None;
     let client_ips = match &raw.client_ips {
+        Some(text) if ipv6 => {
+            client_prefix6 = Some(addr_spec6::parse_client_prefix6(text, &transfers6)?);
+            None
+        }
+        Some(text) if text.contains(':') => {
+            return err(format!(
+                "-c \"{text}\": an IPv6 -c needs IPv6 transfers (-x 53-[ADDR]:PORT)"
+            ))
+        }
         Some(text) => Some(addr_spec::parse_client_ips(text)?),
         None => None,
     };
+    if ipv6 {
+        if raw.localhost_replacement.is_some() {
+            return err("-H applies to IPv4 transfers only");
+        }
+        if raw.send == SendKind::Pcap {
+            return err("--send pcap does not support IPv6 transfers yet (use the raw socket)");
+        }
+    }
     let localhost_replacement = match &raw.localhost_replacement {
         Some(text) => Some(addr_spec::parse_ip(text, "-H")?),
         None => None,
@@ -711,6 +744,8 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             metrics: raw.metrics,
             check: raw.check,
             udp: raw.udp,
+            transfers6,
+            client_prefix6,
             probe: !raw.no_probe,
             probe_client,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
@@ -1380,5 +1415,45 @@ mod tests {
         let help = help();
         assert!(help.contains("  --udp "), "{help}");
         assert!(help.contains("answers are NOT"), "{help}");
+    }
+
+    #[test]
+    fn ipv6_transfers_with_udp() {
+        let o = run(&[
+            "--udp",
+            "-x",
+            "53-[2001:db8::30]:53",
+            "-c",
+            "2001:db8:ffff::/64",
+        ])
+        .unwrap();
+        assert_eq!(o.transfers6.len(), 1);
+        assert!(o.replay.transfers.is_empty());
+        assert_eq!(o.client_prefix6.map(|p| p.len), Some(64));
+        for (args, says) in [
+            (
+                &["-x", "53-[2001:db8::30]:53", "-s", "198.18.0.40"][..],
+                "need --udp",
+            ),
+            (
+                &["--udp", "-x", "53-[2001:db8::30]:53", "-c", "203.0.113.x"],
+                "PREFIX/LEN",
+            ),
+            (
+                &["--udp", "-x", "53-198.18.0.30:53", "-c", "2001:db8::/64"],
+                "needs IPv6 transfers",
+            ),
+            (
+                &["--udp", "-x", "53-[2001:db8::30]:53,53-198.18.0.30:53"],
+                "cannot be mixed",
+            ),
+            (
+                &["--udp", "-x", "53-[2001:db8::30]:53", "-H", "198.18.0.1"],
+                "-H",
+            ),
+        ] {
+            let e = run_err(args);
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! reported back by intercept. See ../../shared/spec/tcpcopy.md for the behaviour.
 
 mod addr_spec;
+mod addr_spec6;
 #[cfg(test)]
 mod alloc_steady;
 mod auth_file;
@@ -144,7 +145,11 @@ fn run(options: Options) -> anyhow::Result<i32> {
     }
     if options.udp {
         // Stateless UDP replay: no intercept, no sessions (udp_mode).
-        let sender = open_sender(&options)?;
+        let sender = if options.transfers6.is_empty() {
+            open_sender(&options)?
+        } else {
+            udp_mode::open_sender6()?
+        };
         return udp_mode::run(options, sender, signals, detached);
     }
     log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);

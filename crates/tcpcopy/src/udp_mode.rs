@@ -12,17 +12,21 @@ use anyhow::Context;
 use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGPIPE};
 use signal_hook_mio::v1_0::Signals;
+use std::net::Ipv6Addr;
 use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
+use tc_core::capture::raw_socket6::RawSocketCapture6;
 use tc_core::capture::reopen::{all_lost_for, Reopening};
 use tc_core::capture::Capture;
 use tc_core::daemon;
 use tc_core::logging::RateLimit;
 use tc_core::packet::fragments::FragDrop;
-use tc_core::packet::{ipv4_payload, DropCounters};
+use tc_core::packet::link::ip_payload;
+use tc_core::packet::DropCounters;
+use tc_core::send::raw_socket6::RawSocketSend6;
 use tc_core::send::{Outgoing, Sender};
 use tc_core::session::Transfer;
-use tc_core::udp_replay::{UdpConfig, UdpDrop, UdpReplayer};
+use tc_core::udp_replay::{Transfer6, UdpConfig, UdpDrop, UdpReplayer};
 
 use crate::cli::{Input, Options};
 use crate::event_loop::{current_rss_bytes, StopReason};
@@ -82,9 +86,103 @@ pub fn auto_filter(transfers: &[Transfer]) -> String {
     format!("ip and udp and ({} or {fragments})", terms.join(" or "))
 }
 
+/// The pcap filter of `--udp` for IPv6 transfers: datagrams to each transfer's source
+/// (IPv6 fragments are not reassembled, so none are asked for).
+pub fn auto_filter6(transfers: &[Transfer6]) -> String {
+    let terms: Vec<String> = transfers
+        .iter()
+        .map(|t| match t.src_ip {
+            Some(ip) => format!("(dst port {} and dst host {})", t.src_port, ip),
+            None => format!("(dst port {})", t.src_port),
+        })
+        .collect();
+    format!("ip6 and udp and ({})", terms.join(" or "))
+}
+
+/// The raw IPv6 send socket of `--udp` with IPv6 transfers.
+pub fn open_sender6() -> anyhow::Result<Box<dyn Sender>> {
+    log::info!("send: raw IPv6 socket");
+    Ok(Box::new(
+        RawSocketSend6::open().context("Create raw IPv6 socket to output failed")?,
+    ))
+}
+
+/// As `capture::check_self_capture` for IPv6 transfers: a target that some transfer would
+/// capture again is refused.
+fn check_self_capture6(
+    transfers: &[Transfer6],
+    input: &Input,
+    local: &[Ipv6Addr],
+) -> anyhow::Result<()> {
+    let pcap_auto = matches!(input, Input::Pcap { filter: None, .. });
+    for (i, t) in transfers.iter().enumerate() {
+        for src in transfers.iter().filter(|s| s.src_port == t.dst_port) {
+            let captured = match src.src_ip {
+                Some(ip) => ip == t.dst_ip,
+                None => pcap_auto || t.dst_ip.is_loopback() || local.contains(&t.dst_ip),
+            };
+            if captured {
+                anyhow::bail!(
+                    "-x transfer {}: target [{}]:{} would be captured again as online traffic; tcpcopy would replay its own output",
+                    i + 1,
+                    t.dst_ip,
+                    t.dst_port
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// This host's IPv6 addresses.
+fn local_ipv6_addresses() -> io::Result<Vec<Ipv6Addr>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, released below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        // SAFETY: ifa_addr, when set, points to a sockaddr whose family tells its type.
+        if !ifa.ifa_addr.is_null()
+            && i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET6
+        {
+            // SAFETY: AF_INET6 addresses are sockaddr_in6.
+            let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            out.push(Ipv6Addr::from(sin6.sin6_addr.s6_addr));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
 /// Opens the capture of `options.input` for UDP (none offline).
 fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>>> {
+    let ipv6 = !options.transfers6.is_empty();
     Ok(match &options.input {
+        Input::Raw if ipv6 => {
+            let c = RawSocketCapture6::open_protocol(libc::IPPROTO_UDP)
+                .context("Create raw IPv6 socket to input failed")?;
+            let ports: Vec<u16> = options.transfers6.iter().map(|t| t.src_port).collect();
+            match c.keep_only_dst_ports(&ports) {
+                Ok(true) => log::info!("capture: kernel filter keeps udp dst ports {ports:?}"),
+                Ok(false) => {}
+                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
+            }
+            log::info!(
+                "capture: raw IPv6 udp socket, receive buffer {} bytes",
+                c.receive_buffer().unwrap_or(0)
+            );
+            vec![Reopening::new(
+                "raw IPv6 socket",
+                Box::new(c) as Box<dyn Capture>,
+            )]
+        }
         Input::Raw => {
             let c = RawSocketCapture::open_protocol(libc::IPPROTO_UDP)
                 .context("Create raw socket to input failed")?;
@@ -123,7 +221,11 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
                     f.clone()
                 }
                 None => {
-                    let f = auto_filter(&options.replay.transfers);
+                    let f = if ipv6 {
+                        auto_filter6(&options.transfers6)
+                    } else {
+                        auto_filter(&options.replay.transfers)
+                    };
                     log::info!("filter = {f}");
                     f
                 }
@@ -153,9 +255,15 @@ pub fn run(
     if options.replay.replicas > 1 {
         log::info!("repl num:{}", options.replay.replicas);
     }
-    let local_ips =
-        crate::capture::local_ipv4_addresses().context("cannot list local addresses")?;
-    crate::capture::check_self_capture(&options.replay.transfers, &options.input, &local_ips)?;
+    if options.transfers6.is_empty() {
+        let local_ips =
+            crate::capture::local_ipv4_addresses().context("cannot list local addresses")?;
+        crate::capture::check_self_capture(&options.replay.transfers, &options.input, &local_ips)?;
+    } else {
+        let local = local_ipv6_addresses().context("cannot list local addresses")?;
+        check_self_capture6(&options.transfers6, &options.input, &local)?;
+        log::info!("IPv6 transfers");
+    }
     let poll = Poll::new().context("cannot create the event loop")?;
     let mut captures = open_captures(&options)?;
     anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
@@ -197,7 +305,11 @@ pub fn run(
     };
     let mut udp = UdpLoop {
         poll,
-        replayer: UdpReplayer::new(UdpConfig::from_replay(&options.replay)),
+        replayer: UdpReplayer::new(UdpConfig {
+            transfers6: options.transfers6.clone(),
+            client_prefix6: options.client_prefix6,
+            ..UdpConfig::from_replay(&options.replay)
+        }),
         sender,
         captures,
         offline,
@@ -379,7 +491,7 @@ impl UdpLoop {
         let Some(capture) = captures[i].source_mut() else {
             return Ok(0);
         };
-        let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
+        let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ip_payload(
             link, frame,
         ) {
             Ok(ip) => replayer.on_packet(Instant::now(), ip),
@@ -404,14 +516,12 @@ impl UdpLoop {
         if source.in_tail() {
             source.end_tail(now);
         }
-        let status = source.poll(
-            now,
-            CAPTURE_BUDGET,
-            &mut |_, link, frame| match ipv4_payload(link, frame) {
-                Ok(ip) => replayer.on_packet(now, ip),
-                Err(reason) => link_drops.count(reason),
-            },
-        );
+        let status = source.poll(now, CAPTURE_BUDGET, &mut |_, link, frame| match ip_payload(
+            link, frame,
+        ) {
+            Ok(ip) => replayer.on_packet(now, ip),
+            Err(reason) => link_drops.count(reason),
+        });
         let status = match status {
             Ok(OfflineStatus::WakeAt(_)) if source.in_tail() => {
                 source.end_tail(now);
@@ -583,6 +693,25 @@ mod tests {
 
     fn transfers(text: &str) -> Vec<Transfer> {
         resolve_transfers(&parse_transfers(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ipv6_filter_and_self_capture() {
+        let t = crate::addr_spec6::parse_transfers6(
+            "53-[2001:db8::30]:53,[2001:db8::20]:514-[2001:db8::31]:5514",
+        )
+        .unwrap();
+        assert_eq!(
+            auto_filter6(&t),
+            "ip6 and udp and ((dst port 53) or (dst port 514 and dst host 2001:db8::20))"
+        );
+        let local: Vec<Ipv6Addr> = vec!["2001:db8::20".parse().unwrap()];
+        assert!(check_self_capture6(&t, &Input::Raw, &local).is_ok());
+        let own = crate::addr_spec6::parse_transfers6("53-[2001:db8::20]:53").unwrap();
+        let e = check_self_capture6(&own, &Input::Raw, &local).unwrap_err();
+        assert!(e.to_string().contains("captured again"), "{e}");
+        let lo = crate::addr_spec6::parse_transfers6("53-[::1]:53").unwrap();
+        assert!(check_self_capture6(&lo, &Input::Raw, &[]).is_err());
     }
 
     #[test]
