@@ -19,7 +19,7 @@
 //! IPv6 (transfers of [`Transfer6`], a run is of one family): extension headers are skipped,
 //! fragments are counted and dropped ([`UdpDrop::Ipv6Fragment`]), `-c` takes a prefix
 //! ([`ClientPrefix6`]), the checksum covers the IPv6 pseudo-header, and a copy longer than
-//! `-M` is dropped and counted ([`UdpDrop::Ipv6TooBig`]: IPv6 fragments are not sent).
+//! `-M` (at least 1280) leaves in IPv6 fragments (a Fragment header, an id of its own).
 //!
 //! The queue of datagrams waiting for the send backend is bounded
 //! ([`UdpConfig::max_queued_bytes`]); past it new datagrams are dropped and counted. Nothing
@@ -29,7 +29,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use crate::packet::fragments::{FragStats, Outcome, Reassembler, ReassemblyLimits};
-use crate::packet::ipv6::{write_udp6_datagram, Udp6Datagram, Udp6Spec, V6Error};
+use crate::packet::ipv6::{fragment6, write_udp6_datagram, Udp6Datagram, Udp6Spec, V6Error};
 use crate::packet::udp::{
     fragment, write_udp_datagram, HeaderError, Ipv4Info, UdpDatagram, UdpSpec, IPPROTO_UDP,
     IPV4_HEADER_LEN, MAX_IPV4_LEN, UDP_HEADER_LEN,
@@ -158,7 +158,7 @@ pub enum UdpDrop {
     Ipv6Fragment,
     /// IPv6 whose upper layer cannot be read (ESP, no next header, a long extension chain).
     Ipv6Unreadable,
-    /// An IPv6 copy longer than `-M` (IPv6 fragments are not sent).
+    /// An IPv6 copy that cannot be cut into fragments of `-M` bytes.
     Ipv6TooBig,
 }
 
@@ -475,31 +475,51 @@ impl UdpReplayer {
         Some(prefix.client(u32::from(*slot) - 1))
     }
 
+    /// Writes one IPv6 copy and queues it, whole or (longer than `-M`) in fragments.
     fn queue_copy6(&mut self, spec: &Udp6Spec<'_>, transfer: usize) {
         let total = crate::packet::ipv6::IPV6_HEADER_LEN + UDP_HEADER_LEN + spec.payload.len();
-        if total > usize::from(self.cfg.mtu.max(1280)) {
-            return self.stats.count(UdpDrop::Ipv6TooBig);
-        }
-        if self.queued_bytes() + total > self.cfg.max_queued_bytes {
+        // Each fragment repeats the 40-byte header and adds 8 bytes.
+        if self.queued_bytes() + total + 48 * (total / 1024 + 1) > self.cfg.max_queued_bytes {
             return self.stats.count(UdpDrop::QueueFull);
         }
-        let start = self.queue_bytes.len();
-        self.queue_bytes.resize(start + total, 0);
-        match write_udp6_datagram(&mut self.queue_bytes[start..], spec) {
-            Some(n) => {
-                self.queue_bytes.truncate(start + n);
-                self.queue.push(Queued {
-                    start,
-                    end: start + n,
-                    transfer,
-                });
-                self.stats.queued += 1;
-                self.stats.packets_queued += 1;
-            }
-            None => {
-                self.queue_bytes.truncate(start);
-                self.stats.count(UdpDrop::TooLong);
-            }
+        let Some(n) = write_udp6_datagram(&mut self.copy, spec) else {
+            return self.stats.count(UdpDrop::TooLong);
+        };
+        // IPv6 links carry at least 1280 bytes.
+        let mtu = usize::from(self.cfg.mtu.max(1280));
+        let id = u32::from(self.next_id) << 16 | u32::from(self.next_id);
+        if n > mtu {
+            self.next_id = self.next_id.wrapping_add(1);
+        }
+        let Self {
+            copy,
+            piece,
+            queue_bytes,
+            queue,
+            ..
+        } = self;
+        if piece.len() < mtu {
+            piece.resize(mtu, 0);
+        }
+        let mut pieces = 0u64;
+        let sent = fragment6(&copy[..n], mtu, id, piece, &mut |p| {
+            let start = queue_bytes.len();
+            queue_bytes.extend_from_slice(p);
+            queue.push(Queued {
+                start,
+                end: queue_bytes.len(),
+                transfer,
+            });
+            pieces += 1;
+        });
+        if sent.is_none() {
+            return self.stats.count(UdpDrop::Ipv6TooBig);
+        }
+        self.stats.queued += 1;
+        self.stats.packets_queued += pieces;
+        if pieces > 1 {
+            self.stats.fragmented += 1;
+            self.stats.fragments_queued += pieces;
         }
     }
 
@@ -895,7 +915,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_fragments_and_oversize_copies_are_counted_drops() {
+    fn ipv6_fragments_in_are_dropped_long_copies_leave_in_fragments() {
         let mut r = UdpReplayer::new(config6());
         let now = Instant::now();
         let mut frag = captured6("2001:db8::10", 40000, b"abcdefgh");
@@ -907,14 +927,27 @@ mod tests {
         let plen = (frag.len() - 40) as u16;
         frag[4..6].copy_from_slice(&plen.to_be_bytes());
         r.on_packet(now, &frag);
-        r.on_packet(now, &captured6("2001:db8::10", 40000, &[0u8; 1500]));
         // An IPv4 datagram in an IPv6 run matches no transfer.
         r.on_packet(now, &captured(CLIENT, 40000, 53, b"v4"));
+        let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        r.on_packet(now, &captured6("2001:db8::10", 40000, &payload));
         let s = r.stats();
         assert_eq!(s.dropped(UdpDrop::Ipv6Fragment), 1);
-        assert_eq!(s.dropped(UdpDrop::Ipv6TooBig), 1);
         assert_eq!(s.dropped(UdpDrop::NoTransfer), 1);
-        assert_eq!(r.queued_packets(), 0);
+        assert_eq!((s.queued, s.fragmented, s.fragments_queued), (1, 1, 3));
+        let out = sent(&mut r);
+        let mut data = Vec::new();
+        for p in &out {
+            assert!(p.len() <= 1500);
+            assert_eq!(p[6], crate::packet::ipv6::NH_FRAGMENT);
+            data.extend_from_slice(&p[48..]);
+        }
+        let mut whole = out[0][..40].to_vec();
+        whole[6] = 17;
+        whole[4..6].copy_from_slice(&(data.len() as u16).to_be_bytes());
+        whole.extend_from_slice(&data);
+        let d = Udp6Datagram::parse(&whole).unwrap();
+        assert_eq!(d.payload, &payload[..]);
     }
 
     #[test]

@@ -123,9 +123,18 @@ fuzz_target!(|data: &[u8]| {
         for (p, transfer) in r.queued() {
             seen += 1;
             if p[0] >> 4 == 6 {
-                // IPv6: whole datagrams only, within the MTU (at least 1280), valid checksum.
+                // IPv6: within the MTU (at least 1280), to the target; whole datagrams with
+                // a valid checksum, or fragments of one.
                 assert!(p.len() <= mtu.max(1280));
                 assert_eq!(transfer, 0);
+                if p[6] == tc_core::packet::ipv6::NH_FRAGMENT {
+                    assert_eq!(
+                        tc_core::packet::ipv6::Ipv6Info::parse(p),
+                        Err(tc_core::packet::ipv6::V6Error::Fragment)
+                    );
+                    assert_eq!(p[24..40], TARGET6.0.octets());
+                    continue;
+                }
                 let d = Udp6Datagram::parse(p).expect("a queued IPv6 datagram parses");
                 assert_eq!((d.ip.dst, d.dst_port), TARGET6);
                 assert!(!fakes || d.ip.src.segments()[..3] == [0x2001, 0xdb8, 0xffff]);

@@ -220,6 +220,52 @@ pub fn write_udp6_datagram(out: &mut [u8], spec: &Udp6Spec<'_>) -> Option<usize>
     Some(total)
 }
 
+/// Cuts `packet` (written by [`write_udp6_datagram`]: a 40-byte header, no extension
+/// headers) into IPv6 fragments of at most `mtu` bytes (RFC 8200 section 4.5): each is the
+/// header (payload length set, next header 44) and a Fragment header (offset, M flag,
+/// `id`) followed by the next slice of the UDP datagram (a multiple of 8 bytes but for the
+/// last). A packet that fits is handed over whole. `scratch` holds one fragment (at least
+/// `mtu` bytes). Returns how many were emitted; `None` (nothing emitted) when `mtu` leaves
+/// no room for 8 bytes of data or `scratch` is too small.
+pub fn fragment6(
+    packet: &[u8],
+    mtu: usize,
+    id: u32,
+    scratch: &mut [u8],
+    emit: &mut dyn FnMut(&[u8]),
+) -> Option<usize> {
+    if packet.len() <= mtu {
+        emit(packet);
+        return Some(1);
+    }
+    let step = mtu.checked_sub(IPV6_HEADER_LEN + 8)? & !7;
+    if step == 0 || scratch.len() < IPV6_HEADER_LEN + 8 + step || packet.len() < IPV6_HEADER_LEN {
+        return None;
+    }
+    let next = packet[6];
+    let data = &packet[IPV6_HEADER_LEN..];
+    let mut offset = 0;
+    let mut count = 0;
+    while offset < data.len() {
+        let end = (offset + step).min(data.len());
+        let more = end < data.len();
+        let len = IPV6_HEADER_LEN + 8 + end - offset;
+        scratch[..IPV6_HEADER_LEN].copy_from_slice(&packet[..IPV6_HEADER_LEN]);
+        scratch[4..6].copy_from_slice(&((len - IPV6_HEADER_LEN) as u16).to_be_bytes());
+        scratch[6] = NH_FRAGMENT;
+        let f = &mut scratch[IPV6_HEADER_LEN..IPV6_HEADER_LEN + 8];
+        f[0] = next;
+        f[1] = 0;
+        f[2..4].copy_from_slice(&((offset as u16) | u16::from(more)).to_be_bytes());
+        f[4..8].copy_from_slice(&id.to_be_bytes());
+        scratch[IPV6_HEADER_LEN + 8..len].copy_from_slice(&data[offset..end]);
+        emit(&scratch[..len]);
+        count += 1;
+        offset = end;
+    }
+    Some(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +370,51 @@ mod tests {
         let mut tcp = base.to_vec();
         tcp[6] = 6;
         assert_eq!(Udp6Datagram::parse(&tcp), Err(V6Error::NotUdp));
+    }
+
+    #[test]
+    fn fragments_cover_the_datagram() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 13) as u8).collect();
+        let mut out = vec![0u8; 4096];
+        let n = write_udp6_datagram(&mut out, &spec(&payload)).unwrap();
+        let mut pieces: Vec<Vec<u8>> = Vec::new();
+        let count = fragment6(&out[..n], 1280, 0xdead_beef, &mut [0u8; 1280], &mut |p| {
+            pieces.push(p.to_vec())
+        });
+        assert_eq!(count, Some(3));
+        let mut data = Vec::new();
+        for (i, p) in pieces.iter().enumerate() {
+            assert!(p.len() <= 1280);
+            assert_eq!(&p[..4], &out[..4]);
+            assert_eq!(&p[7..40], &out[7..40]);
+            assert_eq!(usize::from(u16::from_be_bytes([p[4], p[5]])), p.len() - 40);
+            // Every fragment is reported as one by the parser.
+            assert_eq!(Ipv6Info::parse(p), Err(V6Error::Fragment));
+            let word = u16::from_be_bytes([p[42], p[43]]);
+            assert_eq!(usize::from(word & !7), data.len());
+            assert_eq!(word & 1 == 1, i + 1 < pieces.len());
+            assert_eq!(
+                (p[40], &p[44..48]),
+                (IPPROTO_UDP, &0xdead_beefu32.to_be_bytes()[..])
+            );
+            if i + 1 < pieces.len() {
+                assert_eq!((p.len() - 48) % 8, 0);
+            }
+            data.extend_from_slice(&p[48..]);
+        }
+        assert_eq!(data, &out[40..n]);
+        let mut whole = 0;
+        assert_eq!(
+            fragment6(&out[..n], 9000, 1, &mut [], &mut |p| {
+                whole += 1;
+                assert_eq!(p, &out[..n]);
+            }),
+            Some(1)
+        );
+        assert_eq!(whole, 1);
+        assert_eq!(
+            fragment6(&out[..n], 50, 1, &mut [0u8; 64], &mut |_| ()),
+            None
+        );
     }
 }
