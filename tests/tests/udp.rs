@@ -487,3 +487,54 @@ fn udp_ipv6_live_and_offline() {
     // Each large query crossed the wire in two fragments.
     assert_eq!(stat(&log, "ipv6 fragment:"), 2 * LARGE as u64, "{log}");
 }
+
+/// IPv6 through pcap capture: the small queries reach the target once each; the large ones
+/// cross online's link as IPv6 fragments, which tcpcopy does not reassemble: captured by the
+/// filter built from -x and counted as `ipv6 fragment`, none sent.
+#[test]
+#[ignore = "needs root"]
+fn udp_ipv6_pcap_counts_fragments() {
+    require("udp_ipv6_pcap_counts_fragments", &TOOLS);
+    let lab = Lab::start();
+    lab.enable_ipv6();
+    let dir = TempDir::new("ipv6pcap");
+    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP6);
+    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP6);
+    start_tcpcopy(
+        &lab,
+        &[
+            "--udp",
+            "-x",
+            "[2001:db8::20]:53-[2001:db8::30]:53",
+            "-c",
+            FAKE_PREFIX6,
+            "--capture",
+            "pcap",
+            "-i",
+            "eth0",
+        ],
+    );
+    client_load_to(&lab, &dir.0, "p6", ONLINE_IP6, CLIENT_IP6);
+    let small = |lab: &Lab| queries(lab, "dns-target", "p6s-", "2001:db8:ffff::");
+    wait_for(
+        Duration::from_secs(20),
+        || small(&lab) >= SMALL,
+        || {
+            format!(
+                "target got {} of {SMALL}: {}",
+                small(&lab),
+                lab.log("tcpcopy")
+            )
+        },
+    );
+    assert_eq!(queries(&lab, "dns-target", "p6s-", ""), SMALL);
+    assert_eq!(queries(&lab, "dns-target", "p6l-", ""), 0);
+    assert_eq!(
+        lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(10)),
+        Some(0)
+    );
+    let log = lab.log("tcpcopy");
+    assert_eq!(stat(&log, "udp packets captured:"), SMALL as u64, "{log}");
+    assert_eq!(stat(&log, ",packets sent:"), SMALL as u64, "{log}");
+    assert_eq!(stat(&log, "ipv6 fragment:"), 2 * LARGE as u64, "{log}");
+}

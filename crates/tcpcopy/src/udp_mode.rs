@@ -86,8 +86,10 @@ pub fn auto_filter(transfers: &[Transfer]) -> String {
     format!("ip and udp and ({} or {fragments})", terms.join(" or "))
 }
 
-/// The pcap filter of `--udp` for IPv6 transfers: datagrams to each transfer's source
-/// (IPv6 fragments are not reassembled, so none are asked for).
+/// The pcap filter of `--udp` for IPv6 transfers: datagrams to each transfer's source, and
+/// packets whose first header after IPv6 is a Fragment header (not reassembled: captured to
+/// be counted as dropped, not lost unseen), to the transfers' addresses but not to the
+/// targets'.
 pub fn auto_filter6(transfers: &[Transfer6]) -> String {
     let terms: Vec<String> = transfers
         .iter()
@@ -96,7 +98,33 @@ pub fn auto_filter6(transfers: &[Transfer6]) -> String {
             None => format!("(dst port {})", t.src_port),
         })
         .collect();
-    format!("ip6 and udp and ({})", terms.join(" or "))
+    let mut fragments = "(ip6[6] == 44".to_string();
+    if transfers.iter().all(|t| t.src_ip.is_some()) {
+        let mut hosts: Vec<String> = Vec::new();
+        for ip in transfers.iter().filter_map(|t| t.src_ip) {
+            let term = format!("dst host {ip}");
+            if !hosts.contains(&term) {
+                hosts.push(term);
+            }
+        }
+        fragments.push_str(&format!(" and ({})", hosts.join(" or ")));
+    } else {
+        let mut targets: Vec<String> = Vec::new();
+        for t in transfers {
+            let term = format!("not dst host {}", t.dst_ip);
+            if !transfers.iter().any(|s| s.src_ip == Some(t.dst_ip)) && !targets.contains(&term) {
+                targets.push(term);
+            }
+        }
+        for t in targets {
+            fragments.push_str(&format!(" and {t}"));
+        }
+    }
+    fragments.push(')');
+    format!(
+        "ip6 and ((udp and ({})) or {fragments})",
+        terms.join(" or ")
+    )
 }
 
 /// The raw IPv6 send socket of `--udp` with IPv6 transfers.
@@ -703,7 +731,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             auto_filter6(&t),
-            "ip6 and udp and ((dst port 53) or (dst port 514 and dst host 2001:db8::20))"
+            "ip6 and ((udp and ((dst port 53) or (dst port 514 and dst host 2001:db8::20))) or (ip6[6] == 44 and not dst host 2001:db8::30 and not dst host 2001:db8::31))"
+        );
+        let both =
+            crate::addr_spec6::parse_transfers6("[2001:db8::20]:53-[2001:db8::30]:53").unwrap();
+        assert_eq!(
+            auto_filter6(&both),
+            "ip6 and ((udp and ((dst port 53 and dst host 2001:db8::20))) or (ip6[6] == 44 and (dst host 2001:db8::20)))"
         );
         let local: Vec<Ipv6Addr> = vec!["2001:db8::20".parse().unwrap()];
         assert!(check_self_capture6(&t, &Input::Raw, &local).is_ok());
