@@ -538,3 +538,74 @@ fn udp_ipv6_pcap_counts_fragments() {
     assert_eq!(stat(&log, ",packets sent:"), SMALL as u64, "{log}");
     assert_eq!(stat(&log, "ipv6 fragment:"), 2 * LARGE as u64, "{log}");
 }
+
+/// `-n 2`: every query reaches the target twice, from two fake client endpoints.
+#[test]
+#[ignore = "needs root"]
+fn udp_replicas_double_the_load() {
+    require("udp_replicas_double_the_load", &TOOLS);
+    let lab = Lab::start();
+    let dir = TempDir::new("replicas");
+    dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
+    dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    start_tcpcopy(
+        &lab,
+        &[
+            "--udp",
+            "-x",
+            "53-198.18.0.30:53",
+            "-c",
+            "203.0.113.x",
+            "-n",
+            "2",
+        ],
+    );
+    let file = query_file(&dir.0, "rep", SMALL);
+    assert_eq!(dnsperf(&lab, "198.18.0.20", &file, None), SMALL);
+    wait_for(
+        Duration::from_secs(20),
+        || queries(&lab, "dns-target", "rep-", "203.0.113.") >= 2 * SMALL,
+        || format!("target: {}", queries(&lab, "dns-target", "rep-", "")),
+    );
+    assert_eq!(queries(&lab, "dns-target", "rep-", ""), 2 * SMALL);
+    // Each name twice, from two different fake client addresses or ports.
+    let log = lab.log("dns-target");
+    for i in [0, SMALL / 2, SMALL - 1] {
+        let name = format!("query[A] rep-{i}.udp.test from ");
+        let n = log.lines().filter(|l| l.contains(&name)).count();
+        assert_eq!(n, 2, "rep-{i}");
+    }
+    assert_eq!(
+        lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(10)),
+        Some(0)
+    );
+    let log = lab.log("tcpcopy");
+    assert_eq!(stat(&log, "udp packets captured:"), SMALL as u64, "{log}");
+    assert_eq!(stat(&log, ",packets sent:"), 2 * SMALL as u64, "{log}");
+}
+
+/// Options of TCP sessions are refused with --udp: a clear message and exit status 2, before
+/// anything is opened (no root needed).
+#[test]
+fn udp_refuses_session_options() {
+    for (args, says) in [
+        (&["-s", "198.18.0.40"][..], "-s does not apply to --udp"),
+        (&["-W"], "-W does not apply to --udp"),
+        (&["--capture", "ring"], "--capture ring reads TCP only"),
+    ] {
+        let out = Command::new(bin("tcpcopy"))
+            .args(["--udp", "-x", "53-198.18.0.30:53"])
+            .args(args)
+            .output()
+            .expect("tcpcopy runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let out = Command::new(bin("tcpcopy"))
+        .args(["-x", "53-[2001:db8::30]:53", "-s", "198.18.0.40"])
+        .output()
+        .expect("tcpcopy runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IPv6 transfers need --udp"));
+}
