@@ -359,11 +359,10 @@ fn udp_offline_from_a_recording() {
 }
 
 /// IPv6 end to end: the same DNS load over IPv6 (2001:db8::/32 only), live through the raw
-/// IPv6 socket while tcpdump records it, then the recording replayed offline. Live, every
-/// query reaches the target once, from the fake client prefix; the large ones (fragmented by
-/// the client, reassembled by online's kernel for the raw socket) leave tcpcopy as IPv6
-/// fragments. In the recording the large ones are fragments, which tcpcopy does not
-/// reassemble for IPv6: counted as `ipv6 fragment`, none of them reaches the target.
+/// IPv6 socket while tcpdump records it, then the recording replayed offline. Every query
+/// reaches the target once per replay, from the fake client prefix. The large ones are
+/// fragmented by the client: online's kernel reassembles them for the raw socket, tcpcopy
+/// reassembles them from the recording; both times they leave tcpcopy as IPv6 fragments.
 #[test]
 #[ignore = "needs root"]
 fn udp_ipv6_live_and_offline() {
@@ -467,7 +466,7 @@ fn udp_ipv6_live_and_offline() {
     assert!(log.contains("offline replay is complete"), "{log}");
     wait_for(
         Duration::from_secs(20),
-        || small(&lab) >= 2 * SMALL,
+        || small(&lab) >= 2 * SMALL && large(&lab) >= 2 * LARGE,
         || {
             format!(
                 "target got {} of {}\ntcpcopy: {log}",
@@ -477,24 +476,22 @@ fn udp_ipv6_live_and_offline() {
         },
     );
     assert_eq!(queries(&lab, "dns-target", "sixs-", ""), 2 * SMALL);
-    assert_eq!(
-        queries(&lab, "dns-target", "sixl-", ""),
-        LARGE,
-        "no large one offline"
-    );
-    assert_eq!(stat(&log, "udp packets captured:"), SMALL as u64, "{log}");
-    assert_eq!(stat(&log, ",packets sent:"), SMALL as u64, "{log}");
-    // Each large query crossed the wire in two fragments.
-    assert_eq!(stat(&log, "ipv6 fragment:"), 2 * LARGE as u64, "{log}");
+    assert_eq!(queries(&lab, "dns-target", "sixl-", ""), 2 * LARGE);
+    let total = (SMALL + LARGE) as u64;
+    assert_eq!(stat(&log, "udp packets captured:"), total, "{log}");
+    assert_eq!(stat(&log, ",packets sent:"), total + LARGE as u64, "{log}");
+    // Each large query was recorded in two fragments and put back together.
+    assert_eq!(stat(&log, "udp fragments in:"), 2 * LARGE as u64, "{log}");
+    assert_eq!(stat(&log, "reassembled datagrams:"), LARGE as u64, "{log}");
 }
 
-/// IPv6 through pcap capture: the small queries reach the target once each; the large ones
-/// cross online's link as IPv6 fragments, which tcpcopy does not reassemble: captured by the
-/// filter built from -x and counted as `ipv6 fragment`, none sent.
+/// IPv6 through pcap capture: the large queries cross online's link as IPv6 fragments,
+/// captured by the filter built from -x and reassembled by tcpcopy; every query reaches the
+/// target once.
 #[test]
 #[ignore = "needs root"]
-fn udp_ipv6_pcap_counts_fragments() {
-    require("udp_ipv6_pcap_counts_fragments", &TOOLS);
+fn udp_ipv6_pcap_reassembles_fragments() {
+    require("udp_ipv6_pcap_reassembles_fragments", &TOOLS);
     let lab = Lab::start();
     lab.enable_ipv6();
     let dir = TempDir::new("ipv6pcap");
@@ -527,16 +524,15 @@ fn udp_ipv6_pcap_counts_fragments() {
             )
         },
     );
-    assert_eq!(queries(&lab, "dns-target", "p6s-", ""), SMALL);
-    assert_eq!(queries(&lab, "dns-target", "p6l-", ""), 0);
-    assert_eq!(
-        lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(10)),
-        Some(0)
+    let large = |lab: &Lab| queries(lab, "dns-target", "p6l-", "2001:db8:ffff::");
+    wait_for(
+        Duration::from_secs(20),
+        || large(&lab) >= LARGE,
+        || format!("target got {} of {LARGE} large", large(&lab)),
     );
-    let log = lab.log("tcpcopy");
-    assert_eq!(stat(&log, "udp packets captured:"), SMALL as u64, "{log}");
-    assert_eq!(stat(&log, ",packets sent:"), SMALL as u64, "{log}");
-    assert_eq!(stat(&log, "ipv6 fragment:"), 2 * LARGE as u64, "{log}");
+    assert_eq!(queries(&lab, "dns-target", "p6s-", ""), SMALL);
+    assert_eq!(queries(&lab, "dns-target", "p6l-", ""), LARGE);
+    check_tcpcopy_counts(&lab, true);
 }
 
 /// `-n 2`: every query reaches the target twice, from two fake client endpoints.

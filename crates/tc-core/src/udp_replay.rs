@@ -17,7 +17,7 @@
 //!    so copies that share a source address never mix their fragments at the target.
 //!
 //! IPv6 (transfers of [`Transfer6`], a run is of one family): extension headers are skipped,
-//! fragments are counted and dropped ([`UdpDrop::Ipv6Fragment`]), `-c` takes a prefix
+//! fragments are reassembled as IPv4's (same table and limits), `-c` takes a prefix
 //! ([`ClientPrefix6`]), the checksum covers the IPv6 pseudo-header, and a copy longer than
 //! `-M` (at least 1280) leaves in IPv6 fragments (a Fragment header, an id of its own).
 //!
@@ -29,7 +29,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use crate::packet::fragments::{FragStats, Outcome, Reassembler, ReassemblyLimits};
-use crate::packet::ipv6::{fragment6, write_udp6_datagram, Udp6Datagram, Udp6Spec, V6Error};
+use crate::packet::ipv6::{fragment6, write_udp6_datagram, Frag6, Udp6Datagram, Udp6Spec, V6Error};
 use crate::packet::udp::{
     fragment, write_udp_datagram, HeaderError, Ipv4Info, UdpDatagram, UdpSpec, IPPROTO_UDP,
     IPV4_HEADER_LEN, MAX_IPV4_LEN, UDP_HEADER_LEN,
@@ -154,7 +154,7 @@ pub enum UdpDrop {
     QueueFull,
     /// Rewritten, longer than an IPv4 datagram may be.
     TooLong,
-    /// An IPv6 fragment (not reassembled).
+    /// An IPv6 fragment that cannot be reassembled (a second Fragment header).
     Ipv6Fragment,
     /// IPv6 whose upper layer cannot be read (ESP, no next header, a long extension chain).
     Ipv6Unreadable,
@@ -422,6 +422,7 @@ impl UdpReplayer {
     fn on_packet6(&mut self, now: Instant, ip: &[u8]) {
         let d = match Udp6Datagram::parse(ip) {
             Ok(d) => d,
+            Err(V6Error::Fragment) => return self.on_fragment6(now, ip),
             Err(e) => return self.stats.count(e.into()),
         };
         let Some(transfer) = self
@@ -460,6 +461,37 @@ impl UdpReplayer {
             }
             self.queue_copy6(&spec, transfer);
         }
+    }
+
+    /// An IPv6 fragment: reassembled (bounded, as IPv4's), then replayed whole.
+    fn on_fragment6(&mut self, now: Instant, ip: &[u8]) {
+        let f = match Frag6::parse(ip) {
+            Ok(Some(f)) => f,
+            Ok(None) => return self.stats.count(UdpDrop::Ipv6Fragment),
+            Err(e) => return self.stats.count(e.into()),
+        };
+        if !self
+            .cfg
+            .transfers6
+            .iter()
+            .any(|t| t.src_ip.is_none_or(|a| a == f.dst))
+        {
+            return self.stats.count(UdpDrop::NoTransfer);
+        }
+        let len = match self.reassembly.add6(now, ip, &f) {
+            Outcome::Complete(whole) => {
+                self.whole[..whole.len()].copy_from_slice(whole);
+                whole.len()
+            }
+            Outcome::Pending | Outcome::Dropped(_) => return,
+        };
+        let whole = std::mem::take(&mut self.whole);
+        // Once whole it has no Fragment header left (a second one is counted, not walked).
+        match Udp6Datagram::parse(&whole[..len]) {
+            Err(V6Error::Fragment) => self.stats.count(UdpDrop::Ipv6Fragment),
+            _ => self.on_packet6(now, &whole[..len]),
+        }
+        self.whole = whole;
     }
 
     /// The `-c` prefix's fake client for the client key `key` (sticky, first-seen round
@@ -915,7 +947,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_fragments_in_are_dropped_long_copies_leave_in_fragments() {
+    fn ipv6_fragments_in_are_held_long_copies_leave_in_fragments() {
         let mut r = UdpReplayer::new(config6());
         let now = Instant::now();
         let mut frag = captured6("2001:db8::10", 40000, b"abcdefgh");
@@ -932,7 +964,9 @@ mod tests {
         let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
         r.on_packet(now, &captured6("2001:db8::10", 40000, &payload));
         let s = r.stats();
-        assert_eq!(s.dropped(UdpDrop::Ipv6Fragment), 1);
+        // The first fragment of a datagram whose rest never comes: held, then timed out.
+        assert_eq!(r.fragment_stats().fragments, 1);
+        assert_eq!(r.reassembling(), 1);
         assert_eq!(s.dropped(UdpDrop::NoTransfer), 1);
         assert_eq!((s.queued, s.fragmented, s.fragments_queued), (1, 1, 3));
         let out = sent(&mut r);
@@ -963,5 +997,34 @@ mod tests {
             p("2001:db8::ff00", 120).client(0),
             "2001:db8::ff01".parse::<Ipv6Addr>().unwrap()
         );
+    }
+
+    #[test]
+    fn ipv6_fragments_in_whole_datagram_out() {
+        let mut r = UdpReplayer::new(config6());
+        let now = Instant::now();
+        let payload: Vec<u8> = (0..2000u32).map(|i| (i * 3) as u8).collect();
+        let d = captured6("2001:db8::10", 40000, &payload);
+        let mut pieces = Vec::new();
+        fragment6(&d, 1280, 99, &mut [0u8; 1280], &mut |p| {
+            pieces.push(p.to_vec())
+        })
+        .unwrap();
+        assert_eq!(pieces.len(), 2);
+        r.on_packet(now, &pieces[1]);
+        assert_eq!(r.queued_packets(), 0, "no half datagram");
+        r.on_packet(now, &pieces[0]);
+        assert_eq!(r.fragment_stats().reassembled, 1);
+        // The copy (2048 bytes) is longer than -M 1500: it leaves in two fragments.
+        let out = sent(&mut r);
+        assert_eq!(out.len(), 2);
+        let mut data = Vec::new();
+        for p in &out {
+            let f = Frag6::parse(p).unwrap().expect("a fragment");
+            assert_eq!(f.dst, "2001:db8::30".parse::<Ipv6Addr>().unwrap());
+            data.extend_from_slice(&p[f.data_start..f.data_end]);
+        }
+        assert_eq!(&data[8..], &payload[..]);
+        assert_eq!(u16::from_be_bytes([data[2], data[3]]), 5353);
     }
 }

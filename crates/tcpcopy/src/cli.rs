@@ -299,10 +299,10 @@ struct RawArgs {
         help = "replay UDP datagrams to the -x ports instead of TCP sessions (udpcopy): each\n\
                 datagram is rewritten for the target and sent; the target's answers are NOT\n\
                 tracked and no intercept is used (no -s). Applies -c, -H, -n, -r, -g, -f, -M\n\
-                (longer datagrams leave as IP fragments); captured IPv4 fragments are\n\
+                (longer datagrams leave as IP fragments); captured fragments are\n\
                 reassembled first (bounded, 30 s), so a datagram goes whole or not at all.\n\
                 IPv6: -x 53-[2001:db8::30]:53 (literal addresses in brackets, one family\n\
-                per run), -c 2001:db8:ffff::/64; captured IPv6 fragments are dropped")]
+                per run), -c 2001:db8:ffff::/64")]
     udp: bool,
     #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
     help: bool,

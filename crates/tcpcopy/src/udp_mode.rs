@@ -87,9 +87,8 @@ pub fn auto_filter(transfers: &[Transfer]) -> String {
 }
 
 /// The pcap filter of `--udp` for IPv6 transfers: datagrams to each transfer's source, and
-/// packets whose first header after IPv6 is a Fragment header (not reassembled: captured to
-/// be counted as dropped, not lost unseen), to the transfers' addresses but not to the
-/// targets'.
+/// packets whose first header after IPv6 is a Fragment header (they carry no port), to the
+/// transfers' addresses but not to the targets' (tcpcopy's own fragments).
 pub fn auto_filter6(transfers: &[Transfer6]) -> String {
     let terms: Vec<String> = transfers
         .iter()

@@ -1,6 +1,7 @@
-//! IPv4 reassembly (RFC 791, with RFC 5722's caution about overlaps): the fragments of a
-//! datagram captured by pcap or read from a file are put back together before UDP replay
-//! reads its ports, so a datagram is replayed whole or not at all, never in part.
+//! IP reassembly (IPv4: RFC 791; IPv6: RFC 8200 section 4.5; both with RFC 5722's caution
+//! about overlaps): the fragments of a datagram captured by pcap or read from a file are put
+//! back together before UDP replay reads its ports, so a datagram is replayed whole or not at
+//! all, never in part. One table holds both families.
 //!
 //! Bounded: at most [`ReassemblyLimits::max_datagrams`] datagrams in progress holding at most
 //! [`ReassemblyLimits::max_bytes`] bytes, each with at most
@@ -12,10 +13,10 @@
 //! No allocation per fragment once warm: buffers of finished datagrams are kept for reuse.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use super::checksum::checksum;
+use super::ipv6::{Frag6, IPV6_HEADER_LEN};
 use super::udp::{Ipv4Info, IP_MF, IP_OFFSET_MASK, MAX_IPV4_LEN};
 
 /// How much reassembly may hold.
@@ -112,13 +113,28 @@ pub enum Outcome<'a> {
     Dropped(FragDrop),
 }
 
-/// Fragments belong together when these are equal (RFC 791).
+/// Fragments belong together when these are equal (RFC 791; RFC 8200 4.5 for IPv6, whose
+/// key has no protocol). IPv4 addresses are kept IPv4-mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FragKey {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    id: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    id: u32,
     protocol: u8,
+    v6: bool,
+}
+
+/// One fragment of either family, as the table needs it.
+struct Piece<'a> {
+    key: FragKey,
+    /// The headers a reassembled datagram starts with (IPv4 header; IPv6 unfragmentable part).
+    header: &'a [u8],
+    payload: &'a [u8],
+    start: usize,
+    more: bool,
+    /// IPv6: the byte of `header` that names the Fragment header, and what it names once the
+    /// datagram is whole.
+    next: Option<(usize, u8)>,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +149,8 @@ struct Entry {
     /// The payload length, once the last fragment arrived.
     total: Option<usize>,
     received: usize,
+    /// IPv6: see [`Piece::next`] (from the first fragment).
+    next: Option<(usize, u8)>,
 }
 
 /// The reassembly table.
@@ -196,18 +214,54 @@ impl Reassembler {
     /// Adds one fragment (`ip` starts at its IPv4 header, `info` read from it and
     /// [`Ipv4Info::is_fragment`]).
     pub fn add(&mut self, now: Instant, ip: &[u8], info: &Ipv4Info) -> Outcome<'_> {
+        let piece = Piece {
+            key: FragKey {
+                src: info.src.to_ipv6_mapped().octets(),
+                dst: info.dst.to_ipv6_mapped().octets(),
+                id: u32::from(info.id),
+                protocol: info.protocol,
+                v6: false,
+            },
+            header: &ip[..info.header_len],
+            payload: &ip[info.header_len..info.total_len],
+            start: info.frag_offset(),
+            more: info.more_fragments(),
+            next: None,
+        };
+        self.add_piece(now, piece)
+    }
+
+    /// Adds one IPv6 fragment (`ip` starts at its IPv6 header, `frag` read from it).
+    pub fn add6(&mut self, now: Instant, ip: &[u8], frag: &Frag6) -> Outcome<'_> {
+        let piece = Piece {
+            key: FragKey {
+                src: frag.src.octets(),
+                dst: frag.dst.octets(),
+                id: frag.id,
+                protocol: 0,
+                v6: true,
+            },
+            header: &ip[..frag.unfragmentable],
+            payload: &ip[frag.data_start..frag.data_end],
+            start: frag.offset,
+            more: frag.more,
+            next: Some((frag.next_at, frag.next_header)),
+        };
+        self.add_piece(now, piece)
+    }
+
+    fn add_piece(&mut self, now: Instant, piece: Piece<'_>) -> Outcome<'_> {
         self.expire(now);
         self.stats.fragments += 1;
-        let key = FragKey {
-            src: info.src,
-            dst: info.dst,
-            id: info.id,
-            protocol: info.protocol,
-        };
-        let payload = &ip[info.header_len..info.total_len];
-        let start = info.frag_offset();
+        let Piece {
+            key,
+            header,
+            payload,
+            start,
+            more,
+            next,
+        } = piece;
         let end = start + payload.len();
-        let more = info.more_fragments();
         let reject = |me: &mut Self, reason: FragDrop| {
             if me.entries.contains_key(&key) {
                 me.discard(key, reason);
@@ -215,7 +269,14 @@ impl Reassembler {
             me.stats.dropped[reason as usize] += 1;
             Outcome::Dropped(reason)
         };
-        if end + info.header_len > MAX_IPV4_LEN {
+        // The whole datagram's length field: IPv4 counts the header, IPv6 only what follows
+        // its fixed header.
+        let counted = if key.v6 {
+            header.len() - IPV6_HEADER_LEN
+        } else {
+            header.len()
+        };
+        if end + counted > MAX_IPV4_LEN {
             return reject(self, FragDrop::TooLong);
         }
         if more && (payload.is_empty() || payload.len() % 8 != 0) {
@@ -252,7 +313,7 @@ impl Reassembler {
             Some(FragDrop::Inconsistent)
         } else if e.pieces.iter().any(|&(s, t)| s == start && t == end) {
             // The same bytes again: a duplicate if they are equal, else an overlap.
-            if e.data[start..end] == *payload && (start != 0 || e.header == ip[..info.header_len]) {
+            if e.data[start..end] == *payload && (start != 0 || e.header == header) {
                 self.stats.duplicates += 1;
                 return Outcome::Pending;
             }
@@ -282,7 +343,8 @@ impl Reassembler {
         e.received += payload.len();
         if start == 0 {
             e.header.clear();
-            e.header.extend_from_slice(&ip[..info.header_len]);
+            e.header.extend_from_slice(header);
+            e.next = next;
         }
         if !more {
             e.total = Some(end);
@@ -299,6 +361,13 @@ impl Reassembler {
         self.out[..hl].copy_from_slice(&e.header);
         self.out[hl..len].copy_from_slice(&e.data[..e.received]);
         let h = &mut self.out[..hl];
+        if let Some((at, next)) = e.next {
+            h[at] = next;
+            h[4..6].copy_from_slice(&((len - IPV6_HEADER_LEN) as u16).to_be_bytes());
+            self.recycle(e);
+            self.stats.reassembled += 1;
+            return Outcome::Complete(&self.out[..len]);
+        }
         h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         let word = u16::from_be_bytes([h[6], h[7]]) & !(IP_MF | IP_OFFSET_MASK);
         h[6..8].copy_from_slice(&word.to_be_bytes());
@@ -327,6 +396,7 @@ impl Reassembler {
             e.pieces.clear();
             e.total = None;
             e.received = 0;
+            e.next = None;
             self.spare.push(e);
         }
     }
@@ -335,8 +405,10 @@ impl Reassembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::ipv6::{fragment6, write_udp6_datagram, Udp6Datagram, Udp6Spec};
     use crate::packet::udp::{fragment, write_udp_datagram, UdpDatagram, UdpSpec};
     use proptest::prelude::*;
+    use std::net::Ipv4Addr;
 
     fn datagram(len: usize, id: u16) -> Vec<u8> {
         let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
@@ -503,6 +575,115 @@ mod tests {
             let mut done = 0;
             for p in &ps {
                 if let Outcome::Complete(whole) = add(&mut r, now, p) {
+                    prop_assert_eq!(whole, &d[..]);
+                    done += 1;
+                }
+            }
+            prop_assert_eq!(done, usize::from(!drop_one));
+        }
+    }
+
+    fn datagram6(len: usize) -> Vec<u8> {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 17 + 3) as u8).collect();
+        let mut out = vec![0u8; 70000];
+        let n = write_udp6_datagram(
+            &mut out,
+            &Udp6Spec {
+                src: "2001:db8::10".parse().unwrap(),
+                dst: "2001:db8::20".parse().unwrap(),
+                src_port: 33000,
+                dst_port: 53,
+                traffic_class: 0,
+                flow_label: 1,
+                hop_limit: 64,
+                payload: &payload,
+            },
+        )
+        .unwrap();
+        out.truncate(n);
+        out
+    }
+
+    fn pieces6(d: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
+        let mut v = Vec::new();
+        fragment6(d, mtu, id, &mut vec![0u8; mtu], &mut |p| v.push(p.to_vec())).unwrap();
+        v
+    }
+
+    fn add6<'a>(r: &'a mut Reassembler, now: Instant, p: &[u8]) -> Outcome<'a> {
+        let f = Frag6::parse(p).unwrap().expect("a fragment");
+        r.add6(now, p, &f)
+    }
+
+    #[test]
+    fn ipv6_fragments_reassemble_to_the_datagram() {
+        let d = datagram6(4000);
+        let mut ps = pieces6(&d, 1280, 77);
+        assert_eq!(ps.len(), 4);
+        ps.swap(0, 3);
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let now = Instant::now();
+        // Another datagram's fragments (another id) do not mix in.
+        let other = pieces6(&datagram6(2000), 1280, 78);
+        assert_eq!(add6(&mut r, now, &other[1]), Outcome::Pending);
+        let mut whole = None;
+        for p in &ps {
+            if let Outcome::Complete(w) = add6(&mut r, now, p) {
+                whole = Some(w.to_vec());
+            }
+        }
+        let whole = whole.expect("complete");
+        assert_eq!(whole, d);
+        assert!(Udp6Datagram::parse(&whole).is_ok());
+        assert_eq!(r.in_progress(), 1);
+        // With an extension header before the Fragment header, it stays in front.
+        let mut with_dst = Vec::new();
+        for p in pieces6(&d, 1280, 79) {
+            let mut q = p[..40].to_vec();
+            q[6] = crate::packet::ipv6::NH_DEST_OPTS;
+            q.extend_from_slice(&[crate::packet::ipv6::NH_FRAGMENT, 0, 1, 4, 0, 0, 0, 0]);
+            q.extend_from_slice(&p[40..]);
+            let plen = (q.len() - 40) as u16;
+            q[4..6].copy_from_slice(&plen.to_be_bytes());
+            with_dst.push(q);
+        }
+        let mut whole = None;
+        for p in &with_dst {
+            if let Outcome::Complete(w) = add6(&mut r, now, p) {
+                whole = Some(w.to_vec());
+            }
+        }
+        let whole = whole.expect("complete");
+        let u = Udp6Datagram::parse(&whole).unwrap();
+        assert_eq!(u.ip.extensions, 1);
+        assert_eq!(&whole[48..], &d[40..]);
+    }
+
+    proptest! {
+        /// IPv6 as IPv4: any order, a duplicate, any fragment size: whole once, or not at all.
+        #[test]
+        fn reassembles_any_order6(len in 0usize..9000, mtu in 1280usize..3000,
+                                  seed in any::<u64>(), drop_one in any::<bool>()) {
+            let d = datagram6(len);
+            let mut ps = pieces6(&d, mtu, seed as u32);
+            if ps.len() < 2 {
+                return Ok(());
+            }
+            let mut x = seed | 1;
+            for i in (1..ps.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                ps.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let dup = ps[(x % ps.len() as u64) as usize].clone();
+            ps.push(dup);
+            if drop_one {
+                ps.retain(|p| Frag6::parse(p).unwrap().unwrap().offset != 0);
+            }
+            let mut r = Reassembler::new(ReassemblyLimits::default());
+            let now = Instant::now();
+            let mut done = 0;
+            for p in &ps {
+                if let Outcome::Complete(whole) = add6(&mut r, now, p) {
                     prop_assert_eq!(whole, &d[..]);
                     done += 1;
                 }

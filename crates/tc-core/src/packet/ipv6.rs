@@ -66,54 +66,83 @@ fn addr(b: &[u8]) -> Ipv6Addr {
     Ipv6Addr::from(a)
 }
 
+/// Where the walk over the extension headers stopped: at the upper layer, or at a Fragment
+/// header.
+struct Walked {
+    next: u8,
+    at: usize,
+    /// Offset of the byte that holds `next` (6 in the fixed header, else the first byte of
+    /// the last extension header walked).
+    next_at: usize,
+    end: usize,
+    extensions: usize,
+}
+
+/// Checks the fixed header and walks the extension headers (hop-by-hop, routing,
+/// destination options, AH, mobility) up to the upper layer or a Fragment header.
+fn walk(ip: &[u8]) -> Result<Walked, V6Error> {
+    if ip.len() < IPV6_HEADER_LEN {
+        return Err(V6Error::Truncated);
+    }
+    if ip[0] >> 4 != 6 {
+        return Err(V6Error::BadHeader);
+    }
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    if payload_len == 0 {
+        return Err(V6Error::BadHeader);
+    }
+    let end = IPV6_HEADER_LEN + payload_len;
+    if end > ip.len() {
+        return Err(V6Error::Truncated);
+    }
+    let mut next = ip[6];
+    let mut next_at = 6;
+    let mut at = IPV6_HEADER_LEN;
+    let mut extensions = 0;
+    loop {
+        let len = match next {
+            NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS | NH_MOBILITY => {
+                let h = ip.get(at..at + 2).ok_or(V6Error::Truncated)?;
+                (usize::from(h[1]) + 1) * 8
+            }
+            NH_AUTH => {
+                let h = ip.get(at..at + 2).ok_or(V6Error::Truncated)?;
+                (usize::from(h[1]) + 2) * 4
+            }
+            NH_ESP | NH_NONE => return Err(V6Error::Unreadable),
+            _ => break,
+        };
+        // Hop-by-hop options are only allowed first.
+        if next == NH_HOP_BY_HOP && extensions > 0 {
+            return Err(V6Error::BadHeader);
+        }
+        if at + len > end {
+            return Err(V6Error::Truncated);
+        }
+        extensions += 1;
+        if extensions > MAX_EXTENSION_HEADERS {
+            return Err(V6Error::Unreadable);
+        }
+        next = ip[at];
+        next_at = at;
+        at += len;
+    }
+    Ok(Walked {
+        next,
+        at,
+        next_at,
+        end,
+        extensions,
+    })
+}
+
 impl Ipv6Info {
     /// Reads the fixed header and skips the extension headers (hop-by-hop, routing,
-    /// destination options, AH, mobility).
+    /// destination options, AH, mobility); a Fragment header is [`V6Error::Fragment`].
     pub fn parse(ip: &[u8]) -> Result<Ipv6Info, V6Error> {
-        if ip.len() < IPV6_HEADER_LEN {
-            return Err(V6Error::Truncated);
-        }
-        if ip[0] >> 4 != 6 {
-            return Err(V6Error::BadHeader);
-        }
-        let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-        if payload_len == 0 {
-            return Err(V6Error::BadHeader);
-        }
-        let end = IPV6_HEADER_LEN + payload_len;
-        if end > ip.len() {
-            return Err(V6Error::Truncated);
-        }
-        let mut next = ip[6];
-        let mut at = IPV6_HEADER_LEN;
-        let mut extensions = 0;
-        loop {
-            let len = match next {
-                NH_HOP_BY_HOP | NH_ROUTING | NH_DEST_OPTS | NH_MOBILITY => {
-                    let h = ip.get(at..at + 2).ok_or(V6Error::Truncated)?;
-                    (usize::from(h[1]) + 1) * 8
-                }
-                NH_AUTH => {
-                    let h = ip.get(at..at + 2).ok_or(V6Error::Truncated)?;
-                    (usize::from(h[1]) + 2) * 4
-                }
-                NH_FRAGMENT => return Err(V6Error::Fragment),
-                NH_ESP | NH_NONE => return Err(V6Error::Unreadable),
-                _ => break,
-            };
-            // Hop-by-hop options are only allowed first.
-            if next == NH_HOP_BY_HOP && extensions > 0 {
-                return Err(V6Error::BadHeader);
-            }
-            if at + len > end {
-                return Err(V6Error::Truncated);
-            }
-            extensions += 1;
-            if extensions > MAX_EXTENSION_HEADERS {
-                return Err(V6Error::Unreadable);
-            }
-            next = ip[at];
-            at += len;
+        let w = walk(ip)?;
+        if w.next == NH_FRAGMENT {
+            return Err(V6Error::Fragment);
         }
         let word = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
         Ok(Ipv6Info {
@@ -122,11 +151,60 @@ impl Ipv6Info {
             hop_limit: ip[7],
             src: addr(&ip[8..24]),
             dst: addr(&ip[24..40]),
-            protocol: next,
-            upper_offset: at,
-            end,
-            extensions,
+            protocol: w.next,
+            upper_offset: w.at,
+            end: w.end,
+            extensions: w.extensions,
         })
+    }
+}
+
+/// An IPv6 fragment (RFC 8200 section 4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frag6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub id: u32,
+    /// The header after the Fragment header (of the first fragment: the upper layer).
+    pub next_header: u8,
+    /// Offset of this fragment's data in the fragmentable part, in bytes.
+    pub offset: usize,
+    pub more: bool,
+    /// Length of the unfragmentable part (fixed header and the extension headers before the
+    /// Fragment header).
+    pub unfragmentable: usize,
+    /// Offset (in the unfragmentable part) of the byte naming the Fragment header, which
+    /// names `next_header` once the datagram is reassembled.
+    pub next_at: usize,
+    /// Where this fragment's data is in the packet.
+    pub data_start: usize,
+    pub data_end: usize,
+}
+
+impl Frag6 {
+    /// Reads the fragment `ip`; `Ok(None)` when it is no fragment.
+    pub fn parse(ip: &[u8]) -> Result<Option<Frag6>, V6Error> {
+        let w = walk(ip)?;
+        if w.next != NH_FRAGMENT {
+            return Ok(None);
+        }
+        let f = ip.get(w.at..w.at + 8).ok_or(V6Error::Truncated)?;
+        if w.at + 8 > w.end {
+            return Err(V6Error::Truncated);
+        }
+        let word = u16::from_be_bytes([f[2], f[3]]);
+        Ok(Some(Frag6 {
+            src: addr(&ip[8..24]),
+            dst: addr(&ip[24..40]),
+            id: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+            next_header: f[0],
+            offset: usize::from(word & !7),
+            more: word & 1 == 1,
+            unfragmentable: w.at,
+            next_at: w.next_at,
+            data_start: w.at + 8,
+            data_end: w.end,
+        }))
     }
 }
 
