@@ -253,13 +253,47 @@ fn udp_live_raw_socket_dns() {
     let dir = TempDir::new("raw");
     dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
     dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    let json = dir.0.join("stats.jsonl");
     start_tcpcopy(
         &lab,
-        &["--udp", "-x", "53-198.18.0.30:53", "-c", "203.0.113.x"],
+        &[
+            "--udp",
+            "-x",
+            "53-198.18.0.30:53",
+            "-c",
+            "203.0.113.x",
+            "--metrics",
+            "127.0.0.1:9531",
+            "--stats-json",
+            json.to_str().unwrap(),
+        ],
     );
     client_load(&lab, &dir.0, "raw");
     target_got_everything(&lab, "raw");
+    // --metrics: the Prometheus text passes promtool and counts what was sent.
+    let (status, metrics) = lab
+        .in_ns(ONLINE, || {
+            tc_test_support::http_get("127.0.0.1:9531".parse().unwrap(), "/metrics")
+        })
+        .expect("scrape /metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    tc_test_support::promtool_check(&metrics);
+    let total = SMALL + LARGE;
+    assert!(
+        metrics.contains(&format!("tcpcopy_udp_captured_total {total}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("tcpcopy_udp_sent_total {}", total + LARGE)),
+        "{metrics}"
+    );
     check_tcpcopy_counts(&lab, false);
+    // --stats-json: a line at exit with the same counts.
+    let text = std::fs::read_to_string(&json).expect("stats json written");
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+    assert_eq!(last["udp"]["captured"], total as u64, "{text}");
+    assert_eq!(last["udp"]["fragmented"], LARGE as u64, "{text}");
 }
 
 #[test]

@@ -531,8 +531,6 @@ fn udp_only_flags(raw: &RawArgs, m: &ArgMatches) -> Result<(), CliError> {
         ("--check", raw.check),
         ("--probe-client", raw.probe_client.is_some()),
         ("--report", raw.report.is_some()),
-        ("--stats-json", raw.stats_json.is_some()),
-        ("--metrics", raw.metrics.is_some()),
         ("--full-payload", raw.full_payload),
         ("--diff", raw.diff.is_some()),
         ("--auth-file", raw.auth_file.is_some()),
@@ -1411,6 +1409,14 @@ mod tests {
         }
         // Offline and pcap capture work with --udp.
         let o = run(&["--udp", "-x", "53-198.18.0.30:53", "--capture", "pcap"]).unwrap();
+        assert!(run(&[
+            "--udp",
+            "-x",
+            "53-198.18.0.30:53",
+            "--stats-json",
+            "/tmp/s.jsonl"
+        ])
+        .is_ok());
         assert!(matches!(o.input, Input::Pcap { .. }));
         let help = help();
         assert!(help.contains("  --udp "), "{help}");

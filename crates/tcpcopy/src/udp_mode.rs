@@ -20,6 +20,8 @@ use tc_core::capture::reopen::{all_lost_for, Reopening};
 use tc_core::capture::Capture;
 use tc_core::daemon;
 use tc_core::logging::RateLimit;
+use tc_core::metrics::exposition::{Exposition, Kind};
+use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
 use tc_core::packet::fragments::FragDrop;
 use tc_core::packet::link::ip_payload;
 use tc_core::packet::DropCounters;
@@ -34,6 +36,8 @@ use crate::offline::{OfflineSource, OfflineStatus};
 
 const SIGNAL_TOKEN: Token = Token(60_000);
 const OUTPUT_TOKEN: Token = Token(60_001);
+/// The metrics endpoint's listener and client slots.
+const METRICS_TOKEN: Token = Token(60_100);
 const MAX_CAPTURES: usize = 64;
 const CAPTURE_BUDGET: usize = 256;
 const STATS_PERIOD: Duration = Duration::from_secs(30);
@@ -330,7 +334,19 @@ pub fn run(
         Some(path) => Some(daemon::PidFile::create(path)?),
         None => None,
     };
+    let metrics = match options.metrics {
+        Some(addr) => {
+            let mut m = MetricsServer::bind(addr, MetricsLimits::default())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            m.register(poll.registry(), METRICS_TOKEN)?;
+            log::info!("metrics at http://{}/metrics", m.local_addr());
+            Some(m)
+        }
+        None => None,
+    };
     let mut udp = UdpLoop {
+        metrics,
+        stats_json_file: options.stats_json_file.clone(),
         poll,
         replayer: UdpReplayer::new(UdpConfig {
             transfers6: options.transfers6.clone(),
@@ -364,6 +380,9 @@ pub fn run(
 }
 
 struct UdpLoop {
+    /// `--metrics`, `--stats-json`.
+    metrics: Option<MetricsServer>,
+    stats_json_file: Option<std::path::PathBuf>,
     poll: Poll,
     replayer: UdpReplayer,
     sender: Box<dyn Sender>,
@@ -405,6 +424,9 @@ impl UdpLoop {
             if self.replayer.queued_packets() > 0 {
                 deadline = deadline.min(now + SEND_RETRY_PERIOD);
             }
+            if let Some(d) = self.metrics.as_ref().and_then(MetricsServer::next_deadline) {
+                deadline = deadline.min(d);
+            }
             let timeout = if pending.iter().any(|p| *p) {
                 Duration::ZERO
             } else {
@@ -427,6 +449,11 @@ impl UdpLoop {
                     }
                 } else if token == OUTPUT_TOKEN {
                     self.flush();
+                } else if self.metrics.as_ref().is_some_and(|m| m.owns(token)) {
+                    let text = self.render_metrics();
+                    if let Some(m) = self.metrics.as_mut() {
+                        m.on_event(self.poll.registry(), token, Instant::now(), || text);
+                    }
                 } else if token.0 < self.captures.len() {
                     pending[token.0] = true;
                 }
@@ -445,6 +472,9 @@ impl UdpLoop {
             }
             if let Some(s) = self.reopen_captures(&mut next_device_check) {
                 stop = stop.or(Some(s));
+            }
+            if let Some(m) = self.metrics.as_mut() {
+                m.tick(self.poll.registry(), Instant::now());
             }
             if offline_wake.is_some_and(|d| d <= Instant::now()) {
                 match self.poll_offline() {
@@ -648,6 +678,127 @@ impl UdpLoop {
         for line in self.stats_lines() {
             log::info!("{line}");
         }
+        if let Some(path) = &self.stats_json_file {
+            let line = self.stats_json();
+            if let Err(e) = crate::report::append_line(path, &line) {
+                log::error!("cannot append statistics to {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// One `--stats-json` line: the counters of the statistics lines.
+    fn stats_json(&self) -> serde_json::Value {
+        let s = self.replayer.stats();
+        let f = self.replayer.fragment_stats();
+        let dropped: serde_json::Map<String, serde_json::Value> = UdpDrop::ALL
+            .iter()
+            .map(|r| (r.as_str().replace(' ', "_"), s.dropped(*r).into()))
+            .collect();
+        let frag_dropped: serde_json::Map<String, serde_json::Value> = FragDrop::ALL
+            .iter()
+            .map(|r| (r.as_str().replace(' ', "_"), f.dropped(*r).into()))
+            .collect();
+        serde_json::json!({
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "udp": {
+                "packets_in": s.packets,
+                "captured": s.captured,
+                "replayed": s.queued,
+                "fragmented": s.fragmented,
+                "fragments_sent": s.fragments_queued,
+                "packets_sent": self.sent_packets,
+                "send_errors": self.send_errors,
+                "waiting": self.replayer.queued_packets(),
+                "link_drops": self.link_drops.total(),
+                "capture_errors": self.capture_errors,
+                "dropped": dropped,
+                "fragments": {
+                    "in": f.fragments,
+                    "reassembled": f.reassembled,
+                    "duplicates": f.duplicates,
+                    "in_progress": self.replayer.reassembling(),
+                    "dropped": frag_dropped,
+                },
+            },
+        })
+    }
+
+    /// The Prometheus text of the statistics (`--metrics`).
+    fn render_metrics(&self) -> String {
+        let s = self.replayer.stats();
+        let f = self.replayer.fragment_stats();
+        let mut e = Exposition::new();
+        e.counter(
+            "tcpcopy_udp_packets_total",
+            "IP packets handed to UDP replay (fragments each count).",
+            s.packets,
+        )
+        .counter(
+            "tcpcopy_udp_captured_total",
+            "Whole datagrams to a -x source (udp packets captured).",
+            s.captured,
+        )
+        .counter(
+            "tcpcopy_udp_replayed_total",
+            "Datagrams queued for the target, -n copies included.",
+            s.queued,
+        )
+        .counter(
+            "tcpcopy_udp_fragmented_total",
+            "Replayed datagrams sent in fragments.",
+            s.fragmented,
+        )
+        .counter(
+            "tcpcopy_udp_sent_total",
+            "Packets (whole datagrams and fragments) sent to the target.",
+            self.sent_packets,
+        )
+        .counter(
+            "tcpcopy_udp_send_errors_total",
+            "Packets the send backend refused.",
+            self.send_errors,
+        )
+        .gauge(
+            "tcpcopy_udp_waiting",
+            "Packets waiting for the send backend.",
+            self.replayer.queued_packets(),
+        )
+        .counter(
+            "tcpcopy_udp_fragments_total",
+            "Captured fragments handed to reassembly.",
+            f.fragments,
+        )
+        .counter(
+            "tcpcopy_udp_reassembled_total",
+            "Datagrams put back together from fragments.",
+            f.reassembled,
+        )
+        .gauge(
+            "tcpcopy_udp_reassembling",
+            "Datagrams being reassembled.",
+            self.replayer.reassembling(),
+        );
+        {
+            let mut fam = e.family(
+                "tcpcopy_udp_dropped_total",
+                "Packets not replayed, by reason.",
+                Kind::Counter,
+            );
+            for r in UdpDrop::ALL {
+                fam.sample(&[("reason", r.as_str())], s.dropped(r));
+            }
+        }
+        {
+            let mut fam = e.family(
+                "tcpcopy_udp_fragments_dropped_total",
+                "Fragments dropped by reassembly, by reason.",
+                Kind::Counter,
+            );
+            for r in FragDrop::ALL {
+                fam.sample(&[("reason", r.as_str())], f.dropped(r));
+            }
+        }
+        e.finish()
     }
 
     fn stats_lines(&mut self) -> Vec<String> {
