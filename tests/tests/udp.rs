@@ -639,3 +639,34 @@ fn udp_refuses_session_options() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("IPv6 transfers need --udp"));
 }
+
+/// `--send pcap` (Ethernet frames injected on -o with the MACs of -x): every query reaches
+/// the target once, the large ones in fragments (the original's pcap-send builds could not
+/// send UDP at all).
+#[test]
+#[ignore = "needs root"]
+fn udp_send_pcap_injects_frames() {
+    require("udp_send_pcap_injects_frames", &TOOLS);
+    let lab = Lab::start();
+    let dir = TempDir::new("sendpcap");
+    dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
+    dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    let x = format!("53@{}-198.18.0.30:53@{}", lab.mac(ONLINE), lab.mac(TARGET));
+    start_tcpcopy(
+        &lab,
+        &[
+            "--udp",
+            "-x",
+            &x,
+            "-c",
+            "203.0.113.x",
+            "--send",
+            "pcap",
+            "-o",
+            "eth0",
+        ],
+    );
+    client_load(&lab, &dir.0, "inj");
+    target_got_everything(&lab, "inj");
+    check_tcpcopy_counts(&lab, false);
+}
