@@ -911,4 +911,91 @@ mod tests {
             "ip and udp and ((dst port 53 and dst host 198.18.0.20) or (dst port 514 and dst host 198.18.0.21) or (ip[6:2] & 0x1fff != 0 and (dst host 198.18.0.20 or dst host 198.18.0.21)))"
         );
     }
+
+    /// The UDP path allocates nothing per packet once warm: link decoding, the replay
+    /// machine (whole IPv4 datagrams, IPv4 fragments reassembled and sent in fragments, IPv6
+    /// datagrams) and draining its queue.
+    #[test]
+    fn steady_state_udp_replay_allocates_nothing_per_packet() {
+        use std::net::Ipv4Addr;
+        use tc_core::packet::ipv6::{write_udp6_datagram, Udp6Spec};
+        use tc_core::packet::udp::{fragment, write_udp_datagram, UdpSpec};
+        use tc_core::packet::LinkType;
+        use tc_core::session::ReplayConfig;
+        let mut cfg = UdpConfig::from_replay(&ReplayConfig::default());
+        cfg.transfers = transfers("53-198.18.0.30:53");
+        cfg.transfers6 = crate::addr_spec6::parse_transfers6("53-[2001:db8::30]:53").unwrap();
+        cfg.client_ips = (1..=254).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
+        cfg.replicas = 2;
+        let mut r = UdpReplayer::new(cfg);
+        // Raw-IP frames: small and large (fragmented) IPv4 datagrams from many clients, and
+        // IPv6 ones.
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for i in 0..1000u32 {
+            let payload = vec![i as u8; if i % 10 == 0 { 3000 } else { 60 }];
+            let n = write_udp_datagram(
+                &mut buf,
+                &UdpSpec {
+                    src: Ipv4Addr::new(198, 18, 1 + (i % 50) as u8, 10),
+                    dst: Ipv4Addr::new(198, 18, 0, 20),
+                    src_port: 20000 + i as u16,
+                    dst_port: 53,
+                    tos: 0,
+                    ttl: 64,
+                    id: i as u16,
+                    dont_fragment: false,
+                    payload: &payload,
+                },
+            )
+            .unwrap();
+            fragment(&buf[..n], 1500, &mut [0u8; 1500], &mut |p| {
+                frames.push(p.to_vec())
+            })
+            .unwrap();
+            let n = write_udp6_datagram(
+                &mut buf,
+                &Udp6Spec {
+                    src: "2001:db8::10".parse().unwrap(),
+                    dst: "2001:db8::20".parse().unwrap(),
+                    src_port: 30000 + i as u16,
+                    dst_port: 53,
+                    traffic_class: 0,
+                    flow_label: 0,
+                    hop_limit: 64,
+                    payload: &payload[..60],
+                },
+            )
+            .unwrap();
+            frames.push(buf[..n].to_vec());
+        }
+        let now = Instant::now();
+        let mut drops = DropCounters::default();
+        let mut sent = 0usize;
+        let mut turn = |r: &mut UdpReplayer, frames: &[Vec<u8>]| {
+            for f in frames {
+                match ip_payload(LinkType::RawIp, f) {
+                    Ok(ip) => r.on_packet(now, ip),
+                    Err(reason) => drops.count(reason),
+                }
+                let n = r.queued().count();
+                sent += n;
+                r.consume(n);
+            }
+        };
+        let warm = frames.len() / 5;
+        turn(&mut r, &frames[..warm]);
+        let ((), allocations) = crate::alloc_steady::counted(|| turn(&mut r, &frames[warm..]));
+        assert_eq!(drops.total(), 0);
+        let s = r.stats();
+        assert_eq!(s.captured, 2000);
+        assert_eq!(r.fragment_stats().reassembled, 100);
+        assert!(sent > 4000, "{sent}");
+        assert_eq!(
+            allocations,
+            0,
+            "allocations in {} packets",
+            frames.len() - warm
+        );
+    }
 }

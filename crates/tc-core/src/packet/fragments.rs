@@ -166,15 +166,21 @@ pub struct Reassembler {
     pub stats: FragStats,
 }
 
+/// Start-time records kept before the stale ones (datagrams finished early) are swept.
+fn order_cap(limits: &ReassemblyLimits) -> usize {
+    4 * limits.max_datagrams.clamp(16, 1 << 16)
+}
+
 /// Spare entries kept for reuse.
 const SPARE: usize = 32;
 
 impl Reassembler {
     pub fn new(limits: ReassemblyLimits) -> Reassembler {
+        // Sized for the limits up front: no allocation per fragment once running.
         Reassembler {
             limits,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
+            entries: HashMap::with_capacity(limits.max_datagrams.min(1 << 16)),
+            order: VecDeque::with_capacity(order_cap(&limits) + 1),
             spare: Vec::new(),
             bytes: 0,
             out: vec![0u8; MAX_IPV4_LEN],
@@ -293,7 +299,7 @@ impl Reassembler {
             e.started = Some(now);
             self.entries.insert(key, e);
             self.order.push_back((now, key));
-            if self.order.len() > 4 * self.limits.max_datagrams.max(16) {
+            if self.order.len() > order_cap(&self.limits) {
                 let entries = &self.entries;
                 self.order
                     .retain(|(t, k)| entries.get(k).is_some_and(|e| e.started == Some(*t)));
