@@ -670,3 +670,45 @@ fn udp_send_pcap_injects_frames() {
     target_got_everything(&lab, "inj");
     check_tcpcopy_counts(&lab, false);
 }
+
+/// IPv6 with `--send pcap`: frames with EtherType 0x86dd and the MACs of -x; every query
+/// reaches the target once, the large ones in IPv6 fragments.
+#[test]
+#[ignore = "needs root"]
+fn udp_ipv6_send_pcap() {
+    require("udp_ipv6_send_pcap", &TOOLS);
+    let lab = Lab::start();
+    lab.enable_ipv6();
+    let dir = TempDir::new("ipv6inject");
+    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP6);
+    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP6);
+    let x = format!(
+        "53@{}-[2001:db8::30]:53@{}",
+        lab.mac(ONLINE),
+        lab.mac(TARGET)
+    );
+    start_tcpcopy(
+        &lab,
+        &[
+            "--udp",
+            "-x",
+            &x,
+            "-c",
+            FAKE_PREFIX6,
+            "--send",
+            "pcap",
+            "-o",
+            "eth0",
+        ],
+    );
+    client_load_to(&lab, &dir.0, "i6", ONLINE_IP6, CLIENT_IP6);
+    let got = |lab: &Lab, p: &str| queries(lab, "dns-target", p, "2001:db8:ffff::");
+    wait_for(
+        Duration::from_secs(20),
+        || got(&lab, "i6s-") >= SMALL && got(&lab, "i6l-") >= LARGE,
+        || format!("target got {} and {}", got(&lab, "i6s-"), got(&lab, "i6l-")),
+    );
+    assert_eq!(queries(&lab, "dns-target", "i6s-", ""), SMALL);
+    assert_eq!(queries(&lab, "dns-target", "i6l-", ""), LARGE);
+    check_tcpcopy_counts(&lab, false);
+}

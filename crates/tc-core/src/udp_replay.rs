@@ -69,6 +69,9 @@ pub struct Transfer6 {
     pub src_port: u16,
     pub dst_ip: Ipv6Addr,
     pub dst_port: u16,
+    /// Datalink send (`--send pcap`): MAC of the sending interface and of the next hop.
+    pub src_mac: Option<[u8; 6]>,
+    pub dst_mac: Option<[u8; 6]>,
 }
 
 /// `-c PREFIX/LEN` for IPv6: fake clients PREFIX+1 .. PREFIX+count.
@@ -883,6 +886,8 @@ mod tests {
             src_port: 53,
             dst_ip: "2001:db8::30".parse().unwrap(),
             dst_port: 5353,
+            src_mac: None,
+            dst_mac: None,
         }];
         cfg.seed = 7;
         cfg

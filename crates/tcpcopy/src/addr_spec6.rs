@@ -1,7 +1,8 @@
 //! The IPv6 forms of the address grammars (UDP replay only, for now):
 //!
 //! - `-x`: `SRC-DST[,SRC-DST...]`, SRC `[ADDR]:PORT` or `PORT` (any local address), DST
-//!   `[ADDR]:PORT`: literal IPv6 addresses in brackets, no host names, no MACs;
+//!   `[ADDR]:PORT`, each side with `@MAC` for `--send pcap`: literal IPv6 addresses in
+//!   brackets, no host names;
 //! - `-c`: `PREFIX/LEN`, fake clients PREFIX+1, PREFIX+2, ... (at most 4096).
 //!
 //! A `-x` is IPv6 when it contains a `[`; IPv4 and IPv6 transfers cannot be mixed in one
@@ -32,17 +33,22 @@ fn parse_port(text: &str, what: &str) -> Result<u16, SpecError> {
 
 /// `[ADDR]:PORT` (address required) or `PORT` (address optional); `None` when the side is
 /// not written in the IPv6 form at all (an IPv4 address or a host name).
-fn parse_side(
+/// One side: address (if written), port, MAC (if written).
+type Side6 = (Option<Ipv6Addr>, u16, Option<[u8; 6]>);
+
+fn parse_side(text: &str, what: &str, needs_addr: bool) -> Result<Option<Side6>, SpecError> {
+    let (text, mac) = match text.trim().split_once('@') {
+        Some((t, m)) => (t, Some(crate::addr_spec::parse_mac(m, what)?)),
+        None => (text.trim(), None),
+    };
+    Ok(parse_addr_port(text, what, needs_addr)?.map(|(ip, port)| (ip, port, mac)))
+}
+
+fn parse_addr_port(
     text: &str,
     what: &str,
     needs_addr: bool,
 ) -> Result<Option<(Option<Ipv6Addr>, u16)>, SpecError> {
-    let text = text.trim();
-    if text.contains('@') {
-        return err(format!(
-            "{what}: MAC addresses (--send pcap) are not supported with IPv6 transfers"
-        ));
-    }
     if let Some(rest) = text.strip_prefix('[') {
         let Some((addr, port)) = rest.split_once(']') else {
             return err(format!("{what}: \"{text}\" lacks the closing ]"));
@@ -82,9 +88,9 @@ pub fn parse_transfers6(text: &str) -> Result<Vec<Transfer6>, SpecError> {
             ));
         };
         let what = format!("-x \"{item}\"");
-        let (src_ip, src_port) =
+        let (src_ip, src_port, src_mac) =
             parse_side(src, &format!("{what} source"), false)?.ok_or_else(|| mixed(item))?;
-        let (dst_ip, dst_port) =
+        let (dst_ip, dst_port, dst_mac) =
             parse_side(dst, &format!("{what} target"), true)?.ok_or_else(|| mixed(item))?;
         let Some(dst_ip) = dst_ip else {
             return Err(mixed(item));
@@ -107,6 +113,8 @@ pub fn parse_transfers6(text: &str) -> Result<Vec<Transfer6>, SpecError> {
             src_port,
             dst_ip,
             dst_port,
+            src_mac,
+            dst_mac,
         });
     }
     Ok(out)
@@ -164,6 +172,11 @@ mod tests {
         assert_eq!((t[0].src_port, t[0].dst_port), (53, 5353));
         assert_eq!(t[1].src_ip, Some("2001:db8::20".parse().unwrap()));
         assert!(is_ipv6_transfers("53-[2001:db8::30]:53"));
+        let m =
+            parse_transfers6("53@02:00:00:00:00:01-[2001:db8::30]:53@02:00:00:00:00:02").unwrap();
+        assert_eq!(m[0].src_mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(m[0].dst_mac, Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(m[0].dst_ip, "2001:db8::30".parse::<Ipv6Addr>().unwrap());
         assert!(!is_ipv6_transfers("53-198.18.0.30:53"));
     }
 
@@ -181,7 +194,7 @@ mod tests {
                 "[2001:db8::30]:53-[2001:db8::30]:53",
                 "online endpoint itself",
             ),
-            ("53@aa:bb:cc:dd:ee:ff-[2001:db8::30]:53", "MAC"),
+            ("53@aa:bb:cc:dd:ee-[2001:db8::30]:53", "MAC"),
             ("53-[2001:db8::30]:0", "port 0"),
         ] {
             let e = parse_transfers6(text).unwrap_err().0;

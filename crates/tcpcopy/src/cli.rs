@@ -599,7 +599,14 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             return err("-H applies to IPv4 transfers only");
         }
         if raw.send == SendKind::Pcap {
-            return err("--send pcap does not support IPv6 transfers yet (use the raw socket)");
+            for (i, t) in transfers6.iter().enumerate() {
+                if t.src_mac.is_none() || t.dst_mac.is_none() {
+                    return err(format!(
+                        "-x transfer {}: --send pcap needs SRC@MAC of -o and DST@MAC of the next hop (e.g. 53@02:00:00:00:00:01-[2001:db8::30]:53@02:00:00:00:00:02)",
+                        i + 1
+                    ));
+                }
+            }
         }
     }
     let localhost_replacement = match &raw.localhost_replacement {
@@ -1456,6 +1463,18 @@ mod tests {
             (
                 &["--udp", "-x", "53-[2001:db8::30]:53", "-H", "198.18.0.1"],
                 "-H",
+            ),
+            (
+                &[
+                    "--udp",
+                    "-x",
+                    "53-[2001:db8::30]:53",
+                    "--send",
+                    "pcap",
+                    "-o",
+                    "eth0",
+                ],
+                "SRC@MAC",
             ),
         ] {
             let e = run_err(args);

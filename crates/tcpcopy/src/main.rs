@@ -148,7 +148,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         let sender = if options.transfers6.is_empty() {
             open_sender(&options)?
         } else {
-            udp_mode::open_sender6()?
+            udp_mode::open_sender6(&options)?
         };
         return udp_mode::run(options, sender, signals, detached);
     }

@@ -25,6 +25,7 @@ use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
 use tc_core::packet::fragments::FragDrop;
 use tc_core::packet::link::ip_payload;
 use tc_core::packet::DropCounters;
+use tc_core::send::pcap_inject::PcapInject;
 use tc_core::send::raw_socket6::RawSocketSend6;
 use tc_core::send::{Outgoing, Sender};
 use tc_core::session::Transfer;
@@ -130,8 +131,22 @@ pub fn auto_filter6(transfers: &[Transfer6]) -> String {
     )
 }
 
-/// The raw IPv6 send socket of `--udp` with IPv6 transfers.
-pub fn open_sender6() -> anyhow::Result<Box<dyn Sender>> {
+/// The send backend of `--udp` with IPv6 transfers: the raw IPv6 socket, or frames injected
+/// with the MACs of `-x` (`--send pcap`).
+pub fn open_sender6(options: &Options) -> anyhow::Result<Box<dyn Sender>> {
+    if let crate::cli::OutputKind::Pcap { device } = &options.output {
+        log::info!("send: pcap inject on {device}");
+        let macs = options
+            .transfers6
+            .iter()
+            .map(|t| (t.src_mac.unwrap_or_default(), t.dst_mac.unwrap_or_default()))
+            .collect();
+        return Ok(Box::new(PcapInject::open(
+            device,
+            options.replay.mtu,
+            macs,
+        )?));
+    }
     log::info!("send: raw IPv6 socket");
     Ok(Box::new(
         RawSocketSend6::open().context("Create raw IPv6 socket to output failed")?,

@@ -50,6 +50,8 @@ fn config(a: u8, b: u8) -> UdpConfig {
         src_port: 53,
         dst_ip: TARGET6.0,
         dst_port: TARGET6.1,
+        src_mac: None,
+        dst_mac: None,
     }];
     if b & 4 != 0 {
         cfg.client_prefix6 = Some(ClientPrefix6 {
