@@ -394,6 +394,49 @@ pub fn run(
     Ok(stop.exit_code())
 }
 
+/// Hands the waiting packets to `sender`, in order, until the queue is empty (false) or the
+/// sender is full (true: the rest wait). A packet the sender refuses is given up, counted in
+/// `errors` and reported to `on_error` (its length and the error); `sent` counts the packets
+/// sent.
+fn send_queued(
+    replayer: &mut UdpReplayer,
+    sender: &mut dyn Sender,
+    sent: &mut u64,
+    errors: &mut u64,
+    on_error: &mut dyn FnMut(usize, &io::Error),
+) -> bool {
+    loop {
+        let mut batch = [Outgoing {
+            bytes: &[],
+            transfer: 0,
+        }; SEND_BATCH];
+        let mut n = 0;
+        for (bytes, transfer) in replayer.queued().take(SEND_BATCH) {
+            batch[n] = Outgoing { bytes, transfer };
+            n += 1;
+        }
+        if n == 0 {
+            return false;
+        }
+        let first_len = batch[0].bytes.len();
+        match sender.send_batch(&batch[..n]) {
+            Ok(k) => {
+                *sent += k as u64;
+                if k == 0 {
+                    *errors += 1;
+                }
+                replayer.consume(k.clamp(1, n));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                *errors += 1;
+                on_error(first_len, &e);
+                replayer.consume(1);
+            }
+        }
+    }
+}
+
 struct UdpLoop {
     /// `--metrics`, `--stats-json`.
     metrics: Option<MetricsServer>,
@@ -607,56 +650,34 @@ impl UdpLoop {
 
     /// Hands the waiting packets to the send backend until it is empty or full.
     fn flush(&mut self) {
-        loop {
-            let mut batch = [Outgoing {
-                bytes: &[],
-                transfer: 0,
-            }; SEND_BATCH];
-            let mut n = 0;
-            for (bytes, transfer) in self.replayer.queued().take(SEND_BATCH) {
-                batch[n] = Outgoing { bytes, transfer };
-                n += 1;
-            }
-            if n == 0 {
-                break;
-            }
-            let result = self.sender.send_batch(&batch[..n]);
-            let first_len = batch[0].bytes.len();
-            match result {
-                Ok(sent) => {
-                    self.sent_packets += sent as u64;
-                    self.replayer.consume(sent.max(1).min(n));
-                    if sent == 0 {
-                        self.send_errors += 1;
-                    }
+        let started = self.started;
+        let log = &mut self.send_error_log;
+        let blocked = send_queued(
+            &mut self.replayer,
+            self.sender.as_mut(),
+            &mut self.sent_packets,
+            &mut self.send_errors,
+            &mut |len, e| {
+                if let Some(suppressed) = log.allow(started.elapsed()) {
+                    log::warn!(
+                        "send of a {len}-byte packet failed: {e} ({suppressed} more suppressed){}",
+                        if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                            ": longer than the route's MTU, lower -M"
+                        } else {
+                            ""
+                        }
+                    );
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !self.writable_watched {
-                        self.writable_watched = self
-                            .sender
-                            .register(self.poll.registry(), OUTPUT_TOKEN)
-                            .unwrap_or(false);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    // This packet is given up (the rest go on): counted and logged.
-                    self.send_errors += 1;
-                    if let Some(suppressed) = self.send_error_log.allow(self.started.elapsed()) {
-                        log::warn!(
-                            "send of a {first_len}-byte packet failed: {e} ({suppressed} more suppressed){}",
-                            if e.raw_os_error() == Some(libc::EMSGSIZE) {
-                                ": longer than the route's MTU, lower -M"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                    self.replayer.consume(1);
-                }
+            },
+        );
+        if blocked {
+            if !self.writable_watched {
+                self.writable_watched = self
+                    .sender
+                    .register(self.poll.registry(), OUTPUT_TOKEN)
+                    .unwrap_or(false);
             }
-        }
-        if self.writable_watched {
+        } else if self.writable_watched {
             self.writable_watched = false;
             let _ = self.sender.deregister(self.poll.registry());
         }
@@ -1011,6 +1032,76 @@ mod tests {
             0,
             "allocations in {} packets",
             frames.len() - warm
+        );
+    }
+
+    /// The sender's answers as the loop sees them: part of a batch, full (the rest waits, in
+    /// order), a refused packet (given up, counted, the rest goes on).
+    #[test]
+    fn queued_packets_wait_for_a_full_sender_in_order() {
+        use std::collections::VecDeque;
+        use tc_core::packet::udp::{write_udp_datagram, UdpDatagram, UdpSpec};
+        use tc_core::session::ReplayConfig;
+
+        /// Takes what its script says per call; records the source ports it sent.
+        struct Scripted {
+            script: VecDeque<io::Result<usize>>,
+            ports: Vec<u16>,
+        }
+        impl Sender for Scripted {
+            fn send_batch(&mut self, batch: &[Outgoing<'_>]) -> io::Result<usize> {
+                let k = self.script.pop_front().unwrap_or(Ok(usize::MAX))?;
+                let k = k.min(batch.len());
+                for o in &batch[..k] {
+                    self.ports
+                        .push(UdpDatagram::parse(o.bytes).unwrap().src_port);
+                }
+                Ok(k)
+            }
+        }
+        let mut cfg = UdpConfig::from_replay(&ReplayConfig::default());
+        cfg.transfers = transfers("53-198.18.0.30:53");
+        let mut r = UdpReplayer::new(cfg);
+        let mut buf = [0u8; 128];
+        for port in 1000..1010u16 {
+            let n = write_udp_datagram(
+                &mut buf,
+                &UdpSpec {
+                    src: "198.18.0.10".parse().unwrap(),
+                    dst: "198.18.0.20".parse().unwrap(),
+                    src_port: port,
+                    dst_port: 53,
+                    tos: 0,
+                    ttl: 64,
+                    id: 1,
+                    dont_fragment: false,
+                    payload: b"q",
+                },
+            )
+            .unwrap();
+            r.on_packet(Instant::now(), &buf[..n]);
+        }
+        let mut s = Scripted {
+            script: VecDeque::from([Ok(3), Err(io::ErrorKind::WouldBlock.into())]),
+            ports: Vec::new(),
+        };
+        let (mut sent, mut errors, mut reported) = (0, 0, Vec::new());
+        let blocked = send_queued(&mut r, &mut s, &mut sent, &mut errors, &mut |len, _| {
+            reported.push(len)
+        });
+        assert!(blocked);
+        assert_eq!((sent, errors, r.queued_packets()), (3, 0, 7));
+        s.script = VecDeque::from([Ok(2), Err(io::Error::other("no route")), Ok(usize::MAX)]);
+        let blocked = send_queued(&mut r, &mut s, &mut sent, &mut errors, &mut |len, _| {
+            reported.push(len)
+        });
+        assert!(!blocked);
+        assert_eq!((sent, errors, r.queued_packets()), (9, 1, 0));
+        assert_eq!(reported, vec![29]);
+        // In order; the refused one (1005) is given up, not retried.
+        assert_eq!(
+            s.ports,
+            vec![1000, 1001, 1002, 1003, 1004, 1006, 1007, 1008, 1009]
         );
     }
 }
