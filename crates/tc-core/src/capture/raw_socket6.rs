@@ -1,5 +1,5 @@
-//! Raw IPv6 socket capture for UDP replay: `AF_INET6/SOCK_RAW/IPPROTO_UDP` delivers a copy
-//! of every UDP datagram the local stack accepts as inbound (reassembled). An IPv6 raw socket
+//! Raw IPv6 socket capture (UDP replay uses it): `AF_INET6/SOCK_RAW/<protocol>` delivers a
+//! copy of every datagram of that protocol the local stack accepts as inbound (reassembled). An IPv6 raw socket
 //! hands over the upper layer only (RFC 3542 section 3): the IPv6 header is rebuilt from the
 //! source address, the destination (IPV6_PKTINFO), the hop limit and the traffic class the
 //! kernel reports with each datagram, so the frames handed on are whole IPv6 packets
@@ -19,6 +19,8 @@ const MAX_DATAGRAM: usize = 65536;
 
 pub struct RawSocketCapture6 {
     socket: Socket,
+    /// The protocol of the socket: the next header of the rebuilt packets.
+    protocol: u8,
     /// The rebuilt packet: 40-byte header, then the datagram as read.
     buf: Box<[u8]>,
     control: Box<[u8]>,
@@ -66,6 +68,7 @@ impl RawSocketCapture6 {
         socket.set_nonblocking(true)?;
         Ok(RawSocketCapture6 {
             socket,
+            protocol: protocol as u8,
             buf: vec![0u8; IPV6_HEADER_LEN + MAX_DATAGRAM].into_boxed_slice(),
             control: vec![0u8; 256].into_boxed_slice(),
             zero_reads: 0,
@@ -175,7 +178,7 @@ impl RawSocketCapture6 {
         let word = 6u32 << 28 | u32::from(tclass) << 20;
         h[0..4].copy_from_slice(&word.to_be_bytes());
         h[4..6].copy_from_slice(&(n as u16).to_be_bytes());
-        h[6] = libc::IPPROTO_UDP as u8;
+        h[6] = self.protocol;
         h[7] = hop_limit;
         h[8..24].copy_from_slice(&from.sin6_addr.s6_addr);
         h[24..40].copy_from_slice(&dst);
