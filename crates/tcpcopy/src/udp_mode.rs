@@ -1,18 +1,18 @@
 //! `--udp`: the stateless UDP replay (the original's "udpcopy" build, spec 8) as a run-time
 //! mode of the same binary. A loop of its own, much smaller than the TCP one: capture (raw
-//! UDP socket with a kernel port filter, pcap, or a pcap file), `tc_core::udp_replay` to
-//! rewrite, reassemble and fragment, the send backend, signals, statistics every 30 s and
-//! at exit, the `-m` memory check. No intercept, no sessions: the target's answers are not
-//! tracked.
+//! UDP socket with a kernel port filter, pcap, or a pcap file; IPv4 or IPv6, one family per
+//! run), `tc_core::udp_replay` to rewrite, reassemble and fragment, the send backend,
+//! signals, statistics every 30 s and at exit (`--stats-json`, `--metrics`), the `-m` memory
+//! check. No intercept, no sessions: the target's answers are not tracked.
 
 use std::io;
+use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGPIPE};
 use signal_hook_mio::v1_0::Signals;
-use std::net::Ipv6Addr;
 use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::raw_socket6::RawSocketCapture6;
