@@ -19,9 +19,11 @@ need_root
 # prometheus: its promtool checks the metrics text (crates/tc-core/tests/metrics.rs).
 # dpkg-dev .. systemd: tests/tests/package.rs builds, installs (man -w, getcap,
 # systemd-analyze verify) and purges the Debian package of scripts/package.sh.
+# dnsmasq-base, dnsperf: the DNS server and client load of tests/tests/udp.rs (--udp).
 packages=(libpcap-dev iproute2 ethtool tcpdump pkg-config curl python3 bc wrk memcached
   redis-server redis-tools postgresql postgresql-client nginx-light apache2-utils prometheus
-  dpkg-dev binutils man-db libcap2-bin systemd mariadb-server mariadb-client)
+  dpkg-dev binutils man-db libcap2-bin systemd mariadb-server mariadb-client
+  dnsmasq-base dnsperf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

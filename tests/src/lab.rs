@@ -29,6 +29,13 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const ONLINE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
 pub const TARGET_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
 pub const ASSIST_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 40);
+/// IPv6 addresses of the four hosts after [`Lab::enable_ipv6`] (documentation prefix), and
+/// the fake client prefix the target routes to the assistant.
+pub const CLIENT_IP6: &str = "2001:db8::10";
+pub const ONLINE_IP6: &str = "2001:db8::20";
+pub const TARGET_IP6: &str = "2001:db8::30";
+pub const ASSIST_IP6: &str = "2001:db8::40";
+pub const FAKE_PREFIX6: &str = "2001:db8:ffff::/64";
 
 // Every end-to-end test is `#[ignore = "needs root"]` and calls one of these first (see
 // tc-test-support): without root or a program it needs, it fails with what is missing.
@@ -196,6 +203,82 @@ impl Lab {
                 "off", "gro", "off",
             ]);
         }
+    }
+
+    /// Gives the four hosts their IPv6 addresses (`2001:db8::10/20/30/40`/64 on eth0, no
+    /// duplicate address detection, so they work at once) and routes [`FAKE_PREFIX6`] from
+    /// the target to the assistant (which does not forward: answers to fake clients end
+    /// there, as for IPv4).
+    pub fn enable_ipv6(&self) {
+        for (host, ip) in [
+            (CLIENT, CLIENT_IP6),
+            (ONLINE, ONLINE_IP6),
+            (TARGET, TARGET_IP6),
+            (ASSIST, ASSIST_IP6),
+        ] {
+            let ns = self.ns(host);
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=0",
+                "net.ipv6.conf.eth0.disable_ipv6=0",
+                "net.ipv6.conf.all.forwarding=0",
+            ]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+        }
+        sh(&[
+            "ip",
+            "-n",
+            &self.ns(TARGET),
+            "-6",
+            "route",
+            "add",
+            FAKE_PREFIX6,
+            "via",
+            ASSIST_IP6,
+        ]);
+        // Until its link-local address has passed duplicate address detection (a second or
+        // two after the link came up), a host sends no neighbour solicitation for a packet
+        // from an address that is not its own, such as a replayed one from a fake client:
+        // the first replayed packets would wait for a neighbour that is never asked for.
+        let hosts = [CLIENT, ONLINE, TARGET, ASSIST];
+        let tentative = |host: &str| {
+            let out = Command::new("ip")
+                .args([
+                    "-n",
+                    &self.ns(host),
+                    "-6",
+                    "addr",
+                    "show",
+                    "dev",
+                    "eth0",
+                    "tentative",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            out.contains("inet6")
+        };
+        wait_for(
+            Duration::from_secs(10),
+            || !hosts.iter().any(|h| tentative(h)),
+            || "IPv6 link-local addresses still tentative after 10 s".to_string(),
+        );
     }
 
     pub fn ns(&self, host: &str) -> String {

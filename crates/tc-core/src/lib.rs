@@ -1,7 +1,8 @@
 //! tc-core: everything of tcpcopy-rs that is not a binary.
 //!
 //! Modules follow the data: `packet` (decode, validate, rewrite), `offline` (pacing of a
-//! capture file's records), `session` (the sans-IO TCP replay machine), `control` (the
+//! capture file's records), `session` (the sans-IO TCP replay machine), `udp_replay` (the
+//! stateless UDP replay of `--udp`), `control` (the
 //! tcpcopy <-> intercept wire protocol), `capture` and `send` (I/O backends behind small
 //! traits).
 //!
@@ -31,3 +32,4 @@ pub mod packet;
 #[cfg(feature = "io")]
 pub mod send;
 pub mod session;
+pub mod udp_replay;

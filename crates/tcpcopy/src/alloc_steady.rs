@@ -70,7 +70,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// Runs `f`, returning how many allocations it made on this thread.
-fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
+pub(crate) fn counted<T>(f: impl FnOnce() -> T) -> (T, u64) {
     let before = ALLOCATIONS.with(|n| n.get());
     COUNTING.with(|on| on.set(true));
     let out = f();

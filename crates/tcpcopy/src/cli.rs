@@ -19,6 +19,7 @@ use tc_core::control::DEFAULT_PORT;
 use tc_core::session::ReplayConfig;
 
 use crate::addr_spec::{self, InterceptSpec, SpecError, TransferSpec};
+use crate::addr_spec6;
 use crate::numbers;
 
 pub const VERSION: &str = "1.3.0";
@@ -57,12 +58,16 @@ const H_REPORT: &str = "Reports";
 const H_DIAGNOSIS: &str = "Diagnosis";
 const H_DIFF: &str = "Compare the target's answers with production's";
 const H_LOGINS: &str = "Database logins (need --payload here and on intercept)";
+const H_UDP: &str = "UDP";
 
 const EXAMPLE: &str = "\
 Example:
   tcpcopy -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x
       copy port 80 of this host to 198.18.0.30:8080, intercept at 198.18.0.40, fake clients
       203.0.113.1-254
+  tcpcopy --udp -x 53-198.18.0.30:53 -c 203.0.113.x
+      copy the datagrams to port 53 of this host (DNS queries) to 198.18.0.30:53 from fake
+      clients 203.0.113.1-254; no intercept, the answers are not tracked
 
 Log level: RUST_LOG (error, warn, info, debug, trace; default info).";
 
@@ -290,6 +295,15 @@ struct RawArgs {
         help = "the probe's fake client address [default: the first -c address; while\n\
                 running without -c, the address of a captured client]")]
     probe_client: Option<String>,
+    #[arg(long = "udp", help_heading = H_UDP,
+        help = "replay UDP datagrams to the -x ports instead of TCP sessions (udpcopy): each\n\
+                datagram is rewritten for the target and sent; the target's answers are NOT\n\
+                tracked and no intercept is used (no -s). Applies -c, -H, -n, -r, -g, -f, -M\n\
+                (longer datagrams leave as IP fragments); captured fragments are\n\
+                reassembled first (bounded, 30 s), so a datagram goes whole or not at all.\n\
+                IPv6: -x 53-[2001:db8::30]:53 (literal addresses in brackets, one family\n\
+                per run), -c 2001:db8:ffff::/64")]
+    udp: bool,
     #[arg(short = 'h', help_heading = H_PROCESS, help = "print this help and exit")]
     help: bool,
     #[arg(short = 'v', help_heading = H_PROCESS, help = "print the version and exit")]
@@ -387,6 +401,12 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// `--check`: probe the path and exit.
     pub check: bool,
+    /// `--udp`: stateless UDP replay (no intercept, no sessions).
+    pub udp: bool,
+    /// `-x` in its IPv6 form (`--udp` only); then `replay.transfers` is empty.
+    pub transfers6: Vec<tc_core::udp_replay::Transfer6>,
+    /// `-c PREFIX/LEN` with IPv6 transfers.
+    pub client_prefix6: Option<tc_core::udp_replay::ClientPrefix6>,
     /// Probe at start-up and when sessions fail (not `--no-probe`).
     pub probe: bool,
     /// `--probe-client`.
@@ -490,6 +510,45 @@ where
     validate(raw, &matches).map(|a| Command::Run(Box::new(a)))
 }
 
+/// `--udp` replays datagrams without sessions or intercepts: the options of those are
+/// refused rather than silently ignored.
+fn udp_only_flags(raw: &RawArgs, m: &ArgMatches) -> Result<(), CliError> {
+    let session_only = [
+        ("-s", raw.intercepts.is_some()),
+        ("-p", typed(m, "intercept_port")),
+        ("-C", typed(m, "conns")),
+        ("-L", raw.lonely),
+        ("--disable-combined", raw.disable_combined),
+        ("--payload", raw.payload),
+        ("--single", raw.single),
+        ("-O", raw.only_with_syn),
+        ("-W", raw.dont_wait),
+        ("-D", typed(m, "mss")),
+        ("-R", typed(m, "rtt_ms")),
+        ("-t", typed(m, "session_timeout")),
+        ("-k", raw.keepalive_timeout.is_some()),
+        ("-U", raw.pool_kb.is_some()),
+        ("--check", raw.check),
+        ("--probe-client", raw.probe_client.is_some()),
+        ("--report", raw.report.is_some()),
+        ("--full-payload", raw.full_payload),
+        ("--diff", raw.diff.is_some()),
+        ("--auth-file", raw.auth_file.is_some()),
+        ("--protocol", raw.protocol.is_some()),
+    ];
+    if raw.capture == Some(CaptureKind::Ring) {
+        return err("--capture ring reads TCP only: with --udp use --capture raw or pcap");
+    }
+    for (flag, set) in session_only {
+        if set {
+            return err(format!(
+                "{flag} does not apply to --udp (UDP replay has no sessions and no intercept: the target's answers are not tracked)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether the option was typed (not just its default).
 fn typed(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
@@ -499,15 +558,57 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
     let Some(transfers_text) = raw.transfers.clone() else {
         return err("no -x argument (what to copy and where, e.g. -x 80-198.18.0.30:8080)");
     };
-    let Some(intercepts_text) = raw.intercepts.clone() else {
-        return err("tcpcopy needs -s (intercept addresses, e.g. -s 198.18.0.40)");
+    if raw.udp {
+        udp_only_flags(&raw, m)?;
+    }
+    let intercepts_text = match raw.intercepts.clone() {
+        Some(text) => text,
+        None if raw.udp => String::new(),
+        None => return err("tcpcopy needs -s (intercept addresses, e.g. -s 198.18.0.40)"),
     };
-    let transfers = addr_spec::parse_transfers(&transfers_text)?;
-    let intercepts = addr_spec::parse_intercepts(&intercepts_text, raw.intercept_port)?;
+    let ipv6 = addr_spec6::is_ipv6_transfers(&transfers_text);
+    let (transfers, transfers6) = if ipv6 {
+        if !raw.udp {
+            return err("-x: IPv6 transfers need --udp: TCP replay over IPv6 is not supported yet");
+        }
+        (Vec::new(), addr_spec6::parse_transfers6(&transfers_text)?)
+    } else {
+        (addr_spec::parse_transfers(&transfers_text)?, Vec::new())
+    };
+    let intercepts = if raw.udp {
+        Vec::new()
+    } else {
+        addr_spec::parse_intercepts(&intercepts_text, raw.intercept_port)?
+    };
+    let mut client_prefix6 = None;
     let client_ips = match &raw.client_ips {
+        Some(text) if ipv6 => {
+            client_prefix6 = Some(addr_spec6::parse_client_prefix6(text, &transfers6)?);
+            None
+        }
+        Some(text) if text.contains(':') => {
+            return err(format!(
+                "-c \"{text}\": an IPv6 -c needs IPv6 transfers (-x 53-[ADDR]:PORT)"
+            ))
+        }
         Some(text) => Some(addr_spec::parse_client_ips(text)?),
         None => None,
     };
+    if ipv6 {
+        if raw.localhost_replacement.is_some() {
+            return err("-H applies to IPv4 transfers only");
+        }
+        if raw.send == SendKind::Pcap {
+            for (i, t) in transfers6.iter().enumerate() {
+                if t.src_mac.is_none() || t.dst_mac.is_none() {
+                    return err(format!(
+                        "-x transfer {}: --send pcap needs SRC@MAC of -o and DST@MAC of the next hop (e.g. 53@02:00:00:00:00:01-[2001:db8::30]:53@02:00:00:00:00:02)",
+                        i + 1
+                    ));
+                }
+            }
+        }
+    }
     let localhost_replacement = match &raw.localhost_replacement {
         Some(text) => Some(addr_spec::parse_ip(text, "-H")?),
         None => None,
@@ -647,6 +748,9 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             stats_json_file: raw.stats_json,
             metrics: raw.metrics,
             check: raw.check,
+            udp: raw.udp,
+            transfers6,
+            client_prefix6,
             probe: !raw.no_probe,
             probe_client,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
@@ -1277,5 +1381,104 @@ mod tests {
             }
         );
         assert!(o.replay.single && o.lonely && o.daemon);
+    }
+
+    #[test]
+    fn udp_needs_no_intercept_and_refuses_session_options() {
+        let o = run(&[
+            "--udp",
+            "-x",
+            "53-198.18.0.30:53",
+            "-c",
+            "203.0.113.x",
+            "-n",
+            "2",
+        ])
+        .unwrap();
+        assert!(o.udp && o.intercepts.is_empty());
+        assert_eq!(o.replay.replicas, 2);
+        assert_eq!(o.replay.client_ips.len(), 254);
+        for extra in [
+            &["-s", "198.18.0.40"][..],
+            &["-W"],
+            &["-t", "60"],
+            &["--single"],
+            &["--check"],
+            &["--diff", "/tmp/x.json"],
+        ] {
+            let mut args = vec!["--udp", "-x", "53-198.18.0.30:53"];
+            args.extend_from_slice(extra);
+            let e = run_err(&args);
+            assert!(
+                e.contains(extra[0]) && e.contains("does not apply to --udp"),
+                "{e}"
+            );
+        }
+        // Offline and pcap capture work with --udp.
+        let o = run(&["--udp", "-x", "53-198.18.0.30:53", "--capture", "pcap"]).unwrap();
+        assert!(run(&[
+            "--udp",
+            "-x",
+            "53-198.18.0.30:53",
+            "--stats-json",
+            "/tmp/s.jsonl"
+        ])
+        .is_ok());
+        assert!(matches!(o.input, Input::Pcap { .. }));
+        let help = help();
+        assert!(help.contains("  --udp "), "{help}");
+        assert!(help.contains("answers are NOT"), "{help}");
+    }
+
+    #[test]
+    fn ipv6_transfers_with_udp() {
+        let o = run(&[
+            "--udp",
+            "-x",
+            "53-[2001:db8::30]:53",
+            "-c",
+            "2001:db8:ffff::/64",
+        ])
+        .unwrap();
+        assert_eq!(o.transfers6.len(), 1);
+        assert!(o.replay.transfers.is_empty());
+        assert_eq!(o.client_prefix6.map(|p| p.len), Some(64));
+        for (args, says) in [
+            (
+                &["-x", "53-[2001:db8::30]:53", "-s", "198.18.0.40"][..],
+                "need --udp",
+            ),
+            (
+                &["--udp", "-x", "53-[2001:db8::30]:53", "-c", "203.0.113.x"],
+                "PREFIX/LEN",
+            ),
+            (
+                &["--udp", "-x", "53-198.18.0.30:53", "-c", "2001:db8::/64"],
+                "needs IPv6 transfers",
+            ),
+            (
+                &["--udp", "-x", "53-[2001:db8::30]:53,53-198.18.0.30:53"],
+                "cannot be mixed",
+            ),
+            (
+                &["--udp", "-x", "53-[2001:db8::30]:53", "-H", "198.18.0.1"],
+                "-H",
+            ),
+            (
+                &[
+                    "--udp",
+                    "-x",
+                    "53-[2001:db8::30]:53",
+                    "--send",
+                    "pcap",
+                    "-o",
+                    "eth0",
+                ],
+                "SRC@MAC",
+            ),
+        ] {
+            let e = run_err(args);
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
     }
 }

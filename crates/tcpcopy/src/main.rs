@@ -2,6 +2,7 @@
 //! reported back by intercept. See ../../shared/spec/tcpcopy.md for the behaviour.
 
 mod addr_spec;
+mod addr_spec6;
 #[cfg(test)]
 mod alloc_steady;
 mod auth_file;
@@ -16,6 +17,7 @@ mod offline;
 mod output;
 mod report;
 mod tunnels;
+mod udp_mode;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -140,6 +142,15 @@ fn run(options: Options) -> anyhow::Result<i32> {
     log::info!("{}", cli::version_line());
     for w in &options.warnings {
         log::warn!("{w}");
+    }
+    if options.udp {
+        // Stateless UDP replay: no intercept, no sessions (udp_mode).
+        let sender = if options.transfers6.is_empty() {
+            open_sender(&options)?
+        } else {
+            udp_mode::open_sender6(&options)?
+        };
+        return udp_mode::run(options, sender, signals, detached);
     }
     log::info!("tcpcopy internal version:{}", cli::INTERNAL_VERSION);
     log::info!("target:{}", options.transfers_text);

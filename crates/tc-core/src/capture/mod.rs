@@ -29,4 +29,5 @@ pub trait Capture {
 }
 
 pub mod raw_socket;
+pub mod raw_socket6;
 pub mod ring;

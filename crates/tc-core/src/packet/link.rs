@@ -119,6 +119,71 @@ pub fn ipv4_payload(link: LinkType, frame: &[u8]) -> Result<&[u8], DropReason> {
     }
 }
 
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// AF_INET6 in a BSD loopback header: Linux, NetBSD/OpenBSD, FreeBSD, Darwin.
+const AF_INET6_VALUES: [u32; 4] = [10, 24, 28, 30];
+
+/// As [`ipv4_payload`], for an IPv4 or an IPv6 packet (UDP replay reads both). The IPv4
+/// path is [`ipv4_payload`] itself; anything else that is not IPv6 either is
+/// [`DropReason::NotIpv4`].
+pub fn ip_payload(link: LinkType, frame: &[u8]) -> Result<&[u8], DropReason> {
+    match ipv4_payload(link, frame) {
+        Err(DropReason::NotIpv4) => ipv6_payload(link, frame),
+        other => other,
+    }
+}
+
+/// The IPv6 packet inside `frame` (padding may follow it). Called only after
+/// [`ipv4_payload`] answered [`DropReason::NotIpv4`], which checked the link header's length.
+fn ipv6_payload(link: LinkType, frame: &[u8]) -> Result<&[u8], DropReason> {
+    let ip = match link {
+        LinkType::RawIp => frame,
+        LinkType::Ethernet => {
+            let mut at = 12;
+            let mut ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+            for _ in 0..2 {
+                if matches!(
+                    ethertype,
+                    ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD
+                ) {
+                    at += 4;
+                    let t = frame.get(at..at + 2).ok_or(DropReason::Truncated)?;
+                    ethertype = u16::from_be_bytes([t[0], t[1]]);
+                }
+            }
+            if ethertype != ETHERTYPE_IPV6 {
+                return Err(DropReason::NotIpv4);
+            }
+            &frame[at + 2..]
+        }
+        LinkType::LinuxSll => {
+            if u16::from_be_bytes([frame[14], frame[15]]) != ETHERTYPE_IPV6 {
+                return Err(DropReason::NotIpv4);
+            }
+            &frame[16..]
+        }
+        LinkType::LinuxSll2 => {
+            if u16::from_be_bytes([frame[0], frame[1]]) != ETHERTYPE_IPV6 {
+                return Err(DropReason::NotIpv4);
+            }
+            &frame[20..]
+        }
+        LinkType::BsdLoopback => {
+            let family = [frame[0], frame[1], frame[2], frame[3]];
+            let (le, be) = (u32::from_le_bytes(family), u32::from_be_bytes(family));
+            if !AF_INET6_VALUES.contains(&le) && !AF_INET6_VALUES.contains(&be) {
+                return Err(DropReason::NotIpv4);
+            }
+            &frame[4..]
+        }
+    };
+    match ip.first() {
+        None => Err(DropReason::Truncated),
+        Some(v) if v >> 4 != 6 => Err(DropReason::NotIpv4),
+        Some(_) => Ok(ip),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +227,44 @@ mod tests {
         );
         assert_eq!(
             ipv4_payload(LinkType::RawIp, &[]),
+            Err(DropReason::Truncated)
+        );
+    }
+
+    #[test]
+    fn ipv6_frames() {
+        let ip6 = [0x60u8, 0, 0, 0];
+        let mut eth = vec![0u8; 12];
+        eth.extend_from_slice(&[0x81, 0x00, 0, 1, 0x86, 0xdd]);
+        eth.extend_from_slice(&ip6);
+        assert_eq!(ip_payload(LinkType::Ethernet, &eth).unwrap(), &ip6);
+        assert_eq!(
+            ipv4_payload(LinkType::Ethernet, &eth),
+            Err(DropReason::NotIpv4)
+        );
+        let mut sll = vec![0u8; 14];
+        sll.extend_from_slice(&[0x86, 0xdd]);
+        sll.extend_from_slice(&ip6);
+        assert_eq!(ip_payload(LinkType::LinuxSll, &sll).unwrap(), &ip6);
+        let mut sll2 = vec![0x86, 0xdd];
+        sll2.extend_from_slice(&[0u8; 18]);
+        sll2.extend_from_slice(&ip6);
+        assert_eq!(ip_payload(LinkType::LinuxSll2, &sll2).unwrap(), &ip6);
+        let mut null = 30u32.to_le_bytes().to_vec();
+        null.extend_from_slice(&ip6);
+        assert_eq!(ip_payload(LinkType::BsdLoopback, &null).unwrap(), &ip6);
+        assert_eq!(ip_payload(LinkType::RawIp, &ip6).unwrap(), &ip6);
+        assert_eq!(ip_payload(LinkType::RawIp, &IP).unwrap(), &IP);
+        let mut arp = vec![0u8; 12];
+        arp.extend_from_slice(&[0x08, 0x06, 1, 2]);
+        assert_eq!(
+            ip_payload(LinkType::Ethernet, &arp),
+            Err(DropReason::NotIpv4)
+        );
+        let mut short_tag = vec![0u8; 12];
+        short_tag.extend_from_slice(&[0x81, 0x00, 0, 1]);
+        assert_eq!(
+            ip_payload(LinkType::Ethernet, &short_tag),
             Err(DropReason::Truncated)
         );
     }

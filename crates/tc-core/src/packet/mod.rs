@@ -15,10 +15,13 @@
 
 pub mod build;
 pub mod checksum;
+pub mod fragments;
+pub mod ipv6;
 pub mod link;
 pub mod pcapfile;
 pub mod split;
 pub mod tcp;
+pub mod udp;
 
 pub use build::{build_segment, SegmentSpec};
 pub use link::{ipv4_payload, LinkType};

@@ -55,3 +55,4 @@ pub trait Sender {
 
 pub mod pcap_inject;
 pub mod raw_socket;
+pub mod raw_socket6;

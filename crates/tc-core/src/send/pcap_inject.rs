@@ -8,6 +8,7 @@ use super::{Outgoing, Sender};
 
 const ETHER_HEADER: usize = 14;
 const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
 /// Transient "no buffer space" errors are retried this many times (the original: 1024).
 const RETRIES: usize = 64;
 
@@ -38,12 +39,17 @@ impl PcapInject {
 }
 
 /// Writes the Ethernet header for `datagram` into `frame` and returns the frame length.
+/// The EtherType follows the datagram's version: IPv6 (UDP replay) or IPv4.
 pub fn frame_ipv4(frame: &mut [u8], src: [u8; 6], dst: [u8; 6], datagram: &[u8]) -> Option<usize> {
     let len = ETHER_HEADER + datagram.len();
     let out = frame.get_mut(..len)?;
     out[0..6].copy_from_slice(&dst);
     out[6..12].copy_from_slice(&src);
-    out[12..14].copy_from_slice(&ETHERTYPE_IPV4);
+    if datagram.first().is_some_and(|v| v >> 4 == 6) {
+        out[12..14].copy_from_slice(&ETHERTYPE_IPV6);
+    } else {
+        out[12..14].copy_from_slice(&ETHERTYPE_IPV4);
+    }
     out[ETHER_HEADER..].copy_from_slice(datagram);
     Some(len)
 }
@@ -119,5 +125,7 @@ mod tests {
             frame_ipv4(&mut frame[..10], [0; 6], [0; 6], &datagram),
             None
         );
+        frame_ipv4(&mut frame, [0; 6], [0; 6], &[0x60, 0, 0, 0]).unwrap();
+        assert_eq!(&frame[12..14], &[0x86, 0xdd]);
     }
 }
