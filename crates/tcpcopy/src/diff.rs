@@ -94,10 +94,14 @@ struct Conn {
     /// The excerpt of request n, taken when the first side starts answering it (the
     /// request is then among the last client segments).
     /// (request number, its first byte, the ack that ended it, the excerpt: empty while
-    /// its segment has not been seen, filled when it comes).
-    excerpts: VecDeque<(u64, Option<u32>, u32, String)>,
+    /// its segment has not been seen, filled when it comes). Raw bytes: made printable only
+    /// for a difference written.
+    excerpts: VecDeque<(u64, Option<u32>, u32, RawExcerpt)>,
     last_active: Instant,
 }
+
+/// The first bytes of a request, as captured (length, bytes).
+type RawExcerpt = (u8, [u8; REQUEST_EXCERPT]);
 
 fn seq_gt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) > 0
@@ -223,9 +227,9 @@ impl DiffEngine {
             let end = p.seq().wrapping_add(payload.len() as u32);
             c.requests.push_back((p.seq(), end, n as u8, b));
             // An answer captured before its request (two captures, two sockets).
-            for e in c.excerpts.iter_mut().filter(|e| e.3.is_empty()) {
+            for e in c.excerpts.iter_mut().filter(|e| e.3 .0 == 0) {
                 if e.1 == Some(p.seq()) || e.2 == end {
-                    e.3 = Excerpt::of(&b[..n]).as_str().to_string();
+                    e.3 = (n as u8, b);
                 }
             }
         }
@@ -326,10 +330,7 @@ impl DiffEngine {
                     let text = start
                         .and_then(|start| c.requests.iter().find(|r| r.0 == start))
                         .or_else(|| c.requests.iter().find(|r| r.1 == ack))
-                        .map(|(_, _, len, b)| {
-                            Excerpt::of(&b[..usize::from(*len)]).as_str().to_string()
-                        })
-                        .unwrap_or_default();
+                        .map_or((0, [0; REQUEST_EXCERPT]), |r| (r.2, r.3));
                     if c.excerpts.len() >= EXCERPTS_KEPT {
                         c.excerpts.pop_front();
                     }
@@ -378,14 +379,12 @@ impl DiffEngine {
             return;
         };
         let before = c.pairer.held_bytes();
-        let mut records = Vec::new();
-        while let Some(r) = c.pairer.poll() {
-            records.push(r);
-        }
+        let mut next = c.pairer.poll();
         let after = c.pairer.held_bytes();
         self.held = adjust(self.held, before, after);
-        for r in records {
+        while let Some(r) = next {
             self.record(key, r);
+            next = self.conns.get_mut(&key).and_then(|c| c.pairer.poll());
         }
         let finished = self.conns.get(&key).is_some_and(|c| c.pairer.is_finished());
         if finished {
@@ -501,7 +500,11 @@ impl DiffEngine {
         c.excerpts
             .iter()
             .find(|e| e.0 == n)
-            .map(|e| e.3.clone())
+            .map(|e| {
+                Excerpt::of(&e.3 .1[..usize::from(e.3 .0)])
+                    .as_str()
+                    .to_string()
+            })
             .unwrap_or_default()
     }
 
