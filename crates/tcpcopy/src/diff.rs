@@ -71,6 +71,9 @@ pub struct DiffCounters {
     pub unknown_target: u64,
     pub differences_written: u64,
     pub write_errors: u64,
+    /// Production's answers the capture dropped (kernel buffer full): their responses are
+    /// cut or unpaired.
+    pub capture_drops: u64,
 }
 
 #[derive(Debug, Default)]
@@ -559,7 +562,7 @@ impl DiffEngine {
             .map(|(g, n)| format!("{}:{n}", g.name()))
             .collect();
         format!(
-            "diff: compared:{},equal:{},different:{} ({}),unpaired:{} ({}),truncated responses:{},connections:{},open:{},held bytes:{},memory cap hits:{},untracked:{},gaps:{},capped by intercept:{}",
+            "diff: compared:{},equal:{},different:{} ({}),unpaired:{} ({}),truncated responses:{},connections:{},open:{},held bytes:{},memory cap hits:{},untracked:{},gaps:{},capped by intercept:{},unknown production:{},unknown target:{},production capture drops:{}",
             s.compared,
             s.equal,
             s.different(),
@@ -574,6 +577,9 @@ impl DiffEngine {
             self.counters.untracked,
             self.counters.gaps,
             self.counters.capped,
+            self.counters.unknown_production,
+            self.counters.unknown_target,
+            self.counters.capture_drops,
         )
     }
 
@@ -603,6 +609,9 @@ impl DiffEngine {
             "untracked_connections": self.counters.untracked,
             "gaps": self.counters.gaps,
             "capped_by_intercept": self.counters.capped,
+            "unknown_production_segments": self.counters.unknown_production,
+            "unknown_target_segments": self.counters.unknown_target,
+            "production_capture_drops": self.counters.capture_drops,
         })
     }
 
