@@ -364,6 +364,76 @@ fn redis_differences_are_exactly_the_gets_of_the_changed_key() {
     eprintln!("redis diff: {d} in {:?}", started.elapsed());
 }
 
+/// Redis pipelines (`redis-benchmark -P 16`) on identical servers: paired by position
+/// (`--diff-protocol redis`), no reply differs, whatever segments each side's pipelines
+/// and answers came in.
+#[test]
+#[ignore = "needs root"]
+fn redis_pipelines_on_identical_servers_show_no_difference() {
+    require_root("redis_pipelines_on_identical_servers_show_no_difference");
+    let started = Instant::now();
+    let tmp = TempDir::new("diff-pipeline");
+    let lab = Lab::start();
+    let socks = [
+        start_redis(
+            &lab,
+            ONLINE,
+            "redis-online",
+            REDIS_ONLINE_PORT,
+            &tmp.sub("online"),
+        ),
+        start_redis(
+            &lab,
+            TARGET,
+            "redis-target",
+            REDIS_TARGET_PORT,
+            &tmp.sub("target"),
+        ),
+    ];
+    for sock in &socks {
+        redis_local(sock, &["SET", "key:__rand_int__", "value"]);
+    }
+    start_intercept_full(&lab, REDIS_TARGET_PORT);
+    let diff = tmp.path().join("diff.jsonl");
+    let report = tmp.path().join("report.json");
+    start_tcpcopy_diff(
+        &lab,
+        REDIS_ONLINE_PORT,
+        REDIS_TARGET_PORT,
+        &diff,
+        &["--report", s(&report), "--diff-protocol", "redis"],
+    );
+    let host = ONLINE_IP.to_string();
+    let port = REDIS_ONLINE_PORT.to_string();
+    // GETs of one key (the same on both), 16 per pipeline from 4 clients, then PINGs.
+    for test in ["get", "ping_mbulk"] {
+        must(
+            Some(&lab),
+            CLIENT,
+            30,
+            "redis-benchmark",
+            &[
+                "-h", &host, "-p", &port, "-c", "4", "-n", "4000", "-P", "16", "-q", "-t", test,
+            ],
+            None,
+        );
+    }
+    // redis-benchmark asks for a few CONFIG values of its own first.
+    let (lines, report) = finish(&lab, 8000, &diff, &report);
+    let d = &report["diff"];
+    let differences: Vec<&Value> = lines.iter().filter(|v| v["kind"] != "unpaired").collect();
+    assert!(
+        differences.is_empty(),
+        "{} differences, e.g. {:?}",
+        differences.len(),
+        differences.first()
+    );
+    assert_eq!(d["different"], 0, "{d}");
+    assert_eq!(d["unpaired"], 0, "{d}");
+    assert!(d["compared"].as_u64().unwrap() >= 8000, "{d}");
+    eprintln!("redis pipelines: {d} in {:?}", started.elapsed());
+}
+
 /// nginx for many connections on `host`:`port` (15,000 worker_connections, 20,000 open
 /// files (the hard limit here), listen backlog 16384 with the namespace's somaxconn to match; no access log).
 fn start_nginx_many(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) {

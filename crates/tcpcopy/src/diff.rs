@@ -10,6 +10,12 @@
 //! Retransmitted and duplicated segments are skipped by sequence number; a capture gap marks
 //! the response truncated.
 //!
+//! With `--diff-protocol redis` the replies are paired by position instead (the k-th reply of
+//! production with the k-th of the target, each side's stream framed as RESP): clients
+//! pipeline commands, and how a pipeline is cut into segments, and so where each side's ack
+//! moves, differs between the two servers. The request excerpts then come from the client's
+//! commands, framed the same way.
+//!
 //! Memory: at most `max_session_bytes` response bytes per connection (the pairer's bound),
 //! `max_total_bytes` in all (beyond it responses are cut and counted), at most
 //! [`MAX_CONNECTIONS`] connections followed; idle connections are given up after
@@ -24,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tc_core::compare::{
-    Comparator, Comparison, DiffKind, Excerpt, Gone, Options, Pairer, Pairing, Protocol, Record,
-    Side, Summary,
+    resp, Comparator, Comparison, DiffKind, Excerpt, Gone, Options, Pairer, Pairing, Protocol,
+    Record, Side, Summary,
 };
 use tc_core::control::full_payload::{Data, DATA_CUT, DATA_FIN, DATA_RST, DEFAULT_CAP};
 use tc_core::metrics::{Exposition, Kind};
@@ -42,6 +48,9 @@ const REQUESTS_KEPT: usize = 256;
 const REQUEST_EXCERPT: usize = 96;
 /// Request excerpts waiting for their pair, per connection (past it the oldest go).
 const EXCERPTS_KEPT: usize = 1024;
+/// By position: the longest start of a client command carried over to the next segment; past
+/// it the connection's request excerpts stop.
+const COMMAND_CARRY: usize = 4096;
 
 /// `--diff FILE` and its options.
 #[derive(Debug, Clone)]
@@ -100,7 +109,93 @@ struct Conn {
     /// its segment has not been seen, filled when it comes). Raw bytes: made printable only
     /// for a difference written.
     excerpts: VecDeque<(u64, Option<u32>, u32, RawExcerpt)>,
+    /// By position: the client's commands (the excerpts of message k are command k's).
+    commands: Option<Commands>,
     last_active: Instant,
+}
+
+/// The client's byte stream cut into commands (RESP arrays, or inline lines), for pairing by
+/// position.
+#[derive(Default)]
+struct Commands {
+    next: Option<u32>,
+    /// The start of a command the last segment ended in.
+    carry: Vec<u8>,
+    count: u64,
+    /// A gap in the client's stream or an over-long command: no more excerpts.
+    lost: bool,
+}
+
+impl Commands {
+    /// A client segment's payload at `seq`: each command that ends in it gets an excerpt.
+    fn take(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        excerpts: &mut VecDeque<(u64, Option<u32>, u32, RawExcerpt)>,
+    ) {
+        if self.lost || payload.is_empty() {
+            return;
+        }
+        let mut data = payload;
+        if let Some(next) = self.next {
+            let end = seq.wrapping_add(payload.len() as u32);
+            if !seq_gt(end, next) {
+                return;
+            }
+            if seq_gt(next, seq) {
+                data = &data[next.wrapping_sub(seq) as usize..];
+            } else if seq_gt(seq, next) {
+                self.lost = true;
+                return;
+            }
+        }
+        self.next = Some(seq.wrapping_add(payload.len() as u32));
+        let mut push = |count: &mut u64, cmd: &[u8]| {
+            *count += 1;
+            let n = cmd.len().min(REQUEST_EXCERPT);
+            let mut b = [0u8; REQUEST_EXCERPT];
+            b[..n].copy_from_slice(&cmd[..n]);
+            if excerpts.len() >= EXCERPTS_KEPT {
+                excerpts.pop_front();
+            }
+            excerpts.push_back((*count, None, 0, (n as u8, b)));
+        };
+        if self.carry.is_empty() {
+            let used = frame_commands(data, |cmd| push(&mut self.count, cmd));
+            self.carry.extend_from_slice(&data[used..]);
+        } else {
+            self.carry.extend_from_slice(data);
+            let carry = std::mem::take(&mut self.carry);
+            let used = frame_commands(&carry, |cmd| push(&mut self.count, cmd));
+            self.carry = carry;
+            self.carry.drain(..used);
+        }
+        if self.carry.len() > COMMAND_CARRY {
+            self.lost = true;
+            self.carry = Vec::new();
+        }
+    }
+}
+
+/// Calls `f` with each complete command at the start of `bytes` (a RESP array, or an inline
+/// command line); how many bytes they took.
+fn frame_commands(bytes: &[u8], mut f: impl FnMut(&[u8])) -> usize {
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        let n = if rest[0] == b'*' {
+            resp::reply_len(rest, false)
+        } else {
+            rest.iter().position(|&b| b == b'\n').map(|i| i + 1)
+        };
+        let Some(n) = n.filter(|&n| n > 0) else {
+            break;
+        };
+        f(&rest[..n]);
+        at += n;
+    }
+    at
 }
 
 /// The first bytes of a request, as captured (length, bytes).
@@ -197,7 +292,13 @@ impl DiffEngine {
                 return;
             }
             self.counters.connections += 1;
-            let pairer = Pairer::new(Pairing::LockStep, self.cfg.max_session_bytes);
+            let positional = self.cfg.protocol == Some(Protocol::Redis);
+            let mode = if positional {
+                Pairing::Positional(Protocol::Redis)
+            } else {
+                Pairing::LockStep
+            };
+            let pairer = Pairer::new(mode, self.cfg.max_session_bytes);
             self.conns.insert(
                 replayed,
                 Conn {
@@ -211,6 +312,7 @@ impl DiffEngine {
                     }),
                     requests: VecDeque::new(),
                     excerpts: VecDeque::new(),
+                    commands: positional.then(Commands::default),
                     last_active: now,
                 },
             );
@@ -220,7 +322,9 @@ impl DiffEngine {
             return;
         };
         c.last_active = now;
-        if !payload.is_empty() {
+        if let Some(cmds) = c.commands.as_mut() {
+            cmds.take(p.seq(), payload, &mut c.excerpts);
+        } else if !payload.is_empty() {
             if c.requests.len() >= REQUESTS_KEPT {
                 c.requests.pop_front();
             }
@@ -328,7 +432,7 @@ impl DiffEngine {
                 s.resp_bytes = 0;
                 let n = s.count;
                 c.pairer.request(side);
-                if c.excerpts.back().is_none_or(|e| e.0 < n) {
+                if c.commands.is_none() && c.excerpts.back().is_none_or(|e| e.0 < n) {
                     // The segment where the request starts, else the one where it ends.
                     let text = start
                         .and_then(|start| c.requests.iter().find(|r| r.0 == start))
@@ -837,6 +941,84 @@ mod tests {
             "{text}"
         );
         assert!(lines[0]["target"].as_str().unwrap().contains("bXb"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn bulk(v: &str) -> String {
+        format!("${}\r\n{v}\r\n", v.len())
+    }
+
+    fn get(key: &str) -> String {
+        format!("*2\r\n$3\r\nGET\r\n{}", bulk(key))
+    }
+
+    /// `--diff-protocol redis`: a pipeline of 4 GETs, sent across two client segments (the
+    /// second command cut in the middle); production answers after each segment (two acks),
+    /// the target once for all (one ack), its third reply differs. By position exactly
+    /// reply 3 differs, with the third command as its excerpt.
+    #[test]
+    fn redis_pipelines_are_paired_by_position() {
+        let dir = std::env::temp_dir().join(format!("tcdiff3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = cfg(&dir);
+        c.protocol = Some(Protocol::Redis);
+        let mut e = DiffEngine::open(c).unwrap();
+        let now = Instant::now();
+        let online: Key = (CLIENT, 40002, ONLINE, 6379);
+        let replayed: Key = (FAKE, 40000, TARGET, 8080);
+        let (cl, sv) = ((CLIENT, 40002), (ONLINE, 6379));
+        e.on_client(
+            now,
+            &seg(cl, sv, 99, 0, 0x02, b""),
+            Some((online, replayed)),
+        );
+        let pipeline = [get("k1"), get("k2"), get("k3"), get("k4")].concat();
+        let cut = get("k1").len() + 10;
+        let (first, second) = pipeline.as_bytes().split_at(cut);
+        e.on_client(
+            now,
+            &seg(cl, sv, 100, 1, 0x18, first),
+            Some((online, replayed)),
+        );
+        // A retransmission of the first segment changes nothing.
+        e.on_client(
+            now,
+            &seg(cl, sv, 100, 1, 0x18, first),
+            Some((online, replayed)),
+        );
+        let end2 = 100 + pipeline.len() as u32;
+        e.on_client(
+            now,
+            &seg(cl, sv, 100 + cut as u32, 1, 0x18, second),
+            Some((online, replayed)),
+        );
+        let prod1 = bulk("v1");
+        let prod2 = [bulk("v2"), bulk("v3"), bulk("v4")].concat();
+        e.on_production(
+            now,
+            &seg(sv, cl, 1, 100 + cut as u32, 0x18, prod1.as_bytes()),
+        );
+        e.on_production(
+            now,
+            &seg(sv, cl, 1 + prod1.len() as u32, end2, 0x18, prod2.as_bytes()),
+        );
+        let target = [bulk("v1"), bulk("v2"), bulk("XX"), bulk("v4")].concat();
+        e.on_target(now, &data(1, end2, 0, target.as_bytes()));
+        e.shutdown();
+        assert_eq!(e.summary.compared, 4, "{}", e.stats_line());
+        assert_eq!(e.summary.different(), 1, "{}", e.stats_line());
+        let text = std::fs::read_to_string(dir.join("diff.jsonl")).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["request"], 3, "{text}");
+        assert_eq!(lines[0]["kind"], "value", "{text}");
+        assert!(
+            lines[0]["request_excerpt"].as_str().unwrap().contains("k3"),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
