@@ -434,6 +434,136 @@ fn redis_pipelines_on_identical_servers_show_no_difference() {
     eprintln!("redis pipelines: {d} in {:?}", started.elapsed());
 }
 
+/// Offline, with both directions in the file: tcpdump records ab's requests and online's
+/// answers on online's interface; tcpcopy replays the file (`-i FILE --diff`) to a target
+/// that differs on one path, and takes production's answers from the file: the diff lists
+/// exactly the requests to that path.
+#[test]
+#[ignore = "needs root"]
+fn offline_capture_of_both_directions_is_compared() {
+    require_root("offline_capture_of_both_directions_is_compared");
+    let started = Instant::now();
+    let tmp = TempDir::new("diff-offline");
+    let lab = Lab::start();
+    let (online, target) = nginx_pair(&lab, &tmp);
+    for dir in [&online, &target] {
+        write(dir, "same.txt", "the same on both\n");
+    }
+    write(&online, "changed.txt", "production's version\n");
+    write(&target, "changed.txt", "the target's version\n");
+    // Recorded as an operator would: both directions, whole packets (the lab's are at most
+    // 1514 bytes: no offloads), every packet written at once.
+    let pcap = tmp.path().join("both.pcap");
+    let filter = format!("tcp port {HTTP_ONLINE_PORT}");
+    lab.spawn(
+        ONLINE,
+        "tcpdump",
+        &PathBuf::from("/usr/bin/tcpdump"),
+        &[
+            "-Z",
+            "root",
+            "-U",
+            "--immediate-mode",
+            "-B",
+            "32768",
+            "-s",
+            "4096",
+            "-i",
+            "eth0",
+            "-w",
+            s(&pcap),
+            &filter,
+        ],
+    );
+    let (listening, _) = poll(Duration::from_secs(10), || {
+        (lab.log("tcpdump").contains("listening on"), ())
+    });
+    assert!(listening, "tcpdump: {}", lab.log("tcpdump"));
+    let plan = [
+        ("/same.txt", 60, 2),
+        ("/changed.txt", 25, 1),
+        ("/index.html", 40, 2),
+    ];
+    for (path, n, c) in plan {
+        ab(&lab, n, c, path);
+    }
+    // Done when the file stops growing (tcpdump -U writes each packet as it comes).
+    let mut last = (0, Instant::now());
+    let (quiet, _) = poll(Duration::from_secs(10), || {
+        let n = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        (n > 0 && last.1.elapsed() >= Duration::from_millis(600), ())
+    });
+    assert!(quiet, "the capture keeps growing");
+    let code = lab.stop("tcpdump", libc::SIGINT, Duration::from_secs(10));
+    let log = lab.log("tcpdump");
+    assert_eq!(code, Some(0), "tcpdump: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.trim() == "0 packets dropped by kernel"),
+        "tcpdump: {log}"
+    );
+
+    start_intercept_full(&lab, HTTP_TARGET_PORT);
+    let diff = tmp.path().join("diff.jsonl");
+    let report = tmp.path().join("report.json");
+    let x = format!("{HTTP_ONLINE_PORT}-{TARGET_IP}:{HTTP_TARGET_PORT}");
+    let args = [
+        "-i",
+        s(&pcap),
+        "-x",
+        &x,
+        "-s",
+        "198.18.0.40",
+        "-c",
+        "203.0.113.x",
+        "--offline-tail",
+        "5",
+        "--diff",
+        s(&diff),
+        "--report",
+        s(&report),
+    ];
+    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), &args);
+    let (ended, _) = poll(Duration::from_secs(60), || (!lab.running("tcpcopy"), ()));
+    let code = lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(10));
+    let log = lab.log("tcpcopy");
+    assert!(
+        ended && code == Some(0),
+        "offline tcpcopy exit {code:?}:\n{}",
+        tail(&log, 40)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&diff)
+        .expect("diff file")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let d = &report["diff"];
+    let total: u64 = plan.iter().map(|p| p.1 as u64).sum();
+    assert_eq!(d["compared"], total, "{d}\n{}", tail(&log, 30));
+    assert_eq!(d["unpaired"], 0, "{d}");
+    assert_eq!(d["different"], 25, "{d}");
+    assert_eq!(d["different_by_kind"]["body"], 25, "{d}");
+    assert_eq!(lines.len(), 25, "{lines:?}");
+    for v in &lines {
+        let req = v["request_excerpt"].as_str().unwrap_or("");
+        assert!(req.starts_with("GET /changed.txt "), "{v}");
+        assert!(
+            v["production"]
+                .as_str()
+                .unwrap_or("")
+                .contains("production's")
+                && v["target"].as_str().unwrap_or("").contains("target's"),
+            "{v}"
+        );
+    }
+    eprintln!("offline diff: {d} in {:?}", started.elapsed());
+}
+
 /// nginx for many connections on `host`:`port` (15,000 worker_connections, 20,000 open
 /// files (the hard limit here), listen backlog 16384 with the namespace's somaxconn to match; no access log).
 fn start_nginx_many(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) {
