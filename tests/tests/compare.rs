@@ -405,7 +405,8 @@ fn redis_pipelines_on_identical_servers_show_no_difference() {
     );
     let host = ONLINE_IP.to_string();
     let port = REDIS_ONLINE_PORT.to_string();
-    // GETs of one key (the same on both), 16 per pipeline from 4 clients, then PINGs.
+    // GETs of one key (the same on both), 16 per pipeline from 4 clients, then PINGs; ~500
+    // per connection, within what waits for its pair by position (4096 replies a side).
     for test in ["get", "ping_mbulk"] {
         must(
             Some(&lab),
@@ -413,13 +414,13 @@ fn redis_pipelines_on_identical_servers_show_no_difference() {
             30,
             "redis-benchmark",
             &[
-                "-h", &host, "-p", &port, "-c", "4", "-n", "4000", "-P", "16", "-q", "-t", test,
+                "-h", &host, "-p", &port, "-c", "4", "-n", "2000", "-P", "16", "-q", "-t", test,
             ],
             None,
         );
     }
     // redis-benchmark asks for a few CONFIG values of its own first.
-    let (lines, report) = finish(&lab, 8000, &diff, &report);
+    let (lines, report) = finish(&lab, 4000, &diff, &report);
     let d = &report["diff"];
     let differences: Vec<&Value> = lines.iter().filter(|v| v["kind"] != "unpaired").collect();
     assert!(
@@ -430,7 +431,7 @@ fn redis_pipelines_on_identical_servers_show_no_difference() {
     );
     assert_eq!(d["different"], 0, "{d}");
     assert_eq!(d["unpaired"], 0, "{d}");
-    assert!(d["compared"].as_u64().unwrap() >= 8000, "{d}");
+    assert!(d["compared"].as_u64().unwrap() >= 4000, "{d}");
     eprintln!("redis pipelines: {d} in {:?}", started.elapsed());
 }
 
@@ -576,9 +577,9 @@ fn start_nginx_many(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) {
     }
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    // 4 KiB answers: production's run ahead of the target's, 40 MB for 10,000 connections
+    // 2 KiB answers: production's run ahead of the target's, 20 MB for 10,000 connections
     // if nothing bounded them.
-    std::fs::write(www.join("index.html"), "0123456789abcdef".repeat(256)).unwrap();
+    std::fs::write(www.join("index.html"), "0123456789abcdef".repeat(128)).unwrap();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -672,7 +673,7 @@ const N_CONNS: usize = 10_000;
 /// round.
 const ROUNDS: usize = 2;
 /// Requests a second, all connections together.
-const RATE: f64 = 4000.0;
+const RATE: f64 = 2500.0;
 /// The caps of the run: 4 KiB per connection, 2 MiB in all.
 const SESSION_KB: &str = "4";
 const MEMORY_MB: u64 = 2;
@@ -685,11 +686,13 @@ const REPLAY_GROWTH_KIB: u64 = 24 * 1024;
 const DIFF_PER_CONN_KIB: u64 = 3;
 
 /// The issue's "10k concurrent keep-alive sessions: tcpcopy RSS stays under the configured
-/// caps". 10,000 connections held open at once, 2 requests each for a 4 KiB answer (paced
-/// at 4000/s), production's answers running ahead of the target's. Measured in one run
-/// (VmHWM from /proc, start -> peak): caps 4 KiB / 2 MiB (this test) 43.1 -> 86.6 MiB, the
-/// held-bytes gauge at most 2 MiB, 112,460 cap hits; caps 4 KiB / 64 MiB: 137.6 MiB, 40.8 MB
-/// held (the per-connection cap); the defaults (4 MiB / 256 MiB): 213.1 MiB, 98.8 MB held.
+/// caps". 10,000 connections held open at once, 2 requests each for a 2 KiB answer (paced
+/// at 2500/s: production's answers then fit the capture's buffer even with the other tests
+/// of this file running), production's answers running ahead of the target's. Measured
+/// (VmHWM from /proc, start -> peak): 43.5 -> 87.6 MiB (allowed 97.7), the held-bytes gauge
+/// at most 2 MiB, 76,134 cap hits, 10.8 s. Without the global cap nothing is hit (the test
+/// fails there); with 4 KiB answers and caps of 4 KiB / 64 MiB tcpcopy peaked at 137.6 MiB
+/// (40.8 MB held), with the default caps at 213.1 MiB (98.8 MB held).
 #[test]
 #[ignore = "needs root"]
 fn ten_thousand_keep_alive_sessions_stay_under_the_diff_caps() {

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tc_core::compare::{
-    resp, Comparator, Comparison, DiffKind, Excerpt, Gone, Options, Pairer, Pairing, Protocol,
-    Record, Side, Summary,
+    pairing::DEFAULT_MAX_PENDING, resp, Comparator, Comparison, DiffKind, Excerpt, Gone, Options,
+    Pairer, Pairing, Protocol, Record, Side, Summary,
 };
 use tc_core::control::full_payload::{Data, DATA_CUT, DATA_FIN, DATA_RST, DEFAULT_CAP};
 use tc_core::metrics::{Exposition, Kind};
@@ -51,6 +51,9 @@ const EXCERPTS_KEPT: usize = 1024;
 /// By position: the longest start of a client command carried over to the next segment; past
 /// it the connection's request excerpts stop.
 const COMMAND_CARRY: usize = 4096;
+/// By position: replies waiting for their pair per side and connection (past it the side is
+/// given up on, `overflow`); lock-step keeps the pairer's default.
+const POSITIONAL_PENDING: usize = 4096;
 
 /// `--diff FILE` and its options.
 #[derive(Debug, Clone)]
@@ -298,7 +301,14 @@ impl DiffEngine {
             } else {
                 Pairing::LockStep
             };
-            let pairer = Pairer::new(mode, self.cfg.max_session_bytes);
+            // By position, production may run a few pipelines ahead: more (small) replies
+            // wait than answers in lock-step (each still within the byte bound).
+            let pending = if positional {
+                POSITIONAL_PENDING
+            } else {
+                DEFAULT_MAX_PENDING
+            };
+            let pairer = Pairer::new(mode, self.cfg.max_session_bytes).with_max_pending(pending);
             self.conns.insert(
                 replayed,
                 Conn {
