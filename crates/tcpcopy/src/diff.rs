@@ -1032,6 +1032,60 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The steady state of a keep-alive connection whose answers are equal but for Date
+    /// (two segments a side): per request, one buffer per side for its answer (the pairer
+    /// hands the bytes out with the pair) and its growth when the second segment comes: 4
+    /// allocations; none to compare (18 a request with the full HTTP parse).
+    #[test]
+    fn equal_answers_cost_one_buffer_per_side_and_request() {
+        let dir = std::env::temp_dir().join(format!("tcdiff4-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut e = DiffEngine::open(cfg(&dir)).unwrap();
+        let now = Instant::now();
+        let online: Key = (CLIENT, 40003, ONLINE, 80);
+        let replayed: Key = (FAKE, 40000, TARGET, 8080);
+        let (c, s) = ((CLIENT, 40003), (ONLINE, 80));
+        e.on_client(
+            now,
+            &seg(c, s, 1000, 0, 0x02, b""),
+            Some((online, replayed)),
+        );
+        let req = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n";
+        let body = "<p>replay</p>".repeat(60);
+        let (mut cseq, mut pseq, mut tseq) = (1001u32, 5001u32, 9001u32);
+        let mut step = |e: &mut DiffEngine, date: &str| {
+            let p = seg(c, s, cseq, pseq, 0x18, req);
+            cseq += req.len() as u32;
+            let prod = http("200 OK", "Mon", &body);
+            let targ = http("200 OK", date, &body);
+            let segs = [
+                seg(s, c, pseq, cseq, 0x18, &prod[..500]),
+                seg(s, c, pseq + 500, cseq, 0x18, &prod[500..]),
+            ];
+            pseq += prod.len() as u32;
+            let ((), made) = crate::alloc_steady::counted(|| {
+                e.on_client(now, &p, Some((online, replayed)));
+                for sg in &segs {
+                    e.on_production(now, sg);
+                }
+                e.on_target(now, &data(tseq, cseq, 0, &targ[..400]));
+                e.on_target(now, &data(tseq + 400, cseq, 0, &targ[400..]));
+            });
+            tseq += targ.len() as u32;
+            made
+        };
+        for _ in 0..50 {
+            step(&mut e, "Tue");
+        }
+        let made: u64 = (0..1000).map(|_| step(&mut e, "Wed")).sum();
+        assert_eq!(e.summary.different(), 0, "{}", e.stats_line());
+        assert!(e.summary.compared >= 1000);
+        // One buffer per side, and a realloc each where a second segment adds to it.
+        assert!(made <= 4 * 1000, "{made} allocations for 1000 requests");
+        eprintln!("{made} allocations for 1000 request/answer pairs of 2 segments a side");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_global_bound_cuts_and_counts() {
         let dir = std::env::temp_dir().join(format!("tcdiff2-{}", std::process::id()));
