@@ -385,6 +385,16 @@ impl Lab {
         unsafe { libc::kill(child.id() as i32, sig) };
     }
 
+    /// The process id of `name` (spawned by [`Lab::spawn`]: `ip netns exec` execs the
+    /// program, so it is the program's own), while it is in the lab.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let children = self.children.lock().unwrap();
+        children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
     pub fn running(&self, name: &str) -> bool {
         let mut children = self.children.lock().unwrap();
         children

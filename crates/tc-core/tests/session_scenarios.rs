@@ -209,6 +209,31 @@ fn keep_alive_connection_with_1000_requests_keeps_pace() {
     );
 }
 
+/// One-segment answers of 900 bytes, shorter than the online ones (e.g. a shorter
+/// `Server:` header) each end after the short quiet period (20 ms), not the streaming one
+/// (100 ms): a 900-byte segment followed by nothing is not the start of a stream. (Before,
+/// the first segment of at least 536 bytes counted as full-sized: 199 gaps took 19.9 s.)
+#[test]
+fn one_segment_answers_of_another_length_wait_the_short_quiet_period() {
+    let mut core = SimCore::new();
+    core.resp_extra = -7;
+    let c = ClientConn::new(40009, reqs(200, 120, 900));
+    let (_, took) = replay(config(), &mut core, std::slice::from_ref(&c));
+    assert_exact(&core, &c);
+    let t = core
+        .conns
+        .get(&key(&c))
+        .or(core.old_conns.first().map(|(_, c)| c))
+        .unwrap();
+    let first = t.request_times[0];
+    let last_req = *t.request_times.last().unwrap();
+    let span = last_req.saturating_duration_since(first);
+    assert!(
+        span < Duration::from_millis(199 * 50),
+        "199 request gaps took {span:?} (took {took:?} in all)"
+    );
+}
+
 /// Timer bookkeeping does not grow with the response records: an ACK that moves a deadline
 /// later pushes no heap entry (issue 14), only deadlines that move earlier do. (Measured: 122
 /// entries for 1883 records; pushing on every change of the deadline made 1925.)

@@ -35,6 +35,7 @@ pub fn open_pcap_devices(
         snaplen: snaplen as i32,
         buffer_size: buffer_bytes as i32,
         promiscuous: true,
+        immediate: true,
     };
     let opened = pcap_live::open_devices(devices, &opts).map_err(|e| {
         // `-i NAME` without a `/` or a capture extension is a device (cli::input_names_file):

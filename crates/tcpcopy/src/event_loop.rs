@@ -879,7 +879,10 @@ impl EventLoop {
             t.stuck,
             t.keepalives,
         );
-        if let Some(d) = &self.diff {
+        if let Some(d) = self.diff.as_mut() {
+            if let Some(c) = self.responses.as_mut() {
+                d.counters.capture_drops = c.dropped();
+            }
             log::info!("{}", d.stats_line());
         }
         log::debug!("running for {:?}", self.started.elapsed());

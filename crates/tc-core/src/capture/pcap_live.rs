@@ -28,6 +28,10 @@ pub struct PcapLiveOptions {
     /// Kernel buffer in bytes.
     pub buffer_size: i32,
     pub promiscuous: bool,
+    /// Each packet delivered at once (libpcap then uses fixed slots of `snaplen` bytes: with a
+    /// large snaplen the buffer holds few packets); false: delivered in blocks, at most 10 ms
+    /// late, and the buffer holds as many packets as their sizes allow.
+    pub immediate: bool,
 }
 
 impl PcapLiveOptions {
@@ -38,6 +42,7 @@ impl PcapLiveOptions {
             snaplen: 200,
             buffer_size: 16 << 20,
             promiscuous: false,
+            immediate: true,
         }
     }
 }
@@ -166,7 +171,7 @@ impl PcapLive {
             .snaplen(opts.snaplen)
             .promisc(opts.promiscuous)
             .buffer_size(opts.buffer_size)
-            .immediate_mode(true)
+            .immediate_mode(opts.immediate)
             .timeout(10)
             .open()
             .map_err(open_err)?;

@@ -49,7 +49,7 @@ const NO_RESPONSE_CAP: Duration = Duration::from_secs(3);
 const RESPONSE_QUIET: Duration = Duration::from_millis(20);
 /// The same after a full-sized segment: more of the response is probably on its way.
 const RESPONSE_QUIET_STREAMING: Duration = Duration::from_millis(100);
-/// Segments at least this long (and as long as the longest seen) count as full-sized.
+/// Segments at least this long (and as long as the longest seen mid-response) count as full-sized.
 const MIN_FULL_SEGMENT: u32 = 536;
 /// Reconnections after target resets with no data acknowledged in between.
 const MAX_RECON_TRIES: u8 = 3;
@@ -180,8 +180,10 @@ pub struct Session {
     last_resp_at: Option<Instant>,
     /// The hold deadline passed: the held request goes out without further waiting.
     hold_expired: bool,
-    /// Longest response segment seen, and whether the last one was that long.
+    /// Longest response segment seen that more of the same response followed (the target's
+    /// segment size, as far as seen), the last segment's length, and whether it was that long.
     max_resp_seg: u32,
+    last_resp_seg: u32,
     last_resp_full: bool,
     rtt: Duration,
     syn_captured_at: Option<Instant>,
@@ -260,6 +262,7 @@ impl Session {
             last_resp_at: None,
             hold_expired: false,
             max_resp_seg: 0,
+            last_resp_seg: 0,
             last_resp_full: false,
             rtt: cfg.fixed_rtt.unwrap_or(Duration::from_millis(1)),
             syn_captured_at: None,
@@ -933,13 +936,21 @@ impl Session {
                 });
                 self.resp_bytes += u64::from(new);
                 self.tgt_ack = end;
+                let continued = self.answered;
                 if !self.answered && self.last_sent_req.is_some() {
                     self.answered = true;
                     ctx.fidelity.requests_answered += 1;
                 }
                 self.last_resp_at = Some(now);
-                self.max_resp_seg = self.max_resp_seg.max(payload);
-                self.last_resp_full = payload >= MIN_FULL_SEGMENT && payload >= self.max_resp_seg;
+                // Only a segment that more of its response followed shows the segment size: a
+                // one-segment answer of 900 bytes is complete, not the start of a stream.
+                if continued {
+                    self.max_resp_seg = self.max_resp_seg.max(self.last_resp_seg);
+                }
+                self.last_resp_seg = payload;
+                self.last_resp_full = payload >= MIN_FULL_SEGMENT
+                    && self.max_resp_seg > 0
+                    && payload >= self.max_resp_seg;
                 self.unacked_resp_segs += 1;
                 if self.unacked_resp_segs >= 2 {
                     self.send_ack(ctx);

@@ -44,6 +44,39 @@ fn http_same_but_date_and_server_is_equal() {
     assert_eq!(cmp(&p, &t), Comparison::Equal);
 }
 
+/// The common case of a regression run, an equal pair whose Date and Server differ, is
+/// decided without allocating (`http::quick_equal`); other framings take the full path.
+#[test]
+fn an_equal_nginx_pair_is_compared_without_allocating() {
+    let p = nginx("200 OK", DATE1, "nginx/1.22.1", PAGE);
+    let t = nginx("200 OK", DATE2, "nginx", PAGE);
+    let c = Comparator::new(&Options::default());
+    let before = crate::counting::allocations();
+    let r = c.compare(&p, &t);
+    let made = crate::counting::allocations() - before;
+    assert_eq!(r, Comparison::Equal);
+    assert_eq!(made, 0, "allocations comparing an equal pair");
+    let filter = http::HeaderFilter::default();
+    assert!(http::quick_equal(&p, &t, &filter, 1 << 20));
+    // Another body, or the same body in another framing: not decided here.
+    let other = nginx(
+        "200 OK",
+        DATE2,
+        "nginx",
+        &PAGE.replace("working", "broken!"),
+    );
+    assert!(!http::quick_equal(&p, &other, &filter, 1 << 20));
+    let chunked_page = with_body(
+        "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: x\r\nContent-Type: text/html\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        &chunked(PAGE.as_bytes(), 100),
+    );
+    assert!(!http::quick_equal(&p, &chunked_page, &filter, 1 << 20));
+    assert_eq!(c.compare(&p, &chunked_page), Comparison::Equal);
+    // A body past the decoding bound is a truncation for the full comparison.
+    assert!(!http::quick_equal(&p, &t, &filter, 10));
+}
+
 #[test]
 fn http_different_body() {
     let p = nginx("200 OK", DATE1, "nginx", PAGE);

@@ -152,6 +152,32 @@ proptest! {
         prop_assert_eq!(c.compare(&x, &x.clone()), Comparison::Equal);
     }
 
+    /// The allocation-free shortcut never calls equal what the full comparison (parsing
+    /// both, comparing headers by name and decoded bodies) would not.
+    #[test]
+    fn quick_equal_agrees_with_the_full_comparison(
+        x in http_like(),
+        date in "[ -~]{0,8}",
+        server in "[ -~]{0,8}",
+        mutate in any::<bool>(),
+        y in http_like(),
+        max_body in 0usize..200,
+    ) {
+        let at = x.iter().position(|&b| b == b'\n').map_or(x.len(), |i| i + 1);
+        let other = if mutate {
+            y
+        } else {
+            [&x[..at], format!("Date: {date}\r\nServer: {server}\r\n").as_bytes(), &x[at..]].concat()
+        };
+        let filter = http::HeaderFilter::default();
+        if http::quick_equal(&x, &other, &filter, max_body) {
+            let (p, t) = (http::parse(&x, max_body), http::parse(&other, max_body));
+            prop_assert!(p.is_some() && t.is_some());
+            let (p, t) = (p.unwrap(), t.unwrap());
+            prop_assert_eq!(http::compare_messages(&p, &t, &filter), Comparison::Equal);
+        }
+    }
+
     #[test]
     fn same_content_other_framing_is_equal(
         body in proptest::collection::vec(any::<u8>(), 0..2000),
