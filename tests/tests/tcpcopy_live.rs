@@ -477,8 +477,7 @@ fn fidelity_with(test: &str, extra: &[&str], send_pcap: bool, offload: bool) {
         !log.contains("many connections can't be established"),
         "{log}"
     );
-    // The ring is the default capture (issue 18).
-    if !extra.contains(&"raw") && !extra.contains(&"pcap") {
+    if extra.contains(&"ring") {
         assert!(log.contains("TPACKET_V3 ring"), "{log}");
         assert!(log.contains("kernel filter keeps tcp dst ports"), "{log}");
         assert_eq!(

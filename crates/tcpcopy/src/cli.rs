@@ -31,12 +31,11 @@ pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CaptureKind {
-    /// AF_INET raw socket: packets addressed to this host (as the original; the default
-    /// with --udp).
+    /// AF_INET raw socket: packets addressed to this host (default, as the original).
     Raw,
     /// libpcap on devices (`-i dev,...`, `-F`, `-B`, `-S`).
     Pcap,
-    /// What the raw socket captures, read from a memory-mapped ring (TPACKET_V3): the default.
+    /// What the raw socket captures, read from a memory-mapped ring (TPACKET_V3).
     Ring,
 }
 
@@ -181,11 +180,10 @@ struct RawArgs {
         help = "session pool size, accepted and ignored (1..63)")]
     pool_kb: Option<u16>,
 
-    #[arg(long = "capture", value_name = "ring|raw|pcap", value_enum, hide_possible_values = true,
+    #[arg(long = "capture", value_name = "raw|ring|pcap", value_enum, hide_possible_values = true,
         help_heading = H_CAPTURE,
-        help = "memory-mapped ring (TPACKET_V3, reports kernel drops), what it reads from a\n\
-                raw IP socket (the original's), or libpcap on devices [default: ring, raw with\n\
-                --udp; -i <dev> implies pcap]")]
+        help = "raw IP socket, the same read from a memory-mapped ring (TPACKET_V3, reports\n\
+                kernel drops), or libpcap on devices [default: raw; -i <dev> implies pcap]")]
     capture: Option<CaptureKind>,
     /// pcap capture devices, or (offline) the pcap file.
     #[arg(short = 'i', value_name = "dev[,dev]", help_heading = H_CAPTURE,
@@ -840,7 +838,7 @@ fn input_names_file(text: &str) -> Result<bool, CliError> {
 
 /// Chooses the capture: `--capture` when given; otherwise `-i` naming a file (see
 /// [`input_names_file`]) means offline, `-i` naming devices means pcap capture, no `-i`
-/// means the capture ring (the raw socket with `--udp`: the ring reads TCP only).
+/// means the raw socket.
 fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
     let input_is_file = match raw.input.as_deref() {
         Some(text) => input_names_file(text)?,
@@ -863,7 +861,6 @@ fn input_mode(raw: &RawArgs, m: &ArgMatches) -> Result<Input, CliError> {
             return err(format!("-i does not apply to --capture {name} (use --capture pcap -i <dev>, or -i <pcap file> for offline)"));
         }
         (Some(CaptureKind::Ring), None) => CaptureKind::Ring,
-        (None, None) if !raw.udp => CaptureKind::Ring,
         (Some(CaptureKind::Raw), None) | (None, None) => CaptureKind::Raw,
         (Some(CaptureKind::Pcap), Some(_)) if input_is_file => {
             return err(
@@ -1012,7 +1009,7 @@ mod tests {
         assert_eq!(o.replay.session_timeout, Duration::from_secs(600));
         assert_eq!(o.replay.keepalive_timeout, Duration::from_secs(720));
         assert!(o.replay.client_ips.is_empty());
-        assert_eq!(o.input, Input::Ring);
+        assert_eq!(o.input, Input::Raw);
         assert_eq!(o.output, OutputKind::Raw);
         assert_eq!(
             o.wire,
@@ -1208,7 +1205,6 @@ mod tests {
             run(&with(&["--capture", "ring"])).unwrap().input,
             Input::Ring
         );
-        assert_eq!(run(&with(&["--capture", "raw"])).unwrap().input, Input::Raw);
         assert!(run_err(&with(&["--capture", "ring", "-i", "eth0"])).contains("ring"));
         assert!(run_err(&with(&["--capture", "ring", "-B", "8"])).contains("--capture pcap"));
         let o = run(&with(&["--capture", "pcap"])).unwrap();
@@ -1400,8 +1396,6 @@ mod tests {
         ])
         .unwrap();
         assert!(o.udp && o.intercepts.is_empty());
-        // The ring reads TCP only: UDP's default capture is the raw socket.
-        assert_eq!(o.input, Input::Raw);
         assert_eq!(o.replay.replicas, 2);
         assert_eq!(o.replay.client_ips.len(), 254);
         for extra in [
