@@ -344,7 +344,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
             None => None,
         };
     let responses: Option<Box<dyn Capture>> = match (&options.diff, &options.input) {
-        (Some(_), Input::Raw | Input::Pcap { .. }) => {
+        (Some(_), Input::Raw | Input::Ring | Input::Pcap { .. }) => {
             let filter = diff::production_filter(&options.replay.transfers);
             let opts = pcap_live::PcapLiveOptions {
                 filter: filter.clone(),

@@ -9,6 +9,13 @@
 //! Unlike the raw socket, IP fragments are not reassembled (they are counted as dropped
 //! fragments by the decoder), and a block is handed over when full or after
 //! [`RingOptions::block_timeout_ms`]: low traffic waits at most that long.
+//!
+//! A packet is never split across blocks: the kernel cuts one longer than a block can carry
+//! (block size minus the block and frame headers) to what fits. GRO hands the host merged
+//! segments of up to 64 KiB (an IPv4 datagram's limit, 65535 bytes), so the default block
+//! (128 KiB) carries any of them whole; a packet cut anyway (smaller blocks, BIG TCP's larger
+//! merges) is counted as a truncated drop ([`RingCapture::truncated`], part of
+//! [`Capture::dropped`]), never handed on as a cut segment.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -30,15 +37,53 @@ pub struct RingOptions {
 }
 
 impl Default for RingOptions {
-    /// 128 blocks of 64 KiB (8 MiB: about 5500 full-sized segments, or 128 blocks handed
-    /// over partly filled), handed over at least every 2 ms (a jiffy, 4 ms at HZ=250): at a
-    /// low packet rate tcpcopy may stall for half a second before the kernel drops.
+    /// 64 blocks of 128 KiB (8 MiB: about 5500 full-sized segments or 120 maximal GRO
+    /// segments, or 64 blocks handed over partly filled), handed over at least every 2 ms (a
+    /// jiffy, 4 ms at HZ=250): at a low packet rate tcpcopy may stall for a quarter of a
+    /// second before the kernel drops. A block carries a 65535-byte datagram whole
+    /// ([`RingOptions::max_packet`]).
     fn default() -> Self {
         RingOptions {
-            block_size: 64 << 10,
-            block_count: 128,
+            block_size: 128 << 10,
+            block_count: 64,
             block_timeout_ms: 2,
         }
+    }
+}
+
+/// `BLK_PLUS_PRIV(0)`: the block descriptor, 8-byte aligned, before a block's first packet.
+const BLOCK_HEADER: u32 = 48;
+/// Where a `SOCK_DGRAM` packet's network header starts in its frame: `TPACKET3_HDRLEN`
+/// (the 48-byte `tpacket3_hdr`, then a `sockaddr_ll`) 16-byte aligned, plus 16 bytes
+/// reserved for a link header.
+const FRAME_HEADER: u32 = 96;
+
+impl RingOptions {
+    /// The longest packet (from the IP header on) a block carries whole; longer ones arrive
+    /// cut and are counted as truncated drops.
+    pub fn max_packet(&self) -> u32 {
+        self.block_size.saturating_sub(BLOCK_HEADER + FRAME_HEADER)
+    }
+}
+
+/// What to do with a frame the kernel wrote at `data` (from the block's start) with
+/// `snaplen` of its `len` bytes, in a block of `block_size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FrameCheck {
+    Whole,
+    /// Cut by the kernel (longer than a block carries): a drop, not a segment.
+    Truncated,
+    /// Pointing outside the block: never read.
+    Corrupt,
+}
+
+fn check_frame(data: usize, snaplen: u32, len: u32, block_size: usize) -> FrameCheck {
+    if data.saturating_add(snaplen as usize) > block_size {
+        FrameCheck::Corrupt
+    } else if snaplen < len {
+        FrameCheck::Truncated
+    } else {
+        FrameCheck::Whole
     }
 }
 
@@ -61,6 +106,8 @@ pub struct RingCapture {
     skip_outgoing: bool,
     drops: u64,
     packets: u64,
+    /// Packets cut by the kernel (see the module's doc), or with a corrupt offset.
+    truncated: u64,
 }
 
 impl std::fmt::Debug for RingCapture {
@@ -213,6 +260,7 @@ impl RingCapture {
             skip_outgoing,
             drops: 0,
             packets: 0,
+            truncated: 0,
         };
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -236,6 +284,12 @@ impl RingCapture {
     /// Bytes mapped for the ring.
     pub fn ring_bytes(&self) -> usize {
         self.map_len
+    }
+
+    /// Packets dropped because the ring got them cut (longer than
+    /// [`RingOptions::max_packet`]), included in [`Capture::dropped`].
+    pub fn truncated(&self) -> u64 {
+        self.truncated
     }
 
     /// Packets the kernel delivered to the ring so far (dropped ones included).
@@ -341,8 +395,24 @@ impl Capture for RingCapture {
                 self.packet += 1;
                 self.offset = at + h.tp_next_offset as usize;
                 count += 1;
-                if data + len > block_size {
-                    continue;
+                match check_frame(data, h.tp_snaplen, h.tp_len, block_size) {
+                    FrameCheck::Whole => {}
+                    FrameCheck::Corrupt => {
+                        self.truncated += 1;
+                        continue;
+                    }
+                    FrameCheck::Truncated => {
+                        if self.truncated == 0 {
+                            log::warn!(
+                                "capture ring: a {}-byte packet arrived cut to {} bytes (blocks carry {} at most): dropped, counted in capture backend drops",
+                                h.tp_len,
+                                h.tp_snaplen,
+                                self.opts.max_packet()
+                            );
+                        }
+                        self.truncated += 1;
+                        continue;
+                    }
                 }
                 if self.skip_outgoing {
                     // SAFETY: the sockaddr_ll follows the header within the frame.
@@ -374,7 +444,7 @@ impl Capture for RingCapture {
 
     fn dropped(&mut self) -> u64 {
         self.read_statistics();
-        self.drops
+        self.drops + self.truncated
     }
 }
 
@@ -403,6 +473,29 @@ mod tests {
             ((libc::BPF_RET | libc::BPF_K) as u16, 0)
         );
         assert_eq!(two[drop_at + 1].k, u32::MAX);
+    }
+
+    #[test]
+    fn cut_frames_are_not_whole() {
+        let block = 128 << 10;
+        assert_eq!(check_frame(144, 1500, 1500, block), FrameCheck::Whole);
+        assert_eq!(check_frame(144, 65392, 65535, block), FrameCheck::Truncated);
+        assert_eq!(check_frame(144, 65535, 65535, block), FrameCheck::Whole);
+        assert_eq!(check_frame(block - 10, 11, 11, block), FrameCheck::Corrupt);
+        assert_eq!(check_frame(usize::MAX, 1, 1, block), FrameCheck::Corrupt);
+        // The default block carries a maximal IPv4 datagram (a GRO merge) whole; a 64 KiB
+        // block does not.
+        assert!(RingOptions::default().max_packet() >= 65535);
+        let small = RingOptions {
+            block_size: 64 << 10,
+            ..RingOptions::default()
+        };
+        assert!(small.max_packet() < 65535);
+        assert_eq!(
+            RingOptions::default().block_size as usize
+                * RingOptions::default().block_count as usize,
+            8 << 20
+        );
     }
 
     #[test]
@@ -467,5 +560,66 @@ mod tests {
         assert_eq!(syns, 1);
         assert_eq!(cap.dropped(), 0);
         assert!(cap.kernel_packets() >= 2);
+    }
+
+    /// Sends `bytes` on loopback to a port the ring keeps and reads the ring until they all
+    /// came in, or a packet came in cut and the ring is empty, or a deadline passed:
+    /// (the ring, payload bytes read whole, longest packet read).
+    fn loopback_bulk(opts: RingOptions, bytes: usize) -> (RingCapture, usize, usize) {
+        use std::io::{Read, Write};
+        let kept = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = kept.local_addr().unwrap().port();
+        let mut cap = RingCapture::open(&[port], opts).expect("ring");
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut s, _) = kept.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        c.write_all(&vec![b'x'; bytes]).unwrap();
+        drop(c);
+        assert_eq!(reader.join().unwrap(), bytes);
+        let (mut payload, mut longest) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && payload < bytes {
+            let n = cap
+                .read_frames(64, &mut |_, frame| {
+                    let total = usize::from(u16::from_be_bytes([frame[2], frame[3]]));
+                    assert_eq!(total, frame.len(), "a cut or padded packet was handed on");
+                    let ihl = usize::from(frame[0] & 0x0f) * 4;
+                    let doff = usize::from(frame[ihl + 12] >> 4) * 4;
+                    payload += frame.len() - ihl - doff;
+                    longest = longest.max(frame.len());
+                })
+                .unwrap();
+            if n == 0 && cap.truncated() > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (cap, payload, longest)
+    }
+
+    /// Needs CAP_NET_RAW: loopback carries segments of up to 64 KiB, as GRO hands over on a
+    /// real host. The default ring reads them whole; a ring of 4 KiB blocks gets them cut and
+    /// counts them as truncated drops, handing on only whole packets.
+    #[test]
+    #[ignore = "needs root"]
+    fn long_packets_are_read_whole_or_counted_cut() {
+        tc_test_support::require_root("long_packets_are_read_whole_or_counted_cut");
+        let (cap, payload, longest) = loopback_bulk(RingOptions::default(), 1 << 20);
+        assert_eq!(cap.truncated(), 0);
+        assert_eq!(payload, 1 << 20);
+        assert!(longest > 60_000, "longest packet {longest} bytes");
+        let small = RingOptions {
+            block_size: 4096,
+            block_count: 64,
+            block_timeout_ms: 2,
+        };
+        let (mut cap, _, longest) = loopback_bulk(small, 1 << 20);
+        assert!(cap.truncated() > 0);
+        assert!(longest <= small.max_packet() as usize, "{longest}");
+        assert!(cap.dropped() >= cap.truncated());
     }
 }
