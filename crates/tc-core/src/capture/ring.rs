@@ -495,7 +495,7 @@ mod tests {
         assert_eq!(
             RingOptions::default().block_size as usize
                 * RingOptions::default().block_count as usize,
-            8 << 20
+            32 << 20
         );
     }
 
