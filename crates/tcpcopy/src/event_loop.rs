@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use tc_core::capture::reopen::{all_lost_for, Reopening};
+use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::control::full_payload;
 use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
@@ -630,24 +630,12 @@ impl EventLoop {
     /// Reopens lost capture devices whose backoff passed; the run stops (exit 1) when no
     /// capture has worked for `--capture-lost-exit`.
     fn reopen_captures(&mut self, start: Instant) -> Option<StopReason> {
-        let now = start.elapsed();
-        if now >= self.next_device_check {
-            self.next_device_check = now + Duration::from_secs(1);
-            for c in self.captures.iter_mut() {
-                c.check_device(now);
-            }
-        }
-        if !self.captures.iter().any(|c| c.is_lost()) {
-            return None;
-        }
-        let registry = self.poll.registry();
-        for (i, c) in self.captures.iter_mut().enumerate() {
-            c.try_reopen(now, |src| {
-                src.register(registry, Token(i))
-                    .map_err(|e| format!("cannot poll it: {e}"))
-            });
-        }
-        let dead = all_lost_for(&self.captures, now)?;
+        let dead = crate::capture::reopen_lost(
+            &mut self.captures,
+            self.poll.registry(),
+            start.elapsed(),
+            &mut self.next_device_check,
+        )?;
         (dead >= self.cfg.capture_lost_exit).then(|| {
             let names: Vec<&str> = self.captures.iter().map(|c| c.name.as_str()).collect();
             StopReason::CaptureFailed(format!(

@@ -240,11 +240,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 .iter()
                 .map(|t| t.src_port)
                 .collect();
-            match c.keep_only_dst_ports(&ports) {
-                Ok(true) => log::info!("capture: kernel filter keeps tcp dst ports {ports:?}"),
-                Ok(false) => {}
-                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
-            }
+            capture::log_port_filter(c.keep_only_dst_ports(&ports), "tcp", &ports);
             let rcvbuf = c.receive_buffer().unwrap_or(0);
             log::info!("capture: raw socket, receive buffer {rcvbuf} bytes");
             // The kernel reports twice the size set; 64 MiB past net.core.rmem_max needs
@@ -286,17 +282,9 @@ fn run(options: Options) -> anyhow::Result<i32> {
             snaplen,
         } => {
             log::info!("pcap version:{}", pcap_live::lib_version());
-            let filter = match filter {
-                Some(f) => {
-                    log::info!("user filter:{f}");
-                    f.clone()
-                }
-                None => {
-                    let f = capture::auto_filter(&options.replay.transfers);
-                    log::info!("filter = {f}");
-                    f
-                }
-            };
+            let filter = capture::pcap_filter(filter.as_ref(), || {
+                capture::auto_filter(&options.replay.transfers)
+            });
             capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
         }
         Input::Offline { .. } => Vec::new(),

@@ -16,7 +16,7 @@ use signal_hook_mio::v1_0::Signals;
 use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::raw_socket6::RawSocketCapture6;
-use tc_core::capture::reopen::{all_lost_for, Reopening};
+use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::daemon;
 use tc_core::logging::RateLimit;
@@ -215,11 +215,7 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
             let c = RawSocketCapture6::open_protocol(libc::IPPROTO_UDP)
                 .context("Create raw IPv6 socket to input failed")?;
             let ports: Vec<u16> = options.transfers6.iter().map(|t| t.src_port).collect();
-            match c.keep_only_dst_ports(&ports) {
-                Ok(true) => log::info!("capture: kernel filter keeps udp dst ports {ports:?}"),
-                Ok(false) => {}
-                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
-            }
+            crate::capture::log_port_filter(c.keep_only_dst_ports(&ports), "udp", &ports);
             log::info!(
                 "capture: raw IPv6 udp socket, receive buffer {} bytes",
                 c.receive_buffer().unwrap_or(0)
@@ -240,11 +236,7 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
                 .collect();
             // The raw socket sees datagrams after the kernel reassembled them: the port
             // filter sees every datagram whole.
-            match c.keep_only_dst_ports(&ports) {
-                Ok(true) => log::info!("capture: kernel filter keeps udp dst ports {ports:?}"),
-                Ok(false) => {}
-                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
-            }
+            crate::capture::log_port_filter(c.keep_only_dst_ports(&ports), "udp", &ports);
             log::info!(
                 "capture: raw udp socket, receive buffer {} bytes",
                 c.receive_buffer().unwrap_or(0)
@@ -261,21 +253,13 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
             snaplen,
         } => {
             log::info!("pcap version:{}", pcap_live::lib_version());
-            let filter = match filter {
-                Some(f) => {
-                    log::info!("user filter:{f}");
-                    f.clone()
+            let filter = crate::capture::pcap_filter(filter.as_ref(), || {
+                if ipv6 {
+                    auto_filter6(&options.transfers6)
+                } else {
+                    auto_filter(&options.replay.transfers)
                 }
-                None => {
-                    let f = if ipv6 {
-                        auto_filter6(&options.transfers6)
-                    } else {
-                        auto_filter(&options.replay.transfers)
-                    };
-                    log::info!("filter = {f}");
-                    f
-                }
-            };
+            });
             crate::capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
         }
         Input::Offline { .. } => Vec::new(),
@@ -684,24 +668,12 @@ impl UdpLoop {
     }
 
     fn reopen_captures(&mut self, next_check: &mut Duration) -> Option<StopReason> {
-        let now = self.started.elapsed();
-        if now >= *next_check {
-            *next_check = now + Duration::from_secs(1);
-            for c in self.captures.iter_mut() {
-                c.check_device(now);
-            }
-        }
-        if !self.captures.iter().any(|c| c.is_lost()) {
-            return None;
-        }
-        let registry = self.poll.registry();
-        for (i, c) in self.captures.iter_mut().enumerate() {
-            c.try_reopen(now, |src| {
-                src.register(registry, Token(i))
-                    .map_err(|e| format!("cannot poll it: {e}"))
-            });
-        }
-        let dead = all_lost_for(&self.captures, now)?;
+        let dead = crate::capture::reopen_lost(
+            &mut self.captures,
+            self.poll.registry(),
+            self.started.elapsed(),
+            next_check,
+        )?;
         (dead >= self.capture_lost_exit).then(|| {
             StopReason::CaptureFailed(format!(
                 "nothing could be captured for {} s: every capture device is lost",
