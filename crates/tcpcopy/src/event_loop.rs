@@ -374,17 +374,9 @@ impl EventLoop {
                 }
             }
             if offline_wake.is_some_and(|d| d <= Instant::now()) {
-                match self.poll_offline() {
-                    Ok(OfflineStatus::WakeAt(t)) => offline_wake = Some(t),
-                    Ok(OfflineStatus::Finished) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::OfflineDone));
-                    }
-                    Err(e) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::CaptureFailed(format!("{e:#}"))));
-                    }
-                }
+                let (wake, s) = crate::offline::after_step(self.poll_offline());
+                offline_wake = wake;
+                stop = stop.or(s);
             }
             let now = Instant::now();
             if self.output.waiting() > 0 {

@@ -289,29 +289,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         }
         Input::Offline { .. } => Vec::new(),
     };
-    let offline = match &options.input {
-        Input::Offline {
-            file,
-            accel,
-            max_gap,
-            passes,
-            tail,
-        } => {
-            log::info!(
-                "TC_OFFLINE mode: accelerated {accel} times,interval:{} ms, passes:{passes}",
-                max_gap.map(|g| g.as_millis()).unwrap_or(0)
-            );
-            Some(offline::OfflineSource::open(
-                file,
-                *accel,
-                *max_gap,
-                *passes,
-                *tail,
-                std::time::Instant::now(),
-            )?)
-        }
-        _ => None,
-    };
+    let offline = offline::from_input(&options.input)?;
 
     // --diff: production's answers come from this host's outgoing segments (the raw socket
     // sees incoming ones only), or from the offline file.

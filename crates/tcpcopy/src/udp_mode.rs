@@ -306,29 +306,7 @@ pub fn run(
     }
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
-    let offline = match &options.input {
-        Input::Offline {
-            file,
-            accel,
-            max_gap,
-            passes,
-            tail,
-        } => {
-            log::info!(
-                "TC_OFFLINE mode: accelerated {accel} times,interval:{} ms, passes:{passes}",
-                max_gap.map(|g| g.as_millis()).unwrap_or(0)
-            );
-            Some(OfflineSource::open(
-                file,
-                *accel,
-                *max_gap,
-                *passes,
-                *tail,
-                Instant::now(),
-            )?)
-        }
-        _ => None,
-    };
+    let offline = crate::offline::from_input(&options.input)?;
     let _pid_file = match &options.pid_file {
         Some(path) => Some(daemon::PidFile::create(path)?),
         None => None,
@@ -519,17 +497,9 @@ impl UdpLoop {
                 m.tick(self.poll.registry(), Instant::now());
             }
             if offline_wake.is_some_and(|d| d <= Instant::now()) {
-                match self.poll_offline() {
-                    Ok(OfflineStatus::WakeAt(t)) => offline_wake = Some(t),
-                    Ok(OfflineStatus::Finished) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::OfflineDone));
-                    }
-                    Err(e) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::CaptureFailed(format!("{e:#}"))));
-                    }
-                }
+                let (wake, s) = crate::offline::after_step(self.poll_offline());
+                offline_wake = wake;
+                stop = stop.or(s);
             }
             let now = Instant::now();
             if self.replayer.next_deadline().is_some_and(|d| d <= now) {
