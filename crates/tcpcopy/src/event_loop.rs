@@ -177,26 +177,10 @@ impl EventLoop {
         if let Some(r) = responses.as_mut() {
             r.register(poll.registry(), RESPONSES_TOKEN)?;
         }
-        anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
-        for (i, c) in captures
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, c)| Some((i, c.source_mut()?)))
-        {
-            c.register(poll.registry(), Token(i))?;
-        }
+        register_captures(&mut captures, poll.registry())?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
-        let metrics = match cfg.metrics {
-            Some(addr) => {
-                let mut m = MetricsServer::bind(addr, MetricsLimits::default())
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                m.register(poll.registry(), METRICS_TOKEN)?;
-                log::info!("metrics at http://{}/metrics", m.local_addr());
-                Some(m)
-            }
-            None => None,
-        };
+        let metrics = bind_metrics(cfg.metrics, poll.registry())?;
         let diagnostician = cfg
             .probe
             .clone()
@@ -894,6 +878,38 @@ fn resource_usage() -> Option<(Duration, Duration, u64)> {
     // Linux reports ru_maxrss in KB.
     let max_rss = u64::try_from(u.ru_maxrss).unwrap_or(0);
     Some((time(u.ru_utime), time(u.ru_stime), max_rss))
+}
+
+/// Registers the capture sources with `registry`, capture `i` under `Token(i)` (at most
+/// `MAX_CAPTURES` of them); lost ones are registered when they are reopened.
+pub(crate) fn register_captures(
+    captures: &mut [Reopening<dyn Capture>],
+    registry: &mio::Registry,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
+    for (i, c) in captures
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.source_mut()?)))
+    {
+        c.register(registry, Token(i))?;
+    }
+    Ok(())
+}
+
+/// The `--metrics` endpoint when asked for: bound, registered with `registry` and logged.
+pub(crate) fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+    registry: &mio::Registry,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let mut m =
+        MetricsServer::bind(addr, MetricsLimits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    m.register(registry, METRICS_TOKEN)?;
+    log::info!("metrics at http://{}/metrics", m.local_addr());
+    Ok(Some(m))
 }
 
 /// The live replay path for one capture source's turn: at most [`CAPTURE_BUDGET`] frames from

@@ -21,7 +21,7 @@ use tc_core::capture::Capture;
 use tc_core::daemon;
 use tc_core::logging::RateLimit;
 use tc_core::metrics::exposition::{Exposition, Kind};
-use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
+use tc_core::metrics::MetricsServer;
 use tc_core::packet::fragments::FragDrop;
 use tc_core::packet::link::ip_payload;
 use tc_core::packet::DropCounters;
@@ -37,9 +37,6 @@ use crate::offline::{OfflineSource, OfflineStatus};
 
 const SIGNAL_TOKEN: Token = Token(60_000);
 const OUTPUT_TOKEN: Token = Token(60_001);
-/// The metrics endpoint's listener and client slots.
-const METRICS_TOKEN: Token = Token(60_100);
-const MAX_CAPTURES: usize = 64;
 const CAPTURE_BUDGET: usize = 256;
 const STATS_PERIOD: Duration = Duration::from_secs(30);
 const MEMORY_PERIOD: Duration = Duration::from_secs(60);
@@ -296,14 +293,7 @@ pub fn run(
     }
     let poll = Poll::new().context("cannot create the event loop")?;
     let mut captures = open_captures(&options)?;
-    anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
-    for (i, c) in captures
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, c)| Some((i, c.source_mut()?)))
-    {
-        c.register(poll.registry(), Token(i))?;
-    }
+    crate::event_loop::register_captures(&mut captures, poll.registry())?;
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
     let offline = crate::offline::from_input(&options.input)?;
@@ -311,16 +301,7 @@ pub fn run(
         Some(path) => Some(daemon::PidFile::create(path)?),
         None => None,
     };
-    let metrics = match options.metrics {
-        Some(addr) => {
-            let mut m = MetricsServer::bind(addr, MetricsLimits::default())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            m.register(poll.registry(), METRICS_TOKEN)?;
-            log::info!("metrics at http://{}/metrics", m.local_addr());
-            Some(m)
-        }
-        None => None,
-    };
+    let metrics = crate::event_loop::bind_metrics(options.metrics, poll.registry())?;
     let mut udp = UdpLoop {
         metrics,
         stats_json_file: options.stats_json_file.clone(),
