@@ -9,7 +9,6 @@
 
 mod real_common;
 
-use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,30 +22,7 @@ const OFFLINE_CLIENT: &str = "203.0.113.7";
 
 /// intercept with payload records (the target's challenges reach tcpcopy).
 fn start_intercept_payload(lab: &Lab, target_port: u16) {
-    let filter = format!("tcp and src port {target_port}");
-    lab.spawn(
-        ASSIST,
-        "intercept",
-        &bin("intercept"),
-        &[
-            "-F",
-            &filter,
-            "-i",
-            "eth0",
-            "--allow",
-            "198.18.0.20",
-            "--payload",
-        ],
-    );
-    assert!(
-        lab.wait_listening(
-            ONLINE,
-            SocketAddrV4::new(ASSIST_IP, INTERCEPT_PORT),
-            Duration::from_secs(10)
-        ),
-        "intercept does not listen: {}",
-        lab.log("intercept")
-    );
+    start_intercept_with(lab, target_port, &["--payload"]);
 }
 
 /// The auth file (mode 0600): the user's password.

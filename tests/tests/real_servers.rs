@@ -21,20 +21,7 @@ fn redis_target_ends_with_the_online_data_set() {
     let started = Instant::now();
     let tmp = TempDir::new("redis");
     let lab = Lab::start();
-    let online_sock = start_redis(
-        &lab,
-        ONLINE,
-        "redis-online",
-        REDIS_ONLINE_PORT,
-        &tmp.sub("online"),
-    );
-    let target_sock = start_redis(
-        &lab,
-        TARGET,
-        "redis-target",
-        REDIS_TARGET_PORT,
-        &tmp.sub("target"),
-    );
+    let (online_sock, target_sock) = start_redis_pair(&lab, &tmp);
     start_intercept(&lab, REDIS_TARGET_PORT);
     maybe_capture(&lab, REDIS_ONLINE_PORT, REDIS_TARGET_PORT);
     start_tcpcopy(&lab, REDIS_ONLINE_PORT, REDIS_TARGET_PORT);

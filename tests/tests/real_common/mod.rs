@@ -141,13 +141,15 @@ pub fn poll<T>(within: Duration, mut f: impl FnMut() -> (bool, T)) -> (bool, T) 
 }
 
 pub fn start_intercept(lab: &Lab, target_port: u16) {
+    start_intercept_with(lab, target_port, &[]);
+}
+
+/// [`start_intercept`] with `extra` flags (`--payload`, `--full-payload`...).
+pub fn start_intercept_with(lab: &Lab, target_port: u16, extra: &[&str]) {
     let filter = format!("tcp and src port {target_port}");
-    lab.spawn(
-        ASSIST,
-        "intercept",
-        &bin("intercept"),
-        &["-F", &filter, "-i", "eth0", "--allow", "198.18.0.20"],
-    );
+    let mut args = vec!["-F", &filter, "-i", "eth0", "--allow", "198.18.0.20"];
+    args.extend_from_slice(extra);
+    lab.spawn(ASSIST, "intercept", &bin("intercept"), &args);
     assert!(
         lab.wait_listening(
             ONLINE,
@@ -273,6 +275,26 @@ pub fn start_redis(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> 
 }
 
 /// redis-cli over the server's unix socket (never through the replayed TCP port).
+/// Redis on online (REDIS_ONLINE_PORT) and on the target (REDIS_TARGET_PORT), their data in
+/// `tmp`'s online and target folders; their local sockets.
+pub fn start_redis_pair(lab: &Lab, tmp: &TempDir) -> (PathBuf, PathBuf) {
+    let online = start_redis(
+        lab,
+        ONLINE,
+        "redis-online",
+        REDIS_ONLINE_PORT,
+        &tmp.sub("online"),
+    );
+    let target = start_redis(
+        lab,
+        TARGET,
+        "redis-target",
+        REDIS_TARGET_PORT,
+        &tmp.sub("target"),
+    );
+    (online, target)
+}
+
 pub fn redis_local(sock: &Path, args: &[&str]) -> String {
     let mut all = vec!["-s", s(sock)];
     all.extend_from_slice(args);
