@@ -406,30 +406,7 @@ fn offline_capture_of_both_directions_is_compared() {
     // 1514 bytes: no offloads), every packet written at once.
     let pcap = tmp.path().join("both.pcap");
     let filter = format!("tcp port {HTTP_ONLINE_PORT}");
-    lab.spawn(
-        ONLINE,
-        "tcpdump",
-        &PathBuf::from("/usr/bin/tcpdump"),
-        &[
-            "-Z",
-            "root",
-            "-U",
-            "--immediate-mode",
-            "-B",
-            "32768",
-            "-s",
-            "4096",
-            "-i",
-            "eth0",
-            "-w",
-            s(&pcap),
-            &filter,
-        ],
-    );
-    let (listening, _) = poll(Duration::from_secs(10), || {
-        (lab.log("tcpdump").contains("listening on"), ())
-    });
-    assert!(listening, "tcpdump: {}", lab.log("tcpdump"));
+    start_tcpdump(&lab, ONLINE, "tcpdump", &pcap, &["-i", "eth0"], &filter);
     let plan = [
         ("/same.txt", 60, 2),
         ("/changed.txt", 25, 1),
@@ -448,14 +425,7 @@ fn offline_capture_of_both_directions_is_compared() {
         (n > 0 && last.1.elapsed() >= Duration::from_millis(600), ())
     });
     assert!(quiet, "the capture keeps growing");
-    let code = lab.stop("tcpdump", libc::SIGINT, Duration::from_secs(10));
-    let log = lab.log("tcpdump");
-    assert_eq!(code, Some(0), "tcpdump: {log}");
-    assert!(
-        log.lines()
-            .any(|l| l.trim() == "0 packets dropped by kernel"),
-        "tcpdump: {log}"
-    );
+    stop_tcpdump(&lab, "tcpdump");
 
     start_intercept_full(&lab, HTTP_TARGET_PORT);
     let diff = tmp.path().join("diff.jsonl");

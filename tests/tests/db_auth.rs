@@ -81,26 +81,7 @@ struct Recording {
 
 fn record(lab: &Lab, path: &Path, port: u16) -> Recording {
     let filter = format!("tcp port {port}");
-    let args = [
-        "-Z",
-        "root",
-        "-U",
-        "--immediate-mode",
-        "-B",
-        "32768",
-        "-s",
-        "4096",
-        "-i",
-        "eth0",
-        "-w",
-        s(path),
-        &filter,
-    ];
-    lab.spawn(ONLINE, "record", &PathBuf::from("/usr/bin/tcpdump"), &args);
-    let (listening, _) = poll(Duration::from_secs(10), || {
-        (lab.log("record").contains("listening on"), ())
-    });
-    assert!(listening, "tcpdump: {}", lab.log("record"));
+    start_tcpdump(lab, ONLINE, "record", path, &["-i", "eth0"], &filter);
     Recording {
         path: path.to_path_buf(),
     }
@@ -116,15 +97,7 @@ impl Recording {
             (same, ())
         });
         assert!(quiet, "capture keeps growing");
-        let code = lab.stop("record", libc::SIGINT, Duration::from_secs(10));
-        assert_eq!(code, Some(0), "tcpdump: {}", lab.log("record"));
-        assert!(
-            lab.log("record")
-                .lines()
-                .any(|l| l.trim() == "0 packets dropped by kernel"),
-            "tcpdump dropped packets: {}",
-            lab.log("record")
-        );
+        stop_tcpdump(lab, "record");
         self.path
     }
 }

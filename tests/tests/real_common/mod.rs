@@ -140,6 +140,45 @@ pub fn poll<T>(within: Duration, mut f: impl FnMut() -> (bool, T)) -> (bool, T) 
     }
 }
 
+/// Starts `tcpdump <base> <opts> -w path <filter>` in `host` as the lab process `name` and
+/// waits until it listens. Base options: -Z root (write the file as root: Debian's tcpdump
+/// drops to its own user otherwise); -U and --immediate-mode (every packet is in the file as
+/// soon as it is captured); -B 32768 -s 4096 (immediate mode uses fixed ring slots of the
+/// snaplen: -s 0 drops packets of bursts even with -B 32 MB; the lab's packets are at most
+/// 1514 bytes, no offloads, and -s 4096 keeps them whole).
+pub fn start_tcpdump(lab: &Lab, host: &str, name: &str, path: &Path, opts: &[&str], filter: &str) {
+    let mut args = vec![
+        "-Z",
+        "root",
+        "-U",
+        "--immediate-mode",
+        "-B",
+        "32768",
+        "-s",
+        "4096",
+    ];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["-w", s(path), filter]);
+    lab.spawn(host, name, &PathBuf::from("/usr/bin/tcpdump"), &args);
+    let (listening, _) = poll(Duration::from_secs(10), || {
+        (lab.log(name).contains("listening on"), ())
+    });
+    assert!(listening, "tcpdump {args:?}: {}", lab.log(name));
+}
+
+/// Stops the tcpdump `name` (SIGINT closes its file) and checks it ended well and the kernel
+/// dropped none of the packets.
+pub fn stop_tcpdump(lab: &Lab, name: &str) {
+    let code = lab.stop(name, libc::SIGINT, Duration::from_secs(10));
+    let log = lab.log(name);
+    assert_eq!(code, Some(0), "tcpdump: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.trim() == "0 packets dropped by kernel"),
+        "tcpdump dropped packets: {log}"
+    );
+}
+
 pub fn start_intercept(lab: &Lab, target_port: u16) {
     start_intercept_with(lab, target_port, &[]);
 }
