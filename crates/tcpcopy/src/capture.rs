@@ -23,10 +23,18 @@ pub fn auto_filter(transfers: &[Transfer]) -> String {
     format!("tcp and ({})", terms.join(" or "))
 }
 
-/// The pcap filter of a run: the user's `-F`, or `auto()` built from the transfers; logged
-/// as the original logs it.
-pub fn pcap_filter(user: Option<&String>, auto: impl FnOnce() -> String) -> String {
-    match user {
+/// The pcap captures of `-i` with `--capture pcap` (see [`open_pcap_devices`]), filtered by
+/// the user's `-F` or else by `auto()` built from the transfers; logged as the original logs
+/// them.
+pub fn open_pcap(
+    devices: &[String],
+    user_filter: Option<&String>,
+    snaplen: u32,
+    buffer_bytes: u32,
+    auto: impl FnOnce() -> String,
+) -> anyhow::Result<Vec<Reopening<dyn Capture>>> {
+    log::info!("pcap version:{}", pcap_live::lib_version());
+    let filter = match user_filter {
         Some(f) => {
             log::info!("user filter:{f}");
             f.clone()
@@ -36,7 +44,8 @@ pub fn pcap_filter(user: Option<&String>, auto: impl FnOnce() -> String) -> Stri
             log::info!("filter = {f}");
             f
         }
-    }
+    };
+    open_pcap_devices(devices, &filter, snaplen, buffer_bytes)
 }
 
 /// Logs what became of a raw capture socket's kernel port filter (`protocol`: tcp or udp);

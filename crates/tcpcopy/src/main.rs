@@ -280,13 +280,9 @@ fn run(options: Options) -> anyhow::Result<i32> {
             filter,
             buffer_bytes,
             snaplen,
-        } => {
-            log::info!("pcap version:{}", pcap_live::lib_version());
-            let filter = capture::pcap_filter(filter.as_ref(), || {
-                capture::auto_filter(&options.replay.transfers)
-            });
-            capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
-        }
+        } => capture::open_pcap(devices, filter.as_ref(), *snaplen, *buffer_bytes, || {
+            capture::auto_filter(&options.replay.transfers)
+        })?,
         Input::Offline { .. } => Vec::new(),
     };
     let offline = offline::from_input(&options.input)?;

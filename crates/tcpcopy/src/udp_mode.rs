@@ -13,7 +13,6 @@ use anyhow::Context;
 use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGPIPE};
 use signal_hook_mio::v1_0::Signals;
-use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::raw_socket6::RawSocketCapture6;
 use tc_core::capture::reopen::Reopening;
@@ -248,17 +247,13 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
             filter,
             buffer_bytes,
             snaplen,
-        } => {
-            log::info!("pcap version:{}", pcap_live::lib_version());
-            let filter = crate::capture::pcap_filter(filter.as_ref(), || {
-                if ipv6 {
-                    auto_filter6(&options.transfers6)
-                } else {
-                    auto_filter(&options.replay.transfers)
-                }
-            });
-            crate::capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
-        }
+        } => crate::capture::open_pcap(devices, filter.as_ref(), *snaplen, *buffer_bytes, || {
+            if ipv6 {
+                auto_filter6(&options.transfers6)
+            } else {
+                auto_filter(&options.replay.transfers)
+            }
+        })?,
         Input::Offline { .. } => Vec::new(),
         // Refused with --udp on the command line: the ring keeps TCP only.
         Input::Ring => {
