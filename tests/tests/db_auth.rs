@@ -245,22 +245,7 @@ fn pg_case(test: &str, method: &str) {
     let tmp = TempDir::new("pg-auth");
     let template = pg_template(&tmp, method);
     let lab = Lab::start();
-    let online = start_pg(
-        &lab,
-        ONLINE,
-        "pg-online",
-        PG_ONLINE_PORT,
-        &template,
-        &tmp.sub("online"),
-    );
-    let target = start_pg(
-        &lab,
-        TARGET,
-        "pg-target",
-        PG_TARGET_PORT,
-        &template,
-        &tmp.sub("target"),
-    );
+    let (online, target) = start_pg_pair(&lab, &template, &tmp);
     pg_setup(&online, method);
     pg_setup(&target, method);
     let auth = auth_file(tmp.path(), "bench");

@@ -177,22 +177,7 @@ fn postgres_target_ends_with_the_online_rows() {
     let template = tmp.path().join("template");
     pg_initdb(&template);
     let lab = Lab::start();
-    let online = start_pg(
-        &lab,
-        ONLINE,
-        "pg-online",
-        PG_ONLINE_PORT,
-        &template,
-        &tmp.sub("online"),
-    );
-    let target = start_pg(
-        &lab,
-        TARGET,
-        "pg-target",
-        PG_TARGET_PORT,
-        &template,
-        &tmp.sub("target"),
-    );
+    let (online, target) = start_pg_pair(&lab, &template, &tmp);
     start_intercept(&lab, PG_TARGET_PORT);
     maybe_capture(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);
     start_tcpcopy(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);

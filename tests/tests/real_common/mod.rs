@@ -598,6 +598,28 @@ pub fn start_pg(
     cluster
 }
 
+/// PostgreSQL from `template` on online (PG_ONLINE_PORT) and on the target (PG_TARGET_PORT),
+/// their data in `tmp`'s online and target folders.
+pub fn start_pg_pair(lab: &Lab, template: &Path, tmp: &TempDir) -> (PgCluster, PgCluster) {
+    let online = start_pg(
+        lab,
+        ONLINE,
+        "pg-online",
+        PG_ONLINE_PORT,
+        template,
+        &tmp.sub("online"),
+    );
+    let target = start_pg(
+        lab,
+        TARGET,
+        "pg-target",
+        PG_TARGET_PORT,
+        template,
+        &tmp.sub("target"),
+    );
+    (online, target)
+}
+
 pub fn pgbench(lab: &Lab, mode: &str, script: &Path, clients: &str, tx: &str) -> String {
     let port = PG_ONLINE_PORT.to_string();
     let host = ONLINE_IP.to_string();
