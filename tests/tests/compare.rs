@@ -23,30 +23,7 @@ const METRICS_PORT: u16 = 9419;
 const N_SAME: usize = 10_000;
 
 fn start_intercept_full(lab: &Lab, target_port: u16) {
-    let filter = format!("tcp and src port {target_port}");
-    lab.spawn(
-        ASSIST,
-        "intercept",
-        &bin("intercept"),
-        &[
-            "-F",
-            &filter,
-            "-i",
-            "eth0",
-            "--allow",
-            "198.18.0.20",
-            "--full-payload",
-        ],
-    );
-    assert!(
-        lab.wait_listening(
-            ONLINE,
-            SocketAddrV4::new(ASSIST_IP, INTERCEPT_PORT),
-            Duration::from_secs(10)
-        ),
-        "intercept does not listen: {}",
-        lab.log("intercept")
-    );
+    start_intercept_with(lab, target_port, &["--full-payload"]);
 }
 
 /// tcpcopy with `--diff` on online, its metrics on 127.0.0.1 (in online's namespace).
@@ -290,20 +267,7 @@ fn redis_differences_are_exactly_the_gets_of_the_changed_key() {
     let started = Instant::now();
     let tmp = TempDir::new("diff-redis");
     let lab = Lab::start();
-    let online_sock = start_redis(
-        &lab,
-        ONLINE,
-        "redis-online",
-        REDIS_ONLINE_PORT,
-        &tmp.sub("online"),
-    );
-    let target_sock = start_redis(
-        &lab,
-        TARGET,
-        "redis-target",
-        REDIS_TARGET_PORT,
-        &tmp.sub("target"),
-    );
+    let (online_sock, target_sock) = start_redis_pair(&lab, &tmp);
     for sock in [&online_sock, &target_sock] {
         redis_local(sock, &["SET", "same", "value"]);
     }
@@ -374,22 +338,8 @@ fn redis_pipelines_on_identical_servers_show_no_difference() {
     let started = Instant::now();
     let tmp = TempDir::new("diff-pipeline");
     let lab = Lab::start();
-    let socks = [
-        start_redis(
-            &lab,
-            ONLINE,
-            "redis-online",
-            REDIS_ONLINE_PORT,
-            &tmp.sub("online"),
-        ),
-        start_redis(
-            &lab,
-            TARGET,
-            "redis-target",
-            REDIS_TARGET_PORT,
-            &tmp.sub("target"),
-        ),
-    ];
+    let (online_sock, target_sock) = start_redis_pair(&lab, &tmp);
+    let socks = [online_sock, target_sock];
     for sock in &socks {
         redis_local(sock, &["SET", "key:__rand_int__", "value"]);
     }
@@ -456,30 +406,7 @@ fn offline_capture_of_both_directions_is_compared() {
     // 1514 bytes: no offloads), every packet written at once.
     let pcap = tmp.path().join("both.pcap");
     let filter = format!("tcp port {HTTP_ONLINE_PORT}");
-    lab.spawn(
-        ONLINE,
-        "tcpdump",
-        &PathBuf::from("/usr/bin/tcpdump"),
-        &[
-            "-Z",
-            "root",
-            "-U",
-            "--immediate-mode",
-            "-B",
-            "32768",
-            "-s",
-            "4096",
-            "-i",
-            "eth0",
-            "-w",
-            s(&pcap),
-            &filter,
-        ],
-    );
-    let (listening, _) = poll(Duration::from_secs(10), || {
-        (lab.log("tcpdump").contains("listening on"), ())
-    });
-    assert!(listening, "tcpdump: {}", lab.log("tcpdump"));
+    start_tcpdump(&lab, ONLINE, "tcpdump", &pcap, &["-i", "eth0"], &filter);
     let plan = [
         ("/same.txt", 60, 2),
         ("/changed.txt", 25, 1),
@@ -498,14 +425,7 @@ fn offline_capture_of_both_directions_is_compared() {
         (n > 0 && last.1.elapsed() >= Duration::from_millis(600), ())
     });
     assert!(quiet, "the capture keeps growing");
-    let code = lab.stop("tcpdump", libc::SIGINT, Duration::from_secs(10));
-    let log = lab.log("tcpdump");
-    assert_eq!(code, Some(0), "tcpdump: {log}");
-    assert!(
-        log.lines()
-            .any(|l| l.trim() == "0 packets dropped by kernel"),
-        "tcpdump: {log}"
-    );
+    stop_tcpdump(&lab, "tcpdump");
 
     start_intercept_full(&lab, HTTP_TARGET_PORT);
     let diff = tmp.path().join("diff.jsonl");

@@ -9,7 +9,6 @@
 
 mod real_common;
 
-use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,30 +22,7 @@ const OFFLINE_CLIENT: &str = "203.0.113.7";
 
 /// intercept with payload records (the target's challenges reach tcpcopy).
 fn start_intercept_payload(lab: &Lab, target_port: u16) {
-    let filter = format!("tcp and src port {target_port}");
-    lab.spawn(
-        ASSIST,
-        "intercept",
-        &bin("intercept"),
-        &[
-            "-F",
-            &filter,
-            "-i",
-            "eth0",
-            "--allow",
-            "198.18.0.20",
-            "--payload",
-        ],
-    );
-    assert!(
-        lab.wait_listening(
-            ONLINE,
-            SocketAddrV4::new(ASSIST_IP, INTERCEPT_PORT),
-            Duration::from_secs(10)
-        ),
-        "intercept does not listen: {}",
-        lab.log("intercept")
-    );
+    start_intercept_with(lab, target_port, &["--payload"]);
 }
 
 /// The auth file (mode 0600): the user's password.
@@ -105,26 +81,7 @@ struct Recording {
 
 fn record(lab: &Lab, path: &Path, port: u16) -> Recording {
     let filter = format!("tcp port {port}");
-    let args = [
-        "-Z",
-        "root",
-        "-U",
-        "--immediate-mode",
-        "-B",
-        "32768",
-        "-s",
-        "4096",
-        "-i",
-        "eth0",
-        "-w",
-        s(path),
-        &filter,
-    ];
-    lab.spawn(ONLINE, "record", &PathBuf::from("/usr/bin/tcpdump"), &args);
-    let (listening, _) = poll(Duration::from_secs(10), || {
-        (lab.log("record").contains("listening on"), ())
-    });
-    assert!(listening, "tcpdump: {}", lab.log("record"));
+    start_tcpdump(lab, ONLINE, "record", path, &["-i", "eth0"], &filter);
     Recording {
         path: path.to_path_buf(),
     }
@@ -140,15 +97,7 @@ impl Recording {
             (same, ())
         });
         assert!(quiet, "capture keeps growing");
-        let code = lab.stop("record", libc::SIGINT, Duration::from_secs(10));
-        assert_eq!(code, Some(0), "tcpdump: {}", lab.log("record"));
-        assert!(
-            lab.log("record")
-                .lines()
-                .any(|l| l.trim() == "0 packets dropped by kernel"),
-            "tcpdump dropped packets: {}",
-            lab.log("record")
-        );
+        stop_tcpdump(lab, "record");
         self.path
     }
 }
@@ -296,22 +245,7 @@ fn pg_case(test: &str, method: &str) {
     let tmp = TempDir::new("pg-auth");
     let template = pg_template(&tmp, method);
     let lab = Lab::start();
-    let online = start_pg(
-        &lab,
-        ONLINE,
-        "pg-online",
-        PG_ONLINE_PORT,
-        &template,
-        &tmp.sub("online"),
-    );
-    let target = start_pg(
-        &lab,
-        TARGET,
-        "pg-target",
-        PG_TARGET_PORT,
-        &template,
-        &tmp.sub("target"),
-    );
+    let (online, target) = start_pg_pair(&lab, &template, &tmp);
     pg_setup(&online, method);
     pg_setup(&target, method);
     let auth = auth_file(tmp.path(), "bench");

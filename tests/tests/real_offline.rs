@@ -39,28 +39,7 @@ struct Recording {
 /// operator would record it) and waits until it listens.
 fn record(lab: &Lab, host: &str, name: &str, path: &Path, opts: &[&str], port: u16) -> Recording {
     let filter = format!("tcp port {port}");
-    // -Z root: write the file as root (Debian's tcpdump drops to its own user otherwise);
-    // -U and --immediate-mode: every packet is in the file as soon as it is captured.
-    // Immediate mode uses fixed ring slots of the snaplen (on `any`, whose MTU libpcap does
-    // not know): -s 0 (256 KB slots) drops packets of these bursts even with -B 32 MB; the
-    // lab's packets are at most 1514 bytes (no offloads), -s 4096 keeps them whole.
-    let mut args = vec![
-        "-Z",
-        "root",
-        "-U",
-        "--immediate-mode",
-        "-B",
-        "32768",
-        "-s",
-        "4096",
-    ];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["-w", s(path), &filter]);
-    lab.spawn(host, name, &PathBuf::from("/usr/bin/tcpdump"), &args);
-    let (listening, _) = poll(Duration::from_secs(10), || {
-        (lab.log(name).contains("listening on"), ())
-    });
-    assert!(listening, "tcpdump {args:?}: {}", lab.log(name));
+    start_tcpdump(lab, host, name, path, opts, &filter);
     Recording {
         name: name.to_string(),
         path: path.to_path_buf(),

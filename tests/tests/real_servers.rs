@@ -21,20 +21,7 @@ fn redis_target_ends_with_the_online_data_set() {
     let started = Instant::now();
     let tmp = TempDir::new("redis");
     let lab = Lab::start();
-    let online_sock = start_redis(
-        &lab,
-        ONLINE,
-        "redis-online",
-        REDIS_ONLINE_PORT,
-        &tmp.sub("online"),
-    );
-    let target_sock = start_redis(
-        &lab,
-        TARGET,
-        "redis-target",
-        REDIS_TARGET_PORT,
-        &tmp.sub("target"),
-    );
+    let (online_sock, target_sock) = start_redis_pair(&lab, &tmp);
     start_intercept(&lab, REDIS_TARGET_PORT);
     maybe_capture(&lab, REDIS_ONLINE_PORT, REDIS_TARGET_PORT);
     start_tcpcopy(&lab, REDIS_ONLINE_PORT, REDIS_TARGET_PORT);
@@ -190,22 +177,7 @@ fn postgres_target_ends_with_the_online_rows() {
     let template = tmp.path().join("template");
     pg_initdb(&template);
     let lab = Lab::start();
-    let online = start_pg(
-        &lab,
-        ONLINE,
-        "pg-online",
-        PG_ONLINE_PORT,
-        &template,
-        &tmp.sub("online"),
-    );
-    let target = start_pg(
-        &lab,
-        TARGET,
-        "pg-target",
-        PG_TARGET_PORT,
-        &template,
-        &tmp.sub("target"),
-    );
+    let (online, target) = start_pg_pair(&lab, &template, &tmp);
     start_intercept(&lab, PG_TARGET_PORT);
     maybe_capture(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);
     start_tcpcopy(&lab, PG_ONLINE_PORT, PG_TARGET_PORT);

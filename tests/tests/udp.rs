@@ -54,6 +54,53 @@ fn dnsmasq(lab: &Lab, host: &str, name: &str, ip: &str) {
     );
 }
 
+/// Starts tcpdump in online (lab log "tcpdump"), recording what `filter` keeps of eth0 to
+/// `file`, every packet written at once; waits until it listens.
+fn record(lab: &Lab, file: &str, filter: &str) {
+    lab.spawn(
+        ONLINE,
+        "tcpdump",
+        &PathBuf::from("/usr/bin/tcpdump"),
+        &[
+            "-Z",
+            "root",
+            "-U",
+            "--immediate-mode",
+            "-i",
+            "eth0",
+            "-s",
+            "4096",
+            "-w",
+            file,
+            filter,
+        ],
+    );
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log("tcpdump").contains("listening on"),
+        || format!("tcpdump: {}", lab.log("tcpdump")),
+    );
+}
+
+/// Replays the recording `file` with `tcpcopy --udp -x x -c clients -a 10` in online (lab
+/// log `name`) until it ends by itself; its log, which must say the replay is complete.
+fn replay_offline(lab: &Lab, name: &str, x: &str, clients: &str, file: &str) -> String {
+    lab.spawn(
+        ONLINE,
+        name,
+        &bin("tcpcopy"),
+        &["--udp", "-x", x, "-c", clients, "-i", file, "-a", "10"],
+    );
+    wait_for(
+        Duration::from_secs(60),
+        || !lab.running(name),
+        || format!("offline tcpcopy did not finish: {}", lab.log(name)),
+    );
+    let log = lab.log(name);
+    assert!(log.contains("offline replay is complete"), "{log}");
+    log
+}
+
 /// Queries for names starting with `prefix` logged by the dnsmasq whose lab log is `log`,
 /// from `from` (a prefix of the client address).
 fn queries(lab: &Lab, log: &str, prefix: &str, from: &str) -> usize {
@@ -173,21 +220,26 @@ fn client_load_to(lab: &Lab, dir: &Path, tag: &str, server: &str, client: &str) 
     }
 }
 
-/// Waits until the target logged every query of the load tagged `tag` from the fake clients,
-/// then checks none came twice.
+/// Waits until the target logged every query of the load tagged `tag` from the fake clients
+/// 203.0.113.x, then checks none came twice.
 fn target_got_everything(lab: &Lab, tag: &str) {
+    target_got_everything_from(lab, tag, "203.0.113.");
+}
+
+/// [`target_got_everything`] from the fake clients whose addresses start with `from`.
+fn target_got_everything_from(lab: &Lab, tag: &str, from: &str) {
     let (s, l) = (format!("{tag}s-"), format!("{tag}l-"));
     wait_for(
         Duration::from_secs(20),
         || {
-            queries(lab, "dns-target", &s, "203.0.113.") >= SMALL
-                && queries(lab, "dns-target", &l, "203.0.113.") >= LARGE
+            queries(lab, "dns-target", &s, from) >= SMALL
+                && queries(lab, "dns-target", &l, from) >= LARGE
         },
         || {
             format!(
                 "target got {} of {SMALL} small and {} of {LARGE} large queries\ntcpcopy: {}",
-                queries(lab, "dns-target", &s, "203.0.113."),
-                queries(lab, "dns-target", &l, "203.0.113."),
+                queries(lab, "dns-target", &s, from),
+                queries(lab, "dns-target", &l, from),
                 lab.log("tcpcopy")
             )
         },
@@ -236,6 +288,23 @@ fn check_tcpcopy_counts(lab: &Lab, reassembled: bool) {
     assert_eq!(stat(&log, "reassembled datagrams:"), expect, "{log}");
 }
 
+/// A test's lab: root and the tools checked, IPv6 enabled if `ipv6`, a temporary folder
+/// (`tag`), and dnsmasq on online and on the target (lab logs "dns-online", "dns-target").
+fn dns_lab(test: &str, tag: &str, ipv6: bool) -> (Lab, TempDir) {
+    require(test, &TOOLS);
+    let lab = Lab::start();
+    let (online, target) = if ipv6 {
+        lab.enable_ipv6();
+        (ONLINE_IP6.to_string(), TARGET_IP6.to_string())
+    } else {
+        (ONLINE_IP.to_string(), TARGET_IP.to_string())
+    };
+    let dir = TempDir::new(tag);
+    dnsmasq(&lab, ONLINE, "dns-online", &online);
+    dnsmasq(&lab, TARGET, "dns-target", &target);
+    (lab, dir)
+}
+
 fn start_tcpcopy(lab: &Lab, args: &[&str]) {
     lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), args);
     wait_for(
@@ -248,11 +317,7 @@ fn start_tcpcopy(lab: &Lab, args: &[&str]) {
 #[test]
 #[ignore = "needs root"]
 fn udp_live_raw_socket_dns() {
-    require("udp_live_raw_socket_dns", &TOOLS);
-    let lab = Lab::start();
-    let dir = TempDir::new("raw");
-    dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
-    dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    let (lab, dir) = dns_lab("udp_live_raw_socket_dns", "raw", false);
     let json = dir.0.join("stats.jsonl");
     start_tcpcopy(
         &lab,
@@ -299,11 +364,7 @@ fn udp_live_raw_socket_dns() {
 #[test]
 #[ignore = "needs root"]
 fn udp_live_pcap_reassembles_fragments() {
-    require("udp_live_pcap_reassembles_fragments", &TOOLS);
-    let lab = Lab::start();
-    let dir = TempDir::new("pcap");
-    dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
-    dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    let (lab, dir) = dns_lab("udp_live_pcap_reassembles_fragments", "pcap", false);
     // pcap also sees what tcpcopy sends: the online address in -x keeps it apart.
     start_tcpcopy(
         &lab,
@@ -327,37 +388,11 @@ fn udp_live_pcap_reassembles_fragments() {
 #[test]
 #[ignore = "needs root"]
 fn udp_offline_from_a_recording() {
-    require("udp_offline_from_a_recording", &TOOLS);
-    let lab = Lab::start();
-    let dir = TempDir::new("offline");
-    dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
-    dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    let (lab, dir) = dns_lab("udp_offline_from_a_recording", "offline", false);
     // Record on online as an operator would: both directions, fragments included.
     let file = dir.0.join("dns.pcap");
     let file_s = file.to_str().unwrap().to_string();
-    lab.spawn(
-        ONLINE,
-        "tcpdump",
-        &PathBuf::from("/usr/bin/tcpdump"),
-        &[
-            "-Z",
-            "root",
-            "-U",
-            "--immediate-mode",
-            "-i",
-            "eth0",
-            "-s",
-            "4096",
-            "-w",
-            &file_s,
-            "udp port 53 or (ip[6:2] & 0x1fff != 0)",
-        ],
-    );
-    wait_for(
-        Duration::from_secs(10),
-        || lab.log("tcpdump").contains("listening on"),
-        || format!("tcpdump: {}", lab.log("tcpdump")),
-    );
+    record(&lab, &file_s, "udp port 53 or (ip[6:2] & 0x1fff != 0)");
     client_load(&lab, &dir.0, "off");
     // tcpdump writes every packet at once (-U); SIGINT closes the file.
     lab.stop("tcpdump", libc::SIGINT, Duration::from_secs(10));
@@ -366,28 +401,7 @@ fn udp_offline_from_a_recording() {
         0,
         "nothing replayed yet"
     );
-    lab.spawn(
-        ONLINE,
-        "tcpcopy",
-        &bin("tcpcopy"),
-        &[
-            "--udp",
-            "-x",
-            "53-198.18.0.30:53",
-            "-c",
-            "203.0.113.x",
-            "-i",
-            &file_s,
-            "-a",
-            "10",
-        ],
-    );
-    wait_for(
-        Duration::from_secs(60),
-        || !lab.running("tcpcopy"),
-        || format!("offline tcpcopy did not finish: {}", lab.log("tcpcopy")),
-    );
-    assert!(lab.log("tcpcopy").contains("offline replay is complete"));
+    replay_offline(&lab, "tcpcopy", "53-198.18.0.30:53", "203.0.113.x", &file_s);
     target_got_everything(&lab, "off");
     check_tcpcopy_counts(&lab, true);
 }
@@ -400,104 +414,31 @@ fn udp_offline_from_a_recording() {
 #[test]
 #[ignore = "needs root"]
 fn udp_ipv6_live_and_offline() {
-    require("udp_ipv6_live_and_offline", &TOOLS);
-    let lab = Lab::start();
-    lab.enable_ipv6();
-    let dir = TempDir::new("ipv6");
-    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP6);
-    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP6);
+    let (lab, dir) = dns_lab("udp_ipv6_live_and_offline", "ipv6", true);
     let file = dir.0.join("dns6.pcap");
     let file_s = file.to_str().unwrap().to_string();
-    lab.spawn(
-        ONLINE,
-        "tcpdump",
-        &PathBuf::from("/usr/bin/tcpdump"),
-        &[
-            "-Z",
-            "root",
-            "-U",
-            "--immediate-mode",
-            "-i",
-            "eth0",
-            "-s",
-            "4096",
-            "-w",
-            &file_s,
-            // Not what the live tcpcopy sends to the target meanwhile.
-            "ip6 and not dst host 2001:db8::30",
-        ],
-    );
-    wait_for(
-        Duration::from_secs(10),
-        || lab.log("tcpdump").contains("listening on"),
-        || format!("tcpdump: {}", lab.log("tcpdump")),
-    );
+    // Not what the live tcpcopy sends to the target meanwhile.
+    record(&lab, &file_s, "ip6 and not dst host 2001:db8::30");
     start_tcpcopy(
         &lab,
         &["--udp", "-x", "53-[2001:db8::30]:53", "-c", FAKE_PREFIX6],
     );
     client_load_to(&lab, &dir.0, "six", ONLINE_IP6, CLIENT_IP6);
     lab.stop("tcpdump", libc::SIGINT, Duration::from_secs(10));
+    target_got_everything_from(&lab, "six", "2001:db8:ffff::");
     let small = |lab: &Lab| queries(lab, "dns-target", "sixs-", "2001:db8:ffff::");
-    wait_for(
-        Duration::from_secs(20),
-        || small(&lab) >= SMALL,
-        || {
-            format!(
-                "target got {} of {SMALL}\ntcpcopy: {}",
-                small(&lab),
-                lab.log("tcpcopy")
-            )
-        },
-    );
     let large = |lab: &Lab| queries(lab, "dns-target", "sixl-", "2001:db8:ffff::");
-    wait_for(
-        Duration::from_secs(20),
-        || large(&lab) >= LARGE,
-        || format!("target got {} of {LARGE} large", large(&lab)),
-    );
-    assert_eq!(
-        queries(&lab, "dns-target", "sixs-", ""),
-        SMALL,
-        "none twice"
-    );
-    assert_eq!(
-        queries(&lab, "dns-target", "sixl-", ""),
-        LARGE,
-        "none twice"
-    );
     // The same counts as for IPv4 through the raw socket: the large ones in two fragments.
     check_tcpcopy_counts(&lab, false);
 
     // Offline: the recording (both directions, the large queries as fragments).
-    lab.spawn(
-        ONLINE,
+    let log = replay_offline(
+        &lab,
         "tcpcopy-offline",
-        &bin("tcpcopy"),
-        &[
-            "--udp",
-            "-x",
-            "53-[2001:db8::30]:53",
-            "-c",
-            FAKE_PREFIX6,
-            "-i",
-            &file_s,
-            "-a",
-            "10",
-        ],
+        "53-[2001:db8::30]:53",
+        FAKE_PREFIX6,
+        &file_s,
     );
-    wait_for(
-        Duration::from_secs(60),
-        || !lab.running("tcpcopy-offline"),
-        || {
-            format!(
-                "offline tcpcopy did not finish: {}",
-                lab.log("tcpcopy-offline")
-            )
-        },
-    );
-    let log = lab.log("tcpcopy-offline");
-    assert!(log.contains("offline replay is complete"), "{log}");
     wait_for(
         Duration::from_secs(20),
         || small(&lab) >= 2 * SMALL && large(&lab) >= 2 * LARGE,
@@ -525,12 +466,7 @@ fn udp_ipv6_live_and_offline() {
 #[test]
 #[ignore = "needs root"]
 fn udp_ipv6_pcap_reassembles_fragments() {
-    require("udp_ipv6_pcap_reassembles_fragments", &TOOLS);
-    let lab = Lab::start();
-    lab.enable_ipv6();
-    let dir = TempDir::new("ipv6pcap");
-    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP6);
-    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP6);
+    let (lab, dir) = dns_lab("udp_ipv6_pcap_reassembles_fragments", "ipv6pcap", true);
     start_tcpcopy(
         &lab,
         &[
@@ -546,26 +482,7 @@ fn udp_ipv6_pcap_reassembles_fragments() {
         ],
     );
     client_load_to(&lab, &dir.0, "p6", ONLINE_IP6, CLIENT_IP6);
-    let small = |lab: &Lab| queries(lab, "dns-target", "p6s-", "2001:db8:ffff::");
-    wait_for(
-        Duration::from_secs(20),
-        || small(&lab) >= SMALL,
-        || {
-            format!(
-                "target got {} of {SMALL}: {}",
-                small(&lab),
-                lab.log("tcpcopy")
-            )
-        },
-    );
-    let large = |lab: &Lab| queries(lab, "dns-target", "p6l-", "2001:db8:ffff::");
-    wait_for(
-        Duration::from_secs(20),
-        || large(&lab) >= LARGE,
-        || format!("target got {} of {LARGE} large", large(&lab)),
-    );
-    assert_eq!(queries(&lab, "dns-target", "p6s-", ""), SMALL);
-    assert_eq!(queries(&lab, "dns-target", "p6l-", ""), LARGE);
+    target_got_everything_from(&lab, "p6", "2001:db8:ffff::");
     check_tcpcopy_counts(&lab, true);
 }
 
@@ -573,11 +490,7 @@ fn udp_ipv6_pcap_reassembles_fragments() {
 #[test]
 #[ignore = "needs root"]
 fn udp_replicas_double_the_load() {
-    require("udp_replicas_double_the_load", &TOOLS);
-    let lab = Lab::start();
-    let dir = TempDir::new("replicas");
-    dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
-    dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    let (lab, dir) = dns_lab("udp_replicas_double_the_load", "replicas", false);
     start_tcpcopy(
         &lab,
         &[
@@ -646,11 +559,7 @@ fn udp_refuses_session_options() {
 #[test]
 #[ignore = "needs root"]
 fn udp_send_pcap_injects_frames() {
-    require("udp_send_pcap_injects_frames", &TOOLS);
-    let lab = Lab::start();
-    let dir = TempDir::new("sendpcap");
-    dnsmasq(&lab, ONLINE, "dns-online", &ONLINE_IP.to_string());
-    dnsmasq(&lab, TARGET, "dns-target", &TARGET_IP.to_string());
+    let (lab, dir) = dns_lab("udp_send_pcap_injects_frames", "sendpcap", false);
     let x = format!("53@{}-198.18.0.30:53@{}", lab.mac(ONLINE), lab.mac(TARGET));
     start_tcpcopy(
         &lab,
@@ -676,12 +585,7 @@ fn udp_send_pcap_injects_frames() {
 #[test]
 #[ignore = "needs root"]
 fn udp_ipv6_send_pcap() {
-    require("udp_ipv6_send_pcap", &TOOLS);
-    let lab = Lab::start();
-    lab.enable_ipv6();
-    let dir = TempDir::new("ipv6inject");
-    dnsmasq(&lab, ONLINE, "dns-online", ONLINE_IP6);
-    dnsmasq(&lab, TARGET, "dns-target", TARGET_IP6);
+    let (lab, dir) = dns_lab("udp_ipv6_send_pcap", "ipv6inject", true);
     let x = format!(
         "53@{}-[2001:db8::30]:53@{}",
         lab.mac(ONLINE),
@@ -702,13 +606,6 @@ fn udp_ipv6_send_pcap() {
         ],
     );
     client_load_to(&lab, &dir.0, "i6", ONLINE_IP6, CLIENT_IP6);
-    let got = |lab: &Lab, p: &str| queries(lab, "dns-target", p, "2001:db8:ffff::");
-    wait_for(
-        Duration::from_secs(20),
-        || got(&lab, "i6s-") >= SMALL && got(&lab, "i6l-") >= LARGE,
-        || format!("target got {} and {}", got(&lab, "i6s-"), got(&lab, "i6l-")),
-    );
-    assert_eq!(queries(&lab, "dns-target", "i6s-", ""), SMALL);
-    assert_eq!(queries(&lab, "dns-target", "i6l-", ""), LARGE);
+    target_got_everything_from(&lab, "i6", "2001:db8:ffff::");
     check_tcpcopy_counts(&lab, false);
 }

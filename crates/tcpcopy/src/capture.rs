@@ -2,9 +2,10 @@
 //! and the start-up check that it would not capture its own output (spec 6.6).
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use tc_core::capture::pcap_live::{self, PcapLiveOptions};
-use tc_core::capture::reopen::Reopening;
+use tc_core::capture::reopen::{all_lost_for, Reopening};
 use tc_core::capture::Capture;
 use tc_core::session::Transfer;
 
@@ -20,6 +21,69 @@ pub fn auto_filter(transfers: &[Transfer]) -> String {
         })
         .collect();
     format!("tcp and ({})", terms.join(" or "))
+}
+
+/// The pcap captures of `-i` with `--capture pcap` (see [`open_pcap_devices`]), filtered by
+/// the user's `-F` or else by `auto()` built from the transfers; logged as the original logs
+/// them.
+pub fn open_pcap(
+    devices: &[String],
+    user_filter: Option<&String>,
+    snaplen: u32,
+    buffer_bytes: u32,
+    auto: impl FnOnce() -> String,
+) -> anyhow::Result<Vec<Reopening<dyn Capture>>> {
+    log::info!("pcap version:{}", pcap_live::lib_version());
+    let filter = match user_filter {
+        Some(f) => {
+            log::info!("user filter:{f}");
+            f.clone()
+        }
+        None => {
+            let f = auto();
+            log::info!("filter = {f}");
+            f
+        }
+    };
+    open_pcap_devices(devices, &filter, snaplen, buffer_bytes)
+}
+
+/// Logs what became of a raw capture socket's kernel port filter (`protocol`: tcp or udp);
+/// without it tcpcopy filters the packets itself.
+pub fn log_port_filter(result: std::io::Result<bool>, protocol: &str, ports: &[u16]) {
+    match result {
+        Ok(true) => log::info!("capture: kernel filter keeps {protocol} dst ports {ports:?}"),
+        Ok(false) => {}
+        Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
+    }
+}
+
+/// The capture reopening of both event loops, at `now` (time since the start): every second
+/// (`next_check`) the devices of `captures` are checked, and lost captures whose backoff
+/// passed are reopened and registered again with `registry` under `Token(index)`. Returns
+/// how long every capture has been lost, if all are.
+pub fn reopen_lost(
+    captures: &mut [Reopening<dyn Capture>],
+    registry: &mio::Registry,
+    now: Duration,
+    next_check: &mut Duration,
+) -> Option<Duration> {
+    if now >= *next_check {
+        *next_check = now + Duration::from_secs(1);
+        for c in captures.iter_mut() {
+            c.check_device(now);
+        }
+    }
+    if !captures.iter().any(|c| c.is_lost()) {
+        return None;
+    }
+    for (i, c) in captures.iter_mut().enumerate() {
+        c.try_reopen(now, |src| {
+            src.register(registry, mio::Token(i))
+                .map_err(|e| format!("cannot poll it: {e}"))
+        });
+    }
+    all_lost_for(captures, now)
 }
 
 /// Opens the pcap captures of `-i` (every device but `any` when `devices` is empty); each is

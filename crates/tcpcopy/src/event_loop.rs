@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
-use tc_core::capture::reopen::{all_lost_for, Reopening};
+use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::control::full_payload;
 use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
@@ -177,26 +177,10 @@ impl EventLoop {
         if let Some(r) = responses.as_mut() {
             r.register(poll.registry(), RESPONSES_TOKEN)?;
         }
-        anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
-        for (i, c) in captures
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(i, c)| Some((i, c.source_mut()?)))
-        {
-            c.register(poll.registry(), Token(i))?;
-        }
+        register_captures(&mut captures, poll.registry())?;
         poll.registry()
             .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
-        let metrics = match cfg.metrics {
-            Some(addr) => {
-                let mut m = MetricsServer::bind(addr, MetricsLimits::default())
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                m.register(poll.registry(), METRICS_TOKEN)?;
-                log::info!("metrics at http://{}/metrics", m.local_addr());
-                Some(m)
-            }
-            None => None,
-        };
+        let metrics = bind_metrics(cfg.metrics, poll.registry())?;
         let diagnostician = cfg
             .probe
             .clone()
@@ -374,17 +358,9 @@ impl EventLoop {
                 }
             }
             if offline_wake.is_some_and(|d| d <= Instant::now()) {
-                match self.poll_offline() {
-                    Ok(OfflineStatus::WakeAt(t)) => offline_wake = Some(t),
-                    Ok(OfflineStatus::Finished) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::OfflineDone));
-                    }
-                    Err(e) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::CaptureFailed(format!("{e:#}"))));
-                    }
-                }
+                let (wake, s) = crate::offline::after_step(self.poll_offline());
+                offline_wake = wake;
+                stop = stop.or(s);
             }
             let now = Instant::now();
             if self.output.waiting() > 0 {
@@ -630,24 +606,12 @@ impl EventLoop {
     /// Reopens lost capture devices whose backoff passed; the run stops (exit 1) when no
     /// capture has worked for `--capture-lost-exit`.
     fn reopen_captures(&mut self, start: Instant) -> Option<StopReason> {
-        let now = start.elapsed();
-        if now >= self.next_device_check {
-            self.next_device_check = now + Duration::from_secs(1);
-            for c in self.captures.iter_mut() {
-                c.check_device(now);
-            }
-        }
-        if !self.captures.iter().any(|c| c.is_lost()) {
-            return None;
-        }
-        let registry = self.poll.registry();
-        for (i, c) in self.captures.iter_mut().enumerate() {
-            c.try_reopen(now, |src| {
-                src.register(registry, Token(i))
-                    .map_err(|e| format!("cannot poll it: {e}"))
-            });
-        }
-        let dead = all_lost_for(&self.captures, now)?;
+        let dead = crate::capture::reopen_lost(
+            &mut self.captures,
+            self.poll.registry(),
+            start.elapsed(),
+            &mut self.next_device_check,
+        )?;
         (dead >= self.cfg.capture_lost_exit).then(|| {
             let names: Vec<&str> = self.captures.iter().map(|c| c.name.as_str()).collect();
             StopReason::CaptureFailed(format!(
@@ -914,6 +878,38 @@ fn resource_usage() -> Option<(Duration, Duration, u64)> {
     // Linux reports ru_maxrss in KB.
     let max_rss = u64::try_from(u.ru_maxrss).unwrap_or(0);
     Some((time(u.ru_utime), time(u.ru_stime), max_rss))
+}
+
+/// Registers the capture sources with `registry`, capture `i` under `Token(i)` (at most
+/// `MAX_CAPTURES` of them); lost ones are registered when they are reopened.
+pub(crate) fn register_captures(
+    captures: &mut [Reopening<dyn Capture>],
+    registry: &mio::Registry,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
+    for (i, c) in captures
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| Some((i, c.source_mut()?)))
+    {
+        c.register(registry, Token(i))?;
+    }
+    Ok(())
+}
+
+/// The `--metrics` endpoint when asked for: bound, registered with `registry` and logged.
+pub(crate) fn bind_metrics(
+    addr: Option<std::net::SocketAddr>,
+    registry: &mio::Registry,
+) -> anyhow::Result<Option<MetricsServer>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let mut m =
+        MetricsServer::bind(addr, MetricsLimits::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    m.register(registry, METRICS_TOKEN)?;
+    log::info!("metrics at http://{}/metrics", m.local_addr());
+    Ok(Some(m))
 }
 
 /// The live replay path for one capture source's turn: at most [`CAPTURE_BUDGET`] frames from

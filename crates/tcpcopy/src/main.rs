@@ -240,11 +240,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 .iter()
                 .map(|t| t.src_port)
                 .collect();
-            match c.keep_only_dst_ports(&ports) {
-                Ok(true) => log::info!("capture: kernel filter keeps tcp dst ports {ports:?}"),
-                Ok(false) => {}
-                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
-            }
+            capture::log_port_filter(c.keep_only_dst_ports(&ports), "tcp", &ports);
             let rcvbuf = c.receive_buffer().unwrap_or(0);
             log::info!("capture: raw socket, receive buffer {rcvbuf} bytes");
             // The kernel reports twice the size set; 64 MiB past net.core.rmem_max needs
@@ -284,46 +280,12 @@ fn run(options: Options) -> anyhow::Result<i32> {
             filter,
             buffer_bytes,
             snaplen,
-        } => {
-            log::info!("pcap version:{}", pcap_live::lib_version());
-            let filter = match filter {
-                Some(f) => {
-                    log::info!("user filter:{f}");
-                    f.clone()
-                }
-                None => {
-                    let f = capture::auto_filter(&options.replay.transfers);
-                    log::info!("filter = {f}");
-                    f
-                }
-            };
-            capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
-        }
+        } => capture::open_pcap(devices, filter.as_ref(), *snaplen, *buffer_bytes, || {
+            capture::auto_filter(&options.replay.transfers)
+        })?,
         Input::Offline { .. } => Vec::new(),
     };
-    let offline = match &options.input {
-        Input::Offline {
-            file,
-            accel,
-            max_gap,
-            passes,
-            tail,
-        } => {
-            log::info!(
-                "TC_OFFLINE mode: accelerated {accel} times,interval:{} ms, passes:{passes}",
-                max_gap.map(|g| g.as_millis()).unwrap_or(0)
-            );
-            Some(offline::OfflineSource::open(
-                file,
-                *accel,
-                *max_gap,
-                *passes,
-                *tail,
-                std::time::Instant::now(),
-            )?)
-        }
-        _ => None,
-    };
+    let offline = offline::from_input(&options.input)?;
 
     // --diff: production's answers come from this host's outgoing segments (the raw socket
     // sees incoming ones only), or from the offline file.

@@ -68,6 +68,33 @@ fn open(file: &Path) -> anyhow::Result<PcapReader<BufReader<File>>> {
     PcapReader::open(file).map_err(|e| anyhow::anyhow!("open {}: {e}", file.display()))
 }
 
+/// The offline source of `input` (`-i` with a file), opened and logged as the original
+/// does; none for live captures.
+pub fn from_input(input: &crate::cli::Input) -> anyhow::Result<Option<OfflineSource>> {
+    let crate::cli::Input::Offline {
+        file,
+        accel,
+        max_gap,
+        passes,
+        tail,
+    } = input
+    else {
+        return Ok(None);
+    };
+    log::info!(
+        "TC_OFFLINE mode: accelerated {accel} times,interval:{} ms, passes:{passes}",
+        max_gap.map(|g| g.as_millis()).unwrap_or(0)
+    );
+    Ok(Some(OfflineSource::open(
+        file,
+        *accel,
+        *max_gap,
+        *passes,
+        *tail,
+        Instant::now(),
+    )?))
+}
+
 impl OfflineSource {
     pub fn open(
         file: &Path,
@@ -239,6 +266,19 @@ impl OfflineSource {
             self.stats.dispatched += 1;
             self.pending_due = None;
         }
+    }
+}
+
+/// What an event loop does with the outcome of an offline step: when to step again (never
+/// once the file is done or failed), and why the run stops, if it does.
+pub fn after_step(
+    status: anyhow::Result<OfflineStatus>,
+) -> (Option<Instant>, Option<crate::event_loop::StopReason>) {
+    use crate::event_loop::StopReason;
+    match status {
+        Ok(OfflineStatus::WakeAt(t)) => (Some(t), None),
+        Ok(OfflineStatus::Finished) => (None, Some(StopReason::OfflineDone)),
+        Err(e) => (None, Some(StopReason::CaptureFailed(format!("{e:#}")))),
     }
 }
 

@@ -13,15 +13,14 @@ use anyhow::Context;
 use mio::{Events, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGPIPE};
 use signal_hook_mio::v1_0::Signals;
-use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
 use tc_core::capture::raw_socket6::RawSocketCapture6;
-use tc_core::capture::reopen::{all_lost_for, Reopening};
+use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::daemon;
 use tc_core::logging::RateLimit;
 use tc_core::metrics::exposition::{Exposition, Kind};
-use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
+use tc_core::metrics::MetricsServer;
 use tc_core::packet::fragments::FragDrop;
 use tc_core::packet::link::ip_payload;
 use tc_core::packet::DropCounters;
@@ -37,9 +36,6 @@ use crate::offline::{OfflineSource, OfflineStatus};
 
 const SIGNAL_TOKEN: Token = Token(60_000);
 const OUTPUT_TOKEN: Token = Token(60_001);
-/// The metrics endpoint's listener and client slots.
-const METRICS_TOKEN: Token = Token(60_100);
-const MAX_CAPTURES: usize = 64;
 const CAPTURE_BUDGET: usize = 256;
 const STATS_PERIOD: Duration = Duration::from_secs(30);
 const MEMORY_PERIOD: Duration = Duration::from_secs(60);
@@ -215,11 +211,7 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
             let c = RawSocketCapture6::open_protocol(libc::IPPROTO_UDP)
                 .context("Create raw IPv6 socket to input failed")?;
             let ports: Vec<u16> = options.transfers6.iter().map(|t| t.src_port).collect();
-            match c.keep_only_dst_ports(&ports) {
-                Ok(true) => log::info!("capture: kernel filter keeps udp dst ports {ports:?}"),
-                Ok(false) => {}
-                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
-            }
+            crate::capture::log_port_filter(c.keep_only_dst_ports(&ports), "udp", &ports);
             log::info!(
                 "capture: raw IPv6 udp socket, receive buffer {} bytes",
                 c.receive_buffer().unwrap_or(0)
@@ -240,11 +232,7 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
                 .collect();
             // The raw socket sees datagrams after the kernel reassembled them: the port
             // filter sees every datagram whole.
-            match c.keep_only_dst_ports(&ports) {
-                Ok(true) => log::info!("capture: kernel filter keeps udp dst ports {ports:?}"),
-                Ok(false) => {}
-                Err(e) => log::warn!("capture: no kernel port filter ({e}): filtering in tcpcopy"),
-            }
+            crate::capture::log_port_filter(c.keep_only_dst_ports(&ports), "udp", &ports);
             log::info!(
                 "capture: raw udp socket, receive buffer {} bytes",
                 c.receive_buffer().unwrap_or(0)
@@ -259,25 +247,13 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
             filter,
             buffer_bytes,
             snaplen,
-        } => {
-            log::info!("pcap version:{}", pcap_live::lib_version());
-            let filter = match filter {
-                Some(f) => {
-                    log::info!("user filter:{f}");
-                    f.clone()
-                }
-                None => {
-                    let f = if ipv6 {
-                        auto_filter6(&options.transfers6)
-                    } else {
-                        auto_filter(&options.replay.transfers)
-                    };
-                    log::info!("filter = {f}");
-                    f
-                }
-            };
-            crate::capture::open_pcap_devices(devices, &filter, *snaplen, *buffer_bytes)?
-        }
+        } => crate::capture::open_pcap(devices, filter.as_ref(), *snaplen, *buffer_bytes, || {
+            if ipv6 {
+                auto_filter6(&options.transfers6)
+            } else {
+                auto_filter(&options.replay.transfers)
+            }
+        })?,
         Input::Offline { .. } => Vec::new(),
         // Refused with --udp on the command line: the ring keeps TCP only.
         Input::Ring => {
@@ -312,53 +288,15 @@ pub fn run(
     }
     let poll = Poll::new().context("cannot create the event loop")?;
     let mut captures = open_captures(&options)?;
-    anyhow::ensure!(captures.len() <= MAX_CAPTURES, "too many capture sources");
-    for (i, c) in captures
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, c)| Some((i, c.source_mut()?)))
-    {
-        c.register(poll.registry(), Token(i))?;
-    }
+    crate::event_loop::register_captures(&mut captures, poll.registry())?;
     poll.registry()
         .register(&mut signals, SIGNAL_TOKEN, mio::Interest::READABLE)?;
-    let offline = match &options.input {
-        Input::Offline {
-            file,
-            accel,
-            max_gap,
-            passes,
-            tail,
-        } => {
-            log::info!(
-                "TC_OFFLINE mode: accelerated {accel} times,interval:{} ms, passes:{passes}",
-                max_gap.map(|g| g.as_millis()).unwrap_or(0)
-            );
-            Some(OfflineSource::open(
-                file,
-                *accel,
-                *max_gap,
-                *passes,
-                *tail,
-                Instant::now(),
-            )?)
-        }
-        _ => None,
-    };
+    let offline = crate::offline::from_input(&options.input)?;
     let _pid_file = match &options.pid_file {
         Some(path) => Some(daemon::PidFile::create(path)?),
         None => None,
     };
-    let metrics = match options.metrics {
-        Some(addr) => {
-            let mut m = MetricsServer::bind(addr, MetricsLimits::default())
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            m.register(poll.registry(), METRICS_TOKEN)?;
-            log::info!("metrics at http://{}/metrics", m.local_addr());
-            Some(m)
-        }
-        None => None,
-    };
+    let metrics = crate::event_loop::bind_metrics(options.metrics, poll.registry())?;
     let mut udp = UdpLoop {
         metrics,
         stats_json_file: options.stats_json_file.clone(),
@@ -535,17 +473,9 @@ impl UdpLoop {
                 m.tick(self.poll.registry(), Instant::now());
             }
             if offline_wake.is_some_and(|d| d <= Instant::now()) {
-                match self.poll_offline() {
-                    Ok(OfflineStatus::WakeAt(t)) => offline_wake = Some(t),
-                    Ok(OfflineStatus::Finished) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::OfflineDone));
-                    }
-                    Err(e) => {
-                        offline_wake = None;
-                        stop = stop.or(Some(StopReason::CaptureFailed(format!("{e:#}"))));
-                    }
-                }
+                let (wake, s) = crate::offline::after_step(self.poll_offline());
+                offline_wake = wake;
+                stop = stop.or(s);
             }
             let now = Instant::now();
             if self.replayer.next_deadline().is_some_and(|d| d <= now) {
@@ -684,24 +614,12 @@ impl UdpLoop {
     }
 
     fn reopen_captures(&mut self, next_check: &mut Duration) -> Option<StopReason> {
-        let now = self.started.elapsed();
-        if now >= *next_check {
-            *next_check = now + Duration::from_secs(1);
-            for c in self.captures.iter_mut() {
-                c.check_device(now);
-            }
-        }
-        if !self.captures.iter().any(|c| c.is_lost()) {
-            return None;
-        }
-        let registry = self.poll.registry();
-        for (i, c) in self.captures.iter_mut().enumerate() {
-            c.try_reopen(now, |src| {
-                src.register(registry, Token(i))
-                    .map_err(|e| format!("cannot poll it: {e}"))
-            });
-        }
-        let dead = all_lost_for(&self.captures, now)?;
+        let dead = crate::capture::reopen_lost(
+            &mut self.captures,
+            self.poll.registry(),
+            self.started.elapsed(),
+            next_check,
+        )?;
         (dead >= self.capture_lost_exit).then(|| {
             StopReason::CaptureFailed(format!(
                 "nothing could be captured for {} s: every capture device is lost",

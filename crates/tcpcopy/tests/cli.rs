@@ -28,32 +28,9 @@ fn version() {
     );
 }
 
-/// The second line `-v` must print: the version of this package and the commit HEAD is at
-/// (build.rs reads the same), or "unknown" outside a git checkout.
+/// The second line `-v` must print: the version of this package and the commit HEAD is at.
 fn expected_build_line() -> String {
-    let commit = std::env::var("TC_GIT_COMMIT")
-        .ok()
-        .filter(|c| !c.trim().is_empty())
-        .or_else(|| {
-            let out = Command::new("git")
-                .args([
-                    "-C",
-                    env!("CARGO_MANIFEST_DIR"),
-                    "rev-parse",
-                    "--short",
-                    "HEAD",
-                ])
-                .output()
-                .ok()?;
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".to_string());
-    format!(
-        "tcpcopy-rs {} (git commit {commit})",
-        env!("CARGO_PKG_VERSION")
-    )
+    tc_test_support::expected_build_line(env!("CARGO_MANIFEST_DIR"), env!("CARGO_PKG_VERSION"))
 }
 
 #[test]

@@ -131,6 +131,27 @@ pub fn promtool_check(text: &str) -> bool {
     true
 }
 
+/// The second line `-v` prints: `tcpcopy-rs <version> (git commit <short HEAD>)`, the commit
+/// as build.rs reads it (TC_GIT_COMMIT, else `git rev-parse --short HEAD` in `manifest_dir`),
+/// or "unknown" outside a git checkout. Callers pass their own `env!("CARGO_MANIFEST_DIR")`
+/// and `env!("CARGO_PKG_VERSION")`.
+pub fn expected_build_line(manifest_dir: &str, version: &str) -> String {
+    let commit = std::env::var("TC_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| {
+            let out = std::process::Command::new("git")
+                .args(["-C", manifest_dir, "rev-parse", "--short", "HEAD"])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    format!("tcpcopy-rs {version} (git commit {commit})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,14 +140,55 @@ pub fn poll<T>(within: Duration, mut f: impl FnMut() -> (bool, T)) -> (bool, T) 
     }
 }
 
-pub fn start_intercept(lab: &Lab, target_port: u16) {
-    let filter = format!("tcp and src port {target_port}");
-    lab.spawn(
-        ASSIST,
-        "intercept",
-        &bin("intercept"),
-        &["-F", &filter, "-i", "eth0", "--allow", "198.18.0.20"],
+/// Starts `tcpdump <base> <opts> -w path <filter>` in `host` as the lab process `name` and
+/// waits until it listens. Base options: -Z root (write the file as root: Debian's tcpdump
+/// drops to its own user otherwise); -U and --immediate-mode (every packet is in the file as
+/// soon as it is captured); -B 32768 -s 4096 (immediate mode uses fixed ring slots of the
+/// snaplen: -s 0 drops packets of bursts even with -B 32 MB; the lab's packets are at most
+/// 1514 bytes, no offloads, and -s 4096 keeps them whole).
+pub fn start_tcpdump(lab: &Lab, host: &str, name: &str, path: &Path, opts: &[&str], filter: &str) {
+    let mut args = vec![
+        "-Z",
+        "root",
+        "-U",
+        "--immediate-mode",
+        "-B",
+        "32768",
+        "-s",
+        "4096",
+    ];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["-w", s(path), filter]);
+    lab.spawn(host, name, &PathBuf::from("/usr/bin/tcpdump"), &args);
+    let (listening, _) = poll(Duration::from_secs(10), || {
+        (lab.log(name).contains("listening on"), ())
+    });
+    assert!(listening, "tcpdump {args:?}: {}", lab.log(name));
+}
+
+/// Stops the tcpdump `name` (SIGINT closes its file) and checks it ended well and the kernel
+/// dropped none of the packets.
+pub fn stop_tcpdump(lab: &Lab, name: &str) {
+    let code = lab.stop(name, libc::SIGINT, Duration::from_secs(10));
+    let log = lab.log(name);
+    assert_eq!(code, Some(0), "tcpdump: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.trim() == "0 packets dropped by kernel"),
+        "tcpdump dropped packets: {log}"
     );
+}
+
+pub fn start_intercept(lab: &Lab, target_port: u16) {
+    start_intercept_with(lab, target_port, &[]);
+}
+
+/// [`start_intercept`] with `extra` flags (`--payload`, `--full-payload`...).
+pub fn start_intercept_with(lab: &Lab, target_port: u16, extra: &[&str]) {
+    let filter = format!("tcp and src port {target_port}");
+    let mut args = vec!["-F", &filter, "-i", "eth0", "--allow", "198.18.0.20"];
+    args.extend_from_slice(extra);
+    lab.spawn(ASSIST, "intercept", &bin("intercept"), &args);
     assert!(
         lab.wait_listening(
             ONLINE,
@@ -273,6 +314,26 @@ pub fn start_redis(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> 
 }
 
 /// redis-cli over the server's unix socket (never through the replayed TCP port).
+/// Redis on online (REDIS_ONLINE_PORT) and on the target (REDIS_TARGET_PORT), their data in
+/// `tmp`'s online and target folders; their local sockets.
+pub fn start_redis_pair(lab: &Lab, tmp: &TempDir) -> (PathBuf, PathBuf) {
+    let online = start_redis(
+        lab,
+        ONLINE,
+        "redis-online",
+        REDIS_ONLINE_PORT,
+        &tmp.sub("online"),
+    );
+    let target = start_redis(
+        lab,
+        TARGET,
+        "redis-target",
+        REDIS_TARGET_PORT,
+        &tmp.sub("target"),
+    );
+    (online, target)
+}
+
 pub fn redis_local(sock: &Path, args: &[&str]) -> String {
     let mut all = vec!["-s", s(sock)];
     all.extend_from_slice(args);
@@ -535,6 +596,28 @@ pub fn start_pg(
     });
     assert!(ready, "{name} does not start: {}", lab.log(name));
     cluster
+}
+
+/// PostgreSQL from `template` on online (PG_ONLINE_PORT) and on the target (PG_TARGET_PORT),
+/// their data in `tmp`'s online and target folders.
+pub fn start_pg_pair(lab: &Lab, template: &Path, tmp: &TempDir) -> (PgCluster, PgCluster) {
+    let online = start_pg(
+        lab,
+        ONLINE,
+        "pg-online",
+        PG_ONLINE_PORT,
+        template,
+        &tmp.sub("online"),
+    );
+    let target = start_pg(
+        lab,
+        TARGET,
+        "pg-target",
+        PG_TARGET_PORT,
+        template,
+        &tmp.sub("target"),
+    );
+    (online, target)
 }
 
 pub fn pgbench(lab: &Lab, mode: &str, script: &Path, clients: &str, tx: &str) -> String {
