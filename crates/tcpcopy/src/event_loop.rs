@@ -662,7 +662,13 @@ impl EventLoop {
             diff,
             ..
         } = self;
-        let transfers = replayer.config().transfers.clone();
+        // Only --diff needs them (the closure below borrows the replayer mutably): without
+        // it the offline path allocates nothing per turn.
+        let transfers = if diff.is_some() {
+            replayer.config().transfers.clone()
+        } else {
+            Vec::new()
+        };
         let Some(source) = offline.as_mut() else {
             return Ok(OfflineStatus::Finished);
         };
