@@ -1,12 +1,15 @@
 #![no_main]
-//! intercept -> tcpcopy frames: any byte stream in any variant, fed to the reassembler tcpcopy's
-//! tunnels use in arbitrary read sizes and budgets, every record viewed as a segment.
+//! intercept -> tcpcopy frames: any byte stream in any variant (with or without the
+//! `--full-payload` data messages), fed to the reassembler tcpcopy's tunnels use in arbitrary
+//! read sizes and budgets; every unit read as tcpcopy does: a data message, a full-payload
+//! grant, a probe reply, or a record viewed as a segment.
 
 use std::io::{ErrorKind, Read};
 
 use libfuzzer_sys::fuzz_target;
-use tc_core::control::conn::{Framing, Reassembler, ResponseFrames};
-use tc_core::control::{record_view, WireFormat};
+use tc_core::control::conn::{Framing, FullPayloadFrames, Reassembler, ResponseFrames};
+use tc_core::control::probe::ProbeReply;
+use tc_core::control::{full_payload, record_view, WireFormat};
 
 /// Hands out `data` in `step`-byte reads, "would block" after each.
 struct Pieces<'a> {
@@ -37,8 +40,16 @@ fuzz_target!(|data: &[u8]| {
         combined: mode & 1 == 0,
         payload: mode & 2 != 0,
     };
-    let framing = ResponseFrames(fmt);
-    let step = usize::from(mode >> 2).max(1);
+    let full = mode & 16 != 0;
+    let step = usize::from(mode >> 5).max(1);
+    if full {
+        run(FullPayloadFrames(fmt), fmt, rest, step, true);
+    } else {
+        run(ResponseFrames(fmt), fmt, rest, step, false);
+    }
+});
+
+fn run(framing: impl Framing, fmt: WireFormat, rest: &[u8], step: usize, full: bool) {
     let mut src = Pieces {
         data: rest,
         step,
@@ -47,10 +58,18 @@ fuzz_target!(|data: &[u8]| {
     let mut r = Reassembler::new(framing.max_frame_len());
     let budget = step * 3;
     for _ in 0..=2 * rest.len() + 2 {
-        let out = r.read_from(&mut src, &framing, budget, |rec| {
-            assert_eq!(rec.len(), fmt.record_len());
+        let out = r.read_from(&mut src, &framing, budget, |unit| {
+            if full && full_payload::is_data(unit) {
+                if let Some(d) = full_payload::parse_data(unit) {
+                    let _ = (d.payload.len(), d.seq, d.ack);
+                }
+                return;
+            }
+            assert_eq!(unit.len(), fmt.record_len());
+            let _ = full_payload::Grant::parse(unit);
+            let _ = ProbeReply::parse(unit);
             let mut norm = [0u8; 256];
-            if let Some(v) = record_view(rec, &mut norm) {
+            if let Some(v) = record_view(unit, &mut norm) {
                 let _ = (v.payload_len(), v.options(), v.payload().len());
             }
         });
@@ -63,4 +82,4 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     panic!("reassembler made no progress");
-});
+}
