@@ -194,6 +194,9 @@ pub struct Session {
     sent_request: bool,
     /// End of the highest captured client segment (sent or not).
     seen_end: u32,
+    /// Where the captured client FIN ends (its sequence + 1), in the captured numbering:
+    /// nothing of this connection lies beyond it but the client's last ACK.
+    client_fin_end: Option<u32>,
     client_fin_sent: bool,
     target_fin: bool,
     dup_acks: u8,
@@ -272,6 +275,7 @@ impl Session {
             last_target_at: now,
             sent_request: false,
             seen_end: 0,
+            client_fin_end: None,
             client_fin_sent: false,
             target_fin: false,
             dup_acks: 0,
@@ -324,13 +328,20 @@ impl Session {
         self.syn_captured_at.is_some() || self.cur_req_ack.is_none()
     }
 
-    /// Whether a captured segment at `seq` belongs to another connection on this key: it
-    /// lies outside what this connection's byte numbering can reach (its ISN up to 64 KiB
-    /// past the end of what was captured). Linux advances the ISN of a reused 4-tuple with
-    /// time, so a later connection starts well past the old one's data.
+    /// Whether a captured segment at `seq` (in the captured numbering) belongs to another
+    /// connection on this key: it lies outside what this connection's byte numbering can
+    /// reach: its ISN up to its captured FIN (the client's last ACK sits at the FIN's end),
+    /// or, before a FIN, up to 64 KiB past the end of what was captured. Linux advances the
+    /// ISN of a reused 4-tuple with time (about 16 per microsecond), so a connection that
+    /// reuses a client port right after a short one starts past the old FIN but well
+    /// within 64 KiB of it.
     pub fn is_other_connection(&self, seq: u32) -> bool {
-        let near_end = self.seen_end.wrapping_add(65536);
-        !(seq_gt(seq, self.isn) && seq_le(seq, near_end))
+        let limit = self.client_fin_end.unwrap_or_else(|| {
+            self.seen_end
+                .wrapping_sub(self.seq_shift)
+                .wrapping_add(65536)
+        });
+        !(seq_gt(seq, self.isn) && seq_le(seq, limit))
     }
 
     /// Earliest deadline of this session: its timers and the end of the wait for a
@@ -489,6 +500,13 @@ impl Session {
 
     /// A captured non-SYN client packet of this session.
     pub fn on_client(&mut self, ctx: &mut Ctx, now: Instant, seg: &Segment, datagram: &[u8]) {
+        let other = self.is_other_connection(seg.seq);
+        if (seg.fin() || seg.rst()) && !other {
+            let end = seg.end();
+            if self.client_fin_end.is_none_or(|e| seq_gt(e, end)) {
+                self.client_fin_end = Some(end);
+            }
+        }
         let shifted;
         let seg = if self.seq_shift != 0 {
             shifted = self.shifted(seg);
@@ -497,7 +515,7 @@ impl Session {
             seg
         };
         let end = seg.end();
-        if seq_gt(end, self.seen_end) && !self.is_other_connection(seg.seq) {
+        if seq_gt(end, self.seen_end) && !other {
             self.seen_end = end;
         }
         if let (Some(t0), None) = (self.syn_captured_at, ctx.cfg.fixed_rtt) {
