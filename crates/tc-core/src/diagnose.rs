@@ -422,11 +422,20 @@ impl Probe {
         }
         // Hop 2: the path of the probe.
         let route_fix = |via: &SocketAddrV4| {
-            format!(
-                "on the target: ip route add {} via {}",
-                s.client_net,
-                via.ip()
-            )
+            if via.ip() == target.ip() || via.ip().is_loopback() {
+                // intercept runs on the target itself (two hosts, or one): it routes the
+                // fake clients to itself with --route; no gateway route can do that.
+                format!(
+                    "on the target, where intercept runs: intercept --route {}",
+                    s.client_net
+                )
+            } else {
+                format!(
+                    "on the target: ip route add {} via {}",
+                    s.client_net,
+                    via.ip()
+                )
+            }
         };
         let first_intercept = s.intercepts.first().copied();
         match self.answer {
@@ -697,8 +706,12 @@ mod tests {
 
     /// Runs a probe that gets no answer, with `seen` as the intercept's query answer.
     fn silent(seen: Option<ProbeReply>, hello: bool) -> Verdict {
+        silent_with(setup(), seen, hello)
+    }
+
+    fn silent_with(setup: ProbeSetup, seen: Option<ProbeReply>, hello: bool) -> Verdict {
         let t0 = Instant::now();
-        let mut p = Probe::start(setup(), t0);
+        let mut p = Probe::start(setup, t0);
         if hello {
             p.on_reply(0, reply(ReplyKind::Hello, &p), t0);
         }
@@ -752,6 +765,16 @@ mod tests {
         assert_eq!(
             b.fix.as_deref(),
             Some("on the target: ip route add 203.0.113.0/24 via 198.18.0.40")
+        );
+
+        // Two hosts: intercept on the target itself routes with --route.
+        let mut two_hosts = setup();
+        two_hosts.intercepts = vec!["198.18.0.20:36524".parse().unwrap()];
+        let v = silent_with(two_hosts, Some(base), true);
+        let b = v.broken().unwrap();
+        assert_eq!(
+            b.fix.as_deref(),
+            Some("on the target, where intercept runs: intercept --route 203.0.113.0/24")
         );
 
         let nothing = silent(Some(base), true);
