@@ -319,6 +319,7 @@ fn start_tcpcopy(lab: &Lab, args: &[&str]) {
 fn udp_live_raw_socket_dns() {
     let (lab, dir) = dns_lab("udp_live_raw_socket_dns", "raw", false);
     let json = dir.0.join("stats.jsonl");
+    let report = dir.0.join("report.json");
     start_tcpcopy(
         &lab,
         &[
@@ -331,6 +332,8 @@ fn udp_live_raw_socket_dns() {
             "127.0.0.1:9531",
             "--stats-json",
             json.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
         ],
     );
     client_load(&lab, &dir.0, "raw");
@@ -359,6 +362,16 @@ fn udp_live_raw_socket_dns() {
         serde_json::from_str(text.lines().last().expect("a line")).expect("json");
     assert_eq!(last["udp"]["captured"], total as u64, "{text}");
     assert_eq!(last["udp"]["fragmented"], LARGE as u64, "{text}");
+    // --report: the same counts, written once at exit.
+    let text = std::fs::read_to_string(&report).expect("report written");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(report["mode"], "udp", "{text}");
+    assert_eq!(report["udp"]["captured"], total as u64, "{text}");
+    assert_eq!(
+        report["udp"]["packets_sent"],
+        (total + LARGE) as u64,
+        "{text}"
+    );
 }
 
 #[test]

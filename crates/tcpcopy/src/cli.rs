@@ -247,7 +247,7 @@ struct RawArgs {
 
     #[arg(long = "report", value_name = "file", help_heading = H_REPORT,
         help = "write the fidelity report (JSON) at exit: sessions by outcome, requests and\n\
-                bytes captured vs sent, responses, replay lag")]
+                bytes captured vs sent, responses, replay lag (with --udp: the datagram counts)")]
     report: Option<PathBuf>,
     #[arg(long = "stats-json", value_name = "file", help_heading = H_REPORT,
         help = "append the statistics as one JSON object per line, every 30 s and at exit")]
@@ -530,7 +530,6 @@ fn udp_only_flags(raw: &RawArgs, m: &ArgMatches) -> Result<(), CliError> {
         ("-U", raw.pool_kb.is_some()),
         ("--check", raw.check),
         ("--probe-client", raw.probe_client.is_some()),
-        ("--report", raw.report.is_some()),
         ("--full-payload", raw.full_payload),
         ("--diff", raw.diff.is_some()),
         ("--auth-file", raw.auth_file.is_some()),

@@ -300,6 +300,7 @@ pub fn run(
     let mut udp = UdpLoop {
         metrics,
         stats_json_file: options.stats_json_file.clone(),
+        report_file: options.report_file.clone(),
         poll,
         replayer: UdpReplayer::new(UdpConfig {
             transfers6: options.transfers6.clone(),
@@ -379,6 +380,8 @@ struct UdpLoop {
     /// `--metrics`, `--stats-json`.
     metrics: Option<MetricsServer>,
     stats_json_file: Option<std::path::PathBuf>,
+    /// `--report`: the datagram counts at exit.
+    report_file: Option<std::path::PathBuf>,
     poll: Poll,
     replayer: UdpReplayer,
     sender: Box<dyn Sender>,
@@ -523,6 +526,15 @@ impl UdpLoop {
             );
         }
         self.log_stats();
+        if let Some(path) = &self.report_file {
+            // The UDP report: the datagram counts (there are no sessions to judge).
+            let mut value = self.stats_json();
+            value["mode"] = "udp".into();
+            match crate::report::write_file(path, &value) {
+                Ok(()) => log::info!("report written to {}", path.display()),
+                Err(e) => log::error!("cannot write the report {}: {e}", path.display()),
+            }
+        }
         stop
     }
 
