@@ -159,6 +159,8 @@ pub struct Session {
     snd_una: u32,
     /// Next target byte expected (what every packet to the target acknowledges).
     tgt_ack: u32,
+    /// The target's ISN (its SYN-ACK's sequence number).
+    tgt_isn: u32,
     peer_win: u32,
     wscale: u8,
     ts_on: bool,
@@ -247,6 +249,7 @@ impl Session {
             snd_nxt: 0,
             snd_una: 0,
             tgt_ack: 0,
+            tgt_isn: 0,
             peer_win: 65535,
             wscale: 0,
             ts_on: false,
@@ -627,8 +630,10 @@ impl Session {
         let Some(cur) = self.cur_req_ack else {
             return true;
         };
-        if next_ack == cur {
-            // The online client did not wait for (more of) a response either.
+        if next_ack == cur || self.target_fin {
+            // The online client did not wait for (more of) a response either; or the target
+            // closed: nothing more of the response can come (its FIN also takes one of the
+            // online sequence numbers the length is counted in, so lengths never match).
             return true;
         }
         let expected = if seq_gt(next_ack, cur) {
@@ -910,6 +915,10 @@ impl Session {
             }
             return;
         }
+        if self.phase == Phase::Established && !self.is_current(r) {
+            ctx.drops.count(DropKind::StaleResponse);
+            return;
+        }
         if r.rst() {
             ctx.stats.resp_rst += 1;
             if self.phase != Phase::Closed {
@@ -1004,6 +1013,17 @@ impl Session {
         self.pump(ctx, now);
     }
 
+    /// Whether a target segment belongs to this connection, not to the one it replaced on
+    /// the same 4-tuple: intercept may still pass on that one's last segments (a FIN or an
+    /// answer retransmitted) after this one's handshake. Both ends' numbers of a reused
+    /// 4-tuple start past the old connection's, so such a segment acknowledges bytes before
+    /// this connection's ISN, or sits before the target's ISN.
+    fn is_current(&self, r: &Segment) -> bool {
+        let acks_ours = !r.ack_flag()
+            || (seq_gt(r.ack, self.isn) && seq_le(r.ack, self.snd_nxt.wrapping_add(1)));
+        acks_ours && (r.syn() || seq_gt(r.seq, self.tgt_isn))
+    }
+
     fn on_ack(&mut self, ctx: &mut Ctx, now: Instant, ack: u32, pure: bool) {
         if seq_gt(ack, self.snd_una) && seq_le(ack, self.snd_nxt) {
             self.snd_una = ack;
@@ -1048,6 +1068,7 @@ impl Session {
         self.reset_by_target = false;
         self.timers.stop(Timer::SynRetry);
         self.tgt_ack = r.seq.wrapping_add(1);
+        self.tgt_isn = r.seq;
         self.snd_una = r.ack;
         self.wscale = opts.window_scale.unwrap_or(0);
         self.peer_win = u32::from(r.window);

@@ -6,7 +6,7 @@
 //! The behaviour follows ../shared/spec/tcpcopy.md sections 2.3-2.9, 3 and 4.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -228,9 +228,11 @@ pub enum DropKind {
     UnknownResponse,
     /// A response record that does not parse.
     BadResponse,
+    /// A response record of the connection a session replaced on its 4-tuple.
+    StaleResponse,
 }
 
-const DROP_KINDS: usize = 24;
+const DROP_KINDS: usize = 25;
 
 impl DropKind {
     fn index(self) -> usize {
@@ -252,6 +254,7 @@ impl DropKind {
             DropKind::NoIntercept => 21,
             DropKind::UnknownResponse => 22,
             DropKind::BadResponse => 23,
+            DropKind::StaleResponse => 24,
         }
     }
 
@@ -273,7 +276,8 @@ impl DropKind {
             20 => "capture gap",
             21 => "no intercept",
             22 => "unknown response",
-            _ => "bad response",
+            23 => "bad response",
+            _ => "stale response",
         }
     }
 }
@@ -344,6 +348,8 @@ pub struct Replayer {
     recently_closed: RecentlyClosed<Key>,
     /// New connections waiting for the session on their fake endpoint to end.
     deferred: HashMap<Key, Deferred>,
+    /// Bytes of the packets in `deferred`.
+    deferred_bytes: usize,
     /// Offline `-T` pass (0 for the first): later passes replay as other connections.
     pass: u32,
     pass_port_add: u32,
@@ -363,16 +369,45 @@ const TIME_WAIT: Duration = Duration::from_secs(60);
 /// the target with an unrelated sequence number. So the new connection's packets wait, and
 /// it starts on the same endpoint (with the online client's own ISN, which the target, like
 /// the online server, accepts) once the old session is over, or after [`DEFER_WAIT`].
+///
+/// A client with few ports reuses each one again and again (a chain of short connections on
+/// one endpoint); when the replay lags behind online, several connections wait at once. They
+/// queue here in capture order and start one at a time, each when the one before is over.
 struct Deferred {
+    /// When the connection at the head of the queue began to wait.
     since: Instant,
     transfer: usize,
-    packets: Vec<(Segment, Vec<u8>)>,
+    packets: VecDeque<(Segment, Vec<u8>)>,
+}
+
+/// Queues a packet of a connection that waits for its endpoint ([`Deferred`]), within
+/// [`DEFER_MAX_PACKETS`] and [`DEFER_MAX_BYTES`] (beyond: counted as key reuse).
+fn defer(
+    deferred: &mut HashMap<Key, Deferred>,
+    deferred_bytes: &mut usize,
+    ctx: &mut Ctx,
+    (key, now, transfer, seg, datagram): (Key, Instant, usize, &Segment, &[u8]),
+) {
+    let d = deferred.entry(key).or_insert_with(|| Deferred {
+        since: now,
+        transfer,
+        packets: VecDeque::new(),
+    });
+    if d.packets.len() < DEFER_MAX_PACKETS && *deferred_bytes + datagram.len() <= DEFER_MAX_BYTES {
+        d.packets.push_back((*seg, datagram.to_vec()));
+        *deferred_bytes += datagram.len();
+        ctx.stats.deferred += 1;
+    } else {
+        ctx.drops.count(DropKind::KeyReuse);
+    }
 }
 
 /// Longest wait of a deferred connection; then the old session is torn down.
 const DEFER_WAIT: Duration = Duration::from_secs(3);
-/// Most packets a deferred connection keeps (beyond: counted as key reuse).
-const DEFER_MAX_PACKETS: usize = 256;
+/// Most packets waiting on one endpoint (beyond: counted as key reuse).
+const DEFER_MAX_PACKETS: usize = 4096;
+/// Most bytes waiting on all endpoints together (beyond: counted as key reuse).
+const DEFER_MAX_BYTES: usize = 32 << 20;
 
 /// Most connections moved to another port at once.
 const MAX_MOVED: usize = 1 << 16;
@@ -406,6 +441,7 @@ impl Replayer {
             moved_ports: MovedPorts::new(MAX_MOVED),
             recently_closed: RecentlyClosed::new(TIME_WAIT, MAX_RECENTLY_CLOSED),
             deferred: HashMap::new(),
+            deferred_bytes: 0,
             pass: 0,
             pass_port_add: 0,
             last_mapping: None,
@@ -729,19 +765,16 @@ impl Replayer {
             } else {
                 waiting && s.is_other_connection(seq)
             };
-            if new_conn && !s.is_over() && (s.client_closed() || waiting) {
-                // The old connection ended at the client but not yet at the target.
-                let d = self.deferred.entry(key).or_insert_with(|| Deferred {
-                    since: now,
-                    transfer,
-                    packets: Vec::new(),
-                });
-                if d.packets.len() < DEFER_MAX_PACKETS {
-                    d.packets.push((*seg, datagram.to_vec()));
-                    ctx.stats.deferred += 1;
-                } else {
-                    ctx.drops.count(DropKind::KeyReuse);
-                }
+            if new_conn && (waiting || (!s.is_over() && s.client_closed())) {
+                // The old connection ended at the client but not yet at the target, or
+                // others already wait on this endpoint: this one queues behind them.
+                let packet = (key, now, transfer, seg, datagram);
+                defer(
+                    &mut self.deferred,
+                    &mut self.deferred_bytes,
+                    &mut ctx,
+                    packet,
+                );
                 return;
             }
             let replace = if syn {
@@ -775,6 +808,17 @@ impl Replayer {
                 self.moved_ports.session_gone(&id, key.1);
             }
         }
+        if self.deferred.contains_key(&key) {
+            // Connections wait on this endpoint (its session just ended): behind them.
+            let packet = (key, now, transfer, seg, datagram);
+            defer(
+                &mut self.deferred,
+                &mut self.deferred_bytes,
+                &mut ctx,
+                packet,
+            );
+            return;
+        }
         if !syn && payload == 0 {
             ctx.drops.count(DropKind::NoSession);
             return;
@@ -804,26 +848,50 @@ impl Replayer {
         self.reschedule(key);
     }
 
-    /// Starts the connection waiting on `key` once its old session is over or gone (or, with
-    /// `expired`, once it waited [`DEFER_WAIT`]: the old session is torn down first).
+    /// Starts the connection at the head of the queue waiting on `key` once its old session
+    /// is over or gone (or, with `expired`, once it waited [`DEFER_WAIT`]: the old session is
+    /// torn down first); the connections behind it go on waiting, for it now.
     fn start_deferred(&mut self, now: Instant, key: Key, expired: bool) {
-        let Some(d) = self.deferred.get(&key) else {
-            return;
-        };
-        let old_done = self.sessions.get(&key).is_none_or(|s| s.is_over());
-        let waited = expired && now.saturating_duration_since(d.since) >= DEFER_WAIT;
-        if !old_done && !waited {
-            return;
-        }
-        let d = self.deferred.remove(&key).expect("present");
-        if !old_done {
-            if let Some(s) = self.sessions.get_mut(&key) {
-                let mut ctx = ctx!(self);
-                s.teardown(&mut ctx, now);
+        // Each turn starts one connection; one that ends at once (no intercept) lets the next
+        // go in the same call. Bounded by the queue's length.
+        for _ in 0..DEFER_MAX_PACKETS {
+            let Some(d) = self.deferred.get(&key) else {
+                return;
+            };
+            let old_done = self.sessions.get(&key).is_none_or(|s| s.is_over());
+            let waited = expired && now.saturating_duration_since(d.since) >= DEFER_WAIT;
+            if !old_done && !waited {
+                return;
             }
-        }
-        for (seg, bytes) in &d.packets {
-            self.session_layer(now, seg, bytes, d.transfer, None);
+            let mut d = self.deferred.remove(&key).expect("present");
+            if !old_done {
+                if let Some(s) = self.sessions.get_mut(&key) {
+                    let mut ctx = ctx!(self);
+                    s.teardown(&mut ctx, now);
+                }
+            }
+            // The head connection: up to the next connection's SYN.
+            let next = d
+                .packets
+                .iter()
+                .skip(1)
+                .position(|(seg, _)| seg.syn() && !seg.ack_flag())
+                .map_or(d.packets.len(), |i| i + 1);
+            let head: Vec<(Segment, Vec<u8>)> = d.packets.drain(..next).collect();
+            for (seg, bytes) in &head {
+                self.deferred_bytes -= bytes.len();
+                self.session_layer(now, seg, bytes, d.transfer, None);
+            }
+            if d.packets.is_empty() {
+                return;
+            }
+            // The rest waits for the head connection; anything deferred meanwhile (nothing,
+            // unless the head's own packets met another session) comes after it.
+            if let Some(mut later) = self.deferred.remove(&key) {
+                d.packets.append(&mut later.packets);
+            }
+            d.since = now;
+            self.deferred.insert(key, d);
         }
     }
 
@@ -934,6 +1002,7 @@ impl Replayer {
     pub fn shutdown(&mut self, now: Instant) {
         let mut ctx = ctx!(self);
         self.deferred.clear();
+        self.deferred_bytes = 0;
         for (_, mut s) in self.sessions.drain() {
             // Classified before the teardown makes every session look finished.
             ctx.fidelity.count(s.outcome());

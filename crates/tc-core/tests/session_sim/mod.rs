@@ -66,6 +66,8 @@ pub struct ClientConn {
     pub requests: Vec<(Vec<u8>, usize)>,
     pub with_syn: bool,
     pub with_fin: bool,
+    /// The online server closed first: the client's FIN acknowledges the server's FIN too.
+    pub server_closed_first: bool,
     pub timestamps: bool,
     pub rtt: Duration,
     /// Time between a response's end and the next request.
@@ -82,6 +84,7 @@ impl ClientConn {
             requests,
             with_syn: true,
             with_fin: true,
+            server_closed_first: false,
             timestamps: false,
             rtt: Duration::from_micros(300),
             think: Duration::from_millis(1),
@@ -164,6 +167,9 @@ impl ClientConn {
         if self.with_fin {
             t += self.think;
             id = id.wrapping_add(1);
+            if self.server_closed_first {
+                ack = ack.wrapping_add(1);
+            }
             push(t, self.seg(seq, ack, flags::ACK | flags::FIN, &[], id, ts));
         }
         out
@@ -215,6 +221,10 @@ pub struct SimCore {
     pub greeting: usize,
     pub refuse: bool,
     pub close_after_response: bool,
+    /// With `close_after_response`: intercept passes the target's FIN on again this much
+    /// later (the target retransmitted it), possibly after the next connection on the same
+    /// 4-tuple began.
+    pub fin_again_after: Option<Duration>,
     /// Data on a connection the target already closed (FIN sent) is answered with a RST,
     /// as a closed socket does.
     pub reset_data_after_close: bool,
@@ -249,6 +259,7 @@ impl SimCore {
             greeting: 0,
             refuse: false,
             close_after_response: false,
+            fin_again_after: None,
             reset_data_after_close: false,
             reset_data: 0,
             silent: false,
@@ -268,7 +279,8 @@ impl SimCore {
     }
 
     /// A segment from the target to `key`, as intercept would report it: the first 64 bytes
-    /// (IP + TCP headers, zero padded) with the IP total length of the whole segment.
+    /// (IP + TCP headers, zero padded) with the IP total length of the whole segment. Returns
+    /// the record's place in `records`.
     fn reply(
         &mut self,
         key: (Ipv4Addr, u16),
@@ -277,7 +289,7 @@ impl SimCore {
         fl: u8,
         payload_len: usize,
         ts: Option<(u32, u32)>,
-    ) {
+    ) -> usize {
         let payload = vec![b'r'; payload_len];
         let mut buf = vec![0u8; 1600];
         let spec = SegmentSpec {
@@ -307,7 +319,10 @@ impl SimCore {
             }
         }
         self.record_path_free = Some(at);
-        self.records.push_back((at, rec));
+        // In time order (a late record, `fin_again_after`, may wait among them).
+        let i = self.records.partition_point(|(t, _)| *t <= at);
+        self.records.insert(i, (at, rec));
+        i
     }
 
     fn on_datagram(&mut self, d: &[u8]) {
@@ -468,7 +483,13 @@ impl SimCore {
                 let (seq, ack) = (c.snd_nxt, c.rcv_nxt);
                 c.snd_nxt = c.snd_nxt.wrapping_add(1);
                 c.fin_sent = true;
-                self.reply(key, seq, ack, flags::ACK | flags::FIN, 0, ts);
+                let i = self.reply(key, seq, ack, flags::ACK | flags::FIN, 0, ts);
+                if let Some(later) = self.fin_again_after {
+                    let (at, rec) = self.records[i].clone();
+                    let at = at + later;
+                    let i = self.records.partition_point(|(t, _)| *t <= at);
+                    self.records.insert(i, (at, rec));
+                }
             }
         }
         let c = self.conns.get_mut(&key).expect("conn");
