@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use tc_core::capture::pcap_live::{MAX_DEVICES, MAX_FILTER_LEN};
+use tc_core::capture::raw_socket::FlowShare;
 use tc_core::control::DEFAULT_PORT;
 use tc_core::session::ReplayConfig;
 
@@ -206,6 +207,14 @@ struct RawArgs {
         help = "a lost capture device (deleted, down) is reopened with a backoff; stop with an\n\
                 error when none has worked this long")]
     capture_lost_exit: u64,
+    #[arg(long = "fanout", value_name = "i/n", help_heading = H_CAPTURE,
+        value_parser = parse_fanout,
+        help = "capture only share i of n (1..n) of the client connections, split by client\n\
+                address and port in the kernel filter: run n tcpcopy processes, --fanout 1/n\n\
+                .. n/n, to use n cores; each connection is replayed by one of them. Give each\n\
+                its own -f (port space) when -c or -n maps clients onto few addresses;\n\
+                --capture raw or ring")]
+    fanout: Option<FlowShare>,
 
     #[arg(short = 'a', value_name = "n", help_heading = H_OFFLINE,
         default_value_t = 1, value_parser = numbers::parse_accel,
@@ -414,6 +423,8 @@ pub struct Options {
     pub memory_limit_bytes: u64,
     /// `--capture-lost-exit`.
     pub capture_lost_exit: Duration,
+    /// `--fanout i/n`: this process's share of the captured connections.
+    pub fanout: Option<FlowShare>,
     /// The `-x` text as given, for the start-up log.
     pub transfers_text: String,
     pub intercepts_text: String,
@@ -546,6 +557,58 @@ fn udp_only_flags(raw: &RawArgs, m: &ArgMatches) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `--fanout i/n` (1-based on the command line, 1 <= i <= n <= 1024) as a 0-based share.
+fn parse_fanout(s: &str) -> Result<FlowShare, String> {
+    let bad = || {
+        format!(
+            "\"{s}\": expected i/n, this process's share i of n (1 <= i <= n <= 1024), e.g. 1/2"
+        )
+    };
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let i: u32 = i.trim().parse().map_err(|_| bad())?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if i == 0 || i > n || n > 1024 {
+        return Err(bad());
+    }
+    Ok(FlowShare {
+        index: i - 1,
+        count: n,
+    })
+}
+
+/// `--fanout` splits the connections in the kernel filter of the raw socket or the ring:
+/// refused where there is none.
+fn fanout_applies(raw: &RawArgs, input: &Input) -> Result<(), CliError> {
+    if raw.fanout.is_none() {
+        return Ok(());
+    }
+    if raw.udp {
+        return err("--fanout applies to TCP replay (not --udp)");
+    }
+    match input {
+        Input::Raw | Input::Ring => Ok(()),
+        Input::Pcap { .. } => err(
+            "--fanout needs --capture raw or ring (the kernel filter that splits the connections); with --capture pcap give each process its own -F",
+        ),
+        Input::Offline { .. } => err("--fanout does not apply to offline replay (-i <file>)"),
+    }
+}
+
+/// With `-c` or `-n`, the connections of several processes can land on the same fake client
+/// address and port unless each has its own `-f` (spec 2.6); the processes cannot see each
+/// other's ports, so only the operator can tell.
+fn fanout_warning(raw: &RawArgs) -> Option<String> {
+    let share = raw.fanout?;
+    let maps = raw.client_ips.is_some() || raw.replicas > 1;
+    (share.count > 1 && maps && raw.port_shift == 0).then(|| {
+        format!(
+            "--fanout {}/{} with -c or -n and no -f: give each process its own -f (1, 2, ..) so their connections do not collide on the same fake client address and port",
+            share.index + 1,
+            share.count
+        )
+    })
 }
 
 /// Whether the option was typed (not just its default).
@@ -681,7 +744,11 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         }
     };
 
+    fanout_applies(&raw, &input)?;
     let mut warnings = Vec::new();
+    if let Some(w) = fanout_warning(&raw) {
+        warnings.push(w);
+    }
     if raw.port_shift > 31 {
         // Spec 2.6: F*2048 + R no longer fits 16 bits, so wrap() maps every port P to
         // (1024 + F*2048 + R) mod 65536, the same port for every connection of a client.
@@ -754,6 +821,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             probe_client,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
             capture_lost_exit: Duration::from_secs(raw.capture_lost_exit),
+            fanout: raw.fanout,
             transfers_text,
             intercepts_text,
             client_ips_text: raw.client_ips,
@@ -1196,6 +1264,32 @@ mod tests {
         assert!(run_err(&with(&["-H", "127.0.0"])).contains("-H"));
         assert!(run_err(&with(&["-c", "300.1.1.1"])).contains("-c"));
         assert!(run_err(&["-x", "80-198.18.0.30:8080", "-s", "bad"]).contains("-s"));
+    }
+
+    #[test]
+    fn fanout_shares() {
+        let o = run(&with(&["--fanout", "2/3"])).unwrap();
+        assert_eq!(o.fanout, Some(FlowShare { index: 1, count: 3 }));
+        assert!(o.warnings.is_empty());
+        assert_eq!(run(&BASE).unwrap().fanout, None);
+        let ring = run(&with(&["--capture", "ring", "--fanout", "1/2"])).unwrap();
+        assert_eq!(ring.fanout, Some(FlowShare { index: 0, count: 2 }));
+        for bad in ["0/2", "3/2", "2", "1/0", "a/b", "1/2000", ""] {
+            assert!(run_err(&with(&["--fanout", bad])).contains("i/n"), "{bad}");
+        }
+        assert!(run_err(&with(&["--capture", "pcap", "--fanout", "1/2"]))
+            .contains("--capture raw or ring"));
+        let file = std::env::temp_dir().join(format!("fanout-{}.pcap", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let f = file.to_str().unwrap();
+        assert!(run_err(&with(&["-i", f, "--fanout", "1/2"])).contains("offline"));
+        std::fs::remove_file(&file).unwrap();
+        // -c without -f: the processes may collide on the fake addresses.
+        let o = run(&with(&["--fanout", "1/2", "-c", "203.0.113.5"])).unwrap();
+        assert_eq!(o.warnings.len(), 1);
+        assert!(o.warnings[0].contains("-f"), "{:?}", o.warnings);
+        let o = run(&with(&["--fanout", "1/2", "-c", "203.0.113.5", "-f", "1"])).unwrap();
+        assert!(o.warnings.is_empty());
     }
 
     #[test]
