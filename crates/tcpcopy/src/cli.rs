@@ -212,8 +212,8 @@ struct RawArgs {
         help = "capture only share i of n (1..n) of the client connections, split by client\n\
                 address and port in the kernel filter: run n tcpcopy processes, --fanout 1/n\n\
                 .. n/n, to use n cores; each connection is replayed by one of them. Give each\n\
-                its own -f (port space) when -c or -n maps clients onto few addresses;\n\
-                --capture raw or ring")]
+                the same -f and -n (with --fanout they shift ports alike); --capture raw\n\
+                or ring")]
     fanout: Option<FlowShare>,
 
     #[arg(short = 'a', value_name = "n", help_heading = H_OFFLINE,
@@ -596,19 +596,23 @@ fn fanout_applies(raw: &RawArgs, input: &Input) -> Result<(), CliError> {
     }
 }
 
-/// With `-c` or `-n`, the connections of several processes can land on the same fake client
-/// address and port unless each has its own `-f` (spec 2.6); the processes cannot see each
-/// other's ports, so only the operator can tell.
-fn fanout_warning(raw: &RawArgs) -> Option<String> {
-    let share = raw.fanout?;
-    let maps = raw.client_ips.is_some() || raw.replicas > 1;
-    (share.count > 1 && maps && raw.port_shift == 0).then(|| {
-        format!(
-            "--fanout {}/{} with -c or -n and no -f: give each process its own -f (1, 2, ..) so their connections do not collide on the same fake client address and port",
-            share.index + 1,
-            share.count
-        )
-    })
+/// The seed of the run's port offset `R` (spec 2.6, used by `-f` and `-n`): random per run,
+/// except with `--fanout`, where the processes of a group must map client ports alike (two
+/// offsets would let connections of different processes land on one fake port); then it is
+/// derived from the `-x` text the processes share (FNV-1a).
+fn replay_seed(fanout: bool, transfers_text: &str) -> u64 {
+    if fanout {
+        return transfers_text
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+    }
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id())
 }
 
 /// Whether the option was typed (not just its default).
@@ -746,9 +750,6 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
 
     fanout_applies(&raw, &input)?;
     let mut warnings = Vec::new();
-    if let Some(w) = fanout_warning(&raw) {
-        warnings.push(w);
-    }
     if raw.port_shift > 31 {
         // Spec 2.6: F*2048 + R no longer fits 16 bits, so wrap() maps every port P to
         // (1024 + F*2048 + R) mod 65536, the same port for every connection of a client.
@@ -783,11 +784,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         dont_wait: raw.dont_wait,
         single: raw.single,
         auth,
-        seed: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()),
+        seed: replay_seed(raw.fanout.is_some(), &transfers_text),
         ..ReplayConfig::default()
     };
 
@@ -1284,12 +1281,14 @@ mod tests {
         let f = file.to_str().unwrap();
         assert!(run_err(&with(&["-i", f, "--fanout", "1/2"])).contains("offline"));
         std::fs::remove_file(&file).unwrap();
-        // -c without -f: the processes may collide on the fake addresses.
-        let o = run(&with(&["--fanout", "1/2", "-c", "203.0.113.5"])).unwrap();
-        assert_eq!(o.warnings.len(), 1);
-        assert!(o.warnings[0].contains("-f"), "{:?}", o.warnings);
-        let o = run(&with(&["--fanout", "1/2", "-c", "203.0.113.5", "-f", "1"])).unwrap();
-        assert!(o.warnings.is_empty());
+        // The processes of a group shift ports alike (-f, -n): one port offset for a -x.
+        let a = run(&with(&["--fanout", "1/2", "-f", "1"])).unwrap();
+        let b = run(&with(&["--fanout", "2/2", "-f", "1"])).unwrap();
+        assert_eq!(a.replay.seed, b.replay.seed);
+        assert_ne!(
+            replay_seed(true, "80-198.18.0.30:8080"),
+            replay_seed(true, "81-198.18.0.30:8080")
+        );
     }
 
     #[test]
