@@ -25,8 +25,9 @@
 #        fix of issue 13 replay nothing live with offload on);
 #        CAPTURE=ring|pcap: the live tcpcopy's --capture (default: tcpcopy's own);
 #        PROFILE=1 also samples tcpcopy and intercept in the full-speed phase with `perf
-#        record -e cpu-clock` (linux-perf; no hardware counters needed) and prints their top
-#        frames; the data stay in the logs directory (`perf report -i <logs>/tcpcopy.perf`).
+#        record -e cpu-clock -g` (linux-perf; no hardware counters needed) and prints their
+#        top frames; the data stay in the logs directory (`perf report -i
+#        <logs>/tcpcopy.perf --children` shows the call paths).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=false
@@ -162,7 +163,7 @@ if has full; then
   if [ "${PROFILE:-0}" = 1 ]; then
     for who in tcpcopy intercept; do
       pid_var=${who}_pid
-      perf record -q -e cpu-clock -F 999 -p "${!pid_var}" -o "$work/$who.perf" >/dev/null 2>&1 &
+      perf record -q -e cpu-clock -F 999 -g -p "${!pid_var}" -o "$work/$who.perf" >/dev/null 2>&1 &
       perf_pids+=($!)
     done
   fi
