@@ -15,9 +15,11 @@
 #   fanout:  (FANOUT=N, N >= 2) tcpcopy as the bottleneck: FANOUT_REQUESTS keep-alive requests
 #            on FANOUT_CONNS connections are made while tcpcopy is stopped (SIGSTOP; the
 #            capture buffers them), then the replay runs flat out on the backlog: replay
-#            rate with one process, then with N processes (--fanout i/N), and the ratio N / 1.
+#            rate with one process, then with N processes (--fanout i/N), FANOUT_ROUNDS times
+#            alternated: the median rates and their ratio N / 1.
 # usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS
-#        FULL_REQUESTS FULL_CONNS SHORT_RATE SHORT_SECONDS FANOUT FANOUT_REQUESTS FANOUT_CONNS;
+#        FULL_REQUESTS FULL_CONNS SHORT_RATE SHORT_SECONDS FANOUT FANOUT_REQUESTS FANOUT_CONNS
+#        FANOUT_ROUNDS;
 #        PHASES="offline live full short" chooses phases (fanout runs with FANOUT=N);
 #        TCPCOPY_BIN=<path> measures another tcpcopy binary, e.g. an older build, against the
 #        same intercept, servers and load)
@@ -44,6 +46,7 @@ SHORT_SECONDS=${SHORT_SECONDS:-10}
 FANOUT=${FANOUT:-1}
 FANOUT_REQUESTS=${FANOUT_REQUESTS:-30000}
 FANOUT_CONNS=${FANOUT_CONNS:-100}
+FANOUT_ROUNDS=${FANOUT_ROUNDS:-3}
 PHASES=${PHASES:-offline live full short}
 [ "$FANOUT" -ge 2 ] 2>/dev/null && PHASES="$PHASES fanout"
 has() { [[ " $PHASES " == *" $1 "* ]]; }
@@ -241,10 +244,17 @@ fanout_round() {
 }
 if has fanout; then
   kill -TERM "$tcpcopy_pid"; wait "$tcpcopy_pid" 2>/dev/null || true
-  fanout_round 1; fan1_rate=$fan_rate; fan1_done=$fan_done; fan1_online=$fan_online
-  fan1_busy=$fan_busy; fan1_cpu=$fan_tc_cpu
-  fanout_round "$FANOUT"; fanN_rate=$fan_rate; fanN_done=$fan_done; fanN_online=$fan_online
-  fanN_busy=$fan_busy; fanN_cpu=$fan_tc_cpu
+  # Rounds alternate 1 and N processes; the rates are the medians (one round is noisy on a
+  # shared host); the counts add up over the rounds; CPU and busy cores are the last round's.
+  rates1=() ratesN=()
+  for _ in $(seq 1 "$FANOUT_ROUNDS"); do
+    fanout_round 1; rates1+=("$fan_rate"); fan1_done=$(( fan1_done + fan_done ))
+    fan1_online=$(( fan1_online + fan_online )); fan1_busy=$fan_busy; fan1_cpu=$fan_tc_cpu
+    fanout_round "$FANOUT"; ratesN+=("$fan_rate"); fanN_done=$(( fanN_done + fan_done ))
+    fanN_online=$(( fanN_online + fan_online )); fanN_busy=$fan_busy; fanN_cpu=$fan_tc_cpu
+  done
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : int((v[NR/2] + v[NR/2+1]) / 2)}'; }
+  fan1_rate=$(median "${rates1[@]}"); fanN_rate=$(median "${ratesN[@]}")
 fi
 
 per_n() { echo "scale=0; if ($2 > 0) $1 / $2 else 0" | bc -l; }
@@ -274,7 +284,7 @@ if $json; then
  "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"replay_finished_over_client_finished":$replay_lag_ratio,"capture":"${CAPTURE:-default}","tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
  "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc},
  "full":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$full_client_s,"online_requests":$full_online,"target_requests":$full_target,"target_over_online":$full_ratio,"replay_finished_over_client_finished":$full_lag_ratio,"tcpcopy_cpu_us_per_request":$full_us,"tcpcopy_user_us_per_request":$full_user_us,"tcpcopy_system_us_per_request":$full_sys_us,"intercept_cpu_us_per_request":$full_ic_us},
- "fanout":{"processes":$FANOUT,"requests":$FANOUT_REQUESTS,"connections":$FANOUT_CONNS,"replayed_1":$fan1_done,"replayed_n":$fanN_done,"rate_1":$fan1_rate,"rate_n":$fanN_rate,"rate_n_over_1":$fan_ratio,"tcpcopy_cpu_s_1":$fan1_cpu,"tcpcopy_cpu_s_n":$fanN_cpu,"host_cores_busy_1":$fan1_busy,"host_cores_busy_n":$fanN_busy}}
+ "fanout":{"processes":$FANOUT,"rounds":$FANOUT_ROUNDS,"requests":$FANOUT_REQUESTS,"connections":$FANOUT_CONNS,"replayed_1":$fan1_done,"replayed_n":$fanN_done,"rate_1":$fan1_rate,"rate_n":$fanN_rate,"rate_n_over_1":$fan_ratio,"tcpcopy_cpu_s_1":$fan1_cpu,"tcpcopy_cpu_s_n":$fanN_cpu,"host_cores_busy_1":$fan1_busy,"host_cores_busy_n":$fanN_busy}}
 JSON
 else
   has offline && printf '%-44s %s\n' "offline: connections / packets / requests" "$CONNS / $packets / $cap_requests"
@@ -302,9 +312,9 @@ else
   fi
   if has fanout; then
     printf '%-44s %s keep-alive requests on %s connections, made while tcpcopy was stopped\n' "fanout: backlog" "$FANOUT_REQUESTS" "$FANOUT_CONNS"
-    printf '%-44s %s of %s, %s req/s (tcpcopy %.2f s CPU, host %s of %s cores busy)\n' "fanout: 1 process replayed" "$fan1_done" "$fan1_online" "$fan1_rate" "$fan1_cpu" "$fan1_busy" "$(nproc)"
-    printf '%-44s %s of %s, %s req/s (tcpcopy %.2f s CPU, host %s of %s cores busy)\n' "fanout: $FANOUT processes replayed" "$fanN_done" "$fanN_online" "$fanN_rate" "$fanN_cpu" "$fanN_busy" "$(nproc)"
-    printf '%-44s %s\n' "fanout: replay rate $FANOUT processes / 1" "$fan_ratio"
+    printf '%-44s %s of %s, median %s req/s (rounds: %s; last: tcpcopy %.2f s CPU, host %s of %s cores busy)\n' "fanout: 1 process replayed" "$fan1_done" "$fan1_online" "$fan1_rate" "${rates1[*]}" "$fan1_cpu" "$fan1_busy" "$(nproc)"
+    printf '%-44s %s of %s, median %s req/s (rounds: %s; last: tcpcopy %.2f s CPU, host %s of %s cores busy)\n' "fanout: $FANOUT processes replayed" "$fanN_done" "$fanN_online" "$fanN_rate" "${ratesN[*]}" "$fanN_cpu" "$fanN_busy" "$(nproc)"
+    printf '%-44s %s\n' "fanout: replay rate $FANOUT processes / 1 (medians)" "$fan_ratio"
   fi
 fi
 if [ "${PROFILE:-0}" = 1 ] && has full; then
