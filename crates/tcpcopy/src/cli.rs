@@ -587,6 +587,14 @@ fn fanout_applies(raw: &RawArgs, input: &Input) -> Result<(), CliError> {
     if raw.udp {
         return err("--fanout applies to TCP replay (not --udp)");
     }
+    if raw
+        .transfers
+        .as_deref()
+        .is_some_and(addr_spec6::is_ipv6_transfers)
+    {
+        // The IPv6 capture has no share in its filter: every process would replay all.
+        return err("--fanout applies to IPv4 transfers");
+    }
     match input {
         Input::Raw | Input::Ring => Ok(()),
         Input::Pcap { .. } => err(
@@ -1281,6 +1289,15 @@ mod tests {
         let f = file.to_str().unwrap();
         assert!(run_err(&with(&["-i", f, "--fanout", "1/2"])).contains("offline"));
         std::fs::remove_file(&file).unwrap();
+        let v6 = [
+            "-x",
+            "80-[2001:db8::30]:8080",
+            "-s",
+            "198.18.0.40",
+            "--fanout",
+            "1/2",
+        ];
+        assert!(run_err(&v6).contains("IPv6"));
         // The processes of a group shift ports alike (-f, -n): one port offset for a -x.
         let a = run(&with(&["--fanout", "1/2", "-f", "1"])).unwrap();
         let b = run(&with(&["--fanout", "2/2", "-f", "1"])).unwrap();
