@@ -7,16 +7,29 @@
 #   live:    a load generator in client against online at RATE requests/s for SECONDS, with
 #            tcpcopy replaying: requests at the target / requests served online, CPU seconds
 #            and peak RSS of tcpcopy and intercept, CPU microseconds per replayed request;
+#   full:    the issue's live figure: FULL_REQUESTS keep-alive requests on FULL_CONNS
+#            connections at full client speed (as `ab -k -n 50000 -c 10`): replay finished /
+#            client finished, tcpcopy CPU per request split user/system, intercept CPU;
 #   short:   the same with a connection per request (SHORT_RATE connections/s for
-#            SHORT_SECONDS): handshakes, FINs and lingering sessions, CPU per connection.
+#            SHORT_SECONDS): handshakes, FINs and lingering sessions, CPU per connection;
+#   fanout:  (FANOUT=N, N >= 2) tcpcopy as the bottleneck: FANOUT_REQUESTS keep-alive requests
+#            on FANOUT_CONNS connections are made while tcpcopy is stopped (SIGSTOP; the
+#            capture buffers them), then the replay runs flat out on the backlog: replay
+#            rate with one process, then with N processes (--fanout i/N), FANOUT_ROUNDS times
+#            alternated: the median rates and their ratio N / 1.
 # usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS
-#        SHORT_RATE SHORT_SECONDS; TCPCOPY_BIN=<path> measures another tcpcopy binary, e.g. an
-#        older build, against the same intercept, servers and load)
+#        FULL_REQUESTS FULL_CONNS SHORT_RATE SHORT_SECONDS FANOUT FANOUT_REQUESTS FANOUT_CONNS
+#        FANOUT_ROUNDS;
+#        PHASES="offline live full short" chooses phases (fanout runs with FANOUT=N);
+#        TCPCOPY_BIN=<path> measures another tcpcopy binary, e.g. an older build, against the
+#        same intercept, servers and load)
 #        LAB_TX_OFFLOAD=off: the lab's links compute checksums in software (builds before the
 #        fix of issue 13 replay nothing live with offload on);
 #        CAPTURE=ring|pcap: the live tcpcopy's --capture (default: tcpcopy's own);
-#        PROFILE=1 also records tcpcopy's live phase with `perf record -g` (linux-perf) into
-#        the logs directory; `perf report -i <logs>/tcpcopy.perf` shows where its CPU goes.
+#        PROFILE=1 also samples tcpcopy and intercept in the full-speed phase with `perf
+#        record -e cpu-clock -g` (linux-perf; no hardware counters needed) and prints their
+#        top frames; the data stay in the logs directory (`perf report -i
+#        <logs>/tcpcopy.perf --children` shows the call paths).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=false
@@ -26,12 +39,22 @@ REQUESTS=${REQUESTS:-200000}
 RATE=${RATE:-2000}
 SECONDS_LIVE=${LIVE_SECONDS:-20}
 LIVE_CONNS=${LIVE_CONNS:-50}
+FULL_REQUESTS=${FULL_REQUESTS:-50000}
+FULL_CONNS=${FULL_CONNS:-10}
 SHORT_RATE=${SHORT_RATE:-500}
 SHORT_SECONDS=${SHORT_SECONDS:-10}
+FANOUT=${FANOUT:-1}
+FANOUT_REQUESTS=${FANOUT_REQUESTS:-30000}
+FANOUT_CONNS=${FANOUT_CONNS:-100}
+FANOUT_ROUNDS=${FANOUT_ROUNDS:-3}
+PHASES=${PHASES:-offline live full short}
+[ "$FANOUT" -ge 2 ] 2>/dev/null && PHASES="$PHASES fanout"
+has() { [[ " $PHASES " == *" $1 "* ]]; }
 
 [ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
 source scripts/lab.sh
 install_missing libpcap-dev iproute2 ethtool pkg-config bc time
+[ "${PROFILE:-0}" = 1 ] && install_missing linux-perf
 cargo build --release --bins -q -p tcpcopy -p intercept -p tc-e2e
 bin=$PWD/target/release
 tcpcopy_bin=${TCPCOPY_BIN:-$bin/tcpcopy}
@@ -42,12 +65,22 @@ trap 'lab_down' EXIT
 trap 'exit 130' INT TERM
 lab_up
 
-# cpu_seconds PID: user+system CPU time; peak_rss_kb PID: VmHWM.
+# cpu_seconds PID: user+system CPU time; user_sys PID: "user system" seconds;
+# peak_rss_kb PID: VmHWM.
 cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "/proc/$1/stat"; }
+# cpu_idle: the host's idle + iowait time so far, in clock ticks (all CPUs).
+cpu_idle() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
+user_sys() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f %.2f\n", $14/hz, $15/hz}' "/proc/$1/stat"; }
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 start_bench_lab
 
+# Every figure defaults to 0 (its phase did not run).
+packets=0 cap_requests=0 cap_duration=0 off_cpu=0 off_rss=0 off_target=0 off_wall=0
+live_online=0 live_target=0 replay_lag_ratio=0 tc_cpu=0 tc_rss=0 ic_cpu=0 ic_rss=0 live_insns=0
+short_online=0 short_target=0 short_cpu=0 short_insns=0
+
 # ---- offline ----
+if has offline; then
 gen=$("$bin/tc-bench-gen" "$work/bench.pcap" "$CONNS" "$REQUESTS")
 packets=$(echo "$gen" | awk '{print $2}')
 cap_requests=$(echo "$gen" | awk '{print $4}')
@@ -67,6 +100,7 @@ for _ in $(seq 1 50); do
 done
 off_target=$(count target)
 off_wall=$(echo "$t1 - $t0" | bc -l)
+fi
 
 # ---- live ----
 echo 0 > "$work/target.count.base"; base_target=$(count target); base_online=$(count online)
@@ -77,11 +111,6 @@ start tcpcopy online "$tcpcopy_bin" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203
 tcpcopy_pid=${pids[-1]}
 for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
 ic_cpu0=$(cpu_seconds "$intercept_pid")
-perf_pid=
-if [ "${PROFILE:-0}" = 1 ]; then
-  perf record -q -F 999 -g -p "$tcpcopy_pid" -o "$work/tcpcopy.perf" >/dev/null 2>&1 &
-  perf_pid=$!
-fi
 # Instructions tcpcopy executes in user space: far less noisy than CPU time on a shared host.
 # stat_start NAME: sets stat_pid (empty without perf); stat_end NAME: sets stat_count (0
 # without perf). Not in $(...): the shell must wait for its own perf child.
@@ -97,26 +126,67 @@ stat_end() {
   kill -INT "$stat_pid" 2>/dev/null || true; wait "$stat_pid" 2>/dev/null || true
   stat_count=$(awk -F, '/instructions/ {print $1; exit}' "$work/$1.stat" 2>/dev/null | grep -E '^[0-9]+$' || echo 0)
 }
+# wait_replayed BASE_TARGET CLIENT_OUTPUT SECONDS: until the target has served, since its
+# base count, the requests the client got answered (its `requests_ok N`; a count file read
+# while its server rewrites it can fail, the client's own count cannot), bounded.
+wait_replayed() {
+  local _ want
+  want=$(awk '/requests_ok/ {print $2}' "$2")
+  for _ in $(seq 1 $(( $3 * 100 ))); do
+    [ $(( $(count target) - $1 )) -ge "${want:-0}" ] && return 0
+    sleep 0.01
+  done
+  return 1
+}
+if has live; then
 stat_start live
 c0=$(date +%s.%N)
 ns client "$bin/tc-bench-client" 198.18.0.20:80 "$LIVE_CONNS" "$RATE" "$SECONDS_LIVE" > "$work/client.out"
 c1=$(date +%s.%N)
 # The replay has finished when the target has served what online served (bounded, 10 s).
-for _ in $(seq 1 1000); do
-  [ $(( $(count target) - base_target )) -ge $(( $(count online) - base_online )) ] && break
-  sleep 0.01
-done
+wait_replayed "$base_target" "$work/client.out" 10 || true
 r1=$(date +%s.%N)
 replay_lag_ratio=$(echo "scale=3; ($r1 - $c0) / ($c1 - $c0)" | bc -l)
 sleep 1
 stat_end live; live_insns=$stat_count
-[ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
 live_online=$(( $(count online) - base_online ))
 live_target=$(( $(count target) - base_target ))
 tc_cpu=$(cpu_seconds "$tcpcopy_pid"); tc_rss=$(peak_rss_kb "$tcpcopy_pid")
 ic_cpu=$(echo "$(cpu_seconds "$intercept_pid") - $ic_cpu0" | bc -l); ic_rss=$(peak_rss_kb "$intercept_pid")
+fi
+
+# ---- full speed (keep-alive, as ab -k -n FULL_REQUESTS -c FULL_CONNS) ----
+full_online=0 full_target=0 full_client_s=0 full_ratio=0 full_lag_ratio=0
+full_user=0 full_sys=0 full_ic=0
+perf_pids=()
+if has full; then
+  base_target=$(count target); base_online=$(count online)
+  read -r u0 s0 < <(user_sys "$tcpcopy_pid")
+  ic0=$(cpu_seconds "$intercept_pid")
+  if [ "${PROFILE:-0}" = 1 ]; then
+    for who in tcpcopy intercept; do
+      pid_var=${who}_pid
+      perf record -q -e cpu-clock -F 999 -g -p "${!pid_var}" -o "$work/$who.perf" >/dev/null 2>&1 &
+      perf_pids+=($!)
+    done
+  fi
+  c0=$(date +%s.%N)
+  ns client "$bin/tc-bench-client" 198.18.0.20:80 "$FULL_CONNS" 0 300 "requests=$FULL_REQUESTS" > "$work/client-full.out"
+  c1=$(date +%s.%N)
+  wait_replayed "$base_target" "$work/client-full.out" 30 || true
+  r1=$(date +%s.%N)
+  for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  full_online=$(( $(count online) - base_online ))
+  full_target=$(( $(count target) - base_target ))
+  full_client_s=$(echo "$c1 - $c0" | bc -l)
+  full_lag_ratio=$(echo "scale=3; ($r1 - $c0) / ($c1 - $c0)" | bc -l)
+  read -r u1 s1 < <(user_sys "$tcpcopy_pid")
+  full_user=$(echo "$u1 - $u0" | bc -l); full_sys=$(echo "$s1 - $s0" | bc -l)
+  full_ic=$(echo "$(cpu_seconds "$intercept_pid") - $ic0" | bc -l)
+fi
 
 # ---- short connections ----
+if has short; then
 base_target=$(count target); base_online=$(count online)
 tc_cpu1=$(cpu_seconds "$tcpcopy_pid")
 stat_start short
@@ -128,11 +198,70 @@ short_target=$(( $(count target) - base_target ))
 sleep 7
 short_cpu=$(echo "$(cpu_seconds "$tcpcopy_pid") - $tc_cpu1" | bc -l)
 stat_end short; short_insns=$stat_count
+fi
 
+# ---- fanout: the replay rate of 1 and of FANOUT processes on a backlog ----
+# fanout_round K: K tcpcopy processes (--fanout i/K) replay FANOUT_REQUESTS requests made
+# while they were stopped; sets fan_rate (requests replayed per second from SIGCONT until
+# the target has served them all, bounded 120 s) and fan_done. Short connections would
+# measure the target server (a thread per connection) more than tcpcopy.
+fan1_rate=0 fanN_rate=0 fan1_done=0 fanN_done=0 fan_online=0 fan1_online=0 fanN_online=0
+fan1_busy=0 fanN_busy=0 fan1_cpu=0 fanN_cpu=0
+fanout_round() {
+  local k=$1 i fan_pids=() args
+  for i in $(seq 1 "$k"); do
+    args=(-x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x "${capture_args[@]}")
+    [ "$k" -gt 1 ] && args+=(--fanout "$i/$k")
+    start "fan$k-$i" online "$tcpcopy_bin" "${args[@]}" -l "$work/fan$k-$i.log"
+    fan_pids+=("${pids[-1]}")
+  done
+  for i in $(seq 1 "$k"); do
+    for _ in $(seq 1 100); do grep -qs "event loop running" "$work/fan$k-$i.log" && break; sleep 0.1; done
+  done
+  for p in "${fan_pids[@]}"; do kill -STOP "$p"; done
+  local bt bo
+  bt=$(count target); bo=$(count online)
+  ns client "$bin/tc-bench-client" 198.18.0.20:80 "$FANOUT_CONNS" 0 300 "requests=$FANOUT_REQUESTS" > "$work/client-fan$k.out"
+  sleep 0.3
+  fan_online=$(( $(count online) - bo ))
+  local f0 f1
+  f0=$(date +%s.%N)
+  local idle0 idle1
+  idle0=$(cpu_idle)
+  for p in "${fan_pids[@]}"; do kill -CONT "$p"; done
+  wait_replayed "$bt" "$work/client-fan$k.out" 120 || true
+  f1=$(date +%s.%N)
+  idle1=$(cpu_idle)
+  # Cores the whole machine kept busy during the drain (all of it: tcpcopy, the target
+  # server, intercept, the lab's network stack, and whatever else runs on this host).
+  fan_busy=$(echo "scale=2; $(nproc) - ($idle1 - $idle0) / $(getconf CLK_TCK) / ($f1 - $f0)" | bc -l)
+  fan_tc_cpu=0
+  for p in "${fan_pids[@]}"; do fan_tc_cpu=$(echo "$fan_tc_cpu + $(cpu_seconds "$p")" | bc -l); done
+  fan_done=$(( $(count target) - bt ))
+  fan_rate=$(echo "scale=0; $fan_done / ($f1 - $f0)" | bc -l)
+  for p in "${fan_pids[@]}"; do kill -TERM "$p"; done
+  for p in "${fan_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+if has fanout; then
+  kill -TERM "$tcpcopy_pid"; wait "$tcpcopy_pid" 2>/dev/null || true
+  # Rounds alternate 1 and N processes; the rates are the medians (one round is noisy on a
+  # shared host); the counts add up over the rounds; CPU and busy cores are the last round's.
+  rates1=() ratesN=()
+  for _ in $(seq 1 "$FANOUT_ROUNDS"); do
+    fanout_round 1; rates1+=("$fan_rate"); fan1_done=$(( fan1_done + fan_done ))
+    fan1_online=$(( fan1_online + fan_online )); fan1_busy=$fan_busy; fan1_cpu=$fan_tc_cpu
+    fanout_round "$FANOUT"; ratesN+=("$fan_rate"); fanN_done=$(( fanN_done + fan_done ))
+    fanN_online=$(( fanN_online + fan_online )); fanN_busy=$fan_busy; fanN_cpu=$fan_tc_cpu
+  done
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : int((v[NR/2] + v[NR/2+1]) / 2)}'; }
+  fan1_rate=$(median "${rates1[@]}"); fanN_rate=$(median "${ratesN[@]}")
+fi
+
+per_n() { echo "scale=0; if ($2 > 0) $1 / $2 else 0" | bc -l; }
 ratio() { echo "scale=4; if ($2 > 0) $1 / $2 else 0" | bc -l; }
 per_us() { echo "scale=1; if ($2 > 0) $1 * 1000000 / $2 else 0" | bc -l; }
-off_pps=$(echo "scale=0; $packets / $off_wall" | bc -l)
-off_rps=$(echo "scale=0; $cap_requests / $off_wall" | bc -l)
+off_pps=$(per_n "$packets" "$off_wall")
+off_rps=$(per_n "$cap_requests" "$off_wall")
 off_ratio=$(ratio "$off_target" "$cap_requests")
 off_us=$(per_us "$off_cpu" "$cap_requests")
 off_wall_ratio=$(ratio "$off_wall" "$cap_duration")
@@ -140,31 +269,59 @@ live_ratio=$(ratio "$live_target" "$live_online")
 tc_us=$(per_us "$tc_cpu" "$live_target"); ic_us=$(per_us "$ic_cpu" "$live_target")
 short_ratio=$(ratio "$short_target" "$short_online")
 short_us=$(per_us "$short_cpu" "$short_target")
-per_n() { echo "scale=0; if ($2 > 0) $1 / $2 else 0" | bc -l; }
 live_ipr=$(per_n "${live_insns:-0}" "$live_target"); short_ipc=$(per_n "${short_insns:-0}" "$short_target")
+full_ratio=$(ratio "$full_target" "$full_online")
+full_user_us=$(per_us "$full_user" "$full_target"); full_sys_us=$(per_us "$full_sys" "$full_target")
+full_us=$(per_us "$(echo "$full_user + $full_sys" | bc -l)" "$full_target")
+full_ic_us=$(per_us "$full_ic" "$full_target")
+full_client_rps=$(per_n "$full_online" "$full_client_s")
+fan_ratio=$(ratio "$fanN_rate" "$fan1_rate")
 
 if $json; then
-  cat <<JSON
+  # bc writes .5 for 0.5: JSON needs the 0.
+  sed -e "s/:\./:0./g" -e "s/:-\./:-0./g" <<JSON
 {"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio,"capture_duration_s":$cap_duration,"wall_over_capture_duration":$off_wall_ratio,"tcpcopy_cpu_s":$off_cpu,"tcpcopy_cpu_us_per_request":$off_us,"tcpcopy_peak_rss_kb":$off_rss},
  "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"replay_finished_over_client_finished":$replay_lag_ratio,"capture":"${CAPTURE:-default}","tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
- "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc}}
+ "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc},
+ "full":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$full_client_s,"online_requests":$full_online,"target_requests":$full_target,"target_over_online":$full_ratio,"replay_finished_over_client_finished":$full_lag_ratio,"tcpcopy_cpu_us_per_request":$full_us,"tcpcopy_user_us_per_request":$full_user_us,"tcpcopy_system_us_per_request":$full_sys_us,"intercept_cpu_us_per_request":$full_ic_us},
+ "fanout":{"processes":$FANOUT,"rounds":$FANOUT_ROUNDS,"requests":$FANOUT_REQUESTS,"connections":$FANOUT_CONNS,"replayed_1":$fan1_done,"replayed_n":$fanN_done,"rate_1":$fan1_rate,"rate_n":$fanN_rate,"rate_n_over_1":$fan_ratio,"tcpcopy_cpu_s_1":$fan1_cpu,"tcpcopy_cpu_s_n":$fanN_cpu,"host_cores_busy_1":$fan1_busy,"host_cores_busy_n":$fanN_busy}}
 JSON
 else
-  printf '%-44s %s\n' "offline: connections / packets / requests" "$CONNS / $packets / $cap_requests"
-  printf '%-44s %.2f s\n' "offline: wall time (max speed, tail ends early)" "$off_wall"
-  printf '%-44s %s pkt/s, %s req/s\n' "offline: throughput" "$off_pps" "$off_rps"
-  printf '%-44s %s / %s = %s\n' "offline: requests at target / in capture" "$off_target" "$cap_requests" "$off_ratio"
-  printf '%-44s %s / %s s = %s\n' "offline: wall time / capture duration" "$off_wall" "$cap_duration" "$off_wall_ratio"
-  printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "offline: tcpcopy" "$off_cpu" "$off_rss" "$off_us"
-  printf '%-44s %s req/s x %s s, %s connections\n' "live: load" "$RATE" "$SECONDS_LIVE" "$LIVE_CONNS"
-  printf '%-44s %s / %s = %s\n' "live: requests at target / served online" "$live_target" "$live_online" "$live_ratio"
-  printf '%-44s %s (capture: %s)\n' "live: replay finished / client finished" "$replay_lag_ratio" "${CAPTURE:-default}"
-  printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: tcpcopy" "$tc_cpu" "$tc_rss" "$tc_us"
-  printf '%-44s %s\n' "live: tcpcopy user instructions/request" "$live_ipr"
-  printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: intercept" "$ic_cpu" "$ic_rss" "$ic_us"
-  printf '%-44s %s conn/s x %s s, a request each\n' "short: load" "$SHORT_RATE" "$SHORT_SECONDS"
-  printf '%-44s %s / %s = %s\n' "short: connections at target / online" "$short_target" "$short_online" "$short_ratio"
-  printf '%-44s %s s CPU (incl. lingering), %s us CPU/connection\n' "short: tcpcopy" "$short_cpu" "$short_us"
-  printf '%-44s %s\n' "short: tcpcopy user instructions/connection" "$short_ipc"
+  has offline && printf '%-44s %s\n' "offline: connections / packets / requests" "$CONNS / $packets / $cap_requests"
+  has offline && printf '%-44s %.2f s\n' "offline: wall time (max speed, tail ends early)" "$off_wall"
+  has offline && printf '%-44s %s pkt/s, %s req/s\n' "offline: throughput" "$off_pps" "$off_rps"
+  has offline && printf '%-44s %s / %s = %s\n' "offline: requests at target / in capture" "$off_target" "$cap_requests" "$off_ratio"
+  has offline && printf '%-44s %s / %s s = %s\n' "offline: wall time / capture duration" "$off_wall" "$cap_duration" "$off_wall_ratio"
+  has offline && printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "offline: tcpcopy" "$off_cpu" "$off_rss" "$off_us"
+  has live && printf '%-44s %s req/s x %s s, %s connections\n' "live: load" "$RATE" "$SECONDS_LIVE" "$LIVE_CONNS"
+  has live && printf '%-44s %s / %s = %s\n' "live: requests at target / served online" "$live_target" "$live_online" "$live_ratio"
+  has live && printf '%-44s %s (capture: %s)\n' "live: replay finished / client finished" "$replay_lag_ratio" "${CAPTURE:-default}"
+  has live && printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: tcpcopy" "$tc_cpu" "$tc_rss" "$tc_us"
+  has live && printf '%-44s %s\n' "live: tcpcopy user instructions/request" "$live_ipr"
+  has live && printf '%-44s %s s CPU, %s KB peak RSS, %s us CPU/request\n' "live: intercept" "$ic_cpu" "$ic_rss" "$ic_us"
+  has short && printf '%-44s %s conn/s x %s s, a request each\n' "short: load" "$SHORT_RATE" "$SHORT_SECONDS"
+  has short && printf '%-44s %s / %s = %s\n' "short: connections at target / online" "$short_target" "$short_online" "$short_ratio"
+  has short && printf '%-44s %s s CPU (incl. lingering), %s us CPU/connection\n' "short: tcpcopy" "$short_cpu" "$short_us"
+  has short && printf '%-44s %s\n' "short: tcpcopy user instructions/connection" "$short_ipc"
+  if has full; then
+    printf '%-44s %s requests on %s connections, %.2f s (%s req/s)\n' "full: keep-alive at full client speed" "$FULL_REQUESTS" "$FULL_CONNS" "$full_client_s" "$full_client_rps"
+    printf '%-44s %s / %s = %s\n' "full: requests at target / served online" "$full_target" "$full_online" "$full_ratio"
+    printf '%-44s %s\n' "full: replay finished / client finished" "$full_lag_ratio"
+    printf '%-44s %s us CPU/request (user %s + system %s)\n' "full: tcpcopy" "$full_us" "$full_user_us" "$full_sys_us"
+    printf '%-44s %s us CPU/request\n' "full: intercept" "$full_ic_us"
+  fi
+  if has fanout; then
+    printf '%-44s %s keep-alive requests on %s connections, made while tcpcopy was stopped\n' "fanout: backlog" "$FANOUT_REQUESTS" "$FANOUT_CONNS"
+    printf '%-44s %s of %s, median %s req/s (rounds: %s; last: tcpcopy %.2f s CPU, host %s of %s cores busy)\n' "fanout: 1 process replayed" "$fan1_done" "$fan1_online" "$fan1_rate" "${rates1[*]}" "$fan1_cpu" "$fan1_busy" "$(nproc)"
+    printf '%-44s %s of %s, median %s req/s (rounds: %s; last: tcpcopy %.2f s CPU, host %s of %s cores busy)\n' "fanout: $FANOUT processes replayed" "$fanN_done" "$fanN_online" "$fanN_rate" "${ratesN[*]}" "$fanN_cpu" "$fanN_busy" "$(nproc)"
+    printf '%-44s %s\n' "fanout: replay rate $FANOUT processes / 1 (medians)" "$fan_ratio"
+  fi
+fi
+if [ "${PROFILE:-0}" = 1 ] && has full; then
+  for who in tcpcopy intercept; do
+    echo "== top frames, $who, full-speed phase (perf, cpu-clock samples):" >&2
+    perf report -i "$work/$who.perf" --stdio --no-children --sort dso,symbol 2>/dev/null \
+      | grep -E '^ +[0-9.]+%' | head -n "${PROFILE_TOP:-15}" >&2 || true
+  done
 fi
 echo "logs: $work" >&2

@@ -773,6 +773,85 @@ fn three_copies_of_every_connection() {
     stop_tcpcopy(&s.lab, "tcpcopy");
 }
 
+/// Issue 18, beyond one core: two tcpcopy processes, `--fanout 1/2` and `--fanout 2/2` on the
+/// same capture and one intercept, with the same `-f`, replay every connection exactly once
+/// between them, and each replays a share.
+fn fanout(test: &str, capture: &str) {
+    require_root(test);
+    let s = setup();
+    let x = transfers();
+    // Fake clients (routed to the assistant), ports shifted alike in both processes.
+    let c = "203.0.113.11,203.0.113.12";
+    for (name, share) in [("tcpcopy1", "1/2"), ("tcpcopy2", "2/2")] {
+        let args = [
+            "-x",
+            &x,
+            "-c",
+            c,
+            "-f",
+            "1",
+            "--capture",
+            capture,
+            "--fanout",
+            share,
+        ];
+        start_tcpcopy(&s.lab, name, &args);
+    }
+    let w = Workload {
+        short: 60,
+        keepalive: 6,
+        keepalive_requests: 10,
+        greeting: 4,
+        big: false,
+    };
+    let n = run_workload(&s.lab, test, &w);
+    let online = settled_online_conns(&[&s.online, &s.online_greet], n);
+    assert_eq!(online.len(), n);
+    // Each online stream (unique by its tagged bodies) reaches the target once.
+    let (ok, _) = wait_until(&s.target, REPLAY_DEADLINE, |_| {
+        let all = target_conns(&[&s.target, &s.target_greet]);
+        online
+            .iter()
+            .all(|o| all.iter().any(|c| c.received == o.received))
+    });
+    assert!(ok, "not every connection was replayed");
+    let all = target_conns(&[&s.target, &s.target_greet]);
+    for o in &online {
+        let times = all.iter().filter(|c| c.received == o.received).count();
+        assert_eq!(
+            times,
+            1,
+            "connection from port {} replayed {times} times",
+            o.peer.port()
+        );
+    }
+    assert_eq!(all.len(), n, "target connections");
+    let syns: Vec<u64> = ["tcpcopy1", "tcpcopy2"]
+        .iter()
+        .map(|name| {
+            let log = stop_tcpcopy(&s.lab, name);
+            assert!(log.contains("(--fanout"), "{log}");
+            last_counter(&log, "syn cnt:").unwrap_or(0)
+        })
+        .collect();
+    assert!(
+        syns.iter().all(|&c| c > 0),
+        "SYNs captured per process: {syns:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn two_processes_share_the_connections_with_fanout() {
+    fanout("fanout_raw", "raw");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn two_processes_share_the_ring_capture_with_fanout() {
+    fanout("fanout_ring", "ring");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn sampling_replays_about_half_of_the_sessions_whole() {

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use tc_core::capture::pcap_live::{MAX_DEVICES, MAX_FILTER_LEN};
+use tc_core::capture::raw_socket::FlowShare;
 use tc_core::control::DEFAULT_PORT;
 use tc_core::session::ReplayConfig;
 
@@ -206,6 +207,14 @@ struct RawArgs {
         help = "a lost capture device (deleted, down) is reopened with a backoff; stop with an\n\
                 error when none has worked this long")]
     capture_lost_exit: u64,
+    #[arg(long = "fanout", value_name = "i/n", help_heading = H_CAPTURE,
+        value_parser = parse_fanout,
+        help = "capture only share i of n (1..n) of the client connections, split by client\n\
+                address and port in the kernel filter: run n tcpcopy processes, --fanout 1/n\n\
+                .. n/n, to use n cores; each connection is replayed by one of them. Give each\n\
+                the same -f and -n (with --fanout they shift ports alike); --capture raw\n\
+                or ring")]
+    fanout: Option<FlowShare>,
 
     #[arg(short = 'a', value_name = "n", help_heading = H_OFFLINE,
         default_value_t = 1, value_parser = numbers::parse_accel,
@@ -414,6 +423,8 @@ pub struct Options {
     pub memory_limit_bytes: u64,
     /// `--capture-lost-exit`.
     pub capture_lost_exit: Duration,
+    /// `--fanout i/n`: this process's share of the captured connections.
+    pub fanout: Option<FlowShare>,
     /// The `-x` text as given, for the start-up log.
     pub transfers_text: String,
     pub intercepts_text: String,
@@ -546,6 +557,70 @@ fn udp_only_flags(raw: &RawArgs, m: &ArgMatches) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `--fanout i/n` (1-based on the command line, 1 <= i <= n <= 1024) as a 0-based share.
+fn parse_fanout(s: &str) -> Result<FlowShare, String> {
+    let bad = || {
+        format!(
+            "\"{s}\": expected i/n, this process's share i of n (1 <= i <= n <= 1024), e.g. 1/2"
+        )
+    };
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let i: u32 = i.trim().parse().map_err(|_| bad())?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if i == 0 || i > n || n > 1024 {
+        return Err(bad());
+    }
+    Ok(FlowShare {
+        index: i - 1,
+        count: n,
+    })
+}
+
+/// `--fanout` splits the connections in the kernel filter of the raw socket or the ring:
+/// refused where there is none.
+fn fanout_applies(raw: &RawArgs, input: &Input) -> Result<(), CliError> {
+    if raw.fanout.is_none() {
+        return Ok(());
+    }
+    if raw.udp {
+        return err("--fanout applies to TCP replay (not --udp)");
+    }
+    if raw
+        .transfers
+        .as_deref()
+        .is_some_and(addr_spec6::is_ipv6_transfers)
+    {
+        // The IPv6 capture has no share in its filter: every process would replay all.
+        return err("--fanout applies to IPv4 transfers");
+    }
+    match input {
+        Input::Raw | Input::Ring => Ok(()),
+        Input::Pcap { .. } => err(
+            "--fanout needs --capture raw or ring (the kernel filter that splits the connections); with --capture pcap give each process its own -F",
+        ),
+        Input::Offline { .. } => err("--fanout does not apply to offline replay (-i <file>)"),
+    }
+}
+
+/// The seed of the run's port offset `R` (spec 2.6, used by `-f` and `-n`): random per run,
+/// except with `--fanout`, where the processes of a group must map client ports alike (two
+/// offsets would let connections of different processes land on one fake port); then it is
+/// derived from the `-x` text the processes share (FNV-1a).
+fn replay_seed(fanout: bool, transfers_text: &str) -> u64 {
+    if fanout {
+        return transfers_text
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+    }
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id())
 }
 
 /// Whether the option was typed (not just its default).
@@ -681,6 +756,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         }
     };
 
+    fanout_applies(&raw, &input)?;
     let mut warnings = Vec::new();
     if raw.port_shift > 31 {
         // Spec 2.6: F*2048 + R no longer fits 16 bits, so wrap() maps every port P to
@@ -716,11 +792,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
         dont_wait: raw.dont_wait,
         single: raw.single,
         auth,
-        seed: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()),
+        seed: replay_seed(raw.fanout.is_some(), &transfers_text),
         ..ReplayConfig::default()
     };
 
@@ -754,6 +826,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             probe_client,
             memory_limit_bytes: raw.memory_mb * 1024 * 1024,
             capture_lost_exit: Duration::from_secs(raw.capture_lost_exit),
+            fanout: raw.fanout,
             transfers_text,
             intercepts_text,
             client_ips_text: raw.client_ips,
@@ -1196,6 +1269,43 @@ mod tests {
         assert!(run_err(&with(&["-H", "127.0.0"])).contains("-H"));
         assert!(run_err(&with(&["-c", "300.1.1.1"])).contains("-c"));
         assert!(run_err(&["-x", "80-198.18.0.30:8080", "-s", "bad"]).contains("-s"));
+    }
+
+    #[test]
+    fn fanout_shares() {
+        let o = run(&with(&["--fanout", "2/3"])).unwrap();
+        assert_eq!(o.fanout, Some(FlowShare { index: 1, count: 3 }));
+        assert!(o.warnings.is_empty());
+        assert_eq!(run(&BASE).unwrap().fanout, None);
+        let ring = run(&with(&["--capture", "ring", "--fanout", "1/2"])).unwrap();
+        assert_eq!(ring.fanout, Some(FlowShare { index: 0, count: 2 }));
+        for bad in ["0/2", "3/2", "2", "1/0", "a/b", "1/2000", ""] {
+            assert!(run_err(&with(&["--fanout", bad])).contains("i/n"), "{bad}");
+        }
+        assert!(run_err(&with(&["--capture", "pcap", "--fanout", "1/2"]))
+            .contains("--capture raw or ring"));
+        let file = std::env::temp_dir().join(format!("fanout-{}.pcap", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let f = file.to_str().unwrap();
+        assert!(run_err(&with(&["-i", f, "--fanout", "1/2"])).contains("offline"));
+        std::fs::remove_file(&file).unwrap();
+        let v6 = [
+            "-x",
+            "80-[2001:db8::30]:8080",
+            "-s",
+            "198.18.0.40",
+            "--fanout",
+            "1/2",
+        ];
+        assert!(run_err(&v6).contains("IPv6"));
+        // The processes of a group shift ports alike (-f, -n): one port offset for a -x.
+        let a = run(&with(&["--fanout", "1/2", "-f", "1"])).unwrap();
+        let b = run(&with(&["--fanout", "2/2", "-f", "1"])).unwrap();
+        assert_eq!(a.replay.seed, b.replay.seed);
+        assert_ne!(
+            replay_seed(true, "80-198.18.0.30:8080"),
+            replay_seed(true, "81-198.18.0.30:8080")
+        );
     }
 
     #[test]

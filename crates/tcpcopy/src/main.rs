@@ -240,7 +240,15 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 .iter()
                 .map(|t| t.src_port)
                 .collect();
-            capture::log_port_filter(c.keep_only_dst_ports(&ports), "tcp", &ports);
+            let filtered = c.keep_only(&ports, options.fanout);
+            if let (Some(_), Err(e)) = (options.fanout, &filtered) {
+                // The share is the filter: without it this process would replay every
+                // connection, the other processes' too.
+                anyhow::bail!(
+                    "--fanout: cannot install the kernel filter that splits the connections: {e}"
+                );
+            }
+            capture::log_port_filter(filtered, "tcp", &ports);
             let rcvbuf = c.receive_buffer().unwrap_or(0);
             log::info!("capture: raw socket, receive buffer {rcvbuf} bytes");
             // The kernel reports twice the size set; 64 MiB past net.core.rmem_max needs
@@ -263,7 +271,11 @@ fn run(options: Options) -> anyhow::Result<i32> {
                 .iter()
                 .map(|t| t.src_port)
                 .collect();
-            let c = RingCapture::open(&ports, RingOptions::default()).context(
+            let opts = RingOptions {
+                share: options.fanout,
+                ..RingOptions::default()
+            };
+            let c = RingCapture::open(&ports, opts).context(
                 "Create capture ring to input failed (--capture raw reads a raw socket instead)",
             )?;
             log::info!(
@@ -285,6 +297,13 @@ fn run(options: Options) -> anyhow::Result<i32> {
         })?,
         Input::Offline { .. } => Vec::new(),
     };
+    if let Some(share) = options.fanout {
+        log::info!(
+            "capture: share {} of {} of the client connections (--fanout, split by client address and port)",
+            share.index + 1,
+            share.count
+        );
+    }
     let offline = offline::from_input(&options.input)?;
 
     // --diff: production's answers come from this host's outgoing segments (the raw socket

@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
-use super::raw_socket::dst_port_filter;
+use super::raw_socket::{capture_filter, FlowShare};
 use super::Capture;
 use crate::packet::LinkType;
 
@@ -34,6 +34,8 @@ pub struct RingOptions {
     pub block_count: u32,
     /// A block that is not full is handed over after this long (ms).
     pub block_timeout_ms: u32,
+    /// Only this share of the flows (`--fanout`), or all.
+    pub share: Option<FlowShare>,
 }
 
 impl Default for RingOptions {
@@ -48,6 +50,7 @@ impl Default for RingOptions {
             block_size: 128 << 10,
             block_count: 256,
             block_timeout_ms: 2,
+            share: None,
         }
     }
 }
@@ -138,15 +141,15 @@ fn setsockopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: &T) 
     }
 }
 
-/// `ldb [9]; jeq #6` in front of the port filter (or alone): only TCP passes.
-fn tcp_port_filter(ports: &[u16]) -> Vec<libc::sock_filter> {
+/// `ldb [9]; jeq #6` in front of the port (and share) filter, or alone: only TCP passes.
+fn tcp_port_filter(ports: &[u16], share: Option<FlowShare>) -> Vec<libc::sock_filter> {
     let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
         code: code as u16,
         jt,
         jf,
         k,
     };
-    let ports_prog = dst_port_filter(ports);
+    let ports_prog = capture_filter(ports, share);
     let mut p = vec![op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 9)];
     match ports_prog {
         Some(rest) => {
@@ -176,7 +179,8 @@ fn ctx(what: &'static str) -> impl Fn(io::Error) -> io::Error {
 
 impl RingCapture {
     /// Opens the ring (needs CAP_NET_RAW): TCP datagrams to this host whose destination port
-    /// is one of `ports` (any port for an empty list or more than 250).
+    /// is one of `ports` (any port for an empty list or more than
+    /// [`MAX_FILTER_PORTS`](super::raw_socket::MAX_FILTER_PORTS)), of `opts.share`'s flows.
     pub fn open(ports: &[u16], opts: RingOptions) -> io::Result<RingCapture> {
         let page = 4096u32;
         if opts.block_size < page
@@ -217,7 +221,7 @@ impl RingCapture {
             &1 as &libc::c_int,
         )
         .is_err();
-        let program = tcp_port_filter(ports);
+        let program = tcp_port_filter(ports, opts.share);
         let prog = libc::sock_fprog {
             len: program.len() as u16,
             filter: program.as_ptr() as *mut libc::sock_filter,
@@ -459,12 +463,12 @@ mod tests {
 
     #[test]
     fn tcp_filter_shapes() {
-        let any = tcp_port_filter(&[]);
+        let any = tcp_port_filter(&[], None);
         assert_eq!(any.len(), 4);
         assert_eq!((any[1].jt, any[1].jf, any[1].k), (0, 1, 6));
         assert_eq!(any[2].k, u32::MAX);
         assert_eq!(any[3].k, 0);
-        let two = tcp_port_filter(&[80, 81]);
+        let two = tcp_port_filter(&[80, 81], None);
         // ldb, jeq tcp, then the 6 instructions of the port program.
         assert_eq!(two.len(), 8);
         // "Not TCP" lands on the port program's `ret 0`: index 2 + 1 + jf.
@@ -617,6 +621,7 @@ mod tests {
             block_size: 4096,
             block_count: 256,
             block_timeout_ms: 2,
+            share: None,
         };
         let (mut cap, _, longest) = loopback_bulk(small, 1 << 20);
         assert!(cap.truncated() > 0);

@@ -579,11 +579,16 @@ impl Session {
             ctx.drops.count(DropKind::ClientRetransmit);
             return;
         }
+        // The usual case: a segment after every pending one (the queue is ordered by
+        // sequence number), which none of them duplicates; the scans below are for the rest
+        // (they cost a pass over a queue of thousands when the replay lags).
+        let in_order = self.pending.back().is_none_or(|q| seq_lt(q.seq, seq));
         // Duplicates of a pending segment.
-        if self
-            .pending
-            .iter()
-            .any(|q| q.seq == seq && q.end == end && q.flags == seg.flags)
+        if !in_order
+            && self
+                .pending
+                .iter()
+                .any(|q| q.seq == seq && q.end == end && q.flags == seg.flags)
         {
             ctx.stats.clt_retransmit += 1;
             ctx.drops.count(DropKind::ClientRetransmit);
@@ -610,6 +615,10 @@ impl Session {
         }
         self.buffered += stored.data.len();
         self.ip_id = seg.ip_id;
+        if in_order {
+            self.pending.push_back(stored);
+            return;
+        }
         // Insert after every pending segment that does not start after it.
         let at = self
             .pending
