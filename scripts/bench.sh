@@ -26,6 +26,8 @@
 #        LAB_TX_OFFLOAD=off: the lab's links compute checksums in software (builds before the
 #        fix of issue 13 replay nothing live with offload on);
 #        CAPTURE=ring|pcap: the live tcpcopy's --capture (default: tcpcopy's own);
+#        STEER=1: the live tcpcopy pinned to CPU 0, the frames it sends handled on CPU 1
+#        (RPS), so the lab's other hosts' stacks are not counted as tcpcopy's CPU;
 #        PROFILE=1 also samples tcpcopy and intercept in the full-speed phase with `perf
 #        record -e cpu-clock -g` (linux-perf; no hardware counters needed) and prints their
 #        top frames; the data stay in the logs directory (`perf report -i
@@ -106,7 +108,16 @@ fi
 echo 0 > "$work/target.count.base"; base_target=$(count target); base_online=$(count online)
 capture_args=()
 [ -n "${CAPTURE:-}" ] && capture_args=(--capture "$CAPTURE")
-start tcpcopy online "$tcpcopy_bin" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
+# STEER=1: tcpcopy pinned to CPU 0 and the frames it sends steered to CPU 1 (RPS on the
+# bridge port of online's link), so the lab's other hosts' network stacks (bridge, the
+# target's TCP, waking its server), which the veth link otherwise runs inside tcpcopy's send
+# calls, are not counted as tcpcopy's CPU: on real hosts that work is the target's.
+pin=()
+if [ "${STEER:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  pin=(taskset -c 0)
+  ip netns exec "$run-sw" sh -c 'echo 2 > /sys/class/net/vonline/queues/rx-0/rps_cpus'
+fi
+start tcpcopy online "${pin[@]}" "$tcpcopy_bin" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
   "${capture_args[@]}" -l "$work/tcpcopy-live.log"
 tcpcopy_pid=${pids[-1]}
 for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-live.log" && break; sleep 0.1; done
