@@ -591,21 +591,7 @@ fn late_fin_case(late: Duration) -> u64 {
     let mut core = SimCore::new();
     core.close_after_response = true;
     core.fin_again_after = Some(late);
-    let mut cap = Vec::new();
-    let mut want = Vec::new();
-    let mut start = Duration::ZERO;
-    let first = ClientConn::new(40090, reqs(1, 92, 233));
-    for i in 0..20 {
-        let mut c = ClientConn::new(40090, vec![(request(i, 92, 233), 233)]);
-        c.isn = first.isn.wrapping_add(20_000 * i as u32);
-        c.rtt = Duration::from_micros(30);
-        c.think = Duration::from_micros(50);
-        c.server_closed_first = true;
-        let packets = c.capture(start);
-        start = packets.last().unwrap().at + Duration::from_micros(100);
-        want.extend(c.stream());
-        cap.extend(packets);
-    }
+    let (cap, want) = short_connection_chain(20);
     let mut r = Replayer::new(config());
     run(&mut r, &mut core, cap, LIMIT);
     let stale = r.drops().get(DropKind::StaleResponse);
@@ -886,23 +872,7 @@ fn a_chain_of_short_connections_on_one_port_is_replayed_in_order() {
     // The replay lags behind online: every record takes 2 ms more (a loaded intercept
     // host), so up to the whole chain waits at once.
     core.record_stall = Some((1, Duration::from_millis(2)));
-    let n = 100;
-    let mut cap = Vec::new();
-    let mut want = Vec::new();
-    let mut start = Duration::ZERO;
-    let first = ClientConn::new(40090, reqs(1, 92, 233));
-    for i in 0..n {
-        let mut c = ClientConn::new(40090, vec![(request(i, 92, 233), 233)]);
-        c.isn = first.isn.wrapping_add(20_000 * i as u32);
-        // Online is faster than the replay (intercept's records take 100 us).
-        c.rtt = Duration::from_micros(30);
-        c.think = Duration::from_micros(50);
-        c.server_closed_first = true;
-        let packets = c.capture(start);
-        start = packets.last().unwrap().at + Duration::from_micros(100);
-        want.extend(c.stream());
-        cap.extend(packets);
-    }
+    let (cap, want) = short_connection_chain(100);
     let mut r = Replayer::new(config());
     let took = run(&mut r, &mut core, cap, LIMIT);
     let got = received(&core, (CLIENT, 40090));
@@ -923,4 +893,27 @@ fn a_chain_of_short_connections_on_one_port_is_replayed_in_order() {
         "the replay took {took:?}"
     );
     assert!(r.stats().deferred > 0, "no connection waited");
+}
+
+/// `n` short connections in a row on client port 40090, the server closing first: each
+/// starts 100 us after the one before ended at the client, its ISN 20000 past (a port
+/// reused within a millisecond). Online is faster than the replay (intercept's records take
+/// 100 us). The capture and the bytes the target must receive, in order.
+fn short_connection_chain(n: usize) -> (Vec<Captured>, Vec<u8>) {
+    let mut cap = Vec::new();
+    let mut want = Vec::new();
+    let mut start = Duration::ZERO;
+    let first = ClientConn::new(40090, reqs(1, 92, 233));
+    for i in 0..n {
+        let mut c = ClientConn::new(40090, vec![(request(i, 92, 233), 233)]);
+        c.isn = first.isn.wrapping_add(20_000 * i as u32);
+        c.rtt = Duration::from_micros(30);
+        c.think = Duration::from_micros(50);
+        c.server_closed_first = true;
+        let packets = c.capture(start);
+        start = packets.last().unwrap().at + Duration::from_micros(100);
+        want.extend(c.stream());
+        cap.extend(packets);
+    }
+    (cap, want)
 }

@@ -758,58 +758,55 @@ impl Replayer {
         let key = (seg.src, seg.src_port, target.0, target.1);
         let (syn, seq, payload) = (seg.syn() && !seg.ack_flag(), seg.seq, seg.payload_len());
         let mut ctx = ctx!(self);
-        if let Some(s) = self.sessions.get_mut(&key) {
-            let waiting = self.deferred.contains_key(&key);
-            let new_conn = if syn {
-                s.isn != seq
-            } else {
-                waiting && s.is_other_connection(seq)
-            };
-            if new_conn && (waiting || (!s.is_over() && s.client_closed())) {
-                // The old connection ended at the client but not yet at the target, or
-                // others already wait on this endpoint: this one queues behind them.
-                let packet = (key, now, transfer, seg, datagram);
-                defer(
-                    &mut self.deferred,
-                    &mut self.deferred_bytes,
-                    &mut ctx,
-                    packet,
-                );
-                return;
-            }
-            let replace = if syn {
-                if s.isn == seq && s.phase != Phase::Over {
-                    ctx.drops.count(DropKind::DupSyn);
+        // Whether the packet queues behind connections waiting for this endpoint.
+        let queue = 'decide: {
+            if let Some(s) = self.sessions.get_mut(&key) {
+                let waiting = self.deferred.contains_key(&key);
+                let new_conn = if syn {
+                    s.isn != seq
+                } else {
+                    waiting && s.is_other_connection(seq)
+                };
+                if new_conn && (waiting || (!s.is_over() && s.client_closed())) {
+                    // The old connection ended at the client but not yet at the target, or
+                    // others already wait on this endpoint: this one queues behind them.
+                    break 'decide true;
+                }
+                let replace = if syn {
+                    if s.isn == seq && s.phase != Phase::Over {
+                        ctx.drops.count(DropKind::DupSyn);
+                        return;
+                    }
+                    s.is_over() || s.client_closed()
+                } else {
+                    s.is_over() && payload > 0 && s.is_other_connection(seq)
+                };
+                if !replace {
+                    if syn {
+                        // Spec 4.4: a new connection while the old one lives is not replayed;
+                        // counted rather than lost silently.
+                        ctx.drops.count(DropKind::KeyReuse);
+                        return;
+                    }
+                    s.on_client(&mut ctx, now, seg, datagram);
+                    schedule(&mut self.timers, &mut self.timer_pushes, key, s);
+                    self.start_deferred(now, key, false);
                     return;
                 }
-                s.is_over() || s.client_closed()
-            } else {
-                s.is_over() && payload > 0 && s.is_other_connection(seq)
-            };
-            if !replace {
-                if syn {
-                    // Spec 4.4: a new connection while the old one lives is not replayed;
-                    // counted rather than lost silently.
-                    ctx.drops.count(DropKind::KeyReuse);
-                    return;
+                // The old connection is done: it makes room for the new one on the same key.
+                let mut old = self.sessions.remove(&key).expect("present");
+                old.teardown(&mut ctx, now);
+                ctx.fidelity.count(old.outcome());
+                old.release(&mut ctx);
+                ctx.stats.released += 1;
+                if let Some(id) = old.moved_from {
+                    self.moved_ports.session_gone(&id, key.1);
                 }
-                s.on_client(&mut ctx, now, seg, datagram);
-                schedule(&mut self.timers, &mut self.timer_pushes, key, s);
-                self.start_deferred(now, key, false);
-                return;
             }
-            // The old connection is done: it makes room for the new one on the same key.
-            let mut old = self.sessions.remove(&key).expect("present");
-            old.teardown(&mut ctx, now);
-            ctx.fidelity.count(old.outcome());
-            old.release(&mut ctx);
-            ctx.stats.released += 1;
-            if let Some(id) = old.moved_from {
-                self.moved_ports.session_gone(&id, key.1);
-            }
-        }
-        if self.deferred.contains_key(&key) {
             // Connections wait on this endpoint (its session just ended): behind them.
+            self.deferred.contains_key(&key)
+        };
+        if queue {
             let packet = (key, now, transfer, seg, datagram);
             defer(
                 &mut self.deferred,
