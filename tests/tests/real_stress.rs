@@ -584,6 +584,42 @@ fn short_connections_reusing_client_ports() {
     eprintln!("{test}: {} client ports", ports.len());
 }
 
+/// 2c. HTTP/1.1 clients asking `Connection: close` at full speed (wrk, 50 connections, 2 s):
+///    the server closes each connection after its answer, the client reconnects at once and
+///    Linux hands out ports freed a moment ago; thousands of connections, some ports reused.
+#[test]
+#[ignore = "needs root"]
+fn connection_close_at_full_speed() {
+    let test = "connection_close_at_full_speed";
+    let (_g, st) = setup(test);
+    st.tcpcopy(&[]);
+    must(
+        Some(&st.lab),
+        CLIENT,
+        30,
+        "wrk",
+        &[
+            "-t",
+            "2",
+            "-c",
+            "50",
+            "-d",
+            "2s",
+            "-H",
+            "Connection: close",
+            &st.url("/small.txt"),
+        ],
+        None,
+    );
+    let online = st.expect_replay(test, None, 1);
+    let ports: BTreeSet<u16> = online.iter().map(|e| e.port).collect();
+    eprintln!(
+        "{test}: {} connections on {} client ports",
+        online.len(),
+        ports.len()
+    );
+}
+
 /// 3. Large uploads: POSTs of 1 MB and 5 MB (nginx answers with the file, discarding the
 ///    body, possibly before it has all arrived) and PUTs of 1 MB and 5 MB (stored: nginx reads
 ///    the whole body first), on short connections and several on one keep-alive connection.
