@@ -141,6 +141,27 @@ impl Ctx<'_> {
     }
 }
 
+/// See [`Session::time_wait_floor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWaitFloor {
+    pub end: u32,
+    pub ts: Option<u32>,
+}
+
+impl TimeWaitFloor {
+    /// Whether a Linux target holding the old connection in TIME_WAIT accepts a SYN with
+    /// `isn` (and timestamp `ts`) as a new connection: no older timestamp (PAWS), and a
+    /// sequence number past the old connection's end or a newer timestamp.
+    pub fn accepts(&self, isn: u32, ts: Option<u32>) -> bool {
+        let newer_ts = match (self.ts, ts) {
+            (Some(old), Some(new)) => Some(new.wrapping_sub(old) as i32),
+            _ => None,
+        };
+        newer_ts.is_none_or(|d| d >= 0)
+            && (seq_gt(isn, self.end) || newer_ts.is_some_and(|d| d > 0))
+    }
+}
+
 pub struct Session {
     pub client: (Ipv4Addr, u16),
     pub target: (Ipv4Addr, u16),
@@ -329,6 +350,18 @@ impl Session {
     /// initial sequence for response lengths).
     pub fn wants_pure_ack(&self) -> bool {
         self.syn_captured_at.is_some() || self.cur_req_ack.is_none()
+    }
+
+    /// What a later connection on this endpoint must lie beyond for the target to accept its
+    /// SYN while it holds this one in TIME_WAIT: the end of this connection's client bytes
+    /// (its FIN included, in the captured numbering) and its latest timestamp.
+    pub fn time_wait_floor(&self) -> TimeWaitFloor {
+        TimeWaitFloor {
+            end: self
+                .client_fin_end
+                .unwrap_or_else(|| self.seen_end.wrapping_sub(self.seq_shift)),
+            ts: self.syn_had_ts.then_some(self.ts_val),
+        }
     }
 
     /// Whether a captured segment at `seq` (in the captured numbering) belongs to another
@@ -1252,4 +1285,45 @@ impl Session {
 #[inline]
 fn seq_ge(a: u32, b: u32) -> bool {
     seq_le(b, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TimeWaitFloor;
+
+    /// Linux's rule for a SYN meeting TIME_WAIT (tcp_timewait_state_process): no older
+    /// timestamp, and a sequence number past the old end or a newer timestamp.
+    #[test]
+    fn time_wait_accepts_what_linux_accepts() {
+        let with_ts = TimeWaitFloor {
+            end: 1000,
+            ts: Some(50),
+        };
+        assert!(with_ts.accepts(1001, Some(50)));
+        assert!(
+            with_ts.accepts(500, Some(51)),
+            "newer timestamp, lower sequence"
+        );
+        assert!(
+            !with_ts.accepts(1000, Some(50)),
+            "neither past the end nor newer"
+        );
+        assert!(!with_ts.accepts(5000, Some(49)), "PAWS: an older timestamp");
+        assert!(
+            with_ts.accepts(1001, None),
+            "no timestamp: the sequence decides"
+        );
+        let without = TimeWaitFloor {
+            end: 1000,
+            ts: None,
+        };
+        assert!(without.accepts(1001, Some(1)));
+        assert!(!without.accepts(999, Some(1)));
+        // Sequence numbers wrap.
+        let near_wrap = TimeWaitFloor {
+            end: u32::MAX - 10,
+            ts: None,
+        };
+        assert!(near_wrap.accepts(5, None));
+    }
 }

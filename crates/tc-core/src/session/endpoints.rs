@@ -67,17 +67,30 @@ impl MovedPorts {
     }
 }
 
-/// Endpoints closed within the last `hold`, expired in time order.
+/// Endpoints closed within the last `hold`, expired in time order, each with what its last
+/// connection left (`V`).
 #[derive(Debug)]
-pub struct RecentlyClosed<K> {
-    closed_at: HashMap<K, Instant>,
+pub struct RecentlyClosed<K, V = ()> {
+    closed_at: HashMap<K, (Instant, V)>,
     order: VecDeque<(Instant, K)>,
     hold: Duration,
     cap: usize,
 }
 
-impl<K: Copy + Eq + Hash> RecentlyClosed<K> {
-    pub fn new(hold: Duration, cap: usize) -> RecentlyClosed<K> {
+impl<K: Copy + Eq + Hash> RecentlyClosed<K, ()> {
+    /// `key` closed at `now` (times are non-decreasing).
+    pub fn insert(&mut self, key: K, now: Instant) {
+        self.insert_with(key, now, ());
+    }
+
+    /// Whether `key` closed less than `hold` before `now`.
+    pub fn contains(&self, key: &K, now: Instant) -> bool {
+        self.get(key, now).is_some()
+    }
+}
+
+impl<K: Copy + Eq + Hash, V> RecentlyClosed<K, V> {
+    pub fn new(hold: Duration, cap: usize) -> RecentlyClosed<K, V> {
         RecentlyClosed {
             closed_at: HashMap::new(),
             order: VecDeque::new(),
@@ -86,22 +99,23 @@ impl<K: Copy + Eq + Hash> RecentlyClosed<K> {
         }
     }
 
-    /// `key` closed at `now` (times are non-decreasing). Beyond the cap the oldest is
-    /// forgotten early.
-    pub fn insert(&mut self, key: K, now: Instant) {
+    /// `key` closed at `now` (times are non-decreasing), leaving `value`. Beyond the cap the
+    /// oldest is forgotten early.
+    pub fn insert_with(&mut self, key: K, now: Instant, value: V) {
         self.expire(now);
         if self.order.len() >= self.cap {
             self.pop_oldest();
         }
-        self.closed_at.insert(key, now);
+        self.closed_at.insert(key, (now, value));
         self.order.push_back((now, key));
     }
 
-    /// Whether `key` closed less than `hold` before `now`.
-    pub fn contains(&self, key: &K, now: Instant) -> bool {
+    /// What `key` left, if it closed less than `hold` before `now`.
+    pub fn get(&self, key: &K, now: Instant) -> Option<&V> {
         self.closed_at
             .get(key)
-            .is_some_and(|t| now.saturating_duration_since(*t) < self.hold)
+            .filter(|(t, _)| now.saturating_duration_since(*t) < self.hold)
+            .map(|(_, v)| v)
     }
 
     /// Forgets what closed `hold` or longer before `now`.
@@ -117,7 +131,7 @@ impl<K: Copy + Eq + Hash> RecentlyClosed<K> {
     fn pop_oldest(&mut self) {
         if let Some((t, key)) = self.order.pop_front() {
             // A later close of the same key keeps its own, later entry.
-            if self.closed_at.get(&key) == Some(&t) {
+            if self.closed_at.get(&key).is_some_and(|(at, _)| *at == t) {
                 self.closed_at.remove(&key);
             }
         }

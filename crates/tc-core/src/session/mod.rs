@@ -19,7 +19,7 @@ pub mod timer;
 
 use crate::packet::split::{needs_split, Splitter};
 use crate::packet::{Completeness, DropReason, Segment, TcpPacket};
-use conn::{Ctx, Phase, Session};
+use conn::{Ctx, Phase, Session, TimeWaitFloor};
 use endpoints::{MoveId, MovedPorts, RecentlyClosed};
 pub use fidelity::{Fidelity, Outcome};
 use ingress::{ClientIpMap, Sampler};
@@ -345,7 +345,7 @@ pub struct Replayer {
     moved_ports: MovedPorts,
     /// Fake endpoints of sessions removed lately (with `-n`): the target may still hold them
     /// in TIME_WAIT, so no other connection starts there.
-    recently_closed: RecentlyClosed<Key>,
+    recently_closed: RecentlyClosed<Key, TimeWaitFloor>,
     /// New connections waiting for the session on their fake endpoint to end.
     deferred: HashMap<Key, Deferred>,
     /// Bytes of the packets in `deferred`.
@@ -632,7 +632,7 @@ impl Replayer {
         }
         let (syn, seq) = (seg.syn() && !seg.ack_flag(), seg.seq);
         let target = (t.dst_ip, t.dst_port);
-        let syn_seq = syn.then_some(seq);
+        let syn_seq = syn.then_some((seq, seg.options.timestamps.map(|(val, _)| val)));
         let (port, moved) = self.resolve_port(now, (src_ip, shifted), 0, target, seq, syn_seq);
         if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
             q.set_src_ip(src_ip);
@@ -696,9 +696,9 @@ impl Replayer {
     /// endpoints (`-c`, `-n`, `-f`); when a new connection's SYN finds its endpoint held by a
     /// live session of another connection, it moves to the next free port instead of being
     /// dropped (the original ignores it until the old session ends), and its later packets
-    /// follow it there. Counted as `key reuse`. `syn_seq` is the sequence number of a SYN.
-    /// Returns the port and, for a move, the connection's [`MoveId`] (recorded when its
-    /// session is created, and forgotten with it).
+    /// follow it there. Counted as `key reuse`. `syn_seq` is the sequence number and
+    /// timestamp of a SYN. Returns the port and, for a move, the connection's [`MoveId`]
+    /// (recorded when its session is created, and forgotten with it).
     fn resolve_port(
         &mut self,
         now: Instant,
@@ -706,10 +706,10 @@ impl Replayer {
         replica: u16,
         target: (Ipv4Addr, u16),
         seg_seq: u32,
-        syn_seq: Option<u32>,
+        syn_seq: Option<(u32, Option<u32>)>,
     ) -> (u16, Option<MoveId>) {
         let id = (ip, port, replica, target.0, target.1);
-        let Some(seq) = syn_seq else {
+        let Some((seq, syn_ts)) = syn_seq else {
             return (self.moved_port(ip, port, replica, target, seg_seq), None);
         };
         // A session whose client closed is not busy: a new connection on its endpoint waits
@@ -719,12 +719,21 @@ impl Replayer {
         for _ in 0..256 {
             let key = (ip, chosen, target.0, target.1);
             // With `-n` every fake endpoint is shared by several connections' copies: none
-            // starts where another connection's session ended lately (the target may hold
-            // that endpoint in TIME_WAIT and refuse a SYN with a lower sequence number).
+            // starts where another connection's session ended lately unless the target,
+            // which may hold that endpoint in TIME_WAIT, accepts its SYN there (a client
+            // reusing its port does: its sequence numbers and timestamps only grow).
             let shared = self.cfg.replicas > 1;
             let taken = match self.sessions.get(&key) {
-                Some(s) => busy(s) || (shared && s.isn != seq),
-                None => shared && self.recently_closed.contains(&key, now),
+                Some(s) => {
+                    busy(s) || (shared && s.isn != seq && !s.time_wait_floor().accepts(seq, syn_ts))
+                }
+                None => {
+                    shared
+                        && self
+                            .recently_closed
+                            .get(&key, now)
+                            .is_some_and(|floor| !floor.accepts(seq, syn_ts))
+                }
             };
             if !taken {
                 if chosen == port {
@@ -974,7 +983,8 @@ impl Replayer {
                     self.moved_ports.session_gone(&id, key.1);
                 }
                 if self.cfg.replicas > 1 {
-                    self.recently_closed.insert(key, now);
+                    self.recently_closed
+                        .insert_with(key, now, s.time_wait_floor());
                 }
             } else {
                 self.reschedule(key);
