@@ -710,3 +710,81 @@ fn offline_nginx_cooked_v2_capture() {
         started.elapsed()
     );
 }
+
+/// A capture of short connections that reuse a few client ports (the client's range cut to 8
+/// ports, ab -c 4 without keep-alive, nginx closing first), replayed at full speed (`-a
+/// 1000`): the replay runs far ahead of the capture's pace, so each port's connections queue
+/// behind the one replaying on it, and every request reaches the target.
+#[test]
+#[ignore = "needs root"]
+fn offline_short_connections_reusing_client_ports() {
+    let test = "offline_short_connections_reusing_client_ports";
+    require_root(test);
+    let tmp = TempDir::new("reuse-offline");
+    let lab = Lab::start();
+    let online_log = start_nginx(
+        &lab,
+        ONLINE,
+        "nginx-online",
+        HTTP_ONLINE_PORT,
+        &tmp.sub("online"),
+    );
+    must(
+        Some(&lab),
+        CLIENT,
+        10,
+        "sysctl",
+        &["-qw", "net.ipv4.ip_local_port_range=40000 40007"],
+        None,
+    );
+    let file = tmp.path().join("reuse.pcap");
+    let rec = record(
+        &lab,
+        ONLINE,
+        "record",
+        &file,
+        &["-i", "eth0"],
+        HTTP_ONLINE_PORT,
+    );
+    let url = format!("http://{ONLINE_IP}:{HTTP_ONLINE_PORT}/small.txt");
+    let out = must(
+        Some(&lab),
+        CLIENT,
+        60,
+        "ab",
+        &["-q", "-n", "500", "-c", "4", &url],
+        None,
+    );
+    assert!(out.contains("Failed requests:        0"), "ab: {out}");
+    let capture = rec.stop(&lab);
+    let (online_n, online_reqs) = access_log(&online_log);
+    assert_eq!(online_n, 500, "online requests");
+    let target_log = start_nginx(
+        &lab,
+        TARGET,
+        "nginx-target",
+        HTTP_TARGET_PORT,
+        &tmp.sub("target"),
+    );
+    start_intercept(&lab, HTTP_TARGET_PORT);
+    let replay = replay_offline(
+        &lab,
+        "tcpcopy",
+        &file,
+        HTTP_ONLINE_PORT,
+        HTTP_TARGET_PORT,
+        &["-a", "1000"],
+    );
+    assert_complete(&lab, "tcpcopy", &replay, 1);
+    let code = replay.0;
+    let (same, (target_n, _)) = poll(SETTLE_DEADLINE, || {
+        let l = access_log(&target_log);
+        (l.1 == online_reqs, l)
+    });
+    assert!(
+        same,
+        "{test}: target served {target_n} requests, online {online_n}; capture {capture:?}\n{}",
+        offline_report(&lab, "tcpcopy", code)
+    );
+    eprintln!("{test}: {target_n} requests replayed");
+}
