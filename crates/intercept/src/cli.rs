@@ -98,6 +98,9 @@ pub struct Config {
     /// `--full-payload`: grant tcpcopies that ask (`tcpcopy --full-payload`) the target's
     /// response bytes, up to a cap per response.
     pub full_payload: bool,
+    /// `--ipv6`: capture IPv6 answers too and grant the IPv6 variant of the control channel
+    /// to a tcpcopy that asks (see `tc_core::control::ipv6`).
+    pub ipv6: bool,
     pub dnat: bool,
     /// Empty: everyone may connect (the command line only allows that when listening on a
     /// loopback address; `--allow any` is [`PeerNet::ANY`]).
@@ -142,6 +145,7 @@ impl Config {
             combined: true,
             payload: false,
             full_payload: false,
+            ipv6: false,
             dnat: false,
             allow: Vec::new(),
             route_timeout: Duration::from_secs(DEFAULT_ROUTE_TIMEOUT_SECS),
@@ -408,6 +412,13 @@ fn command() -> Command {
                 .help("send the target's response bytes (up to 64 KiB per response) to a tcpcopy that asks with --full-payload (tcpcopy --diff); others get the records only"),
         )
         .arg(
+            Arg::new("ipv6")
+                .long("ipv6")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("capture IPv6 answers too and route them to a tcpcopy replaying IPv6 (its tunnels ask for the IPv6 variant of the control channel; without --ipv6 they are refused and tcpcopy stops). The filter must match them: 'tcp and src port 8080' does"),
+        )
+        .arg(
             Arg::new("dnat")
                 .long("dnat")
                 .action(ArgAction::SetTrue)
@@ -571,6 +582,7 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
     cfg.devices = devices;
     cfg.payload = payload;
     cfg.full_payload = m.get_flag("full_payload");
+    cfg.ipv6 = m.get_flag("ipv6");
     cfg.port = *m.get_one::<u16>("port").unwrap_or(&DEFAULT_PORT);
     cfg.bind = *m
         .get_one::<Ipv4Addr>("bind")

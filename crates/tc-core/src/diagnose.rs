@@ -269,8 +269,8 @@ impl Probe {
     fn send_syn(&mut self, now: Instant) {
         let (c, t) = (self.setup.client, self.setup.target);
         let spec = SegmentSpec {
-            src: *c.ip(),
-            dst: *t.ip(),
+            src: (*c.ip()).into(),
+            dst: (*t.ip()).into(),
             src_port: c.port(),
             dst_port: t.port(),
             seq: self.setup.isn,
@@ -334,8 +334,8 @@ impl Probe {
             // target takes a RST with the sequence number after the SYN.
             let (c, t) = (self.setup.client, self.setup.target);
             let spec = SegmentSpec {
-                src: *c.ip(),
-                dst: *t.ip(),
+                src: (*c.ip()).into(),
+                dst: (*t.ip()).into(),
                 src_port: c.port(),
                 dst_port: t.port(),
                 seq: self.setup.isn.wrapping_add(1),
@@ -642,8 +642,8 @@ mod tests {
     fn answer(p: &Probe, flags: u8) -> Vec<u8> {
         let (c, t) = (p.setup.client, p.setup.target);
         let spec = SegmentSpec {
-            src: *t.ip(),
-            dst: *c.ip(),
+            src: (*t.ip()).into(),
+            dst: (*c.ip()).into(),
             src_port: t.port(),
             dst_port: c.port(),
             seq: 5000,

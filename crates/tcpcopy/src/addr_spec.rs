@@ -244,9 +244,9 @@ pub fn resolve_transfers(specs: &[TransferSpec]) -> Result<Vec<Transfer>, SpecEr
             let dst_ip = spec.dst.resolve(&format!("{what} target"))?;
             check_transfer(spec, src_ip, dst_ip)?;
             Ok(Transfer {
-                src_ip,
+                src_ip: src_ip.map(Into::into),
                 src_port: spec.src_port,
-                dst_ip,
+                dst_ip: dst_ip.into(),
                 dst_port: spec.dst_port,
                 src_mac: spec.src_mac,
                 dst_mac: spec.dst_mac,
@@ -412,7 +412,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.len(), 3);
-        assert_eq!(t[0].src_ip, Some(Ipv4Addr::new(192, 168, 0, 1)));
+        assert_eq!(t[0].src_ip, Some(Ipv4Addr::new(192, 168, 0, 1).into()));
         assert_eq!((t[0].src_port, t[0].dst_port), (80, 8080));
         assert_eq!(t[1].src_ip, None);
         assert_eq!(t[1].dst_ip, Ipv4Addr::new(192, 168, 0, 3));

@@ -221,6 +221,7 @@ fn steady_state_replay_allocates_nothing_per_packet() {
                 &mut replayer,
                 &mut output,
                 &mut link_drops,
+                false,
                 &mut |r, now, d| r.on_client_packet(now, d),
             )
         });

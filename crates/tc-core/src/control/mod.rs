@@ -18,6 +18,7 @@
 #[cfg(feature = "io")]
 pub mod conn;
 pub mod full_payload;
+pub mod ipv6;
 pub mod probe;
 pub mod routing;
 
