@@ -153,6 +153,49 @@ fn ipv6_http_live() {
     );
 }
 
+/// HTTP over IPv6, live, captured with libpcap (the filter built from -x) and sent as
+/// Ethernet frames (`--send pcap` with the MACs of -x).
+#[test]
+#[ignore = "needs root"]
+fn ipv6_http_live_pcap_capture_and_send() {
+    let test = "ipv6_http_live_pcap_capture_and_send";
+    require_root(test);
+    let tmp = TempDir::new("v6pcap");
+    let lab = Lab::start();
+    lab.enable_ipv6();
+    let (online_log, target_log) = nginx_pair(&lab, &tmp);
+    start_intercept6(&lab, HTTP_TARGET_PORT);
+    let x = format!(
+        "{HTTP_ONLINE_PORT}@{}-[{TARGET_IP6}]:{HTTP_TARGET_PORT}@{}",
+        lab.mac(ONLINE),
+        lab.mac(TARGET)
+    );
+    let args = [
+        "-x",
+        &x,
+        "-s",
+        "198.18.0.40",
+        "-c",
+        FAKES,
+        "--capture",
+        "pcap",
+        "-i",
+        "eth0",
+        "--send",
+        "pcap",
+        "-o",
+        "eth0",
+    ];
+    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), &args);
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log("tcpcopy").contains("grants the IPv6 variant"),
+        || format!("tcpcopy did not start: {}", lab.log("tcpcopy")),
+    );
+    let expected = http_load(&lab);
+    same_requests(&lab, &online_log, &target_log, expected, test);
+}
+
 /// HTTP over IPv6 offline: a tcpdump capture (Ethernet) of the load replayed with `-i`.
 #[test]
 #[ignore = "needs root"]

@@ -89,7 +89,10 @@ struct RawArgs {
                 SRC without IP = any local address; DST needs an IP or a host\n\
                 name (resolved once at start-up to its first IPv4 address).\n\
                 e.g. 80-198.18.0.30:8080  or  198.18.0.20:80-testhost:8080\n\
-                --send pcap: 80@<out if MAC>-198.18.0.30:8080@<next hop MAC>")]
+                --send pcap: 80@<out if MAC>-198.18.0.30:8080@<next hop MAC>\n\
+                IPv6: 80-[2001:db8::30]:8080 (literal addresses in brackets, one family\n\
+                per run; -c PREFIX/LEN, e.g. -c 2001:db8:ffff::/64): every intercept\n\
+                must run with --ipv6 (tcpcopy asks it first and stops if it does not)")]
     transfers: Option<String>,
     #[arg(short = 's', value_name = "intercepts", help_heading = H_REQUIRED,
         help = "intercept addresses HOST[:PORT][,HOST[:PORT]...] (at most 32),\n\
