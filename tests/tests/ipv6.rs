@@ -544,3 +544,102 @@ fn ipv6_refused_by_an_intercept_without_the_option() {
         lab.log("intercept")
     );
 }
+
+/// An intercept that reads the records and never answers (what the original intercept does
+/// with the IPv6 request: "unknown msg type", ignored): tcpcopy captures nothing, and stops
+/// after a few seconds with exit status 1 and a message naming it. What the silent intercept
+/// received is the version record and the request, and nothing else (no IPv6 CLIENT_ADD).
+#[test]
+#[ignore = "needs root"]
+fn ipv6_stops_when_the_intercept_never_answers() {
+    use std::io::Read;
+    require_root("ipv6_stops_when_the_intercept_never_answers");
+    let lab = Lab::start();
+    lab.enable_ipv6();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let silent = lab.thread_in(ASSIST, move || {
+        let l = std::net::TcpListener::bind((ASSIST_IP, INTERCEPT_PORT)).expect("bind");
+        ready_tx.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut received = Vec::new();
+        l.set_nonblocking(true).unwrap();
+        let mut conns = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok((c, _)) = l.accept() {
+                c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                conns.push(c);
+            }
+            let mut open = false;
+            for c in conns.iter_mut() {
+                let mut buf = [0u8; 512];
+                match c.read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        received.extend_from_slice(&buf[..n]);
+                        open = true;
+                    }
+                    Err(_) => open = true,
+                }
+            }
+            if !conns.is_empty() && !open {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        received
+    });
+    ready_rx.recv().unwrap();
+    let x = format!("{HTTP_ONLINE_PORT}-[{TARGET_IP6}]:{HTTP_TARGET_PORT}");
+    let started = Instant::now();
+    lab.spawn(
+        ONLINE,
+        "tcpcopy",
+        &bin("tcpcopy"),
+        &["-x", &x, "-s", "198.18.0.40", "-c", FAKES],
+    );
+    // Online traffic meanwhile: nothing of it may be announced.
+    let nginx_dir = TempDir::new("v6silent");
+    start_nginx_with(
+        &lab,
+        ONLINE,
+        "nginx-online",
+        HTTP_ONLINE_PORT,
+        nginx_dir.path(),
+        "",
+        &format!("listen [{ONLINE_IP6}]:{HTTP_ONLINE_PORT};"),
+    );
+    must(
+        Some(&lab),
+        CLIENT,
+        10,
+        "curl",
+        &[
+            "-s",
+            "-g",
+            "-o",
+            "/dev/null",
+            &format!("http://[{ONLINE_IP6}]:80/"),
+        ],
+        None,
+    );
+    let (ended, _) = poll(Duration::from_secs(15), || (!lab.running("tcpcopy"), ()));
+    let code = lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(5));
+    let log = lab.log("tcpcopy");
+    assert!(ended, "tcpcopy still running: {log}");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("intercept 198.18.0.40:36524 did not answer the IPv6 request"),
+        "{log}"
+    );
+    eprintln!("tcpcopy stopped after {:?}", started.elapsed());
+    let received = silent.join().expect("silent intercept");
+    // Per tunnel: the version record and the request (14 bytes each), nothing more.
+    let records: Vec<&[u8]> = received.chunks(14).collect();
+    assert!(
+        received.len() % 14 == 0
+            && records
+                .iter()
+                .all(|r| r[6..8] == [0, 6] || r[6..8] == [0x74, 0x36]),
+        "the silent intercept got more than version records and requests: {received:02x?}"
+    );
+}
