@@ -29,11 +29,42 @@ fn start_intercept6(lab: &Lab, port: u16) {
     start_intercept_with(lab, port, &["--ipv6"]);
 }
 
+/// intercept --ipv6 on the assistant listening on its IPv6 address only (the control channel
+/// over IPv6), for the tcpcopy at online's IPv6 address.
+fn start_intercept6_on_ipv6(lab: &Lab, port: u16) {
+    let filter = format!("tcp and src port {port}");
+    let allow = ONLINE_IP6.to_string();
+    lab.spawn(
+        ASSIST,
+        "intercept",
+        &bin("intercept"),
+        &[
+            "-F", &filter, "-i", "eth0", "-b", ASSIST_IP6, "--allow", &allow, "--ipv6",
+        ],
+    );
+    wait_for(
+        Duration::from_secs(10),
+        || lab.log("intercept").contains("msg listen socket"),
+        || format!("intercept does not listen: {}", lab.log("intercept")),
+    );
+}
+
 /// tcpcopy on online replaying `online_port` to `[TARGET_IP6]:target_port` (plus `extra`),
 /// started and granted the IPv6 variant by intercept.
 fn start_tcpcopy6(lab: &Lab, online_port: u16, target_port: u16, extra: &[&str]) {
+    start_tcpcopy6_via(lab, "198.18.0.40", online_port, target_port, extra);
+}
+
+/// [`start_tcpcopy6`] with the intercept at `intercept` (`-s`).
+fn start_tcpcopy6_via(
+    lab: &Lab,
+    intercept: &str,
+    online_port: u16,
+    target_port: u16,
+    extra: &[&str],
+) {
     let x = format!("{online_port}-[{TARGET_IP6}]:{target_port}");
-    let mut args = vec!["-x", &x, "-s", "198.18.0.40", "-c", FAKES];
+    let mut args = vec!["-x", &x, "-s", intercept, "-c", FAKES];
     args.extend_from_slice(extra);
     start_tcpcopy_args(lab, &args);
     wait_for(
@@ -286,7 +317,8 @@ fn start_redis6(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> Pat
 }
 
 /// Redis over IPv6, live: pipelined, benchmark and short connections; the target's data set
-/// ends equal to the online one.
+/// ends equal to the online one. The control channel runs over IPv6 too (intercept -b
+/// 2001:db8::40, tcpcopy -s [2001:db8::40]).
 #[test]
 #[ignore = "needs root"]
 fn ipv6_redis_live() {
@@ -309,8 +341,19 @@ fn ipv6_redis_live() {
         REDIS_TARGET_PORT,
         &tmp.sub("target"),
     );
-    start_intercept6(&lab, REDIS_TARGET_PORT);
-    start_tcpcopy6(&lab, REDIS_ONLINE_PORT, REDIS_TARGET_PORT, &[]);
+    start_intercept6_on_ipv6(&lab, REDIS_TARGET_PORT);
+    let intercept = format!("[{ASSIST_IP6}]");
+    start_tcpcopy6_via(&lab, &intercept, REDIS_ONLINE_PORT, REDIS_TARGET_PORT, &[]);
+    assert!(
+        lab.log("tcpcopy")
+            .contains(&format!("connect to remote server([{ASSIST_IP6}]:36524)"))
+            && lab
+                .log("intercept")
+                .contains(&format!("from [{ONLINE_IP6}]:")),
+        "control channel over IPv6: {}\n{}",
+        lab.log("tcpcopy"),
+        lab.log("intercept")
+    );
     let port = REDIS_ONLINE_PORT.to_string();
     let mut pipe = Vec::new();
     for i in 0..200 {

@@ -171,10 +171,19 @@ impl NamedSource {
 }
 
 /// Opens the listening socket (SO_REUSEADDR, non-blocking).
-pub fn bind_listener(bind: Ipv4Addr, port: u16) -> anyhow::Result<std::net::TcpListener> {
-    let addr = SocketAddr::V4(SocketAddrV4::new(bind, port));
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .context("cannot create the listening socket")?;
+pub fn bind_listener(bind: impl Into<IpAddr>, port: u16) -> anyhow::Result<std::net::TcpListener> {
+    let bind = bind.into();
+    let addr = SocketAddr::new(bind, port);
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .context("cannot create the listening socket")?;
+    if bind.is_ipv6() {
+        // An IPv6 listener takes IPv6 peers only: IPv4 peers see the IPv4 listener's rules.
+        sock.set_only_v6(true).context("cannot set IPV6_V6ONLY")?;
+    }
     sock.set_reuse_address(true)
         .context("cannot set SO_REUSEADDR")?;
     sock.bind(&addr.into())
@@ -295,8 +304,8 @@ struct Tunnel {
     id: TunnelId,
     conn: FramedConn,
     peer: SocketAddr,
-    /// The peer's address (tunnels come from IPv4 peers only).
-    peer_ip: Ipv4Addr,
+    /// The peer's address.
+    peer_ip: IpAddr,
     fd: i32,
     accepted_at: Millis,
     /// When the last complete record arrived (the version record included).
@@ -415,7 +424,7 @@ enum ClientUnit {
 struct TunnelView {
     id: TunnelId,
     peer: SocketAddr,
-    peer_ip: Ipv4Addr,
+    peer_ip: IpAddr,
     handshaken: bool,
 }
 
@@ -701,7 +710,7 @@ pub struct Server {
     /// After an accept failure: when to try the listener again.
     accept_retry_at: Option<Millis>,
     /// Open tunnels per peer address.
-    per_peer: HashMap<Ipv4Addr, usize>,
+    per_peer: HashMap<IpAddr, usize>,
     /// `--metrics`.
     metrics: Option<MetricsServer>,
     /// Broad captures for tcpcopy's path probes.
@@ -1120,14 +1129,12 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Millis) {
-        let allowed = match peer {
-            SocketAddr::V4(a) => self.cfg.peer_allowed(*a.ip()),
-            SocketAddr::V6(_) => false,
+        // An IPv4-mapped peer (a dual-stack listener) counts as its IPv4 address.
+        let peer_ip = match peer.ip() {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+            ip => ip,
         };
-        let peer_ip = match peer {
-            SocketAddr::V4(a) => *a.ip(),
-            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
+        let allowed = self.cfg.peer_allowed(peer_ip);
         let refuse = |core: &mut Core, why: &str| {
             core.stats.refused += 1;
             if core.peer_log.allow(now, &mut core.stats.logs_suppressed) {

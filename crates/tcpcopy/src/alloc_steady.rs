@@ -181,7 +181,7 @@ fn steady_state_replay_allocates_nothing_per_packet() {
         payload: false,
     };
     let tunnels = Tunnels::connect_all(
-        &[addr],
+        &[addr.into()],
         1,
         wire_opts,
         poll.registry(),

@@ -8,7 +8,7 @@
 //! out-of-range numbers are errors (the original truncated or zeroed them silently).
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -96,7 +96,7 @@ struct RawArgs {
     transfers: Option<String>,
     #[arg(short = 's', value_name = "intercepts", help_heading = H_REQUIRED,
         help = "intercept addresses HOST[:PORT][,HOST[:PORT]...] (at most 32),\n\
-                HOST an IPv4 address or a host name")]
+                HOST an IPv4 address, a host name or [IPv6 address]")]
     intercepts: Option<String>,
 
     #[arg(short = 'p', value_name = "port", help_heading = H_CONTROL,
@@ -397,7 +397,7 @@ pub type WireOptions = tc_core::control::WireFormat;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub replay: ReplayConfig,
-    pub intercepts: Vec<SocketAddrV4>,
+    pub intercepts: Vec<std::net::SocketAddr>,
     pub conns_per_intercept: usize,
     pub input: Input,
     pub output: OutputKind,
@@ -1132,7 +1132,10 @@ mod tests {
         assert_eq!(o.replay.transfers.len(), 1);
         assert_eq!(
             o.intercepts,
-            vec![SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 40), 36524)]
+            vec![std::net::SocketAddr::from((
+                Ipv4Addr::new(198, 18, 0, 40),
+                36524
+            ))]
         );
         assert_eq!(o.conns_per_intercept, 2);
         assert_eq!(o.replay.replicas, 1);

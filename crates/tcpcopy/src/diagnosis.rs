@@ -40,7 +40,7 @@ pub fn online_route(target: SocketAddrV4) -> Result<Ipv4Addr, String> {
 #[derive(Debug, Clone)]
 pub struct ProbePlan {
     pub targets: Vec<SocketAddrV4>,
-    pub intercepts: Vec<SocketAddrV4>,
+    pub intercepts: Vec<std::net::SocketAddr>,
     pub wire: WireFormat,
     pub client: Option<Ipv4Addr>,
 }

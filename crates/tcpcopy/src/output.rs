@@ -439,9 +439,14 @@ mod tests {
             combined: true,
             payload: false,
         };
-        let tunnels =
-            Tunnels::connect_all(&[addr], 1, wire, poll.registry(), Duration::from_secs(3))
-                .unwrap();
+        let tunnels = Tunnels::connect_all(
+            &[addr.into()],
+            1,
+            wire,
+            poll.registry(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
         let transfers = resolve_transfers(&parse_transfers(x).unwrap()).unwrap();
         ReplayOutput::new(backend, &transfers, tunnels, false)
     }

@@ -5,7 +5,7 @@
 //! and, with `-L`, reconnected: it never blocks the loop.
 
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpStream as StdTcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -63,7 +63,7 @@ enum Conn {
 }
 
 struct Intercept {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     conns: Vec<Option<Conn>>,
     active: bool,
     next: usize,
@@ -92,16 +92,16 @@ pub struct Tunnels {
 pub enum TunnelEvent {
     Nothing,
     /// An intercept became active (first connection up after a reconnect).
-    InterceptUp(SocketAddrV4),
+    InterceptUp(SocketAddr),
     /// The last connection of an intercept is gone.
-    InterceptDown(SocketAddrV4),
+    InterceptDown(SocketAddr),
 }
 
 impl Tunnels {
     /// Connects `conns_per_intercept` tunnels to every intercept, blocking up to `timeout` per
     /// connection, sends the version records and registers everything. Any failure is an error.
     pub fn connect_all(
-        intercepts: &[SocketAddrV4],
+        intercepts: &[SocketAddr],
         conns_per_intercept: usize,
         wire: WireOptions,
         registry: &Registry,
@@ -120,7 +120,7 @@ impl Tunnels {
     /// [`Tunnels::connect_all`], and with `full_payload` each tunnel asks for the target's
     /// response bytes (`--full-payload`).
     pub fn connect_all_with(
-        intercepts: &[SocketAddrV4],
+        intercepts: &[SocketAddr],
         conns_per_intercept: usize,
         wire: WireOptions,
         registry: &Registry,
@@ -140,7 +140,7 @@ impl Tunnels {
 
     /// [`Tunnels::connect_all_with`], and with `ipv6` each tunnel asks for the IPv6 variant.
     pub fn connect_all_variants(
-        intercepts: &[SocketAddrV4],
+        intercepts: &[SocketAddr],
         conns_per_intercept: usize,
         wire: WireOptions,
         registry: &Registry,
@@ -214,7 +214,7 @@ impl Tunnels {
 
     /// Which intercept a tunnel token belongs to.
     /// The address of intercept `i`.
-    pub fn intercept_addr(&self, i: usize) -> Option<SocketAddrV4> {
+    pub fn intercept_addr(&self, i: usize) -> Option<SocketAddr> {
         self.intercepts.get(i).map(|x| x.addr)
     }
 
@@ -490,7 +490,7 @@ impl Tunnels {
     /// A keepalive record on every open tunnel, so that an intercept's idle-tunnel timeout
     /// never closes the tunnels of a tcpcopy whose traffic is quiet for a while (without `-L`
     /// tcpcopy would then stop). Returns the intercepts that went down on a send error.
-    pub fn keepalive(&mut self) -> Vec<SocketAddrV4> {
+    pub fn keepalive(&mut self) -> Vec<SocketAddr> {
         let msg = ClientMsg::keepalive().encode();
         let mut down = Vec::new();
         for i in 0..self.intercepts.len() {
@@ -518,7 +518,7 @@ impl Tunnels {
 
     /// Closes tunnels whose queued output has not moved for [`SEND_TIMEOUT`] (the intercept
     /// stopped reading). Returns the intercepts that went down.
-    pub fn close_stuck(&mut self, now: Instant) -> Vec<SocketAddrV4> {
+    pub fn close_stuck(&mut self, now: Instant) -> Vec<SocketAddr> {
         let mut down = Vec::new();
         for i in 0..self.intercepts.len() {
             for c in 0..self.intercepts[i].conns.len() {
@@ -571,7 +571,7 @@ impl Tunnels {
                 }
                 let addr = self.intercepts[i].addr;
                 self.stats.reconnect_attempts += 1;
-                match TcpStream::connect(SocketAddr::V4(addr)) {
+                match TcpStream::connect(addr) {
                     Ok(mut stream) => {
                         if let Err(e) = self.registry.register(
                             &mut stream,
@@ -620,8 +620,8 @@ fn token(intercept: usize, conn: usize) -> Token {
     Token(TUNNEL_TOKEN_BASE + intercept * SLOTS + conn)
 }
 
-pub fn connect_blocking(addr: SocketAddrV4, timeout: Duration) -> io::Result<StdTcpStream> {
-    let mut stream = StdTcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+pub fn connect_blocking(addr: SocketAddr, timeout: Duration) -> io::Result<StdTcpStream> {
+    let mut stream = StdTcpStream::connect_timeout(&addr, timeout)?;
     stream.set_write_timeout(Some(Duration::from_secs(3)))?;
     stream.write_all(&version_message())?;
     stream.set_nonblocking(true)?;
@@ -633,6 +633,7 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::net::Ipv4Addr;
+    use std::net::SocketAddrV4;
 
     const COMBINED: WireOptions = WireOptions {
         combined: true,
@@ -647,7 +648,7 @@ mod tests {
         };
         let poll = mio::Poll::new().unwrap();
         let tunnels = Tunnels::connect_all(
-            &[addr],
+            &[addr.into()],
             2,
             COMBINED,
             poll.registry(),
@@ -845,7 +846,7 @@ mod tests {
         };
         let poll = mio::Poll::new().unwrap();
         let mut tunnels = Tunnels::connect_all(
-            &[deaf_addr, good_addr],
+            &[deaf_addr.into(), good_addr.into()],
             1,
             COMBINED,
             poll.registry(),
@@ -927,7 +928,7 @@ mod tests {
         };
         let mut poll = mio::Poll::new().unwrap();
         let mut tunnels = Tunnels::connect_all(
-            &[addr(&l1), addr(&l2)],
+            &[addr(&l1).into(), addr(&l2).into()],
             1,
             COMBINED,
             poll.registry(),
