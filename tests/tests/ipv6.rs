@@ -227,7 +227,8 @@ fn ipv6_http_live_pcap_capture_and_send() {
     same_requests(&lab, &online_log, &target_log, expected, test);
 }
 
-/// HTTP over IPv6 offline: a tcpdump capture (Ethernet) of the load replayed with `-i`.
+/// HTTP over IPv6 offline: a tcpdump capture (Ethernet) of the load replayed with `-i`, the
+/// control channel with `--payload` on both sides (212-byte IPv6 records).
 #[test]
 #[ignore = "needs root"]
 fn ipv6_http_offline() {
@@ -242,7 +243,7 @@ fn ipv6_http_offline() {
     start_tcpdump(&lab, ONLINE, "record", &file, &["-i", "eth0"], &filter);
     let expected = http_load(&lab);
     stop_tcpdump(&lab, "record");
-    start_intercept6(&lab, HTTP_TARGET_PORT);
+    start_intercept_with(&lab, HTTP_TARGET_PORT, &["--ipv6", "--payload"]);
     let x = format!("{HTTP_ONLINE_PORT}-[{TARGET_IP6}]:{HTTP_TARGET_PORT}");
     lab.spawn(
         ONLINE,
@@ -261,6 +262,7 @@ fn ipv6_http_offline() {
             "4",
             "--offline-tail",
             "10",
+            "--payload",
         ],
     );
     let (ended, _) = poll(Duration::from_secs(60), || (!lab.running("tcpcopy"), ()));
