@@ -167,3 +167,58 @@ fn an_ipv6_session_is_replayed_to_an_ipv6_target() {
         "{after:?}"
     );
 }
+
+/// A packet of the other family never matches a transfer: nothing is sent for an IPv6
+/// segment in an IPv4 run (nor for an IPv4 one in an IPv6 run), it is counted.
+#[test]
+fn the_other_family_is_not_replayed() {
+    let v4_target: IpAddr = "198.18.0.30".parse().unwrap();
+    for (target, fakes) in [
+        (v4_target, vec!["203.0.113.1".parse::<IpAddr>().unwrap()]),
+        (TARGET.into(), vec![FAKE.into()]),
+    ] {
+        let mut r = Replayer::new(ReplayConfig {
+            transfers: vec![Transfer {
+                src_ip: None,
+                src_port: 80,
+                dst_ip: target,
+                dst_port: 8080,
+                src_mac: None,
+                dst_mac: None,
+            }],
+            client_ips: fakes,
+            ..ReplayConfig::default()
+        });
+        r.set_intercepts_available(true);
+        let other = if target.is_ipv6() {
+            let mut buf = vec![0u8; 100];
+            let spec = SegmentSpec {
+                src: "198.18.0.10".parse().unwrap(),
+                dst: "198.18.0.20".parse().unwrap(),
+                src_port: 40000,
+                dst_port: 80,
+                seq: 1,
+                ack: 0,
+                flags: flags::SYN,
+                window: 1000,
+                ip_id: 1,
+                mss: None,
+                timestamps: None,
+                payload: b"",
+            };
+            let n = build_segment(&spec, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        } else {
+            seg(CLIENT, ONLINE, (40000, 80), 1, 0, flags::SYN, b"")
+        };
+        r.on_client_packet(Instant::now(), &other);
+        assert!(r.output().is_empty(), "target {target}");
+        assert_eq!(r.active_sessions(), 0);
+        assert!(
+            r.drop_counts().iter().any(|(_, n)| *n == 1),
+            "{:?}",
+            r.drop_counts()
+        );
+    }
+}

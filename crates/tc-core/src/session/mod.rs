@@ -557,7 +557,12 @@ impl Replayer {
             .cfg
             .transfers
             .iter()
-            .position(|t| t.src_port == dst_port && t.src_ip.is_none_or(|ip| ip == dst_ip))
+            // A transfer replays one family: a packet of the other never matches it.
+            .position(|t| {
+                t.src_port == dst_port
+                    && t.dst_ip.is_ipv6() == dst_ip.is_ipv6()
+                    && t.src_ip.is_none_or(|ip| ip == dst_ip)
+            })
         else {
             self.drops.count(DropKind::NoTransfer);
             return;
@@ -569,12 +574,18 @@ impl Replayer {
                 return;
             }
         } else if src_ip.is_loopback() {
-            if let Some(h) = self.cfg.localhost_replacement {
+            if let Some(h) = self
+                .cfg
+                .localhost_replacement
+                .filter(|h| h.is_ipv6() == src_ip.is_ipv6())
+            {
                 src_ip = h;
             }
         }
         if let Some(fake) = self.client_ips.map(src_ip) {
-            src_ip = fake;
+            if fake.is_ipv6() == src_ip.is_ipv6() {
+                src_ip = fake;
+            }
         }
         let src_port = seg.src_port;
         if !self.sampler.admit(now, src_ip, src_port) {
@@ -657,7 +668,9 @@ impl Replayer {
             if self.client_ips.is_active() {
                 let key = ingress::replica_ip_key(p.src_ip(), i, self.port_offset);
                 if let Some(fake) = self.client_ips.map_key(key) {
-                    ip = fake;
+                    if fake.is_ipv6() == ip.is_ipv6() {
+                        ip = fake;
+                    }
                 }
             }
             let (port, moved) = self.resolve_port(now, (ip, port), i, target, seq, syn_seq);
