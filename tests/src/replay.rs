@@ -2,7 +2,7 @@
 //! tcpcopy on the online host, their statistics lines, and a sniffer that records the TCP
 //! headers crossing a host's interface with their times.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -90,8 +90,8 @@ pub fn last_counter(log: &str, name: &str) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub at: Instant,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub seq: u32,

@@ -875,8 +875,8 @@ fn delay_table_under_traffic(lab: &Lab) {
     let mut raw = lab.in_ns(ONLINE, || RawSocketSend::open().expect("raw socket"));
     let mut send = |seq: u32, ack: u32, fl: u8, payload: &[u8]| {
         let spec = SegmentSpec {
-            src: fake,
-            dst: TARGET_IP,
+            src: fake.into(),
+            dst: TARGET_IP.into(),
             src_port: cport,
             dst_port: TARGET_PORT,
             seq,

@@ -294,7 +294,7 @@ impl EgressWatch {
                                     && (sp == ONLINE_PORT || sp == ONLINE_GREET_PORT);
                                 let replay = dst == TARGET_IP
                                     && (dp == TARGET_PORT || dp == TARGET_GREET_PORT)
-                                    && src.octets()[..3] == [203, 0, 113];
+                                    && matches!(src, std::net::IpAddr::V4(s) if s.octets()[..3] == [203, 0, 113]);
                                 let tunnel =
                                     src == ONLINE_IP && dst == ASSIST_IP && dp == INTERCEPT_PORT;
                                 if replay {

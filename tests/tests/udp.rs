@@ -558,12 +558,13 @@ fn udp_refuses_session_options() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    // TCP over IPv6 (no --udp) refuses the options that speak IPv4 only.
     let out = Command::new(bin("tcpcopy"))
-        .args(["-x", "53-[2001:db8::30]:53", "-s", "198.18.0.40"])
+        .args(["-x", "53-[2001:db8::30]:53", "-s", "198.18.0.40", "--check"])
         .output()
         .expect("tcpcopy runs");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("IPv6 transfers need --udp"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--check is not available with IPv6"));
 }
 
 /// `--send pcap` (Ethernet frames injected on -o with the MACs of -x): every query reaches

@@ -7,7 +7,7 @@
 //! `--generate-docs <dir>` of packaging writes files and exits).
 
 use std::ffi::OsString;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -51,24 +51,34 @@ pub enum Devices {
 /// An allowed tcpcopy peer: one address or a CIDR block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerNet {
-    pub addr: Ipv4Addr,
+    /// An IPv4 or IPv6 network (an IPv6 peer connects over an IPv6 listener, `-b ::`).
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
 impl PeerNet {
     /// `--allow any`: every address.
     pub const ANY: PeerNet = PeerNet {
-        addr: Ipv4Addr::UNSPECIFIED,
+        addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         prefix: 0,
     };
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+    /// `--allow any` (a /0) takes every peer of either family; otherwise the families match.
+    pub fn contains(&self, ip: impl Into<IpAddr>) -> bool {
+        if self.prefix == 0 {
+            return true;
+        }
+        match (self.addr, ip.into()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX << (32 - u32::from(self.prefix.min(32)));
+                u32::from(ip) & mask == u32::from(net) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX << (128 - u32::from(self.prefix.min(128)));
+                u128::from(ip) & mask == u128::from(net) & mask
+            }
+            _ => false,
+        }
     }
 }
 
@@ -78,7 +88,7 @@ pub struct Config {
     pub filter: String,
     pub devices: Devices,
     pub port: u16,
-    pub bind: Ipv4Addr,
+    pub bind: IpAddr,
     /// Records per combined frame, 1..=16 (1..=6 with payloads).
     pub batch: usize,
     /// Delay table capacity (distinct connections waiting for their CLIENT_ADD).
@@ -98,6 +108,9 @@ pub struct Config {
     /// `--full-payload`: grant tcpcopies that ask (`tcpcopy --full-payload`) the target's
     /// response bytes, up to a cap per response.
     pub full_payload: bool,
+    /// `--ipv6`: capture IPv6 answers too and grant the IPv6 variant of the control channel
+    /// to a tcpcopy that asks (see `tc_core::control::ipv6`).
+    pub ipv6: bool,
     pub dnat: bool,
     /// Empty: everyone may connect (the command line only allows that when listening on a
     /// loopback address; `--allow any` is [`PeerNet::ANY`]).
@@ -129,7 +142,7 @@ impl Config {
             filter: filter.to_string(),
             devices: Devices::All,
             port: DEFAULT_PORT,
-            bind: Ipv4Addr::UNSPECIFIED,
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             batch: MAX_BATCH,
             delay_table: DEFAULT_DELAY_TABLE,
             delay_mem: DEFAULT_DELAY_MEM_MIB << 20,
@@ -142,6 +155,7 @@ impl Config {
             combined: true,
             payload: false,
             full_payload: false,
+            ipv6: false,
             dnat: false,
             allow: Vec::new(),
             route_timeout: Duration::from_secs(DEFAULT_ROUTE_TIMEOUT_SECS),
@@ -165,7 +179,7 @@ impl Config {
         .max_batch()
     }
 
-    pub fn peer_allowed(&self, ip: Ipv4Addr) -> bool {
+    pub fn peer_allowed(&self, ip: impl Into<IpAddr> + Copy) -> bool {
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(ip))
     }
 
@@ -275,17 +289,17 @@ fn command() -> Command {
             Arg::new("bind")
                 .short('b')
                 .value_name("ip")
-                .value_parser(clap::value_parser!(Ipv4Addr))
+                .value_parser(clap::value_parser!(IpAddr))
                 .default_value("0.0.0.0")
                 .help_heading(H_CONTROL)
-                .help("address to listen on"),
+                .help("address to listen on (IPv4, or IPv6 for tcpcopies that reach intercept over IPv6: -b :: or an address, with IPv6 --allow entries)"),
         )
         .arg(
             Arg::new("allow")
                 .long("allow")
                 .value_name("ip[/len][,...]")
                 .help_heading(H_CONTROL)
-                .help("accept tcpcopy connections only from these peers (others are refused and logged); 'any' = everyone. Required unless -b is a loopback address"),
+                .help("accept tcpcopy connections only from these peers, IPv4 or IPv6 (others are refused and logged); 'any' = everyone. Required unless -b is a loopback address"),
         )
         .arg(
             Arg::new("peer_tunnels")
@@ -406,6 +420,13 @@ fn command() -> Command {
                 .action(ArgAction::SetTrue)
                 .help_heading(H_VARIANTS)
                 .help("send the target's response bytes (up to 64 KiB per response) to a tcpcopy that asks with --full-payload (tcpcopy --diff); others get the records only"),
+        )
+        .arg(
+            Arg::new("ipv6")
+                .long("ipv6")
+                .action(ArgAction::SetTrue)
+                .help_heading(H_VARIANTS)
+                .help("capture IPv6 answers too and route them to a tcpcopy replaying IPv6 (its tunnels ask for the IPv6 variant of the control channel; without --ipv6 they are refused and tcpcopy stops). The filter must match them: 'tcp and src port 8080' does"),
         )
         .arg(
             Arg::new("dnat")
@@ -571,10 +592,11 @@ fn from_matches(m: &ArgMatches) -> Result<Config, CliExit> {
     cfg.devices = devices;
     cfg.payload = payload;
     cfg.full_payload = m.get_flag("full_payload");
+    cfg.ipv6 = m.get_flag("ipv6");
     cfg.port = *m.get_one::<u16>("port").unwrap_or(&DEFAULT_PORT);
     cfg.bind = *m
-        .get_one::<Ipv4Addr>("bind")
-        .unwrap_or(&Ipv4Addr::UNSPECIFIED);
+        .get_one::<IpAddr>("bind")
+        .unwrap_or(&IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let max_batch = cfg.max_batch();
     cfg.batch = match m.get_one::<usize>("batch") {
         None => max_batch,
@@ -697,20 +719,19 @@ fn parse_allow(s: &str) -> Result<Vec<PeerNet>, CliExit> {
         }
         let bad = || {
             CliExit::error(format!(
-                "--allow: {item:?} is not an IPv4 address or address/prefix"
+                "--allow: {item:?} is not an IP address or address/prefix"
             ))
         };
         let (addr, prefix) = match item.split_once('/') {
-            None => (item, 32u8),
-            Some((a, p)) => {
-                let p: u8 = p.parse().map_err(|_| bad())?;
-                if p > 32 {
-                    return Err(bad());
-                }
-                (a, p)
-            }
+            None => (item, None),
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
         };
-        let addr: Ipv4Addr = addr.trim().parse().map_err(|_| bad())?;
+        let addr: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
         out.push(PeerNet { addr, prefix });
     }
     Ok(out)
@@ -724,6 +745,42 @@ mod tests {
         let mut v = vec!["intercept"];
         v.extend_from_slice(args);
         parse(v)
+    }
+
+    #[test]
+    fn ipv6_listener_allow_list_and_variant() {
+        let c = p(&[
+            "-F",
+            "tcp and src port 8080",
+            "-b",
+            "::",
+            "--allow",
+            "2001:db8::20,2001:db8:1::/48,198.18.0.20",
+            "--ipv6",
+        ])
+        .unwrap();
+        assert!(c.ipv6);
+        assert_eq!(c.bind, "::".parse::<IpAddr>().unwrap());
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c.peer_allowed(ip("2001:db8::20")));
+        assert!(c.peer_allowed(ip("2001:db8:1:ffff::9")));
+        assert!(!c.peer_allowed(ip("2001:db8::21")));
+        assert!(c.peer_allowed(ip("198.18.0.20")));
+        assert!(!c.peer_allowed(ip("198.18.0.21")));
+        assert!(PeerNet::ANY.contains(ip("2001:db8::99")));
+        assert!(!c.open_to_anyone());
+        for bad in ["2001:db8::/129", "198.18.0.0/33", "2001:db8::x"] {
+            let e = p(&["-F", "tcp", "--allow", bad]).unwrap_err();
+            assert!(
+                e.message.contains("not an IP address"),
+                "{bad}: {}",
+                e.message
+            );
+        }
+        // Without --allow an IPv6 wildcard listener is refused like 0.0.0.0.
+        let e = p(&["-F", "tcp", "-b", "::"]).unwrap_err();
+        assert!(e.message.contains("--allow"), "{}", e.message);
+        assert!(!p(&["-F", "tcp", "--allow", "any"]).unwrap().ipv6);
     }
 
     #[test]

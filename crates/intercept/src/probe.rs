@@ -79,8 +79,8 @@ impl Watch {
                 if pkt.dst_ip() == *client.ip() {
                     *to_client = to_client.saturating_add(1);
                     *to_client_flags |= pkt.flags();
-                } else {
-                    *other_destination = pkt.dst_ip();
+                } else if let std::net::IpAddr::V4(d) = pkt.dst_ip() {
+                    *other_destination = d;
                 }
             });
         }
@@ -278,8 +278,8 @@ fn ethernet_tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8)
     let mut f = vec![0u8; 14 + 20 + 20 + 4];
     f[12] = 0x08;
     let spec = tc_core::packet::build::SegmentSpec {
-        src,
-        dst,
+        src: src.into(),
+        dst: dst.into(),
         src_port: sport,
         dst_port: dport,
         seq: 1,

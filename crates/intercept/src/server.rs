@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tc_core::capture::pcap_live::{self, PcapLive, PcapLiveOptions};
 use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
-use tc_core::control::conn::{ClientRecords, ConnError, FramedConn, ReadStatus};
+use tc_core::control::conn::{ClientRecords, ClientRecords6, ConnError, FramedConn, ReadStatus};
+use tc_core::control::ipv6::{ClientAdd6, Record6, V6Grant, CLIENT_ADD6_LEN, IPV6_REQUEST};
 use tc_core::control::routing::{
     Admission, Held, Millis, RouteKey, Routed, Router, SingleGroup, TunnelId,
 };
@@ -29,6 +30,7 @@ use tc_core::control::{
 };
 use tc_core::logging::RateLimit;
 use tc_core::metrics::{Exposition, Limits as MetricsLimits, MetricsServer};
+use tc_core::packet::link::ip_payload;
 use tc_core::packet::{flags, ipv4_payload, Completeness, DropCounters, LinkType, TcpPacket};
 
 use crate::cli::{Config, Devices};
@@ -169,10 +171,19 @@ impl NamedSource {
 }
 
 /// Opens the listening socket (SO_REUSEADDR, non-blocking).
-pub fn bind_listener(bind: Ipv4Addr, port: u16) -> anyhow::Result<std::net::TcpListener> {
-    let addr = SocketAddr::V4(SocketAddrV4::new(bind, port));
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .context("cannot create the listening socket")?;
+pub fn bind_listener(bind: impl Into<IpAddr>, port: u16) -> anyhow::Result<std::net::TcpListener> {
+    let bind = bind.into();
+    let addr = SocketAddr::new(bind, port);
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .context("cannot create the listening socket")?;
+    if bind.is_ipv6() {
+        // An IPv6 listener takes IPv6 peers only: IPv4 peers see the IPv4 listener's rules.
+        sock.set_only_v6(true).context("cannot set IPV6_V6ONLY")?;
+    }
     sock.set_reuse_address(true)
         .context("cannot set SO_REUSEADDR")?;
     sock.bind(&addr.into())
@@ -293,8 +304,8 @@ struct Tunnel {
     id: TunnelId,
     conn: FramedConn,
     peer: SocketAddr,
-    /// The peer's address (tunnels come from IPv4 peers only).
-    peer_ip: Ipv4Addr,
+    /// The peer's address.
+    peer_ip: IpAddr,
     fd: i32,
     accepted_at: Millis,
     /// When the last complete record arrived (the version record included).
@@ -302,6 +313,8 @@ struct Tunnel {
     handshaken: bool,
     /// The peer asked for full payloads and was granted them.
     full_payload: bool,
+    /// The peer asked for the IPv6 variant and was granted it.
+    ipv6: bool,
     dirty: bool,
     read_again: bool,
     closing: Option<&'static str>,
@@ -323,6 +336,19 @@ impl Tunnel {
         };
         stats.records_sent += 1;
         if queued.is_err() {
+            self.closing = Some("send queue full (peer does not read)");
+        }
+    }
+
+    /// Queues an IPv6 unit (outside any combined frame).
+    fn push6(&mut self, unit: &[u8], stats: &mut Stats) {
+        if self.closing.is_some() {
+            stats.overflow += 1;
+            return;
+        }
+        stats.writes += 1;
+        stats.records_sent += 1;
+        if self.conn.queue_data(unit).is_err() {
             self.closing = Some("send queue full (peer does not read)");
         }
     }
@@ -357,6 +383,8 @@ impl Tunnel {
 enum FrameRoute {
     /// Queue this record on that tunnel.
     Forward(TunnelId, Record),
+    /// Queue this IPv6 unit on that tunnel (outside any combined frame).
+    Forward6(TunnelId, Record6),
     /// No route yet: kept in the delay table until its CLIENT_ADD.
     Held,
     /// No tunnel for it (counted and logged).
@@ -380,6 +408,15 @@ enum MsgAction {
     Probe(ClientMsg),
     /// tcpcopy asks for full payloads: grant or refuse on this tunnel.
     FullPayload,
+    /// tcpcopy asks for the IPv6 variant: grant or refuse on this tunnel.
+    Ipv6,
+}
+
+/// One unit a tunnel sent: a 14-byte record, or an IPv6 CLIENT_ADD.
+#[derive(Debug, Clone, Copy)]
+enum ClientUnit {
+    Msg([u8; CLIENT_MSG_LEN]),
+    Add6(ClientAdd6),
 }
 
 /// The tunnel as the routing decisions see it.
@@ -387,7 +424,7 @@ enum MsgAction {
 struct TunnelView {
     id: TunnelId,
     peer: SocketAddr,
-    peer_ip: Ipv4Addr,
+    peer_ip: IpAddr,
     handshaken: bool,
 }
 
@@ -405,6 +442,8 @@ impl Tunnel {
 /// Routing state shared by the capture and control paths. It decides; the loop moves bytes.
 struct Core {
     fmt: WireFormat,
+    /// `--ipv6`: IPv6 answers are captured and the IPv6 variant granted.
+    ipv6: bool,
     /// `--full-payload`: the per-response byte counts and the message being built.
     full_payload: Option<FullPayload>,
     max_batch: usize,
@@ -422,14 +461,19 @@ impl Core {
     /// One captured frame: decode, build the record, decide where it goes.
     fn on_frame(&mut self, link: LinkType, frame: &[u8], now: Millis) -> FrameRoute {
         self.stats.frames += 1;
-        let ip = match ipv4_payload(link, frame) {
+        let decoded = if self.ipv6 {
+            ip_payload(link, frame)
+        } else {
+            ipv4_payload(link, frame)
+        };
+        let ip = match decoded {
             Ok(ip) => ip,
             Err(reason) => {
                 self.stats.drops.count(reason);
                 return FrameRoute::Dropped;
             }
         };
-        if ip.get(9) == Some(&6) {
+        if ip.get(9) == Some(&6) || ip.first().is_some_and(|v| v >> 4 == 6) {
             self.stats.all += 1;
         }
         let pkt = match TcpPacket::parse(ip, Completeness::HeadersOnly) {
@@ -454,7 +498,7 @@ impl Core {
         let mut dst_rewrite = None;
         if let Some((from, to)) = self.rewrite {
             if client_ip == from {
-                client_ip = to;
+                client_ip = to.into();
                 dst_rewrite = Some(to);
             }
         }
@@ -465,12 +509,23 @@ impl Core {
             pkt.src_port(),
             self.dnat,
         );
-        let record = Record::encode(&pkt, self.fmt, dst_rewrite);
+        // An IPv6 answer travels in a unit of the IPv6 variant (its bytes are what the delay
+        // table holds and delivers).
+        let (record, record6) = if pkt.is_v6() {
+            (None, Some(Record6::encode(&pkt, self.fmt.payload)))
+        } else {
+            (Some(Record::encode(&pkt, self.fmt, dst_rewrite)), None)
+        };
+        let bytes = match (&record, &record6) {
+            (Some(r), _) => r.as_bytes(),
+            (_, Some(r)) => r.as_bytes(),
+            _ => &[],
+        };
         let target = if self.single_mode {
             self.single.pick(&key)
         } else {
             let syn_or_rst = pkt.has_flags(flags::SYN) || pkt.has_flags(flags::RST);
-            match self.router.route(&key, syn_or_rst, record.as_bytes(), now) {
+            match self.router.route(&key, syn_or_rst, bytes, now) {
                 Routed::Tunnel(t) => Some(t),
                 Routed::Delayed => {
                     if pkt.rst()
@@ -485,9 +540,10 @@ impl Core {
                 Routed::Dropped => None,
             }
         };
-        match target {
-            Some(t) => FrameRoute::Forward(t, record),
-            None => {
+        match (target, record, record6) {
+            (Some(t), Some(record), _) => FrameRoute::Forward(t, record),
+            (Some(t), _, Some(record6)) => FrameRoute::Forward6(t, record6),
+            _ => {
                 self.unrouted(now, || {
                     format!(
                         "from bak:{}:{}-->{}:{},len {},seq={},ack={}",
@@ -551,6 +607,57 @@ impl Core {
                     msg.target_port,
                     self.dnat,
                 );
+                self.add_route(tunnel, key, now)
+            }
+            ClientMsgKind::Del => {
+                debug!("client del from tunnel {}", tunnel.id);
+                MsgAction::Nothing
+            }
+            ClientMsgKind::Unknown(PROBE_HELLO | PROBE_QUERY) => MsgAction::Probe(msg),
+            ClientMsgKind::Unknown(FULL_PAYLOAD_REQUEST) => MsgAction::FullPayload,
+            ClientMsgKind::Unknown(IPV6_REQUEST) => MsgAction::Ipv6,
+            ClientMsgKind::Unknown(other) => {
+                // Spec 4.1: warned and ignored; the connection stays open.
+                self.stats.unknown_msgs += 1;
+                if self.peer_log.allow(now, &mut self.stats.logs_suppressed) {
+                    warn!(
+                        "unknown msg type:{other} (tunnel {} from {})",
+                        tunnel.id, tunnel.peer
+                    );
+                }
+                MsgAction::Nothing
+            }
+        }
+    }
+
+    /// An IPv6 CLIENT_ADD (only from a tunnel granted the IPv6 variant).
+    fn on_client_add6(
+        &mut self,
+        tunnel: TunnelView,
+        granted: bool,
+        add: ClientAdd6,
+        now: Millis,
+    ) -> MsgAction {
+        if !granted || !tunnel.handshaken {
+            return MsgAction::Close("IPv6 CLIENT_ADD without the IPv6 variant");
+        }
+        self.stats.client_adds += 1;
+        if self.single_mode {
+            return MsgAction::Nothing;
+        }
+        let key = RouteKey::new(
+            add.client_ip,
+            add.client_port,
+            add.target_ip,
+            add.target_port,
+            self.dnat,
+        );
+        self.add_route(tunnel, key, now)
+    }
+
+    fn add_route(&mut self, tunnel: TunnelView, key: RouteKey, now: Millis) -> MsgAction {
+        {
+            {
                 debug!("route add {key} -> tunnel {}", tunnel.id);
                 match self.router.client_add(key, tunnel.id, tunnel.peer_ip, now) {
                     Ok(Some(waiting)) => {
@@ -569,23 +676,6 @@ impl Core {
                         MsgAction::Nothing
                     }
                 }
-            }
-            ClientMsgKind::Del => {
-                debug!("client del from tunnel {}", tunnel.id);
-                MsgAction::Nothing
-            }
-            ClientMsgKind::Unknown(PROBE_HELLO | PROBE_QUERY) => MsgAction::Probe(msg),
-            ClientMsgKind::Unknown(FULL_PAYLOAD_REQUEST) => MsgAction::FullPayload,
-            ClientMsgKind::Unknown(other) => {
-                // Spec 4.1: warned and ignored; the connection stays open.
-                self.stats.unknown_msgs += 1;
-                if self.peer_log.allow(now, &mut self.stats.logs_suppressed) {
-                    warn!(
-                        "unknown msg type:{other} (tunnel {} from {})",
-                        tunnel.id, tunnel.peer
-                    );
-                }
-                MsgAction::Nothing
             }
         }
     }
@@ -609,7 +699,7 @@ pub struct Server {
     next_tunnel: TunnelId,
     dirty: Vec<TunnelId>,
     /// Client records of one tunnel read, reused every turn.
-    msg_scratch: Vec<[u8; CLIENT_MSG_LEN]>,
+    msg_scratch: Vec<ClientUnit>,
     core: Core,
     cfg: Config,
     start: Instant,
@@ -620,7 +710,7 @@ pub struct Server {
     /// After an accept failure: when to try the listener again.
     accept_retry_at: Option<Millis>,
     /// Open tunnels per peer address.
-    per_peer: HashMap<Ipv4Addr, usize>,
+    per_peer: HashMap<IpAddr, usize>,
     /// `--metrics`.
     metrics: Option<MetricsServer>,
     /// Broad captures for tcpcopy's path probes.
@@ -701,6 +791,7 @@ impl Server {
         };
         let core = Core {
             fmt,
+            ipv6: cfg.ipv6,
             full_payload: cfg.full_payload.then(FullPayload::new),
             max_batch: cfg.batch.clamp(1, fmt.max_batch()),
             dnat: cfg.dnat,
@@ -1038,14 +1129,12 @@ impl Server {
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Millis) {
-        let allowed = match peer {
-            SocketAddr::V4(a) => self.cfg.peer_allowed(*a.ip()),
-            SocketAddr::V6(_) => false,
+        // An IPv4-mapped peer (a dual-stack listener) counts as its IPv4 address.
+        let peer_ip = match peer.ip() {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+            ip => ip,
         };
-        let peer_ip = match peer {
-            SocketAddr::V4(a) => *a.ip(),
-            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
+        let allowed = self.cfg.peer_allowed(peer_ip);
         let refuse = |core: &mut Core, why: &str| {
             core.stats.refused += 1;
             if core.peer_log.allow(now, &mut core.stats.logs_suppressed) {
@@ -1087,7 +1176,12 @@ impl Server {
         let fd = stream.as_raw_fd();
         let token = Token(TUNNEL_BASE + id as usize);
         // Input holds one client record at most; output is bounded by TUNNEL_OUT_LIMIT.
-        let conn = match FramedConn::new(stream, token, CLIENT_MSG_LEN, TUNNEL_OUT_LIMIT) {
+        let max_unit = if self.core.ipv6 {
+            CLIENT_ADD6_LEN
+        } else {
+            CLIENT_MSG_LEN
+        };
+        let conn = match FramedConn::new(stream, token, max_unit, TUNNEL_OUT_LIMIT) {
             Ok(c) => c,
             Err(e) => {
                 error!("cannot set up tunnel from {peer}: {e}");
@@ -1109,6 +1203,7 @@ impl Server {
                 last_input: now,
                 handshaken: false,
                 full_payload: false,
+                ipv6: false,
                 dirty: false,
                 read_again: false,
                 closing: None,
@@ -1125,23 +1220,37 @@ impl Server {
         let watches = &mut self.watches;
         let msgs = &mut self.msg_scratch;
         msgs.clear();
-        let status = tunnel
-            .conn
-            .read_units(&ClientRecords, TUNNEL_READ_BUDGET, |unit| {
-                if let Ok(raw) = unit.try_into() {
-                    msgs.push(raw);
-                }
-            });
+        let mut on_unit = |unit: &[u8]| {
+            if let Ok(raw) = unit.try_into() {
+                msgs.push(ClientUnit::Msg(raw));
+            } else if let Some(add) = ClientAdd6::parse(unit) {
+                msgs.push(ClientUnit::Add6(add));
+            }
+        };
+        // IPv6 CLIENT_ADDs are read as such only by an intercept that grants them.
+        let status = if core.ipv6 {
+            tunnel
+                .conn
+                .read_units(&ClientRecords6, TUNNEL_READ_BUDGET, &mut on_unit)
+        } else {
+            tunnel
+                .conn
+                .read_units(&ClientRecords, TUNNEL_READ_BUDGET, &mut on_unit)
+        };
         if !msgs.is_empty() {
             tunnel.last_input = now;
         }
         let mut joined = false;
         // Records that arrived before an end of stream or error are still handled.
-        for raw in msgs.iter() {
+        for unit in msgs.iter() {
             if tunnel.closing.is_some() {
                 break;
             }
-            match core.on_client_msg(tunnel.view(), raw, now) {
+            let action = match unit {
+                ClientUnit::Msg(raw) => core.on_client_msg(tunnel.view(), raw, now),
+                ClientUnit::Add6(add) => core.on_client_add6(tunnel.view(), tunnel.ipv6, *add, now),
+            };
+            match action {
                 MsgAction::Nothing => {}
                 MsgAction::Handshaken => {
                     tunnel.handshaken = true;
@@ -1150,8 +1259,27 @@ impl Server {
                 MsgAction::Close(why) => tunnel.closing = Some(why),
                 MsgAction::Deliver(waiting) => {
                     for rec in waiting.records() {
-                        tunnel.push(rec, core.fmt, core.max_batch, &mut core.stats);
+                        if rec.starts_with(&tc_core::control::ipv6::V6_MARKER) {
+                            tunnel.push6(rec, &mut core.stats);
+                        } else {
+                            tunnel.push(rec, core.fmt, core.max_batch, &mut core.stats);
+                        }
                     }
+                }
+                MsgAction::Ipv6 => {
+                    let grant = V6Grant { granted: core.ipv6 };
+                    if grant.granted {
+                        tunnel.ipv6 = true;
+                        info!("tunnel {id} from {}: IPv6 variant granted", tunnel.peer);
+                    } else {
+                        warn!(
+                            "tunnel {id} from {} asks for the IPv6 variant (tcpcopy replaying IPv6): refused, intercept runs without --ipv6",
+                            tunnel.peer
+                        );
+                    }
+                    let rec = grant.encode(core.fmt.record_len());
+                    let mut not_counted = Stats::default();
+                    tunnel.push(&rec, core.fmt, core.max_batch, &mut not_counted);
                 }
                 MsgAction::Probe(msg) => {
                     let client = SocketAddrV4::new(msg.client_ip, msg.client_port);
@@ -1269,7 +1397,17 @@ impl Server {
                 continue;
             };
             let mut on_frame = |link: LinkType, frame: &[u8]| {
-                if let FrameRoute::Forward(t, record) = core.on_frame(link, frame, now) {
+                let route = core.on_frame(link, frame, now);
+                if let FrameRoute::Forward6(t, unit) = &route {
+                    match tunnels.get_mut(t) {
+                        Some(tunnel) => {
+                            tunnel.push6(unit.as_bytes(), &mut core.stats);
+                            tunnel.mark_dirty(dirty);
+                        }
+                        None => core.unrouted(now, || format!("tunnel {t} is gone")),
+                    }
+                }
+                if let FrameRoute::Forward(t, record) = route {
                     match tunnels.get_mut(&t) {
                         Some(tunnel) => {
                             tunnel.push(
@@ -1551,14 +1689,18 @@ impl FullPayload {
         if payload.is_empty() && flags_ == 0 {
             return;
         }
-        let mut client_ip = pkt.dst_ip();
+        // Full payloads are IPv4 only (ipv4_payload above).
+        let (IpAddr::V4(mut client_ip), IpAddr::V4(target_ip)) = (pkt.dst_ip(), pkt.src_ip())
+        else {
+            return;
+        };
         if let Some((from, to)) = rewrite {
             if client_ip == from {
                 client_ip = to;
             }
         }
         let client = SocketAddrV4::new(client_ip, pkt.dst_port());
-        let target = SocketAddrV4::new(pkt.src_ip(), pkt.src_port());
+        let target = SocketAddrV4::new(target_ip, pkt.src_port());
         // The bytes of one response: sent while the target's ack stays the same.
         let h = conn_hash(client, target);
         let slot = &mut self.slots[(h % CAP_SLOTS as u64) as usize];

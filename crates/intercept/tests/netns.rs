@@ -10,7 +10,7 @@
 //! The namespaces, processes and their cleanup come from the shared lab (`tc_e2e::lab`).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ impl Raw {
     fn send(&self, spec: &SegmentSpec) {
         let mut buf = [0u8; 1500];
         let n = build_segment(spec, &mut buf).unwrap();
-        let to = SocketAddrV4::new(spec.dst, 0);
+        let to = std::net::SocketAddr::new(spec.dst, 0);
         self.0.send_to(&buf[..n], &to.into()).expect("raw send");
     }
 }
@@ -44,8 +44,8 @@ fn seg<'a>(
     payload: &'a [u8],
 ) -> SegmentSpec<'a> {
     SegmentSpec {
-        src,
-        dst: TARGET_IP,
+        src: src.into(),
+        dst: TARGET_IP.into(),
         src_port: sport,
         dst_port: TARGET_PORT,
         seq,

@@ -135,8 +135,8 @@ fn response_from(
 ) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
     let spec = SegmentSpec {
-        src,
-        dst: cip,
+        src: src.into(),
+        dst: cip.into(),
         src_port: TARGET_PORT,
         dst_port: cport,
         seq,

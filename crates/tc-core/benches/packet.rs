@@ -25,8 +25,8 @@ use tc_core::packet::{
 fn frame() -> Vec<u8> {
     let payload: Vec<u8> = (0..1448u32).map(|i| (i * 7) as u8).collect();
     let spec = SegmentSpec {
-        src: Ipv4Addr::new(203, 0, 113, 10),
-        dst: Ipv4Addr::new(198, 18, 0, 2),
+        src: Ipv4Addr::new(203, 0, 113, 10).into(),
+        dst: Ipv4Addr::new(198, 18, 0, 2).into(),
         src_port: 40000,
         dst_port: 80,
         seq: 1,

@@ -18,7 +18,7 @@
 //!    elsewhere" from "nothing came from the target at all".
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use crate::control::probe::{question, ProbeReply, ReplyKind, PROBE_HELLO, PROBE_QUERY};
@@ -47,7 +47,7 @@ pub struct ProbeSetup {
     pub client: SocketAddrV4,
     pub isn: u32,
     /// The `-s` intercepts (their control addresses).
-    pub intercepts: Vec<SocketAddrV4>,
+    pub intercepts: Vec<SocketAddr>,
     /// tcpcopy's own wire variant.
     pub wire: WireFormat,
     /// The online host's route to the target: the source address it would use, or why
@@ -269,8 +269,8 @@ impl Probe {
     fn send_syn(&mut self, now: Instant) {
         let (c, t) = (self.setup.client, self.setup.target);
         let spec = SegmentSpec {
-            src: *c.ip(),
-            dst: *t.ip(),
+            src: (*c.ip()).into(),
+            dst: (*t.ip()).into(),
             src_port: c.port(),
             dst_port: t.port(),
             seq: self.setup.isn,
@@ -334,8 +334,8 @@ impl Probe {
             // target takes a RST with the sequence number after the SYN.
             let (c, t) = (self.setup.client, self.setup.target);
             let spec = SegmentSpec {
-                src: *c.ip(),
-                dst: *t.ip(),
+                src: (*c.ip()).into(),
+                dst: (*t.ip()).into(),
                 src_port: c.port(),
                 dst_port: t.port(),
                 seq: self.setup.isn.wrapping_add(1),
@@ -421,8 +421,8 @@ impl Probe {
             }
         }
         // Hop 2: the path of the probe.
-        let route_fix = |via: &SocketAddrV4| {
-            if via.ip() == target.ip() || via.ip().is_loopback() {
+        let route_fix = |via: &SocketAddr| {
+            if via.ip() == std::net::IpAddr::V4(*target.ip()) || via.ip().is_loopback() {
                 // intercept runs on the target itself (two hosts, or one): it routes the
                 // fake clients to itself with --route; no gateway route can do that.
                 format!(
@@ -470,8 +470,8 @@ impl Probe {
     /// The SYN got no answer through intercept: which hop?
     fn nothing_came_back(
         &self,
-        route_fix: &dyn Fn(&SocketAddrV4) -> String,
-        first_intercept: Option<SocketAddrV4>,
+        route_fix: &dyn Fn(&SocketAddr) -> String,
+        first_intercept: Option<SocketAddr>,
     ) -> Finding {
         let s = &self.setup;
         let (target, client) = (s.target, s.client);
@@ -555,7 +555,7 @@ impl Probe {
                 fix: Some(route_fix(&addr)),
             };
         }
-        let via = first_intercept.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        let via = first_intercept.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
         let why = if self.hello.iter().any(Option::is_some) {
             "intercept could not watch the target's packets (no broad capture)"
         } else {
@@ -642,8 +642,8 @@ mod tests {
     fn answer(p: &Probe, flags: u8) -> Vec<u8> {
         let (c, t) = (p.setup.client, p.setup.target);
         let spec = SegmentSpec {
-            src: *t.ip(),
-            dst: *c.ip(),
+            src: (*t.ip()).into(),
+            dst: (*c.ip()).into(),
             src_port: t.port(),
             dst_port: c.port(),
             seq: 5000,

@@ -108,6 +108,14 @@ impl ClientPrefix6 {
     }
 }
 
+/// The IPv4 address in `ip`, if it is one (IPv4 transfers carry only IPv4 addresses).
+fn v4(ip: std::net::IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        std::net::IpAddr::V4(a) => Some(a),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
 /// The 16-bit key of an IPv6 client address (its eight 16-bit words added), the IPv6
 /// counterpart of `session::ingress::ip_key16`.
 pub fn ip6_key16(ip: Ipv6Addr) -> u16 {
@@ -126,8 +134,8 @@ impl UdpConfig {
     pub fn from_replay(cfg: &ReplayConfig) -> UdpConfig {
         UdpConfig {
             transfers: cfg.transfers.clone(),
-            client_ips: cfg.client_ips.clone(),
-            localhost_replacement: cfg.localhost_replacement,
+            client_ips: cfg.client_ips.iter().filter_map(|ip| v4(*ip)).collect(),
+            localhost_replacement: cfg.localhost_replacement.and_then(v4),
             replicas: cfg.replicas,
             port_shift: cfg.port_shift,
             sample_percent: cfg.sample_percent,
@@ -285,7 +293,7 @@ impl UdpReplayer {
     pub fn new(cfg: UdpConfig) -> UdpReplayer {
         let mtu = usize::from(cfg.mtu.max(68));
         UdpReplayer {
-            client_ips: ClientIpMap::new(cfg.client_ips.clone()),
+            client_ips: ClientIpMap::new(cfg.client_ips.iter().map(|&ip| ip.into()).collect()),
             sampler: Sampler::new(cfg.sample_percent, cfg.gradual),
             port_offset: ingress::port_offset(cfg.seed),
             reassembly: Reassembler::new(cfg.reassembly),
@@ -389,16 +397,19 @@ impl UdpReplayer {
                 src = h;
             }
         }
-        if let Some(fake) = self.client_ips.map(src) {
+        if let Some(fake) = self.client_ips.map(src).and_then(v4) {
             src = fake;
         }
+        let Some(dst) = v4(t.dst_ip) else {
+            return self.stats.count(UdpDrop::NoTransfer);
+        };
         if !self.sampler.admit(now, src, d.src_port) {
             return self.stats.count(UdpDrop::Sampled);
         }
         let port = ingress::shift_port(d.src_port, self.cfg.port_shift, self.port_offset);
         let mut spec = UdpSpec {
             src,
-            dst: t.dst_ip,
+            dst,
             src_port: port,
             dst_port: t.dst_port,
             tos: d.ip.tos,
@@ -413,7 +424,7 @@ impl UdpReplayer {
             spec.src_port = ingress::shift_port(p, self.cfg.port_shift, self.port_offset);
             if self.client_ips.is_active() {
                 let key = ingress::replica_ip_key(d.ip.src, i, self.port_offset);
-                if let Some(fake) = self.client_ips.map_key(key) {
+                if let Some(fake) = self.client_ips.map_key(key).and_then(v4) {
                     spec.src = fake;
                 }
             }
@@ -665,7 +676,7 @@ mod tests {
         cfg.transfers = vec![Transfer {
             src_ip: None,
             src_port: 53,
-            dst_ip: TARGET,
+            dst_ip: TARGET.into(),
             dst_port: 5353,
             src_mac: None,
             dst_mac: None,

@@ -132,11 +132,11 @@ fn response_record_64_golden() {
     let v = record_view(rec.as_bytes(), &mut norm).unwrap();
     assert_eq!(
         (v.src_ip(), v.src_port()),
-        (Ipv4Addr::new(198, 18, 0, 30), 8080)
+        (Ipv4Addr::new(198, 18, 0, 30).into(), 8080)
     );
     assert_eq!(
         (v.dst_ip(), v.dst_port()),
-        (Ipv4Addr::new(203, 0, 113, 1), 40000)
+        (Ipv4Addr::new(203, 0, 113, 1).into(), 40000)
     );
     assert_eq!(v.seq(), 0x1000);
     assert_eq!(v.ack(), 0x2001);

@@ -14,8 +14,8 @@ use tc_core::packet::{
 fn segment(payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
     let spec = SegmentSpec {
-        src: Ipv4Addr::new(203, 0, 113, 5),
-        dst: Ipv4Addr::new(198, 18, 0, 2),
+        src: Ipv4Addr::new(203, 0, 113, 5).into(),
+        dst: Ipv4Addr::new(198, 18, 0, 2).into(),
         src_port: 33000,
         dst_port: 8080,
         seq: 100,
@@ -136,8 +136,8 @@ fn frames_built_by_etherparse_decode() {
     assert_eq!(
         (p.src_ip(), p.dst_ip(), p.src_port(), p.dst_port()),
         (
-            Ipv4Addr::new(203, 0, 113, 9),
-            Ipv4Addr::new(198, 18, 0, 30),
+            Ipv4Addr::new(203, 0, 113, 9).into(),
+            Ipv4Addr::new(198, 18, 0, 30).into(),
             41000,
             8080
         )

@@ -10,8 +10,8 @@ use tc_core::packet::{
 fn segment(payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
     let spec = SegmentSpec {
-        src: Ipv4Addr::new(203, 0, 113, 5),
-        dst: Ipv4Addr::new(198, 18, 0, 2),
+        src: Ipv4Addr::new(203, 0, 113, 5).into(),
+        dst: Ipv4Addr::new(198, 18, 0, 2).into(),
         src_port: 33000,
         dst_port: 80,
         seq: 1,

@@ -114,8 +114,8 @@ fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) ->
 fn segment(dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 1600];
     let spec = SegmentSpec {
-        src: "198.18.1.1".parse().unwrap(),
-        dst: "198.18.1.2".parse().unwrap(),
+        src: "198.18.1.1".parse::<std::net::IpAddr>().unwrap(),
+        dst: "198.18.1.2".parse::<std::net::IpAddr>().unwrap(),
         src_port: 40000,
         dst_port,
         seq: 1000,

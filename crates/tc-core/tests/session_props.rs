@@ -101,8 +101,8 @@ mod any_checksum {
 
     fn client_segment(seq: u32, fl: u8, payload: &[u8], tcp: Field, ip_bad: bool) -> Vec<u8> {
         let spec = SegmentSpec {
-            src: Ipv4Addr::new(198, 18, 0, 10),
-            dst: Ipv4Addr::new(198, 18, 0, 20),
+            src: Ipv4Addr::new(198, 18, 0, 10).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 20).into(),
             src_port: 40_000,
             dst_port: 80,
             seq,
@@ -134,8 +134,8 @@ mod any_checksum {
 
     fn target_record(fl: u8, seq: u32, ack: u32) -> [u8; 64] {
         let spec = SegmentSpec {
-            src: TARGET.0,
-            dst: FAKE,
+            src: TARGET.0.into(),
+            dst: FAKE.into(),
             src_port: TARGET.1,
             dst_port: 40_000,
             seq,
@@ -158,12 +158,12 @@ mod any_checksum {
             transfers: vec![Transfer {
                 src_ip: None,
                 src_port: 80,
-                dst_ip: TARGET.0,
+                dst_ip: TARGET.0.into(),
                 dst_port: TARGET.1,
                 src_mac: None,
                 dst_mac: None,
             }],
-            client_ips: vec![FAKE],
+            client_ips: vec![FAKE.into()],
             dont_wait,
             ..ReplayConfig::default()
         })
@@ -260,7 +260,7 @@ mod any_checksum {
                 for d in &out.0 {
                     let p = TcpPacket::parse(&d[..], Completeness::Whole).expect("parses");
                     prop_assert!(p.checksums_valid(), "a sent segment has an invalid checksum: {:02x?}", d);
-                    prop_assert_eq!((p.dst_ip(), p.dst_port()), TARGET);
+                    prop_assert_eq!((p.dst_ip(), p.dst_port()), (TARGET.0.into(), TARGET.1));
                     sent_bytes += p.payload_len();
                 }
                 prop_assert_eq!(sent_bytes, bytes, "every request byte is sent exactly once");

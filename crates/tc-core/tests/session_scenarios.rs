@@ -61,7 +61,7 @@ fn handshake_replay_and_ack_translation() {
     assert!(syn.syn());
     assert_eq!(syn.seq(), c.isn, "the SYN carries the client's own ISN");
     assert_eq!(syn.options().mss, Some(1460));
-    assert_eq!((syn.dst_ip(), syn.dst_port()), (TARGET, TARGET_PORT));
+    assert_eq!((syn.dst_ip(), syn.dst_port()), (TARGET.into(), TARGET_PORT));
     let target_isn = 5_000_000u32.wrapping_add(40001 * 7);
     for d in &core.sent[1..] {
         let p = TcpPacket::parse(&d[..], Completeness::Whole).unwrap();
@@ -499,7 +499,10 @@ fn ten_thousand_concurrent_sessions() {
 fn client_ip_rewriting() {
     let mut core = SimCore::new();
     let mut cfg = config();
-    cfg.client_ips = vec![Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
+    cfg.client_ips = vec![
+        Ipv4Addr::new(203, 0, 113, 1).into(),
+        Ipv4Addr::new(203, 0, 113, 2).into(),
+    ];
     let c = ClientConn::new(40016, reqs(2, 100, 10));
     let (_, _) = replay(cfg, &mut core, std::slice::from_ref(&c));
     assert!(core
@@ -521,7 +524,7 @@ fn a_moved_connection_is_remembered_exactly_as_long_as_its_session() {
     let mut core = SimCore::new();
     let mut cfg = config();
     let fake = Ipv4Addr::new(203, 0, 113, 1);
-    cfg.client_ips = vec![fake];
+    cfg.client_ips = vec![fake.into()];
     let a = ClientConn::new(40040, reqs(3, 100, 300));
     let mut b = ClientConn::new(40040, reqs(3, 120, 300));
     b.isn = a.isn.wrapping_add(50_000_000);
@@ -685,8 +688,8 @@ fn mtu_split() {
     let first = TcpPacket::parse(&cap[data_idx[0]].bytes[..], Completeness::Whole).unwrap();
     let mut buf = vec![0u8; 8000];
     let spec = tc_core::packet::SegmentSpec {
-        src: CLIENT,
-        dst: ONLINE,
+        src: CLIENT.into(),
+        dst: ONLINE.into(),
         src_port: 40018,
         dst_port: ONLINE_PORT,
         seq: first.seq(),

@@ -9,7 +9,7 @@
 //! run on literal addresses while parsing and again on the resolved ones.
 //! Invalid parts are errors (the original truncated or zeroed them silently).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use tc_core::session::Transfer;
 
@@ -37,6 +37,8 @@ fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
     Ip(Ipv4Addr),
+    /// An IPv6 literal (`-s [2001:db8::40]:36524` only: the control channel over IPv6).
+    Ip6(std::net::Ipv6Addr),
     Name(String),
 }
 
@@ -66,7 +68,7 @@ impl Host {
     pub fn ip(&self) -> Option<Ipv4Addr> {
         match self {
             Host::Ip(ip) => Some(*ip),
-            Host::Name(_) => None,
+            Host::Ip6(_) | Host::Name(_) => None,
         }
     }
 
@@ -74,6 +76,7 @@ impl Host {
     pub fn resolve(&self, what: &str) -> Result<Ipv4Addr, SpecError> {
         let name = match self {
             Host::Ip(ip) => return Ok(*ip),
+            Host::Ip6(ip) => return err(format!("{what}: {ip} is an IPv6 address")),
             Host::Name(name) => name,
         };
         use std::net::ToSocketAddrs;
@@ -97,6 +100,7 @@ impl std::fmt::Display for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Ip6(ip) => write!(f, "[{ip}]"),
             Host::Name(name) => f.write_str(name),
         }
     }
@@ -244,9 +248,9 @@ pub fn resolve_transfers(specs: &[TransferSpec]) -> Result<Vec<Transfer>, SpecEr
             let dst_ip = spec.dst.resolve(&format!("{what} target"))?;
             check_transfer(spec, src_ip, dst_ip)?;
             Ok(Transfer {
-                src_ip,
+                src_ip: src_ip.map(Into::into),
                 src_port: spec.src_port,
-                dst_ip,
+                dst_ip: dst_ip.into(),
                 dst_port: spec.dst_port,
                 src_mac: spec.src_mac,
                 dst_mac: spec.dst_mac,
@@ -276,6 +280,13 @@ pub fn parse_intercepts(text: &str, default_port: u16) -> Result<Vec<InterceptSp
         if item.is_empty() {
             return err(format!("-s: empty address in \"{text}\""));
         }
+        if let Some(spec) = parse_intercept6(item, default_port)? {
+            if out.len() == MAX_INTERCEPTS {
+                return err(format!("-s: at most {MAX_INTERCEPTS} intercepts"));
+            }
+            out.push(spec);
+            continue;
+        }
         let (host, port) = match item.split_once(':') {
             Some((host, port)) => {
                 let port = match port.trim().parse::<u16>() {
@@ -304,14 +315,55 @@ pub fn parse_intercepts(text: &str, default_port: u16) -> Result<Vec<InterceptSp
     Ok(out)
 }
 
+/// `-s` item in its IPv6 form: `[ADDR]`, `[ADDR]:PORT` or a bare IPv6 address; `None` when
+/// the item is not written so.
+fn parse_intercept6(item: &str, default_port: u16) -> Result<Option<InterceptSpec>, SpecError> {
+    let (addr, port) = if let Some(rest) = item.strip_prefix('[') {
+        let Some((addr, port)) = rest.split_once(']') else {
+            return err(format!("-s: \"{item}\" lacks the closing ]"));
+        };
+        let port = match port.strip_prefix(':') {
+            None if port.is_empty() => default_port,
+            None => return err(format!("-s: \"{item}\": expected [ADDR]:PORT")),
+            Some(p) => match p.trim().parse::<u16>() {
+                Ok(0) => default_port,
+                Ok(p) => p,
+                Err(_) => {
+                    return err(format!(
+                        "-s: \"{p}\" in \"{item}\" is not a valid port (1..65535)"
+                    ))
+                }
+            },
+        };
+        (addr, port)
+    } else if item.matches(':').count() >= 2 {
+        (item, default_port)
+    } else {
+        return Ok(None);
+    };
+    let Ok(ip) = addr.trim().parse::<std::net::Ipv6Addr>() else {
+        return err(format!("-s: \"{addr}\" is not a valid IPv6 address"));
+    };
+    if ip.is_unspecified() || ip.is_multicast() {
+        return err(format!("-s: {ip} cannot be an intercept address"));
+    }
+    Ok(Some(InterceptSpec {
+        host: Host::Ip6(ip),
+        port,
+    }))
+}
+
 /// The intercept addresses with their host names resolved, checked again.
-pub fn resolve_intercepts(specs: &[InterceptSpec]) -> Result<Vec<SocketAddrV4>, SpecError> {
+pub fn resolve_intercepts(specs: &[InterceptSpec]) -> Result<Vec<SocketAddr>, SpecError> {
     specs
         .iter()
         .map(|s| {
+            if let Host::Ip6(ip) = s.host {
+                return Ok(SocketAddr::new(ip.into(), s.port));
+            }
             let ip = s.host.resolve("-s")?;
             check_intercept(ip)?;
-            Ok(SocketAddrV4::new(ip, s.port))
+            Ok(SocketAddr::V4(SocketAddrV4::new(ip, s.port)))
         })
         .collect()
 }
@@ -396,7 +448,7 @@ mod tests {
         resolve_transfers(&parse_transfers(text)?)
     }
 
-    fn intercepts(text: &str, port: u16) -> Result<Vec<SocketAddrV4>, SpecError> {
+    fn intercepts(text: &str, port: u16) -> Result<Vec<SocketAddr>, SpecError> {
         resolve_intercepts(&parse_intercepts(text, port)?)
     }
 
@@ -412,12 +464,42 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.len(), 3);
-        assert_eq!(t[0].src_ip, Some(Ipv4Addr::new(192, 168, 0, 1)));
+        assert_eq!(t[0].src_ip, Some(Ipv4Addr::new(192, 168, 0, 1).into()));
         assert_eq!((t[0].src_port, t[0].dst_port), (80, 8080));
         assert_eq!(t[1].src_ip, None);
         assert_eq!(t[1].dst_ip, Ipv4Addr::new(192, 168, 0, 3));
         assert_eq!(t[2].src_mac, Some([0x00, 0x13, 0x21, 0xb2, 0x5e, 0x42]));
         assert_eq!(t[2].dst_mac, Some([0x00, 0x0f, 0x1f, 0x03, 0xf2, 0xe6]));
+    }
+
+    #[test]
+    fn ipv6_intercepts() {
+        let s = intercepts(
+            "[2001:db8::40]:9000,2001:db8::41,[2001:db8::42],198.18.0.40",
+            36524,
+        )
+        .unwrap();
+        let a = |t: &str| t.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            s,
+            vec![
+                a("[2001:db8::40]:9000"),
+                a("[2001:db8::41]:36524"),
+                a("[2001:db8::42]:36524"),
+                a("198.18.0.40:36524"),
+            ]
+        );
+        for (bad, says) in [
+            ("[2001:db8::40", "closing ]"),
+            ("[2001:db8::40]x", "[ADDR]:PORT"),
+            ("[2001:db8::40]:99999", "not a valid port"),
+            ("[::]", "cannot be an intercept"),
+            ("[ff02::1]", "cannot be an intercept"),
+            ("[2001:db8::zz]", "not a valid IPv6 address"),
+        ] {
+            let e = intercepts(bad, 36524).unwrap_err().0;
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     /// Parsing keeps host names as names (no look-up); resolving is a separate step
@@ -432,10 +514,10 @@ mod tests {
         let specs = parse_intercepts("localhost:36525,198.18.0.40", 36524).unwrap();
         assert_eq!(specs[0].host, Host::Name("localhost".into()));
         let s = resolve_intercepts(&specs).unwrap();
-        assert_eq!(s[0], SocketAddrV4::new(Ipv4Addr::LOCALHOST, 36525));
+        assert_eq!(s[0], SocketAddr::from((Ipv4Addr::LOCALHOST, 36525)));
         assert_eq!(
             s[1],
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 40), 36524)
+            SocketAddr::from((Ipv4Addr::new(198, 18, 0, 40), 36524))
         );
         for bad in ["1.2.3", "a_b", "host name", ""] {
             assert!(Host::parse(bad, "-s").is_err(), "{bad}");
@@ -504,9 +586,9 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 40), 36524),
-                SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 41), 9000),
-                SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 42), 36524),
+                SocketAddr::from((Ipv4Addr::new(198, 18, 0, 40), 36524)),
+                SocketAddr::from((Ipv4Addr::new(198, 18, 0, 41), 9000)),
+                SocketAddr::from((Ipv4Addr::new(198, 18, 0, 42), 36524)),
             ]
         );
         for bad in [

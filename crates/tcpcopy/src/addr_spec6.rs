@@ -1,4 +1,4 @@
-//! The IPv6 forms of the address grammars (UDP replay only, for now):
+//! The IPv6 forms of the address grammars (UDP replay, and TCP replay with intercept --ipv6):
 //!
 //! - `-x`: `SRC-DST[,SRC-DST...]`, SRC `[ADDR]:PORT` or `PORT` (any local address), DST
 //!   `[ADDR]:PORT`, each side with `@MAC` for `--send pcap`: literal IPv6 addresses in

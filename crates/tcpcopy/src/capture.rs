@@ -150,7 +150,11 @@ pub fn check_self_capture(
             let captured = match src.src_ip {
                 Some(ip) => ip == t.dst_ip,
                 // pcap sees outgoing frames too; the raw socket only inbound local traffic.
-                None => pcap_auto || t.dst_ip.is_loopback() || local_ips.contains(&t.dst_ip),
+                None => {
+                    pcap_auto
+                        || t.dst_ip.is_loopback()
+                        || matches!(t.dst_ip, std::net::IpAddr::V4(d) if local_ips.contains(&d))
+                }
             };
             if captured {
                 let hint = if pcap_auto {

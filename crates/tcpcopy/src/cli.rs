@@ -8,7 +8,7 @@
 //! out-of-range numbers are errors (the original truncated or zeroed them silently).
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use tc_core::capture::pcap_live::{MAX_DEVICES, MAX_FILTER_LEN};
 use tc_core::capture::raw_socket::FlowShare;
 use tc_core::control::DEFAULT_PORT;
-use tc_core::session::ReplayConfig;
+use tc_core::session::{ReplayConfig, Transfer};
 
 use crate::addr_spec::{self, InterceptSpec, SpecError, TransferSpec};
 use crate::addr_spec6;
@@ -89,11 +89,14 @@ struct RawArgs {
                 SRC without IP = any local address; DST needs an IP or a host\n\
                 name (resolved once at start-up to its first IPv4 address).\n\
                 e.g. 80-198.18.0.30:8080  or  198.18.0.20:80-testhost:8080\n\
-                --send pcap: 80@<out if MAC>-198.18.0.30:8080@<next hop MAC>")]
+                --send pcap: 80@<out if MAC>-198.18.0.30:8080@<next hop MAC>\n\
+                IPv6: 80-[2001:db8::30]:8080 (literal addresses in brackets, one family\n\
+                per run; -c PREFIX/LEN, e.g. -c 2001:db8:ffff::/64): every intercept\n\
+                must run with --ipv6 (tcpcopy asks it first and stops if it does not)")]
     transfers: Option<String>,
     #[arg(short = 's', value_name = "intercepts", help_heading = H_REQUIRED,
         help = "intercept addresses HOST[:PORT][,HOST[:PORT]...] (at most 32),\n\
-                HOST an IPv4 address or a host name")]
+                HOST an IPv4 address, a host name or [IPv6 address]")]
     intercepts: Option<String>,
 
     #[arg(short = 'p', value_name = "port", help_heading = H_CONTROL,
@@ -394,7 +397,7 @@ pub type WireOptions = tc_core::control::WireFormat;
 #[derive(Debug, Clone)]
 pub struct Options {
     pub replay: ReplayConfig,
-    pub intercepts: Vec<SocketAddrV4>,
+    pub intercepts: Vec<std::net::SocketAddr>,
     pub conns_per_intercept: usize,
     pub input: Input,
     pub output: OutputKind,
@@ -433,6 +436,10 @@ pub struct Options {
     pub warnings: Vec<String>,
     /// `--full-payload` (implied by `--diff`).
     pub full_payload: bool,
+    /// TCP replay over IPv6 (an IPv6 `-x` without `--udp`): every intercept is asked for the
+    /// IPv6 variant of the control channel (`intercept --ipv6`), see
+    /// `tc_core::control::ipv6`.
+    pub ipv6: bool,
     /// `--diff` and its options.
     pub diff: Option<crate::diff::DiffConfig>,
 }
@@ -593,7 +600,7 @@ fn fanout_applies(raw: &RawArgs, input: &Input) -> Result<(), CliError> {
         .is_some_and(addr_spec6::is_ipv6_transfers)
     {
         // The IPv6 capture has no share in its filter: every process would replay all.
-        return err("--fanout applies to IPv4 transfers");
+        return err("--fanout applies to IPv4 transfers (the raw IPv6 capture has no share in its kernel filter)");
     }
     match input {
         Input::Raw | Input::Ring => Ok(()),
@@ -628,6 +635,32 @@ fn typed(m: &ArgMatches, id: &str) -> bool {
     m.value_source(id) == Some(ValueSource::CommandLine)
 }
 
+/// TCP replay over IPv6: the options that speak IPv4 only are refused.
+fn ipv6_tcp_flags(raw: &RawArgs, m: &ArgMatches) -> Result<(), CliError> {
+    let _ = m;
+    if raw.capture == Some(CaptureKind::Ring) {
+        return err(
+            "--capture ring reads IPv4 only: with IPv6 transfers use --capture raw or pcap",
+        );
+    }
+    let refused = [
+        ("--diff", raw.diff.is_some()),
+        ("--full-payload", raw.full_payload),
+        ("--check", raw.check),
+        ("--probe-client", raw.probe_client.is_some()),
+        ("--auth-file", raw.auth_file.is_some()),
+        ("--protocol", raw.protocol.is_some()),
+    ];
+    for (flag, set) in refused {
+        if set {
+            return err(format!(
+                "{flag} is not available with IPv6 transfers (TCP replay over IPv6 covers replay itself: capture, sessions, intercept --ipv6)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
     let Some(transfers_text) = raw.transfers.clone() else {
         return err("no -x argument (what to copy and where, e.g. -x 80-198.18.0.30:8080)");
@@ -643,7 +676,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
     let ipv6 = addr_spec6::is_ipv6_transfers(&transfers_text);
     let (transfers, transfers6) = if ipv6 {
         if !raw.udp {
-            return err("-x: IPv6 transfers need --udp: TCP replay over IPv6 is not supported yet");
+            ipv6_tcp_flags(&raw, m)?;
         }
         (Vec::new(), addr_spec6::parse_transfers6(&transfers_text)?)
     } else {
@@ -772,7 +805,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
     let replay = ReplayConfig {
         transfers: Vec::new(),
         client_ips: Vec::new(),
-        localhost_replacement,
+        localhost_replacement: localhost_replacement.map(Into::into),
         replicas: raw.replicas,
         port_shift: raw.port_shift,
         sample_percent: match raw.sample_percent {
@@ -833,6 +866,7 @@ fn validate(raw: RawArgs, m: &ArgMatches) -> Result<Args, CliError> {
             warnings,
             full_payload: raw.full_payload || diff.is_some(),
             diff,
+            ipv6: ipv6 && !raw.udp,
         },
     })
 }
@@ -872,11 +906,40 @@ impl Args {
     /// the resolved addresses, and leaves the targets out of the `-c` addresses.
     pub fn resolve(self) -> Result<Options, CliError> {
         let mut options = self.options;
+        if options.ipv6 {
+            options.intercepts = addr_spec::resolve_intercepts(&self.intercepts)?;
+            // TCP over IPv6: the IPv6 transfers and -c prefix are the replay's.
+            options.replay.transfers = options
+                .transfers6
+                .iter()
+                .map(|t| Transfer {
+                    src_ip: t.src_ip.map(Into::into),
+                    src_port: t.src_port,
+                    dst_ip: t.dst_ip.into(),
+                    dst_port: t.dst_port,
+                    src_mac: t.src_mac,
+                    dst_mac: t.dst_mac,
+                })
+                .collect();
+            if let Some(p) = options.client_prefix6 {
+                options.replay.client_ips = (0..p.count()).map(|i| p.client(i).into()).collect();
+            }
+            return Ok(options);
+        }
         let transfers = addr_spec::resolve_transfers(&self.transfers)?;
         options.intercepts = addr_spec::resolve_intercepts(&self.intercepts)?;
         if let Some(ips) = &self.client_ips {
-            let targets: Vec<Ipv4Addr> = transfers.iter().map(|t| t.dst_ip).collect();
-            options.replay.client_ips = addr_spec::select_client_ips(ips, &targets)?;
+            let targets: Vec<Ipv4Addr> = transfers
+                .iter()
+                .filter_map(|t| match t.dst_ip {
+                    std::net::IpAddr::V4(a) => Some(a),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .collect();
+            options.replay.client_ips = addr_spec::select_client_ips(ips, &targets)?
+                .into_iter()
+                .map(Into::into)
+                .collect();
         }
         options.replay.transfers = transfers;
         Ok(options)
@@ -1069,7 +1132,10 @@ mod tests {
         assert_eq!(o.replay.transfers.len(), 1);
         assert_eq!(
             o.intercepts,
-            vec![SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 40), 36524)]
+            vec![std::net::SocketAddr::from((
+                Ipv4Addr::new(198, 18, 0, 40),
+                36524
+            ))]
         );
         assert_eq!(o.conns_per_intercept, 2);
         assert_eq!(o.replay.replicas, 1);
@@ -1160,7 +1226,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(o.replay.client_ips.len(), 253);
-        assert!(!o.replay.client_ips.contains(&Ipv4Addr::new(203, 0, 113, 9)));
+        assert!(!o
+            .replay
+            .client_ips
+            .contains(&Ipv4Addr::new(203, 0, 113, 9).into()));
     }
 
     #[test]
@@ -1540,6 +1609,81 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_transfers_for_tcp() {
+        let o = run(&[
+            "-x",
+            "80-[2001:db8::30]:8080",
+            "-s",
+            "198.18.0.40",
+            "-c",
+            "2001:db8:ffff::/120",
+        ])
+        .unwrap();
+        assert!(o.ipv6 && !o.udp);
+        assert_eq!(o.replay.transfers.len(), 1);
+        let t = o.replay.transfers[0];
+        assert_eq!(
+            t.dst_ip,
+            "2001:db8::30".parse::<std::net::IpAddr>().unwrap()
+        );
+        assert_eq!((t.src_ip, t.src_port, t.dst_port), (None, 80, 8080));
+        assert_eq!(o.replay.client_ips.len(), 254);
+        assert_eq!(
+            o.replay.client_ips[0],
+            "2001:db8:ffff::1".parse::<std::net::IpAddr>().unwrap()
+        );
+        // IPv4 runs do not ask for the IPv6 variant.
+        assert!(!run(&with(&[])).unwrap().ipv6);
+        for (args, says) in [
+            (
+                &[
+                    "-x",
+                    "80-[2001:db8::30]:8080",
+                    "-s",
+                    "198.18.0.40",
+                    "--diff",
+                    "d.log",
+                ][..],
+                "--diff is not available with IPv6",
+            ),
+            (
+                &[
+                    "-x",
+                    "80-[2001:db8::30]:8080",
+                    "-s",
+                    "198.18.0.40",
+                    "--capture",
+                    "ring",
+                ],
+                "--capture ring reads IPv4 only",
+            ),
+            (
+                &[
+                    "-x",
+                    "80-[2001:db8::30]:8080,81-198.18.0.30:81",
+                    "-s",
+                    "198.18.0.40",
+                ],
+                "cannot be mixed",
+            ),
+            (
+                &[
+                    "-x",
+                    "80-[2001:db8::30]:8080",
+                    "-s",
+                    "198.18.0.40",
+                    "-c",
+                    "203.0.113.x",
+                ],
+                "PREFIX/LEN",
+            ),
+        ] {
+            let e = run_err(args);
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn ipv6_transfers_with_udp() {
         let o = run(&[
             "--udp",
@@ -1554,11 +1698,7 @@ mod tests {
         assert_eq!(o.client_prefix6.map(|p| p.len), Some(64));
         for (args, says) in [
             (
-                &["-x", "53-[2001:db8::30]:53", "-s", "198.18.0.40"][..],
-                "need --udp",
-            ),
-            (
-                &["--udp", "-x", "53-[2001:db8::30]:53", "-c", "203.0.113.x"],
+                &["--udp", "-x", "53-[2001:db8::30]:53", "-c", "203.0.113.x"][..],
                 "PREFIX/LEN",
             ),
             (

@@ -40,7 +40,7 @@ pub fn online_route(target: SocketAddrV4) -> Result<Ipv4Addr, String> {
 #[derive(Debug, Clone)]
 pub struct ProbePlan {
     pub targets: Vec<SocketAddrV4>,
-    pub intercepts: Vec<SocketAddrV4>,
+    pub intercepts: Vec<std::net::SocketAddr>,
     pub wire: WireFormat,
     pub client: Option<Ipv4Addr>,
 }
@@ -49,7 +49,11 @@ impl ProbePlan {
     pub fn of(options: &Options) -> ProbePlan {
         let mut targets: Vec<SocketAddrV4> = Vec::new();
         for t in &options.replay.transfers {
-            let a = SocketAddrV4::new(t.dst_ip, t.dst_port);
+            // The path probe speaks IPv4 (its records are the original's).
+            let std::net::IpAddr::V4(ip) = t.dst_ip else {
+                continue;
+            };
+            let a = SocketAddrV4::new(ip, t.dst_port);
             if !targets.contains(&a) {
                 targets.push(a);
             }
@@ -58,9 +62,12 @@ impl ProbePlan {
             targets,
             intercepts: options.intercepts.clone(),
             wire: options.wire,
-            client: options
-                .probe_client
-                .or_else(|| options.replay.client_ips.first().copied()),
+            client: options.probe_client.or_else(|| {
+                options.replay.client_ips.iter().find_map(|ip| match ip {
+                    std::net::IpAddr::V4(a) => Some(*a),
+                    std::net::IpAddr::V6(_) => None,
+                })
+            }),
         }
     }
 

@@ -24,7 +24,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -379,9 +379,9 @@ impl DiffEngine {
     /// One data message of intercept's.
     pub fn on_target(&mut self, now: Instant, d: &Data) {
         let key = (
-            *d.client.ip(),
+            (*d.client.ip()).into(),
             d.client.port(),
-            *d.target.ip(),
+            (*d.target.ip()).into(),
             d.target.port(),
         );
         if !self.conns.contains_key(&key) {
@@ -593,15 +593,15 @@ impl DiffEngine {
     fn connection_value(&self, key: Key) -> Value {
         let replayed = format!(
             "{} -> {}",
-            SocketAddrV4::new(key.0, key.1),
-            SocketAddrV4::new(key.2, key.3)
+            SocketAddr::new(key.0, key.1),
+            SocketAddr::new(key.2, key.3)
         );
         match self.conns.get(&key) {
             Some(c) => json!({
                 "online": format!(
                     "{} -> {}",
-                    SocketAddrV4::new(c.online.0, c.online.1),
-                    SocketAddrV4::new(c.online.2, c.online.3)
+                    SocketAddr::new(c.online.0, c.online.1),
+                    SocketAddr::new(c.online.2, c.online.3)
                 ),
                 "replayed": replayed,
             }),
@@ -843,8 +843,8 @@ mod tests {
         let mut buf = vec![0u8; 2048];
         let n = build_segment(
             &SegmentSpec {
-                src: src.0,
-                dst: dst.0,
+                src: src.0.into(),
+                dst: dst.0.into(),
                 src_port: src.1,
                 dst_port: dst.1,
                 seq,
@@ -866,8 +866,8 @@ mod tests {
     fn data<'a>(seq: u32, ack: u32, flags: u8, payload: &'a [u8]) -> Data<'a> {
         Data {
             flags,
-            client: SocketAddrV4::new(FAKE, 40000),
-            target: SocketAddrV4::new(TARGET, 8080),
+            client: std::net::SocketAddrV4::new(FAKE, 40000),
+            target: std::net::SocketAddrV4::new(TARGET, 8080),
             seq,
             ack,
             payload,
@@ -888,8 +888,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut e = DiffEngine::open(cfg(&dir)).unwrap();
         let now = Instant::now();
-        let online: Key = (CLIENT, 40000, ONLINE, 80);
-        let replayed: Key = (FAKE, 40000, TARGET, 8080);
+        let online: Key = (CLIENT.into(), 40000, ONLINE.into(), 80);
+        let replayed: Key = (FAKE.into(), 40000, TARGET.into(), 8080);
         let (c, s) = ((CLIENT, 40000), (ONLINE, 80));
         let syn = seg(c, s, 1000, 0, 0x02, b"");
         e.on_client(now, &syn, Some((online, replayed)));
@@ -974,8 +974,8 @@ mod tests {
         c.protocol = Some(Protocol::Redis);
         let mut e = DiffEngine::open(c).unwrap();
         let now = Instant::now();
-        let online: Key = (CLIENT, 40002, ONLINE, 6379);
-        let replayed: Key = (FAKE, 40000, TARGET, 8080);
+        let online: Key = (CLIENT.into(), 40002, ONLINE.into(), 6379);
+        let replayed: Key = (FAKE.into(), 40000, TARGET.into(), 8080);
         let (cl, sv) = ((CLIENT, 40002), (ONLINE, 6379));
         e.on_client(
             now,
@@ -1042,8 +1042,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut e = DiffEngine::open(cfg(&dir)).unwrap();
         let now = Instant::now();
-        let online: Key = (CLIENT, 40003, ONLINE, 80);
-        let replayed: Key = (FAKE, 40000, TARGET, 8080);
+        let online: Key = (CLIENT.into(), 40003, ONLINE.into(), 80);
+        let replayed: Key = (FAKE.into(), 40000, TARGET.into(), 8080);
         let (c, s) = ((CLIENT, 40003), (ONLINE, 80));
         e.on_client(
             now,
@@ -1094,8 +1094,8 @@ mod tests {
         c.max_total_bytes = 100;
         let mut e = DiffEngine::open(c).unwrap();
         let now = Instant::now();
-        let online: Key = (CLIENT, 40001, ONLINE, 80);
-        let replayed: Key = (FAKE, 40000, TARGET, 8080);
+        let online: Key = (CLIENT.into(), 40001, ONLINE.into(), 80);
+        let replayed: Key = (FAKE.into(), 40000, TARGET.into(), 8080);
         let req = seg(
             (CLIENT, 40001),
             (ONLINE, 80),

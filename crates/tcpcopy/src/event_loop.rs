@@ -10,8 +10,10 @@ use signal_hook_mio::v1_0::Signals;
 use tc_core::capture::reopen::Reopening;
 use tc_core::capture::Capture;
 use tc_core::control::full_payload;
+use tc_core::control::ipv6::{self, V6Grant};
 use tc_core::metrics::{Limits as MetricsLimits, MetricsServer};
-use tc_core::packet::{ipv4_payload, DropCounters};
+use tc_core::packet::link::ip_payload;
+use tc_core::packet::{ipv4_payload, DropCounters, DropReason, LinkType};
 use tc_core::session::Replayer;
 
 use crate::diagnosis::{Diagnostician, ProbePlan};
@@ -76,6 +78,8 @@ pub enum StopReason {
     OfflineDone,
     /// `--full-payload`: an intercept refused or did not answer.
     FullPayload(String),
+    /// TCP over IPv6: an intercept refused the IPv6 variant or did not answer.
+    Ipv6(String),
 }
 
 impl StopReason {
@@ -90,6 +94,7 @@ impl StopReason {
             StopReason::CaptureFailed(_) => 1,
             StopReason::OfflineDone => 0,
             StopReason::FullPayload(_) => 1,
+            StopReason::Ipv6(_) => 1,
         }
     }
 }
@@ -132,6 +137,9 @@ pub struct LoopConfig {
     pub diff: Option<DiffEngine>,
     /// `--full-payload`: every intercept must grant the target's bytes.
     pub full_payload: bool,
+    /// TCP over IPv6: every intercept must grant the IPv6 variant before anything is
+    /// captured (no IPv6 CLIENT_ADD goes to an intercept that has not).
+    pub ipv6: bool,
 }
 
 pub struct EventLoop {
@@ -155,6 +163,8 @@ pub struct EventLoop {
     responses: Option<Box<dyn Capture>>,
     /// `--full-payload`: each intercept's answer (`None`: none yet).
     grants: Vec<Option<bool>>,
+    /// TCP over IPv6: each intercept's answer to the IPv6 request.
+    v6_grants: Vec<Option<bool>>,
     /// Why the run must stop, found while handling an event.
     pending_stop: Option<StopReason>,
 }
@@ -188,10 +198,12 @@ impl EventLoop {
         let mut cfg = cfg;
         let diff = cfg.diff.take();
         let grants = vec![None; output.tunnels.total_intercepts()];
+        let v6_grants = vec![None; output.tunnels.total_intercepts()];
         Ok(EventLoop {
             diff,
             responses,
             grants,
+            v6_grants,
             pending_stop: None,
             diagnostician,
             next_device_check: Duration::ZERO,
@@ -227,7 +239,8 @@ impl EventLoop {
         let mut next_tunnel_check = start + TUNNEL_CHECK_PERIOD;
         let mut next_keepalive = start + KEEPALIVE_PERIOD;
         let mut next_diff = start + DIFF_PERIOD;
-        let mut grant_deadline = self.cfg.full_payload.then_some(start + GRANT_WAIT);
+        let mut grant_deadline =
+            (self.cfg.full_payload || self.cfg.ipv6).then_some(start + GRANT_WAIT);
         let mut responses_pending = false;
         let mut read_again = Vec::new();
         // On a terminal (and logging to it) the progress line is redrawn in place.
@@ -244,6 +257,9 @@ impl EventLoop {
         let mut offline_wake = self.offline.as_ref().map(|_| start);
         let stop = loop {
             let now = Instant::now();
+            // TCP over IPv6: nothing is captured (so nothing announced) before every intercept
+            // granted the IPv6 variant; what waits in the captures is read afterwards.
+            let v6_waiting = self.cfg.ipv6 && self.v6_grants.iter().any(|g| *g != Some(true));
             let mut deadline = next_stats
                 .min(next_memory)
                 .min(next_tunnel_check)
@@ -257,7 +273,7 @@ impl EventLoop {
             if let Some(d) = &self.diagnostician {
                 deadline = deadline.min(d.next_deadline());
             }
-            if let Some(d) = offline_wake {
+            if let Some(d) = offline_wake.filter(|_| !v6_waiting) {
                 deadline = deadline.min(d);
             }
             if self.diff.is_some() {
@@ -274,7 +290,7 @@ impl EventLoop {
             }
             self.output
                 .watch_writable(self.poll.registry(), OUTPUT_TOKEN);
-            let busy = pending.iter().any(|p| *p)
+            let busy = (pending.iter().any(|p| *p) && !v6_waiting)
                 || responses_pending
                 || self.output.tunnels.has_reads_pending();
             let timeout = if busy {
@@ -324,7 +340,7 @@ impl EventLoop {
                 }
             }
             for (i, more) in pending.iter_mut().enumerate() {
-                if *more {
+                if *more && !v6_waiting {
                     match self.drain_capture(i) {
                         Ok(n) => *more = n >= CAPTURE_BUDGET,
                         Err(e) => {
@@ -357,7 +373,7 @@ impl EventLoop {
                     offline_wake = Some(now);
                 }
             }
-            if offline_wake.is_some_and(|d| d <= Instant::now()) {
+            if offline_wake.is_some_and(|d| d <= Instant::now()) && !v6_waiting {
                 let (wake, s) = crate::offline::after_step(self.poll_offline());
                 offline_wake = wake;
                 stop = stop.or(s);
@@ -403,6 +419,9 @@ impl EventLoop {
             if grant_deadline.is_some_and(|d| now >= d) {
                 grant_deadline = None;
                 if let Some(s) = self.missing_grants() {
+                    stop = stop.or(Some(s));
+                }
+                if let Some(s) = self.missing_v6_grants() {
                     stop = stop.or(Some(s));
                 }
             }
@@ -494,8 +513,57 @@ impl EventLoop {
         }
     }
 
+    /// TCP over IPv6: the intercepts that have not answered the IPv6 request in time.
+    fn missing_v6_grants(&self) -> Option<StopReason> {
+        if !self.cfg.ipv6 {
+            return None;
+        }
+        let silent: Vec<String> = self
+            .v6_grants
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.is_none())
+            .filter_map(|(i, _)| self.output.tunnels.intercept_addr(i))
+            .map(|a| a.to_string())
+            .collect();
+        if silent.is_empty() {
+            return None;
+        }
+        Some(StopReason::Ipv6(format!(
+            "intercept {} did not answer the IPv6 request within {} s: it is the original intercept or an older one; TCP replay over IPv6 needs intercept-rs started with --ipv6",
+            silent.join(","),
+            GRANT_WAIT.as_secs()
+        )))
+    }
+
+    /// An intercept's answer to the IPv6 request.
+    fn on_v6_grant(&mut self, intercept: Option<usize>, record: &[u8]) {
+        let (Some(i), Some(g)) = (intercept, V6Grant::parse(record)) else {
+            return;
+        };
+        let addr = self
+            .output
+            .tunnels
+            .intercept_addr(i)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        if !g.granted {
+            self.pending_stop = Some(StopReason::Ipv6(format!(
+                "intercept {addr} refuses the IPv6 variant of the control channel: start it with --ipv6 (TCP replay over IPv6 needs it)"
+            )));
+        } else if self.v6_grants.get(i).copied().flatten().is_none() {
+            log::info!("intercept {addr} grants the IPv6 variant");
+        }
+        if let Some(slot) = self.v6_grants.get_mut(i) {
+            *slot = Some(g.granted);
+        }
+    }
+
     /// `--full-payload`: the intercepts that have not answered the request in time.
     fn missing_grants(&self) -> Option<StopReason> {
+        if !self.cfg.full_payload {
+            return None;
+        }
         let silent: Vec<String> = self
             .grants
             .iter()
@@ -630,8 +698,10 @@ impl EventLoop {
             link_drops,
             diagnostician,
             diff,
+            cfg,
             ..
         } = self;
+        let ipv6 = cfg.ipv6;
         let Some(capture) = captures[i].source_mut() else {
             return Ok(0);
         };
@@ -642,8 +712,10 @@ impl EventLoop {
             replayer,
             output,
             link_drops,
+            ipv6,
             &mut |replayer, now, datagram| {
-                if let (Some(d), Some(src)) = (learned.as_mut(), datagram.get(12..16)) {
+                let v4 = datagram.first().is_some_and(|v| v >> 4 == 4);
+                if let (Some(d), Some(src), true) = (learned.as_mut(), datagram.get(12..16), v4) {
                     d.learned_client = Some(Ipv4Addr::new(src[0], src[1], src[2], src[3]));
                 }
                 replayer.on_client_packet(now, datagram);
@@ -660,8 +732,10 @@ impl EventLoop {
             replayer,
             link_drops,
             diff,
+            cfg,
             ..
         } = self;
+        let ipv6 = cfg.ipv6;
         // Only --diff needs them (the closure below borrows the replayer mutably): without
         // it the offline path allocates nothing per turn.
         let transfers = if diff.is_some() {
@@ -681,7 +755,7 @@ impl EventLoop {
         let status = source.poll(now, CAPTURE_BUDGET, &mut |pass, link, frame| {
             // `-T`: each pass replays as connections distinct from the last pass's.
             replayer.start_pass(pass);
-            match ipv4_payload(link, frame) {
+            match decode(ipv6, link, frame) {
                 Ok(datagram) => {
                     // `--diff`: the file's answers of production are compared, its requests
                     // replayed.
@@ -731,8 +805,22 @@ impl EventLoop {
                 }
                 continue;
             }
+            // TCP over IPv6: an IPv6 response unit, padded to whole record slots.
+            if slot.starts_with(&ipv6::V6_MARKER) && slot.len() >= 4 {
+                let n = 4 + usize::from(u16::from_be_bytes([slot[2], slot[3]]));
+                at += crate::tunnels::data_slots(n, len) * len;
+                match slot.get(..n).and_then(ipv6::record6) {
+                    Some(record) => self.replayer.on_response(now, record),
+                    None => self.replayer.on_response(now, &[]),
+                }
+                continue;
+            }
             let record = &slot[..len];
             at += len;
+            if V6Grant::is_grant(record) {
+                self.on_v6_grant(intercept, record);
+                continue;
+            }
             if full_payload::Grant::is_grant(record) {
                 self.on_grant(intercept, record);
                 continue;
@@ -928,16 +1016,27 @@ pub(crate) fn capture_turn(
     replayer: &mut Replayer,
     output: &mut ReplayOutput,
     link_drops: &mut DropCounters,
+    ipv6: bool,
     on_datagram: &mut dyn FnMut(&mut Replayer, Instant, &[u8]),
 ) -> std::io::Result<usize> {
-    let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match ipv4_payload(
-        link, frame,
+    let read = capture.read_frames(CAPTURE_BUDGET, &mut |link, frame| match decode(
+        ipv6, link, frame,
     ) {
         Ok(datagram) => on_datagram(replayer, Instant::now(), datagram),
         Err(reason) => link_drops.count(reason),
     });
     flush_output(replayer, output);
     read
+}
+
+/// The IP packet in a captured frame: IPv4 only, or with IPv6 transfers IPv6 too (an IPv4
+/// run counts IPv6 frames as `not ipv4`, as before).
+fn decode(ipv6: bool, link: LinkType, frame: &[u8]) -> Result<&[u8], DropReason> {
+    if ipv6 {
+        ip_payload(link, frame)
+    } else {
+        ipv4_payload(link, frame)
+    }
 }
 
 /// Sends what the replay machine queued (see [`EventLoop::flush_output`]).

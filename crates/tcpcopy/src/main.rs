@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tc_core::capture::pcap_live;
 use tc_core::capture::raw_socket::RawSocketCapture;
+use tc_core::capture::raw_socket6::RawSocketCapture6;
 use tc_core::capture::reopen::Reopening;
 use tc_core::capture::ring::{RingCapture, RingOptions};
 use tc_core::capture::Capture;
@@ -217,21 +218,45 @@ fn run(options: Options) -> anyhow::Result<i32> {
     let poll = mio::Poll::new().context("cannot create the event loop")?;
 
     // Start-up order of the original: intercepts, then output, then input.
-    let tunnels = tunnels::Tunnels::connect_all_with(
+    let tunnels = tunnels::Tunnels::connect_all_variants(
         &options.intercepts,
         options.conns_per_intercept,
         options.wire,
         poll.registry(),
         STARTUP_CONNECT_TIMEOUT,
         options.full_payload,
+        options.ipv6,
     )?;
     if options.full_payload {
         log::info!("full payload: asked each intercept for the target's response bytes");
     }
+    if options.ipv6 {
+        log::info!("TCP over IPv6: asked each intercept for the IPv6 variant (intercept --ipv6); capture starts once every intercept granted it");
+    }
 
-    let sender = open_sender(&options)?;
+    let sender = if options.ipv6 {
+        udp_mode::open_sender6(&options)?
+    } else {
+        open_sender(&options)?
+    };
 
     let captures: Vec<Reopening<dyn Capture>> = match &options.input {
+        Input::Raw if options.ipv6 => {
+            let c = RawSocketCapture6::open_protocol(libc::IPPROTO_TCP)
+                .context("Create raw IPv6 socket to input failed")?;
+            let ports: Vec<u16> = options
+                .replay
+                .transfers
+                .iter()
+                .map(|t| t.src_port)
+                .collect();
+            capture::log_port_filter(c.keep_only_dst_ports(&ports), "tcp", &ports);
+            log::info!("capture: raw IPv6 socket");
+            vec![Reopening::new(
+                "raw IPv6 socket",
+                Box::new(c) as Box<dyn Capture>,
+            )]
+        }
         Input::Raw => {
             let c = RawSocketCapture::open().context("Create raw socket to input failed")?;
             let ports: Vec<u16> = options
@@ -385,9 +410,11 @@ fn run(options: Options) -> anyhow::Result<i32> {
             metrics: options.metrics,
             stats_json_file: options.stats_json_file.clone(),
             // Offline runs probe too: the path to the target is the same.
-            probe: options.probe.then(|| diagnosis::ProbePlan::of(&options)),
+            // The path probe speaks IPv4 (the original's records): not for IPv6 transfers.
+            probe: (options.probe && !options.ipv6).then(|| diagnosis::ProbePlan::of(&options)),
             diff,
             full_payload: options.full_payload,
+            ipv6: options.ipv6,
             // SAFETY: isatty only inspects the descriptor.
             progress_tty: options.log_file.is_none()
                 && !options.daemon
@@ -411,7 +438,9 @@ fn run(options: Options) -> anyhow::Result<i32> {
             log::error!("{msg}");
             eprintln!("tcpcopy: {msg}");
         }
-        event_loop::StopReason::CaptureFailed(e) | event_loop::StopReason::FullPayload(e) => {
+        event_loop::StopReason::CaptureFailed(e)
+        | event_loop::StopReason::FullPayload(e)
+        | event_loop::StopReason::Ipv6(e) => {
             log::error!("{e}");
             eprintln!("tcpcopy: {e}");
         }

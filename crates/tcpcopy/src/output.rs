@@ -7,7 +7,7 @@
 //! (or on a short timer); datagrams beyond the bound are dropped and counted.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use tc_core::logging::RateLimit;
@@ -40,7 +40,7 @@ pub struct SendStats {
 
 pub struct ReplayOutput {
     sender: Box<dyn Sender>,
-    targets: Vec<(Ipv4Addr, u16)>,
+    targets: Vec<(IpAddr, u16)>,
     pub tunnels: Tunnels,
     pub stats: SendStats,
     single: bool,
@@ -119,8 +119,17 @@ impl ReplayOutput {
 }
 
 /// Destination IP and TCP port of an IPv4/TCP datagram; `None` when it is not one.
-pub fn tcp_destination(datagram: &[u8]) -> Option<(Ipv4Addr, u16)> {
+pub fn tcp_destination(datagram: &[u8]) -> Option<(IpAddr, u16)> {
     let first = *datagram.first()?;
+    if first >> 4 == 6 {
+        // What the replay machine sends is a plain 40-byte header and TCP.
+        if datagram.get(6) != Some(&6) {
+            return None;
+        }
+        let d: [u8; 16] = datagram.get(24..40)?.try_into().ok()?;
+        let p = datagram.get(42..44)?;
+        return Some((IpAddr::from(d), u16::from_be_bytes([p[0], p[1]])));
+    }
     if first >> 4 != 4 || datagram.get(9) != Some(&6) {
         return None;
     }
@@ -131,16 +140,16 @@ pub fn tcp_destination(datagram: &[u8]) -> Option<(Ipv4Addr, u16)> {
     let d = datagram.get(16..20)?;
     let p = datagram.get(ihl + 2..ihl + 4)?;
     Some((
-        Ipv4Addr::new(d[0], d[1], d[2], d[3]),
+        Ipv4Addr::new(d[0], d[1], d[2], d[3]).into(),
         u16::from_be_bytes([p[0], p[1]]),
     ))
 }
 
 /// The transfer whose target is `dst`: `hint` first, then the first one that matches.
 pub fn allowed_transfer(
-    targets: &[(Ipv4Addr, u16)],
+    targets: &[(IpAddr, u16)],
     hint: usize,
-    dst: (Ipv4Addr, u16),
+    dst: (IpAddr, u16),
 ) -> Option<usize> {
     if targets.get(hint) == Some(&dst) {
         return Some(hint);
@@ -353,33 +362,54 @@ mod tests {
     fn destination_parsing() {
         assert_eq!(
             tcp_destination(&datagram([198, 18, 0, 30], 8080)),
-            Some((Ipv4Addr::new(198, 18, 0, 30), 8080))
+            Some((Ipv4Addr::new(198, 18, 0, 30).into(), 8080))
         );
         let mut udp = datagram([198, 18, 0, 30], 8080);
         udp[9] = 17;
         assert_eq!(tcp_destination(&udp), None);
         assert_eq!(tcp_destination(&datagram([1, 2, 3, 4], 1)[..22]), None);
         assert_eq!(tcp_destination(&[]), None);
+        // An IPv6 datagram that is not TCP, and an IPv6/TCP one.
         let mut v6 = datagram([1, 2, 3, 4], 1);
         v6[0] = 0x60;
         assert_eq!(tcp_destination(&v6), None);
+        let mut buf = [0u8; 80];
+        let spec = tc_core::packet::SegmentSpec {
+            src: "2001:db8:ffff::1".parse().unwrap(),
+            dst: "2001:db8::30".parse().unwrap(),
+            src_port: 40000,
+            dst_port: 8080,
+            seq: 1,
+            ack: 0,
+            flags: tc_core::packet::flags::SYN,
+            window: 100,
+            ip_id: 0,
+            mss: None,
+            timestamps: None,
+            payload: &[],
+        };
+        let n = tc_core::packet::build_segment(&spec, &mut buf).unwrap();
+        assert_eq!(
+            tcp_destination(&buf[..n]),
+            Some(("2001:db8::30".parse().unwrap(), 8080))
+        );
     }
 
     #[test]
     fn only_targets_are_allowed() {
-        let t = [
-            (Ipv4Addr::new(198, 18, 0, 30), 8080),
-            (Ipv4Addr::new(198, 18, 0, 31), 80),
+        let t: [(IpAddr, u16); 2] = [
+            (Ipv4Addr::new(198, 18, 0, 30).into(), 8080),
+            (Ipv4Addr::new(198, 18, 0, 31).into(), 80),
         ];
         assert_eq!(allowed_transfer(&t, 0, t[0]), Some(0));
         assert_eq!(allowed_transfer(&t, 0, t[1]), Some(1));
         assert_eq!(allowed_transfer(&t, 7, t[1]), Some(1));
         assert_eq!(
-            allowed_transfer(&t, 0, (Ipv4Addr::new(198, 18, 0, 30), 80)),
+            allowed_transfer(&t, 0, (Ipv4Addr::new(198, 18, 0, 30).into(), 80)),
             None
         );
         assert_eq!(
-            allowed_transfer(&t, 1, (Ipv4Addr::new(198, 18, 0, 20), 80)),
+            allowed_transfer(&t, 1, (Ipv4Addr::new(198, 18, 0, 20).into(), 80)),
             None
         );
     }
@@ -409,9 +439,14 @@ mod tests {
             combined: true,
             payload: false,
         };
-        let tunnels =
-            Tunnels::connect_all(&[addr], 1, wire, poll.registry(), Duration::from_secs(3))
-                .unwrap();
+        let tunnels = Tunnels::connect_all(
+            &[addr.into()],
+            1,
+            wire,
+            poll.registry(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
         let transfers = resolve_transfers(&parse_transfers(x).unwrap()).unwrap();
         ReplayOutput::new(backend, &transfers, tunnels, false)
     }

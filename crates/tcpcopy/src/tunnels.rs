@@ -5,7 +5,7 @@
 //! and, with `-L`, reconnected: it never blocks the loop.
 
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream as StdTcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -14,6 +14,7 @@ use mio::{Interest, Registry, Token};
 use tc_core::control::conn::{
     ConnError, FramedConn, Framing, FullPayloadFrames, ReadStatus, ResponseFrames,
 };
+use tc_core::control::ipv6::ClientAdd6;
 use tc_core::control::{full_payload, ClientMsg};
 
 use crate::cli::{WireOptions, INTERNAL_VERSION};
@@ -62,7 +63,7 @@ enum Conn {
 }
 
 struct Intercept {
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     conns: Vec<Option<Conn>>,
     active: bool,
     next: usize,
@@ -75,6 +76,9 @@ pub struct Tunnels {
     /// `--full-payload`: every tunnel asks for the target's bytes after its version record,
     /// and its input is split with [`FullPayloadFrames`].
     full_payload: bool,
+    /// TCP over IPv6: every tunnel asks for the IPv6 variant after its version record, and
+    /// its input is split with [`FullPayloadFrames`] (which hands out IPv6 units).
+    ipv6: bool,
     registry: Registry,
     /// Tunnels that used their read budget with data possibly left (mio is edge-triggered).
     read_again: Vec<Token>,
@@ -88,16 +92,16 @@ pub struct Tunnels {
 pub enum TunnelEvent {
     Nothing,
     /// An intercept became active (first connection up after a reconnect).
-    InterceptUp(SocketAddrV4),
+    InterceptUp(SocketAddr),
     /// The last connection of an intercept is gone.
-    InterceptDown(SocketAddrV4),
+    InterceptDown(SocketAddr),
 }
 
 impl Tunnels {
     /// Connects `conns_per_intercept` tunnels to every intercept, blocking up to `timeout` per
     /// connection, sends the version records and registers everything. Any failure is an error.
     pub fn connect_all(
-        intercepts: &[SocketAddrV4],
+        intercepts: &[SocketAddr],
         conns_per_intercept: usize,
         wire: WireOptions,
         registry: &Registry,
@@ -116,16 +120,37 @@ impl Tunnels {
     /// [`Tunnels::connect_all`], and with `full_payload` each tunnel asks for the target's
     /// response bytes (`--full-payload`).
     pub fn connect_all_with(
-        intercepts: &[SocketAddrV4],
+        intercepts: &[SocketAddr],
         conns_per_intercept: usize,
         wire: WireOptions,
         registry: &Registry,
         timeout: Duration,
         full_payload: bool,
     ) -> anyhow::Result<Tunnels> {
+        Self::connect_all_variants(
+            intercepts,
+            conns_per_intercept,
+            wire,
+            registry,
+            timeout,
+            full_payload,
+            false,
+        )
+    }
+
+    /// [`Tunnels::connect_all_with`], and with `ipv6` each tunnel asks for the IPv6 variant.
+    pub fn connect_all_variants(
+        intercepts: &[SocketAddr],
+        conns_per_intercept: usize,
+        wire: WireOptions,
+        registry: &Registry,
+        timeout: Duration,
+        full_payload: bool,
+        ipv6: bool,
+    ) -> anyhow::Result<Tunnels> {
         let registry = registry.try_clone()?;
         let framing = ResponseFrames(wire);
-        let max_frame = max_frame_len(wire, full_payload);
+        let max_frame = max_frame_len(wire, full_payload || ipv6);
         let mut all = Vec::with_capacity(intercepts.len());
         for (i, &addr) in intercepts.iter().enumerate() {
             let mut conns = Vec::with_capacity(conns_per_intercept);
@@ -139,6 +164,10 @@ impl Tunnels {
                 let mut conn = FramedConn::new(stream, token(i, c), max_frame, MAX_PENDING_WRITE)?;
                 if full_payload {
                     conn.queue(&full_payload_request())?;
+                    conn.flush(&registry)?;
+                }
+                if ipv6 {
+                    conn.queue(&tc_core::control::ipv6::request())?;
                     conn.flush(&registry)?;
                 }
                 conns.push(Some(Conn::Up(conn)));
@@ -156,6 +185,7 @@ impl Tunnels {
             conns_per_intercept,
             framing,
             full_payload,
+            ipv6,
             registry,
             read_again: Vec::new(),
             protocol_errors: Vec::new(),
@@ -184,7 +214,7 @@ impl Tunnels {
 
     /// Which intercept a tunnel token belongs to.
     /// The address of intercept `i`.
-    pub fn intercept_addr(&self, i: usize) -> Option<SocketAddrV4> {
+    pub fn intercept_addr(&self, i: usize) -> Option<SocketAddr> {
         self.intercepts.get(i).map(|x| x.addr)
     }
 
@@ -225,9 +255,9 @@ impl Tunnels {
     /// least one intercept took it.
     pub fn client_add(
         &mut self,
-        client_ip: Ipv4Addr,
+        client_ip: impl Into<IpAddr>,
         client_port: u16,
-        target_ip: Ipv4Addr,
+        target_ip: impl Into<IpAddr>,
         target_port: u16,
     ) -> bool {
         let accepted = self.announce(client_ip, client_port, target_ip, target_port);
@@ -243,12 +273,31 @@ impl Tunnels {
     /// path probe's).
     pub fn announce(
         &mut self,
-        client_ip: Ipv4Addr,
+        client_ip: impl Into<IpAddr>,
         client_port: u16,
-        target_ip: Ipv4Addr,
+        target_ip: impl Into<IpAddr>,
         target_port: u16,
     ) -> bool {
-        let msg = ClientMsg::add(client_ip, client_port, target_ip, target_port).encode();
+        // An IPv6 session goes in the IPv6 variant's CLIENT_ADD (sent only once every
+        // intercept granted the variant: see the event loop).
+        let (v4, v6);
+        let msg: &[u8] = match (client_ip.into(), target_ip.into()) {
+            (IpAddr::V4(c), IpAddr::V4(t)) => {
+                v4 = ClientMsg::add(c, client_port, t, target_port).encode();
+                &v4
+            }
+            (IpAddr::V6(c), IpAddr::V6(t)) => {
+                v6 = ClientAdd6 {
+                    client_ip: c,
+                    client_port,
+                    target_ip: t,
+                    target_port,
+                }
+                .encode();
+                &v6
+            }
+            _ => return false,
+        };
         let mut accepted = false;
         for i in 0..self.intercepts.len() {
             if !self.intercepts[i].active {
@@ -261,7 +310,7 @@ impl Tunnels {
                 let Some(Conn::Up(conn)) = self.intercepts[i].conns[c].as_mut() else {
                     continue;
                 };
-                match conn.queue(&msg).and_then(|()| conn.flush(&self.registry)) {
+                match conn.queue(msg).and_then(|()| conn.flush(&self.registry)) {
                     Ok(()) => {
                         accepted = true;
                         break;
@@ -367,13 +416,16 @@ impl Tunnels {
             let mut conn = FramedConn::new(
                 stream,
                 token(i, c),
-                max_frame_len(self.framing.0, self.full_payload),
+                max_frame_len(self.framing.0, self.full_payload || self.ipv6),
                 MAX_PENDING_WRITE,
             )?;
             // The version record goes first; the queue is empty on a fresh connection.
             conn.queue(&version_message())?;
             if self.full_payload {
                 conn.queue(&full_payload_request())?;
+            }
+            if self.ipv6 {
+                conn.queue(&tc_core::control::ipv6::request())?;
             }
             *slot = Some(Conn::Up(conn));
             self.stats.connects += 1;
@@ -390,13 +442,15 @@ impl Tunnels {
             let record_len = self.framing.0.record_len();
             let before = records.len();
             let mut data = 0;
-            let status = if self.full_payload {
-                // A data message goes in whole, padded to a multiple of the record length:
-                // the reader walks the records and skips the padding (see `data_slots`).
+            let status = if self.full_payload || self.ipv6 {
+                // A data message or an IPv6 unit goes in whole, padded to a multiple of the
+                // record length: the reader walks the records and skips the padding (see
+                // `data_slots`). An IPv6 unit counts as one record.
                 conn.read_units(&FullPayloadFrames(self.framing.0), READ_BUDGET, |r| {
                     records.extend_from_slice(r);
-                    if full_payload::is_data(r) {
-                        data += data_slots(r.len(), record_len);
+                    let v6 = tc_core::control::ipv6::is_record6(r);
+                    if full_payload::is_data(r) || v6 {
+                        data += data_slots(r.len(), record_len) - usize::from(v6);
                         let pad = data_slots(r.len(), record_len) * record_len - r.len();
                         records.extend(std::iter::repeat_n(0u8, pad));
                     }
@@ -436,7 +490,7 @@ impl Tunnels {
     /// A keepalive record on every open tunnel, so that an intercept's idle-tunnel timeout
     /// never closes the tunnels of a tcpcopy whose traffic is quiet for a while (without `-L`
     /// tcpcopy would then stop). Returns the intercepts that went down on a send error.
-    pub fn keepalive(&mut self) -> Vec<SocketAddrV4> {
+    pub fn keepalive(&mut self) -> Vec<SocketAddr> {
         let msg = ClientMsg::keepalive().encode();
         let mut down = Vec::new();
         for i in 0..self.intercepts.len() {
@@ -464,7 +518,7 @@ impl Tunnels {
 
     /// Closes tunnels whose queued output has not moved for [`SEND_TIMEOUT`] (the intercept
     /// stopped reading). Returns the intercepts that went down.
-    pub fn close_stuck(&mut self, now: Instant) -> Vec<SocketAddrV4> {
+    pub fn close_stuck(&mut self, now: Instant) -> Vec<SocketAddr> {
         let mut down = Vec::new();
         for i in 0..self.intercepts.len() {
             for c in 0..self.intercepts[i].conns.len() {
@@ -517,7 +571,7 @@ impl Tunnels {
                 }
                 let addr = self.intercepts[i].addr;
                 self.stats.reconnect_attempts += 1;
-                match TcpStream::connect(SocketAddr::V4(addr)) {
+                match TcpStream::connect(addr) {
                     Ok(mut stream) => {
                         if let Err(e) = self.registry.register(
                             &mut stream,
@@ -566,8 +620,8 @@ fn token(intercept: usize, conn: usize) -> Token {
     Token(TUNNEL_TOKEN_BASE + intercept * SLOTS + conn)
 }
 
-pub fn connect_blocking(addr: SocketAddrV4, timeout: Duration) -> io::Result<StdTcpStream> {
-    let mut stream = StdTcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+pub fn connect_blocking(addr: SocketAddr, timeout: Duration) -> io::Result<StdTcpStream> {
+    let mut stream = StdTcpStream::connect_timeout(&addr, timeout)?;
     stream.set_write_timeout(Some(Duration::from_secs(3)))?;
     stream.write_all(&version_message())?;
     stream.set_nonblocking(true)?;
@@ -578,6 +632,8 @@ pub fn connect_blocking(addr: SocketAddrV4, timeout: Duration) -> io::Result<Std
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::net::Ipv4Addr;
+    use std::net::SocketAddrV4;
 
     const COMBINED: WireOptions = WireOptions {
         combined: true,
@@ -592,7 +648,7 @@ mod tests {
         };
         let poll = mio::Poll::new().unwrap();
         let tunnels = Tunnels::connect_all(
-            &[addr],
+            &[addr.into()],
             2,
             COMBINED,
             poll.registry(),
@@ -790,7 +846,7 @@ mod tests {
         };
         let poll = mio::Poll::new().unwrap();
         let mut tunnels = Tunnels::connect_all(
-            &[deaf_addr, good_addr],
+            &[deaf_addr.into(), good_addr.into()],
             1,
             COMBINED,
             poll.registry(),
@@ -872,7 +928,7 @@ mod tests {
         };
         let mut poll = mio::Poll::new().unwrap();
         let mut tunnels = Tunnels::connect_all(
-            &[addr(&l1), addr(&l2)],
+            &[addr(&l1).into(), addr(&l2).into()],
             1,
             COMBINED,
             poll.registry(),

@@ -37,8 +37,8 @@ fn main() {
         let mut id = 1u16;
         let mut push = |t: Duration, seq: u32, ack: u32, fl: u8, payload: &[u8], id: u16| {
             let spec = SegmentSpec {
-                src: client,
-                dst: Ipv4Addr::new(198, 18, 0, 20),
+                src: client.into(),
+                dst: Ipv4Addr::new(198, 18, 0, 20).into(),
                 src_port: port,
                 dst_port: 80,
                 seq,

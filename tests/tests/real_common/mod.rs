@@ -545,6 +545,19 @@ pub fn start_pg(
     dir: &Path,
 ) -> PgCluster {
     let ip = if host == ONLINE { ONLINE_IP } else { TARGET_IP };
+    start_pg_listen(lab, host, name, port, &ip.to_string(), template, dir)
+}
+
+/// [`start_pg`] listening on `listen` (postgres `-h`: comma-separated addresses).
+pub fn start_pg_listen(
+    lab: &Lab,
+    host: &str,
+    name: &str,
+    port: u16,
+    listen: &str,
+    template: &Path,
+    dir: &Path,
+) -> PgCluster {
     let data = dir.join("data");
     let sockdir = dir.join("sock");
     must(None, "root", 30, "cp", &["-a", s(template), s(&data)], None);
@@ -552,7 +565,7 @@ pub fn start_pg(
     chown_postgres(dir);
     let postgres = format!("{PG_BIN}/postgres");
     let port_s = port.to_string();
-    let ip_s = ip.to_string();
+    let ip_s = listen.to_string();
     lab.spawn(
         host,
         name,

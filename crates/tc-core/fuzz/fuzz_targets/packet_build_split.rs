@@ -33,8 +33,8 @@ fuzz_target!(|data: &[u8]| {
     });
 
     let spec = SegmentSpec {
-        src: Ipv4Addr::from(u32_at(head, 2)),
-        dst: Ipv4Addr::from(u32_at(head, 6)),
+        src: Ipv4Addr::from(u32_at(head, 2)).into(),
+        dst: Ipv4Addr::from(u32_at(head, 6)).into(),
         src_port: u16_at(head, 10),
         dst_port: u16_at(head, 12),
         seq: u32_at(head, 14),

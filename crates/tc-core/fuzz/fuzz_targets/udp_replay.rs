@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use tc_core::packet::checksum::checksum;
-use tc_core::packet::fragments::{Outcome, ReassemblyLimits, Reassembler};
+use tc_core::packet::fragments::{Outcome, Reassembler, ReassemblyLimits};
 use tc_core::packet::ipv6::{udp6_checksum, Udp6Datagram};
 use tc_core::packet::udp::{udp_checksum, Ipv4Info, UdpDatagram};
 use tc_core::session::{ReplayConfig, Transfer};
@@ -31,15 +31,15 @@ fn config(a: u8, b: u8) -> UdpConfig {
         Transfer {
             src_ip: None,
             src_port: 53,
-            dst_ip: TARGETS[0].0,
+            dst_ip: TARGETS[0].0.into(),
             dst_port: TARGETS[0].1,
             src_mac: None,
             dst_mac: None,
         },
         Transfer {
-            src_ip: Some(Ipv4Addr::new(198, 18, 0, 20)),
+            src_ip: Some(Ipv4Addr::new(198, 18, 0, 20).into()),
             src_port: 514,
-            dst_ip: TARGETS[1].0,
+            dst_ip: TARGETS[1].0.into(),
             dst_port: TARGETS[1].1,
             src_mac: None,
             dst_mac: None,

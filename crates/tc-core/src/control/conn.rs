@@ -44,6 +44,29 @@ impl Framing for ClientRecords {
     }
 }
 
+/// tcpcopy -> intercept under the IPv6 variant: 14-byte records and 50-byte IPv6 CLIENT_ADDs
+/// (see [`super::ipv6`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientRecords6;
+
+impl Framing for ClientRecords6 {
+    fn max_frame_len(&self) -> usize {
+        super::ipv6::CLIENT_ADD6_LEN
+    }
+
+    fn split(&self, buf: &[u8], on_unit: &mut impl FnMut(&[u8])) -> Result<usize, FrameError> {
+        let mut at = 0;
+        while let Some(n) = super::ipv6::client_unit_len(&buf[at..]) {
+            let Some(unit) = buf.get(at..at + n) else {
+                break;
+            };
+            on_unit(unit);
+            at += n;
+        }
+        Ok(at)
+    }
+}
+
 /// intercept -> tcpcopy: response records, combined or bare; units are single records.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseFrames(pub WireFormat);

@@ -150,8 +150,9 @@ pub fn parse_data(unit: &[u8]) -> Option<Data<'_>> {
 /// Longest unit [`split_full`] hands out.
 pub const MAX_UNIT: usize = 4 + u16::MAX as usize;
 
-/// [`split_frames`] for a tunnel that asked for full payloads: data messages are handed out
-/// whole, frames and records as usual. Returns the bytes consumed.
+/// [`split_frames`] for a tunnel that asked for full payloads or IPv6: data messages and IPv6
+/// response units ([`super::ipv6`]) are handed out whole, frames and records as usual.
+/// Returns the bytes consumed.
 pub fn split_full(
     buf: &[u8],
     fmt: WireFormat,
@@ -163,14 +164,21 @@ pub fn split_full(
         if rest.len() < 2 {
             return Ok(at);
         }
-        if rest[..2] == DATA_MARKER {
-            let Some(n) = data_len(rest) else {
+        let v6 = rest[..2] == super::ipv6::V6_MARKER;
+        if rest[..2] == DATA_MARKER || v6 {
+            if rest.len() < 4 {
                 return Ok(at);
-            };
+            }
+            let n = 4 + usize::from(u16::from_be_bytes([rest[2], rest[3]]));
             if rest.len() < n {
                 return Ok(at);
             }
-            if n < DATA_HDR {
+            let too_short = if v6 {
+                !super::ipv6::is_record6(&rest[..n])
+            } else {
+                n < DATA_HDR
+            };
+            if too_short {
                 return Err(FrameError::TooManyRecords {
                     count: 0xffff,
                     max: fmt.max_batch(),

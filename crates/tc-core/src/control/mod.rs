@@ -10,7 +10,9 @@
 //!   payload) or bare with `--disable-combined`.
 //!
 //! Nothing on the wire announces the variant: both binaries take the same long options,
-//! `--disable-combined` and `--payload`, to build the same [`WireFormat`].
+//! `--disable-combined` and `--payload`, to build the same [`WireFormat`]. Our own variants
+//! are negotiated per tunnel, so an original peer never receives them: [`full_payload`]
+//! (the target's response bytes) and [`ipv6`] (IPv6 CLIENT_ADDs and response records).
 //! The codecs here touch no socket; `conn::FramedConn` (feature `io`) is the non-blocking mio
 //! connection both binaries drive them with, and [`routing`] decides which of intercept's
 //! tunnels gets a captured response.
@@ -18,6 +20,7 @@
 #[cfg(feature = "io")]
 pub mod conn;
 pub mod full_payload;
+pub mod ipv6;
 pub mod probe;
 pub mod routing;
 

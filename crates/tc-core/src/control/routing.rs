@@ -8,7 +8,7 @@
 //! * [`SingleGroup`]: `--single` mode, where one tcpcopy's tunnels share responses by hash.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A tunnel (one accepted control connection). Ids are never reused, so a stale id can never
 /// reach a newer connection.
@@ -29,25 +29,29 @@ pub const SINGLE_MAX_TUNNELS: usize = 16;
 /// it sends to. Under `--dnat` the target IP is left out (zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RouteKey {
-    pub client_ip: Ipv4Addr,
+    pub client_ip: IpAddr,
     pub client_port: u16,
-    pub target_ip: Ipv4Addr,
+    pub target_ip: IpAddr,
     pub target_port: u16,
 }
 
 impl RouteKey {
     pub fn new(
-        client_ip: Ipv4Addr,
+        client_ip: impl Into<IpAddr>,
         client_port: u16,
-        target_ip: Ipv4Addr,
+        target_ip: impl Into<IpAddr>,
         target_port: u16,
         dnat: bool,
     ) -> RouteKey {
+        let (client_ip, target_ip) = (client_ip.into(), target_ip.into());
         RouteKey {
             client_ip,
             client_port,
             target_ip: if dnat {
-                Ipv4Addr::UNSPECIFIED
+                match client_ip {
+                    IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                    IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                }
             } else {
                 target_ip
             },
@@ -58,9 +62,10 @@ impl RouteKey {
     /// A well-mixed hash spreading `--single` responses over the tunnels. (The original's
     /// key ignored the low byte of the client port, so neighbouring ports shared a tunnel.)
     pub fn spread_hash(&self) -> u32 {
-        let mut h = u64::from(u32::from(self.client_ip));
+        let word = |ip: IpAddr| u64::from(u32::from_be_bytes(crate::session::ingress::fold4(ip)));
+        let mut h = word(self.client_ip);
         h = (h << 16) | u64::from(self.client_port);
-        h ^= u64::from(u32::from(self.target_ip)).rotate_left(24) ^ u64::from(self.target_port);
+        h ^= word(self.target_ip).rotate_left(24) ^ u64::from(self.target_port);
         // splitmix64 finaliser
         h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -82,7 +87,7 @@ impl std::fmt::Display for RouteKey {
 struct RouteEntry {
     tunnel: TunnelId,
     /// The address of the tcpcopy that announced the route: only it may move the route.
-    peer: Ipv4Addr,
+    peer: IpAddr,
     last_used: Millis,
 }
 
@@ -110,7 +115,7 @@ pub struct RouteStats {
 pub struct RouteTaken {
     /// The tunnel that keeps the route.
     pub owner: TunnelId,
-    pub owner_peer: Ipv4Addr,
+    pub owner_peer: IpAddr,
 }
 
 /// Exact-tuple routes. Two generations: new and refreshed routes live in `current`; when it is
@@ -202,9 +207,10 @@ impl Routes {
         &mut self,
         key: RouteKey,
         tunnel: TunnelId,
-        peer: Ipv4Addr,
+        peer: impl Into<IpAddr>,
         now: Millis,
     ) -> Result<(), RouteTaken> {
+        let peer = peer.into();
         let existing = self
             .current
             .get(&key)
@@ -495,7 +501,7 @@ impl Router {
         &mut self,
         key: RouteKey,
         tunnel: TunnelId,
-        peer: Ipv4Addr,
+        peer: impl Into<IpAddr>,
         now: Millis,
     ) -> Result<Option<Held>, RouteTaken> {
         self.routes.add(key, tunnel, peer, now)?;
@@ -664,7 +670,7 @@ mod tests {
         // Another port, another target ip: no route.
         assert_eq!(r.route(&key(1001), false, &rec(0), 1), Routed::Dropped);
         let mut other = key(1000);
-        other.target_ip = Ipv4Addr::new(198, 18, 0, 31);
+        other.target_ip = Ipv4Addr::new(198, 18, 0, 31).into();
         assert_eq!(r.route(&other, false, &rec(0), 1), Routed::Dropped);
         add(&mut r, key(1000), 2, 2);
         assert_eq!(r.route(&key(1000), false, &rec(0), 3), Routed::Tunnel(2));
@@ -728,7 +734,7 @@ mod tests {
             r.client_add(key(1), 9, OTHER_PEER, 1),
             Err(RouteTaken {
                 owner: 1,
-                owner_peer: PEER
+                owner_peer: PEER.into()
             })
         );
         assert_eq!(r.routes.stats.refused, 1);

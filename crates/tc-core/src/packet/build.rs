@@ -1,14 +1,18 @@
 //! Building synthetic segments (faked SYN, ACK, RST, ...) into a caller-provided buffer.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
+
+use super::ipv6::IPV6_HEADER_LEN;
 
 use super::tcp::{Completeness, TcpPacket, IPPROTO_TCP, IPV4_MIN_HEADER, TCP_MIN_HEADER};
 
-/// Everything that describes a synthesized IPv4/TCP segment. IHL 5, DF, TTL 64, TOS 0.
+/// Everything that describes a synthesized TCP segment: IPv4 (IHL 5, DF, TTL 64, TOS 0) when
+/// `src` is an IPv4 address, else IPv6 (a plain 40-byte header, traffic class and flow label
+/// 0, hop limit 64; an IPv4 `dst` is then written IPv4-mapped). `ip_id` is not used by IPv6.
 #[derive(Debug, Clone, Copy)]
 pub struct SegmentSpec<'a> {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
@@ -41,7 +45,11 @@ pub fn tcp_header_len(spec: &SegmentSpec) -> usize {
 /// Writes the segment into `buf`, checksums computed; returns its length.
 pub fn build_segment(spec: &SegmentSpec, buf: &mut [u8]) -> Result<usize, BufferTooSmall> {
     let tcp_len = tcp_header_len(spec);
-    let total = IPV4_MIN_HEADER + tcp_len + spec.payload.len();
+    let ip_len = match spec.src {
+        IpAddr::V4(_) => IPV4_MIN_HEADER,
+        IpAddr::V6(_) => IPV6_HEADER_LEN,
+    };
+    let total = ip_len + tcp_len + spec.payload.len();
     if total > buf.len() || total > usize::from(u16::MAX) {
         return Err(BufferTooSmall {
             need: total,
@@ -49,17 +57,39 @@ pub fn build_segment(spec: &SegmentSpec, buf: &mut [u8]) -> Result<usize, Buffer
         });
     }
     let b = &mut buf[..total];
-    b[0] = 0x45;
-    b[1] = 0;
-    b[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    b[4..6].copy_from_slice(&spec.ip_id.to_be_bytes());
-    b[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    b[8] = 64;
-    b[9] = IPPROTO_TCP;
-    b[10..12].fill(0);
-    b[12..16].copy_from_slice(&spec.src.octets());
-    b[16..20].copy_from_slice(&spec.dst.octets());
-    let t = &mut b[IPV4_MIN_HEADER..];
+    match spec.src {
+        IpAddr::V4(src) => {
+            let dst = match spec.dst {
+                IpAddr::V4(d) => d,
+                IpAddr::V6(d) => d
+                    .to_ipv4_mapped()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            };
+            b[0] = 0x45;
+            b[1] = 0;
+            b[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            b[4..6].copy_from_slice(&spec.ip_id.to_be_bytes());
+            b[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+            b[8] = 64;
+            b[9] = IPPROTO_TCP;
+            b[10..12].fill(0);
+            b[12..16].copy_from_slice(&src.octets());
+            b[16..20].copy_from_slice(&dst.octets());
+        }
+        IpAddr::V6(src) => {
+            let dst: Ipv6Addr = match spec.dst {
+                IpAddr::V6(d) => d,
+                IpAddr::V4(d) => d.to_ipv6_mapped(),
+            };
+            b[..4].copy_from_slice(&[0x60, 0, 0, 0]);
+            b[4..6].copy_from_slice(&((total - IPV6_HEADER_LEN) as u16).to_be_bytes());
+            b[6] = IPPROTO_TCP;
+            b[7] = 64;
+            b[8..24].copy_from_slice(&src.octets());
+            b[24..40].copy_from_slice(&dst.octets());
+        }
+    }
+    let t = &mut b[ip_len..];
     t[0..2].copy_from_slice(&spec.src_port.to_be_bytes());
     t[2..4].copy_from_slice(&spec.dst_port.to_be_bytes());
     t[4..8].copy_from_slice(&spec.seq.to_be_bytes());
@@ -94,13 +124,14 @@ pub fn build_segment(spec: &SegmentSpec, buf: &mut [u8]) -> Result<usize, Buffer
 mod tests {
     use super::*;
     use crate::packet::tcp::flags;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn faked_syn_layout() {
         let mut buf = [0u8; 64];
         let spec = SegmentSpec {
-            src: Ipv4Addr::new(203, 0, 113, 1),
-            dst: Ipv4Addr::new(198, 18, 0, 30),
+            src: Ipv4Addr::new(203, 0, 113, 1).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 30).into(),
             src_port: 5555,
             dst_port: 8080,
             seq: 99,
@@ -126,8 +157,8 @@ mod tests {
     fn too_small_buffer_is_an_error() {
         let mut buf = [0u8; 30];
         let spec = SegmentSpec {
-            src: Ipv4Addr::LOCALHOST,
-            dst: Ipv4Addr::LOCALHOST,
+            src: Ipv4Addr::LOCALHOST.into(),
+            dst: Ipv4Addr::LOCALHOST.into(),
             src_port: 1,
             dst_port: 2,
             seq: 0,

@@ -1,4 +1,5 @@
-//! Packet bytes: link-layer decoding, IPv4/TCP views, in-place rewriting, synthetic segments.
+//! Packet bytes: link-layer decoding, IPv4/TCP and IPv6/TCP views, in-place rewriting,
+//! synthetic segments.
 //!
 //! No I/O here. The capture backends hand frames to [`link`] which finds the IPv4 datagram;
 //! [`tcp::TcpPacket`] validates and reads or rewrites it; [`build`] makes segments tcpcopy
@@ -12,6 +13,9 @@
 //! 3. [`TcpPacket::parse`] with [`Completeness::Whole`] validates it.
 //!
 //! [`decode_frame`] is steps 1 and 3 in one call, for callers that do not split.
+//!
+//! TCP over IPv6 takes [`link::ip_payload`] in step 1 (IPv4 or IPv6); [`TcpPacket::parse`]
+//! reads either family, and IPv6 packets are never split (step 2).
 
 pub mod build;
 pub mod checksum;

@@ -61,7 +61,13 @@ fn effective_len(ip: &[u8]) -> Option<usize> {
 
 /// True when `ip` (a datagram from [`super::ipv4_payload`]) must go through [`split_segment`]:
 /// its length (see the module docs for total length 0) exceeds `mtu`.
+///
+/// IPv6 packets are never split (a limit of the IPv6 replay: captures with GSO/GRO
+/// super-packets of IPv6 are replayed as they are).
 pub fn needs_split(ip: &[u8], mtu: usize) -> bool {
+    if ip.first().is_some_and(|v| v >> 4 == 6) {
+        return false;
+    }
     effective_len(ip).is_some_and(|len| len > mtu.min(MAX_IPV4_LEN))
 }
 
@@ -217,8 +223,8 @@ mod tests {
     fn segment(payload: &[u8], flags: u8, ts: bool) -> Vec<u8> {
         let mut buf = vec![0u8; 70000];
         let spec = SegmentSpec {
-            src: Ipv4Addr::new(198, 18, 0, 1),
-            dst: Ipv4Addr::new(198, 18, 0, 2),
+            src: Ipv4Addr::new(198, 18, 0, 1).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 2).into(),
             src_port: 40000,
             dst_port: 80,
             seq: 0xffff_fff0,

@@ -1,12 +1,18 @@
-//! A view of one IPv4 + TCP segment over a byte buffer, with in-place rewriting.
+//! A view of one IPv4 + TCP or IPv6 + TCP segment over a byte buffer, with in-place rewriting.
+//!
+//! IPv6 packets are read past their extension headers (hop-by-hop, routing, destination
+//! options, AH, mobility: [`super::ipv6`]); a Fragment header is [`DropReason::Fragment`].
+//! An IPv6 packet has no IP checksum nor IP id: [`TcpPacket::ip_id`] reads 0 and the setters
+//! of those fields do nothing; its TCP checksum covers the IPv6 pseudo-header.
 //!
 //! Every read is bounded by the buffer (the captured bytes), never by what the headers claim.
 //! Setters keep both checksums valid by RFC 1624 incremental updates, so a forwarded segment
 //! is rewritten without a pass over its payload.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::checksum;
+use super::ipv6::{self, Ipv6Info, V6Error, IPV6_HEADER_LEN};
 use super::DropReason;
 
 pub const IPV4_MIN_HEADER: usize = 20;
@@ -91,12 +97,15 @@ pub fn parse_options(area: &[u8]) -> TcpOptions {
     opts
 }
 
-/// An IPv4 datagram carrying a TCP segment, validated by [`TcpPacket::parse`].
+/// An IPv4 or IPv6 datagram carrying a TCP segment, validated by [`TcpPacket::parse`].
 ///
 /// `T` is the buffer: `&[u8]` to read, `&mut [u8]` (or an owned buffer) to rewrite in place.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpPacket<T> {
     buf: T,
+    /// IPv6 (else IPv4).
+    v6: bool,
+    /// IP header length: the IPv4 IHL, or 40 plus the IPv6 extension headers.
     ip_len: usize,
     tcp_len: usize,
     /// End of the payload within `buf` (≤ buf.len()).
@@ -110,8 +119,8 @@ pub struct TcpPacket<T> {
 /// which keeps the layout of the segments it stores: the bytes are not parsed again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub src_port: u16,
     pub dst_port: u16,
     pub seq: u32,
@@ -119,7 +128,8 @@ pub struct Segment {
     pub flags: u8,
     pub window: u16,
     pub ip_id: u16,
-    /// The IP flags are exactly "DF, offset 0" (the original counts other values).
+    /// The IP flags are exactly "DF, offset 0" (the original counts other values); always
+    /// true for IPv6.
     pub plain_df: bool,
     pub options: TcpOptions,
     pub layout: Layout,
@@ -129,6 +139,8 @@ pub struct Segment {
 /// validating it again ([`TcpPacket::from_layout`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Layout {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
     pub ip_len: u8,
     pub tcp_len: u8,
     /// Payload length as declared by the IP total length.
@@ -138,6 +150,15 @@ pub struct Layout {
 impl Layout {
     pub fn headers_len(&self) -> usize {
         usize::from(self.ip_len) + usize::from(self.tcp_len)
+    }
+
+    /// The IP header length without options or extension headers (20 or 40).
+    pub fn plain_ip_len(&self) -> u8 {
+        if self.v6 {
+            IPV6_HEADER_LEN as u8
+        } else {
+            IPV4_MIN_HEADER as u8
+        }
     }
 }
 
@@ -178,6 +199,24 @@ fn swap_halves(v: u32) -> u32 {
 #[inline]
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The IPv6 address at `at` in `b`.
+#[inline]
+fn v6_at(b: &[u8], at: usize) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    Ipv6Addr::from(a)
+}
+
+/// The datagram length the IP header of `b` declares (IPv6: 40 + payload length).
+#[inline]
+fn total_len_of(b: &[u8], v6: bool) -> usize {
+    if v6 {
+        IPV6_HEADER_LEN + usize::from(be16(b, 4))
+    } else {
+        usize::from(be16(b, 2))
+    }
 }
 
 /// Validates the IPv4 and TCP headers at the start of `b` without looking at the IP total
@@ -222,6 +261,9 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// [`Completeness::Whole`] a datagram whose total length exceeds the captured bytes.
     pub fn parse(buf: T, completeness: Completeness) -> Result<Self, DropReason> {
         let b = buf.as_ref();
+        if b.first().is_some_and(|v| v >> 4 == 6) {
+            return Self::parse6(buf, completeness);
+        }
         let (ip_len, tcp_len) = parse_headers(b)?;
         let tot_len = usize::from(be16(b, 2));
         if tot_len < ip_len + tcp_len {
@@ -239,10 +281,73 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         };
         Ok(TcpPacket {
             buf,
+            v6: false,
             ip_len,
             tcp_len,
             payload_end,
             declared_payload,
+        })
+    }
+
+    /// [`TcpPacket::parse`] of an IPv6 packet. With [`Completeness::HeadersOnly`] the payload
+    /// length may exceed the buffer (a response record); the extension headers must be there.
+    fn parse6(buf: T, completeness: Completeness) -> Result<Self, DropReason> {
+        let b = buf.as_ref();
+        if b.len() < IPV6_HEADER_LEN {
+            return Err(DropReason::Truncated);
+        }
+        let tot = IPV6_HEADER_LEN + usize::from(be16(b, 4));
+        if tot > usize::from(u16::MAX) {
+            return Err(DropReason::BadIpHeader);
+        }
+        // The extension header walk is bounded by the payload length: for a headers-only
+        // record, walk a copy of the fixed header that claims what the buffer holds.
+        let info = if tot > b.len() && completeness == Completeness::HeadersOnly {
+            let n = b.len().min(256);
+            let mut head = [0u8; 256];
+            head[..n].copy_from_slice(&b[..n]);
+            head[4..6].copy_from_slice(&((n - IPV6_HEADER_LEN) as u16).to_be_bytes());
+            Ipv6Info::parse(&head[..n])
+        } else {
+            Ipv6Info::parse(b)
+        };
+        let info = info.map_err(|e| match e {
+            V6Error::Truncated => DropReason::Truncated,
+            V6Error::Fragment => DropReason::Fragment,
+            V6Error::NotUdp | V6Error::Unreadable => DropReason::NotTcp,
+            V6Error::BadHeader | V6Error::BadUdpHeader => DropReason::BadIpHeader,
+        })?;
+        if info.protocol != IPPROTO_TCP {
+            return Err(DropReason::NotTcp);
+        }
+        let ip_len = info.upper_offset;
+        if ip_len > usize::from(u8::MAX) {
+            return Err(DropReason::BadIpHeader);
+        }
+        if b.len() < ip_len + TCP_MIN_HEADER {
+            return Err(DropReason::Truncated);
+        }
+        let tcp_len = usize::from(b[ip_len + 12] >> 4) * 4;
+        if tcp_len < TCP_MIN_HEADER {
+            return Err(DropReason::BadTcpHeader);
+        }
+        if b.len() < ip_len + tcp_len {
+            return Err(DropReason::Truncated);
+        }
+        if tot < ip_len + tcp_len {
+            return Err(DropReason::BadIpHeader);
+        }
+        let payload_end = match completeness {
+            Completeness::Whole => tot,
+            Completeness::HeadersOnly => tot.min(b.len()),
+        };
+        Ok(TcpPacket {
+            buf,
+            v6: true,
+            ip_len,
+            tcp_len,
+            payload_end,
+            declared_payload: tot - ip_len - tcp_len,
         })
     }
 
@@ -254,14 +359,16 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         let (ip_len, tcp_len) = (usize::from(layout.ip_len), usize::from(layout.tcp_len));
         let payload_end = ip_len + tcp_len + usize::from(layout.payload_len);
         if b.len() < payload_end
-            || ip_len < IPV4_MIN_HEADER
+            || ip_len < usize::from(layout.plain_ip_len())
             || tcp_len < TCP_MIN_HEADER
-            || usize::from(be16(b, 2)) != payload_end
+            || b[0] >> 4 != if layout.v6 { 6 } else { 4 }
+            || total_len_of(b, layout.v6) != payload_end
         {
             return None;
         }
         Some(TcpPacket {
             buf,
+            v6: layout.v6,
             ip_len,
             tcp_len,
             payload_end,
@@ -284,6 +391,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
             plain_df: self.is_plain_df(),
             options: self.options(),
             layout: Layout {
+                v6: self.v6,
                 ip_len: self.ip_len as u8,
                 tcp_len: self.tcp_len as u8,
                 payload_len: self.declared_payload as u16,
@@ -323,36 +431,57 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn ip_header_len(&self) -> usize {
         self.ip_len
     }
+    /// An IPv6 packet (else IPv4).
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
     pub fn tcp_header_len(&self) -> usize {
         self.tcp_len
     }
     pub fn headers_len(&self) -> usize {
         self.ip_len + self.tcp_len
     }
+    /// The datagram length the IP header declares (IPv6: 40 plus the payload length).
     pub fn total_len(&self) -> u16 {
-        be16(self.b(), 2)
+        total_len_of(self.b(), self.v6) as u16
     }
+    /// The IPv4 id (0 for IPv6).
     pub fn ip_id(&self) -> u16 {
+        if self.v6 {
+            return 0;
+        }
         be16(self.b(), 4)
     }
-    /// The raw flags/fragment-offset field.
+    /// The raw flags/fragment-offset field (IPv6: reads as "DF, offset 0").
     pub fn ip_frag_field(&self) -> u16 {
+        if self.v6 {
+            return IP_DF;
+        }
         be16(self.b(), 6)
     }
     /// True when the IP flags are exactly "DF, offset 0" (the original counts other values).
     pub fn is_plain_df(&self) -> bool {
         self.ip_frag_field() == IP_DF
     }
+    /// TTL or hop limit.
     pub fn ttl(&self) -> u8 {
-        self.b()[8]
+        self.b()[if self.v6 { 7 } else { 8 }]
     }
-    pub fn src_ip(&self) -> Ipv4Addr {
+    pub fn src_ip(&self) -> IpAddr {
         let b = self.b();
-        Ipv4Addr::new(b[12], b[13], b[14], b[15])
+        if self.v6 {
+            IpAddr::V6(v6_at(b, 8))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
+        }
     }
-    pub fn dst_ip(&self) -> Ipv4Addr {
+    pub fn dst_ip(&self) -> IpAddr {
         let b = self.b();
-        Ipv4Addr::new(b[16], b[17], b[18], b[19])
+        if self.v6 {
+            IpAddr::V6(v6_at(b, 24))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19]))
+        }
     }
     pub fn src_port(&self) -> u16 {
         be16(self.b(), self.ip_len)
@@ -390,7 +519,11 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn tcp_checksum(&self) -> u16 {
         be16(self.b(), self.ip_len + 16)
     }
+    /// The IPv4 header checksum (0 for IPv6, which has none).
     pub fn ip_checksum(&self) -> u16 {
+        if self.v6 {
+            return 0;
+        }
         be16(self.b(), 10)
     }
     /// Payload length from the IP total length (may exceed the bytes present in
@@ -420,7 +553,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         if b.len() < self.ip_len + self.tcp_len + self.declared_payload {
             return false;
         }
-        checksum::checksum(&b[..self.ip_len]) == 0 && self.tcp_sum_over_segment() == 0
+        (self.v6 || checksum::checksum(&b[..self.ip_len]) == 0) && self.tcp_sum_over_segment() == 0
     }
 
     /// Copies the datagram ([`TcpPacket::as_bytes`]) to the start of `out` (at least as long)
@@ -433,6 +566,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         out.copy_from_slice(b);
         let copy = TcpPacket {
             buf: &*out,
+            v6: self.v6,
             ip_len: self.ip_len,
             tcp_len: self.tcp_len,
             payload_end: self.payload_end,
@@ -444,6 +578,11 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     fn tcp_sum_over_segment(&self) -> u16 {
         let b = self.as_bytes();
         let seg = &b[self.ip_len..];
+        if self.v6 {
+            let acc =
+                ipv6::pseudo_header_sum6(v6_at(b, 8), v6_at(b, 24), IPPROTO_TCP, seg.len() as u32);
+            return !checksum::fold(checksum::sum_bytes(seg, acc));
+        }
         let src = [b[12], b[13], b[14], b[15]];
         let dst = [b[16], b[17], b[18], b[19]];
         let acc = checksum::pseudo_header_sum(src, dst, IPPROTO_TCP, seg.len() as u16);
@@ -489,24 +628,45 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.put16(at, c);
     }
 
-    /// Source address (IP and TCP pseudo-header checksums updated).
-    pub fn set_src_ip(&mut self, ip: Ipv4Addr) {
-        let old = be32(self.b(), 12);
+    /// Source address (IP and TCP pseudo-header checksums updated). An address of the other
+    /// family than the packet's is ignored (the command line never mixes them).
+    pub fn set_src_ip(&mut self, ip: impl Into<IpAddr>) {
+        match ip.into() {
+            IpAddr::V4(ip) if !self.v6 => self.set_v4_at(12, ip),
+            IpAddr::V6(ip) if self.v6 => self.set_v6_at(8, ip),
+            _ => {}
+        }
+    }
+
+    pub fn set_dst_ip(&mut self, ip: impl Into<IpAddr>) {
+        match ip.into() {
+            IpAddr::V4(ip) if !self.v6 => self.set_v4_at(16, ip),
+            IpAddr::V6(ip) if self.v6 => self.set_v6_at(24, ip),
+            _ => {}
+        }
+    }
+
+    fn set_v4_at(&mut self, at: usize, ip: Ipv4Addr) {
+        let old = be32(self.b(), at);
         let new = u32::from(ip);
         if old != new {
-            self.put32(12, new);
+            self.put32(at, new);
             self.adjust_ip_csum32(old, new);
             self.adjust_tcp_csum32(old, new);
         }
     }
 
-    pub fn set_dst_ip(&mut self, ip: Ipv4Addr) {
-        let old = be32(self.b(), 16);
-        let new = u32::from(ip);
-        if old != new {
-            self.put32(16, new);
-            self.adjust_ip_csum32(old, new);
-            self.adjust_tcp_csum32(old, new);
+    /// An IPv6 address: only the TCP checksum covers it (pseudo-header).
+    fn set_v6_at(&mut self, at: usize, ip: Ipv6Addr) {
+        let new = ip.octets();
+        for (i, w) in new.chunks_exact(4).enumerate() {
+            let at = at + 4 * i;
+            let old = be32(self.b(), at);
+            let new = u32::from_be_bytes([w[0], w[1], w[2], w[3]]);
+            if old != new {
+                self.put32(at, new);
+                self.adjust_tcp_csum32(old, new);
+            }
         }
     }
 
@@ -554,13 +714,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.adjust_tcp_csum16(old, new);
     }
 
+    /// Sets the IPv4 id (IPv6 has none: nothing happens).
     pub fn set_ip_id(&mut self, id: u16) {
+        if self.v6 {
+            return;
+        }
         let old = self.ip_id();
         self.put16(4, id);
         self.adjust_ip_csum16(old, id);
     }
 
+    /// TTL or hop limit.
     pub fn set_ttl(&mut self, ttl: u8) {
+        if self.v6 {
+            self.bm()[7] = ttl;
+            return;
+        }
         let old = be16(self.b(), 8);
         self.bm()[8] = ttl;
         let new = be16(self.b(), 8);
@@ -590,9 +759,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     /// Recomputes both checksums from scratch (after a segment was rebuilt: trimmed, split).
     pub fn fill_checksums(&mut self) {
         let ip_len = self.ip_len;
-        self.put16(10, 0);
-        let c = checksum::checksum(&self.b()[..ip_len]);
-        self.put16(10, c);
+        if !self.v6 {
+            self.put16(10, 0);
+            let c = checksum::checksum(&self.b()[..ip_len]);
+            self.put16(10, c);
+        }
         self.put16(ip_len + 16, 0);
         let c = self.tcp_sum_over_segment();
         self.put16(ip_len + 16, c);
@@ -606,10 +777,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
 
     /// Removes the IP options (source routes, record route...): the TCP segment moves down
     /// to offset 20, IHL and total length shrink and the IP checksum is recomputed (the TCP
-    /// checksum does not cover IP options). Returns the new datagram length; the view's bytes
-    /// past it are left over. Only for views holding the whole payload; a view without
-    /// options is unchanged.
+    /// checksum does not cover IP options). IPv6: the extension headers go, the TCP segment
+    /// moves to offset 40 and the next header is TCP. Returns the new datagram length; the
+    /// view's bytes past it are left over. Only for views holding the whole payload; a view
+    /// without options is unchanged.
     pub fn strip_ip_options(&mut self) -> usize {
+        if self.v6 {
+            return self.strip_extension_headers();
+        }
         let opts = self.ip_len - IPV4_MIN_HEADER;
         if opts == 0 || self.payload_end - self.ip_len - self.tcp_len != self.declared_payload {
             return self.payload_end;
@@ -628,6 +803,30 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.payload_end
     }
 
+    fn strip_extension_headers(&mut self) -> usize {
+        let ext = self.ip_len - IPV6_HEADER_LEN;
+        if ext == 0 || self.payload_end - self.ip_len - self.tcp_len != self.declared_payload {
+            return self.payload_end;
+        }
+        let (start, end) = (self.ip_len, self.payload_end);
+        self.bm().copy_within(start..end, IPV6_HEADER_LEN);
+        self.payload_end -= ext;
+        self.ip_len = IPV6_HEADER_LEN;
+        self.bm()[6] = IPPROTO_TCP;
+        let plen = (self.payload_end - IPV6_HEADER_LEN) as u16;
+        self.put16(4, plen);
+        self.payload_end
+    }
+
+    /// Sets the IP total length (IPv6: the payload length from it).
+    fn set_total_len(&mut self, tot: usize) {
+        if self.v6 {
+            self.put16(4, (tot - IPV6_HEADER_LEN) as u16);
+        } else {
+            self.put16(2, tot as u16);
+        }
+    }
+
     /// Drops the first `n` payload bytes (already sent): the rest moves down, the sequence
     /// advances by `n` and the IP total length shrinks. Checksums are recomputed in full.
     /// Only for views holding the whole payload; returns false (unchanged) otherwise.
@@ -638,8 +837,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         }
         let end = self.payload_end;
         self.bm().copy_within(hdr + n..end, hdr);
-        let new_tot = (self.payload_end - n) as u16;
-        self.put16(2, new_tot);
+        let new_tot = self.payload_end - n;
+        self.set_total_len(new_tot);
         let seq = self.seq().wrapping_add(n as u32);
         let at = self.ip_len + 4;
         self.put32(at, seq);
@@ -658,8 +857,8 @@ mod tests {
     fn sample(payload: &[u8], ts: bool) -> Vec<u8> {
         let mut buf = vec![0u8; 1600];
         let spec = SegmentSpec {
-            src: Ipv4Addr::new(198, 18, 0, 10),
-            dst: Ipv4Addr::new(198, 18, 0, 20),
+            src: Ipv4Addr::new(198, 18, 0, 10).into(),
+            dst: Ipv4Addr::new(198, 18, 0, 20).into(),
             src_port: 40000,
             dst_port: 80,
             seq: 1000,
@@ -799,18 +998,115 @@ mod tests {
             TcpPacket::parse(&frag[..], Completeness::Whole).err(),
             Some(DropReason::Fragment)
         );
-        let mut v6 = buf.clone();
-        v6[0] = 0x60;
+        let mut v5 = buf.clone();
+        v5[0] = 0x50;
         assert_eq!(
-            TcpPacket::parse(&v6[..], Completeness::Whole).err(),
+            TcpPacket::parse(&v5[..], Completeness::Whole).err(),
             Some(DropReason::NotIpv4)
         );
+        // An IPv4 datagram read as IPv6 does not add up.
+        let mut v6 = buf.clone();
+        v6[0] = 0x60;
+        assert!(TcpPacket::parse(&v6[..], Completeness::Whole).is_err());
         let mut udp = buf;
         udp[9] = 17;
         assert_eq!(
             TcpPacket::parse(&udp[..], Completeness::Whole).err(),
             Some(DropReason::NotTcp)
         );
+    }
+
+    fn sample6(payload: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; 1600];
+        let spec = SegmentSpec {
+            src: "2001:db8::10".parse().unwrap(),
+            dst: "2001:db8::20".parse().unwrap(),
+            src_port: 40000,
+            dst_port: 80,
+            seq: 1000,
+            ack: 2000,
+            flags: flags::ACK | flags::PSH,
+            window: 502,
+            ip_id: 7,
+            mss: None,
+            timestamps: Some((11, 22)),
+            payload,
+        };
+        let n = build_segment(&spec, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[test]
+    fn ipv6_parse_rewrite_and_trim() {
+        let mut buf = sample6(b"GET / HTTP/1.1\r\n\r\n");
+        let p = TcpPacket::parse(&buf[..], Completeness::Whole).unwrap();
+        assert!(p.is_v6());
+        assert_eq!(p.ip_header_len(), 40);
+        assert_eq!(p.src_ip(), "2001:db8::10".parse::<IpAddr>().unwrap());
+        assert_eq!(p.payload(), b"GET / HTTP/1.1\r\n\r\n");
+        assert!(p.checksums_valid());
+        let seg = p.segment();
+        assert!(seg.plain_df && seg.layout.v6);
+        let mut q = TcpPacket::from_layout(&mut buf[..], seg.layout).unwrap();
+        let ts = seg.options.timestamps_offset.unwrap();
+        q.set_src_ip("2001:db8:ffff::9".parse::<IpAddr>().unwrap());
+        q.set_dst_ip("2001:db8::30".parse::<IpAddr>().unwrap());
+        q.set_dst_port(8080);
+        q.set_ack(5);
+        q.set_timestamps(ts, 1, 2);
+        q.set_ip_id(9);
+        assert!(q.checksums_valid());
+        assert_eq!(q.ip_id(), 0);
+        assert!(q.trim_front(4));
+        assert_eq!(q.payload(), b"/ HTTP/1.1\r\n\r\n");
+        assert!(q.checksums_valid());
+        let q = TcpPacket::parse(q.as_bytes(), Completeness::Whole).unwrap();
+        assert_eq!(q.dst_ip(), "2001:db8::30".parse::<IpAddr>().unwrap());
+        assert_eq!(q.seq(), 1004);
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped_and_stripped_fragments_dropped() {
+        let plain = sample6(b"hello");
+        // A hop-by-hop header (8 bytes: next TCP, length 0, PadN) and a destination options one.
+        let mut d = plain[..40].to_vec();
+        d[6] = 0;
+        d.extend_from_slice(&[60, 0, 1, 4, 0, 0, 0, 0]);
+        d.extend_from_slice(&[6, 0, 1, 4, 0, 0, 0, 0]);
+        d.extend_from_slice(&plain[40..]);
+        let plen = (d.len() - 40) as u16;
+        d[4..6].copy_from_slice(&plen.to_be_bytes());
+        let p = TcpPacket::parse(&d[..], Completeness::Whole).unwrap();
+        assert_eq!(p.ip_header_len(), 56);
+        assert_eq!(p.payload(), b"hello");
+        assert!(p.checksums_valid());
+        let mut p = TcpPacket::parse(&mut d[..], Completeness::Whole).unwrap();
+        let n = p.strip_ip_options();
+        assert_eq!(&d[..n], &plain[..]);
+        // A Fragment header.
+        let mut f = plain[..40].to_vec();
+        f[6] = 44;
+        f.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 1]);
+        f.extend_from_slice(&plain[40..]);
+        let plen = (f.len() - 40) as u16;
+        f[4..6].copy_from_slice(&plen.to_be_bytes());
+        assert_eq!(
+            TcpPacket::parse(&f[..], Completeness::Whole).err(),
+            Some(DropReason::Fragment)
+        );
+        // UDP in IPv6, and truncation.
+        let mut u = plain.clone();
+        u[6] = 17;
+        assert_eq!(
+            TcpPacket::parse(&u[..], Completeness::Whole).err(),
+            Some(DropReason::NotTcp)
+        );
+        assert_eq!(
+            TcpPacket::parse(&plain[..plain.len() - 1], Completeness::Whole).err(),
+            Some(DropReason::Truncated)
+        );
+        assert!(TcpPacket::parse(&plain[..72], Completeness::HeadersOnly).is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! target will send, learned from intercept's response records.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::endpoints::MoveId;
@@ -163,8 +163,8 @@ impl TimeWaitFloor {
 }
 
 pub struct Session {
-    pub client: (Ipv4Addr, u16),
-    pub target: (Ipv4Addr, u16),
+    pub client: (IpAddr, u16),
+    pub target: (IpAddr, u16),
     pub transfer: usize,
     pub created: Instant,
     /// When the current handshake started (creation, or a reconstruction).
@@ -251,8 +251,8 @@ pub struct Session {
 impl Session {
     pub fn new(
         now: Instant,
-        client: (Ipv4Addr, u16),
-        target: (Ipv4Addr, u16),
+        client: (IpAddr, u16),
+        target: (IpAddr, u16),
         transfer: usize,
         cfg: &ReplayConfig,
     ) -> Session {

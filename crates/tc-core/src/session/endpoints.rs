@@ -7,11 +7,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// A connection before a move: fake IP, port before the move, replica index, target.
-pub type MoveId = (Ipv4Addr, u16, u16, Ipv4Addr, u16);
+pub type MoveId = (IpAddr, u16, u16, IpAddr, u16);
 
 /// Connections moved to another port: their later segments follow them there.
 #[derive(Debug)]
@@ -149,6 +149,7 @@ impl<K: Copy + Eq + Hash, V> RecentlyClosed<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn closed_endpoints_expire_in_time_order() {
@@ -187,8 +188,8 @@ mod tests {
 
     #[test]
     fn a_moved_entry_lives_as_long_as_its_session() {
-        let ip = Ipv4Addr::new(203, 0, 113, 1);
-        let t = Ipv4Addr::new(198, 18, 0, 30);
+        let ip = IpAddr::from(Ipv4Addr::new(203, 0, 113, 1));
+        let t = IpAddr::from(Ipv4Addr::new(198, 18, 0, 30));
         let a: MoveId = (ip, 40000, 0, t, 8080);
         let mut m = MovedPorts::new(2);
         m.insert(a, 40001);

@@ -2,26 +2,43 @@
 //! client endpoint a connection gets and whether it is replayed at all: `-c` client-IP mapping,
 //! `-r`/`-g` sampling, `-f` port shifting and `-n` replica ports.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+/// The four bytes the IPv4 rules of the original compute on: an IPv4 address itself, an IPv6
+/// address folded (its four 32-bit words XORed), so every bit of it counts.
+pub fn fold4(ip: IpAddr) -> [u8; 4] {
+    match ip {
+        IpAddr::V4(ip) => ip.octets(),
+        IpAddr::V6(ip) => {
+            let o = ip.octets();
+            let mut f = [0u8; 4];
+            for (i, b) in o.iter().enumerate() {
+                f[i % 4] ^= b;
+            }
+            f
+        }
+    }
+}
+
 /// The 16-bit key of spec 2.4: the two 16-bit halves of the address loaded little-endian and
-/// added (kept bit-exact so a mixed fleet maps clients the same way as the original).
-pub fn ip_key16(ip: Ipv4Addr) -> u16 {
-    let [a, b, c, d] = ip.octets();
+/// added (kept bit-exact so a mixed fleet maps clients the same way as the original; an IPv6
+/// address is [`fold4`]ed first).
+pub fn ip_key16(ip: impl Into<IpAddr>) -> u16 {
+    let [a, b, c, d] = fold4(ip.into());
     u16::from_le_bytes([a, b]).wrapping_add(u16::from_le_bytes([c, d]))
 }
 
 /// `-c`: sticky mapping of real client IPs to the fake ones, first-seen round robin.
 pub struct ClientIpMap {
-    ips: Vec<Ipv4Addr>,
+    ips: Vec<IpAddr>,
     /// Index+1 into `ips` per 16-bit key; 0 = unassigned.
     slots: Vec<u16>,
     next: usize,
 }
 
 impl ClientIpMap {
-    pub fn new(ips: Vec<Ipv4Addr>) -> ClientIpMap {
+    pub fn new(ips: Vec<IpAddr>) -> ClientIpMap {
         let slots = if ips.is_empty() {
             Vec::new()
         } else {
@@ -39,7 +56,7 @@ impl ClientIpMap {
     }
 
     /// The fake IP for the packet whose key is `key`.
-    pub fn map_key(&mut self, key: u16) -> Option<Ipv4Addr> {
+    pub fn map_key(&mut self, key: u16) -> Option<IpAddr> {
         if self.ips.is_empty() {
             return None;
         }
@@ -51,15 +68,22 @@ impl ClientIpMap {
         Some(self.ips[usize::from(*slot) - 1])
     }
 
-    pub fn map(&mut self, ip: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.map_key(ip_key16(ip))
+    pub fn map(&mut self, ip: impl Into<IpAddr>) -> Option<IpAddr> {
+        self.map_key(ip_key16(ip.into()))
     }
 }
 
 /// Spec 2.7 bucket of a session, from the (rewritten) source address and the source port
 /// before `-f` shifting; the same for every packet of a 4-tuple, so sampling is per session.
-pub fn sample_bucket(src: Ipv4Addr, src_port: u16) -> u8 {
-    let [a, b, _, _] = src.octets();
+pub fn sample_bucket(src: impl Into<IpAddr>, src_port: u16) -> u8 {
+    let [a, b] = match src.into() {
+        IpAddr::V4(ip) => {
+            let [a, b, _, _] = ip.octets();
+            [a, b]
+        }
+        // The first bytes of an IPv6 address are the prefix all clients share.
+        ip @ IpAddr::V6(_) => ip_key16(ip).to_le_bytes(),
+    };
     let [p0, p1] = src_port.to_be_bytes();
     let s = u16::from_le_bytes([p0, p1]).wrapping_add(u16::from_le_bytes([a, b]));
     (((s >> 8) + (s & 0xff)) % 100) as u8
@@ -82,7 +106,8 @@ impl Sampler {
     }
 
     /// Whether a packet of this session is replayed.
-    pub fn admit(&mut self, now: Instant, src: Ipv4Addr, src_port: u16) -> bool {
+    pub fn admit(&mut self, now: Instant, src: impl Into<IpAddr>, src_port: u16) -> bool {
+        let src = src.into();
         let percent = if self.gradual {
             let start = *self.start.get_or_insert(now);
             let secs = now.saturating_duration_since(start).as_secs() + 1;
@@ -122,9 +147,9 @@ pub fn replica_port(port: u16, i: u16, r: u32) -> u16 {
 }
 
 /// The 16-bit `-c` key of replica `i` of a packet from `ip` (spec 2.6).
-pub fn replica_ip_key(ip: Ipv4Addr, i: u16, r: u32) -> u16 {
+pub fn replica_ip_key(ip: impl Into<IpAddr>, i: u16, r: u32) -> u16 {
     // The original computes on the address loaded as a native (little-endian) integer.
-    let native = u32::from_le_bytes(ip.octets());
+    let native = u32::from_le_bytes(fold4(ip.into()));
     let v = (native << 1)
         .wrapping_add((2 * u32::from(i) - 1) * 32)
         .wrapping_add(r);
@@ -157,7 +182,10 @@ mod tests {
 
     #[test]
     fn client_map_is_sticky_round_robin() {
-        let fakes = vec![Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 2)];
+        let fakes: Vec<IpAddr> = vec![
+            Ipv4Addr::new(203, 0, 113, 1).into(),
+            Ipv4Addr::new(203, 0, 113, 2).into(),
+        ];
         let mut m = ClientIpMap::new(fakes.clone());
         let a = Ipv4Addr::new(198, 18, 0, 10);
         let b = Ipv4Addr::new(198, 18, 0, 11);
@@ -167,6 +195,25 @@ mod tests {
         assert_eq!(m.map(c), Some(fakes[0]));
         assert_eq!(m.map(b), Some(fakes[1]));
         assert_eq!(m.map(a), Some(fakes[0]));
+    }
+
+    #[test]
+    fn ipv6_clients_map_and_sample_by_the_whole_address() {
+        let fakes: Vec<IpAddr> = vec![
+            "2001:db8:ffff::1".parse().unwrap(),
+            "2001:db8:ffff::2".parse().unwrap(),
+        ];
+        let mut m = ClientIpMap::new(fakes.clone());
+        let a: IpAddr = "2001:db8::10".parse().unwrap();
+        let b: IpAddr = "2001:db8::11".parse().unwrap();
+        assert_eq!(m.map(a), Some(fakes[0]));
+        assert_eq!(m.map(b), Some(fakes[1]));
+        assert_eq!(m.map(a), Some(fakes[0]));
+        // Addresses that differ only in their last bits fall in different buckets.
+        let buckets: std::collections::HashSet<u8> = (1u16..200)
+            .map(|i| sample_bucket(IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i]), 40000))
+            .collect();
+        assert!(buckets.len() > 50, "{}", buckets.len());
     }
 
     #[test]

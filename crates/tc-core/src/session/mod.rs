@@ -7,7 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub mod conn;
@@ -29,9 +29,9 @@ pub use outbox::{ClientAdd, Datagram, Outbox};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transfer {
     /// Online address to match; `None` = any local address.
-    pub src_ip: Option<Ipv4Addr>,
+    pub src_ip: Option<IpAddr>,
     pub src_port: u16,
-    pub dst_ip: Ipv4Addr,
+    pub dst_ip: IpAddr,
     pub dst_port: u16,
     /// Datalink send (`-o`): MAC of the sending interface and of the next hop.
     pub src_mac: Option<[u8; 6]>,
@@ -44,9 +44,9 @@ pub struct ReplayConfig {
     /// `-x`, in order (first match wins).
     pub transfers: Vec<Transfer>,
     /// `-c`, expanded (`x` subnets), target IPs already excluded. Empty = keep client IPs.
-    pub client_ips: Vec<Ipv4Addr>,
+    pub client_ips: Vec<IpAddr>,
     /// `-H`: replacement source for captured packets from 127.0.0.1.
-    pub localhost_replacement: Option<Ipv4Addr>,
+    pub localhost_replacement: Option<IpAddr>,
     /// `-n`: copies of every session (1 = no replication).
     pub replicas: u16,
     /// `-f`: port-shift factor (0 = off).
@@ -298,7 +298,7 @@ impl Drops {
 /// A session: fake client address and port, target address and port. The target is part
 /// of the key: two real connections that map onto the same fake endpoint but go to
 /// different targets (`-x` with several transfers) are different connections.
-pub type Key = (Ipv4Addr, u16, Ipv4Addr, u16);
+pub type Key = (IpAddr, u16, IpAddr, u16);
 
 /// The [`Ctx`] of a session call: the Replayer's fields a session touches, borrowed apart
 /// from `self.sessions` (a method could not split the borrow).
@@ -557,7 +557,12 @@ impl Replayer {
             .cfg
             .transfers
             .iter()
-            .position(|t| t.src_port == dst_port && t.src_ip.is_none_or(|ip| ip == dst_ip))
+            // A transfer replays one family: a packet of the other never matches it.
+            .position(|t| {
+                t.src_port == dst_port
+                    && t.dst_ip.is_ipv6() == dst_ip.is_ipv6()
+                    && t.src_ip.is_none_or(|ip| ip == dst_ip)
+            })
         else {
             self.drops.count(DropKind::NoTransfer);
             return;
@@ -569,12 +574,18 @@ impl Replayer {
                 return;
             }
         } else if src_ip.is_loopback() {
-            if let Some(h) = self.cfg.localhost_replacement {
+            if let Some(h) = self
+                .cfg
+                .localhost_replacement
+                .filter(|h| h.is_ipv6() == src_ip.is_ipv6())
+            {
                 src_ip = h;
             }
         }
         if let Some(fake) = self.client_ips.map(src_ip) {
-            src_ip = fake;
+            if fake.is_ipv6() == src_ip.is_ipv6() {
+                src_ip = fake;
+            }
         }
         let src_port = seg.src_port;
         if !self.sampler.admit(now, src_ip, src_port) {
@@ -621,12 +632,12 @@ impl Replayer {
             }
             self.stats.bad_checksum_fixed += 1;
         }
-        if seg.layout.ip_len > 20 {
+        if seg.layout.ip_len > seg.layout.plain_ip_len() {
             // IP options (source routes among them) are not replayed: the target gets a plain
             // header, as intercept's records do.
             if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
                 len = q.strip_ip_options();
-                seg.layout.ip_len = 20;
+                seg.layout.ip_len = seg.layout.plain_ip_len();
                 self.stats.ip_options_stripped += 1;
             }
         }
@@ -657,7 +668,9 @@ impl Replayer {
             if self.client_ips.is_active() {
                 let key = ingress::replica_ip_key(p.src_ip(), i, self.port_offset);
                 if let Some(fake) = self.client_ips.map_key(key) {
-                    ip = fake;
+                    if fake.is_ipv6() == ip.is_ipv6() {
+                        ip = fake;
+                    }
                 }
             }
             let (port, moved) = self.resolve_port(now, (ip, port), i, target, seq, syn_seq);
@@ -676,10 +689,10 @@ impl Replayer {
     /// segment in the byte numbering of the session on the port belongs to it.
     fn moved_port(
         &self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         port: u16,
         replica: u16,
-        target: (Ipv4Addr, u16),
+        target: (IpAddr, u16),
         seq: u32,
     ) -> u16 {
         let id = (ip, port, replica, target.0, target.1);
@@ -702,9 +715,9 @@ impl Replayer {
     fn resolve_port(
         &mut self,
         now: Instant,
-        (ip, port): (Ipv4Addr, u16),
+        (ip, port): (IpAddr, u16),
         replica: u16,
-        target: (Ipv4Addr, u16),
+        target: (IpAddr, u16),
         seg_seq: u32,
         syn_seq: Option<(u32, Option<u32>)>,
     ) -> (u16, Option<MoveId>) {

@@ -6,14 +6,14 @@
 //!
 //! The buffers are kept across batches: in steady state queuing allocates nothing.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A session to announce to every intercept (CLIENT_ADD) before its SYN is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAdd {
-    pub client_ip: Ipv4Addr,
+    pub client_ip: IpAddr,
     pub client_port: u16,
-    pub target_ip: Ipv4Addr,
+    pub target_ip: IpAddr,
     pub target_port: u16,
 }
 
@@ -88,6 +88,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn queues_keep_order_and_bytes() {
@@ -95,9 +96,9 @@ mod tests {
         assert!(o.is_empty());
         o.send(&[1, 2, 3], 0);
         o.announce(ClientAdd {
-            client_ip: Ipv4Addr::new(203, 0, 113, 1),
+            client_ip: Ipv4Addr::new(203, 0, 113, 1).into(),
             client_port: 40000,
-            target_ip: Ipv4Addr::new(198, 18, 0, 30),
+            target_ip: Ipv4Addr::new(198, 18, 0, 30).into(),
             target_port: 8080,
         });
         o.send(&[4, 5], 1);

@@ -22,6 +22,14 @@ const FAKE_CLIENTS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::ne
 const ONLINE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
 
 /// Checks every output of the machine.
+/// The IPv4 address in `ip` (the driver replays IPv4).
+fn v4(ip: std::net::IpAddr) -> std::net::Ipv4Addr {
+    match ip {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("IPv6 address {a} in an IPv4 run"),
+    }
+}
+
 struct Checker {
     sent: usize,
     adds: usize,
@@ -33,7 +41,7 @@ impl Checker {
     fn drain(&mut self, r: &mut Replayer) {
         let out = r.output();
         for a in out.client_adds() {
-            let (ci, ti, tp) = (a.client_ip, a.target_ip, a.target_port);
+            let (ci, ti, tp) = (v4(a.client_ip), v4(a.target_ip), a.target_port);
             assert!(TARGETS.contains(&(ti, tp)), "announced target {ti}:{tp}");
             assert!(FAKE_CLIENTS.contains(&ci), "announced client {ci}");
             self.adds += 1;
@@ -43,14 +51,14 @@ impl Checker {
             let p = TcpPacket::parse(datagram, Completeness::Whole)
                 .unwrap_or_else(|e| panic!("tcpcopy emitted a malformed datagram: {e:?}"));
             assert!(p.checksums_valid(), "bad checksum on an emitted datagram");
-            let dst = (p.dst_ip(), p.dst_port());
+            let dst = (v4(p.dst_ip()), p.dst_port());
             assert!(TARGETS.contains(&dst), "datagram to {dst:?}, not a target");
             assert_eq!(
                 TARGETS[transfer], dst,
                 "transfer index and destination disagree"
             );
             assert!(
-                FAKE_CLIENTS.contains(&p.src_ip()),
+                FAKE_CLIENTS.contains(&v4(p.src_ip())),
                 "datagram from {}, not a -c address",
                 p.src_ip()
             );
@@ -93,21 +101,21 @@ pub fn drive(data: &[u8]) {
             Transfer {
                 src_ip: None,
                 src_port: 80,
-                dst_ip: TARGETS[0].0,
+                dst_ip: TARGETS[0].0.into(),
                 dst_port: TARGETS[0].1,
                 src_mac: None,
                 dst_mac: None,
             },
             Transfer {
-                src_ip: Some(ONLINE),
+                src_ip: Some(ONLINE.into()),
                 src_port: 81,
-                dst_ip: TARGETS[1].0,
+                dst_ip: TARGETS[1].0.into(),
                 dst_port: TARGETS[1].1,
                 src_mac: None,
                 dst_mac: None,
             },
         ],
-        client_ips: FAKE_CLIENTS.to_vec(),
+        client_ips: FAKE_CLIENTS.iter().map(|&a| a.into()).collect(),
         replicas: 1 + u16::from(setup & 3),
         port_shift: u16::from((setup >> 2) & 1) * 3,
         mtu: if setup & 0x10 != 0 { 576 } else { 1500 },
@@ -141,8 +149,8 @@ pub fn drive(data: &[u8]) {
                 let len = usize::from(s.u16()) % 3_000;
                 let opts = s.u8();
                 let spec = SegmentSpec {
-                    src: Ipv4Addr::new(198, 18, 0, 10 + (opts & 1)),
-                    dst: ONLINE,
+                    src: Ipv4Addr::new(198, 18, 0, 10 + (opts & 1)).into(),
+                    dst: ONLINE.into(),
                     src_port: port,
                     dst_port: if opts & 2 != 0 { 81 } else { 80 },
                     seq,
@@ -199,8 +207,8 @@ pub fn drive(data: &[u8]) {
                 } else {
                     let (tip, tport) = TARGETS[usize::from(kind >> 7)];
                     let spec = SegmentSpec {
-                        src: tip,
-                        dst: FAKE_CLIENTS[usize::from((kind >> 6) & 1)],
+                        src: tip.into(),
+                        dst: FAKE_CLIENTS[usize::from((kind >> 6) & 1)].into(),
                         src_port: tport,
                         dst_port: 40_000 + u16::from(s.u8() % 8),
                         seq: s.u32(),

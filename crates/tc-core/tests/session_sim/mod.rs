@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 use tc_core::packet::{build_segment, flags, Completeness, SegmentSpec, TcpPacket};
 use tc_core::session::{ReplayConfig, Replayer, Transfer};
 
+/// The IPv4 address in `ip` (the simulation is IPv4).
+pub fn v4(ip: std::net::IpAddr) -> Ipv4Addr {
+    match ip {
+        std::net::IpAddr::V4(a) => a,
+        std::net::IpAddr::V6(a) => panic!("IPv6 address {a} in an IPv4 simulation"),
+    }
+}
+
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 pub const ONLINE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 20);
 pub const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 30);
@@ -28,7 +36,7 @@ pub fn config() -> ReplayConfig {
         transfers: vec![Transfer {
             src_ip: None,
             src_port: ONLINE_PORT,
-            dst_ip: TARGET,
+            dst_ip: TARGET.into(),
             dst_port: TARGET_PORT,
             src_mac: None,
             dst_mac: None,
@@ -99,8 +107,8 @@ impl ClientConn {
     fn seg(&self, seq: u32, ack: u32, fl: u8, payload: &[u8], id: u16, ts: u32) -> Vec<u8> {
         let mut buf = vec![0u8; 1600];
         let spec = SegmentSpec {
-            src: CLIENT,
-            dst: ONLINE,
+            src: CLIENT.into(),
+            dst: ONLINE.into(),
             src_port: self.port,
             dst_port: ONLINE_PORT,
             seq,
@@ -293,8 +301,8 @@ impl SimCore {
         let payload = vec![b'r'; payload_len];
         let mut buf = vec![0u8; 1600];
         let spec = SegmentSpec {
-            src: self.reply_from,
-            dst: key.0,
+            src: self.reply_from.into(),
+            dst: key.0.into(),
             src_port: TARGET_PORT,
             dst_port: key.1,
             seq,
@@ -333,7 +341,7 @@ impl SimCore {
             p.checksums_valid(),
             "tcpcopy sent a datagram with a bad checksum"
         );
-        if (p.dst_ip(), p.dst_port()) != (TARGET, TARGET_PORT) {
+        if (p.dst_ip(), p.dst_port()) != (TARGET.into(), TARGET_PORT) {
             self.non_target_sends += 1;
             return;
         }
@@ -341,7 +349,7 @@ impl SimCore {
             self.dropped += 1;
             return;
         }
-        let key = (p.src_ip(), p.src_port());
+        let key = (v4(p.src_ip()), p.src_port());
         let now = self.now;
         let ts_opt = p.options().timestamps;
         if p.rst() {
@@ -521,8 +529,12 @@ impl SimCore {
     pub fn drain(&mut self, replayer: &mut Replayer) {
         let out = replayer.output();
         for a in out.client_adds() {
-            self.adds
-                .push((a.client_ip, a.client_port, a.target_ip, a.target_port));
+            self.adds.push((
+                v4(a.client_ip),
+                a.client_port,
+                v4(a.target_ip),
+                a.target_port,
+            ));
         }
         for d in out.datagrams() {
             if self.keep_sent {
