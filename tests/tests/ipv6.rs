@@ -356,53 +356,7 @@ fn ipv6_redis_live() {
         lab.log("tcpcopy"),
         lab.log("intercept")
     );
-    let port = REDIS_ONLINE_PORT.to_string();
-    let mut pipe = Vec::new();
-    for i in 0..200 {
-        pipe.extend(resp_command(&[
-            "SET",
-            &format!("key:{i}"),
-            &format!("v{i}"),
-        ]));
-        pipe.extend(resp_command(&["INCR", "counter"]));
-    }
-    let out = must(
-        Some(&lab),
-        CLIENT,
-        20,
-        "redis-cli",
-        &["-h", ONLINE_IP6, "-p", &port, "--pipe"],
-        Some(pipe),
-    );
-    assert!(out.contains("errors: 0, replies: 400"), "redis-cli: {out}");
-    must(
-        Some(&lab),
-        CLIENT,
-        30,
-        "redis-benchmark",
-        &[
-            "-h", ONLINE_IP6, "-p", &port, "-c", "4", "-n", "200", "-q", "INCR", "counter",
-        ],
-        None,
-    );
-    for i in 0..10 {
-        must(
-            Some(&lab),
-            CLIENT,
-            10,
-            "redis-cli",
-            &[
-                "-h",
-                ONLINE_IP6,
-                "-p",
-                &port,
-                "SET",
-                &format!("short:{i}"),
-                "x",
-            ],
-            None,
-        );
-    }
+    redis_load6(&lab);
     let online = redis_dump(&online_sock);
     assert_eq!(
         online.get("counter").map(String::as_str),
@@ -431,17 +385,7 @@ fn ipv6_postgres_live() {
     let test = "ipv6_postgres_live";
     require_root(test);
     let tmp = TempDir::new("v6pg");
-    chown_postgres(tmp.path());
-    let template = tmp.path().join("template");
-    pg_initdb(&template);
-    {
-        use std::io::Write;
-        let mut hba = std::fs::OpenOptions::new()
-            .append(true)
-            .open(template.join("pg_hba.conf"))
-            .expect("pg_hba.conf");
-        writeln!(hba, "host all all 2001:db8::/32 trust").unwrap();
-    }
+    let template = pg_template6(&tmp);
     let lab = Lab::start();
     lab.enable_ipv6();
     let online = start_pg_listen(
@@ -464,33 +408,7 @@ fn ipv6_postgres_live() {
     );
     start_intercept6(&lab, PG_TARGET_PORT);
     start_tcpcopy6(&lab, PG_ONLINE_PORT, PG_TARGET_PORT, &[]);
-    let port = PG_ONLINE_PORT.to_string();
-    let psql = |sql: &str| {
-        must(
-            Some(&lab),
-            CLIENT,
-            30,
-            "psql",
-            &[
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                ONLINE_IP6,
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-            None,
-        )
-    };
-    psql(PG_CREATE_TABLE);
+    psql6(&lab, PG_CREATE_TABLE);
     let (created, _) = poll(REPLAY_DEADLINE, || {
         let t = target.try_query("SELECT to_regclass('replay_t') IS NOT NULL");
         (t.as_deref().map(str::trim) == Some("t"), ())
@@ -501,45 +419,7 @@ fn ipv6_postgres_live() {
         replay_report(&lab),
         tail(&lab.log("pg-target"), 30)
     );
-    let script = tmp.path().join("insert.sql");
-    std::fs::write(
-        &script,
-        "\\set id random(1, 1000000000)\nINSERT INTO replay_t (id, kind, n) VALUES (:id, 'bench', :client_id);\n",
-    )
-    .unwrap();
-    must(
-        Some(&lab),
-        CLIENT,
-        60,
-        "pgbench",
-        &[
-            "-h",
-            ONLINE_IP6,
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            "3",
-            "-j",
-            "2",
-            "-t",
-            "40",
-            "-f",
-            s(&script),
-            "postgres",
-        ],
-        None,
-    );
-    for i in 0..5 {
-        psql(&format!(
-            "INSERT INTO replay_t (id, kind, n) VALUES ({}, 'psql', {i})",
-            2_000_000_000 + i
-        ));
-    }
+    pg_inserts6(&lab, &tmp.sub("scripts"));
     let summary = online.query(PG_SUMMARY);
     assert_eq!(
         online.query("SELECT count(*) FROM replay_t").trim(),
@@ -687,4 +567,281 @@ fn ipv6_stops_when_the_intercept_never_answers() {
                 .all(|r| r[6..8] == [0, 6] || r[6..8] == [0x74, 0x36]),
         "the silent intercept got more than version records and requests: {received:02x?}"
     );
+}
+
+/// The Redis load over IPv6 of [`ipv6_redis_live`] and [`ipv6_redis_offline`]: 200 SETs and
+/// 200 INCRs pipelined, 200 INCRs from redis-benchmark's 4 connections, 10 short connections.
+fn redis_load6(lab: &Lab) {
+    let port = REDIS_ONLINE_PORT.to_string();
+    let mut pipe = Vec::new();
+    for i in 0..200 {
+        pipe.extend(resp_command(&[
+            "SET",
+            &format!("key:{i}"),
+            &format!("v{i}"),
+        ]));
+        pipe.extend(resp_command(&["INCR", "counter"]));
+    }
+    let out = must(
+        Some(lab),
+        CLIENT,
+        20,
+        "redis-cli",
+        &["-h", ONLINE_IP6, "-p", &port, "--pipe"],
+        Some(pipe),
+    );
+    assert!(out.contains("errors: 0, replies: 400"), "redis-cli: {out}");
+    must(
+        Some(lab),
+        CLIENT,
+        30,
+        "redis-benchmark",
+        &[
+            "-h", ONLINE_IP6, "-p", &port, "-c", "4", "-n", "200", "-q", "INCR", "counter",
+        ],
+        None,
+    );
+    for i in 0..10 {
+        must(
+            Some(lab),
+            CLIENT,
+            10,
+            "redis-cli",
+            &[
+                "-h",
+                ONLINE_IP6,
+                "-p",
+                &port,
+                "SET",
+                &format!("short:{i}"),
+                "x",
+            ],
+            None,
+        );
+    }
+}
+
+/// Offline replay of `file` to `[TARGET_IP6]:target_port` (plus `extra`) until tcpcopy exits
+/// by itself, which it must do with status 0 and a complete replay.
+fn replay_offline6(lab: &Lab, file: &Path, online_port: u16, target_port: u16, extra: &[&str]) {
+    let x = format!("{online_port}-[{TARGET_IP6}]:{target_port}");
+    let mut args = vec![
+        "-i",
+        s(file),
+        "-x",
+        &x,
+        "-s",
+        "198.18.0.40",
+        "-c",
+        FAKES,
+        "--offline-tail",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    lab.spawn(ONLINE, "tcpcopy", &bin("tcpcopy"), &args);
+    let (ended, _) = poll(Duration::from_secs(90), || (!lab.running("tcpcopy"), ()));
+    let code = lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(10));
+    let log = lab.log("tcpcopy");
+    assert!(
+        ended && code == Some(0) && log.contains("offline replay is complete"),
+        "offline IPv6 replay did not complete (exit {code:?}): {}",
+        tail(&log, 60)
+    );
+}
+
+/// Redis over IPv6 offline: a tcpdump capture of the load of [`ipv6_redis_live`] replayed
+/// with `-i`; the target's data set ends equal to the online one.
+#[test]
+#[ignore = "needs root"]
+fn ipv6_redis_offline() {
+    let test = "ipv6_redis_offline";
+    require_root(test);
+    let tmp = TempDir::new("v6redisoff");
+    let lab = Lab::start();
+    lab.enable_ipv6();
+    let online_sock = start_redis6(
+        &lab,
+        ONLINE,
+        "redis-online",
+        REDIS_ONLINE_PORT,
+        &tmp.sub("online"),
+    );
+    let file = tmp.path().join("redis6.pcap");
+    let filter = format!("ip6 and tcp port {REDIS_ONLINE_PORT}");
+    start_tcpdump(&lab, ONLINE, "record", &file, &["-i", "eth0"], &filter);
+    redis_load6(&lab);
+    stop_tcpdump(&lab, "record");
+    let online = redis_dump(&online_sock);
+    assert_eq!(
+        online.get("counter").map(String::as_str),
+        Some("\"400\""),
+        "online counter"
+    );
+    let target_sock = start_redis6(
+        &lab,
+        TARGET,
+        "redis-target",
+        REDIS_TARGET_PORT,
+        &tmp.sub("target"),
+    );
+    start_intercept6(&lab, REDIS_TARGET_PORT);
+    replay_offline6(&lab, &file, REDIS_ONLINE_PORT, REDIS_TARGET_PORT, &[]);
+    let (same, target) = poll(REPLAY_DEADLINE, || {
+        let t = redis_dump(&target_sock);
+        (t == online, t)
+    });
+    assert!(
+        same,
+        "{test}: target has {} keys (counter {:?}), online {} keys\n{}",
+        target.len(),
+        target.get("counter"),
+        online.len(),
+        replay_report(&lab)
+    );
+    eprintln!("{test}: {} keys replayed", online.len());
+}
+
+/// psql on the client against online's PostgreSQL over IPv6.
+fn psql6(lab: &Lab, sql: &str) -> String {
+    let port = PG_ONLINE_PORT.to_string();
+    must(
+        Some(lab),
+        CLIENT,
+        30,
+        "psql",
+        &[
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            ONLINE_IP6,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ],
+        None,
+    )
+}
+
+/// The PostgreSQL inserts of [`ipv6_postgres_live`] and [`ipv6_postgres_offline`] (the table
+/// exists): pgbench, 3 connections x 40 prepared INSERTs, then 5 psql INSERTs.
+fn pg_inserts6(lab: &Lab, dir: &Path) {
+    let script = dir.join("insert.sql");
+    std::fs::write(
+        &script,
+        "\\set id random(1, 1000000000)\nINSERT INTO replay_t (id, kind, n) VALUES (:id, 'bench', :client_id);\n",
+    )
+    .unwrap();
+    let port = PG_ONLINE_PORT.to_string();
+    must(
+        Some(lab),
+        CLIENT,
+        60,
+        "pgbench",
+        &[
+            "-h",
+            ONLINE_IP6,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            "3",
+            "-j",
+            "2",
+            "-t",
+            "40",
+            "-f",
+            s(&script),
+            "postgres",
+        ],
+        None,
+    );
+    for i in 0..5 {
+        psql6(
+            lab,
+            &format!(
+                "INSERT INTO replay_t (id, kind, n) VALUES ({}, 'psql', {i})",
+                2_000_000_000 + i
+            ),
+        );
+    }
+}
+
+/// A PostgreSQL template whose pg_hba.conf trusts the lab's IPv6 addresses.
+fn pg_template6(tmp: &TempDir) -> PathBuf {
+    chown_postgres(tmp.path());
+    let template = tmp.path().join("template");
+    pg_initdb(&template);
+    use std::io::Write;
+    let mut hba = std::fs::OpenOptions::new()
+        .append(true)
+        .open(template.join("pg_hba.conf"))
+        .expect("pg_hba.conf");
+    writeln!(hba, "host all all 2001:db8::/32 trust").unwrap();
+    template
+}
+
+/// PostgreSQL over IPv6 offline: a tcpdump capture of psql's CREATE TABLE, pgbench's and
+/// psql's INSERTs replayed with `-i` at the capture's pace; the target ends with the rows.
+#[test]
+#[ignore = "needs root"]
+fn ipv6_postgres_offline() {
+    let test = "ipv6_postgres_offline";
+    require_root(test);
+    let tmp = TempDir::new("v6pgoff");
+    let template = pg_template6(&tmp);
+    let lab = Lab::start();
+    lab.enable_ipv6();
+    let online = start_pg_listen(
+        &lab,
+        ONLINE,
+        "pg-online",
+        PG_ONLINE_PORT,
+        &format!("{ONLINE_IP},{ONLINE_IP6}"),
+        &template,
+        &tmp.sub("online"),
+    );
+    let file = tmp.path().join("pg6.pcap");
+    let filter = format!("ip6 and tcp port {PG_ONLINE_PORT}");
+    start_tcpdump(&lab, ONLINE, "record", &file, &["-i", "eth0"], &filter);
+    psql6(&lab, PG_CREATE_TABLE);
+    pg_inserts6(&lab, &tmp.sub("scripts"));
+    stop_tcpdump(&lab, "record");
+    let summary = online.query(PG_SUMMARY);
+    assert_eq!(
+        online.query("SELECT count(*) FROM replay_t").trim(),
+        "125",
+        "online rows: {summary}"
+    );
+    let target = start_pg_listen(
+        &lab,
+        TARGET,
+        "pg-target",
+        PG_TARGET_PORT,
+        &format!("{TARGET_IP},{TARGET_IP6}"),
+        &template,
+        &tmp.sub("target"),
+    );
+    start_intercept6(&lab, PG_TARGET_PORT);
+    replay_offline6(&lab, &file, PG_ONLINE_PORT, PG_TARGET_PORT, &[]);
+    let (same, target_summary) = poll(REPLAY_DEADLINE, || {
+        let t = target.try_query(PG_SUMMARY).unwrap_or_default();
+        (t == summary, t)
+    });
+    assert!(
+        same,
+        "{test}: target rows differ:\n online:\n{summary}\n target:\n{target_summary}\n{}",
+        replay_report(&lab)
+    );
+    eprintln!("{test}: 125 rows replayed");
 }
