@@ -19,6 +19,15 @@ use std::time::{Duration, Instant};
 use real_common::*;
 use tc_e2e::lab::*;
 
+/// The IPv6 lab for `test` (needs root) and a temporary directory named after `tag`.
+fn lab6(test: &str, tag: &str) -> (TempDir, Lab) {
+    require_root(test);
+    let tmp = TempDir::new(tag);
+    let lab = Lab::start();
+    lab.enable_ipv6();
+    (tmp, lab)
+}
+
 /// The fake client prefix (routed to the assistant by the target).
 const FAKES: &str = FAKE_PREFIX6;
 /// How the target's logs show a fake client.
@@ -166,11 +175,8 @@ fn same_requests(lab: &Lab, online_log: &Path, target_log: &Path, expected: usiz
 #[ignore = "needs root"]
 fn ipv6_http_live() {
     let test = "ipv6_http_live";
-    require_root(test);
     let started = Instant::now();
-    let tmp = TempDir::new("v6http");
-    let lab = Lab::start();
-    lab.enable_ipv6();
+    let (tmp, lab) = lab6(test, "v6http");
     let (online_log, target_log) = nginx_pair(&lab, &tmp);
     start_intercept6(&lab, HTTP_TARGET_PORT);
     start_tcpcopy6(&lab, HTTP_ONLINE_PORT, HTTP_TARGET_PORT, &[]);
@@ -190,10 +196,7 @@ fn ipv6_http_live() {
 #[ignore = "needs root"]
 fn ipv6_http_live_pcap_capture_and_send() {
     let test = "ipv6_http_live_pcap_capture_and_send";
-    require_root(test);
-    let tmp = TempDir::new("v6pcap");
-    let lab = Lab::start();
-    lab.enable_ipv6();
+    let (tmp, lab) = lab6(test, "v6pcap");
     let (online_log, target_log) = nginx_pair(&lab, &tmp);
     start_intercept6(&lab, HTTP_TARGET_PORT);
     let x = format!(
@@ -233,10 +236,7 @@ fn ipv6_http_live_pcap_capture_and_send() {
 #[ignore = "needs root"]
 fn ipv6_http_offline() {
     let test = "ipv6_http_offline";
-    require_root(test);
-    let tmp = TempDir::new("v6off");
-    let lab = Lab::start();
-    lab.enable_ipv6();
+    let (tmp, lab) = lab6(test, "v6off");
     let (online_log, target_log) = nginx_pair(&lab, &tmp);
     let file = tmp.path().join("http6.pcap");
     let filter = format!("ip6 and tcp port {HTTP_ONLINE_PORT}");
@@ -244,78 +244,19 @@ fn ipv6_http_offline() {
     let expected = http_load(&lab);
     stop_tcpdump(&lab, "record");
     start_intercept_with(&lab, HTTP_TARGET_PORT, &["--ipv6", "--payload"]);
-    let x = format!("{HTTP_ONLINE_PORT}-[{TARGET_IP6}]:{HTTP_TARGET_PORT}");
-    lab.spawn(
-        ONLINE,
-        "tcpcopy",
-        &bin("tcpcopy"),
-        &[
-            "-i",
-            s(&file),
-            "-x",
-            &x,
-            "-s",
-            "198.18.0.40",
-            "-c",
-            FAKES,
-            "-a",
-            "4",
-            "--offline-tail",
-            "10",
-            "--payload",
-        ],
-    );
-    let (ended, _) = poll(Duration::from_secs(60), || (!lab.running("tcpcopy"), ()));
-    let code = lab.stop("tcpcopy", libc::SIGTERM, Duration::from_secs(10));
-    let log = lab.log("tcpcopy");
-    assert!(
-        ended && code == Some(0) && log.contains("offline replay is complete"),
-        "offline IPv6 replay did not complete (exit {code:?}): {}",
-        tail(&log, 60)
-    );
+    let extra = ["-a", "4", "--payload"];
+    replay_offline6(&lab, &file, HTTP_ONLINE_PORT, HTTP_TARGET_PORT, &extra);
     same_requests(&lab, &online_log, &target_log, expected, test);
 }
 
 /// Redis on `host` listening on its IPv4 and IPv6 addresses; its local socket.
-fn start_redis6(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> PathBuf {
-    let (ip4, ip6) = if host == ONLINE {
-        (ONLINE_IP, ONLINE_IP6)
+fn start_redis6(lab: &Lab, host: &str, tmp: &TempDir) -> PathBuf {
+    let (name, port, ip6, dir) = if host == ONLINE {
+        ("redis-online", REDIS_ONLINE_PORT, ONLINE_IP6, "online")
     } else {
-        (TARGET_IP, TARGET_IP6)
+        ("redis-target", REDIS_TARGET_PORT, TARGET_IP6, "target")
     };
-    let sock = dir.join("redis.sock");
-    let (port_s, ip4_s) = (port.to_string(), ip4.to_string());
-    std::fs::create_dir_all(dir).unwrap();
-    lab.spawn(
-        host,
-        name,
-        &PathBuf::from("/usr/bin/redis-server"),
-        &[
-            "--bind",
-            &ip4_s,
-            ip6,
-            "--port",
-            &port_s,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            s(dir),
-            "--unixsocket",
-            s(&sock),
-            "--unixsocketperm",
-            "700",
-            "--logfile",
-            "",
-        ],
-    );
-    wait_tcp(lab, host, std::net::SocketAddrV4::new(ip4, port), name);
-    sock
+    start_redis_on(lab, host, name, port, &tmp.sub(dir), &[ip6])
 }
 
 /// Redis over IPv6, live: pipelined, benchmark and short connections; the target's data set
@@ -325,24 +266,9 @@ fn start_redis6(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> Pat
 #[ignore = "needs root"]
 fn ipv6_redis_live() {
     let test = "ipv6_redis_live";
-    require_root(test);
-    let tmp = TempDir::new("v6redis");
-    let lab = Lab::start();
-    lab.enable_ipv6();
-    let online_sock = start_redis6(
-        &lab,
-        ONLINE,
-        "redis-online",
-        REDIS_ONLINE_PORT,
-        &tmp.sub("online"),
-    );
-    let target_sock = start_redis6(
-        &lab,
-        TARGET,
-        "redis-target",
-        REDIS_TARGET_PORT,
-        &tmp.sub("target"),
-    );
+    let (tmp, lab) = lab6(test, "v6redis");
+    let online_sock = start_redis6(&lab, ONLINE, &tmp);
+    let target_sock = start_redis6(&lab, TARGET, &tmp);
     start_intercept6_on_ipv6(&lab, REDIS_TARGET_PORT);
     let intercept = format!("[{ASSIST_IP6}]");
     start_tcpcopy6_via(&lab, &intercept, REDIS_ONLINE_PORT, REDIS_TARGET_PORT, &[]);
@@ -383,29 +309,10 @@ fn ipv6_redis_live() {
 #[ignore = "needs root"]
 fn ipv6_postgres_live() {
     let test = "ipv6_postgres_live";
-    require_root(test);
-    let tmp = TempDir::new("v6pg");
+    let (tmp, lab) = lab6(test, "v6pg");
     let template = pg_template6(&tmp);
-    let lab = Lab::start();
-    lab.enable_ipv6();
-    let online = start_pg_listen(
-        &lab,
-        ONLINE,
-        "pg-online",
-        PG_ONLINE_PORT,
-        &format!("{ONLINE_IP},{ONLINE_IP6}"),
-        &template,
-        &tmp.sub("online"),
-    );
-    let target = start_pg_listen(
-        &lab,
-        TARGET,
-        "pg-target",
-        PG_TARGET_PORT,
-        &format!("{TARGET_IP},{TARGET_IP6}"),
-        &template,
-        &tmp.sub("target"),
-    );
+    let online = start_pg6(&lab, ONLINE, &template, &tmp);
+    let target = start_pg6(&lab, TARGET, &template, &tmp);
     start_intercept6(&lab, PG_TARGET_PORT);
     start_tcpcopy6(&lab, PG_ONLINE_PORT, PG_TARGET_PORT, &[]);
     psql6(&lab, PG_CREATE_TABLE);
@@ -655,17 +562,8 @@ fn replay_offline6(lab: &Lab, file: &Path, online_port: u16, target_port: u16, e
 #[ignore = "needs root"]
 fn ipv6_redis_offline() {
     let test = "ipv6_redis_offline";
-    require_root(test);
-    let tmp = TempDir::new("v6redisoff");
-    let lab = Lab::start();
-    lab.enable_ipv6();
-    let online_sock = start_redis6(
-        &lab,
-        ONLINE,
-        "redis-online",
-        REDIS_ONLINE_PORT,
-        &tmp.sub("online"),
-    );
+    let (tmp, lab) = lab6(test, "v6redisoff");
+    let online_sock = start_redis6(&lab, ONLINE, &tmp);
     let file = tmp.path().join("redis6.pcap");
     let filter = format!("ip6 and tcp port {REDIS_ONLINE_PORT}");
     start_tcpdump(&lab, ONLINE, "record", &file, &["-i", "eth0"], &filter);
@@ -677,13 +575,7 @@ fn ipv6_redis_offline() {
         Some("\"400\""),
         "online counter"
     );
-    let target_sock = start_redis6(
-        &lab,
-        TARGET,
-        "redis-target",
-        REDIS_TARGET_PORT,
-        &tmp.sub("target"),
-    );
+    let target_sock = start_redis6(&lab, TARGET, &tmp);
     start_intercept6(&lab, REDIS_TARGET_PORT);
     replay_offline6(&lab, &file, REDIS_ONLINE_PORT, REDIS_TARGET_PORT, &[]);
     let (same, target) = poll(REPLAY_DEADLINE, || {
@@ -777,6 +669,17 @@ fn pg_inserts6(lab: &Lab, dir: &Path) {
     }
 }
 
+/// PostgreSQL on `host` (online or target) listening on its IPv4 and IPv6 addresses.
+fn start_pg6(lab: &Lab, host: &str, template: &Path, tmp: &TempDir) -> PgCluster {
+    let (name, port, ip4, ip6, dir) = if host == ONLINE {
+        ("pg-online", PG_ONLINE_PORT, ONLINE_IP, ONLINE_IP6, "online")
+    } else {
+        ("pg-target", PG_TARGET_PORT, TARGET_IP, TARGET_IP6, "target")
+    };
+    let listen = format!("{ip4},{ip6}");
+    start_pg_listen(lab, host, name, port, &listen, template, &tmp.sub(dir))
+}
+
 /// A PostgreSQL template whose pg_hba.conf trusts the lab's IPv6 addresses.
 fn pg_template6(tmp: &TempDir) -> PathBuf {
     chown_postgres(tmp.path());
@@ -797,20 +700,9 @@ fn pg_template6(tmp: &TempDir) -> PathBuf {
 #[ignore = "needs root"]
 fn ipv6_postgres_offline() {
     let test = "ipv6_postgres_offline";
-    require_root(test);
-    let tmp = TempDir::new("v6pgoff");
+    let (tmp, lab) = lab6(test, "v6pgoff");
     let template = pg_template6(&tmp);
-    let lab = Lab::start();
-    lab.enable_ipv6();
-    let online = start_pg_listen(
-        &lab,
-        ONLINE,
-        "pg-online",
-        PG_ONLINE_PORT,
-        &format!("{ONLINE_IP},{ONLINE_IP6}"),
-        &template,
-        &tmp.sub("online"),
-    );
+    let online = start_pg6(&lab, ONLINE, &template, &tmp);
     let file = tmp.path().join("pg6.pcap");
     let filter = format!("ip6 and tcp port {PG_ONLINE_PORT}");
     start_tcpdump(&lab, ONLINE, "record", &file, &["-i", "eth0"], &filter);
@@ -823,15 +715,7 @@ fn ipv6_postgres_offline() {
         "125",
         "online rows: {summary}"
     );
-    let target = start_pg_listen(
-        &lab,
-        TARGET,
-        "pg-target",
-        PG_TARGET_PORT,
-        &format!("{TARGET_IP},{TARGET_IP6}"),
-        &template,
-        &tmp.sub("target"),
-    );
+    let target = start_pg6(&lab, TARGET, &template, &tmp);
     start_intercept6(&lab, PG_TARGET_PORT);
     replay_offline6(&lab, &file, PG_ONLINE_PORT, PG_TARGET_PORT, &[]);
     let (same, target_summary) = poll(REPLAY_DEADLINE, || {

@@ -669,33 +669,14 @@ fn offline_nginx_cooked_v2_capture() {
     let (online_n, online_reqs) = access_log(&online_log);
     assert_eq!(online_n, expected, "online requests");
 
-    let target_log = start_nginx(
+    let extra = ["-a", "4", "-I", "200"];
+    let (target_log, replay) = replay_to_nginx(
         &lab,
-        TARGET,
-        "nginx-target",
-        HTTP_TARGET_PORT,
-        &tmp.sub("target"),
-    );
-    start_intercept(&lab, HTTP_TARGET_PORT);
-    let replay = replay_offline(
-        &lab,
-        "tcpcopy",
+        &tmp,
         &file,
-        HTTP_ONLINE_PORT,
-        HTTP_TARGET_PORT,
-        &["-a", "4", "-I", "200"],
-    );
-    assert_complete(&lab, "tcpcopy", &replay, 1);
-    let code = replay.0;
-    let (same, (target_n, target_reqs)) = poll(SETTLE_DEADLINE, || {
-        let l = access_log(&target_log);
-        (l.1 == online_reqs, l)
-    });
-    assert!(
-        same,
-        "{test}: target served {target_n} requests, online {online_n}: online {online_reqs:?}\n\
-         target {target_reqs:?}\ncapture {capture:?}\n{}",
-        offline_report(&lab, "tcpcopy", code)
+        &extra,
+        &online_reqs,
+        &format!("{capture:?}"),
     );
     for ip in access_log_clients(&target_log) {
         assert!(
@@ -759,32 +740,54 @@ fn offline_short_connections_reusing_client_ports() {
     let capture = rec.stop(&lab);
     let (online_n, online_reqs) = access_log(&online_log);
     assert_eq!(online_n, 500, "online requests");
-    let target_log = start_nginx(
+    replay_to_nginx(
         &lab,
+        &tmp,
+        &file,
+        &["-a", "1000"],
+        &online_reqs,
+        &format!("{capture:?}"),
+    );
+    eprintln!("{test}: {online_n} requests replayed");
+}
+
+/// nginx on the target, intercept, and the offline replay of `file` (with `extra`), which
+/// must complete; then the target's access log must come to hold `online_reqs` (method,
+/// URL, status, bytes). The target's access log and the replay's exit code and log.
+fn replay_to_nginx(
+    lab: &Lab,
+    tmp: &TempDir,
+    file: &Path,
+    extra: &[&str],
+    online_reqs: &BTreeMap<String, usize>,
+    capture: &str,
+) -> (PathBuf, (Option<i32>, String)) {
+    let target_log = start_nginx(
+        lab,
         TARGET,
         "nginx-target",
         HTTP_TARGET_PORT,
         &tmp.sub("target"),
     );
-    start_intercept(&lab, HTTP_TARGET_PORT);
+    start_intercept(lab, HTTP_TARGET_PORT);
     let replay = replay_offline(
-        &lab,
+        lab,
         "tcpcopy",
-        &file,
+        file,
         HTTP_ONLINE_PORT,
         HTTP_TARGET_PORT,
-        &["-a", "1000"],
+        extra,
     );
-    assert_complete(&lab, "tcpcopy", &replay, 1);
-    let code = replay.0;
-    let (same, (target_n, _)) = poll(SETTLE_DEADLINE, || {
+    assert_complete(lab, "tcpcopy", &replay, 1);
+    let (same, (target_n, target_reqs)) = poll(SETTLE_DEADLINE, || {
         let l = access_log(&target_log);
-        (l.1 == online_reqs, l)
+        (&l.1 == online_reqs, l)
     });
     assert!(
         same,
-        "{test}: target served {target_n} requests, online {online_n}; capture {capture:?}\n{}",
-        offline_report(&lab, "tcpcopy", code)
+        "target served {target_n} requests: online {online_reqs:?}\ntarget {target_reqs:?}\n\
+         capture {capture}\n{}",
+        offline_report(lab, "tcpcopy", replay.0)
     );
-    eprintln!("{test}: {target_n} requests replayed");
+    (target_log, replay)
 }

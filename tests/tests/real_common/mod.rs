@@ -278,37 +278,47 @@ pub const REDIS_ONLINE_PORT: u16 = 6379;
 pub const REDIS_TARGET_PORT: u16 = 6380;
 
 pub fn start_redis(lab: &Lab, host: &str, name: &str, port: u16, dir: &Path) -> PathBuf {
+    start_redis_on(lab, host, name, port, dir, &[])
+}
+
+/// [`start_redis`] listening on `more` addresses too (e.g. the host's IPv6 address).
+pub fn start_redis_on(
+    lab: &Lab,
+    host: &str,
+    name: &str,
+    port: u16,
+    dir: &Path,
+    more: &[&str],
+) -> PathBuf {
     let ip = if host == ONLINE { ONLINE_IP } else { TARGET_IP };
     let sock = dir.join("redis.sock");
     let port_s = port.to_string();
     let ip_s = ip.to_string();
-    lab.spawn(
-        host,
-        name,
-        &PathBuf::from("/usr/bin/redis-server"),
-        &[
-            "--bind",
-            &ip_s,
-            "--port",
-            &port_s,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "no",
-            "--daemonize",
-            "no",
-            "--dir",
-            s(dir),
-            "--unixsocket",
-            s(&sock),
-            "--unixsocketperm",
-            "700",
-            "--logfile",
-            "",
-        ],
-    );
+    std::fs::create_dir_all(dir).unwrap();
+    let mut bind = vec!["--bind", ip_s.as_str()];
+    bind.extend_from_slice(more);
+    let rest = [
+        "--port",
+        &port_s,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+        "--dir",
+        s(dir),
+        "--unixsocket",
+        s(&sock),
+        "--unixsocketperm",
+        "700",
+        "--logfile",
+        "",
+    ];
+    bind.extend_from_slice(&rest);
+    lab.spawn(host, name, &PathBuf::from("/usr/bin/redis-server"), &bind);
     wait_tcp(lab, host, SocketAddrV4::new(ip, port), name);
     sock
 }
