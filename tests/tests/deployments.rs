@@ -124,38 +124,25 @@ fn start_route_intercept(lab: &Lab, host: &str, name: &str, listen: SocketAddrV4
 /// The HTTP workload from the client namespace against `base`: keep-alive (ab -k, curl),
 /// short connections and POSTs; returns how many requests it made.
 fn http_workload(lab: &Lab, base: &str, tmp: &Path) -> usize {
-    let ab = |args: &[&str]| {
-        let out = must(Some(lab), CLIENT, 60, "ab", args, None);
-        assert!(
-            out.contains("Failed requests:        0"),
-            "ab {args:?}: {out}"
-        );
-    };
-    ab(&[
-        "-q",
-        "-k",
-        "-n",
-        "200",
-        "-c",
-        "4",
-        &format!("{base}/index.html"),
-    ]);
-    ab(&["-q", "-n", "30", "-c", "2", &format!("{base}/small.txt")]);
+    ab_keepalive_and_short(lab, base);
     let body = tmp.join("post.txt");
     std::fs::write(&body, "field=value&".repeat(200)).unwrap();
-    ab(&[
-        "-q",
-        "-k",
-        "-n",
-        "20",
-        "-c",
-        "2",
-        "-p",
-        s(&body),
-        "-T",
-        "application/x-www-form-urlencoded",
-        &format!("{base}/index.html"),
-    ]);
+    ab_ok(
+        lab,
+        &[
+            "-q",
+            "-k",
+            "-n",
+            "20",
+            "-c",
+            "2",
+            "-p",
+            s(&body),
+            "-T",
+            "application/x-www-form-urlencoded",
+            &format!("{base}/index.html"),
+        ],
+    );
     must(
         Some(lab),
         CLIENT,

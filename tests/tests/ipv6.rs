@@ -111,23 +111,7 @@ fn nginx_pair(lab: &Lab, tmp: &TempDir) -> (PathBuf, PathBuf) {
 /// the number of requests.
 fn http_load(lab: &Lab) -> usize {
     let base = format!("http://[{ONLINE_IP6}]:{HTTP_ONLINE_PORT}");
-    let ab = |args: &[&str]| {
-        let out = must(Some(lab), CLIENT, 60, "ab", args, None);
-        assert!(
-            out.contains("Failed requests:        0"),
-            "ab {args:?}: {out}"
-        );
-    };
-    ab(&[
-        "-q",
-        "-k",
-        "-n",
-        "200",
-        "-c",
-        "4",
-        &format!("{base}/index.html"),
-    ]);
-    ab(&["-q", "-n", "30", "-c", "2", &format!("{base}/small.txt")]);
+    ab_keepalive_and_short(lab, &base);
     // HTTP/1.1 keep-alive: 10 URLs over one connection (no globbing: the address has
     // brackets).
     let urls: Vec<String> = (1..=10)

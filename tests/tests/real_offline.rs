@@ -627,23 +627,7 @@ fn offline_nginx_cooked_v2_capture() {
         HTTP_ONLINE_PORT,
     );
     let base = format!("http://{ONLINE_IP}:{HTTP_ONLINE_PORT}");
-    let ab = |args: &[&str]| {
-        let out = must(Some(&lab), CLIENT, 60, "ab", args, None);
-        assert!(
-            out.contains("Failed requests:        0"),
-            "ab {args:?}: {out}"
-        );
-    };
-    ab(&[
-        "-q",
-        "-k",
-        "-n",
-        "200",
-        "-c",
-        "4",
-        &format!("{base}/index.html"),
-    ]);
-    ab(&["-q", "-n", "30", "-c", "2", &format!("{base}/small.txt")]);
+    ab_keepalive_and_short(&lab, &base);
     must(
         Some(&lab),
         CLIENT,

@@ -518,22 +518,23 @@ impl EventLoop {
         if !self.cfg.ipv6 {
             return None;
         }
-        let silent: Vec<String> = self
-            .v6_grants
+        let silent = self.unanswered(&self.v6_grants)?;
+        Some(StopReason::Ipv6(format!(
+            "intercept {silent} did not answer the IPv6 request within {} s: it is the original intercept or an older one; TCP replay over IPv6 needs intercept-rs started with --ipv6",
+            GRANT_WAIT.as_secs()
+        )))
+    }
+
+    /// The intercepts (comma-separated) whose answer in `answers` has not come.
+    fn unanswered(&self, answers: &[Option<bool>]) -> Option<String> {
+        let silent: Vec<String> = answers
             .iter()
             .enumerate()
             .filter(|(_, g)| g.is_none())
             .filter_map(|(i, _)| self.output.tunnels.intercept_addr(i))
             .map(|a| a.to_string())
             .collect();
-        if silent.is_empty() {
-            return None;
-        }
-        Some(StopReason::Ipv6(format!(
-            "intercept {} did not answer the IPv6 request within {} s: it is the original intercept or an older one; TCP replay over IPv6 needs intercept-rs started with --ipv6",
-            silent.join(","),
-            GRANT_WAIT.as_secs()
-        )))
+        (!silent.is_empty()).then(|| silent.join(","))
     }
 
     /// An intercept's answer to the IPv6 request.
@@ -564,20 +565,9 @@ impl EventLoop {
         if !self.cfg.full_payload {
             return None;
         }
-        let silent: Vec<String> = self
-            .grants
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.is_none())
-            .filter_map(|(i, _)| self.output.tunnels.intercept_addr(i))
-            .map(|a| a.to_string())
-            .collect();
-        if silent.is_empty() {
-            return None;
-        }
+        let silent = self.unanswered(&self.grants)?;
         Some(StopReason::FullPayload(format!(
-            "intercept {} did not answer the --full-payload request within {} s: it is the original intercept or an older one; --diff and --full-payload need intercept-rs started with --full-payload",
-            silent.join(","),
+            "intercept {silent} did not answer the --full-payload request within {} s: it is the original intercept or an older one; --diff and --full-payload need intercept-rs started with --full-payload",
             GRANT_WAIT.as_secs()
         )))
     }

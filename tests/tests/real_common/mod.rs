@@ -271,6 +271,31 @@ pub fn wait_tcp(lab: &Lab, host: &str, addr: SocketAddrV4, what: &str) {
     );
 }
 
+/// The usual HTTP load from the client against `base`: ab, 200 keep-alive requests for
+/// /index.html on 4 connections, then 30 short connections (2 at a time) for /small.txt;
+/// every request must succeed.
+pub fn ab_keepalive_and_short(lab: &Lab, base: &str) {
+    let index = format!("{base}/index.html");
+    let small = format!("{base}/small.txt");
+    let loads: [&[&str]; 2] = [
+        &["-q", "-k", "-n", "200", "-c", "4", &index],
+        &["-q", "-n", "30", "-c", "2", &small],
+    ];
+    for args in loads {
+        ab_ok(lab, args);
+    }
+}
+
+/// ab from the client with `args`: every request must succeed. Its output.
+pub fn ab_ok(lab: &Lab, args: &[&str]) -> String {
+    let out = must(Some(lab), CLIENT, 60, "ab", args, None);
+    assert!(
+        out.contains("Failed requests:        0"),
+        "ab {args:?}: {out}"
+    );
+    out
+}
+
 // ------------------------------------------------------------------------------------------
 // Redis
 
