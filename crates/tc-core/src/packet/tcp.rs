@@ -240,6 +240,11 @@ pub(crate) fn parse_headers(b: &[u8]) -> Result<(usize, usize), DropReason> {
     if frag & IP_MF != 0 || frag & IP_OFFSET_MASK != 0 {
         return Err(DropReason::Fragment);
     }
+    Ok((ip_len, tcp_header_len(b, ip_len)?))
+}
+
+/// The length of the TCP header at `ip_len`, which `b` must hold whole.
+fn tcp_header_len(b: &[u8], ip_len: usize) -> Result<usize, DropReason> {
     if b.len() < ip_len + TCP_MIN_HEADER {
         return Err(DropReason::Truncated);
     }
@@ -250,7 +255,7 @@ pub(crate) fn parse_headers(b: &[u8]) -> Result<(usize, usize), DropReason> {
     if b.len() < ip_len + tcp_len {
         return Err(DropReason::Truncated);
     }
-    Ok((ip_len, tcp_len))
+    Ok(tcp_len)
 }
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
@@ -324,16 +329,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         if ip_len > usize::from(u8::MAX) {
             return Err(DropReason::BadIpHeader);
         }
-        if b.len() < ip_len + TCP_MIN_HEADER {
-            return Err(DropReason::Truncated);
-        }
-        let tcp_len = usize::from(b[ip_len + 12] >> 4) * 4;
-        if tcp_len < TCP_MIN_HEADER {
-            return Err(DropReason::BadTcpHeader);
-        }
-        if b.len() < ip_len + tcp_len {
-            return Err(DropReason::Truncated);
-        }
+        let tcp_len = tcp_header_len(b, ip_len)?;
         if tot < ip_len + tcp_len {
             return Err(DropReason::BadIpHeader);
         }
