@@ -164,9 +164,6 @@ impl TimeWaitFloor {
 
 pub struct Session {
     pub client: (IpAddr, u16),
-    /// The real client (address and port as captured, before `-c`, `-f` and `-n`): one
-    /// fake endpoint may carry the connections of several.
-    pub origin: (IpAddr, u16),
     pub target: (IpAddr, u16),
     pub transfer: usize,
     pub created: Instant,
@@ -263,7 +260,6 @@ impl Session {
         timers.set(Timer::Check, now + HANDSHAKE_DEADLINE);
         Session {
             client,
-            origin: client,
             target,
             transfer,
             created: now,

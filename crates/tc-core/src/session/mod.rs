@@ -350,8 +350,6 @@ pub struct Replayer {
     deferred: HashMap<Key, Deferred>,
     /// Bytes of the packets in `deferred`.
     deferred_bytes: usize,
-    /// The real client (address, port as captured) of the packet being handled.
-    origin: (IpAddr, u16),
     /// Offline `-T` pass (0 for the first): later passes replay as other connections.
     pass: u32,
     pass_port_add: u32,
@@ -379,8 +377,6 @@ struct Deferred {
     /// When the connection at the head of the queue began to wait.
     since: Instant,
     transfer: usize,
-    /// The real client whose connections wait (a chain is one client reusing its port).
-    origin: (IpAddr, u16),
     packets: VecDeque<(Segment, Vec<u8>)>,
 }
 
@@ -390,21 +386,14 @@ fn defer(
     deferred: &mut HashMap<Key, Deferred>,
     deferred_bytes: &mut usize,
     ctx: &mut Ctx,
-    origin: (IpAddr, u16),
     (key, now, transfer, seg, datagram): (Key, Instant, usize, &Segment, &[u8]),
 ) {
     let d = deferred.entry(key).or_insert_with(|| Deferred {
         since: now,
         transfer,
-        origin,
         packets: VecDeque::new(),
     });
-    // Only one client's connections queue on an endpoint (another client's SYN moves to
-    // another port): packets of two would interleave in the queue.
-    if d.origin == origin
-        && d.packets.len() < DEFER_MAX_PACKETS
-        && *deferred_bytes + datagram.len() <= DEFER_MAX_BYTES
-    {
+    if d.packets.len() < DEFER_MAX_PACKETS && *deferred_bytes + datagram.len() <= DEFER_MAX_BYTES {
         d.packets.push_back((*seg, datagram.to_vec()));
         *deferred_bytes += datagram.len();
         ctx.stats.deferred += 1;
@@ -453,7 +442,6 @@ impl Replayer {
             recently_closed: RecentlyClosed::new(TIME_WAIT, MAX_RECENTLY_CLOSED),
             deferred: HashMap::new(),
             deferred_bytes: 0,
-            origin: (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
             pass: 0,
             pass_port_add: 0,
             last_mapping: None,
@@ -579,7 +567,6 @@ impl Replayer {
             self.drops.count(DropKind::NoTransfer);
             return;
         };
-        self.origin = (seg.src, seg.src_port);
         let mut src_ip = seg.src;
         if self.localhost_target {
             if !src_ip.is_loopback() {
@@ -697,12 +684,6 @@ impl Replayer {
         self.ingress_buf = buf;
     }
 
-    /// Whether connections of different clients may meet on one fake endpoint: with `-n`
-    /// (copies) or `-c` (several clients on one fake address).
-    fn shared_endpoints(&self) -> bool {
-        self.cfg.replicas > 1 || self.client_ips.is_active()
-    }
-
     /// The port a segment at `seq` uses after a move by [`Self::resolve_port`]. The moved
     /// connection and the one that kept the port share the endpoint before rewriting: a
     /// segment in the byte numbering of the session on the port belongs to it.
@@ -714,7 +695,7 @@ impl Replayer {
         target: (IpAddr, u16),
         seq: u32,
     ) -> u16 {
-        let id = (self.origin.0, self.origin.1, replica, target.0, target.1);
+        let id = (ip, port, replica, target.0, target.1);
         let Some(moved) = self.moved_ports.get(&id) else {
             return port;
         };
@@ -740,41 +721,33 @@ impl Replayer {
         seg_seq: u32,
         syn_seq: Option<(u32, Option<u32>)>,
     ) -> (u16, Option<MoveId>) {
-        let id = (self.origin.0, self.origin.1, replica, target.0, target.1);
+        let id = (ip, port, replica, target.0, target.1);
         let Some((seq, syn_ts)) = syn_seq else {
             return (self.moved_port(ip, port, replica, target, seg_seq), None);
         };
         // A session whose client closed is not busy: a new connection on its endpoint waits
         // for it to end there (see `Deferred`) rather than move.
-        // Nor for another client's connection: only a client's own connections queue on
-        // an endpoint (see `Deferred`); another's moves.
-        let origin = self.origin;
-        let busy = |s: &Session| {
-            !s.is_over() && (!s.client_closed() || s.origin != origin) && s.isn != seq
-        };
+        let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
         let mut chosen = port;
         for _ in 0..256 {
             let key = (ip, chosen, target.0, target.1);
-            // With `-n` or `-c` a fake endpoint is shared by several connections: none
+            // With `-n` every fake endpoint is shared by several connections' copies: none
             // starts where another connection's session ended lately unless the target,
             // which may hold that endpoint in TIME_WAIT, accepts its SYN there (a client
             // reusing its port does: its sequence numbers and timestamps only grow).
-            let shared = self.shared_endpoints();
-            let queued_other = self.deferred.get(&key).is_some_and(|d| d.origin != origin);
-            let taken = queued_other
-                || match self.sessions.get(&key) {
-                    Some(s) => {
-                        busy(s)
-                            || (shared && s.isn != seq && !s.time_wait_floor().accepts(seq, syn_ts))
-                    }
-                    None => {
-                        shared
-                            && self
-                                .recently_closed
-                                .get(&key, now)
-                                .is_some_and(|floor| !floor.accepts(seq, syn_ts))
-                    }
-                };
+            let shared = self.cfg.replicas > 1;
+            let taken = match self.sessions.get(&key) {
+                Some(s) => {
+                    busy(s) || (shared && s.isn != seq && !s.time_wait_floor().accepts(seq, syn_ts))
+                }
+                None => {
+                    shared
+                        && self
+                            .recently_closed
+                            .get(&key, now)
+                            .is_some_and(|floor| !floor.accepts(seq, syn_ts))
+                }
+            };
             if !taken {
                 if chosen == port {
                     self.moved_ports.clear_move(&id);
@@ -857,12 +830,10 @@ impl Replayer {
         };
         if queue {
             let packet = (key, now, transfer, seg, datagram);
-            let origin = self.origin;
             defer(
                 &mut self.deferred,
                 &mut self.deferred_bytes,
                 &mut ctx,
-                origin,
                 packet,
             );
             return;
@@ -880,7 +851,6 @@ impl Replayer {
             return;
         }
         let mut s = Session::new(now, (key.0, key.1), target, transfer, ctx.cfg);
-        s.origin = self.origin;
         if let Some(id) = moved {
             self.moved_ports.insert(id, key.1);
             s.moved_from = Some(id);
@@ -927,12 +897,10 @@ impl Replayer {
                 .position(|(seg, _)| seg.syn() && !seg.ack_flag())
                 .map_or(d.packets.len(), |i| i + 1);
             let head: Vec<(Segment, Vec<u8>)> = d.packets.drain(..next).collect();
-            let origin = std::mem::replace(&mut self.origin, d.origin);
             for (seg, bytes) in &head {
                 self.deferred_bytes -= bytes.len();
                 self.session_layer(now, seg, bytes, d.transfer, None);
             }
-            self.origin = origin;
             if d.packets.is_empty() {
                 return;
             }
@@ -1027,7 +995,7 @@ impl Replayer {
                 if let Some(id) = s.moved_from {
                     self.moved_ports.session_gone(&id, key.1);
                 }
-                if self.shared_endpoints() {
+                if self.cfg.replicas > 1 {
                     self.recently_closed
                         .insert_with(key, now, s.time_wait_floor());
                 }
