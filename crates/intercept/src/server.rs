@@ -336,7 +336,7 @@ impl Tunnel {
         };
         stats.records_sent += 1;
         if queued.is_err() {
-            self.closing = Some("send queue full (peer does not read)");
+            self.cut_off(stats);
         }
     }
 
@@ -349,8 +349,16 @@ impl Tunnel {
         stats.writes += 1;
         stats.records_sent += 1;
         if self.conn.queue_data(unit).is_err() {
-            self.closing = Some("send queue full (peer does not read)");
+            self.cut_off(stats);
         }
+    }
+
+    /// The send queue passed its limit: the tunnel closes at the end of the turn and what it
+    /// holds is dropped, this record included, so an overflow is counted even when no later
+    /// record arrives before the close.
+    fn cut_off(&mut self, stats: &mut Stats) {
+        self.closing = Some("send queue full (peer does not read)");
+        stats.overflow += 1;
     }
 
     /// Marks the tunnel for the end-of-turn flush.
