@@ -594,7 +594,8 @@ fn late_fin_case(late: Duration) -> u64 {
     let mut core = SimCore::new();
     core.close_after_response = true;
     core.fin_again_after = Some(late);
-    let (cap, want) = short_connection_chain(20);
+    let (cap, want) = short_connection_chain(0, 20);
+    let want = want.concat();
     let mut r = Replayer::new(config());
     run(&mut r, &mut core, cap, LIMIT);
     let stale = r.drops().get(DropKind::StaleResponse);
@@ -875,7 +876,8 @@ fn a_chain_of_short_connections_on_one_port_is_replayed_in_order() {
     // The replay lags behind online: every record takes 2 ms more (a loaded intercept
     // host), so up to the whole chain waits at once.
     core.record_stall = Some((1, Duration::from_millis(2)));
-    let (cap, want) = short_connection_chain(100);
+    let (cap, want) = short_connection_chain(0, 100);
+    let want = want.concat();
     let mut r = Replayer::new(config());
     let took = run(&mut r, &mut core, cap, LIMIT);
     let got = received(&core, (CLIENT, 40090));
@@ -898,24 +900,75 @@ fn a_chain_of_short_connections_on_one_port_is_replayed_in_order() {
     assert!(r.stats().deferred > 0, "no connection waited");
 }
 
+/// Two real clients mapped by `-c` onto one fake address, each running a chain of short
+/// connections on the same client port at once: their connections meet on the same fake
+/// endpoints. Every connection is replayed whole on a connection of its own (before, the two
+/// clients' waiting packets shared one queue and their moves one entry: 64 of 1000 in the
+/// lab).
+#[test]
+fn two_clients_reusing_one_port_on_one_fake_address_stay_apart() {
+    let mut core = SimCore::new();
+    core.close_after_response = true;
+    core.record_stall = Some((1, Duration::from_millis(2)));
+    let mut cfg = config();
+    let fake = Ipv4Addr::new(203, 0, 113, 5);
+    cfg.client_ips = vec![fake.into()];
+    let (mut cap, want_a) = short_connection_chain(0, 40);
+    let (cap_b, want_b) = short_connection_chain(1, 40);
+    for mut c in cap_b {
+        // Client b is another host, 50 us behind.
+        let mut p = TcpPacket::parse(&mut c.bytes[..], Completeness::Whole).unwrap();
+        p.set_src_ip(Ipv4Addr::new(198, 18, 0, 11));
+        p.fill_checksums();
+        c.at += Duration::from_micros(50);
+        cap.push(c);
+    }
+    cap.sort_by_key(|c| c.at);
+    let mut r = Replayer::new(cfg);
+    run(&mut r, &mut core, cap, LIMIT);
+    let mut got: Vec<Vec<u8>> = core
+        .old_conns
+        .iter()
+        .map(|(_, c)| c)
+        .chain(core.conns.values())
+        .filter(|c| !c.received.is_empty())
+        .map(|c| c.received.clone())
+        .collect();
+    let mut want: Vec<Vec<u8>> = want_a.into_iter().chain(want_b).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "connections with data at the target; stats {:?}, drops {:?}",
+        r.stats(),
+        r.drops()
+    );
+    assert!(got == want, "a connection received other bytes");
+    assert_eq!(r.live_sessions(), 0);
+}
+
 /// `n` short connections in a row on client port 40090, the server closing first: each
 /// starts 100 us after the one before ended at the client, its ISN 20000 past (a port
 /// reused within a millisecond). Online is faster than the replay (intercept's records take
-/// 100 us). The capture and the bytes the target must receive, in order.
-fn short_connection_chain(n: usize) -> (Vec<Captured>, Vec<u8>) {
+/// 100 us). `client` tells clients apart (requests and ISNs). The capture and the bytes
+/// each connection must bring to the target, in order.
+fn short_connection_chain(client: usize, n: usize) -> (Vec<Captured>, Vec<Vec<u8>>) {
     let mut cap = Vec::new();
     let mut want = Vec::new();
     let mut start = Duration::ZERO;
     let first = ClientConn::new(40090, reqs(1, 92, 233));
+    // Another client's ISNs lie elsewhere in the sequence space.
+    let base = first.isn.wrapping_add((client as u32).wrapping_mul(0x8000_0000));
     for i in 0..n {
-        let mut c = ClientConn::new(40090, vec![(request(i, 92, 233), 233)]);
-        c.isn = first.isn.wrapping_add(20_000 * i as u32);
+        let mut c = ClientConn::new(40090, vec![(request(client * n + i, 92, 233), 233)]);
+        c.isn = base.wrapping_add(20_000 * i as u32);
         c.rtt = Duration::from_micros(30);
         c.think = Duration::from_micros(50);
         c.server_closed_first = true;
         let packets = c.capture(start);
         start = packets.last().unwrap().at + Duration::from_micros(100);
-        want.extend(c.stream());
+        want.push(c.stream());
         cap.extend(packets);
     }
     (cap, want)

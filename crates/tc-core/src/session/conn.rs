@@ -164,6 +164,9 @@ impl TimeWaitFloor {
 
 pub struct Session {
     pub client: (IpAddr, u16),
+    /// The real client (address and port as captured, before `-c`, `-f` and `-n`): one
+    /// fake endpoint may carry the connections of several.
+    pub origin: (IpAddr, u16),
     pub target: (IpAddr, u16),
     pub transfer: usize,
     pub created: Instant,
@@ -260,6 +263,7 @@ impl Session {
         timers.set(Timer::Check, now + HANDSHAKE_DEADLINE);
         Session {
             client,
+            origin: client,
             target,
             transfer,
             created: now,

@@ -10,7 +10,9 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// A connection before a move: fake IP, port before the move, replica index, target.
+/// A moved connection: its real client (address and port as captured, unique among live
+/// connections, where several clients may share a fake endpoint with `-c`), replica index,
+/// target.
 pub type MoveId = (IpAddr, u16, u16, IpAddr, u16);
 
 /// Connections moved to another port: their later segments follow them there.

@@ -343,13 +343,16 @@ pub struct Replayer {
     pool: Vec<Vec<u8>>,
     /// Connections moved to another port because their key was held by a live session.
     moved_ports: MovedPorts,
-    /// Fake endpoints of sessions removed lately (with `-n`): the target may still hold them
-    /// in TIME_WAIT, so no other connection starts there.
-    recently_closed: RecentlyClosed<Key, TimeWaitFloor>,
+    /// Fake endpoints of sessions removed lately (with `-n` or `-c`), with the real client
+    /// whose connection ended there: the target may still hold them in TIME_WAIT, so another
+    /// client's connection starts there only if the target accepts its SYN.
+    recently_closed: RecentlyClosed<Key, (TimeWaitFloor, Origin)>,
     /// New connections waiting for the session on their fake endpoint to end.
     deferred: HashMap<Key, Deferred>,
     /// Bytes of the packets in `deferred`.
     deferred_bytes: usize,
+    /// The real client (address and port as captured) of the packet being handled.
+    origin: Origin,
     /// Offline `-T` pass (0 for the first): later passes replay as other connections.
     pass: u32,
     pass_port_add: u32,
@@ -373,12 +376,21 @@ const TIME_WAIT: Duration = Duration::from_secs(60);
 /// A client with few ports reuses each one again and again (a chain of short connections on
 /// one endpoint); when the replay lags behind online, several connections wait at once. They
 /// queue here in capture order and start one at a time, each when the one before is over.
+///
+/// Only one real client's connections queue on an endpoint (another client that meets it
+/// with `-c` moves to another port): the packets of two would interleave.
 struct Deferred {
     /// When the connection at the head of the queue began to wait.
     since: Instant,
     transfer: usize,
-    packets: VecDeque<(Segment, Vec<u8>)>,
+    origin: Origin,
+    /// Each packet with the move that brought its connection to this endpoint, if any (the
+    /// session it starts records it).
+    packets: VecDeque<(Segment, Vec<u8>, Option<MoveId>)>,
 }
+
+/// A real client: address and port as captured, before `-c`, `-f` and `-n`.
+type Origin = (IpAddr, u16);
 
 /// Queues a packet of a connection that waits for its endpoint ([`Deferred`]), within
 /// [`DEFER_MAX_PACKETS`] and [`DEFER_MAX_BYTES`] (beyond: counted as key reuse).
@@ -387,14 +399,19 @@ fn defer(
     deferred_bytes: &mut usize,
     ctx: &mut Ctx,
     (key, now, transfer, seg, datagram): (Key, Instant, usize, &Segment, &[u8]),
+    (origin, moved): (Origin, Option<MoveId>),
 ) {
     let d = deferred.entry(key).or_insert_with(|| Deferred {
         since: now,
         transfer,
+        origin,
         packets: VecDeque::new(),
     });
-    if d.packets.len() < DEFER_MAX_PACKETS && *deferred_bytes + datagram.len() <= DEFER_MAX_BYTES {
-        d.packets.push_back((*seg, datagram.to_vec()));
+    if d.origin == origin
+        && d.packets.len() < DEFER_MAX_PACKETS
+        && *deferred_bytes + datagram.len() <= DEFER_MAX_BYTES
+    {
+        d.packets.push_back((*seg, datagram.to_vec(), moved));
         *deferred_bytes += datagram.len();
         ctx.stats.deferred += 1;
     } else {
@@ -442,6 +459,7 @@ impl Replayer {
             recently_closed: RecentlyClosed::new(TIME_WAIT, MAX_RECENTLY_CLOSED),
             deferred: HashMap::new(),
             deferred_bytes: 0,
+            origin: (IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
             pass: 0,
             pass_port_add: 0,
             last_mapping: None,
@@ -567,6 +585,7 @@ impl Replayer {
             self.drops.count(DropKind::NoTransfer);
             return;
         };
+        self.origin = (seg.src, seg.src_port);
         let mut src_ip = seg.src;
         if self.localhost_target {
             if !src_ip.is_loopback() {
@@ -684,6 +703,17 @@ impl Replayer {
         self.ingress_buf = buf;
     }
 
+    /// The key of the handled connection's move (see [`MoveId`]).
+    fn move_id(&self, replica: u16, target: (IpAddr, u16)) -> MoveId {
+        (self.origin.0, self.origin.1, replica, target.0, target.1)
+    }
+
+    /// Whether connections of different clients may meet on one fake endpoint: with `-n`
+    /// (copies) or `-c` (several clients on one fake address).
+    fn shared_endpoints(&self) -> bool {
+        self.cfg.replicas > 1 || self.client_ips.is_active()
+    }
+
     /// The port a segment at `seq` uses after a move by [`Self::resolve_port`]. The moved
     /// connection and the one that kept the port share the endpoint before rewriting: a
     /// segment in the byte numbering of the session on the port belongs to it.
@@ -695,12 +725,13 @@ impl Replayer {
         target: (IpAddr, u16),
         seq: u32,
     ) -> u16 {
-        let id = (ip, port, replica, target.0, target.1);
-        let Some(moved) = self.moved_ports.get(&id) else {
+        let Some(moved) = self.moved_ports.get(&self.move_id(replica, target)) else {
             return port;
         };
         match self.sessions.get(&(ip, port, target.0, target.1)) {
-            Some(s) if !s.is_over() && !s.is_other_connection(seq) => port,
+            Some(s) if s.origin == self.origin && !s.is_over() && !s.is_other_connection(seq) => {
+                port
+            }
             _ => moved,
         }
     }
@@ -721,33 +752,39 @@ impl Replayer {
         seg_seq: u32,
         syn_seq: Option<(u32, Option<u32>)>,
     ) -> (u16, Option<MoveId>) {
-        let id = (ip, port, replica, target.0, target.1);
+        let id = self.move_id(replica, target);
         let Some((seq, syn_ts)) = syn_seq else {
             return (self.moved_port(ip, port, replica, target, seg_seq), None);
         };
-        // A session whose client closed is not busy: a new connection on its endpoint waits
-        // for it to end there (see `Deferred`) rather than move.
-        let busy = |s: &Session| !s.is_over() && !s.client_closed() && s.isn != seq;
+        let origin = self.origin;
+        // A session of the same client that closed is not busy: its next connection on the
+        // endpoint waits for it to end there (see `Deferred`) rather than move. Another
+        // client's session (`-c`) is busy until it is over.
+        let busy = |s: &Session| {
+            !s.is_over() && (!s.client_closed() || s.origin != origin) && s.isn != seq
+        };
+        // With `-n` every fake endpoint is shared by several connections' copies, and with
+        // `-c` by several clients: none starts where another connection's session ended
+        // lately unless the target, which may hold that endpoint in TIME_WAIT, accepts its
+        // SYN there. A client reusing its own port needs no check: its sequence numbers and
+        // timestamps only grow, as the online server saw them.
+        let copies = self.cfg.replicas > 1;
+        let refused = |floor: &TimeWaitFloor, other: Origin| {
+            (copies || other != origin) && !floor.accepts(seq, syn_ts)
+        };
         let mut chosen = port;
         for _ in 0..256 {
             let key = (ip, chosen, target.0, target.1);
-            // With `-n` every fake endpoint is shared by several connections' copies: none
-            // starts where another connection's session ended lately unless the target,
-            // which may hold that endpoint in TIME_WAIT, accepts its SYN there (a client
-            // reusing its port does: its sequence numbers and timestamps only grow).
-            let shared = self.cfg.replicas > 1;
-            let taken = match self.sessions.get(&key) {
-                Some(s) => {
-                    busy(s) || (shared && s.isn != seq && !s.time_wait_floor().accepts(seq, syn_ts))
-                }
-                None => {
-                    shared
-                        && self
-                            .recently_closed
-                            .get(&key, now)
-                            .is_some_and(|floor| !floor.accepts(seq, syn_ts))
-                }
-            };
+            let taken = self.deferred.get(&key).is_some_and(|d| d.origin != origin)
+                || match self.sessions.get(&key) {
+                    Some(s) => {
+                        busy(s) || (s.isn != seq && refused(&s.time_wait_floor(), s.origin))
+                    }
+                    None => self
+                        .recently_closed
+                        .get(&key, now)
+                        .is_some_and(|(floor, other)| refused(floor, *other)),
+                };
             if !taken {
                 if chosen == port {
                     self.moved_ports.clear_move(&id);
@@ -829,12 +866,17 @@ impl Replayer {
             self.deferred.contains_key(&key)
         };
         if queue {
+            if let Some(id) = moved {
+                // Its later segments follow it here while it waits.
+                self.moved_ports.insert(id, key.1);
+            }
             let packet = (key, now, transfer, seg, datagram);
             defer(
                 &mut self.deferred,
                 &mut self.deferred_bytes,
                 &mut ctx,
                 packet,
+                (self.origin, moved),
             );
             return;
         }
@@ -851,6 +893,7 @@ impl Replayer {
             return;
         }
         let mut s = Session::new(now, (key.0, key.1), target, transfer, ctx.cfg);
+        s.origin = self.origin;
         if let Some(id) = moved {
             self.moved_ports.insert(id, key.1);
             s.moved_from = Some(id);
@@ -894,13 +937,15 @@ impl Replayer {
                 .packets
                 .iter()
                 .skip(1)
-                .position(|(seg, _)| seg.syn() && !seg.ack_flag())
+                .position(|(seg, _, _)| seg.syn() && !seg.ack_flag())
                 .map_or(d.packets.len(), |i| i + 1);
-            let head: Vec<(Segment, Vec<u8>)> = d.packets.drain(..next).collect();
-            for (seg, bytes) in &head {
+            let head: Vec<_> = d.packets.drain(..next).collect();
+            let origin = std::mem::replace(&mut self.origin, d.origin);
+            for (seg, bytes, moved) in &head {
                 self.deferred_bytes -= bytes.len();
-                self.session_layer(now, seg, bytes, d.transfer, None);
+                self.session_layer(now, seg, bytes, d.transfer, *moved);
             }
+            self.origin = origin;
             if d.packets.is_empty() {
                 return;
             }
@@ -995,9 +1040,9 @@ impl Replayer {
                 if let Some(id) = s.moved_from {
                     self.moved_ports.session_gone(&id, key.1);
                 }
-                if self.cfg.replicas > 1 {
+                if self.shared_endpoints() {
                     self.recently_closed
-                        .insert_with(key, now, s.time_wait_floor());
+                        .insert_with(key, now, (s.time_wait_floor(), s.origin));
                 }
             } else {
                 self.reschedule(key);
