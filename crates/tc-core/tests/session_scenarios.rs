@@ -900,6 +900,55 @@ fn a_chain_of_short_connections_on_one_port_is_replayed_in_order() {
     assert!(r.stats().deferred > 0, "no connection waited");
 }
 
+/// Spec 4.6-3: a client that resets right after its request, without waiting for the answer
+/// (a load generator stopping: wrk closed the socket, the online server's answer reached it
+/// and met a bare RST; or a RST that acknowledges nothing of the answer): the RST is held
+/// until the target answered, as the online server did before the RST reached it. Sent
+/// right behind the request, it made the target drop the answer (nginx logged 0 bytes sent
+/// where online logged the whole response: `real_stress::connection_close_at_full_speed`).
+#[test]
+fn a_client_reset_right_after_its_request_waits_for_the_answer() {
+    for bare in [true, false] {
+        let mut core = SimCore::new();
+        // The answer's records reach tcpcopy 2 ms after the target sent it.
+        core.record_stall = Some((1, Duration::from_millis(2)));
+        let mut c = ClientConn::new(40095, reqs(1, 92, 233));
+        c.with_fin = false;
+        let mut cap = c.capture(Duration::ZERO);
+        // The client's ACK of the answer becomes the RST, 50 us after the request.
+        let mut rst = cap.pop().unwrap();
+        let request_at = cap.last().unwrap().at;
+        rst.at = request_at + Duration::from_micros(50);
+        let mut p = TcpPacket::parse(&mut rst.bytes[..], Completeness::Whole).unwrap();
+        if bare {
+            p.set_flags(flags::RST);
+            p.set_ack(0);
+        } else {
+            p.set_flags(flags::RST | flags::ACK);
+            p.set_ack(c.server_isn.wrapping_add(1));
+        }
+        p.fill_checksums();
+        cap.push(rst);
+        let mut r = Replayer::new(config());
+        run(&mut r, &mut core, cap, LIMIT);
+        let (_, t) = core
+            .old_conns
+            .iter()
+            .find(|(k, _)| *k == (CLIENT, 40095))
+            .expect("the connection was reset");
+        assert_eq!(t.received, c.stream());
+        let (asked, reset) = (t.request_times[0], t.reset_at.expect("reset"));
+        let after = reset.duration_since(asked);
+        assert!(
+            after >= Duration::from_millis(2),
+            "bare {bare}: the RST came {after:?} after the request, before the answer reached tcpcopy",
+        );
+        // Not the 3 s wait for an answer that does not come either.
+        assert!(after < Duration::from_millis(100), "bare {bare}: {after:?}");
+        assert_eq!(r.stats().send_rst, 1);
+    }
+}
+
 /// Two real clients mapped by `-c` onto one fake address, each running a chain of short
 /// connections on the same client port at once: their connections meet on the same fake
 /// endpoints. Every connection is replayed whole on a connection of its own (before, the two

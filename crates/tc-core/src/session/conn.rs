@@ -698,6 +698,20 @@ impl Session {
         self.hold_deadline().is_some_and(|d| now >= d)
     }
 
+    /// Whether a client RST acknowledging `ack` (`None`: a bare RST, which a closed socket
+    /// sends when an answer reaches it) may go: when the online client acknowledged nothing
+    /// of the current request's answer, once the target answered something (or closed), or
+    /// after the bounded wait for an answer that does not come.
+    fn rst_may_go(&self, now: Instant, ack: Option<u32>) -> bool {
+        let acked_answer =
+            self.cur_req_ack.is_none() || ack.is_some_and(|a| self.cur_req_ack != Some(a));
+        acked_answer
+            || self.resp_bytes > 0
+            || self.target_fin
+            || self.hold_expired
+            || self.hold_deadline().is_some_and(|d| now >= d)
+    }
+
     /// Sends every pending segment that may go now (spec 4.5-4.6, 4.11).
     pub fn pump(&mut self, ctx: &mut Ctx, now: Instant) {
         if self.phase != Phase::Established {
@@ -728,8 +742,16 @@ impl Session {
             self.timers.stop(Timer::CaptureGap);
             if is_rst {
                 // Spec 4.6-3: a client RST is held while a response is expected, also with
-                // -W (which only lets requests go without waiting, 4.11).
-                if !self.response_complete(now, ack, true) {
+                // -W (which only lets requests go without waiting, 4.11), and also when the
+                // online client reset without waiting for one: the online server had
+                // answered before the RST reached it, and a RST right behind the request
+                // makes the target drop its answer.
+                let ready = if flags_ & flags::ACK != 0 {
+                    self.response_complete(now, ack, true) && self.rst_may_go(now, Some(ack))
+                } else {
+                    self.rst_may_go(now, None)
+                };
+                if !ready {
                     self.holding_since.get_or_insert(now);
                     break;
                 }

@@ -198,6 +198,8 @@ pub struct TargetConn {
     /// Equal values mean tcpcopy had seen the whole response before sending on.
     pub data_acks: Vec<(u32, u32)>,
     pub reset: bool,
+    /// Virtual time at which a RST arrived.
+    pub reset_at: Option<Instant>,
     pub syns: usize,
     pub ts: bool,
     /// Virtual time at which each complete request was received.
@@ -355,6 +357,7 @@ impl SimCore {
         if p.rst() {
             if let Some(c) = self.conns.get_mut(&key) {
                 c.reset = true;
+                c.reset_at = Some(now);
             }
             if let Some(c) = self.conns.remove(&key) {
                 self.old_conns.push((key, c));
