@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use session_sim::*;
 use tc_core::packet::{flags, Completeness, TcpPacket};
-use tc_core::session::{DropKind, ReplayConfig, Replayer};
+use tc_core::session::{DropKind, Outcome, ReplayConfig, Replayer};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -623,7 +623,15 @@ fn port_reused_before_the_target_answered(isn_gap: u32, target_closes: bool) {
     cap.extend(b.capture(end_a + Duration::from_millis(1)));
     let mut r = Replayer::new(config());
     run(&mut r, &mut core, cap, LIMIT);
-    assert_eq!(r.stats().send_rst, 0, "a session was reset");
+    // The old connection's late records may meet the new session while its SYN is out: its
+    // RST for them lies outside the new connection's window and resets nothing.
+    let reset = core
+        .old_conns
+        .iter()
+        .map(|(_, c)| c)
+        .chain(core.conns.values())
+        .any(|c| c.reset);
+    assert!(!reset, "a connection at the target was reset");
     assert!(r.stats().deferred > 0, "the new connection did not wait");
     let mut both = a.stream();
     both.extend(b.stream());
@@ -949,6 +957,55 @@ fn a_client_reset_right_after_its_request_waits_for_the_answer() {
     }
 }
 
+/// Three SYNs in a row lost on a lossy path (seen in `real_stress::loss_toward_target`: one
+/// session in ~25 runs never established and its request was lost): the handshake goes on,
+/// as a client's kernel's would, and the connection is replayed.
+#[test]
+fn a_handshake_survives_three_lost_syns() {
+    let mut core = SimCore::new();
+    core.lose_syns = 3;
+    let c = ClientConn::new(40097, reqs(2, 92, 233));
+    let mut r = Replayer::new(config());
+    run(&mut r, &mut core, c.capture(Duration::ZERO), LIMIT);
+    assert_eq!(core.lose_syns, 0);
+    assert_eq!(received(&core, (CLIENT, 40097)), c.stream());
+    assert_eq!(r.fidelity().sessions(Outcome::NeverEstablished), 0);
+}
+
+/// The target still holds the last connection on a 4-tuple (TIME_WAIT after it closed first)
+/// when a new connection's SYN comes with a lower sequence number (a client host restarted, or
+/// another client on the same fake endpoint): the target answers with the old connection's
+/// ACK. As a client's kernel does (RFC 793, SYN-SENT), tcpcopy resets that old connection
+/// with a RST at the acknowledged number and sends the SYN again; the new connection is
+/// replayed. Before, the SYN went unanswered until the session was given up (never
+/// established) and the connection was lost.
+#[test]
+fn a_syn_answered_by_an_old_connections_ack_resets_it_and_goes_again() {
+    let mut core = SimCore::new();
+    core.time_wait = true;
+    core.close_after_response = true;
+    let a = ClientConn::new(40096, reqs(1, 92, 233));
+    let mut b = ClientConn::new(40096, reqs(1, 92, 233));
+    b.isn = a.isn.wrapping_sub(1_000_000);
+    let mut cap = a.capture(Duration::ZERO);
+    let end_a = cap.last().unwrap().at;
+    cap.extend(b.capture(end_a + Duration::from_millis(500)));
+    let mut r = Replayer::new(config());
+    run(&mut r, &mut core, cap, LIMIT);
+    assert_eq!(core.challenged_syns, 1, "the SYN met the old connection");
+    let mut both = a.stream();
+    both.extend(b.stream());
+    assert_eq!(
+        received(&core, (CLIENT, 40096)),
+        both,
+        "stats {:?}, drops {:?}",
+        r.stats(),
+        r.drops()
+    );
+    assert_eq!(r.live_sessions(), 0);
+    assert_eq!(r.fidelity().sessions(Outcome::NeverEstablished), 0);
+}
+
 /// Two real clients mapped by `-c` onto one fake address, each running a chain of short
 /// connections on the same client port at once: their connections meet on the same fake
 /// endpoints. Every connection is replayed whole on a connection of its own (before, the two
@@ -1008,7 +1065,9 @@ fn short_connection_chain(client: usize, n: usize) -> (Vec<Captured>, Vec<Vec<u8
     let mut start = Duration::ZERO;
     let first = ClientConn::new(40090, reqs(1, 92, 233));
     // Another client's ISNs lie elsewhere in the sequence space.
-    let base = first.isn.wrapping_add((client as u32).wrapping_mul(0x8000_0000));
+    let base = first
+        .isn
+        .wrapping_add((client as u32).wrapping_mul(0x8000_0000));
     for i in 0..n {
         let mut c = ClientConn::new(40090, vec![(request(client * n + i, 92, 233), 233)]);
         c.isn = base.wrapping_add(20_000 * i as u32);

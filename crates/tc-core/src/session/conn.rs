@@ -40,6 +40,11 @@ const GC_PERIOD: Duration = Duration::from_secs(3);
 const LINGER: Duration = Duration::from_secs(6);
 /// SYN retransmission to a silent target (the original has none).
 const SYN_RETRY: Duration = Duration::from_secs(1);
+/// A handshake is given up this long after the first SYN (the original deletes the session
+/// after 3 s, having sent one SYN). Three lost SYNs in a row are rare but happen on a lossy
+/// path, and a session lost at its handshake loses every request it carries; a client's
+/// kernel retries for two minutes.
+const SYN_GIVE_UP: Duration = Duration::from_secs(6);
 /// A missing captured segment is waited for this long, then skipped (the original stalls
 /// until the session timeout, 600 s by default).
 pub const GAP_WAIT: Duration = Duration::from_secs(2);
@@ -172,6 +177,9 @@ pub struct Session {
     pub created: Instant,
     /// When the current handshake started (creation, or a reconstruction).
     syn_sent_at: Instant,
+    /// When a RST last freed the 4-tuple from an older connection the target still held
+    /// (see [`Session::on_response`]): at most one per [`SYN_RETRY`].
+    stale_reset_at: Option<Instant>,
     pub phase: Phase,
     /// The handshake was invented (no SYN captured, or reconstruction).
     fake: bool,
@@ -268,6 +276,7 @@ impl Session {
             transfer,
             created: now,
             syn_sent_at: now,
+            stale_reset_at: None,
             phase: Phase::Closed,
             fake: false,
             isn: 0,
@@ -1009,6 +1018,23 @@ impl Session {
             }
             return;
         }
+        if self.phase == Phase::SynSent && r.ack_flag() && r.ack != self.isn.wrapping_add(1) {
+            // RFC 793, SYN-SENT: an ACK that does not acknowledge our SYN belongs to an older
+            // connection the target still holds on this 4-tuple (TIME_WAIT refusing the SYN,
+            // or a socket that never saw that connection end: its answer to our SYN is that
+            // connection's ACK). A client's kernel answers with a RST at the acknowledged
+            // sequence number, which frees the 4-tuple; then the SYN goes again.
+            ctx.drops.count(DropKind::StaleResponse);
+            if self
+                .stale_reset_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= SYN_RETRY)
+            {
+                self.stale_reset_at = Some(now);
+                self.send_synth(ctx, r.ack, flags::RST);
+                self.send_syn(ctx, now);
+            }
+            return;
+        }
         if self.phase != Phase::Established {
             return;
         }
@@ -1240,7 +1266,7 @@ impl Session {
         }
         if self.timers.expire(Timer::SynRetry, now)
             && self.phase == Phase::SynSent
-            && now < self.syn_sent_at + HANDSHAKE_DEADLINE
+            && now < self.syn_sent_at + SYN_GIVE_UP
             && (self.syn_pkt.is_some() || self.fake)
         {
             self.send_syn(ctx, now);
@@ -1293,7 +1319,7 @@ impl Session {
             Phase::Closed => {
                 !self.timers.is_armed(Timer::Reconnect) && now >= self.created + HANDSHAKE_DEADLINE
             }
-            Phase::SynSent => now >= self.syn_sent_at + HANDSHAKE_DEADLINE,
+            Phase::SynSent => now >= self.syn_sent_at + SYN_GIVE_UP,
             Phase::Established => {
                 // Spec 4.19: -t for a session holding captured data or without a request
                 // yet, -k for an idle one whose requests were sent (also when -k < -t).

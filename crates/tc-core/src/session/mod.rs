@@ -777,9 +777,7 @@ impl Replayer {
             let key = (ip, chosen, target.0, target.1);
             let taken = self.deferred.get(&key).is_some_and(|d| d.origin != origin)
                 || match self.sessions.get(&key) {
-                    Some(s) => {
-                        busy(s) || (s.isn != seq && refused(&s.time_wait_floor(), s.origin))
-                    }
+                    Some(s) => busy(s) || (s.isn != seq && refused(&s.time_wait_floor(), s.origin)),
                     None => self
                         .recently_closed
                         .get(&key, now)

@@ -248,6 +248,15 @@ pub struct SimCore {
     pub target_window: u16,
     pub resp_extra: isize,
     pub non_target_sends: usize,
+    /// The target keeps every connection on its 4-tuple after it ended, as Linux keeps
+    /// TIME_WAIT: a SYN there is taken only when the connection closed both ways and the
+    /// SYN's sequence number lies past it; otherwise it is answered with that connection's
+    /// ACK. A RST at exactly its next sequence number ends it (TIME_WAIT assassination).
+    pub time_wait: bool,
+    /// SYNs answered with an old connection's ACK.
+    pub challenged_syns: usize,
+    /// The next this many SYNs are lost on the way to the target.
+    pub lose_syns: usize,
 }
 
 impl SimCore {
@@ -278,6 +287,9 @@ impl SimCore {
             target_window: 65535,
             resp_extra: 0,
             non_target_sends: 0,
+            time_wait: false,
+            challenged_syns: 0,
+            lose_syns: 0,
         }
     }
 
@@ -355,6 +367,15 @@ impl SimCore {
         let now = self.now;
         let ts_opt = p.options().timestamps;
         if p.rst() {
+            // As Linux: a RST outside the receive window is dropped (a RST of another
+            // connection's numbering on the same 4-tuple); TIME_WAIT takes only an exact one.
+            let ignored = self.conns.get(&key).is_some_and(|c| {
+                let off = p.seq().wrapping_sub(c.rcv_nxt);
+                off >= 65535 || (self.time_wait && off != 0)
+            });
+            if ignored {
+                return;
+            }
             if let Some(c) = self.conns.get_mut(&key) {
                 c.reset = true;
                 c.reset_at = Some(now);
@@ -366,6 +387,10 @@ impl SimCore {
         }
         if p.syn() {
             if self.silent {
+                return;
+            }
+            if self.lose_syns > 0 {
+                self.lose_syns -= 1;
                 return;
             }
             if self.refuse {
@@ -392,6 +417,18 @@ impl SimCore {
                     let ts = c.ts.then_some((9000, ts_opt.map_or(0, |t| t.0)));
                     self.reply(key, cisn, rcv, flags::SYN | flags::ACK, 0, ts);
                     return;
+                }
+                Some(_) if self.time_wait => {
+                    let c = &self.conns[&key];
+                    let after = (p.seq().wrapping_sub(c.rcv_nxt) as i32) > 0;
+                    if !(c.fin_sent && c.fin_received && after) {
+                        self.challenged_syns += 1;
+                        let (seq, ack) = (c.snd_nxt, c.rcv_nxt);
+                        self.reply(key, seq, ack, flags::ACK, 0, None);
+                        return;
+                    }
+                    let c = self.conns.remove(&key).expect("conn");
+                    self.old_conns.push((key, c));
                 }
                 Some(_) => {
                     let c = self.conns.remove(&key).expect("conn");
