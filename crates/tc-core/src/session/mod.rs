@@ -343,8 +343,8 @@ pub struct Replayer {
     pool: Vec<Vec<u8>>,
     /// Connections moved to another port because their key was held by a live session.
     moved_ports: MovedPorts,
-    /// Fake endpoints of sessions removed lately (with `-n` or `-c`), with the real client
-    /// whose connection ended there: the target may still hold them in TIME_WAIT, so another
+    /// Fake endpoints of sessions removed lately (with `-n`), with the real client whose
+    /// connection ended there: the target may still hold them in TIME_WAIT, so another
     /// client's connection starts there only if the target accepts its SYN.
     recently_closed: RecentlyClosed<Key, (TimeWaitFloor, Origin)>,
     /// New connections waiting for the session on their fake endpoint to end.
@@ -708,12 +708,6 @@ impl Replayer {
         (self.origin.0, self.origin.1, replica, target.0, target.1)
     }
 
-    /// Whether connections of different clients may meet on one fake endpoint: with `-n`
-    /// (copies) or `-c` (several clients on one fake address).
-    fn shared_endpoints(&self) -> bool {
-        self.cfg.replicas > 1 || self.client_ips.is_active()
-    }
-
     /// The port a segment at `seq` uses after a move by [`Self::resolve_port`]. The moved
     /// connection and the one that kept the port share the endpoint before rewriting: a
     /// segment in the byte numbering of the session on the port belongs to it.
@@ -765,9 +759,9 @@ impl Replayer {
         };
         // With `-n` every fake endpoint is shared by several connections' copies, and with
         // `-c` by several clients: none starts where another connection's session ended
-        // lately unless the target, which may hold that endpoint in TIME_WAIT, accepts its
-        // SYN there. A client reusing its own port needs no check: its sequence numbers and
-        // timestamps only grow, as the online server saw them.
+        // (still in the table, or lately with `-n`) unless the target, which may hold that
+        // endpoint in TIME_WAIT, accepts its SYN there. A client reusing its own port needs
+        // no check: its sequence numbers and timestamps only grow, as the online server saw.
         let copies = self.cfg.replicas > 1;
         let refused = |floor: &TimeWaitFloor, other: Origin| {
             (copies || other != origin) && !floor.accepts(seq, syn_ts)
@@ -1038,7 +1032,12 @@ impl Replayer {
                 if let Some(id) = s.moved_from {
                     self.moved_ports.session_gone(&id, key.1);
                 }
-                if self.shared_endpoints() {
+                // With `-n` every endpoint is shared by copies: remembered for TIME_WAIT.
+                // Not with `-c` alone: a table of every endpoint closed in the last minute
+                // costs memory with every client, and the rare SYN of another client that
+                // meets TIME_WAIT there is answered with the old connection's ACK, which the
+                // session resets (RFC 793) before its SYN goes again.
+                if self.cfg.replicas > 1 {
                     self.recently_closed
                         .insert_with(key, now, (s.time_wait_floor(), s.origin));
                 }
