@@ -374,7 +374,7 @@ fn command() -> Command {
                 .value_parser(clap::value_parser!(u64).range(1..))
                 .default_value("1200")
                 .help_heading(H_ROUTING)
-                .help("forget routes idle this long"),
+                .help("forget routes idle this long (a connection the target ended: after 30 to 60 s)"),
         )
         .arg(
             Arg::new("max_routes")

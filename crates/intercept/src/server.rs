@@ -532,8 +532,7 @@ impl Core {
         let target = if self.single_mode {
             self.single.pick(&key)
         } else {
-            let syn_or_rst = pkt.has_flags(flags::SYN) || pkt.has_flags(flags::RST);
-            match self.router.route(&key, syn_or_rst, bytes, now) {
+            match self.router.route(&key, pkt.flags(), bytes, now) {
                 Routed::Tunnel(t) => Some(t),
                 Routed::Delayed => {
                     if pkt.rst()

@@ -95,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
                 let k = key(&[*a, *b]);
                 ops = &ops[3..];
                 serial += 1;
-                match router.route(&k, flags & 1 == 1, &record(*a, *b, serial), now) {
+                match router.route(&k, *flags, &record(*a, *b, serial), now) {
                     Routed::Tunnel(t) => {
                         assert_eq!(announced.get(&k), Some(&t), "routed to a stranger");
                         assert!(!closed.contains(&t), "routed to a closed tunnel");

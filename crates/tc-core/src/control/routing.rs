@@ -10,6 +10,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::packet::flags;
+
 /// A tunnel (one accepted control connection). Ids are never reused, so a stale id can never
 /// reach a newer connection.
 pub type TunnelId = u64;
@@ -118,11 +120,25 @@ pub struct RouteTaken {
     pub owner_peer: IpAddr,
 }
 
+/// How long the route of a connection the target ended (its FIN or RST passed) stays after
+/// its last record: this to twice this.
+pub const CLOSING_HOLD_MS: Millis = 30_000;
+
+type RouteMap = HashMap<RouteKey, RouteEntry>;
+type ByTunnel = HashMap<TunnelId, HashSet<RouteKey>>;
+
 /// Exact-tuple routes. Two generations: new and refreshed routes live in `current`; when it is
 /// half the capacity, or one idle period has passed, `previous` (routes untouched since the
 /// last rotation) is dropped and `current` becomes `previous`. A lookup that finds a route in
 /// `previous` moves it back to `current`. So the table never exceeds its capacity, a route used
 /// at least once per idle period is never expired, and the maps keep their allocations.
+///
+/// The route of a connection the target ended (a FIN or RST of it passed) moves to a second
+/// pair of generations rotated every [`CLOSING_HOLD_MS`]: it stays for the connection's last
+/// records (the ACK of the client's FIN, a retransmitted FIN) and for as long as records keep
+/// coming (a half-closed connection), not for the idle timeout. At hundreds of short
+/// connections a second the table would otherwise hold every connection of the last 20 to
+/// 40 minutes (the original's fixed table evicted the least recently used instead).
 ///
 /// Each tunnel's routes are also listed by tunnel, so closing a tunnel costs its own routes,
 /// not a scan of the table. A route belongs to the peer address that announced it while its
@@ -130,13 +146,38 @@ pub struct RouteTaken {
 /// its tunnels, as a tcpcopy re-announcing does).
 #[derive(Debug)]
 pub struct Routes {
-    current: HashMap<RouteKey, RouteEntry>,
-    previous: HashMap<RouteKey, RouteEntry>,
+    current: RouteMap,
+    previous: RouteMap,
     half_capacity: usize,
     idle_ms: Millis,
     rotated_at: Millis,
-    by_tunnel: HashMap<TunnelId, HashSet<RouteKey>>,
+    /// Routes of ended connections, in their own generations.
+    closing: RouteMap,
+    closing_previous: RouteMap,
+    closing_rotated_at: Millis,
+    by_tunnel: ByTunnel,
     pub stats: RouteStats,
+}
+
+fn unlink(by_tunnel: &mut ByTunnel, tunnel: TunnelId, key: &RouteKey) {
+    if let Some(keys) = by_tunnel.get_mut(&tunnel) {
+        keys.remove(key);
+        if keys.is_empty() {
+            by_tunnel.remove(&tunnel);
+        }
+    }
+}
+
+/// Drops `previous` (returns how many routes went) and makes `current` the previous one,
+/// keeping both maps' allocations.
+fn rotate(current: &mut RouteMap, previous: &mut RouteMap, by_tunnel: &mut ByTunnel) -> u64 {
+    let mut dropped = std::mem::take(previous);
+    let n = dropped.len() as u64;
+    for (key, e) in dropped.drain() {
+        unlink(by_tunnel, e.tunnel, &key);
+    }
+    *previous = std::mem::replace(current, dropped);
+    n
 }
 
 impl Routes {
@@ -148,13 +189,21 @@ impl Routes {
             half_capacity: capacity.div_ceil(2).max(1),
             idle_ms: idle_ms.max(1),
             rotated_at: now,
+            closing: HashMap::new(),
+            closing_previous: HashMap::new(),
+            closing_rotated_at: now,
             by_tunnel: HashMap::new(),
             stats: RouteStats::default(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.current.len() + self.previous.len() + self.closing.len() + self.closing_previous.len()
+    }
+
+    /// Routes of connections the target ended, still kept.
+    pub fn closing_len(&self) -> usize {
+        self.closing.len() + self.closing_previous.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,24 +215,16 @@ impl Routes {
         self.by_tunnel.get(&tunnel).map_or(0, HashSet::len)
     }
 
-    fn unlink(&mut self, tunnel: TunnelId, key: &RouteKey) {
-        if let Some(keys) = self.by_tunnel.get_mut(&tunnel) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_tunnel.remove(&tunnel);
-            }
-        }
+    fn rotate(&mut self) -> u64 {
+        rotate(&mut self.current, &mut self.previous, &mut self.by_tunnel)
     }
 
-    /// Drops `previous` (returns how many routes went) and makes `current` the previous one.
-    fn rotate(&mut self) -> u64 {
-        let mut dropped = std::mem::take(&mut self.previous);
-        let n = dropped.len() as u64;
-        for (key, e) in dropped.drain() {
-            self.unlink(e.tunnel, &key);
-        }
-        self.previous = std::mem::replace(&mut self.current, dropped);
-        n
+    fn rotate_closing(&mut self) -> u64 {
+        rotate(
+            &mut self.closing,
+            &mut self.closing_previous,
+            &mut self.by_tunnel,
+        )
     }
 
     /// Drops idle routes; call about once a second.
@@ -192,11 +233,21 @@ impl Routes {
             self.stats.expired += self.rotate();
             self.rotated_at = now;
         }
+        if now.saturating_sub(self.closing_rotated_at) >= CLOSING_HOLD_MS {
+            self.stats.expired += self.rotate_closing();
+            self.closing_rotated_at = now;
+        }
     }
 
     fn make_room(&mut self) {
         if self.current.len() >= self.half_capacity {
             self.stats.evicted += self.rotate();
+        }
+    }
+
+    fn make_room_closing(&mut self) {
+        if self.closing.len() >= self.half_capacity {
+            self.stats.evicted += self.rotate_closing();
         }
     }
 
@@ -215,6 +266,8 @@ impl Routes {
             .current
             .get(&key)
             .or_else(|| self.previous.get(&key))
+            .or_else(|| self.closing.get(&key))
+            .or_else(|| self.closing_previous.get(&key))
             .copied();
         if let Some(e) = existing {
             if e.peer != peer {
@@ -225,7 +278,7 @@ impl Routes {
                 });
             }
             if e.tunnel != tunnel {
-                self.unlink(e.tunnel, &key);
+                unlink(&mut self.by_tunnel, e.tunnel, &key);
             }
         }
         self.stats.adds += 1;
@@ -239,32 +292,47 @@ impl Routes {
             *e = entry;
             return Ok(());
         }
+        // A new connection on the 4-tuple of an ended one (a reused port): a live route again.
         self.previous.remove(&key);
+        self.closing.remove(&key);
+        self.closing_previous.remove(&key);
         self.make_room();
         self.current.insert(key, entry);
         Ok(())
     }
 
-    /// The tunnel of `key`, refreshing the route.
-    pub fn lookup(&mut self, key: &RouteKey, now: Millis) -> Option<TunnelId> {
-        if let Some(e) = self.current.get_mut(key) {
+    /// The tunnel of `key`, refreshing the route. `ends`: the record ends the connection
+    /// (the target's FIN or RST): its route moves to the generations of ended connections.
+    pub fn lookup(&mut self, key: &RouteKey, now: Millis, ends: bool) -> Option<TunnelId> {
+        let (mut e, ended) = if let Some(e) = self.current.get_mut(key) {
+            if !ends {
+                e.last_used = now;
+                self.stats.hits += 1;
+                return Some(e.tunnel);
+            }
+            (self.current.remove(key).expect("present"), false)
+        } else if let Some(e) = self.previous.remove(key) {
+            (e, false)
+        } else if let Some(e) = self.closing.get_mut(key) {
             e.last_used = now;
             self.stats.hits += 1;
             return Some(e.tunnel);
+        } else if let Some(e) = self.closing_previous.remove(key) {
+            (e, true)
+        } else {
+            self.stats.lost += 1;
+            return None;
+        };
+        e.last_used = now;
+        self.stats.hits += 1;
+        if ended || ends {
+            self.make_room_closing();
+            self.closing.insert(*key, e);
+        } else {
+            self.make_room();
+            self.current.insert(*key, e);
         }
-        match self.previous.remove(key) {
-            Some(mut e) => {
-                e.last_used = now;
-                self.make_room();
-                self.current.insert(*key, e);
-                self.stats.hits += 1;
-                Some(e.tunnel)
-            }
-            None => {
-                self.stats.lost += 1;
-                None
-            }
-        }
+        Some(e.tunnel)
     }
 
     /// Forgets every route to `tunnel` (it closed): the cost is its own routes.
@@ -273,9 +341,10 @@ impl Routes {
             return;
         };
         for key in &keys {
-            if self.current.remove(key).is_none() {
-                self.previous.remove(key);
-            }
+            let _ = self.current.remove(key).is_some()
+                || self.previous.remove(key).is_some()
+                || self.closing.remove(key).is_some()
+                || self.closing_previous.remove(key).is_some();
         }
         self.stats.purged += keys.len() as u64;
     }
@@ -508,17 +577,14 @@ impl Router {
         Ok(self.delay.take(&key))
     }
 
-    /// Routes one response. `syn_or_rst`: it may be delayed when there is no route yet.
-    pub fn route(
-        &mut self,
-        key: &RouteKey,
-        syn_or_rst: bool,
-        record: &[u8],
-        now: Millis,
-    ) -> Routed {
-        if let Some(t) = self.routes.lookup(key, now) {
+    /// Routes one response with the TCP flags `tcp_flags`: a SYN or RST may be delayed when
+    /// there is no route yet; a FIN or RST ends its connection's route (see [`Routes`]).
+    pub fn route(&mut self, key: &RouteKey, tcp_flags: u8, record: &[u8], now: Millis) -> Routed {
+        let ends = tcp_flags & (flags::FIN | flags::RST) != 0;
+        if let Some(t) = self.routes.lookup(key, now, ends) {
             return Routed::Tunnel(t);
         }
+        let syn_or_rst = tcp_flags & (flags::SYN | flags::RST) != 0;
         if syn_or_rst && self.delay.hold(*key, record, now) {
             Routed::Delayed
         } else {
@@ -666,14 +732,20 @@ mod tests {
     fn exact_tuple_routing_and_last_add_wins() {
         let mut r = router();
         assert_eq!(add(&mut r, key(1000), 1, 0), None);
-        assert_eq!(r.route(&key(1000), false, &rec(0), 1), Routed::Tunnel(1));
+        assert_eq!(
+            r.route(&key(1000), flags::ACK, &rec(0), 1),
+            Routed::Tunnel(1)
+        );
         // Another port, another target ip: no route.
-        assert_eq!(r.route(&key(1001), false, &rec(0), 1), Routed::Dropped);
+        assert_eq!(r.route(&key(1001), flags::ACK, &rec(0), 1), Routed::Dropped);
         let mut other = key(1000);
         other.target_ip = Ipv4Addr::new(198, 18, 0, 31).into();
-        assert_eq!(r.route(&other, false, &rec(0), 1), Routed::Dropped);
+        assert_eq!(r.route(&other, flags::ACK, &rec(0), 1), Routed::Dropped);
         add(&mut r, key(1000), 2, 2);
-        assert_eq!(r.route(&key(1000), false, &rec(0), 3), Routed::Tunnel(2));
+        assert_eq!(
+            r.route(&key(1000), flags::ACK, &rec(0), 3),
+            Routed::Tunnel(2)
+        );
         assert_eq!(r.routes.stats.adds, 2);
         assert_eq!(r.routes.stats.hits, 2);
         assert_eq!(r.routes.stats.lost, 2);
@@ -706,7 +778,7 @@ mod tests {
         assert_ne!(a, c);
         let mut r = Router::new(10, 1000, 10, BYTES, 0);
         add(&mut r, a, 7, 0);
-        assert_eq!(r.route(&b, false, &rec(0), 0), Routed::Tunnel(7));
+        assert_eq!(r.route(&b, flags::ACK, &rec(0), 0), Routed::Tunnel(7));
     }
 
     #[test]
@@ -717,8 +789,8 @@ mod tests {
         add(&mut r, key(3), 2, 0);
         r.tunnel_closed(1);
         assert_eq!(r.routes.stats.purged, 2);
-        assert_eq!(r.route(&key(1), false, &rec(0), 1), Routed::Dropped);
-        assert_eq!(r.route(&key(3), false, &rec(0), 1), Routed::Tunnel(2));
+        assert_eq!(r.route(&key(1), flags::ACK, &rec(0), 1), Routed::Dropped);
+        assert_eq!(r.route(&key(3), flags::ACK, &rec(0), 1), Routed::Tunnel(2));
         // A tunnel that never announced anything needs no scan and purges nothing.
         r.tunnel_closed(99);
         assert_eq!(r.routes.stats.purged, 2);
@@ -738,21 +810,21 @@ mod tests {
             })
         );
         assert_eq!(r.routes.stats.refused, 1);
-        assert_eq!(r.route(&key(1), false, &rec(0), 2), Routed::Tunnel(1));
+        assert_eq!(r.route(&key(1), flags::ACK, &rec(0), 2), Routed::Tunnel(1));
         // Same address, another tunnel: moved (a tcpcopy re-announcing).
         add(&mut r, key(1), 2, 3);
-        assert_eq!(r.route(&key(1), false, &rec(0), 4), Routed::Tunnel(2));
+        assert_eq!(r.route(&key(1), flags::ACK, &rec(0), 4), Routed::Tunnel(2));
         assert_eq!(
             (r.routes.tunnel_routes(1), r.routes.tunnel_routes(2)),
             (0, 1)
         );
         // Tunnel 1 closing does not take tunnel 2's route.
         r.tunnel_closed(1);
-        assert_eq!(r.route(&key(1), false, &rec(0), 5), Routed::Tunnel(2));
+        assert_eq!(r.route(&key(1), flags::ACK, &rec(0), 5), Routed::Tunnel(2));
         // The owner closes: the route is free for anyone.
         r.tunnel_closed(2);
         assert!(r.client_add(key(1), 9, OTHER_PEER, 6).is_ok());
-        assert_eq!(r.route(&key(1), false, &rec(0), 7), Routed::Tunnel(9));
+        assert_eq!(r.route(&key(1), flags::ACK, &rec(0), 7), Routed::Tunnel(9));
     }
 
     /// Issue 15.5: closing a tunnel costs its own routes, not a scan of the table. 2000
@@ -852,19 +924,101 @@ mod tests {
         }
         assert_eq!(routes.len(), 4);
         // Use 0 so that it survives; 1..3 are older.
-        assert_eq!(routes.lookup(&key(0), 1), Some(1));
+        assert_eq!(routes.lookup(&key(0), 1, false), Some(1));
         for p in 10..20 {
             routes.add(key(p), 2, PEER, 2).unwrap();
             assert!(routes.len() <= 4, "len {}", routes.len());
         }
         assert!(routes.stats.evicted >= 8);
-        assert_eq!(routes.lookup(&key(1), 3), None);
-        assert_eq!(routes.lookup(&key(19), 3), Some(2));
+        assert_eq!(routes.lookup(&key(1), 3, false), None);
+        assert_eq!(routes.lookup(&key(19), 3, false), Some(2));
         assert_eq!(
             routes.stats.evicted + routes.len() as u64,
             routes.stats.adds,
             "every route is either live or counted as evicted"
         );
+    }
+
+    /// The route of a connection the target ended stays for its last records and while
+    /// records keep coming, then goes within two [`CLOSING_HOLD_MS`], where a live route
+    /// waits for the idle timeout; a new connection on the same 4-tuple makes it live again;
+    /// a closing tunnel takes its ended routes too.
+    #[test]
+    fn routes_of_ended_connections_go_sooner() {
+        let idle = 20 * 60 * 1000;
+        let mut r = Router::new(1 << 20, idle, 16, 1 << 20, 0);
+        for p in 0..3 {
+            r.client_add(key(p), 1, PEER, 0).unwrap();
+        }
+        // The target's FIN on 0, its RST on 1; 2 stays open.
+        assert_eq!(
+            r.route(&key(0), flags::FIN | flags::ACK, &rec(0), 10),
+            Routed::Tunnel(1)
+        );
+        assert_eq!(r.route(&key(1), flags::RST, &rec(0), 10), Routed::Tunnel(1));
+        assert_eq!(r.routes.closing_len(), 2);
+        // The last ACK after the FIN still finds its way, and keeps the route a while.
+        let mut now = 10;
+        while now < CLOSING_HOLD_MS {
+            now += 1000;
+            r.tick(now);
+        }
+        assert_eq!(
+            r.route(&key(0), flags::ACK, &rec(0), now),
+            Routed::Tunnel(1)
+        );
+        for _ in 0..2 * CLOSING_HOLD_MS / 1000 + 1 {
+            now += 1000;
+            r.tick(now);
+        }
+        assert_eq!(r.route(&key(0), flags::ACK, &rec(0), now), Routed::Dropped);
+        assert_eq!(r.route(&key(1), flags::ACK, &rec(0), now), Routed::Dropped);
+        assert_eq!(
+            r.route(&key(2), flags::ACK, &rec(0), now),
+            Routed::Tunnel(1)
+        );
+        assert_eq!((r.routes.len(), r.routes.tunnel_routes(1)), (1, 1));
+        // A port reused: the new connection's ADD makes the ended route live again.
+        r.client_add(key(3), 2, PEER, now).unwrap();
+        assert_eq!(
+            r.route(&key(3), flags::FIN, &rec(0), now),
+            Routed::Tunnel(2)
+        );
+        r.client_add(key(3), 2, PEER, now).unwrap();
+        assert_eq!(r.routes.closing_len(), 0);
+        for _ in 0..3 * CLOSING_HOLD_MS / 1000 {
+            now += 1000;
+            r.tick(now);
+        }
+        assert_eq!(
+            r.route(&key(3), flags::ACK, &rec(0), now),
+            Routed::Tunnel(2)
+        );
+        // Tunnel 2 closes with an ended route: gone too.
+        assert_eq!(
+            r.route(&key(3), flags::RST, &rec(0), now),
+            Routed::Tunnel(2)
+        );
+        r.tunnel_closed(2);
+        assert_eq!(r.route(&key(3), flags::ACK, &rec(0), now), Routed::Dropped);
+        assert_eq!(r.routes.closing_len(), 0);
+        assert_eq!(r.routes.tunnel_routes(2), 0);
+    }
+
+    /// Ended routes are bounded like live ones: at half the capacity their older generation
+    /// is dropped.
+    #[test]
+    fn ended_routes_are_bounded() {
+        let mut routes = Routes::new(8, 1 << 40, 0);
+        for round in 0..10u16 {
+            for p in 0..4 {
+                let k = key(round * 4 + p);
+                routes.add(k, 1, PEER, 0).unwrap();
+                assert_eq!(routes.lookup(&k, 0, true), Some(1));
+                assert!(routes.len() <= 8, "{}", routes.len());
+            }
+        }
+        assert_eq!(routes.len(), routes.tunnel_routes(1));
     }
 
     #[test]
@@ -877,31 +1031,40 @@ mod tests {
             now += 100;
             routes.expire(now);
             if now % 500 == 0 {
-                assert_eq!(routes.lookup(&key(1), now), Some(1), "at {now}");
+                assert_eq!(routes.lookup(&key(1), now, false), Some(1), "at {now}");
             }
         }
-        assert_eq!(routes.lookup(&key(2), now), None);
+        assert_eq!(routes.lookup(&key(2), now, false), None);
         assert_eq!(routes.stats.expired, 1);
     }
 
     #[test]
     fn delay_table_delivers_after_add_in_order() {
         let mut r = router();
-        assert_eq!(r.route(&key(1), true, &rec(10), 0), Routed::Delayed);
-        assert_eq!(r.route(&key(1), true, &rec(11), 5), Routed::Delayed);
+        assert_eq!(r.route(&key(1), flags::SYN, &rec(10), 0), Routed::Delayed);
+        assert_eq!(r.route(&key(1), flags::SYN, &rec(11), 5), Routed::Delayed);
         // A plain ACK without route is dropped, never kept.
-        assert_eq!(r.route(&key(1), false, &rec(12), 6), Routed::Dropped);
+        assert_eq!(r.route(&key(1), flags::ACK, &rec(12), 6), Routed::Dropped);
         assert_eq!(add(&mut r, key(1), 3, 10), Some(vec![10, 11]));
         assert_eq!(r.delay.stats.sent, 2);
         assert_eq!(add(&mut r, key(1), 3, 11), None);
-        assert_eq!(r.route(&key(1), false, &rec(13), 12), Routed::Tunnel(3));
+        assert_eq!(
+            r.route(&key(1), flags::ACK, &rec(13), 12),
+            Routed::Tunnel(3)
+        );
     }
 
     #[test]
     fn delay_table_drops_after_30_s_not_refreshed() {
         let mut r = router();
-        assert_eq!(r.route(&key(1), true, &rec(1), 1_000), Routed::Delayed);
-        assert_eq!(r.route(&key(1), true, &rec(2), 20_000), Routed::Delayed);
+        assert_eq!(
+            r.route(&key(1), flags::SYN, &rec(1), 1_000),
+            Routed::Delayed
+        );
+        assert_eq!(
+            r.route(&key(1), flags::SYN, &rec(2), 20_000),
+            Routed::Delayed
+        );
         r.tick(30_999);
         assert_eq!(r.delay.len(), 1);
         r.tick(31_000);
@@ -909,8 +1072,11 @@ mod tests {
         assert_eq!(r.delay.stats.expired, 2);
         assert_eq!(add(&mut r, key(1), 3, 31_001), None);
         // A new entry after expiry lives its own 30 s.
-        assert_eq!(r.routes.lookup(&key(1), 31_002), Some(3));
-        assert_eq!(r.route(&key(2), true, &rec(5), 31_000), Routed::Delayed);
+        assert_eq!(r.routes.lookup(&key(1), 31_002, false), Some(3));
+        assert_eq!(
+            r.route(&key(2), flags::SYN, &rec(5), 31_000),
+            Routed::Delayed
+        );
         r.tick(60_999);
         assert_eq!(add(&mut r, key(2), 3, 60_999), Some(vec![5]));
     }
