@@ -14,7 +14,7 @@ use super::fidelity::{Fidelity, Outcome};
 use super::outbox::{ClientAdd, Outbox};
 use super::timer::{Timer, TimerTable};
 use super::{DropKind, Drops, ReplayConfig, ReplayStats};
-use crate::packet::{build_segment, flags, Layout, Segment, SegmentSpec, TcpPacket};
+use crate::packet::{build_segment, flags, Completeness, Layout, Segment, SegmentSpec, TcpPacket};
 
 mod login;
 use login::LoginStep;
@@ -203,6 +203,9 @@ pub struct Session {
     ip_id: u16,
     syn_had_ts: bool,
     syn_pkt: Option<Vec<u8>>,
+    /// TCP Fast Open: the client's first bytes that rode in its SYN, as the data segment they
+    /// become once the client's first ACK shows what it acknowledged (see `start_with_syn`).
+    tfo_data: Option<(Segment, Vec<u8>)>,
     pending: VecDeque<Stored>,
     unacked: VecDeque<Stored>,
     pub buffered: usize,
@@ -293,6 +296,7 @@ impl Session {
             ip_id: 0,
             syn_had_ts: false,
             syn_pkt: None,
+            tfo_data: None,
             pending: VecDeque::new(),
             unacked: VecDeque::new(),
             buffered: 0,
@@ -448,10 +452,37 @@ impl Session {
             return false;
         }
         self.syn_captured_at = Some(now);
-        let buf = ctx.take_buf(datagram);
+        let buf = if seg.payload_len() > 0 {
+            self.split_fast_open(ctx, seg, datagram)
+        } else {
+            ctx.take_buf(datagram)
+        };
         self.syn_pkt = Some(buf);
         self.send_syn(ctx, now);
         true
+    }
+
+    /// TCP Fast Open (RFC 7413): the client's first bytes rode in its SYN with a cookie of
+    /// the online server's, which the target does not know: it would take the SYN alone, and
+    /// the bytes would be missing from the replay. The SYN goes without them (its options,
+    /// window scale among them, unchanged); the bytes become the first data segment, queued
+    /// when the client's first ACK is captured. Returns the SYN to send.
+    fn split_fast_open(&mut self, ctx: &mut Ctx, seg: &Segment, datagram: &[u8]) -> Vec<u8> {
+        let mut data = *seg;
+        data.seq = seg.seq.wrapping_add(1);
+        data.flags = (seg.flags & !flags::SYN) | flags::ACK | flags::PSH;
+        self.tfo_data = Some((data, ctx.take_buf(datagram)));
+        let head = seg.layout.headers_len();
+        let mut syn = ctx.take_buf(&datagram[..head]);
+        if seg.layout.v6 {
+            syn[4..6].copy_from_slice(&((head - 40) as u16).to_be_bytes());
+        } else {
+            syn[2..4].copy_from_slice(&(head as u16).to_be_bytes());
+        }
+        if let Ok(mut p) = TcpPacket::parse(&mut syn[..], Completeness::Whole) {
+            p.fill_checksums();
+        }
+        syn
     }
 
     /// Queues the CLIENT_ADD of this session. False when no intercept can take it now.
@@ -549,6 +580,19 @@ impl Session {
 
     /// A captured non-SYN client packet of this session.
     pub fn on_client(&mut self, ctx: &mut Ctx, now: Instant, seg: &Segment, datagram: &[u8]) {
+        if seg.ack_flag() {
+            if let Some((mut data, mut bytes)) = self.tfo_data.take() {
+                // The bytes of a Fast Open SYN, before the client's first ACK.
+                data.ack = seg.ack;
+                if let Some(mut p) = TcpPacket::from_layout(&mut bytes[..], data.layout) {
+                    p.set_seq(data.seq);
+                    p.set_ack(data.ack);
+                    p.set_flags(data.flags);
+                }
+                self.on_client(ctx, now, &data, &bytes);
+                ctx.recycle(bytes);
+            }
+        }
         let other = self.is_other_connection(seg.seq);
         if (seg.fin() || seg.rst()) && !other {
             let end = seg.end();
@@ -974,6 +1018,9 @@ impl Session {
         }
         if let Some(s) = self.syn_pkt.take() {
             ctx.recycle(s);
+        }
+        if let Some((_, d)) = self.tfo_data.take() {
+            ctx.recycle(d);
         }
         self.buffered = 0;
     }
