@@ -366,7 +366,7 @@ impl Session {
     /// Whether a pure client ACK still carries information (RTT sample, the online server's
     /// initial sequence for response lengths).
     pub fn wants_pure_ack(&self) -> bool {
-        self.syn_captured_at.is_some() || self.cur_req_ack.is_none()
+        self.syn_captured_at.is_some() || self.cur_req_ack.is_none() || self.tfo_data.is_some()
     }
 
     /// What a later connection on this endpoint must lie beyond for the target to accept its
