@@ -542,21 +542,45 @@ impl EventLoop {
         let (Some(i), Some(g)) = (intercept, V6Grant::parse(record)) else {
             return;
         };
+        self.note_grant(
+            i,
+            g.granted,
+            |l| &mut l.v6_grants,
+            |addr| {
+                StopReason::Ipv6(format!(
+                    "intercept {addr} refuses the IPv6 variant of the control channel: start it with --ipv6 (TCP replay over IPv6 needs it)"
+                ))
+            },
+            |addr| log::info!("intercept {addr} grants the IPv6 variant"),
+        );
+    }
+
+    /// Records intercept `i`'s answer to an opt-in request in its slot of `slots`: a refusal
+    /// stops the run with `refused`'s reason, the first grant is logged with `granted_log`
+    /// (both get the intercept's address).
+    fn note_grant(
+        &mut self,
+        i: usize,
+        granted: bool,
+        slots: fn(&mut Self) -> &mut Vec<Option<bool>>,
+        refused: impl FnOnce(&str) -> StopReason,
+        granted_log: impl FnOnce(&str),
+    ) {
         let addr = self
             .output
             .tunnels
             .intercept_addr(i)
             .map(|a| a.to_string())
             .unwrap_or_default();
-        if !g.granted {
-            self.pending_stop = Some(StopReason::Ipv6(format!(
-                "intercept {addr} refuses the IPv6 variant of the control channel: start it with --ipv6 (TCP replay over IPv6 needs it)"
-            )));
-        } else if self.v6_grants.get(i).copied().flatten().is_none() {
-            log::info!("intercept {addr} grants the IPv6 variant");
-        }
-        if let Some(slot) = self.v6_grants.get_mut(i) {
-            *slot = Some(g.granted);
+        let Some(slot) = slots(self).get_mut(i) else {
+            return;
+        };
+        let first = slot.is_none();
+        *slot = Some(granted);
+        if !granted {
+            self.pending_stop = Some(refused(&addr));
+        } else if first {
+            granted_log(&addr);
         }
     }
 
@@ -574,31 +598,28 @@ impl EventLoop {
 
     /// An intercept's answer to the `--full-payload` request.
     fn on_grant(&mut self, intercept: Option<usize>, record: &[u8]) {
-        let Some(i) = intercept else {
+        let (Some(i), Some(g)) = (
+            intercept,
+            tc_core::control::full_payload::Grant::parse(record),
+        ) else {
             return;
         };
-        let Some(g) = tc_core::control::full_payload::Grant::parse(record) else {
-            return;
-        };
-        let addr = self
-            .output
-            .tunnels
-            .intercept_addr(i)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        if !g.granted {
-            self.pending_stop = Some(StopReason::FullPayload(format!(
-                "intercept {addr} refuses full payloads: start it with --full-payload (tcpcopy --diff / --full-payload needs the target's response bytes)"
-            )));
-        } else if self.grants.get(i).copied().flatten().is_none() {
-            log::info!(
-                "intercept {addr} grants full payloads (up to {} bytes per response)",
-                g.cap
-            );
-        }
-        if let Some(slot) = self.grants.get_mut(i) {
-            *slot = Some(g.granted);
-        }
+        self.note_grant(
+            i,
+            g.granted,
+            |l| &mut l.grants,
+            |addr| {
+                StopReason::FullPayload(format!(
+                    "intercept {addr} refuses full payloads: start it with --full-payload (tcpcopy --diff / --full-payload needs the target's response bytes)"
+                ))
+            },
+            |addr| {
+                log::info!(
+                    "intercept {addr} grants full payloads (up to {} bytes per response)",
+                    g.cap
+                )
+            },
+        );
     }
 
     /// The Prometheus text of the statistics (`--metrics`).
