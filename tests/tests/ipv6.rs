@@ -13,6 +13,7 @@
 
 mod real_common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -273,18 +274,7 @@ fn ipv6_redis_live() {
         Some("\"400\""),
         "online counter"
     );
-    let (same, target) = poll(REPLAY_DEADLINE, || {
-        let t = redis_dump(&target_sock);
-        (t == online, t)
-    });
-    assert!(
-        same,
-        "{test}: target has {} keys (counter {:?}), online {} keys\n{}",
-        target.len(),
-        target.get("counter"),
-        online.len(),
-        replay_report(&lab)
-    );
+    expect_redis_data(&lab, test, &target_sock, &online);
 }
 
 /// PostgreSQL over IPv6, live: psql creates a table, pgbench inserts rows from several
@@ -460,6 +450,23 @@ fn ipv6_stops_when_the_intercept_never_answers() {
     );
 }
 
+/// Waits until the target's Redis holds `online`'s data set (bounded), else fails with both
+/// sizes and the replay's report.
+fn expect_redis_data(lab: &Lab, test: &str, target_sock: &Path, online: &BTreeMap<String, String>) {
+    let (same, target) = poll(REPLAY_DEADLINE, || {
+        let t = redis_dump(target_sock);
+        (t == *online, t)
+    });
+    assert!(
+        same,
+        "{test}: target has {} keys (counter {:?}), online {} keys\n{}",
+        target.len(),
+        target.get("counter"),
+        online.len(),
+        replay_report(lab)
+    );
+}
+
 /// The Redis load over IPv6 of [`ipv6_redis_live`] and [`ipv6_redis_offline`]: 200 SETs and
 /// 200 INCRs pipelined, 200 INCRs from redis-benchmark's 4 connections, 10 short connections.
 fn redis_load6(lab: &Lab) {
@@ -562,18 +569,7 @@ fn ipv6_redis_offline() {
     let target_sock = start_redis6(&lab, TARGET, &tmp);
     start_intercept6(&lab, REDIS_TARGET_PORT);
     replay_offline6(&lab, &file, REDIS_ONLINE_PORT, REDIS_TARGET_PORT, &[]);
-    let (same, target) = poll(REPLAY_DEADLINE, || {
-        let t = redis_dump(&target_sock);
-        (t == online, t)
-    });
-    assert!(
-        same,
-        "{test}: target has {} keys (counter {:?}), online {} keys\n{}",
-        target.len(),
-        target.get("counter"),
-        online.len(),
-        replay_report(&lab)
-    );
+    expect_redis_data(&lab, test, &target_sock, &online);
     eprintln!("{test}: {} keys replayed", online.len());
 }
 

@@ -244,12 +244,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         Input::Raw if options.ipv6 => {
             let c = RawSocketCapture6::open_protocol(libc::IPPROTO_TCP)
                 .context("Create raw IPv6 socket to input failed")?;
-            let ports: Vec<u16> = options
-                .replay
-                .transfers
-                .iter()
-                .map(|t| t.src_port)
-                .collect();
+            let ports = options.replay.online_ports();
             capture::log_port_filter(c.keep_only_dst_ports(&ports), "tcp", &ports);
             log::info!("capture: raw IPv6 socket");
             vec![Reopening::new(
@@ -259,12 +254,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
         }
         Input::Raw => {
             let c = RawSocketCapture::open().context("Create raw socket to input failed")?;
-            let ports: Vec<u16> = options
-                .replay
-                .transfers
-                .iter()
-                .map(|t| t.src_port)
-                .collect();
+            let ports = options.replay.online_ports();
             let filtered = c.keep_only(&ports, options.fanout);
             if let (Some(_), Err(e)) = (options.fanout, &filtered) {
                 // The share is the filter: without it this process would replay every
@@ -290,12 +280,7 @@ fn run(options: Options) -> anyhow::Result<i32> {
             )]
         }
         Input::Ring => {
-            let ports: Vec<u16> = options
-                .replay
-                .transfers
-                .iter()
-                .map(|t| t.src_port)
-                .collect();
+            let ports = options.replay.online_ports();
             let opts = RingOptions {
                 share: options.fanout,
                 ..RingOptions::default()

@@ -224,12 +224,7 @@ fn open_captures(options: &Options) -> anyhow::Result<Vec<Reopening<dyn Capture>
         Input::Raw => {
             let c = RawSocketCapture::open_protocol(libc::IPPROTO_UDP)
                 .context("Create raw socket to input failed")?;
-            let ports: Vec<u16> = options
-                .replay
-                .transfers
-                .iter()
-                .map(|t| t.src_port)
-                .collect();
+            let ports = options.replay.online_ports();
             // The raw socket sees datagrams after the kernel reassembled them: the port
             // filter sees every datagram whole.
             crate::capture::log_port_filter(c.keep_only_dst_ports(&ports), "udp", &ports);

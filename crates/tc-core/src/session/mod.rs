@@ -82,6 +82,13 @@ pub struct ReplayConfig {
     pub auth: Option<std::sync::Arc<crate::auth::AuthConfig>>,
 }
 
+impl ReplayConfig {
+    /// The online ports the transfers listen on (`-x SRC` ports), for the capture's filter.
+    pub fn online_ports(&self) -> Vec<u16> {
+        self.transfers.iter().map(|t| t.src_port).collect()
+    }
+}
+
 impl Default for ReplayConfig {
     fn default() -> Self {
         ReplayConfig {
