@@ -55,6 +55,7 @@ const AF_INET: u32 = 2;
 
 /// Returns the IPv4 datagram inside `frame` (which may still be followed by padding: the IP
 /// total length tells where the datagram ends).
+#[inline]
 pub fn ipv4_payload(link: LinkType, frame: &[u8]) -> Result<&[u8], DropReason> {
     let ip = match link {
         LinkType::RawIp => frame,

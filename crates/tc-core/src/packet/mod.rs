@@ -36,6 +36,7 @@ pub use tcp::{flags, parse_options, Completeness, Layout, Segment, TcpOptions, T
 /// Decodes a captured frame down to a validated, complete IPv4/TCP segment: link-layer
 /// decoding ([`ipv4_payload`]) then [`TcpPacket::parse`] with [`Completeness::Whole`].
 /// Trailing link padding is excluded from the returned view.
+#[inline]
 pub fn decode_frame(link: LinkType, frame: &[u8]) -> Result<TcpPacket<&[u8]>, DropReason> {
     TcpPacket::parse(ipv4_payload(link, frame)?, Completeness::Whole)
 }

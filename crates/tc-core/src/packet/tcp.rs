@@ -175,6 +175,7 @@ impl Segment {
     pub fn ack_flag(&self) -> bool {
         self.flags & flags::ACK != 0
     }
+    #[inline]
     pub fn payload_len(&self) -> usize {
         usize::from(self.layout.payload_len)
     }
@@ -222,6 +223,7 @@ fn total_len_of(b: &[u8], v6: bool) -> usize {
 /// Validates the IPv4 and TCP headers at the start of `b` without looking at the IP total
 /// length; returns (IP header length, TCP header length). Shared by [`TcpPacket::parse`] and
 /// the splitter, which also accepts GSO super-packets whose total length is 0.
+#[inline(always)]
 pub(crate) fn parse_headers(b: &[u8]) -> Result<(usize, usize), DropReason> {
     if b.len() < IPV4_MIN_HEADER {
         return Err(DropReason::Truncated);
@@ -244,6 +246,7 @@ pub(crate) fn parse_headers(b: &[u8]) -> Result<(usize, usize), DropReason> {
 }
 
 /// The length of the TCP header at `ip_len`, which `b` must hold whole.
+#[inline(always)]
 fn tcp_header_len(b: &[u8], ip_len: usize) -> Result<usize, DropReason> {
     if b.len() < ip_len + TCP_MIN_HEADER {
         return Err(DropReason::Truncated);
@@ -264,6 +267,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Rejects: not IPv4, not TCP, a header length below the minimum or beyond the buffer, an
     /// IP fragment (MF set or non-zero offset: a fragment is never a whole segment), and with
     /// [`Completeness::Whole`] a datagram whose total length exceeds the captured bytes.
+    #[inline(always)]
     pub fn parse(buf: T, completeness: Completeness) -> Result<Self, DropReason> {
         let b = buf.as_ref();
         if b.first().is_some_and(|v| v >> 4 == 6) {
@@ -296,6 +300,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     /// [`TcpPacket::parse`] of an IPv6 packet. With [`Completeness::HeadersOnly`] the payload
     /// length may exceed the buffer (a response record); the extension headers must be there.
+    #[inline(never)]
     fn parse6(buf: T, completeness: Completeness) -> Result<Self, DropReason> {
         let b = buf.as_ref();
         if b.len() < IPV6_HEADER_LEN {
@@ -350,6 +355,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// The view of a datagram validated before (its [`Segment::layout`]), without validating
     /// it again. `None` when the buffer does not hold that layout (never for the bytes the
     /// layout was read from).
+    #[inline]
     pub fn from_layout(buf: T, layout: Layout) -> Option<Self> {
         let b = buf.as_ref();
         let (ip_len, tcp_len) = (usize::from(layout.ip_len), usize::from(layout.tcp_len));
@@ -373,6 +379,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Decodes what the replay machine reads (header fields, options, layout) in one go.
+    #[inline]
     pub fn segment(&self) -> Segment {
         Segment {
             src: self.src_ip(),
@@ -405,7 +412,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         Some((be32(self.b(), at), be32(self.b(), at + 4)))
     }
 
-    #[inline]
+    #[inline(always)]
     fn b(&self) -> &[u8] {
         self.buf.as_ref()
     }
@@ -416,6 +423,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// The datagram bytes (IP header to end of captured payload; padding excluded).
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.b()[..self.payload_end]
     }
@@ -442,6 +450,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         total_len_of(self.b(), self.v6) as u16
     }
     /// The IPv4 id (0 for IPv6).
+    #[inline]
     pub fn ip_id(&self) -> u16 {
         if self.v6 {
             return 0;
@@ -449,6 +458,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         be16(self.b(), 4)
     }
     /// The raw flags/fragment-offset field (IPv6: reads as "DF, offset 0").
+    #[inline]
     pub fn ip_frag_field(&self) -> u16 {
         if self.v6 {
             return IP_DF;
@@ -456,6 +466,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         be16(self.b(), 6)
     }
     /// True when the IP flags are exactly "DF, offset 0" (the original counts other values).
+    #[inline]
     pub fn is_plain_df(&self) -> bool {
         self.ip_frag_field() == IP_DF
     }
@@ -463,6 +474,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn ttl(&self) -> u8 {
         self.b()[if self.v6 { 7 } else { 8 }]
     }
+    #[inline]
     pub fn src_ip(&self) -> IpAddr {
         let b = self.b();
         if self.v6 {
@@ -471,6 +483,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
             IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
         }
     }
+    #[inline]
     pub fn dst_ip(&self) -> IpAddr {
         let b = self.b();
         if self.v6 {
@@ -479,18 +492,23 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
             IpAddr::V4(Ipv4Addr::new(b[16], b[17], b[18], b[19]))
         }
     }
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.b(), self.ip_len)
     }
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.b(), self.ip_len + 2)
     }
+    #[inline]
     pub fn seq(&self) -> u32 {
         be32(self.b(), self.ip_len + 4)
     }
+    #[inline]
     pub fn ack(&self) -> u32 {
         be32(self.b(), self.ip_len + 8)
     }
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.b()[self.ip_len + 13]
     }
@@ -509,13 +527,16 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn ack_flag(&self) -> bool {
         self.flags() & flags::ACK != 0
     }
+    #[inline]
     pub fn window(&self) -> u16 {
         be16(self.b(), self.ip_len + 14)
     }
+    #[inline]
     pub fn tcp_checksum(&self) -> u16 {
         be16(self.b(), self.ip_len + 16)
     }
     /// The IPv4 header checksum (0 for IPv6, which has none).
+    #[inline]
     pub fn ip_checksum(&self) -> u16 {
         if self.v6 {
             return 0;
@@ -528,6 +549,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         self.declared_payload
     }
     /// The payload bytes present in the buffer.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.b()[self.ip_len + self.tcp_len..self.payload_end]
     }
@@ -536,14 +558,17 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         self.declared_payload as u32 + u32::from(self.syn()) + u32::from(self.fin())
     }
     /// The TCP option bytes.
+    #[inline]
     pub fn option_bytes(&self) -> &[u8] {
         &self.b()[self.ip_len + TCP_MIN_HEADER..self.ip_len + self.tcp_len]
     }
+    #[inline]
     pub fn options(&self) -> TcpOptions {
         parse_options(self.option_bytes())
     }
 
     /// Checks both checksums against a full recomputation (needs the whole payload).
+    #[inline]
     pub fn checksums_valid(&self) -> bool {
         let b = self.as_bytes();
         if b.len() < self.ip_len + self.tcp_len + self.declared_payload {
@@ -556,6 +581,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// and tells whether both checksums are valid, as [`TcpPacket::checksums_valid`] would.
     /// The copy is summed while it is in the cache (a copy that sums as it goes measured
     /// slower than `memcpy` and the vectorised sum: `checksum_1500` in the packet bench).
+    #[inline]
     pub fn copy_verified(&self, out: &mut [u8]) -> bool {
         let b = self.as_bytes();
         let out = &mut out[..b.len()];
@@ -571,6 +597,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         copy.checksums_valid()
     }
 
+    #[inline]
     fn tcp_sum_over_segment(&self) -> u16 {
         let b = self.as_bytes();
         let seg = &b[self.ip_len..];
@@ -587,37 +614,41 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
-    #[inline]
+    #[inline(always)]
     fn bm(&mut self) -> &mut [u8] {
         self.buf.as_mut()
     }
 
-    #[inline]
+    #[inline(always)]
     fn put16(&mut self, at: usize, v: u16) {
         self.bm()[at..at + 2].copy_from_slice(&v.to_be_bytes());
     }
 
-    #[inline]
+    #[inline(always)]
     fn put32(&mut self, at: usize, v: u32) {
         self.bm()[at..at + 4].copy_from_slice(&v.to_be_bytes());
     }
 
+    #[inline(always)]
     fn adjust_ip_csum32(&mut self, old: u32, new: u32) {
         let c = checksum::update_u32(self.ip_checksum(), old, new);
         self.put16(10, c);
     }
 
+    #[inline(always)]
     fn adjust_ip_csum16(&mut self, old: u16, new: u16) {
         let c = checksum::update_u16(self.ip_checksum(), old, new);
         self.put16(10, c);
     }
 
+    #[inline(always)]
     fn adjust_tcp_csum32(&mut self, old: u32, new: u32) {
         let at = self.ip_len + 16;
         let c = checksum::update_u32(self.tcp_checksum(), old, new);
         self.put16(at, c);
     }
 
+    #[inline(always)]
     fn adjust_tcp_csum16(&mut self, old: u16, new: u16) {
         let at = self.ip_len + 16;
         let c = checksum::update_u16(self.tcp_checksum(), old, new);
@@ -626,6 +657,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
 
     /// Source address (IP and TCP pseudo-header checksums updated). An address of the other
     /// family than the packet's is ignored (the command line never mixes them).
+    #[inline(always)]
     pub fn set_src_ip(&mut self, ip: impl Into<IpAddr>) {
         match ip.into() {
             IpAddr::V4(ip) if !self.v6 => self.set_v4_at(12, ip),
@@ -634,6 +666,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         }
     }
 
+    #[inline(always)]
     pub fn set_dst_ip(&mut self, ip: impl Into<IpAddr>) {
         match ip.into() {
             IpAddr::V4(ip) if !self.v6 => self.set_v4_at(16, ip),
@@ -642,6 +675,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         }
     }
 
+    #[inline(always)]
     fn set_v4_at(&mut self, at: usize, ip: Ipv4Addr) {
         let old = be32(self.b(), at);
         let new = u32::from(ip);
@@ -666,6 +700,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         }
     }
 
+    #[inline(always)]
     pub fn set_src_port(&mut self, port: u16) {
         let at = self.ip_len;
         let old = be16(self.b(), at);
@@ -673,6 +708,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.adjust_tcp_csum16(old, port);
     }
 
+    #[inline(always)]
     pub fn set_dst_port(&mut self, port: u16) {
         let at = self.ip_len + 2;
         let old = be16(self.b(), at);
@@ -680,6 +716,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.adjust_tcp_csum16(old, port);
     }
 
+    #[inline(always)]
     pub fn set_seq(&mut self, seq: u32) {
         let at = self.ip_len + 4;
         let old = be32(self.b(), at);
@@ -687,6 +724,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.adjust_tcp_csum32(old, seq);
     }
 
+    #[inline(always)]
     pub fn set_ack(&mut self, ack: u32) {
         let at = self.ip_len + 8;
         let old = be32(self.b(), at);
@@ -694,6 +732,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
         self.adjust_tcp_csum32(old, ack);
     }
 
+    #[inline(always)]
     pub fn set_window(&mut self, win: u16) {
         let at = self.ip_len + 14;
         let old = be16(self.b(), at);
@@ -702,6 +741,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     }
 
     /// Replaces the flags byte (the data-offset nibble is kept).
+    #[inline(always)]
     pub fn set_flags(&mut self, f: u8) {
         let at = self.ip_len + 12;
         let old = be16(self.b(), at);
@@ -711,6 +751,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     }
 
     /// Sets the IPv4 id (IPv6 has none: nothing happens).
+    #[inline(always)]
     pub fn set_ip_id(&mut self, id: u16) {
         if self.v6 {
             return;
@@ -734,6 +775,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
 
     /// Rewrites the timestamp option values at `offset` (from [`TcpOptions::timestamps_offset`]).
     /// Does nothing when the offset does not lie inside the option area.
+    #[inline]
     pub fn set_timestamps(&mut self, offset: usize, val: u32, ecr: u32) {
         if offset < TCP_MIN_HEADER || offset + 8 > self.tcp_len {
             return;
