@@ -22,12 +22,12 @@
 #        FANOUT_ROUNDS;
 #        PHASES="offline live full short" chooses phases (fanout runs with FANOUT=N);
 #        TCPCOPY_BIN=<path> measures another tcpcopy binary, e.g. an older build, against the
-#        same intercept, servers and load)
+#        same intercept, servers and load; INTERCEPT_BIN=<path> the same for intercept)
 #        LAB_TX_OFFLOAD=off: the lab's links compute checksums in software (builds before the
 #        fix of issue 13 replay nothing live with offload on);
 #        CAPTURE=ring|pcap: the live tcpcopy's --capture (default: tcpcopy's own);
-#        STEER=1: the live tcpcopy pinned to CPU 0, the frames it sends handled on CPU 1
-#        (RPS), so the lab's other hosts' stacks are not counted as tcpcopy's CPU;
+#        STEER=1: tcpcopy (live and offline) pinned to CPU 0, the frames it sends handled
+#        on CPU 1 (RPS), so the lab's other hosts' stacks are not counted as tcpcopy's CPU;
 #        PROFILE=1 also samples tcpcopy and intercept in the full-speed phase with `perf
 #        record -e cpu-clock -g` (linux-perf; no hardware counters needed) and prints their
 #        top frames; the data stay in the logs directory (`perf report -i
@@ -60,6 +60,7 @@ install_missing libpcap-dev iproute2 ethtool pkg-config bc time
 cargo build --release --bins -q -p tcpcopy -p intercept -p tc-e2e
 bin=$PWD/target/release
 tcpcopy_bin=${TCPCOPY_BIN:-$bin/tcpcopy}
+intercept_bin=${INTERCEPT_BIN:-$bin/intercept}
 
 run=tcbench$$
 work=$(mktemp -d /tmp/tcpcopy-bench.XXXXXX)
@@ -81,6 +82,16 @@ packets=0 cap_requests=0 cap_duration=0 off_cpu=0 off_rss=0 off_target=0 off_wal
 live_online=0 live_target=0 replay_lag_ratio=0 tc_cpu=0 tc_rss=0 ic_cpu=0 ic_rss=0 live_insns=0
 short_online=0 short_target=0 short_cpu=0 short_insns=0
 
+# STEER=1: tcpcopy pinned to CPU 0 and the frames it sends steered to CPU 1 (RPS on the
+# bridge port of online's link), so the lab's other hosts' network stacks (bridge, the
+# target's TCP, waking its server), which the veth link otherwise runs inside tcpcopy's send
+# calls, are not counted as tcpcopy's CPU: on real hosts that work is the target's.
+pin=()
+if [ "${STEER:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  pin=(taskset -c 0)
+  ip netns exec "$run-sw" sh -c 'echo 2 > /sys/class/net/vonline/queues/rx-0/rps_cpus'
+fi
+
 # ---- offline ----
 if has offline; then
 gen=$("$bin/tc-bench-gen" "$work/bench.pcap" "$CONNS" "$REQUESTS")
@@ -90,7 +101,7 @@ cap_duration=$(echo "$gen" | awk '{print $8}')
 t0=$(date +%s.%N)
 # /usr/bin/time: tcpcopy's own CPU (user, system) and peak RSS (KB).
 ns online /usr/bin/time -f "%U %S %M" -o "$work/offline.time" \
-  "$tcpcopy_bin" -i "$work/bench.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
+  "${pin[@]}" "$tcpcopy_bin" -i "$work/bench.pcap" -x 80-198.18.0.30:8080 -s 198.18.0.40 \
   -c 203.0.113.x -a 100000 --offline-tail 30 -l "$work/tcpcopy-offline.log"
 t1=$(date +%s.%N)
 off_cpu=$(awk 'END {printf "%.2f", $1 + $2}' "$work/offline.time")
@@ -108,15 +119,6 @@ fi
 echo 0 > "$work/target.count.base"; base_target=$(count target); base_online=$(count online)
 capture_args=()
 [ -n "${CAPTURE:-}" ] && capture_args=(--capture "$CAPTURE")
-# STEER=1: tcpcopy pinned to CPU 0 and the frames it sends steered to CPU 1 (RPS on the
-# bridge port of online's link), so the lab's other hosts' network stacks (bridge, the
-# target's TCP, waking its server), which the veth link otherwise runs inside tcpcopy's send
-# calls, are not counted as tcpcopy's CPU: on real hosts that work is the target's.
-pin=()
-if [ "${STEER:-0}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
-  pin=(taskset -c 0)
-  ip netns exec "$run-sw" sh -c 'echo 2 > /sys/class/net/vonline/queues/rx-0/rps_cpus'
-fi
 start tcpcopy online "${pin[@]}" "$tcpcopy_bin" -x 80-198.18.0.30:8080 -s 198.18.0.40 -c 203.0.113.x \
   "${capture_args[@]}" -l "$work/tcpcopy-live.log"
 tcpcopy_pid=${pids[-1]}

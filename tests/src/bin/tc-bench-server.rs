@@ -48,6 +48,19 @@ fn main() {
         eprintln!("tc-bench-server: bind {}: {e}", args[1]);
         std::process::exit(1);
     });
+    // std listens with a backlog of 128: an offline replay at full speed opens its 2000
+    // connections within milliseconds, which overflowed it (SYN cookies, dropped ACKs, one
+    // or more seconds of retransmission per connection dropped) and made the wall time a
+    // matter of luck. Listening again raises it to the lab's somaxconn, as a server built for
+    // load would.
+    // SAFETY: listen(2) on the listener's own descriptor; no memory is passed.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 4096) } != 0 {
+        eprintln!(
+            "tc-bench-server: listen: {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(1);
+    }
     let count = Arc::new(AtomicU64::new(0));
     let file = args[2].clone();
     let c = count.clone();
