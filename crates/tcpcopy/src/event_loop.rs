@@ -43,9 +43,9 @@ const SEND_DRAIN_AT_EXIT: Duration = Duration::from_secs(1);
 pub const MAX_CAPTURES: usize = 64;
 /// Frames read from one source per turn, so tunnels and timers are not starved.
 const CAPTURE_BUDGET: usize = 256;
-/// Offline: client bytes the sessions may hold before reading the file pauses.
-const OFFLINE_MAX_BUFFERED: usize = 2 << 20;
-const OFFLINE_BUFFERED_RETRY: Duration = Duration::from_millis(1);
+/// Offline, reading paused ([`crate::offline::ReadAhead`]): when to look again (answers
+/// arriving meanwhile wake the loop anyway).
+const OFFLINE_PAUSE_RETRY: Duration = Duration::from_millis(1);
 const STATS_PERIOD: Duration = Duration::from_secs(30);
 const MEMORY_PERIOD: Duration = Duration::from_secs(60);
 const RECONNECT_PERIOD: Duration = Duration::from_secs(12);
@@ -758,10 +758,8 @@ impl EventLoop {
             return Ok(OfflineStatus::Finished);
         };
         let now = Instant::now();
-        // A file read faster than the target answers piles up in the sessions: reading waits
-        // while they hold this much (the target's service rate is the limit either way).
-        if !source.in_tail() && replayer.buffered_bytes() > OFFLINE_MAX_BUFFERED {
-            return Ok(OfflineStatus::WakeAt(now + OFFLINE_BUFFERED_RETRY));
+        if !source.in_tail() && !source.read_ahead.may_read(now, replayer.held_bytes()) {
+            return Ok(OfflineStatus::WakeAt(now + OFFLINE_PAUSE_RETRY));
         }
         let status = source.poll(now, CAPTURE_BUDGET, &mut |pass, link, frame| {
             // `-T`: each pass replays as connections distinct from the last pass's.
@@ -922,7 +920,7 @@ impl EventLoop {
         );
         if let Some(o) = &self.offline {
             log::info!(
-                "offline read:{},dispatched:{},truncated:{},unsupported link:{},passes done:{},ts backwards:{},ts jumps cut:{},gaps cut:{}",
+                "offline read:{},dispatched:{},truncated:{},unsupported link:{},passes done:{},ts backwards:{},ts jumps cut:{},gaps cut:{},read paused (sessions full):{},stalls read past:{}",
                 o.stats.read,
                 o.stats.dispatched,
                 o.stats.truncated,
@@ -930,7 +928,9 @@ impl EventLoop {
                 o.stats.passes_done,
                 o.stats.pacing.backwards,
                 o.stats.pacing.jumps,
-                o.stats.pacing.gaps_cut
+                o.stats.pacing.gaps_cut,
+                o.read_ahead.pauses,
+                o.read_ahead.stalls
             );
         }
         log::info!(

@@ -61,6 +61,10 @@ const MAX_RECON_TRIES: u8 = 3;
 const MIN_RTO: Duration = Duration::from_millis(200);
 const MAX_RTO: Duration = Duration::from_secs(5);
 
+/// What a [`Stored`] segment costs besides its bytes: the record in its queue and the
+/// allocator's header of its buffer (about 100 bytes: a short request costs twice its size).
+pub const STORED_OVERHEAD: usize = std::mem::size_of::<Stored>() + 16;
+
 /// A captured client segment kept for sending and retransmission (the datagram already
 /// rewritten to the fake client endpoint and the target).
 pub struct Stored {
@@ -128,6 +132,9 @@ pub struct Ctx<'a> {
     pub fidelity: &'a mut Fidelity,
     pub scratch: &'a mut [u8],
     pub pool: &'a mut Vec<Vec<u8>>,
+    /// Memory the stored client segments of all sessions take: their bytes and
+    /// [`STORED_OVERHEAD`] each (what an offline replay's read-ahead is bounded by).
+    pub held: &'a mut usize,
     /// Database logins of all sessions (`--auth-file`, `--protocol`).
     pub auth: &'a mut crate::auth::AuthReport,
 }
@@ -138,6 +145,11 @@ impl Ctx<'_> {
         v.clear();
         v.extend_from_slice(bytes);
         v
+    }
+    /// Frees a stored segment that leaves its session (its buffer back to the pool).
+    pub fn discard(&mut self, q: Stored) {
+        *self.held -= q.data.len() + STORED_OVERHEAD;
+        self.recycle(q.data);
     }
     pub fn recycle(&mut self, v: Vec<u8>) {
         if self.pool.len() < 8192 && v.capacity() <= 4096 {
@@ -704,6 +716,7 @@ impl Session {
             login::set_stored_seq(&mut stored);
         }
         self.buffered += stored.data.len();
+        *ctx.held += stored.data.len() + STORED_OVERHEAD;
         self.ip_id = seg.ip_id;
         if in_order {
             self.pending.push_back(stored);
@@ -782,7 +795,7 @@ impl Session {
             let is_fin = flags_ & flags::FIN != 0;
             if end != seq && seq_le(end, self.snd_nxt) {
                 let q = self.pop_pending();
-                ctx.recycle(q.data);
+                ctx.discard(q);
                 ctx.stats.clt_retransmit += 1;
                 ctx.drops.count(DropKind::ClientRetransmit);
                 continue;
@@ -818,7 +831,7 @@ impl Session {
                 }
                 self.emit(ctx, &mut q);
                 ctx.stats.send_rst += 1;
-                ctx.recycle(q.data);
+                ctx.discard(q);
                 self.finish(now);
                 return;
             }
@@ -854,6 +867,7 @@ impl Session {
                 let front = self.pending.front_mut().expect("front exists");
                 let removed = front.trim_front(n);
                 self.buffered -= removed;
+                *ctx.held -= removed;
             }
             if payload > 0 && self.login.is_some() && self.pending.front().is_some_and(|q| q.fresh)
             {
@@ -922,6 +936,11 @@ impl Session {
             self.answered = false;
             fidelity.requests_sent += 1;
         }
+    }
+
+    /// Segments in the send queue and the retransmission queue.
+    pub fn stored_segments(&self) -> usize {
+        self.pending.len() + self.unacked.len()
     }
 
     fn pop_pending(&mut self) -> Stored {
@@ -1014,7 +1033,7 @@ impl Session {
     /// Releases buffered packets into the pool (the session is being removed).
     pub fn release(&mut self, ctx: &mut Ctx) {
         for q in self.pending.drain(..).chain(self.unacked.drain(..)) {
-            ctx.recycle(q.data);
+            ctx.discard(q);
         }
         if let Some(s) = self.syn_pkt.take() {
             ctx.recycle(s);
@@ -1174,7 +1193,7 @@ impl Session {
                 if seq_le(q.end, ack) {
                     let q = self.unacked.pop_front().expect("front");
                     self.buffered -= q.data.len();
-                    ctx.recycle(q.data);
+                    ctx.discard(q);
                 } else {
                     break;
                 }
@@ -1260,14 +1279,16 @@ impl Session {
         if !replay_unacked {
             for q in self.unacked.drain(..) {
                 self.buffered -= q.data.len();
-                ctx.recycle(q.data);
+                ctx.discard(q);
             }
         }
         // Unacknowledged segments go back to the front of the queue, minus acked bytes.
         while let Some(mut q) = self.unacked.pop_back() {
             if q.payload > 0 && seq_lt(q.seq, self.snd_una) && seq_lt(self.snd_una, q.end) {
                 let n = self.snd_una.wrapping_sub(q.seq) as usize;
-                self.buffered -= q.trim_front(n);
+                let removed = q.trim_front(n);
+                self.buffered -= removed;
+                *ctx.held -= removed;
             }
             self.pending.push_front(q);
         }

@@ -320,6 +320,7 @@ macro_rules! ctx {
             fidelity: &mut $r.fidelity,
             scratch: &mut $r.scratch,
             pool: &mut $r.pool,
+            held: &mut $r.held,
             auth: &mut $r.auth_report,
         }
     };
@@ -348,6 +349,8 @@ pub struct Replayer {
     split_buf: Vec<u8>,
     scratch: Vec<u8>,
     pool: Vec<Vec<u8>>,
+    /// See [`Ctx::held`].
+    held: usize,
     /// Connections moved to another port because their key was held by a live session.
     moved_ports: MovedPorts,
     /// Fake endpoints of sessions removed lately (with `-n`), with the real client whose
@@ -462,6 +465,7 @@ impl Replayer {
             split_buf: vec![0; BUF_LEN],
             scratch: vec![0; BUF_LEN],
             pool: Vec::new(),
+            held: 0,
             moved_ports: MovedPorts::new(MAX_MOVED),
             recently_closed: RecentlyClosed::new(TIME_WAIT, MAX_RECENTLY_CLOSED),
             deferred: HashMap::new(),
@@ -1095,9 +1099,22 @@ impl Replayer {
         self.moved_ports.len()
     }
 
-    /// Bytes of client packets the sessions hold (waiting for the target's answers).
-    pub fn buffered_bytes(&self) -> usize {
-        self.sessions.values().map(|s| s.buffered).sum()
+    /// Memory the client packets held take: the sessions' stored segments with their
+    /// overhead ([`Ctx::held`], kept as they come and go) and the connections waiting for an
+    /// endpoint. O(1): the offline reader asks before each read.
+    pub fn held_bytes(&self) -> usize {
+        self.held + self.deferred_bytes
+    }
+
+    /// [`Replayer::held_bytes`] counted again from the sessions, for tests of the running
+    /// count (O(sessions)).
+    pub fn held_bytes_recounted(&self) -> usize {
+        let sessions: usize = self
+            .sessions
+            .values()
+            .map(|s| s.buffered + s.stored_segments() * conn::STORED_OVERHEAD)
+            .sum();
+        sessions + self.deferred_bytes
     }
 
     /// Sessions that are not finished (handshaking or established).

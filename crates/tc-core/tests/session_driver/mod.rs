@@ -254,6 +254,12 @@ pub fn drive(data: &[u8]) {
         0,
         "sessions left after every timer ran out"
     );
+    // The running count of held memory (what bounds an offline read-ahead) never drifted.
+    assert_eq!(
+        r.held_bytes(),
+        r.held_bytes_recounted(),
+        "held bytes drifted"
+    );
 }
 
 /// The TCP checksum field a sender with transmit checksum offload hands to the NIC (and to a

@@ -567,6 +567,13 @@ impl SimCore {
     /// announcements, then datagrams to the simulated target; then tells it whether
     /// intercepts take sessions.
     pub fn drain(&mut self, replayer: &mut Replayer) {
+        // The running count of held memory (what bounds an offline read-ahead) stays exact
+        // through every event.
+        assert_eq!(
+            replayer.held_bytes(),
+            replayer.held_bytes_recounted(),
+            "held bytes drifted"
+        );
         let out = replayer.output();
         for a in out.client_adds() {
             self.adds.push((

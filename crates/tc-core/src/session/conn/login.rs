@@ -149,6 +149,7 @@ impl Session {
         let layout = p.segment().layout;
         let old = std::mem::replace(&mut front.data, data);
         self.buffered = self.buffered + front.data.len() - old.len();
+        *ctx.held = *ctx.held + front.data.len() - old.len();
         ctx.recycle(old);
         front.layout = layout;
         front.payload = new.len();
