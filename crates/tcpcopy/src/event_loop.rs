@@ -758,7 +758,7 @@ impl EventLoop {
             return Ok(OfflineStatus::Finished);
         };
         let now = Instant::now();
-        if !source.in_tail() && !source.read_ahead.may_read(now, replayer.held_bytes()) {
+        if !source.in_tail() && !source.read_ahead.may_read(now, replayer.unsent_bytes()) {
             return Ok(OfflineStatus::WakeAt(now + OFFLINE_PAUSE_RETRY));
         }
         let status = source.poll(now, CAPTURE_BUDGET, &mut |pass, link, frame| {

@@ -48,16 +48,16 @@ pub struct OfflineStats {
 /// How far the file is read ahead of the replay: a file read faster than the target answers
 /// piles up in the sessions (up to `-m`), while the target's service rate is the limit
 /// either way. Reading pauses while the sessions hold more than [`ReadAhead::LIMIT`] of
-/// client packets ([`tc_core::session::Replayer::held_bytes`]), unless nothing was drained
-/// for [`ReadAhead::STALL`]: what is held then is taken as stuck (a session whose target
-/// stopped answering holds its bytes until it times out) and the limit counts above it
-/// until the sessions hold less than the limit again, so one stuck session does not starve
-/// the others.
+/// client packets not sent yet ([`tc_core::session::Replayer::unsent_bytes`]; packets in
+/// flight are not counted, so bytes in flight are not capped), unless nothing was sent for
+/// [`ReadAhead::STALL`]: what is held then is taken as stuck (a session whose target stopped
+/// answering holds its requests until it times out) and the limit counts above it until the
+/// sessions hold less than the limit again, so one stuck session does not starve the others.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadAhead {
     /// Bytes taken as stuck at the last stall (shrinks with what is held).
     stuck: usize,
-    last_held: usize,
+    last_unsent: usize,
     last_drain: Instant,
     /// Reads refused (for the statistics).
     pub pauses: u64,
@@ -66,43 +66,43 @@ pub struct ReadAhead {
 }
 
 impl ReadAhead {
-    /// Memory of held client packets (bytes and per-segment overhead) beyond which reading
+    /// Memory of unsent client packets (bytes and per-segment overhead) beyond which reading
     /// pauses. In the bench's offline run (2000 connections, 200,000 short requests at `-a
     /// 100000`, `STEER=1`) 512 KB (about 2,500 such requests) replayed as fast as the 2 MB
     /// of payload allowed before (about 4 MB with the overhead), with 16 MB of peak RSS
     /// instead of 28: the per-session queues grow to what is read ahead and keep their size.
     pub const LIMIT: usize = 512 << 10;
-    /// No drain for this long while paused: a stall.
+    /// Nothing sent for this long while paused: a stall.
     pub const STALL: Duration = Duration::from_secs(1);
 
     pub fn new(now: Instant) -> ReadAhead {
         ReadAhead {
             stuck: 0,
-            last_held: 0,
+            last_unsent: 0,
             last_drain: now,
             pauses: 0,
             stalls: 0,
         }
     }
 
-    /// Whether the file may be read now, the sessions holding `held` bytes.
-    pub fn may_read(&mut self, now: Instant, held: usize) -> bool {
-        if held < self.last_held {
+    /// Whether the file may be read now, the sessions holding `unsent` bytes.
+    pub fn may_read(&mut self, now: Instant, unsent: usize) -> bool {
+        if unsent < self.last_unsent {
             self.last_drain = now;
         }
-        self.last_held = held;
+        self.last_unsent = unsent;
         // What was stuck can only have shrunk; below the limit, nothing stuck matters.
-        self.stuck = if held <= Self::LIMIT {
+        self.stuck = if unsent <= Self::LIMIT {
             0
         } else {
-            self.stuck.min(held)
+            self.stuck.min(unsent)
         };
-        if held <= self.stuck + Self::LIMIT {
+        if unsent <= self.stuck + Self::LIMIT {
             return true;
         }
         if now.saturating_duration_since(self.last_drain) >= Self::STALL {
             self.stalls += 1;
-            self.stuck = held;
+            self.stuck = unsent;
             self.last_drain = now;
             return true;
         }
@@ -380,10 +380,10 @@ mod tests {
         let mut r = ReadAhead::new(t0);
         assert!(!r.may_read(ms(0), stuck));
         assert!(!r.may_read(ms(999), stuck));
-        // Nothing drained for STALL: what is held is taken as stuck, reading goes on...
+        // Nothing sent for STALL: what is held is taken as stuck, reading goes on...
         assert!(r.may_read(ms(1000), stuck));
         assert_eq!(r.stalls, 1);
-        // ...up to the limit above it, the others' answers draining as usual.
+        // ...up to the limit above it, the others' requests going out as usual.
         assert!(r.may_read(ms(1001), stuck + limit));
         assert!(!r.may_read(ms(1002), stuck + limit + 10));
         assert!(!r.may_read(ms(1003), stuck + limit + 5));

@@ -63,6 +63,7 @@ const MAX_RTO: Duration = Duration::from_secs(5);
 
 /// What a [`Stored`] segment costs besides its bytes: the record in its queue and the
 /// allocator's header of its buffer (about 100 bytes: a short request costs twice its size).
+/// Counted in [`Ctx::unsent`].
 pub const STORED_OVERHEAD: usize = std::mem::size_of::<Stored>() + 16;
 
 /// A captured client segment kept for sending and retransmission (the datagram already
@@ -132,9 +133,11 @@ pub struct Ctx<'a> {
     pub fidelity: &'a mut Fidelity,
     pub scratch: &'a mut [u8],
     pub pool: &'a mut Vec<Vec<u8>>,
-    /// Memory the stored client segments of all sessions take: their bytes and
-    /// [`STORED_OVERHEAD`] each (what an offline replay's read-ahead is bounded by).
-    pub held: &'a mut usize,
+    /// Memory the client segments not sent yet take, in every session's send queue: their
+    /// bytes and [`STORED_OVERHEAD`] each. An offline replay reads the file at most so far
+    /// ahead of what was sent; segments sent and not yet acknowledged are not counted (the
+    /// target's windows bound them, and counting them would cap bytes in flight).
+    pub unsent: &'a mut usize,
     /// Database logins of all sessions (`--auth-file`, `--protocol`).
     pub auth: &'a mut crate::auth::AuthReport,
 }
@@ -145,11 +148,6 @@ impl Ctx<'_> {
         v.clear();
         v.extend_from_slice(bytes);
         v
-    }
-    /// Frees a stored segment that leaves its session (its buffer back to the pool).
-    pub fn discard(&mut self, q: Stored) {
-        *self.held -= q.data.len() + STORED_OVERHEAD;
-        self.recycle(q.data);
     }
     pub fn recycle(&mut self, v: Vec<u8>) {
         if self.pool.len() < 8192 && v.capacity() <= 4096 {
@@ -716,7 +714,7 @@ impl Session {
             login::set_stored_seq(&mut stored);
         }
         self.buffered += stored.data.len();
-        *ctx.held += stored.data.len() + STORED_OVERHEAD;
+        *ctx.unsent += stored.data.len() + STORED_OVERHEAD;
         self.ip_id = seg.ip_id;
         if in_order {
             self.pending.push_back(stored);
@@ -794,8 +792,8 @@ impl Session {
             let is_rst = flags_ & flags::RST != 0;
             let is_fin = flags_ & flags::FIN != 0;
             if end != seq && seq_le(end, self.snd_nxt) {
-                let q = self.pop_pending();
-                ctx.discard(q);
+                let q = self.pop_pending(ctx.unsent);
+                ctx.recycle(q.data);
                 ctx.stats.clt_retransmit += 1;
                 ctx.drops.count(DropKind::ClientRetransmit);
                 continue;
@@ -822,7 +820,7 @@ impl Session {
                     break;
                 }
                 self.holding_since = None;
-                let mut q = self.pop_pending();
+                let mut q = self.pop_pending(ctx.unsent);
                 let snd_nxt = self.snd_nxt;
                 if let Some(mut p) = q.packet() {
                     if seq_lt(p.seq(), snd_nxt) {
@@ -831,7 +829,7 @@ impl Session {
                 }
                 self.emit(ctx, &mut q);
                 ctx.stats.send_rst += 1;
-                ctx.discard(q);
+                ctx.recycle(q.data);
                 self.finish(now);
                 return;
             }
@@ -867,7 +865,7 @@ impl Session {
                 let front = self.pending.front_mut().expect("front exists");
                 let removed = front.trim_front(n);
                 self.buffered -= removed;
-                *ctx.held -= removed;
+                *ctx.unsent -= removed;
             }
             if payload > 0 && self.login.is_some() && self.pending.front().is_some_and(|q| q.fresh)
             {
@@ -877,7 +875,7 @@ impl Session {
                     LoginStep::Dropped => return,
                 }
             }
-            let mut q = self.pop_pending();
+            let mut q = self.pop_pending(ctx.unsent);
             self.emit(ctx, &mut q);
             if q.payload > 0 {
                 ctx.stats.send_content += 1;
@@ -938,14 +936,19 @@ impl Session {
         }
     }
 
-    /// Segments in the send queue and the retransmission queue.
-    pub fn stored_segments(&self) -> usize {
-        self.pending.len() + self.unacked.len()
+    /// This session's share of [`Ctx::unsent`], counted from its send queue.
+    pub fn unsent_footprint(&self) -> usize {
+        self.pending
+            .iter()
+            .map(|q| q.data.len() + STORED_OVERHEAD)
+            .sum()
     }
 
-    fn pop_pending(&mut self) -> Stored {
+    /// Takes the next segment out of the send queue (to send it or drop it).
+    fn pop_pending(&mut self, unsent: &mut usize) -> Stored {
         let q = self.pending.pop_front().expect("pending not empty");
         self.buffered -= q.data.len();
+        *unsent -= q.data.len() + STORED_OVERHEAD;
         q
     }
 
@@ -1032,8 +1035,12 @@ impl Session {
 
     /// Releases buffered packets into the pool (the session is being removed).
     pub fn release(&mut self, ctx: &mut Ctx) {
-        for q in self.pending.drain(..).chain(self.unacked.drain(..)) {
-            ctx.discard(q);
+        for q in self.pending.drain(..) {
+            *ctx.unsent -= q.data.len() + STORED_OVERHEAD;
+            ctx.recycle(q.data);
+        }
+        for q in self.unacked.drain(..) {
+            ctx.recycle(q.data);
         }
         if let Some(s) = self.syn_pkt.take() {
             ctx.recycle(s);
@@ -1193,7 +1200,7 @@ impl Session {
                 if seq_le(q.end, ack) {
                     let q = self.unacked.pop_front().expect("front");
                     self.buffered -= q.data.len();
-                    ctx.discard(q);
+                    ctx.recycle(q.data);
                 } else {
                     break;
                 }
@@ -1279,17 +1286,17 @@ impl Session {
         if !replay_unacked {
             for q in self.unacked.drain(..) {
                 self.buffered -= q.data.len();
-                ctx.discard(q);
+                ctx.recycle(q.data);
             }
         }
         // Unacknowledged segments go back to the front of the queue, minus acked bytes.
         while let Some(mut q) = self.unacked.pop_back() {
             if q.payload > 0 && seq_lt(q.seq, self.snd_una) && seq_lt(self.snd_una, q.end) {
                 let n = self.snd_una.wrapping_sub(q.seq) as usize;
-                let removed = q.trim_front(n);
-                self.buffered -= removed;
-                *ctx.held -= removed;
+                self.buffered -= q.trim_front(n);
             }
+            // Unsent again.
+            *ctx.unsent += q.data.len() + STORED_OVERHEAD;
             self.pending.push_front(q);
         }
         self.phase = Phase::Closed;

@@ -320,7 +320,7 @@ macro_rules! ctx {
             fidelity: &mut $r.fidelity,
             scratch: &mut $r.scratch,
             pool: &mut $r.pool,
-            held: &mut $r.held,
+            unsent: &mut $r.unsent,
             auth: &mut $r.auth_report,
         }
     };
@@ -349,8 +349,8 @@ pub struct Replayer {
     split_buf: Vec<u8>,
     scratch: Vec<u8>,
     pool: Vec<Vec<u8>>,
-    /// See [`Ctx::held`].
-    held: usize,
+    /// See [`Ctx::unsent`].
+    unsent: usize,
     /// Connections moved to another port because their key was held by a live session.
     moved_ports: MovedPorts,
     /// Fake endpoints of sessions removed lately (with `-n`), with the real client whose
@@ -465,7 +465,7 @@ impl Replayer {
             split_buf: vec![0; BUF_LEN],
             scratch: vec![0; BUF_LEN],
             pool: Vec::new(),
-            held: 0,
+            unsent: 0,
             moved_ports: MovedPorts::new(MAX_MOVED),
             recently_closed: RecentlyClosed::new(TIME_WAIT, MAX_RECENTLY_CLOSED),
             deferred: HashMap::new(),
@@ -1099,21 +1099,17 @@ impl Replayer {
         self.moved_ports.len()
     }
 
-    /// Memory the client packets held take: the sessions' stored segments with their
-    /// overhead ([`Ctx::held`], kept as they come and go) and the connections waiting for an
-    /// endpoint. O(1): the offline reader asks before each read.
-    pub fn held_bytes(&self) -> usize {
-        self.held + self.deferred_bytes
+    /// Memory the client packets captured and not sent yet take: the sessions' send queues
+    /// with their overhead ([`Ctx::unsent`], kept as segments come and go) and the
+    /// connections waiting for an endpoint. O(1): the offline reader asks before each read.
+    pub fn unsent_bytes(&self) -> usize {
+        self.unsent + self.deferred_bytes
     }
 
-    /// [`Replayer::held_bytes`] counted again from the sessions, for tests of the running
-    /// count (O(sessions)).
-    pub fn held_bytes_recounted(&self) -> usize {
-        let sessions: usize = self
-            .sessions
-            .values()
-            .map(|s| s.buffered + s.stored_segments() * conn::STORED_OVERHEAD)
-            .sum();
+    /// [`Replayer::unsent_bytes`] counted again from the sessions, for tests of the running
+    /// count (O(segments)).
+    pub fn unsent_bytes_recounted(&self) -> usize {
+        let sessions: usize = self.sessions.values().map(|s| s.unsent_footprint()).sum();
         sessions + self.deferred_bytes
     }
 

@@ -254,11 +254,12 @@ pub fn drive(data: &[u8]) {
         0,
         "sessions left after every timer ran out"
     );
-    // The running count of held memory (what bounds an offline read-ahead) never drifted.
+    // The running count of unsent packets' memory (what bounds an offline read-ahead) never
+    // drifted.
     assert_eq!(
-        r.held_bytes(),
-        r.held_bytes_recounted(),
-        "held bytes drifted"
+        r.unsent_bytes(),
+        r.unsent_bytes_recounted(),
+        "unsent bytes drifted"
     );
 }
 

@@ -149,7 +149,7 @@ impl Session {
         let layout = p.segment().layout;
         let old = std::mem::replace(&mut front.data, data);
         self.buffered = self.buffered + front.data.len() - old.len();
-        *ctx.held = *ctx.held + front.data.len() - old.len();
+        *ctx.unsent = *ctx.unsent + front.data.len() - old.len();
         ctx.recycle(old);
         front.layout = layout;
         front.payload = new.len();
