@@ -956,23 +956,26 @@ impl Session {
     fn emit(&mut self, ctx: &mut Ctx, q: &mut Stored) {
         let ts_offset = q.ts_offset;
         if let Some(mut p) = q.packet() {
-            if p.ack_flag() {
-                p.set_ack(self.tgt_ack);
-            }
-            if self.fake {
-                p.set_window(65535);
-            }
             let ts = ts_offset.and_then(|off| Some((off, p.timestamps_at(off)?)));
-            if let (true, Some((off, (val, _)))) = (self.ts_on, ts) {
-                // Keep TSval non-decreasing (wrap-aware) and echo the target's latest TSval.
-                let val = if seq_gt(val, self.ts_val) {
-                    val
-                } else {
-                    self.ts_val
-                };
-                self.ts_val = val;
-                p.set_timestamps(off, val, self.ts_ecr);
-            }
+            let ack = p.ack_flag();
+            p.rewrite(|p| {
+                if ack {
+                    p.ack(self.tgt_ack);
+                }
+                if self.fake {
+                    p.window(65535);
+                }
+                if let (true, Some((off, (val, _)))) = (self.ts_on, ts) {
+                    // Keep TSval non-decreasing (wrap-aware) and echo the target's latest TSval.
+                    let val = if seq_gt(val, self.ts_val) {
+                        val
+                    } else {
+                        self.ts_val
+                    };
+                    self.ts_val = val;
+                    p.timestamps(off, val, self.ts_ecr);
+                }
+            });
         }
         ctx.stats.send += 1;
         ctx.out.send(&q.data, self.transfer);

@@ -676,10 +676,12 @@ impl Replayer {
         let syn_seq = syn.then_some((seq, seg.options.timestamps.map(|(val, _)| val)));
         let (port, moved) = self.resolve_port(now, (src_ip, shifted), 0, target, seq, syn_seq);
         if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
-            q.set_src_ip(src_ip);
-            q.set_src_port(port);
-            q.set_dst_ip(t.dst_ip);
-            q.set_dst_port(t.dst_port);
+            q.rewrite(|w| {
+                w.src_ip(src_ip)
+                    .src_port(port)
+                    .dst_ip(t.dst_ip)
+                    .dst_port(t.dst_port);
+            });
             if !checksums_valid {
                 q.fill_checksums();
             }
@@ -705,8 +707,9 @@ impl Replayer {
             }
             let (port, moved) = self.resolve_port(now, (ip, port), i, target, seq, syn_seq);
             if let Some(mut q) = TcpPacket::from_layout(&mut buf[..len], seg.layout) {
-                q.set_src_ip(ip);
-                q.set_src_port(port);
+                q.rewrite(|w| {
+                    w.src_ip(ip).src_port(port);
+                });
             }
             (seg.src, seg.src_port) = (ip, port);
             self.session_layer(now, &seg, &buf[..len], transfer, moved);
