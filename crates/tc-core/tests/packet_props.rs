@@ -194,6 +194,7 @@ proptest! {
         rewrites in prop::collection::vec(rewrite(), 0..24),
     ) {
         let mut bytes = encode(&seg);
+        let mut once = bytes.clone();
         let mut p = TcpPacket::parse(&mut bytes[..], Completeness::Whole).unwrap();
         prop_assert!(p.checksums_valid());
         for r in &rewrites {
@@ -204,6 +205,52 @@ proptest! {
         TcpPacket::parse(&mut full[..], Completeness::Whole).unwrap().fill_checksums();
         prop_assert_eq!(p.as_bytes(), &full[..]);
         prop_assert_eq!(p.payload(), &seg.payload[..]);
+        // The same changes in one rewrite (one checksum update): the same bytes.
+        let mut q = TcpPacket::parse(&mut once[..], Completeness::Whole).unwrap();
+        let ts_at = q.options().timestamps_offset;
+        q.rewrite(|w| {
+            for r in &rewrites {
+                match *r {
+                    Rewrite::SrcIp(a) => w.src_ip(Ipv4Addr::from(a)),
+                    Rewrite::DstIp(a) => w.dst_ip(Ipv4Addr::from(a)),
+                    Rewrite::SrcPort(v) => w.src_port(v),
+                    Rewrite::DstPort(v) => w.dst_port(v),
+                    Rewrite::Seq(v) => w.seq(v),
+                    Rewrite::Ack(v) => w.ack(v),
+                    Rewrite::Window(v) => w.window(v),
+                    Rewrite::Flags(v) => w.flags(v),
+                    Rewrite::IpId(v) => w.ip_id(v),
+                    Rewrite::Ttl(v) => w.ttl(v),
+                    Rewrite::Timestamps(v, e) => match ts_at {
+                        Some(at) => w.timestamps(at, v, e),
+                        None => w,
+                    },
+                };
+            }
+        });
+        prop_assert_eq!(q.as_bytes(), &full[..]);
+    }
+
+    #[test]
+    fn copy_verified_copies_and_judges_as_a_full_check(
+        seg in seg_strategy(1460),
+        flip in prop::option::of((any::<prop::sample::Index>(), 1u8..=255)),
+    ) {
+        // A valid segment, or one with a byte changed: the copying check says what
+        // `checksums_valid` says, and the copy holds the bytes.
+        let mut bytes = encode(&seg);
+        if let Some((at, x)) = flip {
+            let at = at.index(bytes.len());
+            bytes[at] ^= x;
+        }
+        let Ok(p) = TcpPacket::parse(&bytes[..], Completeness::Whole) else {
+            return Ok(());
+        };
+        let mut out = vec![0u8; bytes.len() + 1];
+        let valid = p.copy_verified(&mut out[1..]);
+        prop_assert_eq!(valid, p.checksums_valid());
+        prop_assert_eq!(valid, flip.is_none());
+        prop_assert_eq!(&out[1..1 + p.as_bytes().len()], p.as_bytes());
     }
 
     #[test]
