@@ -170,7 +170,7 @@ fi
 
 # ---- full speed (keep-alive, as ab -k -n FULL_REQUESTS -c FULL_CONNS) ----
 full_online=0 full_target=0 full_client_s=0 full_ratio=0 full_lag_ratio=0
-full_user=0 full_sys=0 full_ic=0
+full_user=0 full_sys=0 full_ic=0 full_at_client_end=0 full_rate_during=0 full_rate_after=0
 perf_pids=()
 if has full; then
   base_target=$(count target); base_online=$(count online)
@@ -186,6 +186,9 @@ if has full; then
   c0=$(date +%s.%N)
   ns client "$bin/tc-bench-client" 198.18.0.20:80 "$FULL_CONNS" 0 300 "requests=$FULL_REQUESTS" > "$work/client-full.out"
   c1=$(date +%s.%N)
+  # How much of the replay was done when the client finished: the replay's rate while the
+  # client ran (sharing the cores) and after (the backlog alone) tells what limits it.
+  full_at_client_end=$(( $(count target) - base_target ))
   wait_replayed "$base_target" "$work/client-full.out" 30 || true
   r1=$(date +%s.%N)
   for p in "${perf_pids[@]}"; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
@@ -193,6 +196,9 @@ if has full; then
   full_target=$(( $(count target) - base_target ))
   full_client_s=$(echo "$c1 - $c0" | bc -l)
   full_lag_ratio=$(echo "scale=3; ($r1 - $c0) / ($c1 - $c0)" | bc -l)
+  full_rate_during=$(echo "$full_at_client_end / ($c1 - $c0)" | bc -l | awk '{printf "%.0f", $1}')
+  full_rate_after=$(echo "($full_target - $full_at_client_end) / ($r1 - $c1)" | bc -l 2>/dev/null \
+    | awk '{printf "%.0f", $1}')
   read -r u1 s1 < <(user_sys "$tcpcopy_pid")
   full_user=$(echo "$u1 - $u0" | bc -l); full_sys=$(echo "$s1 - $s0" | bc -l)
   full_ic=$(echo "$(cpu_seconds "$intercept_pid") - $ic0" | bc -l)
@@ -296,7 +302,7 @@ if $json; then
 {"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio,"capture_duration_s":$cap_duration,"wall_over_capture_duration":$off_wall_ratio,"tcpcopy_cpu_s":$off_cpu,"tcpcopy_cpu_us_per_request":$off_us,"tcpcopy_peak_rss_kb":$off_rss},
  "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"replay_finished_over_client_finished":$replay_lag_ratio,"capture":"${CAPTURE:-default}","tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
  "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc},
- "full":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$full_client_s,"online_requests":$full_online,"target_requests":$full_target,"target_over_online":$full_ratio,"replay_finished_over_client_finished":$full_lag_ratio,"tcpcopy_cpu_us_per_request":$full_us,"tcpcopy_user_us_per_request":$full_user_us,"tcpcopy_system_us_per_request":$full_sys_us,"intercept_cpu_us_per_request":$full_ic_us},
+ "full":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$full_client_s,"online_requests":$full_online,"target_requests":$full_target,"target_over_online":$full_ratio,"replay_finished_over_client_finished":$full_lag_ratio,"replayed_when_client_finished":$full_at_client_end,"replay_rate_while_client_ran":$full_rate_during,"replay_rate_after":$full_rate_after,"tcpcopy_cpu_us_per_request":$full_us,"tcpcopy_user_us_per_request":$full_user_us,"tcpcopy_system_us_per_request":$full_sys_us,"intercept_cpu_us_per_request":$full_ic_us},
  "fanout":{"processes":$FANOUT,"rounds":$FANOUT_ROUNDS,"requests":$FANOUT_REQUESTS,"connections":$FANOUT_CONNS,"replayed_1":$fan1_done,"replayed_n":$fanN_done,"rate_1":$fan1_rate,"rate_n":$fanN_rate,"rate_n_over_1":$fan_ratio,"tcpcopy_cpu_s_1":$fan1_cpu,"tcpcopy_cpu_s_n":$fanN_cpu,"host_cores_busy_1":$fan1_busy,"host_cores_busy_n":$fanN_busy}}
 JSON
 else
@@ -320,6 +326,8 @@ else
     printf '%-44s %s requests on %s connections, %.2f s (%s req/s)\n' "full: keep-alive at full client speed" "$FULL_REQUESTS" "$FULL_CONNS" "$full_client_s" "$full_client_rps"
     printf '%-44s %s / %s = %s\n' "full: requests at target / served online" "$full_target" "$full_online" "$full_ratio"
     printf '%-44s %s\n' "full: replay finished / client finished" "$full_lag_ratio"
+    printf '%-44s %s of %s, %s req/s; then %s req/s\n' "full: replayed when the client finished" \
+      "$full_at_client_end" "$full_target" "$full_rate_during" "$full_rate_after"
     printf '%-44s %s us CPU/request (user %s + system %s)\n' "full: tcpcopy" "$full_us" "$full_user_us" "$full_sys_us"
     printf '%-44s %s us CPU/request\n' "full: intercept" "$full_ic_us"
   fi
