@@ -674,7 +674,7 @@ fn ten_thousand_keep_alive_sessions_stay_under_the_diff_caps() {
             for c in conns.iter_mut() {
                 ask(c, &mut buf).map_err(|e| format!("request {}: {e}", answered + 1))?;
                 answered += 1;
-                if answered % 500 == 0 {
+                if answered.is_multiple_of(500) {
                     let due = connected_at + Duration::from_secs_f64(answered as f64 / RATE);
                     std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 }

@@ -442,7 +442,7 @@ fn ipv6_stops_when_the_intercept_never_answers() {
     // Per tunnel: the version record and the request (14 bytes each), nothing more.
     let records: Vec<&[u8]> = received.chunks(14).collect();
     assert!(
-        received.len() % 14 == 0
+        received.len().is_multiple_of(14)
             && records
                 .iter()
                 .all(|r| r[6..8] == [0, 6] || r[6..8] == [0x74, 0x36]),

@@ -878,7 +878,7 @@ mod tests {
                 8080
             ));
             sent += 1;
-            if tunnels.stats.stuck > 0 && sent % 1000 == 0 {
+            if tunnels.stats.stuck > 0 && sent.is_multiple_of(1000) {
                 break;
             }
         }

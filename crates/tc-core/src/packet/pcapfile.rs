@@ -445,7 +445,7 @@ impl<R: Read> PcapReader<R> {
         };
         let total = endian.u32(&hdr[0..4]) as usize;
         // type, length, byte-order magic, version (4), section length (8), trailer.
-        if total < 28 || total % 4 != 0 || total > MAX_BLOCK_LEN {
+        if total < 28 || !total.is_multiple_of(4) || total > MAX_BLOCK_LEN {
             return Err(self.corrupt(format!("bad section header length {total}"), start));
         }
         self.fill_buf(total - 12, "section header", start + 12)?;
@@ -482,7 +482,7 @@ impl<R: Read> PcapReader<R> {
             let mut len_bytes = [0u8; 4];
             self.fill(&mut len_bytes, "block header", start + 4)?;
             let total = endian.u32(&len_bytes) as usize;
-            if total < 12 || total % 4 != 0 || total > MAX_BLOCK_LEN {
+            if total < 12 || !total.is_multiple_of(4) || total > MAX_BLOCK_LEN {
                 return Err(self.corrupt(format!("bad block length {total}"), start));
             }
             // Body and trailing length.

@@ -336,7 +336,7 @@ impl SimCore {
         self.records_made += 1;
         let mut at = self.now.max(self.record_path_free.unwrap_or(self.now));
         if let Some((every, stall)) = self.record_stall {
-            if self.records_made % every == 0 {
+            if self.records_made.is_multiple_of(every) {
                 at += stall;
             }
         }
@@ -602,7 +602,7 @@ pub fn run(
     loop {
         steps += 1;
         assert!(steps < 50_000_000, "simulation did not settle");
-        if steps % 64 == 0 {
+        if steps.is_multiple_of(64) {
             check_unsent(replayer);
         }
         // Intercept's records reach tcpcopy (about 100 us after the target sent them).
