@@ -8,9 +8,14 @@
 /// yet folded: only its [`fold`] is meaningful.
 #[inline]
 pub fn sum_bytes(data: &[u8], acc: u64) -> u64 {
-    // The sum is taken over native-endian 16-bit words and byte-swapped once at the end
-    // (RFC 1071 2.(B): the one's-complement sum is byte-order independent): no swap per word.
-    let native = fold(sum_native(data));
+    add_native(acc, sum_native(data))
+}
+
+/// `acc` plus a sum taken over native-endian words, byte-swapped once (RFC 1071 2.(B): the
+/// one's-complement sum is byte-order independent): no swap per word.
+#[inline(always)]
+fn add_native(acc: u64, native: u64) -> u64 {
+    let native = fold(native);
     let be = if cfg!(target_endian = "little") {
         native.swap_bytes()
     } else {
@@ -138,13 +143,7 @@ fn sum_native(data: &[u8]) -> u64 {
 #[inline]
 pub fn copy_and_sum(src: &[u8], dst: &mut [u8], acc: u64) -> u64 {
     assert_eq!(src.len(), dst.len(), "copy_and_sum: lengths differ");
-    let native = fold(copy_sum_native(src, dst));
-    let be = if cfg!(target_endian = "little") {
-        native.swap_bytes()
-    } else {
-        native
-    };
-    acc + u64::from(be)
+    add_native(acc, copy_sum_native(src, dst))
 }
 
 #[inline]

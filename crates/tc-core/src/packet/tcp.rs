@@ -601,13 +601,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         let (header, segment) = b.split_at(self.ip_len);
         let (out_header, out_segment) = out.split_at_mut(self.ip_len);
         out_header.copy_from_slice(header);
-        let pseudo = if self.v6 {
-            let len = segment.len() as u32;
-            ipv6::pseudo_header_sum6(v6_at(b, 8), v6_at(b, 24), IPPROTO_TCP, len)
-        } else {
-            let (src, dst) = ([b[12], b[13], b[14], b[15]], [b[16], b[17], b[18], b[19]]);
-            checksum::pseudo_header_sum(src, dst, IPPROTO_TCP, segment.len() as u16)
-        };
+        let pseudo = self.pseudo_header_sum();
         let tcp_ok = checksum::fold(checksum::copy_and_sum(segment, out_segment, pseudo)) == 0xffff;
         b.len() >= self.ip_len + self.tcp_len + self.declared_payload
             && tcp_ok
@@ -616,17 +610,22 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
 
     #[inline]
     fn tcp_sum_over_segment(&self) -> u16 {
+        let seg = &self.as_bytes()[self.ip_len..];
+        !checksum::fold(checksum::sum_bytes(seg, self.pseudo_header_sum()))
+    }
+
+    /// The sum of the TCP pseudo-header (addresses, protocol, the segment's length) of the
+    /// datagram's family.
+    #[inline]
+    fn pseudo_header_sum(&self) -> u64 {
         let b = self.as_bytes();
-        let seg = &b[self.ip_len..];
+        let len = b.len() - self.ip_len;
         if self.v6 {
-            let acc =
-                ipv6::pseudo_header_sum6(v6_at(b, 8), v6_at(b, 24), IPPROTO_TCP, seg.len() as u32);
-            return !checksum::fold(checksum::sum_bytes(seg, acc));
+            return ipv6::pseudo_header_sum6(v6_at(b, 8), v6_at(b, 24), IPPROTO_TCP, len as u32);
         }
         let src = [b[12], b[13], b[14], b[15]];
         let dst = [b[16], b[17], b[18], b[19]];
-        let acc = checksum::pseudo_header_sum(src, dst, IPPROTO_TCP, seg.len() as u16);
-        !checksum::fold(checksum::sum_bytes(seg, acc))
+        checksum::pseudo_header_sum(src, dst, IPPROTO_TCP, len as u16)
     }
 }
 
