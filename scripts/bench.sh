@@ -12,6 +12,9 @@
 #            client finished, tcpcopy CPU per request split user/system, intercept CPU;
 #   short:   the same with a connection per request (SHORT_RATE connections/s for
 #            SHORT_SECONDS): handshakes, FINs and lingering sessions, CPU per connection;
+#   ab:      the issue's own measurement of the full phase (not in the default phases):
+#            `ab -k -n FULL_REQUESTS -c FULL_CONNS` against nginx on online:81, replayed by
+#            a tcpcopy of its own to nginx on target:8081 (apt: nginx-light apache2-utils);
 #   fanout:  (FANOUT=N, N >= 2) tcpcopy as the bottleneck: FANOUT_REQUESTS keep-alive requests
 #            on FANOUT_CONNS connections are made while tcpcopy is stopped (SIGSTOP; the
 #            capture buffers them), then the replay runs flat out on the backlog: replay
@@ -20,7 +23,8 @@
 # usage: sudo scripts/bench.sh [--json]     (env: CONNS REQUESTS RATE LIVE_SECONDS LIVE_CONNS
 #        FULL_REQUESTS FULL_CONNS SHORT_RATE SHORT_SECONDS FANOUT FANOUT_REQUESTS FANOUT_CONNS
 #        FANOUT_ROUNDS;
-#        PHASES="offline live full short" chooses phases (fanout runs with FANOUT=N);
+#        PHASES="offline live full short" chooses phases (ab only when named; fanout runs
+#        with FANOUT=N);
 #        TCPCOPY_BIN=<path> measures another tcpcopy binary, e.g. an older build, against the
 #        same intercept, servers and load; INTERCEPT_BIN=<path> the same for intercept)
 #        LAB_TX_OFFLOAD=off: the lab's links compute checksums in software (builds before the
@@ -204,6 +208,67 @@ if has full; then
   full_ic=$(echo "$(cpu_seconds "$intercept_pid") - $ic0" | bc -l)
 fi
 
+# ---- ab: the issue's own measurement, `ab -k` against nginx (its own tcpcopy, port 81) ----
+# The full phase's client (tc-bench-client) is faster than ab, so its replay ratio is the
+# harder one; this phase measures the figure as the issue defines it.
+ab_complete=0 ab_failed=0 ab_client_s=0 ab_target=0 ab_lag_ratio=0 ab_tc=0 ab_ic=0 ab_rps=0
+ab_at_client_end=0
+# start_nginx HOST ADDR: nginx (one worker, keep-alive, every request in $work/HOST-nginx/access.log).
+start_nginx() {
+  local d=$work/$1-nginx
+  mkdir -p "$d/www" "$d/body"
+  printf '<html><body>replay</body></html>\n%.0s' $(seq 1 20) > "$d/www/index.html"
+  cat > "$d/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $d/nginx.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+  log_format n '\$remote_addr \$status';
+  access_log $d/access.log n;
+  client_body_temp_path $d/body;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  server { listen $2; root $d/www; }
+}
+NGINX
+  : > "$d/access.log"
+  start "$1-nginx" "$1" /usr/sbin/nginx -p "$d/" -e stderr -c "$d/nginx.conf"
+}
+# nginx_count HOST: requests in its access log (complete lines).
+nginx_count() { wc -l < "$work/$1-nginx/access.log"; }
+if has ab; then
+  install_missing nginx-light apache2-utils
+  start_nginx online 198.18.0.20:81; start_nginx target 198.18.0.30:8081
+  wait_port online 81; wait_port target 8081
+  start tcpcopy-ab online "${pin[@]}" "$tcpcopy_bin" -x 81-198.18.0.30:8081 -s 198.18.0.40 \
+    -c 203.0.113.x "${capture_args[@]}" -l "$work/tcpcopy-ab.log"
+  ab_pid=${pids[-1]}
+  for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-ab.log" && break; sleep 0.1; done
+  ab_base=$(nginx_count target)
+  ab_tc0=$(cpu_seconds "$ab_pid"); ab_ic0=$(cpu_seconds "$intercept_pid")
+  c0=$(date +%s.%N)
+  ns client ab -q -k -c "$FULL_CONNS" -n "$FULL_REQUESTS" http://198.18.0.20:81/index.html \
+    > "$work/ab.out" 2>&1 || true
+  c1=$(date +%s.%N)
+  ab_at_client_end=$(( $(nginx_count target) - ab_base ))
+  ab_complete=$(awk '/^Complete requests:/ {print $3}' "$work/ab.out")
+  ab_failed=$(awk '/^Failed requests:/ {print $3}' "$work/ab.out")
+  for _ in $(seq 1 3000); do
+    [ $(( $(nginx_count target) - ab_base )) -ge "${ab_complete:-0}" ] && break
+    sleep 0.01
+  done
+  r1=$(date +%s.%N)
+  ab_target=$(( $(nginx_count target) - ab_base ))
+  ab_client_s=$(echo "$c1 - $c0" | bc -l)
+  ab_rps=$(echo "${ab_complete:-0} / $ab_client_s" | bc -l | awk '{printf "%.0f", $1}')
+  ab_lag_ratio=$(echo "scale=3; ($r1 - $c0) / ($c1 - $c0)" | bc -l)
+  ab_tc=$(echo "$(cpu_seconds "$ab_pid") - $ab_tc0" | bc -l)
+  ab_ic=$(echo "$(cpu_seconds "$intercept_pid") - $ab_ic0" | bc -l)
+  kill -TERM "$ab_pid"; wait "$ab_pid" 2>/dev/null || true
+fi
+
 # ---- short connections ----
 if has short; then
 base_target=$(count target); base_online=$(count online)
@@ -295,6 +360,8 @@ full_us=$(per_us "$(echo "$full_user + $full_sys" | bc -l)" "$full_target")
 full_ic_us=$(per_us "$full_ic" "$full_target")
 full_client_rps=$(per_n "$full_online" "$full_client_s")
 fan_ratio=$(ratio "$fanN_rate" "$fan1_rate")
+ab_ratio=$(ratio "$ab_target" "${ab_complete:-0}")
+ab_tc_us=$(per_us "$ab_tc" "$ab_target"); ab_ic_us=$(per_us "$ab_ic" "$ab_target")
 
 if $json; then
   # bc writes .5 for 0.5: JSON needs the 0.
@@ -303,6 +370,7 @@ if $json; then
  "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"replay_finished_over_client_finished":$replay_lag_ratio,"capture":"${CAPTURE:-default}","tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
  "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc},
  "full":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$full_client_s,"online_requests":$full_online,"target_requests":$full_target,"target_over_online":$full_ratio,"replay_finished_over_client_finished":$full_lag_ratio,"replayed_when_client_finished":$full_at_client_end,"replay_rate_while_client_ran":$full_rate_during,"replay_rate_after":$full_rate_after,"tcpcopy_cpu_us_per_request":$full_us,"tcpcopy_user_us_per_request":$full_user_us,"tcpcopy_system_us_per_request":$full_sys_us,"intercept_cpu_us_per_request":$full_ic_us},
+ "ab":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$ab_client_s,"client_complete":${ab_complete:-0},"client_failed":${ab_failed:-0},"target_requests":$ab_target,"target_over_client":$ab_ratio,"replay_finished_over_client_finished":$ab_lag_ratio,"tcpcopy_cpu_us_per_request":$ab_tc_us,"intercept_cpu_us_per_request":$ab_ic_us},
  "fanout":{"processes":$FANOUT,"rounds":$FANOUT_ROUNDS,"requests":$FANOUT_REQUESTS,"connections":$FANOUT_CONNS,"replayed_1":$fan1_done,"replayed_n":$fanN_done,"rate_1":$fan1_rate,"rate_n":$fanN_rate,"rate_n_over_1":$fan_ratio,"tcpcopy_cpu_s_1":$fan1_cpu,"tcpcopy_cpu_s_n":$fanN_cpu,"host_cores_busy_1":$fan1_busy,"host_cores_busy_n":$fanN_busy}}
 JSON
 else
@@ -330,6 +398,13 @@ else
       "$full_at_client_end" "$full_target" "$full_rate_during" "$full_rate_after"
     printf '%-44s %s us CPU/request (user %s + system %s)\n' "full: tcpcopy" "$full_us" "$full_user_us" "$full_sys_us"
     printf '%-44s %s us CPU/request\n' "full: intercept" "$full_ic_us"
+  fi
+  if has ab; then
+    printf '%-44s %s requests on %s connections, %.2f s (%s req/s), %s failed\n' "ab: ab -k against nginx" "${ab_complete:-0}" "$FULL_CONNS" "$ab_client_s" "$ab_rps" "${ab_failed:-?}"
+    printf '%-44s %s / %s = %s\n' "ab: requests at target / completed by ab" "$ab_target" "${ab_complete:-0}" "$ab_ratio"
+    printf '%-44s %s (%s replayed when ab finished)\n' "ab: replay finished / client finished" "$ab_lag_ratio" "$ab_at_client_end"
+    printf '%-44s %s us CPU/request\n' "ab: tcpcopy" "$ab_tc_us"
+    printf '%-44s %s us CPU/request\n' "ab: intercept" "$ab_ic_us"
   fi
   if has fanout; then
     printf '%-44s %s keep-alive requests on %s connections, made while tcpcopy was stopped\n' "fanout: backlog" "$FANOUT_REQUESTS" "$FANOUT_CONNS"

@@ -97,7 +97,9 @@ start_bench_lab() {
   start target-srv target "$bin/tc-bench-server" 198.18.0.30:8080 "$work/target.count"
   start online-srv online "$bin/tc-bench-server" 198.18.0.20:80 "$work/online.count"
   wait_port target 8080; wait_port online 80
-  start intercept assist "${intercept_bin:-$bin/intercept}" -F "tcp and src port 8080" -i eth0 --allow 198.18.0.20
+  # 8081: bench.sh's ab phase (nginx).
+  start intercept assist "${intercept_bin:-$bin/intercept}" -F "tcp and src portrange 8080-8081" \
+    -i eth0 --allow 198.18.0.20
   intercept_pid=${pids[-1]}
   wait_port assist 36524
 }
