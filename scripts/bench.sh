@@ -34,8 +34,9 @@
 #        on CPU 1 (RPS), so the lab's other hosts' stacks are not counted as tcpcopy's CPU;
 #        PROFILE=1 also samples tcpcopy and intercept in the full-speed phase with `perf
 #        record -e cpu-clock -g` (linux-perf; no hardware counters needed) and prints their
-#        top frames; the data stay in the logs directory (`perf report -i
-#        <logs>/tcpcopy.perf --children` shows the call paths).
+#        top frames and the share of each one's samples spent in softirq (the lab's other
+#        hosts' network stacks run on its time); the data stay in the logs directory
+#        (`perf report -i <logs>/tcpcopy.perf --children` shows the call paths);
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=false
@@ -418,6 +419,18 @@ if [ "${PROFILE:-0}" = 1 ] && has full; then
     echo "== top frames, $who, full-speed phase (perf, cpu-clock samples):" >&2
     perf report -i "$work/$who.perf" --stdio --no-children --sort dso,symbol 2>/dev/null \
       | grep -E '^ +[0-9.]+%' | head -n "${PROFILE_TOP:-15}" >&2 || true
+  done
+  # The lab's veth links run the receiving host's network stack inside the sender's calls,
+  # and any softirq that interrupts a process is counted as its CPU: the share of samples
+  # under handle_softirqs (network receive of any of the lab's hosts, and STEER's RPS IPIs)
+  # is the part of the figure that separate hosts would not charge to this process.
+  for who in tcpcopy intercept; do
+    share=$(perf report -i "$work/$who.perf" --stdio --children -g none --sort symbol 2>/dev/null \
+      | awk '$NF == "-" && / handle_softirqs / {gsub("%", "", $1); print $1; exit}' || true)
+    us=$([ "$who" = tcpcopy ] && echo "$full_us" || echo "$full_ic_us")
+    printf '%-44s %s%% of samples in softirq; %s us CPU/request outside it\n' \
+      "full: $who (perf)" "${share:-0}" \
+      "$(echo "scale=1; $us * (100 - ${share:-0}) / 100" | bc -l)" >&2
   done
 fi
 echo "logs: $work" >&2
