@@ -80,6 +80,9 @@ cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14+$15)/hz}' "
 cpu_idle() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
 user_sys() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f %.2f\n", $14/hz, $15/hz}' "/proc/$1/stat"; }
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# switches PID: context switches so far (voluntary: it slept and was woken; involuntary:
+# preempted): the wake-ups that cost most of a request's CPU on a VM.
+switches() { awk '/ctxt_switches/ {n += $2} END {print n}' "/proc/$1/status"; }
 start_bench_lab
 
 # Every figure defaults to 0 (its phase did not run).
@@ -176,10 +179,12 @@ fi
 # ---- full speed (keep-alive, as ab -k -n FULL_REQUESTS -c FULL_CONNS) ----
 full_online=0 full_target=0 full_client_s=0 full_ratio=0 full_lag_ratio=0
 full_user=0 full_sys=0 full_ic=0 full_at_client_end=0 full_rate_during=0 full_rate_after=0
+full_sw=0 full_ic_sw=0
 perf_pids=()
 if has full; then
   base_target=$(count target); base_online=$(count online)
   read -r u0 s0 < <(user_sys "$tcpcopy_pid")
+  sw0=$(switches "$tcpcopy_pid"); ic_sw0=$(switches "$intercept_pid")
   ic0=$(cpu_seconds "$intercept_pid")
   if [ "${PROFILE:-0}" = 1 ]; then
     for who in tcpcopy intercept; do
@@ -206,6 +211,7 @@ if has full; then
     | awk '{printf "%.0f", $1}')
   read -r u1 s1 < <(user_sys "$tcpcopy_pid")
   full_user=$(echo "$u1 - $u0" | bc -l); full_sys=$(echo "$s1 - $s0" | bc -l)
+  full_sw=$(( $(switches "$tcpcopy_pid") - sw0 )); full_ic_sw=$(( $(switches "$intercept_pid") - ic_sw0 ))
   full_ic=$(echo "$(cpu_seconds "$intercept_pid") - $ic0" | bc -l)
 fi
 
@@ -213,6 +219,7 @@ fi
 # The full phase's client (tc-bench-client) is faster than ab, so its replay ratio is the
 # harder one; this phase measures the figure as the issue defines it.
 ab_complete=0 ab_failed=0 ab_client_s=0 ab_target=0 ab_lag_ratio=0 ab_tc=0 ab_ic=0 ab_rps=0
+ab_sw=0 ab_ic_sw=0
 ab_at_client_end=0
 # start_nginx HOST ADDR: nginx (one worker, keep-alive, every request in $work/HOST-nginx/access.log).
 start_nginx() {
@@ -249,6 +256,7 @@ if has ab; then
   for _ in $(seq 1 100); do grep -qs "event loop running" "$work/tcpcopy-ab.log" && break; sleep 0.1; done
   ab_base=$(nginx_count target)
   ab_tc0=$(cpu_seconds "$ab_pid"); ab_ic0=$(cpu_seconds "$intercept_pid")
+  sw0=$(switches "$ab_pid"); ic_sw0=$(switches "$intercept_pid")
   c0=$(date +%s.%N)
   ns client ab -q -k -c "$FULL_CONNS" -n "$FULL_REQUESTS" http://198.18.0.20:81/index.html \
     > "$work/ab.out" 2>&1 || true
@@ -266,6 +274,7 @@ if has ab; then
   ab_rps=$(echo "${ab_complete:-0} / $ab_client_s" | bc -l | awk '{printf "%.0f", $1}')
   ab_lag_ratio=$(echo "scale=3; ($r1 - $c0) / ($c1 - $c0)" | bc -l)
   ab_tc=$(echo "$(cpu_seconds "$ab_pid") - $ab_tc0" | bc -l)
+  ab_sw=$(( $(switches "$ab_pid") - sw0 )); ab_ic_sw=$(( $(switches "$intercept_pid") - ic_sw0 ))
   ab_ic=$(echo "$(cpu_seconds "$intercept_pid") - $ab_ic0" | bc -l)
   kill -TERM "$ab_pid"; wait "$ab_pid" 2>/dev/null || true
 fi
@@ -359,6 +368,10 @@ full_ratio=$(ratio "$full_target" "$full_online")
 full_user_us=$(per_us "$full_user" "$full_target"); full_sys_us=$(per_us "$full_sys" "$full_target")
 full_us=$(per_us "$(echo "$full_user + $full_sys" | bc -l)" "$full_target")
 full_ic_us=$(per_us "$full_ic" "$full_target")
+# Context switches per request (3 decimals).
+per_req() { echo "scale=3; if ($2 > 0) $1 / $2 else 0" | bc -l | sed 's/^\./0./'; }
+full_swr=$(per_req "$full_sw" "$full_target"); full_ic_swr=$(per_req "$full_ic_sw" "$full_target")
+ab_swr=$(per_req "$ab_sw" "$ab_target"); ab_ic_swr=$(per_req "$ab_ic_sw" "$ab_target")
 full_client_rps=$(per_n "$full_online" "$full_client_s")
 fan_ratio=$(ratio "$fanN_rate" "$fan1_rate")
 ab_ratio=$(ratio "$ab_target" "${ab_complete:-0}")
@@ -370,8 +383,8 @@ if $json; then
 {"offline":{"connections":$CONNS,"packets":$packets,"requests":$cap_requests,"wall_s":$off_wall,"packets_per_s":$off_pps,"requests_per_s":$off_rps,"target_requests":$off_target,"target_over_capture":$off_ratio,"capture_duration_s":$cap_duration,"wall_over_capture_duration":$off_wall_ratio,"tcpcopy_cpu_s":$off_cpu,"tcpcopy_cpu_us_per_request":$off_us,"tcpcopy_peak_rss_kb":$off_rss},
  "live":{"rate":$RATE,"seconds":$SECONDS_LIVE,"online_requests":$live_online,"target_requests":$live_target,"target_over_online":$live_ratio,"replay_finished_over_client_finished":$replay_lag_ratio,"capture":"${CAPTURE:-default}","tcpcopy_cpu_s":$tc_cpu,"tcpcopy_peak_rss_kb":$tc_rss,"tcpcopy_cpu_us_per_request":$tc_us,"tcpcopy_instructions_per_request":$live_ipr,"intercept_cpu_s":$ic_cpu,"intercept_peak_rss_kb":$ic_rss,"intercept_cpu_us_per_request":$ic_us},
  "short":{"rate":$SHORT_RATE,"seconds":$SHORT_SECONDS,"online_connections":$short_online,"target_connections":$short_target,"target_over_online":$short_ratio,"tcpcopy_cpu_s":$short_cpu,"tcpcopy_cpu_us_per_connection":$short_us,"tcpcopy_instructions_per_connection":$short_ipc},
- "full":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$full_client_s,"online_requests":$full_online,"target_requests":$full_target,"target_over_online":$full_ratio,"replay_finished_over_client_finished":$full_lag_ratio,"replayed_when_client_finished":$full_at_client_end,"replay_rate_while_client_ran":$full_rate_during,"replay_rate_after":$full_rate_after,"tcpcopy_cpu_us_per_request":$full_us,"tcpcopy_user_us_per_request":$full_user_us,"tcpcopy_system_us_per_request":$full_sys_us,"intercept_cpu_us_per_request":$full_ic_us},
- "ab":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$ab_client_s,"client_complete":${ab_complete:-0},"client_failed":${ab_failed:-0},"target_requests":$ab_target,"target_over_client":$ab_ratio,"replay_finished_over_client_finished":$ab_lag_ratio,"tcpcopy_cpu_us_per_request":$ab_tc_us,"intercept_cpu_us_per_request":$ab_ic_us},
+ "full":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$full_client_s,"online_requests":$full_online,"target_requests":$full_target,"target_over_online":$full_ratio,"replay_finished_over_client_finished":$full_lag_ratio,"replayed_when_client_finished":$full_at_client_end,"replay_rate_while_client_ran":$full_rate_during,"replay_rate_after":$full_rate_after,"tcpcopy_cpu_us_per_request":$full_us,"tcpcopy_user_us_per_request":$full_user_us,"tcpcopy_system_us_per_request":$full_sys_us,"intercept_cpu_us_per_request":$full_ic_us,"tcpcopy_switches_per_request":$full_swr,"intercept_switches_per_request":$full_ic_swr},
+ "ab":{"requests":$FULL_REQUESTS,"connections":$FULL_CONNS,"client_s":$ab_client_s,"client_complete":${ab_complete:-0},"client_failed":${ab_failed:-0},"target_requests":$ab_target,"target_over_client":$ab_ratio,"replay_finished_over_client_finished":$ab_lag_ratio,"tcpcopy_cpu_us_per_request":$ab_tc_us,"intercept_cpu_us_per_request":$ab_ic_us,"tcpcopy_switches_per_request":$ab_swr,"intercept_switches_per_request":$ab_ic_swr},
  "fanout":{"processes":$FANOUT,"rounds":$FANOUT_ROUNDS,"requests":$FANOUT_REQUESTS,"connections":$FANOUT_CONNS,"replayed_1":$fan1_done,"replayed_n":$fanN_done,"rate_1":$fan1_rate,"rate_n":$fanN_rate,"rate_n_over_1":$fan_ratio,"tcpcopy_cpu_s_1":$fan1_cpu,"tcpcopy_cpu_s_n":$fanN_cpu,"host_cores_busy_1":$fan1_busy,"host_cores_busy_n":$fanN_busy}}
 JSON
 else
@@ -397,15 +410,15 @@ else
     printf '%-44s %s\n' "full: replay finished / client finished" "$full_lag_ratio"
     printf '%-44s %s of %s, %s req/s; then %s req/s\n' "full: replayed when the client finished" \
       "$full_at_client_end" "$full_target" "$full_rate_during" "$full_rate_after"
-    printf '%-44s %s us CPU/request (user %s + system %s)\n' "full: tcpcopy" "$full_us" "$full_user_us" "$full_sys_us"
-    printf '%-44s %s us CPU/request\n' "full: intercept" "$full_ic_us"
+    printf '%-44s %s us CPU/request (user %s + system %s), %s switches/request\n' "full: tcpcopy" "$full_us" "$full_user_us" "$full_sys_us" "$full_swr"
+    printf '%-44s %s us CPU/request, %s switches/request\n' "full: intercept" "$full_ic_us" "$full_ic_swr"
   fi
   if has ab; then
     printf '%-44s %s requests on %s connections, %.2f s (%s req/s), %s failed\n' "ab: ab -k against nginx" "${ab_complete:-0}" "$FULL_CONNS" "$ab_client_s" "$ab_rps" "${ab_failed:-?}"
     printf '%-44s %s / %s = %s\n' "ab: requests at target / completed by ab" "$ab_target" "${ab_complete:-0}" "$ab_ratio"
     printf '%-44s %s (%s replayed when ab finished)\n' "ab: replay finished / client finished" "$ab_lag_ratio" "$ab_at_client_end"
-    printf '%-44s %s us CPU/request\n' "ab: tcpcopy" "$ab_tc_us"
-    printf '%-44s %s us CPU/request\n' "ab: intercept" "$ab_ic_us"
+    printf '%-44s %s us CPU/request, %s switches/request\n' "ab: tcpcopy" "$ab_tc_us" "$ab_swr"
+    printf '%-44s %s us CPU/request, %s switches/request\n' "ab: intercept" "$ab_ic_us" "$ab_ic_swr"
   fi
   if has fanout; then
     printf '%-44s %s keep-alive requests on %s connections, made while tcpcopy was stopped\n' "fanout: backlog" "$FANOUT_REQUESTS" "$FANOUT_CONNS"
