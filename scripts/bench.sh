@@ -225,6 +225,8 @@ ab_at_client_end=0
 start_nginx() {
   local d=$work/$1-nginx
   mkdir -p "$d/www" "$d/body"
+  # nginx's worker runs as nobody: it must reach the pages through the private logs directory.
+  chmod 711 "$work"
   printf '<html><body>replay</body></html>\n%.0s' $(seq 1 20) > "$d/www/index.html"
   cat > "$d/nginx.conf" <<NGINX
 daemon off;
@@ -263,7 +265,7 @@ if has ab; then
   c1=$(date +%s.%N)
   ab_at_client_end=$(( $(nginx_count target) - ab_base ))
   ab_complete=$(awk '/^Complete requests:/ {print $3}' "$work/ab.out")
-  ab_failed=$(awk '/^Failed requests:/ {print $3}' "$work/ab.out")
+  ab_failed=$(awk '/^Failed requests:/ {f = $3} /^Non-2xx responses:/ {n = $3} END {print f + n}' "$work/ab.out")
   for _ in $(seq 1 3000); do
     [ $(( $(nginx_count target) - ab_base )) -ge "${ab_complete:-0}" ] && break
     sleep 0.01
@@ -414,7 +416,7 @@ else
     printf '%-44s %s us CPU/request, %s switches/request\n' "full: intercept" "$full_ic_us" "$full_ic_swr"
   fi
   if has ab; then
-    printf '%-44s %s requests on %s connections, %.2f s (%s req/s), %s failed\n' "ab: ab -k against nginx" "${ab_complete:-0}" "$FULL_CONNS" "$ab_client_s" "$ab_rps" "${ab_failed:-?}"
+    printf '%-44s %s requests on %s connections, %.2f s (%s req/s), %s failed or not 2xx\n' "ab: ab -k against nginx" "${ab_complete:-0}" "$FULL_CONNS" "$ab_client_s" "$ab_rps" "${ab_failed:-?}"
     printf '%-44s %s / %s = %s\n' "ab: requests at target / completed by ab" "$ab_target" "${ab_complete:-0}" "$ab_ratio"
     printf '%-44s %s (%s replayed when ab finished)\n' "ab: replay finished / client finished" "$ab_lag_ratio" "$ab_at_client_end"
     printf '%-44s %s us CPU/request, %s switches/request\n' "ab: tcpcopy" "$ab_tc_us" "$ab_swr"
