@@ -81,7 +81,7 @@ cpu_idle() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
 user_sys() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f %.2f\n", $14/hz, $15/hz}' "/proc/$1/stat"; }
 peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # switches PID: context switches so far (voluntary: it slept and was woken; involuntary:
-# preempted): the wake-ups that cost most of a request's CPU on a VM.
+# preempted): how many requests each turn of its event loop handled.
 switches() { awk '/ctxt_switches/ {n += $2} END {print n}' "/proc/$1/status"; }
 start_bench_lab
 
